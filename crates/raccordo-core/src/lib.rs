@@ -1,0 +1,16 @@
+//! Domain types shared by every raccordo crate: typed ids, the clock, the event model
+//! and the storage traits that backends (SQLite now; PostgreSQL, Redis, Kafka/NATS later)
+//! implement. Nothing here performs I/O.
+
+pub mod clock;
+pub mod event;
+pub mod ids;
+pub mod storage;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use event::{
+    AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventPage, ItemOutcome,
+    NewEvent, StoredEvent,
+};
+pub use ids::{EventId, SourceName, SourceNameError};
+pub use storage::{EventLog, StoreError};

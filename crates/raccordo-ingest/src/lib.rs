@@ -1,0 +1,17 @@
+//! The ingestion pipeline of raccordo (DESIGN §3 "Ingestion" and "Dedup"):
+//! source auth → content type → JSON → schema → clock skew → dedup keys → durable append.
+//!
+//! Everything except the final append is pure; the append goes through the
+//! [`raccordo_core::EventLog`] trait, so the same pipeline runs on SQLite or a cluster backend.
+
+pub mod auth;
+pub mod dedup;
+pub mod error;
+pub mod pipeline;
+pub mod schema;
+pub mod source;
+
+pub use error::{FieldError, IngestError};
+pub use pipeline::{IngestResponse, Ingestor, Target};
+pub use schema::{CONVERSION_SCHEMA, EventSchema};
+pub use source::{DedupSettings, IngestSettings, Source, SourceConfig};

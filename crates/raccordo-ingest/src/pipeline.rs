@@ -1,0 +1,350 @@
+//! The request path, from raw headers and body to a durable outcome.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use raccordo_core::{
+    AppendBatch, AppendOutcome, Clock, DeliveryClaim, EventId, EventLog, ItemOutcome, NewEvent, SourceName, StoreError,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::auth::{Verified, verify_any};
+use crate::dedup;
+use crate::error::{FieldError, IngestError};
+use crate::schema::MAX_REPORTED_ERRORS;
+use crate::source::{IngestSettings, Source};
+
+/// Where a request was sent.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// `POST /api/v1/eventi/conversione`: any conversion source whose credentials match,
+    /// or the one named by the `X-Raccordo-Source` header.
+    Conversion,
+    /// `POST /webhooks/in/{source}`.
+    Source(&'a str),
+}
+
+/// A successful ingest.
+#[derive(Debug, Clone)]
+pub struct IngestResponse {
+    pub source: SourceName,
+    /// The body was a single object (answer with one result, not an array).
+    pub single: bool,
+    pub items: Vec<ItemOutcome>,
+    /// The whole request repeated an earlier delivery id.
+    pub replayed: bool,
+}
+
+pub struct Ingestor {
+    sources: HashMap<String, Arc<Source>>,
+    conversion_sources: Vec<Arc<Source>>,
+    log: Arc<dyn EventLog>,
+    clock: Arc<dyn Clock>,
+    settings: IngestSettings,
+    ids: Mutex<ulid::Generator>,
+}
+
+/// Header that picks a source on the shared conversion route.
+pub const SOURCE_HEADER: &str = "x-raccordo-source";
+
+impl Ingestor {
+    pub fn new(sources: Vec<Source>, log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, settings: IngestSettings) -> Self {
+        let sources: Vec<Arc<Source>> = sources.into_iter().map(Arc::new).collect();
+        let conversion_sources = sources.iter().filter(|s| s.accepts_conversions).cloned().collect();
+        Self {
+            sources: sources.into_iter().map(|s| (s.name.to_string(), s)).collect(),
+            conversion_sources,
+            log,
+            clock,
+            settings,
+            ids: Mutex::new(ulid::Generator::new()),
+        }
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &Arc<Source>> {
+        self.sources.values()
+    }
+
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    /// Runs the whole pipeline. On `Err`, nothing was stored.
+    pub async fn ingest(&self, target: Target<'_>, headers: &HeaderMap, body: Bytes) -> Result<IngestResponse, IngestError> {
+        let now_ms = self.clock.now_ms();
+        let (source, verified) = self.authenticate(target, headers, &body, now_ms)?;
+        let result = self.ingest_authenticated(&source, &verified, headers, body, now_ms).await;
+        record_outcome(&source.name, &result);
+        result
+    }
+
+    fn authenticate(
+        &self,
+        target: Target<'_>,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<(Arc<Source>, Verified), IngestError> {
+        let named = match target {
+            Target::Source(name) => Some(name),
+            Target::Conversion => headers.get(SOURCE_HEADER).and_then(|v| v.to_str().ok()),
+        };
+        let candidates: Vec<&Arc<Source>> = match named {
+            Some(name) => {
+                let source = self.sources.get(name).ok_or_else(|| IngestError::UnknownSource(name.chars().take(64).collect()))?;
+                if matches!(target, Target::Conversion) && !source.accepts_conversions {
+                    return Err(IngestError::UnknownSource(name.to_string()));
+                }
+                vec![source]
+            }
+            None => self.conversion_sources.iter().collect(),
+        };
+        let result = if candidates.is_empty() {
+            Err(IngestError::MissingCredentials { expected: "no source is configured for this route".into() })
+        } else {
+            let mut first_error: Option<IngestError> = None;
+            let mut found = None;
+            for source in &candidates {
+                match verify_any(&source.verifiers, headers, body, now_ms) {
+                    Ok(v) => {
+                        found = Some(((*source).clone(), v));
+                        break;
+                    }
+                    // A present-but-wrong credential says more than "none presented".
+                    Err(e @ IngestError::MissingCredentials { .. }) => {
+                        first_error.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        if matches!(first_error, None | Some(IngestError::MissingCredentials { .. })) {
+                            first_error = Some(e);
+                        }
+                    }
+                }
+            }
+            found.ok_or_else(|| first_error.unwrap_or(IngestError::InvalidCredentials { reason: "no source accepted the request".into() }))
+        };
+        match result {
+            Ok((source, verified)) if !source.enabled => {
+                let _ = verified;
+                Err(IngestError::SourceDisabled(source.name.to_string()))
+            }
+            Ok(ok) => Ok(ok),
+            Err(e) => {
+                let label = named.filter(|n| self.sources.contains_key(*n)).unwrap_or("unauthenticated").to_string();
+                metrics::counter!("raccordo_ingest_rejected_total", "source" => label, "reason" => e.metric_reason()).increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    async fn ingest_authenticated(
+        &self,
+        source: &Source,
+        verified: &Verified,
+        headers: &HeaderMap,
+        body: Bytes,
+        now_ms: i64,
+    ) -> Result<IngestResponse, IngestError> {
+        check_content_type(headers)?;
+        let parsed: Value = serde_json::from_slice(&body).map_err(|e| IngestError::InvalidJson {
+            detail: format!("{} at line {} column {}", classify(&e), e.line(), e.column()),
+        })?;
+        let (single, items) = match parsed {
+            Value::Array(items) => (false, items),
+            object @ Value::Object(_) => (true, vec![object]),
+            _ => {
+                return Err(IngestError::Validation {
+                    errors: vec![FieldError::new("", "the body must be an event object or an array of events")],
+                    total: 1,
+                });
+            }
+        };
+        if items.is_empty() {
+            return Err(IngestError::EmptyBatch);
+        }
+        if items.len() > self.settings.max_batch_items {
+            return Err(IngestError::BatchTooLarge { count: items.len(), limit: self.settings.max_batch_items });
+        }
+
+        let (newest_event_ms, event_times) = self.validate_items(source, &items, single, now_ms)?;
+        observe_clock_skew(&source.name, verified.sender_time_ms, newest_event_ms, now_ms);
+
+        let dedup_settings = &self.settings.dedup;
+        let events = {
+            let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+            items
+                .iter()
+                .zip(event_times.iter())
+                .map(|(item, &event_time_ms)| NewEvent {
+                    id: EventId::generate(&mut ids, now_ms),
+                    source: source.name.clone(),
+                    event_time_ms,
+                    payload: dedup::canonical_json(item),
+                    business_key: dedup_settings
+                        .business_key
+                        .then(|| dedup::business_key(source.name.as_str(), &source.key_spec, item, event_time_ms)),
+                })
+                .collect::<Vec<_>>()
+        };
+        let delivery_id = verified.delivery_id.as_deref().or_else(|| {
+            headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 256)
+        });
+        let delivery = delivery_id.filter(|_| dedup_settings.delivery_id).map(|id| DeliveryClaim {
+            key: dedup::delivery_key(source.name.as_str(), id),
+            body_hash: dedup::body_hash(&body),
+            retention_ms: dedup_settings.delivery_id_retention.as_millis() as i64,
+        });
+        let batch = AppendBatch {
+            received_at_ms: now_ms,
+            delivery,
+            business_key_retention_ms: dedup_settings.business_key_retention.as_millis() as i64,
+            events,
+        };
+        let (items, replayed) = match self.log.append(batch).await.map_err(store_error)? {
+            AppendOutcome::Appended(items) => (items, false),
+            AppendOutcome::DeliveryReplayed(items) => (items, true),
+            AppendOutcome::DeliveryConflict => return Err(IngestError::DeliveryConflict),
+        };
+        Ok(IngestResponse { source: source.name.clone(), single, items, replayed })
+    }
+
+    /// Validates every item (so the error lists every failing one) and extracts event times.
+    /// Returns the newest event time and the per-item times.
+    fn validate_items(
+        &self,
+        source: &Source,
+        items: &[Value],
+        single: bool,
+        now_ms: i64,
+    ) -> Result<(i64, Vec<i64>), IngestError> {
+        let max_future_ms = self.settings.max_future_skew.as_millis() as i64;
+        let mut errors = Vec::new();
+        let mut total = 0;
+        let mut times = Vec::with_capacity(items.len());
+        let mut newest = i64::MIN;
+        for (i, item) in items.iter().enumerate() {
+            let prefix = if single { String::new() } else { format!("/{i}") };
+            let failures = source.schema.validate(item, &prefix, &mut errors);
+            total += failures;
+            if failures > 0 {
+                times.push(now_ms);
+                continue;
+            }
+            let event_time_ms = match item.pointer(&source.key_spec.time_field) {
+                None => now_ms,
+                Some(Value::String(text)) => match parse_time_ms(text) {
+                    Some(ms) => ms,
+                    None => {
+                        total += 1;
+                        push_capped(&mut errors, format!("{prefix}{}", source.key_spec.time_field), "is not an RFC 3339 date-time");
+                        now_ms
+                    }
+                },
+                Some(_) => {
+                    total += 1;
+                    push_capped(&mut errors, format!("{prefix}{}", source.key_spec.time_field), "must be an RFC 3339 date-time string");
+                    now_ms
+                }
+            };
+            if event_time_ms - now_ms > max_future_ms {
+                total += 1;
+                push_capped(
+                    &mut errors,
+                    format!("{prefix}{}", source.key_spec.time_field),
+                    &format!(
+                        "is {} s ahead of the server clock; at most {} s is allowed",
+                        (event_time_ms - now_ms) / 1000,
+                        max_future_ms / 1000
+                    ),
+                );
+            }
+            newest = newest.max(event_time_ms);
+            times.push(event_time_ms);
+        }
+        if total > 0 {
+            return Err(IngestError::Validation { errors, total });
+        }
+        Ok((newest, times))
+    }
+}
+
+fn push_capped(errors: &mut Vec<FieldError>, pointer: String, detail: &str) {
+    if errors.len() < MAX_REPORTED_ERRORS {
+        errors.push(FieldError::new(pointer, detail));
+    }
+}
+
+/// Epoch ms of an RFC 3339 date-time (sub-millisecond digits are truncated).
+pub fn parse_time_ms(text: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
+    let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
+        return Err(IngestError::UnsupportedMediaType { found: "(none)".into() });
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(IngestError::UnsupportedMediaType { found: essence.chars().take(100).collect() })
+    }
+}
+
+fn classify(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Eof => "unexpected end of input",
+        Category::Syntax => "syntax error",
+        Category::Data => "invalid data",
+        Category::Io => "read error",
+    }
+}
+
+fn store_error(e: StoreError) -> IngestError {
+    match e {
+        StoreError::Overloaded { retry_after_ms } => IngestError::Overloaded { retry_after_ms },
+        StoreError::Unavailable(reason) => IngestError::Unavailable(reason),
+        StoreError::Backend(reason) => {
+            tracing::error!(error = %reason, "append failed");
+            IngestError::Unavailable("the event store failed; nothing was stored".into())
+        }
+    }
+}
+
+/// Publishes the source's observed clock skew in seconds: the sender's own clock when its
+/// auth scheme carries one (webhook-timestamp, JWT `iat`), else how far the newest event is
+/// ahead of ours (0 when events are in the past, as they normally are).
+fn observe_clock_skew(source: &SourceName, sender_time_ms: Option<i64>, newest_event_ms: i64, now_ms: i64) {
+    let skew_ms = match sender_time_ms {
+        Some(sent) => sent - now_ms,
+        None => (newest_event_ms - now_ms).max(0),
+    };
+    metrics::gauge!("raccordo_source_clock_skew_seconds", "source" => source.to_string()).set(skew_ms as f64 / 1000.0);
+}
+
+fn record_outcome(source: &SourceName, result: &Result<IngestResponse, IngestError>) {
+    let label = source.to_string();
+    match result {
+        Ok(response) => {
+            let duplicates = response.items.iter().filter(|i| i.is_duplicate()).count() as u64;
+            let accepted = response.items.len() as u64 - duplicates;
+            metrics::counter!("raccordo_ingest_events_total", "source" => label.clone(), "outcome" => "accepted").increment(accepted);
+            if duplicates > 0 {
+                let layer = if response.replayed { "delivery_id" } else { "business_key" };
+                metrics::counter!("raccordo_ingest_events_total", "source" => label.clone(), "outcome" => "duplicate").increment(duplicates);
+                metrics::counter!("raccordo_dedup_hits_total", "source" => label, "layer" => layer).increment(duplicates);
+            }
+        }
+        Err(e) => {
+            metrics::counter!("raccordo_ingest_rejected_total", "source" => label, "reason" => e.metric_reason()).increment(1);
+        }
+    }
+}

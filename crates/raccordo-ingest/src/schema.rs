@@ -1,0 +1,201 @@
+//! Event schemas: the built-in conversion schema (the seed's, corrected) or a user's.
+
+use jsonschema::Validator;
+use serde_json::Value;
+
+use crate::error::FieldError;
+
+/// The default schema for conversion events. `docs/conversion-schema.md` lists each
+/// correction made to the seed article's schema.
+pub const CONVERSION_SCHEMA: &str = include_str!("../schemas/conversione.schema.json");
+
+/// Largest number of field errors reported for one request; the total is still counted.
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the schema is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the schema is not a valid JSON Schema: {0}")]
+    Invalid(String),
+}
+
+/// A compiled schema. Formats (`date-time`, …) are asserted, not just annotated.
+pub struct EventSchema {
+    validator: Validator,
+    /// Whether this is the built-in conversion schema (which implies extra checks).
+    builtin_conversion: bool,
+}
+
+impl std::fmt::Debug for EventSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSchema").field("builtin_conversion", &self.builtin_conversion).finish()
+    }
+}
+
+impl EventSchema {
+    pub fn conversion() -> Self {
+        // The built-in schema is covered by tests; failing here would be a build defect.
+        let mut schema = Self::from_json_text(CONVERSION_SCHEMA).expect("built-in schema compiles");
+        schema.builtin_conversion = true;
+        schema
+    }
+
+    pub fn from_json_text(text: &str) -> Result<Self, SchemaError> {
+        let schema: Value = serde_json::from_str(text)?;
+        Self::from_value(&schema)
+    }
+
+    pub fn from_value(schema: &Value) -> Result<Self, SchemaError> {
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(schema)
+            .map_err(|e| SchemaError::Invalid(e.to_string()))?;
+        Ok(Self { validator, builtin_conversion: false })
+    }
+
+    /// Validates one item; errors carry pointers prefixed by `prefix` (e.g. `/3`).
+    /// Messages are masked: they name the rule that failed, never the submitted value.
+    pub fn validate(&self, item: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> usize {
+        let mut count = 0;
+        for error in self.validator.iter_errors(item) {
+            count += 1;
+            if errors.len() < MAX_REPORTED_ERRORS {
+                errors.push(FieldError::new(
+                    format!("{prefix}{}", error.instance_path().as_str()),
+                    error.masked().to_string(),
+                ));
+            }
+        }
+        if count == 0 && self.builtin_conversion {
+            count += check_two_decimals(item, prefix, errors);
+        }
+        count
+    }
+
+    pub fn is_valid(&self, item: &Value) -> bool {
+        self.validator.is_valid(item)
+    }
+}
+
+/// `multipleOf: 0.01` is evaluated in binary floating point by validators and can both
+/// accept and reject wrongly near the edges; the contract ("at most 2 decimals") is about
+/// the decimal text, so check it exactly on the shortest round-trip representation.
+fn check_two_decimals(item: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> usize {
+    let Some(Value::Number(n)) = item.get("valore") else { return 0 };
+    if n.is_f64() {
+        let text = n.to_string();
+        let decimals = match (text.find('.'), text.find(['e', 'E'])) {
+            (_, Some(_)) => usize::MAX, // exponent form only appears for very small/large values
+            (Some(dot), None) => text.len() - dot - 1,
+            (None, None) => 0,
+        };
+        if decimals > 2 {
+            if errors.len() < MAX_REPORTED_ERRORS {
+                errors.push(FieldError::new(format!("{prefix}/valore"), "has more than 2 decimal places"));
+            }
+            return 1;
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({"id_cliente":"CLIENTE-ITALIA-789456","evento":"acquisto_concluso",
+               "timestamp":"2026-11-22T10:15:30.123+01:00","valore":149.99,"canale":"email",
+               "stato":"completato","metadati":{"campagna":"black-friday","dispositivo":"mobile","localita":"Milano"}})
+    }
+
+    fn pointers(schema: &EventSchema, v: &Value) -> Vec<String> {
+        let mut errors = Vec::new();
+        schema.validate(v, "/0", &mut errors);
+        errors.into_iter().map(|e| e.pointer).collect()
+    }
+
+    #[test]
+    fn the_seed_example_passes_the_corrected_schema() {
+        let schema = EventSchema::conversion();
+        assert_eq!(pointers(&schema, &valid()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_field_rule_is_enforced_at_its_pointer() {
+        let schema = EventSchema::conversion();
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("id_cliente", json!("CLIENTE-it-123456"), "/0/id_cliente"),
+            ("id_cliente", json!("CLIENTE-IT-12345"), "/0/id_cliente"),
+            ("evento", json!("acquisto"), "/0/evento"),
+            ("timestamp", json!("2026-11-22 10:15:30"), "/0/timestamp"),
+            ("timestamp", json!("2026-11-22T10:15:30"), "/0/timestamp"),
+            ("timestamp", json!("2026-13-22T10:15:30Z"), "/0/timestamp"),
+            ("timestamp", json!("2026-11-22T10:15:30.1234Z"), "/0/timestamp"),
+            ("valore", json!(-1), "/0/valore"),
+            ("valore", json!(1.234), "/0/valore"),
+            ("valore", json!("10"), "/0/valore"),
+            ("canale", json!("fax"), "/0/canale"),
+            ("stato", json!("ok"), "/0/stato"),
+            ("metadati", json!("x"), "/0/metadati"),
+            ("metadati", json!({"campagna": 5}), "/0/metadati/campagna"),
+            ("metadati", json!({"altro": "x"}), "/0/metadati"),
+        ];
+        for (field, value, pointer) in cases {
+            let mut v = valid();
+            v[field] = value.clone();
+            let got = pointers(&schema, &v);
+            assert!(got.iter().any(|p| p == pointer), "{field}={value}: expected {pointer}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn missing_and_extra_properties_are_rejected() {
+        let schema = EventSchema::conversion();
+        let mut v = valid();
+        v.as_object_mut().unwrap().remove("stato");
+        assert_eq!(pointers(&schema, &v), vec!["/0"]);
+        let mut v = valid();
+        v["extra"] = json!(1);
+        assert_eq!(pointers(&schema, &v), vec!["/0"]);
+    }
+
+    #[test]
+    fn messages_do_not_echo_values() {
+        let schema = EventSchema::conversion();
+        let mut v = valid();
+        v["id_cliente"] = json!("SECRET-TOKEN-VALUE");
+        let mut errors = Vec::new();
+        schema.validate(&v, "", &mut errors);
+        assert!(!errors.is_empty());
+        assert!(errors.iter().all(|e| !e.detail.contains("SECRET-TOKEN-VALUE")), "{errors:?}");
+    }
+
+    proptest! {
+        /// Every amount written with at most two decimals passes; three significant decimals fail.
+        #[test]
+        fn two_decimal_amounts(cents in 0u64..100_000_000_000, extra in 1u64..10) {
+            let schema = EventSchema::conversion();
+            let mut v = valid();
+            let text = format!("{}.{:02}", cents / 100, cents % 100);
+            v["valore"] = serde_json::from_str(&text).unwrap();
+            prop_assert!(pointers(&schema, &v).is_empty(), "{} rejected", text);
+            let text3 = format!("{}.{:02}{}", cents / 100, cents % 100, extra);
+            v["valore"] = serde_json::from_str(&text3).unwrap();
+            prop_assert_eq!(pointers(&schema, &v), vec!["/0/valore".to_string()], "{} accepted", text3);
+        }
+
+        /// Validation never panics and reports pointers inside the item, whatever the input.
+        #[test]
+        fn arbitrary_objects_get_located_errors(keys in prop::collection::btree_map("[a-z_]{1,10}", "[ -~]{0,12}", 0..8)) {
+            let schema = EventSchema::conversion();
+            let v = Value::Object(keys.into_iter().map(|(k, s)| (k, Value::String(s))).collect());
+            for p in pointers(&schema, &v) {
+                prop_assert!(p.starts_with("/0"));
+            }
+        }
+    }
+}

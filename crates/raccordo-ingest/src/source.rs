@@ -1,0 +1,162 @@
+//! Event sources: who may send, how they prove it, and what their events look like.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raccordo_core::SourceName;
+use serde::Deserialize;
+
+use crate::auth::{AuthConfig, Verifier};
+use crate::dedup::BusinessKeySpec;
+use crate::schema::EventSchema;
+
+/// `[sources.<name>]` in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Accepted authentication methods; a request passes with any one of them.
+    pub auth: Vec<AuthConfig>,
+    /// JSON Schema file for this source's events. Default: the built-in conversion schema.
+    pub schema: Option<PathBuf>,
+    /// Whether this source may post to `POST /api/v1/eventi/conversione` (default: when it
+    /// uses the built-in conversion schema). It can always post to `/webhooks/in/<name>`.
+    pub conversions: Option<bool>,
+    /// JSON pointers of the fields that identify an event for business-key dedup.
+    #[serde(default = "default_key_fields")]
+    pub key_fields: Vec<String>,
+    /// JSON pointer of the event-time field (RFC 3339). Events without it use arrival time.
+    #[serde(default = "default_time_field")]
+    pub time_field: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_key_fields() -> Vec<String> {
+    BusinessKeySpec::default().key_fields
+}
+fn default_time_field() -> String {
+    BusinessKeySpec::default().time_field
+}
+
+/// Ingest-wide settings (`[ingest]` and `[dedup]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Most items in one batch request.
+    pub max_batch_items: usize,
+    /// Events whose time is further ahead of our clock than this are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    pub dedup: DedupSettings,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self { max_batch_items: 1000, max_future_skew: Duration::from_secs(300), dedup: DedupSettings::default() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupSettings {
+    /// Layer 1: repeated `webhook-id` / `Idempotency-Key` answers `duplicate`.
+    pub delivery_id: bool,
+    /// How long a delivery id is remembered (senders such as HubSpot retry for 24 h).
+    #[serde(with = "humantime_serde")]
+    pub delivery_id_retention: Duration,
+    /// Layer 2: business key (key fields + time bucket + payload hash).
+    pub business_key: bool,
+    #[serde(with = "humantime_serde")]
+    pub business_key_retention: Duration,
+    /// Width of the time bucket the event time is rounded down to.
+    #[serde(with = "humantime_serde")]
+    pub bucket: Duration,
+}
+
+impl Default for DedupSettings {
+    fn default() -> Self {
+        Self {
+            delivery_id: true,
+            delivery_id_retention: Duration::from_secs(24 * 3600),
+            business_key: true,
+            business_key_retention: Duration::from_secs(3600),
+            bucket: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A source ready to verify and validate requests.
+#[derive(Debug)]
+pub struct Source {
+    pub name: SourceName,
+    pub enabled: bool,
+    pub verifiers: Vec<Verifier>,
+    pub schema: Arc<EventSchema>,
+    pub accepts_conversions: bool,
+    pub key_spec: BusinessKeySpec,
+}
+
+impl Source {
+    /// Builds a source; errors are `(field, message)` pairs relative to the source's table.
+    pub fn build(
+        name: SourceName,
+        config: &SourceConfig,
+        settings: &IngestSettings,
+        conversion_schema: &Arc<EventSchema>,
+    ) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        if config.auth.is_empty() {
+            errors.push(("auth".to_string(), "a source needs at least one auth method".to_string()));
+        }
+        let mut verifiers = Vec::new();
+        for (i, auth) in config.auth.iter().enumerate() {
+            match Verifier::build(auth) {
+                Ok(v) => verifiers.push(v),
+                Err(e) => errors.push((format!("auth[{i}]"), e)),
+            }
+        }
+        let schema = match &config.schema {
+            None => Some(conversion_schema.clone()),
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => match EventSchema::from_json_text(&text) {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(e) => {
+                        errors.push(("schema".into(), format!("{}: {e}", path.display())));
+                        None
+                    }
+                },
+                Err(e) => {
+                    errors.push(("schema".into(), format!("cannot read {}: {e}", path.display())));
+                    None
+                }
+            },
+        };
+        for (i, pointer) in config.key_fields.iter().enumerate() {
+            if !pointer.starts_with('/') {
+                errors.push((format!("key_fields[{i}]"), "must be a JSON pointer such as `/id_cliente`".into()));
+            }
+        }
+        if !config.time_field.starts_with('/') {
+            errors.push(("time_field".into(), "must be a JSON pointer such as `/timestamp`".into()));
+        }
+        match schema {
+            Some(schema) if errors.is_empty() => Ok(Self {
+                name,
+                enabled: config.enabled,
+                verifiers,
+                schema,
+                accepts_conversions: config.conversions.unwrap_or(config.schema.is_none()),
+                key_spec: BusinessKeySpec {
+                    key_fields: config.key_fields.clone(),
+                    time_field: config.time_field.clone(),
+                    bucket_ms: settings.dedup.bucket.as_millis().max(1) as i64,
+                },
+            }),
+            _ => Err(errors),
+        }
+    }
+}

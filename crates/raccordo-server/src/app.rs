@@ -1,0 +1,215 @@
+//! Assembling and running the hub: storage, ingest pipeline, router, graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use raccordo_core::{Clock, EventLog, SystemClock};
+use raccordo_ingest::Ingestor;
+use raccordo_storage_sqlite::{Durability, SqliteEventLog, SqliteOptions};
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::admin::AdminTokens;
+use crate::config::{Built, DurabilityConfig};
+use crate::routes;
+
+pub struct AppState {
+    pub ingestor: Ingestor,
+    pub admin: AdminTokens,
+    pub prometheus: PrometheusHandle,
+    pub max_body_bytes: usize,
+    pub shutting_down: AtomicBool,
+}
+
+/// A hub ready to serve: its listener is bound, its store open.
+pub struct Hub {
+    state: Arc<AppState>,
+    store: Arc<SqliteEventLog>,
+    listener: TcpListener,
+    router: Router,
+    grace: Duration,
+}
+
+impl Hub {
+    /// Opens the store and binds the listener (`listen` overrides the config's address).
+    pub async fn bind(built: Built, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let Built { config, sources } = built;
+        let prometheus = crate::telemetry::init_metrics();
+        let store = Arc::new(SqliteEventLog::open(SqliteOptions {
+            path: config.database_path(),
+            durability: match config.storage.durability {
+                DurabilityConfig::Fsync => Durability::Fsync,
+                DurabilityConfig::Buffered => Durability::Buffered,
+            },
+            queue_capacity: config.storage.queue_capacity,
+            max_group_events: config.storage.max_group_events,
+        })?);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let log: Arc<dyn EventLog> = store.clone();
+        let ingestor = Ingestor::new(sources, log, clock, config.ingest.clone());
+        spawn_jwks_refreshers(&ingestor);
+        let state = Arc::new(AppState {
+            ingestor,
+            admin: AdminTokens::new(&config.admin.tokens),
+            prometheus: prometheus.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            shutting_down: AtomicBool::new(false),
+        });
+        let router = router(state.clone(), config.server.bench_routes, config.server.request_timeout);
+        let addr = listen.unwrap_or(config.server.listen);
+        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        tokio::spawn(async move {
+            // Histograms are aggregated lazily; upkeep keeps memory flat between scrapes.
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                prometheus.run_upkeep();
+            }
+        });
+        Ok(Self { state, store, listener, router, grace: config.server.shutdown_grace })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking new connections, drains
+    /// in-flight requests (up to the grace period) and closes the store cleanly.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Hub { state, store, listener, router, grace } = self;
+        let draining = state.clone();
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            draining.shutting_down.store(true, Ordering::SeqCst);
+            tracing::info!("shutdown requested; draining in-flight requests");
+            let _ = drained_tx.send(());
+        };
+        let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
+        let serve = tokio::spawn(async move { serve.await });
+        // Wait for the server; once shutdown starts, give it at most `grace` to drain.
+        let mut serve = serve;
+        let result = tokio::select! {
+            r = &mut serve => r,
+            _ = async { let _ = drained_rx.await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish within the grace period");
+                serve.abort();
+                Ok(Ok(()))
+            }
+        };
+        store.close().await;
+        tracing::info!("stopped");
+        result??;
+        Ok(())
+    }
+}
+
+fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router {
+    let mut api = Router::new()
+        .route("/api/v1/eventi/conversione", post(routes::ingest_conversion))
+        .route("/webhooks/in/{source}", post(routes::ingest_source))
+        .route("/api/v1/events", get(routes::list_events))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics));
+    if bench_routes {
+        api = api.route("/_bench/noop", post(routes::noop));
+    }
+    api.fallback(routes::not_found)
+        .layer(axum::middleware::from_fn(observe))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+        }).on_request(()).on_response(()).on_failure(()))
+        .layer(SetRequestIdLayer::x_request_id(UlidRequestId))
+        .with_state(state)
+}
+
+/// Records the latency histogram and logs every rejected request (successes log at debug,
+/// to keep the hot path quiet).
+async fn observe(State(()): State<()>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = request.method().clone();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics::histogram!("raccordo_http_request_duration_seconds", "route" => route.clone(), "status" => status.to_string())
+        .record(elapsed.as_secs_f64());
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    match status {
+        500.. => tracing::error!(%method, %route, status, latency_ms, "request failed"),
+        400..=499 => tracing::info!(%method, %route, status, latency_ms, "request rejected"),
+        _ => tracing::debug!(%method, %route, status, latency_ms, "request served"),
+    }
+    response
+}
+
+#[derive(Clone, Copy)]
+struct UlidRequestId;
+
+impl MakeRequestId for UlidRequestId {
+    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
+        http::HeaderValue::from_str(&ulid::Ulid::new().to_string()).ok().map(RequestId::new)
+    }
+}
+
+/// Fetches each `jwks_url` at start and then periodically, swapping the key set in place.
+fn spawn_jwks_refreshers(ingestor: &Ingestor) {
+    for source in ingestor.sources() {
+        for verifier in &source.verifiers {
+            let Some((url, handle)) = verifier.jwks_url() else { continue };
+            let url = url.to_string();
+            let name = source.name.to_string();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build();
+                let Ok(client) = client else { return };
+                loop {
+                    match fetch_jwks(&client, &url).await {
+                        Ok(set) => *handle.write().unwrap_or_else(|p| p.into_inner()) = set,
+                        Err(e) => tracing::warn!(source = %name, %url, error = %e, "JWKS refresh failed; keeping the previous keys"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(300)).await;
+                }
+            });
+        }
+    }
+}
+
+async fn fetch_jwks(client: &reqwest::Client, url: &str) -> anyhow::Result<jsonwebtoken_jwk::JwkSet> {
+    Ok(client.get(url).send().await?.error_for_status()?.json().await?)
+}
+
+mod jsonwebtoken_jwk {
+    pub use raccordo_ingest::auth::jwt::JwkSet;
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

@@ -1,0 +1,430 @@
+//! The configuration file: TOML with `${ENV}` interpolation for secrets.
+//!
+//! Loading reports *every* problem at once, each with its location (`file:line: key:
+//! message`), so `raccordo check` is a single round trip.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raccordo_core::SourceName;
+use raccordo_ingest::{EventSchema, IngestSettings, Source, SourceConfig};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub ingest: IngestSettings,
+    /// `[sources.<name>]`: who may send events.
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Where the embedded database and generated credentials live.
+    pub data_dir: PathBuf,
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: usize,
+    /// Requests taking longer are answered 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Expose `POST /_bench/noop` (a do-nothing route used as a benchmark baseline).
+    pub bench_routes: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("raccordo-data"),
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+            bench_routes: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    #[default]
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityConfig {
+    /// fsync every commit group (survives power loss).
+    #[default]
+    Fsync,
+    /// Leave writes in OS buffers (survives a process crash, not a power cut).
+    Buffered,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: Backend,
+    /// SQLite file; default `<data_dir>/raccordo.db`.
+    pub path: Option<PathBuf>,
+    pub durability: DurabilityConfig,
+    /// Append requests allowed to wait for the writer before answering 429.
+    pub queue_capacity: usize,
+    /// Most events in one commit group.
+    pub max_group_events: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { backend: Backend::Sqlite, path: None, durability: DurabilityConfig::Fsync, queue_capacity: 512, max_group_events: 20_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub tokens: Vec<AdminTokenConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// Who holds the token (appears in logs, never the token itself).
+    pub name: String,
+    pub token: String,
+    /// `read` (read APIs) and/or `admin` (everything, implies `read`).
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Read,
+    Admin,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `raccordo_server=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, level: "info".into() }
+    }
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// `file:line` when known, else the file.
+    pub location: String,
+    /// Dotted key path, e.g. `sources.web.auth[0].secrets`.
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.location, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.location, self.key, self.message)
+        }
+    }
+}
+
+/// A config turned into the parts the hub runs with.
+pub struct Built {
+    pub config: Config,
+    pub sources: Vec<Source>,
+}
+
+impl Config {
+    /// Reads, interpolates and parses a config file, then builds every component so that
+    /// all problems (syntax, types, secrets, schemas) are reported together.
+    pub fn load(path: &Path) -> Result<Built, Vec<ConfigProblem>> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigProblem { location: file.clone(), key: String::new(), message: format!("cannot read: {e}") }]
+        })?;
+        // Relative paths inside the file (schemas, keys) are relative to the file.
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &file, &base, |name| std::env::var(name).ok())
+    }
+
+    pub fn from_toml(
+        text: &str,
+        file: &str,
+        base: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Built, Vec<ConfigProblem>> {
+        let at = |offset: usize| format!("{file}:{}", line_of(text, offset));
+        let interpolated = interpolate(text, &env).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|(offset, message)| ConfigProblem { location: at(offset), key: String::new(), message })
+                .collect::<Vec<_>>()
+        })?;
+        let mut config: Config = toml::from_str(&interpolated).map_err(|e| {
+            let location = e.span().map(|s| at(s.start)).unwrap_or_else(|| file.to_string());
+            vec![ConfigProblem { location, key: String::new(), message: e.message().trim().to_string() }]
+        })?;
+        for source in config.sources.values_mut() {
+            if let Some(schema) = &source.schema
+                && schema.is_relative()
+            {
+                source.schema = Some(base.join(schema));
+            }
+            for auth in &mut source.auth {
+                if let raccordo_ingest::auth::AuthConfig::Jwt(jwt) = auth {
+                    for path in [&mut jwt.public_key_file, &mut jwt.jwks_file].into_iter().flatten() {
+                        if path.is_relative() {
+                            *path = base.join(&*path);
+                        }
+                    }
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        let mut report = |key: String, message: String| {
+            let location = span_of(&interpolated, &key).map(at).unwrap_or_else(|| file.to_string());
+            problems.push(ConfigProblem { location, key, message });
+        };
+        let built = config.build(&mut report);
+        if problems.is_empty() { Ok(Built { config, sources: built }) } else { Err(problems) }
+    }
+
+    /// Builds the sources and checks cross-field rules, reporting each problem by key path.
+    pub fn build(&self, report: &mut dyn FnMut(String, String)) -> Vec<Source> {
+        let conversion = Arc::new(EventSchema::conversion());
+        let mut sources = Vec::new();
+        for (name, source_config) in &self.sources {
+            let key = format!("sources.{name}");
+            let name = match SourceName::new(name.clone()) {
+                Ok(n) => n,
+                Err(e) => {
+                    report(key, e.to_string());
+                    continue;
+                }
+            };
+            match Source::build(name, source_config, &self.ingest, &conversion) {
+                Ok(source) => sources.push(source),
+                Err(errors) => errors.into_iter().for_each(|(field, message)| report(format!("{key}.{field}"), message)),
+            }
+        }
+        for (i, token) in self.admin.tokens.iter().enumerate() {
+            if token.token.len() < 16 {
+                report(format!("admin.tokens[{i}].token"), "admin tokens must be at least 16 characters".into());
+            }
+            if token.scopes.is_empty() {
+                report(format!("admin.tokens[{i}].scopes"), "give at least one scope: `read` or `admin`".into());
+            }
+        }
+        if !(1..=10_000).contains(&self.ingest.max_batch_items) {
+            report("ingest.max_batch_items".into(), "must be between 1 and 10000".into());
+        }
+        if self.ingest.dedup.bucket.is_zero() {
+            report("ingest.dedup.bucket".into(), "must be longer than zero".into());
+        }
+        if self.storage.queue_capacity == 0 {
+            report("storage.queue_capacity".into(), "must be at least 1".into());
+        }
+        if self.server.max_body_bytes < 1024 {
+            report("server.max_body_bytes".into(), "must be at least 1024".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            report("log.level".into(), format!("not a valid filter: {e}"));
+        }
+        sources
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.storage.path.clone().unwrap_or_else(|| self.server.data_dir.join("raccordo.db"))
+    }
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}`; `$${` stays a literal `${`. Values are pasted
+/// as they are, so values that would change the TOML around them (quotes, backslashes,
+/// newlines) are refused rather than silently mangled. Errors carry the byte offset.
+pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<(usize, String)>> {
+    let mut out = String::with_capacity(text.len());
+    let mut problems = Vec::new();
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if after.starts_with("$${") {
+            out.push_str("${");
+            rest = &after[3..];
+            offset += pos + 3;
+            continue;
+        }
+        if !after.starts_with("${") {
+            out.push('$');
+            rest = &after[1..];
+            offset += pos + 1;
+            continue;
+        }
+        let Some(end) = after.find('}') else {
+            problems.push((offset + pos, "`${` without a closing `}`".to_string()));
+            out.push_str(after);
+            rest = "";
+            break;
+        };
+        let inner = &after[2..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_name {
+            problems.push((offset + pos, format!("`${{{inner}}}` is not a valid variable reference")));
+        } else {
+            match env(name).or_else(|| default.map(str::to_string)) {
+                Some(value) if value.contains(['"', '\\', '\'', '\n', '\r']) => problems.push((
+                    offset + pos,
+                    format!("environment variable {name} contains quotes, backslashes or newlines, which cannot be pasted into TOML"),
+                )),
+                Some(value) => out.push_str(&value),
+                None => problems.push((offset + pos, format!("environment variable {name} is not set"))),
+            }
+        }
+        rest = &after[end + 1..];
+        offset += pos + end + 1;
+    }
+    out.push_str(rest);
+    if problems.is_empty() { Ok(out) } else { Err(problems) }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// Byte offset of the value at a dotted key path such as `sources.web.auth[0].secrets`,
+/// or of its nearest existing parent.
+fn span_of(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut best = None;
+    let mut table = Some(root.get_ref());
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let value = table.and_then(|t| t.iter().find(|(k, _)| k.get_ref() == name).map(|(_, v)| v));
+        let Some(mut value) = value else { break };
+        best = Some(value.span().start);
+        if let (Some(i), DeValue::Array(items)) = (index, value.get_ref()) {
+            let Some(item) = items.get(i) else { break };
+            value = item;
+            best = Some(value.span().start);
+        }
+        table = match value.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => None,
+        };
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KEY" => Some("0123456789abcdef-key".into()),
+            "BAD" => Some("a\"b".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn interpolation_substitutes_defaults_and_escapes() {
+        assert_eq!(interpolate("a=\"${KEY}\"", &env).unwrap(), "a=\"0123456789abcdef-key\"");
+        assert_eq!(interpolate("a=\"${NOPE:-x}\"", &env).unwrap(), "a=\"x\"");
+        assert_eq!(interpolate("a=\"$${KEY} $5\"", &env).unwrap(), "a=\"${KEY} $5\"");
+        let errors = interpolate("a=1\nb=\"${NOPE}\"\nc=\"${BAD}\"\nd=\"${x y}\"", &env).unwrap_err();
+        let lines: Vec<usize> = errors.iter().map(|(o, _)| line_of("a=1\nb=\"${NOPE}\"\nc=\"${BAD}\"\nd=\"${x y}\"", *o)).collect();
+        assert_eq!(lines, vec![2, 3, 4]);
+        assert!(errors[0].1.contains("NOPE is not set"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:9999"
+
+[sources.web]
+auth = [
+  { type = "api_key", keys = ["short"] },
+  { type = "standard_webhooks", secrets = ["nope"] },
+]
+
+[sources.jwt]
+auth = [{ type = "jwt", secret = "${MISSING_SECRET:-0123456789012345678901234567890123}" }]
+schema = "does-not-exist.json"
+
+[[admin.tokens]]
+name = "ops"
+token = "tiny"
+scopes = []
+"#;
+        let problems = Config::from_toml(text, "raccordo.toml", Path::new("/nonexistent"), env).err().unwrap();
+        let rendered: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let expect = [
+            "raccordo.toml:6: sources.web.auth[0]:",
+            "raccordo.toml:6: sources.web.auth[1]:",
+            "raccordo.toml:13: sources.jwt.schema:",
+            "raccordo.toml:17: admin.tokens[0].token:",
+            "raccordo.toml:18: admin.tokens[0].scopes:",
+        ];
+        for prefix in expect {
+            assert!(rendered.iter().any(|r| r.starts_with(prefix)), "missing {prefix} in {rendered:#?}");
+        }
+        assert_eq!(rendered.len(), expect.len(), "{rendered:#?}");
+    }
+
+    #[test]
+    fn syntax_and_type_errors_point_at_the_line() {
+        let problems = Config::from_toml("[server]\nlisten = 5\n", "f.toml", Path::new("."), env).err().unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].location == "f.toml:2", "{problems:?}");
+        let problems = Config::from_toml("[server]\nlistne = \"x\"\n", "f.toml", Path::new("."), env).err().unwrap();
+        assert!(problems[0].message.contains("unknown field"), "{problems:?}");
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default_config() {
+        let built = Config::from_toml("", "f.toml", Path::new("."), env).ok().unwrap();
+        assert_eq!(built.config.server.listen.port(), 8080);
+        assert!(built.sources.is_empty());
+    }
+}

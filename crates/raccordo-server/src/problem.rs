@@ -1,0 +1,111 @@
+//! RFC 9457 problem details. Every error the server answers goes through here.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use raccordo_ingest::{FieldError, IngestError};
+use serde::Serialize;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// A located problem with a query parameter (`errors[].parameter`), the query-string
+/// counterpart of a body field's JSON pointer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParameterError {
+    pub parameter: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// Stable URI of the problem type: `urn:raccordo:problem:<slug>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Body fields at fault, as JSON pointers (`/3/valore`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<ParameterError>,
+    /// Total failures when more were found than are listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_errors: Option<usize>,
+    #[serde(skip)]
+    pub retry_after_s: Option<u64>,
+    #[serde(skip)]
+    pub www_authenticate: Option<&'static str>,
+}
+
+impl Problem {
+    pub fn new(status: u16, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            type_uri: format!("urn:raccordo:problem:{slug}"),
+            title: title.into(),
+            status,
+            detail: detail.into(),
+            errors: Vec::new(),
+            parameters: Vec::new(),
+            total_errors: None,
+            retry_after_s: None,
+            www_authenticate: None,
+        }
+    }
+
+    pub fn bad_parameter(parameter: &str, detail: impl Into<String>) -> Self {
+        let mut p = Self::new(400, "invalid-parameter", "Invalid query parameter", format!("query parameter `{parameter}` is invalid"));
+        p.parameters.push(ParameterError { parameter: parameter.into(), detail: detail.into() });
+        p
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(404, "not-found", "Not found", detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(503, "unavailable", "Service unavailable", detail)
+    }
+}
+
+impl From<IngestError> for Problem {
+    fn from(e: IngestError) -> Self {
+        let mut p = Problem::new(e.status(), e.slug(), e.title(), e.to_string());
+        match &e {
+            IngestError::Validation { errors, total } => {
+                p.errors = errors.clone();
+                if *total > errors.len() {
+                    p.total_errors = Some(*total);
+                }
+                p.detail = format!("{total} problem(s) in the body; nothing was stored (first at `{}`)",
+                    errors.first().map(|f| f.pointer.as_str()).unwrap_or(""));
+            }
+            IngestError::MissingCredentials { expected } => {
+                p.detail = format!("send {expected}");
+                p.www_authenticate = Some("Bearer");
+            }
+            IngestError::InvalidCredentials { .. } | IngestError::TokenExpired => p.www_authenticate = Some("Bearer"),
+            IngestError::Overloaded { retry_after_ms } => p.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1)),
+            _ => {}
+        }
+        p
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry = self.retry_after_s;
+        let auth = self.www_authenticate;
+        let mut response = (status, Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(seconds) = retry {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(scheme) = auth {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
+        }
+        response
+    }
+}

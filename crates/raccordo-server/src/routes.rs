@@ -1,0 +1,195 @@
+//! HTTP handlers: thin, each one reads its input, calls the core, and maps the outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use raccordo_core::{EventFilter, SourceName};
+use raccordo_ingest::{IngestError, Target};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::config::Scope;
+use crate::problem::Problem;
+
+/// `POST /api/v1/eventi/conversione`
+pub async fn ingest_conversion(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    ingest(&state, Target::Conversion, headers, body).await
+}
+
+/// `POST /webhooks/in/{source}`
+pub async fn ingest_source(
+    State(state): State<Arc<AppState>>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(&state, Target::Source(&source), headers, body).await
+}
+
+async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: Body) -> Response {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Problem::unavailable("the server is shutting down").into_response();
+    }
+    let body = match read_body(&headers, body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    match state.ingestor.ingest(target, &headers, body).await {
+        Ok(response) => {
+            let body = if response.single {
+                serde_json::to_value(response.items[0]).unwrap_or_default()
+            } else {
+                serde_json::to_value(&response.items).unwrap_or_default()
+            };
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+/// Reads the body up to `limit` bytes; a declared or actual larger body is a 413.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(IngestError::BodyTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util_limited::LengthLimitError>());
+        if too_large || e.to_string().contains("length limit") {
+            IngestError::BodyTooLarge { limit }
+        } else {
+            IngestError::InvalidJson { detail: "the body could not be read completely".into() }
+        }
+    })
+}
+
+mod http_body_util_limited {
+    /// axum wraps http-body-util's error; matching by type keeps us off its private paths.
+    pub type LengthLimitError = axum::extract::rejection::LengthLimitError;
+}
+
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    source: Option<String>,
+    evento: Option<String>,
+    canale: Option<String>,
+    stato: Option<String>,
+    id_cliente: Option<String>,
+    /// Event time lower bound (RFC 3339, inclusive).
+    from: Option<String>,
+    /// Event time upper bound (RFC 3339, exclusive).
+    to: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/events`: the stored events in log order, filtered, with cursor paging.
+pub async fn list_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(p) = state.admin.require(&headers, Scope::Read) {
+        return p.into_response();
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            let text = e.body_text();
+            let parameter = text.split('`').nth(1).unwrap_or("query").to_string();
+            return Problem::bad_parameter(&parameter, text).into_response();
+        }
+    };
+    let filter = match events_filter(q) {
+        Ok(f) => f,
+        Err(p) => return p.into_response(),
+    };
+    match state.ingestor.log().read(filter).await {
+        Ok(page) => Json(json!({
+            "events": page.events,
+            "next_cursor": page.next_after_seq.map(|s| s.to_string()),
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading events failed");
+            Problem::unavailable("reading the event log failed").into_response()
+        }
+    }
+}
+
+fn events_filter(q: EventsQuery) -> Result<EventFilter, Problem> {
+    let time = |name: &str, value: Option<String>| -> Result<Option<i64>, Problem> {
+        value
+            .map(|v| raccordo_ingest::pipeline::parse_time_ms(&v).ok_or_else(|| Problem::bad_parameter(name, "must be an RFC 3339 date-time")))
+            .transpose()
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::bad_parameter("limit", "must be between 1 and 1000"));
+    }
+    let after_seq = q
+        .cursor
+        .map(|c| c.parse::<i64>().map_err(|_| Problem::bad_parameter("cursor", "not a cursor returned by this API")))
+        .transpose()?;
+    let source = q
+        .source
+        .map(|s| SourceName::new(s).map_err(|e| Problem::bad_parameter("source", e.to_string())))
+        .transpose()?;
+    let mut fields = Vec::new();
+    for (name, value) in [("evento", q.evento), ("canale", q.canale), ("stato", q.stato), ("id_cliente", q.id_cliente)] {
+        if let Some(value) = value {
+            fields.push((name.to_string(), value));
+        }
+    }
+    Ok(EventFilter {
+        after_seq,
+        source,
+        fields,
+        event_time_from_ms: time("from", q.from)?,
+        event_time_to_ms: time("to", q.to)?,
+        limit,
+    })
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: the process can take traffic (store writable, not draining).
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Problem::unavailable("shutting down").into_response();
+    }
+    if !state.ingestor.log().is_ready() {
+        return Problem::unavailable("the event store is not accepting writes").into_response();
+    }
+    Json(json!({"status": "ready"})).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
+}
+
+/// `POST /_bench/noop`: reads the body and answers like an accepted event, doing nothing
+/// else. Only mounted with `server.bench_routes`; it is the baseline of the ingest benchmark.
+pub async fn noop(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    match read_body(&headers, body, state.max_body_bytes).await {
+        Ok(_) => (StatusCode::ACCEPTED, Json(json!({"id": "evt_noop", "status": "accepted"}))).into_response(),
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+pub async fn not_found() -> Response {
+    Problem::not_found("no such route").into_response()
+}

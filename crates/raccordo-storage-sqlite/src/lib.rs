@@ -1,0 +1,187 @@
+//! The embedded storage backend: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that practises *group commit*: it takes every
+//! append request queued at that moment (it never waits for more to arrive), applies each
+//! inside its own savepoint of one shared transaction, commits once — one fsync for the
+//! whole group at `Durability::Fsync` — and only then answers every request. Under load,
+//! groups grow by themselves; when idle, a lone request commits alone with no added delay.
+//! The queue is bounded: when it is full, `append` fails fast with `Overloaded` (HTTP 429)
+//! instead of queueing without bound.
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use raccordo_core::{AppendBatch, AppendOutcome, EventFilter, EventId, EventLog, EventPage, SourceName, StoreError, StoredEvent};
+use rusqlite::{Connection, OpenFlags, params_from_iter};
+use tokio::sync::{mpsc, oneshot};
+
+pub use writer::Durability;
+
+/// Settings of the embedded store (`[storage]` in the config file).
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// Append requests that may wait for the writer before `append` answers `Overloaded`.
+    pub queue_capacity: usize,
+    /// Upper bound on events per commit group (bounds commit latency under load).
+    pub max_group_events: usize,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), durability: Durability::Fsync, queue_capacity: 512, max_group_events: 20_000 }
+    }
+}
+
+pub struct SqliteEventLog {
+    jobs: std::sync::Mutex<Option<mpsc::Sender<writer::Job>>>,
+    reader: Arc<std::sync::Mutex<Connection>>,
+    ready: Arc<AtomicBool>,
+    writer_done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open {path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+    #[error("cannot create {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+impl SqliteEventLog {
+    /// Opens (creating if needed) the database and starts the writer thread.
+    pub fn open(options: SqliteOptions) -> Result<Self, OpenError> {
+        if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| OpenError::Io { path: parent.display().to_string(), source })?;
+        }
+        let sqlite_err = |source| OpenError::Sqlite { path: options.path.display().to_string(), source };
+        let conn = Connection::open(&options.path).map_err(sqlite_err)?;
+        schema::prepare_writer(&conn, options.durability).map_err(sqlite_err)?;
+        let reader = Connection::open_with_flags(
+            &options.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(sqlite_err)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite_err)?;
+
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let ready = Arc::new(AtomicBool::new(true));
+        let (done_tx, done_rx) = oneshot::channel();
+        let writer_ready = ready.clone();
+        let max_group_events = options.max_group_events.max(1);
+        std::thread::Builder::new()
+            .name("raccordo-sqlite-writer".into())
+            .spawn(move || {
+                writer::run(conn, rx, max_group_events);
+                writer_ready.store(false, Ordering::SeqCst);
+                let _ = done_tx.send(());
+            })
+            .map_err(|source| OpenError::Io { path: "writer thread".into(), source })?;
+        Ok(Self {
+            jobs: std::sync::Mutex::new(Some(tx)),
+            reader: Arc::new(std::sync::Mutex::new(reader)),
+            ready,
+            writer_done: std::sync::Mutex::new(Some(done_rx)),
+            path: options.path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued, checkpoints the WAL
+    /// and waits for the writer thread to end.
+    pub async fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let done = self.writer_done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteEventLog {
+    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
+        sender.try_send(writer::Job { batch, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded { retry_after_ms: 1000 },
+            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("the writer has stopped".into()),
+        })?;
+        answer.await.map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    async fn read(&self, filter: EventFilter) -> Result<EventPage, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            read_page(&conn, &filter).map_err(|e| StoreError::Backend(e.to_string()))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+fn read_page(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<EventPage> {
+    use rusqlite::types::Value as Sql;
+    let mut sql = String::from("SELECT seq, id, source, event_time, received_at, payload FROM events WHERE seq > ?");
+    let mut args: Vec<Sql> = vec![Sql::Integer(filter.after_seq.unwrap_or(0))];
+    if let Some(source) = &filter.source {
+        sql.push_str(" AND source = ?");
+        args.push(Sql::Text(source.to_string()));
+    }
+    for (field, value) in &filter.fields {
+        sql.push_str(" AND json_extract(payload, ?) = ?");
+        args.push(Sql::Text(format!("$.\"{}\"", field.replace('"', ""))));
+        args.push(Sql::Text(value.clone()));
+    }
+    if let Some(from) = filter.event_time_from_ms {
+        sql.push_str(" AND event_time >= ?");
+        args.push(Sql::Integer(from));
+    }
+    if let Some(to) = filter.event_time_to_ms {
+        sql.push_str(" AND event_time < ?");
+        args.push(Sql::Integer(to));
+    }
+    let limit = filter.limit.clamp(1, 1000);
+    sql.push_str(" ORDER BY seq LIMIT ?");
+    args.push(Sql::Integer(limit as i64 + 1));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut events = Vec::with_capacity(limit.min(128));
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(1)?;
+        let source: String = row.get(2)?;
+        let payload: String = row.get(5)?;
+        let corrupt = |what: String| rusqlite::Error::InvalidColumnType(0, what, rusqlite::types::Type::Text);
+        events.push(StoredEvent {
+            seq: row.get(0)?,
+            id: id.parse::<EventId>().map_err(corrupt)?,
+            source: SourceName::new(source).map_err(|e| corrupt(e.to_string()))?,
+            event_time_ms: row.get(3)?,
+            received_at_ms: row.get(4)?,
+            payload: serde_json::from_str(&payload).map_err(|e| corrupt(e.to_string()))?,
+        });
+    }
+    let next_after_seq = if events.len() > limit {
+        events.truncate(limit);
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(EventPage { events, next_after_seq })
+}
