@@ -1,6 +1,7 @@
 //! Event schemas: the built-in conversion schema (the seed's, corrected) or a user's.
 
 use jsonschema::Validator;
+use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
 
 use crate::error::FieldError;
@@ -59,12 +60,24 @@ impl EventSchema {
     pub fn validate(&self, item: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> usize {
         let mut count = 0;
         for error in self.validator.iter_errors(item) {
-            count += 1;
-            if errors.len() < MAX_REPORTED_ERRORS {
-                errors.push(FieldError::new(
-                    format!("{prefix}{}", error.instance_path().as_str()),
-                    error.masked().to_string(),
-                ));
+            let at = format!("{prefix}{}", error.instance_path().as_str());
+            // Point at the field itself, not at the object that lacks or has it.
+            let located: Vec<FieldError> = match error.kind() {
+                ValidationErrorKind::Required { property } => {
+                    let name = property.as_str().unwrap_or_default();
+                    vec![FieldError::new(format!("{at}/{}", escape_pointer(name)), "is required")]
+                }
+                ValidationErrorKind::AdditionalProperties { unexpected } => unexpected
+                    .iter()
+                    .map(|name| FieldError::new(format!("{at}/{}", escape_pointer(name)), "is not an allowed property"))
+                    .collect(),
+                _ => vec![FieldError::new(at, error.masked().to_string())],
+            };
+            for e in located {
+                count += 1;
+                if errors.len() < MAX_REPORTED_ERRORS {
+                    errors.push(e);
+                }
             }
         }
         if count == 0 && self.builtin_conversion {
@@ -76,6 +89,10 @@ impl EventSchema {
     pub fn is_valid(&self, item: &Value) -> bool {
         self.validator.is_valid(item)
     }
+}
+
+fn escape_pointer(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
 }
 
 /// `multipleOf: 0.01` is evaluated in binary floating point by validators and can both
@@ -142,7 +159,7 @@ mod tests {
             ("stato", json!("ok"), "/0/stato"),
             ("metadati", json!("x"), "/0/metadati"),
             ("metadati", json!({"campagna": 5}), "/0/metadati/campagna"),
-            ("metadati", json!({"altro": "x"}), "/0/metadati"),
+            ("metadati", json!({"altro": "x"}), "/0/metadati/altro"),
         ];
         for (field, value, pointer) in cases {
             let mut v = valid();
@@ -157,10 +174,10 @@ mod tests {
         let schema = EventSchema::conversion();
         let mut v = valid();
         v.as_object_mut().unwrap().remove("stato");
-        assert_eq!(pointers(&schema, &v), vec!["/0"]);
+        assert_eq!(pointers(&schema, &v), vec!["/0/stato"]);
         let mut v = valid();
-        v["extra"] = json!(1);
-        assert_eq!(pointers(&schema, &v), vec!["/0"]);
+        v["extra/field"] = json!(1);
+        assert_eq!(pointers(&schema, &v), vec!["/0/extra~1field"]);
     }
 
     #[test]

@@ -1,1 +1,286 @@
+//! `raccordo loadgen`: sends realistic, correctly signed conversion traffic and reports
+//! throughput, latency percentiles and outcomes.
+//!
+//! Two modes. *Closed loop* (`concurrency`): N workers each send, wait for the answer, send
+//! again; it finds the maximum rate. *Open loop* (`rate`): requests are started on a fixed
+//! schedule whether or not earlier ones finished, and latency is measured from the
+//! *scheduled* start, so a stalled server shows up in the percentiles instead of silently
+//! slowing the generator down (no coordinated omission).
 
+pub mod traffic;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use raccordo_ingest::auth::WebhookSecret;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+pub use traffic::{Expect, Traffic};
+
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// Standard Webhooks signature with this `whsec_` secret.
+    StandardWebhooks(String),
+    ApiKey(String),
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// N requests in flight at all times.
+    Closed { concurrency: usize },
+    /// A fixed number of requests per second, at most `max_in_flight` outstanding.
+    Open { rate: f64, max_in_flight: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Full URL of the route, e.g. `http://127.0.0.1:8080/api/v1/eventi/conversione`.
+    pub url: String,
+    pub auth: Auth,
+    pub mode: Mode,
+    pub duration: Duration,
+    /// Stop after this many requests (whichever comes first with `duration`).
+    pub max_requests: Option<u64>,
+    /// Events per request; 1 sends a bare object, more send a JSON array.
+    pub batch_size: usize,
+    pub duplicates: f64,
+    pub invalid: f64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct Report {
+    pub elapsed_s: f64,
+    pub requests: u64,
+    pub requests_per_s: f64,
+    pub events: u64,
+    pub events_per_s: f64,
+    pub latency_ms: Percentiles,
+    pub accepted: u64,
+    pub duplicate: u64,
+    /// Answers by HTTP status other than 202.
+    pub rejected: std::collections::BTreeMap<u16, u64>,
+    /// Requests that got no HTTP answer (connection errors, timeouts).
+    pub transport_errors: u64,
+}
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    events: AtomicU64,
+    accepted: AtomicU64,
+    duplicate: AtomicU64,
+    transport_errors: AtomicU64,
+    rejected: Mutex<std::collections::BTreeMap<u16, u64>>,
+}
+
+struct Shared {
+    options: Options,
+    client: reqwest::Client,
+    counters: Counters,
+    latency: Mutex<Histogram<u64>>,
+    secret: Option<WebhookSecret>,
+    sequence: AtomicU64,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s with 3 significant digits; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    let secret = match &options.auth {
+        Auth::StandardWebhooks(s) => Some(WebhookSecret::parse(s).map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?),
+        _ => None,
+    };
+    let connections = match options.mode {
+        Mode::Closed { concurrency } => concurrency,
+        Mode::Open { max_in_flight, .. } => max_in_flight,
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()?;
+    let shared = Arc::new(Shared {
+        options: options.clone(),
+        client,
+        counters: Counters::default(),
+        latency: Mutex::new(new_histogram()),
+        secret,
+        sequence: AtomicU64::new(0),
+    });
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    match options.mode {
+        Mode::Closed { concurrency } => {
+            let mut workers = Vec::new();
+            for worker in 0..concurrency.max(1) {
+                let shared = shared.clone();
+                workers.push(tokio::spawn(async move {
+                    let mut traffic = Traffic::new(SmallRng::seed_from_u64(shared.options.seed ^ worker as u64), shared.options.duplicates, shared.options.invalid);
+                    let mut local = new_histogram();
+                    while Instant::now() < deadline && shared.claim_request() {
+                        let begun = Instant::now();
+                        shared.send(&mut traffic).await;
+                        let _ = local.record(begun.elapsed().as_micros().max(1) as u64);
+                    }
+                    let _ = shared.latency.lock().unwrap_or_else(|p| p.into_inner()).add(&local);
+                }));
+            }
+            for w in workers {
+                w.await?;
+            }
+        }
+        Mode::Open { rate, max_in_flight } => {
+            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
+            let mut traffic = Traffic::new(SmallRng::seed_from_u64(options.seed), options.duplicates, options.invalid);
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut i: u32 = 0;
+            loop {
+                let scheduled = started + interval * i;
+                i = i.saturating_add(1);
+                if scheduled >= deadline || !shared.claim_request() {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                let permit = permits.clone().acquire_owned().await?;
+                let request = shared.prepare(&mut traffic);
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    shared.execute(request).await;
+                    // From the scheduled start: waiting for a permit counts as latency.
+                    let micros = scheduled.elapsed().as_micros().max(1) as u64;
+                    let _ = shared.latency.lock().unwrap_or_else(|p| p.into_inner()).record(micros);
+                    drop(permit);
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let c = &shared.counters;
+    let latency = shared.latency.lock().unwrap_or_else(|p| p.into_inner());
+    let ms = |v: u64| v as f64 / 1000.0;
+    let requests = c.requests.load(Ordering::Relaxed);
+    let events = c.events.load(Ordering::Relaxed);
+    Ok(Report {
+        elapsed_s: elapsed,
+        requests,
+        requests_per_s: requests as f64 / elapsed,
+        events,
+        events_per_s: events as f64 / elapsed,
+        latency_ms: Percentiles {
+            p50: ms(latency.value_at_quantile(0.50)),
+            p95: ms(latency.value_at_quantile(0.95)),
+            p99: ms(latency.value_at_quantile(0.99)),
+            max: ms(latency.max()),
+            mean: latency.mean() / 1000.0,
+        },
+        accepted: c.accepted.load(Ordering::Relaxed),
+        duplicate: c.duplicate.load(Ordering::Relaxed),
+        rejected: c.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        transport_errors: c.transport_errors.load(Ordering::Relaxed),
+    })
+}
+
+impl Shared {
+    fn claim_request(&self) -> bool {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        self.options.max_requests.is_none_or(|max| n < max)
+    }
+
+    async fn send(&self, traffic: &mut Traffic) {
+        let request = self.prepare(traffic);
+        self.execute(request).await;
+    }
+
+    /// Builds one signed request (body generation and signing happen here, serially).
+    fn prepare(&self, traffic: &mut Traffic) -> reqwest::RequestBuilder {
+        let batch = self.options.batch_size.max(1);
+        let body = if batch == 1 {
+            serde_json::to_vec(&traffic.next().event)
+        } else {
+            serde_json::to_vec(&(0..batch).map(|_| traffic.next().event).collect::<Vec<_>>())
+        }
+        .unwrap_or_default();
+        let mut request = self.client.post(&self.options.url).header("content-type", "application/json");
+        match (&self.options.auth, &self.secret) {
+            (Auth::StandardWebhooks(_), Some(secret)) => {
+                let id = format!("msg_{}", ulid_like(traffic));
+                let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+                request = request
+                    .header("webhook-id", &id)
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", secret.sign(&id, ts, &body));
+            }
+            (Auth::ApiKey(key), _) => request = request.header("x-api-key", key),
+            _ => {}
+        }
+        request.body(body)
+    }
+
+    async fn execute(&self, request: reqwest::RequestBuilder) {
+        let c = &self.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.events.fetch_add(self.options.batch_size.max(1) as u64, Ordering::Relaxed);
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let text = response.bytes().await.unwrap_or_default();
+                if status == 202 {
+                    let accepted = count(&text, b"\"accepted\"");
+                    c.accepted.fetch_add(accepted, Ordering::Relaxed);
+                    c.duplicate.fetch_add(count(&text, b"\"duplicate\""), Ordering::Relaxed);
+                } else {
+                    *c.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(status).or_default() += 1;
+                }
+            }
+            Err(_) => {
+                c.transport_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn ulid_like(traffic: &mut Traffic) -> String {
+    format!("{:016x}{:016x}", traffic.random_u64(), traffic.random_u64())
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> u64 {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count() as u64
+}
+
+impl Report {
+    /// The human summary printed by `raccordo loadgen`.
+    pub fn render(&self) -> String {
+        let rejected = if self.rejected.is_empty() {
+            "none".to_string()
+        } else {
+            self.rejected.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ")
+        };
+        format!(
+            "duration   {:.1} s\nrequests   {} ({:.0} req/s)\nevents     {} ({:.0} events/s)\nlatency    p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms\noutcomes   accepted {}  duplicate {}  rejected {}  transport errors {}\n",
+            self.elapsed_s, self.requests, self.requests_per_s, self.events, self.events_per_s,
+            self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99, self.latency_ms.max,
+            self.accepted, self.duplicate, rejected, self.transport_errors
+        )
+    }
+}

@@ -190,7 +190,8 @@ impl Config {
                 .collect::<Vec<_>>()
         })?;
         let mut config: Config = toml::from_str(&interpolated).map_err(|e| {
-            let location = e.span().map(|s| at(s.start)).unwrap_or_else(|| file.to_string());
+            let location =
+                e.span().map(|s| format!("{file}:{}", line_of(&interpolated, s.start))).unwrap_or_else(|| file.to_string());
             vec![ConfigProblem { location, key: String::new(), message: e.message().trim().to_string() }]
         })?;
         for source in config.sources.values_mut() {
@@ -211,7 +212,10 @@ impl Config {
         }
         let mut problems = Vec::new();
         let mut report = |key: String, message: String| {
-            let location = span_of(&interpolated, &key).map(at).unwrap_or_else(|| file.to_string());
+            // Interpolated values hold no newlines, so line numbers match the original file.
+            let location = span_of(&interpolated, &key)
+                .map(|offset| format!("{file}:{}", line_of(&interpolated, offset)))
+                .unwrap_or_else(|| file.to_string());
             problems.push(ConfigProblem { location, key, message });
         };
         let built = config.build(&mut report);
@@ -400,8 +404,8 @@ scopes = []
         let problems = Config::from_toml(text, "raccordo.toml", Path::new("/nonexistent"), env).err().unwrap();
         let rendered: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let expect = [
-            "raccordo.toml:6: sources.web.auth[0]:",
-            "raccordo.toml:6: sources.web.auth[1]:",
+            "raccordo.toml:7: sources.web.auth[0]:",
+            "raccordo.toml:8: sources.web.auth[1]:",
             "raccordo.toml:13: sources.jwt.schema:",
             "raccordo.toml:17: admin.tokens[0].token:",
             "raccordo.toml:18: admin.tokens[0].scopes:",

@@ -26,7 +26,7 @@ const PURGE_EVERY_MS: i64 = 10_000;
 const PURGE_CHUNK: i64 = 5_000;
 
 pub fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, max_group_events: usize) {
-    let mut last_purge_ms = i64::MIN;
+    let mut last_purge_ms: Option<i64> = None;
     while let Some(first) = jobs.blocking_recv() {
         let mut events = first.batch.events.len();
         let mut group = vec![first];
@@ -49,8 +49,8 @@ pub fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, max_group_events
         for (job, result) in group.into_iter().zip(results) {
             let _ = job.reply.send(result); // the caller may have gone away; the data is committed
         }
-        if now_ms - last_purge_ms >= PURGE_EVERY_MS {
-            last_purge_ms = now_ms;
+        if last_purge_ms.is_none_or(|last| now_ms.saturating_sub(last) >= PURGE_EVERY_MS) {
+            last_purge_ms = Some(now_ms);
             if let Err(e) = purge_expired(&conn, now_ms) {
                 tracing::warn!(error = %e, "purging expired dedup keys failed");
             }

@@ -1,1 +1,281 @@
-fn main(){}
+//! The `raccordo` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use raccordo_server::{Config, Credentials, Hub};
+
+#[derive(Parser)]
+#[command(
+    name = "raccordo",
+    version,
+    about = "Self-hosted CRM event and integration hub",
+    long_about = "raccordo receives conversion events and CRM webhooks, checks their auth and schema, \
+                  deduplicates them and stores them durably.\n\n\
+                  Start with `raccordo serve`: it runs on an embedded SQLite file under ./raccordo-data \
+                  and prints the credentials to use on first start."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub (embedded SQLite by default; no config needed)
+    #[command(long_about = "Run the hub.\n\n\
+        Without --config, raccordo listens on 127.0.0.1:8080, keeps its data in ./raccordo-data, \
+        and on first start generates an ingest API key, a webhook secret and an admin token, \
+        saves them to ./raccordo-data/credentials.toml and prints them once.\n\n\
+        With --config FILE, everything comes from the TOML file (see docs/configuration.md); \
+        `${VAR}` in the file is replaced by the environment variable VAR.")]
+    Serve(ServeArgs),
+    /// Validate a config file and report every problem with its line
+    #[command(long_about = "Validate a config file: TOML syntax, field types, secrets, key files and \
+        JSON schemas. Every problem is printed as FILE:LINE: KEY: MESSAGE. Exits 1 if there is any.")]
+    Check {
+        /// The TOML config file to check
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Send realistic, signed conversion traffic to a hub and report latency
+    #[command(long_about = "Send realistic conversion events (Italian customers, channels and campaigns), \
+        signed like a real sender, and print throughput, latency percentiles (p50/p95/p99/max) and \
+        outcome counts.\n\n\
+        By default it reads ./raccordo-data/credentials.toml, as written by a config-less \
+        `raccordo serve`, and signs with its webhook secret.\n\n\
+        Closed loop (--concurrency N) keeps N requests in flight: use it to find the maximum rate. \
+        Open loop (--rate R) starts R requests per second on a schedule and measures latency from \
+        the scheduled time: use it to see latency at a given load.")]
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file (default: built-in embedded defaults)
+    #[arg(long, short, env = "RACCORDO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 or 0.0.0.0:80 (overrides the config)
+    #[arg(long, env = "RACCORDO_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory when running without a config (default ./raccordo-data)
+    #[arg(long, env = "RACCORDO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Also serve POST /_bench/noop, the baseline route used by benchmarks
+    #[arg(long)]
+    bench_routes: bool,
+}
+
+#[derive(Args)]
+struct LoadgenArgs {
+    /// Base URL of the hub
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Route to load: `conversion` (POST /api/v1/eventi/conversione), `noop` (POST /_bench/noop,
+    /// needs `serve --bench-routes`) or `source:NAME` (POST /webhooks/in/NAME)
+    #[arg(long, default_value = "conversion")]
+    route: String,
+    /// credentials.toml to take the webhook secret or API key from
+    #[arg(long, default_value = "raccordo-data/credentials.toml")]
+    credentials: PathBuf,
+    /// Sign with this Standard Webhooks secret (whsec_...) instead of the credentials file's
+    #[arg(long, env = "RACCORDO_WEBHOOK_SECRET")]
+    webhook_secret: Option<String>,
+    /// Authenticate with this API key instead of a signature
+    #[arg(long, env = "RACCORDO_API_KEY", conflicts_with = "webhook_secret")]
+    api_key: Option<String>,
+    /// Closed loop: requests kept in flight
+    #[arg(long, default_value_t = 32, conflicts_with = "rate")]
+    concurrency: usize,
+    /// Open loop: requests started per second
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: most requests outstanding at once
+    #[arg(long, default_value_t = 2048)]
+    max_in_flight: usize,
+    /// How long to send, e.g. 10s or 1m
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Events per request (1 sends a single object; more send a JSON array, at most 1000)
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Fraction of events that re-send an earlier event (expected answer: duplicate)
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Fraction of events with a schema error (a batch containing one is rejected whole)
+    #[arg(long, default_value_t = 0.0)]
+    invalid: f64,
+    /// Random seed, for repeatable traffic
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    // One TLS provider for every client in the process (JWKS fetches, loadgen over https).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raccordo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Check { config } => return check(&config),
+        Command::Loadgen(args) => runtime.block_on(loadgen(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raccordo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_problems(problems: &[raccordo_server::ConfigProblem]) {
+    for p in problems {
+        eprintln!("{p}");
+    }
+    eprintln!("{} problem(s) found", problems.len());
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match Config::load(path) {
+        Ok(built) => {
+            println!(
+                "{}: ok ({} source(s), {} admin token(s), listening on {})",
+                path.display(),
+                built.sources.len(),
+                built.config.admin.tokens.len(),
+                built.config.server.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            print_problems(&problems);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut built = match &args.config {
+        Some(path) => Config::load(path).map_err(|problems| {
+            print_problems(&problems);
+            anyhow::anyhow!("the config file {} has problems", path.display())
+        })?,
+        None => {
+            let mut config = Config::default();
+            if let Some(dir) = &args.data_dir {
+                config.server.data_dir = dir.clone();
+            }
+            let (credentials, created) = Credentials::load_or_create(&config.server.data_dir)?;
+            credentials.apply(&mut config);
+            let listen = args.listen.unwrap_or(config.server.listen);
+            announce_credentials(&credentials, created, &config.server.data_dir, listen);
+            let mut problems = Vec::new();
+            let sources = config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
+            anyhow::ensure!(problems.is_empty(), "built-in defaults are invalid: {problems:?}");
+            raccordo_server::Built { config, sources }
+        }
+    };
+    if args.bench_routes {
+        built.config.server.bench_routes = true;
+    }
+    raccordo_server::telemetry::init_logging(&built.config.log);
+    if built.sources.is_empty() {
+        tracing::warn!("no sources are configured: every ingest request will be refused");
+    }
+    let database = built.config.database_path();
+    let hub = Hub::bind(built, args.listen).await?;
+    let addr = hub.local_addr()?;
+    tracing::info!(addr = %addr, database = %database.display(), "listening");
+    hub.run(raccordo_server::shutdown_signal()).await
+}
+
+fn announce_credentials(credentials: &Credentials, created: bool, data_dir: &std::path::Path, listen: SocketAddr) {
+    let file = raccordo_server::credentials::path_in(data_dir);
+    if !created {
+        eprintln!("raccordo: using the credentials in {} (source `default`, admin token)", file.display());
+        return;
+    }
+    eprintln!(
+        "raccordo: first start: generated credentials, saved to {file} (shown only this once)\n\
+         \n  ingest API key (source `default`):   {key}\n  \
+         webhook secret (source `default`):   {secret}\n  \
+         admin token (scope `admin`):          {admin}\n\
+         \nSend an event:\n  \
+         curl -i http://{listen}/api/v1/eventi/conversione -H 'content-type: application/json' -H 'x-api-key: {key}' \\\n    \
+         -d '{{\"id_cliente\":\"CLIENTE-ITALIA-789456\",\"evento\":\"acquisto_concluso\",\"timestamp\":\"'$(date -u +%FT%TZ)'\",\"valore\":149.99,\"canale\":\"email\",\"stato\":\"completato\"}}'\n\
+         Read it back:\n  \
+         curl -s http://{listen}/api/v1/events -H 'authorization: Bearer {admin}'\n",
+        file = file.display(),
+        key = credentials.api_key,
+        secret = credentials.webhook_secret,
+        admin = credentials.admin_token,
+    );
+}
+
+async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
+    use raccordo_loadgen::{Auth, Mode, Options};
+    let path = match args.route.as_str() {
+        "conversion" => "/api/v1/eventi/conversione".to_string(),
+        "noop" => "/_bench/noop".to_string(),
+        other => match other.strip_prefix("source:") {
+            Some(name) => format!("/webhooks/in/{name}"),
+            None => anyhow::bail!("--route must be `conversion`, `noop` or `source:NAME`"),
+        },
+    };
+    anyhow::ensure!((1..=10_000).contains(&args.batch_size), "--batch-size must be between 1 and 10000");
+    anyhow::ensure!((0.0..=1.0).contains(&(args.duplicates + args.invalid)), "--duplicates + --invalid must be between 0 and 1");
+    let auth = if let Some(secret) = args.webhook_secret {
+        Auth::StandardWebhooks(secret)
+    } else if let Some(key) = args.api_key {
+        Auth::ApiKey(key)
+    } else if args.credentials.exists() {
+        let text = std::fs::read_to_string(&args.credentials)?;
+        let credentials: Credentials = toml::from_str(&text)?;
+        Auth::StandardWebhooks(credentials.webhook_secret)
+    } else if path == "/_bench/noop" {
+        Auth::None
+    } else {
+        anyhow::bail!(
+            "no credentials: pass --webhook-secret or --api-key, or run from the directory where `raccordo serve` wrote {}",
+            args.credentials.display()
+        )
+    };
+    let mode = match args.rate {
+        Some(rate) => Mode::Open { rate, max_in_flight: args.max_in_flight },
+        None => Mode::Closed { concurrency: args.concurrency },
+    };
+    let report = raccordo_loadgen::run(Options {
+        url: format!("{}{}", args.url.trim_end_matches('/'), path),
+        auth,
+        mode,
+        duration: args.duration,
+        max_requests: args.requests,
+        batch_size: args.batch_size,
+        duplicates: args.duplicates,
+        invalid: args.invalid,
+        seed: args.seed,
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}

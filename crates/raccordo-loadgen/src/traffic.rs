@@ -1,0 +1,148 @@
+//! Realistic conversion events: Italian customers, channels, campaigns and cities, with
+//! controllable fractions of duplicates and invalid events.
+
+use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::seq::IndexedRandom;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const REGIONS: &[&str] = &["LOMBARDIA", "LAZIO", "PIEMONTE", "VENETO", "TOSCANA", "CAMPANIA", "SICILIA", "EMILIA", "PUGLIA", "LIGURIA"];
+const CITIES: &[&str] = &["Milano", "Roma", "Torino", "Napoli", "Bologna", "Firenze", "Venezia", "Palermo", "Genova", "Bari", "Verona", "Padova"];
+const CAMPAIGNS: &[&str] = &["black-friday-2026", "newsletter-novembre", "webinar-crm", "retargeting-q4", "fiera-milano", "promo-natale"];
+const DEVICES: &[&str] = &["mobile", "desktop", "tablet"];
+/// (evento, weight): demos and sign-ups are more common than purchases.
+const EVENTS: &[(&str, u32)] = &[("richiesta_demo", 30), ("iscrizione_evento", 30), ("acquisto_concluso", 25), ("cancello_abbandono", 15)];
+const CHANNELS: &[(&str, u32)] = &[("email", 35), ("social_media", 30), ("webform", 25), ("sms", 10)];
+
+/// Makes events; remembers recent ones so it can re-send exact duplicates.
+pub struct Traffic {
+    rng: SmallRng,
+    customers: u32,
+    recent: Vec<Value>,
+    duplicates: f64,
+    invalid: f64,
+}
+
+/// One generated item and what the server should say about it.
+pub struct Generated {
+    pub event: Value,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Accepted,
+    Duplicate,
+    Invalid,
+}
+
+fn weighted<'a>(rng: &mut SmallRng, items: &'a [(&'a str, u32)]) -> &'a str {
+    let total: u32 = items.iter().map(|(_, w)| w).sum();
+    let mut pick = rng.random_range(0..total);
+    for (item, weight) in items {
+        if pick < *weight {
+            return item;
+        }
+        pick -= weight;
+    }
+    items[0].0
+}
+
+impl Traffic {
+    pub fn new(rng: SmallRng, duplicates: f64, invalid: f64) -> Self {
+        Self { rng, customers: 50_000, recent: Vec::with_capacity(1024), duplicates, invalid }
+    }
+
+    pub fn random_u64(&mut self) -> u64 {
+        self.rng.random()
+    }
+
+    pub fn next(&mut self) -> Generated {
+        let roll: f64 = self.rng.random();
+        if roll < self.duplicates && !self.recent.is_empty() {
+            let i = self.rng.random_range(0..self.recent.len());
+            return Generated { event: self.recent[i].clone(), expect: Expect::Duplicate };
+        }
+        let mut event = self.fresh();
+        if roll < self.duplicates + self.invalid {
+            self.corrupt(&mut event);
+            return Generated { event, expect: Expect::Invalid };
+        }
+        if self.recent.len() < 1024 {
+            self.recent.push(event.clone());
+        } else {
+            let i = self.rng.random_range(0..self.recent.len());
+            self.recent[i] = event.clone();
+        }
+        Generated { event, expect: Expect::Accepted }
+    }
+
+    fn fresh(&mut self) -> Value {
+        let rng = &mut self.rng;
+        let evento = weighted(rng, EVENTS);
+        let canale = weighted(rng, CHANNELS);
+        let region = REGIONS.choose(rng).copied().unwrap_or("LAZIO");
+        let customer = rng.random_range(0..self.customers);
+        let valore = if evento == "acquisto_concluso" { rng.random_range(1_900..250_000) as f64 / 100.0 } else { 0.0 };
+        let stato = if rng.random_ratio(1, 20) { "fallito" } else { "completato" };
+        // Events happen a little before they are sent (up to 30 s), with millisecond times.
+        let now = OffsetDateTime::now_utc() - time::Duration::milliseconds(rng.random_range(0..30_000));
+        let timestamp = now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now);
+        json!({
+            "id_cliente": format!("CLIENTE-{region}-{customer:06}"),
+            "evento": evento,
+            "timestamp": timestamp.format(&Rfc3339).unwrap_or_default(),
+            "valore": valore,
+            "canale": canale,
+            "stato": stato,
+            "metadati": {
+                "campagna": CAMPAIGNS.choose(rng).copied().unwrap_or("promo"),
+                "dispositivo": DEVICES.choose(rng).copied().unwrap_or("mobile"),
+                "localita": CITIES.choose(rng).copied().unwrap_or("Roma"),
+            }
+        })
+    }
+
+    fn corrupt(&mut self, event: &mut Value) {
+        match self.rng.random_range(0..4) {
+            0 => event["canale"] = json!("fax"),
+            1 => event["valore"] = json!(-5),
+            2 => {
+                event.as_object_mut().map(|o| o.remove("id_cliente"));
+            }
+            _ => event["timestamp"] = json!("22/11/2026 10:00"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn fractions_are_respected_and_events_are_valid() {
+        let schema = raccordo_ingest::EventSchema::conversion();
+        let mut traffic = Traffic::new(SmallRng::seed_from_u64(7), 0.1, 0.05);
+        let mut counts = [0usize; 3];
+        for _ in 0..10_000 {
+            let g = traffic.next();
+            let valid = schema.is_valid(&g.event);
+            match g.expect {
+                Expect::Accepted => {
+                    assert!(valid, "{}", g.event);
+                    counts[0] += 1
+                }
+                Expect::Duplicate => counts[1] += 1,
+                Expect::Invalid => {
+                    assert!(!valid, "{}", g.event);
+                    counts[2] += 1
+                }
+            }
+        }
+        assert!((800..1200).contains(&counts[1]), "{counts:?}");
+        assert!((350..650).contains(&counts[2]), "{counts:?}");
+    }
+}
