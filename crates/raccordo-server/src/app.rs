@@ -44,6 +44,8 @@ impl Hub {
     /// Opens the store and binds the listener (`listen` overrides the config's address).
     pub async fn bind(built: Built, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
         let Built { config, sources } = built;
+        // reqwest is built without a default TLS provider; pick ring once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let prometheus = crate::telemetry::init_metrics();
         let store = Arc::new(SqliteEventLog::open(SqliteOptions {
             path: config.database_path(),

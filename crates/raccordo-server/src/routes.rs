@@ -33,6 +33,7 @@ pub async fn ingest_source(
 }
 
 async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: Body) -> Response {
+    let _in_flight = InFlight::enter();
     if state.shutting_down.load(Ordering::Relaxed) {
         return Problem::unavailable("the server is shutting down").into_response();
     }
@@ -50,6 +51,22 @@ async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: 
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+/// Counts ingest requests being processed (`raccordo_ingest_in_flight_requests`).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("raccordo_ingest_in_flight_requests").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("raccordo_ingest_in_flight_requests").decrement(1.0);
     }
 }
 

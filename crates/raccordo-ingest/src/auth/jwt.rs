@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
 pub use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::{Verified, bearer};
@@ -67,7 +67,9 @@ enum Keys {
 
 pub struct JwtVerifier {
     keys: Keys,
-    validation: Validation,
+    /// One validation per key family: jsonwebtoken refuses a validation whose algorithms
+    /// span families (RS256 + ES256) for a single key, and a JWKS may hold both.
+    validations: Vec<(AlgorithmFamily, Validation)>,
     leeway_s: i64,
     require_exp: bool,
     jwks_url: Option<String>,
@@ -75,7 +77,7 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier").field("algorithms", &self.validation.algorithms).finish_non_exhaustive()
+        f.debug_struct("JwtVerifier").field("families", &self.validations.len()).finish_non_exhaustive()
     }
 }
 
@@ -144,21 +146,29 @@ impl JwtVerifier {
         if config.secret.is_none() && algorithms.contains(&Algorithm::HS256) {
             return Err("HS256 needs a `secret`".into());
         }
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.validate_exp = false; // checked against our Clock below
-        validation.validate_nbf = false;
-        validation.required_spec_claims.clear();
-        validation.validate_aud = !config.audience.is_empty();
-        if !config.audience.is_empty() {
-            validation.set_audience(&config.audience);
-        }
-        if !config.issuer.is_empty() {
-            validation.set_issuer(&config.issuer);
+        let mut validations: Vec<(AlgorithmFamily, Validation)> = Vec::new();
+        for algorithm in algorithms {
+            let family = algorithm.family();
+            if let Some((_, v)) = validations.iter_mut().find(|(f, _)| *f == family) {
+                v.algorithms.push(algorithm);
+                continue;
+            }
+            let mut validation = Validation::new(algorithm);
+            validation.validate_exp = false; // checked against our Clock below
+            validation.validate_nbf = false;
+            validation.required_spec_claims.clear();
+            validation.validate_aud = !config.audience.is_empty();
+            if !config.audience.is_empty() {
+                validation.set_audience(&config.audience);
+            }
+            if !config.issuer.is_empty() {
+                validation.set_issuer(&config.issuer);
+            }
+            validations.push((family, validation));
         }
         Ok(Self {
             keys,
-            validation,
+            validations,
             leeway_s: config.leeway.as_secs() as i64,
             require_exp: config.require_exp,
             jwks_url: config.jwks_url.clone(),
@@ -178,8 +188,15 @@ impl JwtVerifier {
             return Ok(None); // not a JWT: maybe an API key for another method
         }
         let invalid = |reason: &str| IngestError::InvalidCredentials { reason: reason.into() };
+        let validation_for = |key: &DecodingKey| {
+            self.validations
+                .iter()
+                .find(|(family, _)| *family == key.family())
+                .map(|(_, v)| v)
+                .ok_or_else(|| invalid("JWT algorithm is not accepted for this source"))
+        };
         let claims = match &self.keys {
-            Keys::Static(key) => jsonwebtoken::decode::<TimeClaims>(token, key, &self.validation),
+            Keys::Static(key) => jsonwebtoken::decode::<TimeClaims>(token, key, validation_for(key)?),
             Keys::Jwks(set) => {
                 let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed JWT header"))?;
                 let set = set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -190,7 +207,7 @@ impl JwtVerifier {
                 }
                 .ok_or_else(|| invalid("no key in the JWKS matches the token's `kid`"))?;
                 let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid("the JWKS key cannot verify this token"))?;
-                jsonwebtoken::decode::<TimeClaims>(token, &key, &self.validation)
+                jsonwebtoken::decode::<TimeClaims>(token, &key, validation_for(&key)?)
             }
         }
         .map_err(|e| match e.kind() {

@@ -1,0 +1,220 @@
+//! Runs the real `raccordo` binary on a loopback port for black-box tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_raccordo");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+pub const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYqr";
+pub const HS_SECRET: &str = "hs256-test-secret-0123456789abcdef0123";
+pub const READ_TOKEN: &str = "read-token-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn drain(reader: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>, found: Option<std::sync::mpsc::Sender<SocketAddr>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if let (Some(tx), Ok(v)) = (&found, serde_json::from_str::<Value>(&line))
+                && v["message"] == "listening"
+                && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
+            {
+                let _ = tx.send(addr);
+            }
+            lines.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Server {
+    /// Starts `raccordo serve` with `args` in `dir` and waits until it is listening.
+    pub fn start(dir: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .env_remove("RACCORDO_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn raccordo");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        drain(child.stdout.take().unwrap(), stdout.clone(), Some(tx));
+        drain(child.stderr.take().unwrap(), stderr.clone(), None);
+        // A bounded wait for the "listening" log line (it is a start-up failure otherwise).
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("raccordo did not start: {:?} {:?}", stdout.lock().unwrap(), stderr.lock().unwrap());
+            }
+        };
+        Server { child, addr, dir: dir.to_path_buf(), stdout, stderr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("data/raccordo.db")
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The config used by most tests: one source per auth scheme, and admin tokens.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("lead.schema.json"),
+        r#"{"type":"object","required":["email","at"],"properties":{"email":{"type":"string","format":"email"},"at":{"type":"string","format":"date-time"}}}"#,
+    )
+    .unwrap();
+    let text = format!(
+        r#"
+[server]
+data_dir = "data"
+max_body_bytes = 600000
+
+[storage]
+durability = "fsync"
+{extra}
+
+[sources.web]
+auth = [
+  {{ type = "api_key", keys = ["{API_KEY}"] }},
+  {{ type = "standard_webhooks", secrets = ["{WHSEC}"] }},
+]
+
+[sources.jwt-hs]
+auth = [{{ type = "jwt", secret = "${{TEST_HS_SECRET}}", issuer = ["crm.example"], audience = ["raccordo"], leeway = "5s" }}]
+
+[sources.jwt-rs]
+auth = [{{ type = "jwt", public_key_file = "{FIXTURES}/rsa_public.pem" }}]
+
+[sources.jwt-es]
+auth = [{{ type = "jwt", jwks_file = "{FIXTURES}/jwks.json" }}]
+
+[sources.leads]
+schema = "lead.schema.json"
+key_fields = ["/email"]
+time_field = "/at"
+auth = [{{ type = "api_key", keys = ["leads-api-key-0123456789"] }}]
+
+[sources.off]
+enabled = false
+auth = [{{ type = "api_key", keys = ["off-api-key-0123456789"] }}]
+
+[[admin.tokens]]
+name = "dashboard"
+token = "{READ_TOKEN}"
+scopes = ["read"]
+
+[[admin.tokens]]
+name = "ops"
+token = "{ADMIN_TOKEN}"
+scopes = ["admin"]
+"#
+    );
+    let path = dir.join("raccordo.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts a server on the standard test config.
+pub fn start_configured(dir: &Path, extra: &str) -> Server {
+    let config = write_config(dir, extra);
+    // SAFETY: tests set this variable to the same value before spawning children only.
+    unsafe { std::env::set_var("TEST_HS_SECRET", HS_SECRET) };
+    Server::start(dir, &["--config", config.to_str().unwrap()])
+}
+
+pub fn now_rfc3339(offset_ms: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(offset_ms);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// A valid conversion event for customer number `n`.
+pub fn event(n: u32) -> Value {
+    json!({
+        "id_cliente": format!("CLIENTE-TEST-{n:06}"),
+        "evento": "acquisto_concluso",
+        "timestamp": now_rfc3339(-1000),
+        "valore": 49.9,
+        "canale": "email",
+        "stato": "completato",
+        "metadati": {"campagna": "test", "dispositivo": "desktop", "localita": "Roma"}
+    })
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// All stored events, through the admin API with cursor paging.
+pub async fn all_events(server: &Server) -> Vec<Value> {
+    let client = client();
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = server.url("/api/v1/events?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    events
+}
+
+/// The value of a Prometheus series (first line that starts with `prefix`).
+pub async fn metric(server: &Server, prefix: &str) -> Option<f64> {
+    let text = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
