@@ -61,12 +61,15 @@ impl Traffic {
 
     pub fn next(&mut self) -> Generated {
         let roll: f64 = self.rng.random();
-        if roll < self.duplicates && !self.recent.is_empty() {
-            let i = self.rng.random_range(0..self.recent.len());
-            return Generated { event: self.recent[i].clone(), expect: Expect::Duplicate };
+        if roll < self.duplicates {
+            if !self.recent.is_empty() {
+                let i = self.rng.random_range(0..self.recent.len());
+                return Generated { event: self.recent[i].clone(), expect: Expect::Duplicate };
+            }
+            // Nothing to repeat yet: fall through to a fresh, valid event.
         }
         let mut event = self.fresh();
-        if roll < self.duplicates + self.invalid {
+        if (self.duplicates..self.duplicates + self.invalid).contains(&roll) {
             self.corrupt(&mut event);
             return Generated { event, expect: Expect::Invalid };
         }
