@@ -17,7 +17,9 @@ impl EventId {
     pub fn generate(generator: &mut ulid::Generator, now_ms: i64) -> Self {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64);
         // The generator only fails when 2^80 ids are made in one millisecond.
-        let id = generator.generate_from_datetime(when).unwrap_or_else(|_| ulid::Ulid::new());
+        let id = generator
+            .generate_from_datetime(when)
+            .unwrap_or_else(|_| ulid::Ulid::new());
         Self(id)
     }
 
@@ -38,7 +40,9 @@ impl FromStr for EventId {
         let rest = s
             .strip_prefix(Self::PREFIX)
             .ok_or_else(|| format!("event ids start with `{}`", Self::PREFIX))?;
-        ulid::Ulid::from_string(rest).map(Self).map_err(|e| e.to_string())
+        ulid::Ulid::from_string(rest)
+            .map(Self)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -73,7 +77,11 @@ impl SourceName {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if ok { Ok(Self(name)) } else { Err(SourceNameError(name)) }
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(SourceNameError(name))
+        }
     }
 
     pub fn as_str(&self) -> &str {

@@ -65,7 +65,12 @@ impl Default for BusinessKeySpec {
 /// Business key of one event. `payload` must be the parsed event; object keys are hashed in
 /// sorted order (serde_json's default map), numbers in their shortest round-trip form, so
 /// `{"a":1.50,"b":2}` and `{"b":2,"a":1.5}` give the same key.
-pub fn business_key(source: &str, spec: &BusinessKeySpec, payload: &Value, event_time_ms: i64) -> DedupKey {
+pub fn business_key(
+    source: &str,
+    spec: &BusinessKeySpec,
+    payload: &Value,
+    event_time_ms: i64,
+) -> DedupKey {
     let mut h = Sha256::new();
     feed(&mut h, b"business");
     feed(&mut h, source.as_bytes());
@@ -132,7 +137,11 @@ fn remove_pointer(value: &Value, pointer: &str) -> Value {
     let mut copy = value.clone();
     if let Some((parent, last)) = pointer.rsplit_once('/') {
         let last = last.replace("~1", "/").replace("~0", "~");
-        let target = if parent.is_empty() { Some(&mut copy) } else { copy.pointer_mut(parent) };
+        let target = if parent.is_empty() {
+            Some(&mut copy)
+        } else {
+            copy.pointer_mut(parent)
+        };
         if let Some(Value::Object(map)) = target {
             map.remove(&last);
         }
@@ -159,7 +168,10 @@ mod tests {
         let t = 1_700_000_100_000; // 22:15:00 UTC, start of a bucket
         let a = business_key("s", &spec, &event("a", 10.0), t + MIN);
         let b = business_key("s", &spec, &event("b", 10.0), t + 4 * MIN);
-        assert_eq!(a, b, "timestamp text is not part of the hash, its bucket is");
+        assert_eq!(
+            a, b,
+            "timestamp text is not part of the hash, its bucket is"
+        );
         let c = business_key("s", &spec, &event("a", 10.0), t + 5 * MIN);
         assert_ne!(a, c, "next bucket is another key");
         let d = business_key("s", &spec, &event("a", 11.0), t + MIN);

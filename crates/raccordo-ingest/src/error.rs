@@ -14,7 +14,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { pointer: pointer.into(), detail: detail.into() }
+        Self {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -44,7 +47,10 @@ pub enum IngestError {
     #[error("the body is not valid JSON: {detail}")]
     InvalidJson { detail: String },
     #[error("{} item(s) failed validation", .errors.len())]
-    Validation { errors: Vec<FieldError>, total: usize },
+    Validation {
+        errors: Vec<FieldError>,
+        total: usize,
+    },
     #[error("the delivery id was already used for a different body")]
     DeliveryConflict,
     #[error("the store is saturated")]

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::HeaderMap;
 use raccordo_core::{
-    AppendBatch, AppendOutcome, Clock, DeliveryClaim, EventId, EventLog, ItemOutcome, NewEvent, SourceName, StoreError,
+    AppendBatch, AppendOutcome, Clock, DeliveryClaim, EventId, EventLog, ItemOutcome, NewEvent,
+    SourceName, StoreError,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -52,11 +53,23 @@ pub struct Ingestor {
 pub const SOURCE_HEADER: &str = "x-raccordo-source";
 
 impl Ingestor {
-    pub fn new(sources: Vec<Source>, log: Arc<dyn EventLog>, clock: Arc<dyn Clock>, settings: IngestSettings) -> Self {
+    pub fn new(
+        sources: Vec<Source>,
+        log: Arc<dyn EventLog>,
+        clock: Arc<dyn Clock>,
+        settings: IngestSettings,
+    ) -> Self {
         let sources: Vec<Arc<Source>> = sources.into_iter().map(Arc::new).collect();
-        let conversion_sources = sources.iter().filter(|s| s.accepts_conversions).cloned().collect();
+        let conversion_sources = sources
+            .iter()
+            .filter(|s| s.accepts_conversions)
+            .cloned()
+            .collect();
         Self {
-            sources: sources.into_iter().map(|s| (s.name.to_string(), s)).collect(),
+            sources: sources
+                .into_iter()
+                .map(|s| (s.name.to_string(), s))
+                .collect(),
             conversion_sources,
             log,
             clock,
@@ -74,10 +87,17 @@ impl Ingestor {
     }
 
     /// Runs the whole pipeline. On `Err`, nothing was stored.
-    pub async fn ingest(&self, target: Target<'_>, headers: &HeaderMap, body: Bytes) -> Result<IngestResponse, IngestError> {
+    pub async fn ingest(
+        &self,
+        target: Target<'_>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<IngestResponse, IngestError> {
         let now_ms = self.clock.now_ms();
         let (source, verified) = self.authenticate(target, headers, &body, now_ms)?;
-        let result = self.ingest_authenticated(&source, &verified, headers, body, now_ms).await;
+        let result = self
+            .ingest_authenticated(&source, &verified, headers, body, now_ms)
+            .await;
         record_outcome(&source.name, &result);
         result
     }
@@ -95,7 +115,10 @@ impl Ingestor {
         };
         let candidates: Vec<&Arc<Source>> = match named {
             Some(name) => {
-                let source = self.sources.get(name).ok_or_else(|| IngestError::UnknownSource(name.chars().take(64).collect()))?;
+                let source = self
+                    .sources
+                    .get(name)
+                    .ok_or_else(|| IngestError::UnknownSource(name.chars().take(64).collect()))?;
                 if matches!(target, Target::Conversion) && !source.accepts_conversions {
                     return Err(IngestError::UnknownSource(name.to_string()));
                 }
@@ -104,7 +127,9 @@ impl Ingestor {
             None => self.conversion_sources.iter().collect(),
         };
         let result = if candidates.is_empty() {
-            Err(IngestError::MissingCredentials { expected: "no source is configured for this route".into() })
+            Err(IngestError::MissingCredentials {
+                expected: "no source is configured for this route".into(),
+            })
         } else {
             let mut first_error: Option<IngestError> = None;
             let mut found = None;
@@ -119,13 +144,20 @@ impl Ingestor {
                         first_error.get_or_insert(e);
                     }
                     Err(e) => {
-                        if matches!(first_error, None | Some(IngestError::MissingCredentials { .. })) {
+                        if matches!(
+                            first_error,
+                            None | Some(IngestError::MissingCredentials { .. })
+                        ) {
                             first_error = Some(e);
                         }
                     }
                 }
             }
-            found.ok_or_else(|| first_error.unwrap_or(IngestError::InvalidCredentials { reason: "no source accepted the request".into() }))
+            found.ok_or_else(|| {
+                first_error.unwrap_or(IngestError::InvalidCredentials {
+                    reason: "no source accepted the request".into(),
+                })
+            })
         };
         match result {
             Ok((source, verified)) if !source.enabled => {
@@ -134,7 +166,10 @@ impl Ingestor {
             }
             Ok(ok) => Ok(ok),
             Err(e) => {
-                let label = named.filter(|n| self.sources.contains_key(*n)).unwrap_or("unauthenticated").to_string();
+                let label = named
+                    .filter(|n| self.sources.contains_key(*n))
+                    .unwrap_or("unauthenticated")
+                    .to_string();
                 metrics::counter!("raccordo_ingest_rejected_total", "source" => label, "reason" => e.metric_reason()).increment(1);
                 Err(e)
             }
@@ -150,15 +185,24 @@ impl Ingestor {
         now_ms: i64,
     ) -> Result<IngestResponse, IngestError> {
         check_content_type(headers)?;
-        let parsed: Value = serde_json::from_slice(&body).map_err(|e| IngestError::InvalidJson {
-            detail: format!("{} at line {} column {}", classify(&e), e.line(), e.column()),
-        })?;
+        let parsed: Value =
+            serde_json::from_slice(&body).map_err(|e| IngestError::InvalidJson {
+                detail: format!(
+                    "{} at line {} column {}",
+                    classify(&e),
+                    e.line(),
+                    e.column()
+                ),
+            })?;
         let (single, items) = match parsed {
             Value::Array(items) => (false, items),
             object @ Value::Object(_) => (true, vec![object]),
             _ => {
                 return Err(IngestError::Validation {
-                    errors: vec![FieldError::new("", "the body must be an event object or an array of events")],
+                    errors: vec![FieldError::new(
+                        "",
+                        "the body must be an event object or an array of events",
+                    )],
                     total: 1,
                 });
             }
@@ -167,11 +211,19 @@ impl Ingestor {
             return Err(IngestError::EmptyBatch);
         }
         if items.len() > self.settings.max_batch_items {
-            return Err(IngestError::BatchTooLarge { count: items.len(), limit: self.settings.max_batch_items });
+            return Err(IngestError::BatchTooLarge {
+                count: items.len(),
+                limit: self.settings.max_batch_items,
+            });
         }
 
         let (newest_event_ms, event_times) = self.validate_items(source, &items, single, now_ms)?;
-        observe_clock_skew(&source.name, verified.sender_time_ms, newest_event_ms, now_ms);
+        observe_clock_skew(
+            &source.name,
+            verified.sender_time_ms,
+            newest_event_ms,
+            now_ms,
+        );
 
         let dedup_settings = &self.settings.dedup;
         let events = {
@@ -184,20 +236,30 @@ impl Ingestor {
                     source: source.name.clone(),
                     event_time_ms,
                     payload: dedup::canonical_json(item),
-                    business_key: dedup_settings
-                        .business_key
-                        .then(|| dedup::business_key(source.name.as_str(), &source.key_spec, item, event_time_ms)),
+                    business_key: dedup_settings.business_key.then(|| {
+                        dedup::business_key(
+                            source.name.as_str(),
+                            &source.key_spec,
+                            item,
+                            event_time_ms,
+                        )
+                    }),
                 })
                 .collect::<Vec<_>>()
         };
         let delivery_id = verified.delivery_id.as_deref().or_else(|| {
-            headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 256)
+            headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 256)
         });
-        let delivery = delivery_id.filter(|_| dedup_settings.delivery_id).map(|id| DeliveryClaim {
-            key: dedup::delivery_key(source.name.as_str(), id),
-            body_hash: dedup::body_hash(&body),
-            retention_ms: dedup_settings.delivery_id_retention.as_millis() as i64,
-        });
+        let delivery = delivery_id
+            .filter(|_| dedup_settings.delivery_id)
+            .map(|id| DeliveryClaim {
+                key: dedup::delivery_key(source.name.as_str(), id),
+                body_hash: dedup::body_hash(&body),
+                retention_ms: dedup_settings.delivery_id_retention.as_millis() as i64,
+            });
         let batch = AppendBatch {
             received_at_ms: now_ms,
             delivery,
@@ -209,7 +271,12 @@ impl Ingestor {
             AppendOutcome::DeliveryReplayed(items) => (items, true),
             AppendOutcome::DeliveryConflict => return Err(IngestError::DeliveryConflict),
         };
-        Ok(IngestResponse { source: source.name.clone(), single, items, replayed })
+        Ok(IngestResponse {
+            source: source.name.clone(),
+            single,
+            items,
+            replayed,
+        })
     }
 
     /// Validates every item (so the error lists every failing one) and extracts event times.
@@ -227,7 +294,11 @@ impl Ingestor {
         let mut times = Vec::with_capacity(items.len());
         let mut newest = i64::MIN;
         for (i, item) in items.iter().enumerate() {
-            let prefix = if single { String::new() } else { format!("/{i}") };
+            let prefix = if single {
+                String::new()
+            } else {
+                format!("/{i}")
+            };
             let failures = source.schema.validate(item, &prefix, &mut errors);
             total += failures;
             if failures > 0 {
@@ -240,13 +311,21 @@ impl Ingestor {
                     Some(ms) => ms,
                     None => {
                         total += 1;
-                        push_capped(&mut errors, format!("{prefix}{}", source.key_spec.time_field), "is not an RFC 3339 date-time");
+                        push_capped(
+                            &mut errors,
+                            format!("{prefix}{}", source.key_spec.time_field),
+                            "is not an RFC 3339 date-time",
+                        );
                         now_ms
                     }
                 },
                 Some(_) => {
                     total += 1;
-                    push_capped(&mut errors, format!("{prefix}{}", source.key_spec.time_field), "must be an RFC 3339 date-time string");
+                    push_capped(
+                        &mut errors,
+                        format!("{prefix}{}", source.key_spec.time_field),
+                        "must be an RFC 3339 date-time string",
+                    );
                     now_ms
                 }
             };
@@ -286,15 +365,25 @@ pub fn parse_time_ms(text: &str) -> Option<i64> {
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
     let Some(value) = headers.get(http::header::CONTENT_TYPE) else {
-        return Err(IngestError::UnsupportedMediaType { found: "(none)".into() });
+        return Err(IngestError::UnsupportedMediaType {
+            found: "(none)".into(),
+        });
     };
     let text = value.to_str().unwrap_or("");
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let is_json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
     if is_json {
         Ok(())
     } else {
-        Err(IngestError::UnsupportedMediaType { found: essence.chars().take(100).collect() })
+        Err(IngestError::UnsupportedMediaType {
+            found: essence.chars().take(100).collect(),
+        })
     }
 }
 
@@ -322,12 +411,18 @@ fn store_error(e: StoreError) -> IngestError {
 /// Publishes the source's observed clock skew in seconds: the sender's own clock when its
 /// auth scheme carries one (webhook-timestamp, JWT `iat`), else how far the newest event is
 /// ahead of ours (0 when events are in the past, as they normally are).
-fn observe_clock_skew(source: &SourceName, sender_time_ms: Option<i64>, newest_event_ms: i64, now_ms: i64) {
+fn observe_clock_skew(
+    source: &SourceName,
+    sender_time_ms: Option<i64>,
+    newest_event_ms: i64,
+    now_ms: i64,
+) {
     let skew_ms = match sender_time_ms {
         Some(sent) => sent - now_ms,
         None => (newest_event_ms - now_ms).max(0),
     };
-    metrics::gauge!("raccordo_source_clock_skew_seconds", "source" => source.to_string()).set(skew_ms as f64 / 1000.0);
+    metrics::gauge!("raccordo_source_clock_skew_seconds", "source" => source.to_string())
+        .set(skew_ms as f64 / 1000.0);
 }
 
 fn record_outcome(source: &SourceName, result: &Result<IngestResponse, IngestError>) {
@@ -338,9 +433,14 @@ fn record_outcome(source: &SourceName, result: &Result<IngestResponse, IngestErr
             let accepted = response.items.len() as u64 - duplicates;
             metrics::counter!("raccordo_ingest_events_total", "source" => label.clone(), "outcome" => "accepted").increment(accepted);
             if duplicates > 0 {
-                let layer = if response.replayed { "delivery_id" } else { "business_key" };
+                let layer = if response.replayed {
+                    "delivery_id"
+                } else {
+                    "business_key"
+                };
                 metrics::counter!("raccordo_ingest_events_total", "source" => label.clone(), "outcome" => "duplicate").increment(duplicates);
-                metrics::counter!("raccordo_dedup_hits_total", "source" => label, "layer" => layer).increment(duplicates);
+                metrics::counter!("raccordo_dedup_hits_total", "source" => label, "layer" => layer)
+                    .increment(duplicates);
             }
         }
         Err(e) => {

@@ -30,7 +30,9 @@ pub struct EventSchema {
 
 impl std::fmt::Debug for EventSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventSchema").field("builtin_conversion", &self.builtin_conversion).finish()
+        f.debug_struct("EventSchema")
+            .field("builtin_conversion", &self.builtin_conversion)
+            .finish()
     }
 }
 
@@ -52,7 +54,10 @@ impl EventSchema {
             .should_validate_formats(true)
             .build(schema)
             .map_err(|e| SchemaError::Invalid(e.to_string()))?;
-        Ok(Self { validator, builtin_conversion: false })
+        Ok(Self {
+            validator,
+            builtin_conversion: false,
+        })
     }
 
     /// Validates one item; errors carry pointers prefixed by `prefix` (e.g. `/3`).
@@ -65,11 +70,19 @@ impl EventSchema {
             let located: Vec<FieldError> = match error.kind() {
                 ValidationErrorKind::Required { property } => {
                     let name = property.as_str().unwrap_or_default();
-                    vec![FieldError::new(format!("{at}/{}", escape_pointer(name)), "is required")]
+                    vec![FieldError::new(
+                        format!("{at}/{}", escape_pointer(name)),
+                        "is required",
+                    )]
                 }
                 ValidationErrorKind::AdditionalProperties { unexpected } => unexpected
                     .iter()
-                    .map(|name| FieldError::new(format!("{at}/{}", escape_pointer(name)), "is not an allowed property"))
+                    .map(|name| {
+                        FieldError::new(
+                            format!("{at}/{}", escape_pointer(name)),
+                            "is not an allowed property",
+                        )
+                    })
                     .collect(),
                 _ => vec![FieldError::new(at, error.masked().to_string())],
             };
@@ -99,7 +112,9 @@ fn escape_pointer(name: &str) -> String {
 /// accept and reject wrongly near the edges; the contract ("at most 2 decimals") is about
 /// the decimal text, so check it exactly on the shortest round-trip representation.
 fn check_two_decimals(item: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> usize {
-    let Some(Value::Number(n)) = item.get("valore") else { return 0 };
+    let Some(Value::Number(n)) = item.get("valore") else {
+        return 0;
+    };
     if n.is_f64() {
         let text = n.to_string();
         let decimals = match (text.find('.'), text.find(['e', 'E'])) {
@@ -109,7 +124,10 @@ fn check_two_decimals(item: &Value, prefix: &str, errors: &mut Vec<FieldError>) 
         };
         if decimals > 2 {
             if errors.len() < MAX_REPORTED_ERRORS {
-                errors.push(FieldError::new(format!("{prefix}/valore"), "has more than 2 decimal places"));
+                errors.push(FieldError::new(
+                    format!("{prefix}/valore"),
+                    "has more than 2 decimal places",
+                ));
             }
             return 1;
         }
@@ -165,14 +183,22 @@ mod tests {
             let mut v = valid();
             v[field] = value.clone();
             let got = pointers(&schema, &v);
-            assert!(got.iter().any(|p| p == pointer), "{field}={value}: expected {pointer}, got {got:?}");
+            assert!(
+                got.iter().any(|p| p == pointer),
+                "{field}={value}: expected {pointer}, got {got:?}"
+            );
         }
     }
 
     #[test]
     fn fractional_seconds_of_any_precision_are_accepted() {
         let schema = EventSchema::conversion();
-        for ts in ["2026-11-22T10:15:30Z", "2026-11-22T10:15:30.1+02:00", "2026-11-22T10:15:30.123456Z", "2026-11-22T10:15:30.123456789-05:00"] {
+        for ts in [
+            "2026-11-22T10:15:30Z",
+            "2026-11-22T10:15:30.1+02:00",
+            "2026-11-22T10:15:30.123456Z",
+            "2026-11-22T10:15:30.123456789-05:00",
+        ] {
             let mut v = valid();
             v["timestamp"] = json!(ts);
             assert_eq!(pointers(&schema, &v), Vec::<String>::new(), "{ts}");
@@ -198,7 +224,12 @@ mod tests {
         let mut errors = Vec::new();
         schema.validate(&v, "", &mut errors);
         assert!(!errors.is_empty());
-        assert!(errors.iter().all(|e| !e.detail.contains("SECRET-TOKEN-VALUE")), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .all(|e| !e.detail.contains("SECRET-TOKEN-VALUE")),
+            "{errors:?}"
+        );
     }
 
     proptest! {

@@ -56,7 +56,11 @@ pub struct IngestSettings {
 
 impl Default for IngestSettings {
     fn default() -> Self {
-        Self { max_batch_items: 1000, max_future_skew: Duration::from_secs(300), dedup: DedupSettings::default() }
+        Self {
+            max_batch_items: 1000,
+            max_future_skew: Duration::from_secs(300),
+            dedup: DedupSettings::default(),
+        }
     }
 }
 
@@ -110,7 +114,10 @@ impl Source {
     ) -> Result<Self, Vec<(String, String)>> {
         let mut errors = Vec::new();
         if config.auth.is_empty() {
-            errors.push(("auth".to_string(), "a source needs at least one auth method".to_string()));
+            errors.push((
+                "auth".to_string(),
+                "a source needs at least one auth method".to_string(),
+            ));
         }
         let mut verifiers = Vec::new();
         for (i, auth) in config.auth.iter().enumerate() {
@@ -130,18 +137,27 @@ impl Source {
                     }
                 },
                 Err(e) => {
-                    errors.push(("schema".into(), format!("cannot read {}: {e}", path.display())));
+                    errors.push((
+                        "schema".into(),
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
                     None
                 }
             },
         };
         for (i, pointer) in config.key_fields.iter().enumerate() {
             if !pointer.starts_with('/') {
-                errors.push((format!("key_fields[{i}]"), "must be a JSON pointer such as `/id_cliente`".into()));
+                errors.push((
+                    format!("key_fields[{i}]"),
+                    "must be a JSON pointer such as `/id_cliente`".into(),
+                ));
             }
         }
         if !config.time_field.starts_with('/') {
-            errors.push(("time_field".into(), "must be a JSON pointer such as `/timestamp`".into()));
+            errors.push((
+                "time_field".into(),
+                "must be a JSON pointer such as `/timestamp`".into(),
+            ));
         }
         match schema {
             Some(schema) if errors.is_empty() => Ok(Self {

@@ -105,7 +105,9 @@ fn new_histogram() -> Histogram<u64> {
 
 pub async fn run(options: Options) -> anyhow::Result<Report> {
     let secret = match &options.auth {
-        Auth::StandardWebhooks(s) => Some(WebhookSecret::parse(s).map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?),
+        Auth::StandardWebhooks(s) => {
+            Some(WebhookSecret::parse(s).map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?)
+        }
         _ => None,
     };
     let connections = match options.mode {
@@ -133,24 +135,39 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             for worker in 0..concurrency.max(1) {
                 let shared = shared.clone();
                 workers.push(tokio::spawn(async move {
-                    let mut traffic = Traffic::new(SmallRng::seed_from_u64(shared.options.seed ^ worker as u64), shared.options.duplicates, shared.options.invalid);
+                    let mut traffic = Traffic::new(
+                        SmallRng::seed_from_u64(shared.options.seed ^ worker as u64),
+                        shared.options.duplicates,
+                        shared.options.invalid,
+                    );
                     let mut local = new_histogram();
                     while Instant::now() < deadline && shared.claim_request() {
                         let begun = Instant::now();
                         shared.send(&mut traffic).await;
                         let _ = local.record(begun.elapsed().as_micros().max(1) as u64);
                     }
-                    let _ = shared.latency.lock().unwrap_or_else(|p| p.into_inner()).add(&local);
+                    let _ = shared
+                        .latency
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .add(&local);
                 }));
             }
             for w in workers {
                 w.await?;
             }
         }
-        Mode::Open { rate, max_in_flight } => {
+        Mode::Open {
+            rate,
+            max_in_flight,
+        } => {
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
             let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
-            let mut traffic = Traffic::new(SmallRng::seed_from_u64(options.seed), options.duplicates, options.invalid);
+            let mut traffic = Traffic::new(
+                SmallRng::seed_from_u64(options.seed),
+                options.duplicates,
+                options.invalid,
+            );
             let mut tasks = tokio::task::JoinSet::new();
             let mut i: u32 = 0;
             loop {
@@ -167,7 +184,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                     shared.execute(request).await;
                     // From the scheduled start: waiting for a permit counts as latency.
                     let micros = scheduled.elapsed().as_micros().max(1) as u64;
-                    let _ = shared.latency.lock().unwrap_or_else(|p| p.into_inner()).record(micros);
+                    let _ = shared
+                        .latency
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(micros);
                     drop(permit);
                 });
                 while tasks.try_join_next().is_some() {}
@@ -221,7 +242,10 @@ impl Shared {
             serde_json::to_vec(&(0..batch).map(|_| traffic.next().event).collect::<Vec<_>>())
         }
         .unwrap_or_default();
-        let mut request = self.client.post(&self.options.url).header("content-type", "application/json");
+        let mut request = self
+            .client
+            .post(&self.options.url)
+            .header("content-type", "application/json");
         match (&self.options.auth, &self.secret) {
             (Auth::StandardWebhooks(_), Some(secret)) => {
                 let id = format!("msg_{}", ulid_like(traffic));
@@ -240,7 +264,8 @@ impl Shared {
     async fn execute(&self, request: reqwest::RequestBuilder) {
         let c = &self.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
-        c.events.fetch_add(self.options.batch_size.max(1) as u64, Ordering::Relaxed);
+        c.events
+            .fetch_add(self.options.batch_size.max(1) as u64, Ordering::Relaxed);
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -248,9 +273,14 @@ impl Shared {
                 if status == 202 {
                     let accepted = count(&text, b"\"accepted\"");
                     c.accepted.fetch_add(accepted, Ordering::Relaxed);
-                    c.duplicate.fetch_add(count(&text, b"\"duplicate\""), Ordering::Relaxed);
+                    c.duplicate
+                        .fetch_add(count(&text, b"\"duplicate\""), Ordering::Relaxed);
                 } else {
-                    *c.rejected.lock().unwrap_or_else(|p| p.into_inner()).entry(status).or_default() += 1;
+                    *c.rejected
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(status)
+                        .or_default() += 1;
                 }
             }
             Err(_) => {
@@ -265,7 +295,10 @@ fn ulid_like(traffic: &mut Traffic) -> String {
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> u64 {
-    haystack.windows(needle.len()).filter(|w| *w == needle).count() as u64
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count() as u64
 }
 
 impl Report {
@@ -274,13 +307,27 @@ impl Report {
         let rejected = if self.rejected.is_empty() {
             "none".to_string()
         } else {
-            self.rejected.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ")
+            self.rejected
+                .iter()
+                .map(|(s, n)| format!("{s}×{n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         format!(
             "duration   {:.1} s\nrequests   {} ({:.0} req/s)\nevents     {} ({:.0} events/s)\nlatency    p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms\noutcomes   accepted {}  duplicate {}  rejected {}  transport errors {}\n",
-            self.elapsed_s, self.requests, self.requests_per_s, self.events, self.events_per_s,
-            self.latency_ms.p50, self.latency_ms.p95, self.latency_ms.p99, self.latency_ms.max,
-            self.accepted, self.duplicate, rejected, self.transport_errors
+            self.elapsed_s,
+            self.requests,
+            self.requests_per_s,
+            self.events,
+            self.events_per_s,
+            self.latency_ms.p50,
+            self.latency_ms.p95,
+            self.latency_ms.p99,
+            self.latency_ms.max,
+            self.accepted,
+            self.duplicate,
+            rejected,
+            self.transport_errors
         )
     }
 }

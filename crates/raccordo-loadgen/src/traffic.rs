@@ -8,13 +8,44 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-const REGIONS: &[&str] = &["LOMBARDIA", "LAZIO", "PIEMONTE", "VENETO", "TOSCANA", "CAMPANIA", "SICILIA", "EMILIA", "PUGLIA", "LIGURIA"];
-const CITIES: &[&str] = &["Milano", "Roma", "Torino", "Napoli", "Bologna", "Firenze", "Venezia", "Palermo", "Genova", "Bari", "Verona", "Padova"];
-const CAMPAIGNS: &[&str] = &["black-friday-2026", "newsletter-novembre", "webinar-crm", "retargeting-q4", "fiera-milano", "promo-natale"];
+const REGIONS: &[&str] = &[
+    "LOMBARDIA",
+    "LAZIO",
+    "PIEMONTE",
+    "VENETO",
+    "TOSCANA",
+    "CAMPANIA",
+    "SICILIA",
+    "EMILIA",
+    "PUGLIA",
+    "LIGURIA",
+];
+const CITIES: &[&str] = &[
+    "Milano", "Roma", "Torino", "Napoli", "Bologna", "Firenze", "Venezia", "Palermo", "Genova",
+    "Bari", "Verona", "Padova",
+];
+const CAMPAIGNS: &[&str] = &[
+    "black-friday-2026",
+    "newsletter-novembre",
+    "webinar-crm",
+    "retargeting-q4",
+    "fiera-milano",
+    "promo-natale",
+];
 const DEVICES: &[&str] = &["mobile", "desktop", "tablet"];
 /// (evento, weight): demos and sign-ups are more common than purchases.
-const EVENTS: &[(&str, u32)] = &[("richiesta_demo", 30), ("iscrizione_evento", 30), ("acquisto_concluso", 25), ("cancello_abbandono", 15)];
-const CHANNELS: &[(&str, u32)] = &[("email", 35), ("social_media", 30), ("webform", 25), ("sms", 10)];
+const EVENTS: &[(&str, u32)] = &[
+    ("richiesta_demo", 30),
+    ("iscrizione_evento", 30),
+    ("acquisto_concluso", 25),
+    ("cancello_abbandono", 15),
+];
+const CHANNELS: &[(&str, u32)] = &[
+    ("email", 35),
+    ("social_media", 30),
+    ("webform", 25),
+    ("sms", 10),
+];
 
 /// Makes events; remembers recent ones so it can re-send exact duplicates.
 pub struct Traffic {
@@ -52,7 +83,13 @@ fn weighted<'a>(rng: &mut SmallRng, items: &'a [(&'a str, u32)]) -> &'a str {
 
 impl Traffic {
     pub fn new(rng: SmallRng, duplicates: f64, invalid: f64) -> Self {
-        Self { rng, customers: 50_000, recent: Vec::with_capacity(1024), duplicates, invalid }
+        Self {
+            rng,
+            customers: 50_000,
+            recent: Vec::with_capacity(1024),
+            duplicates,
+            invalid,
+        }
     }
 
     pub fn random_u64(&mut self) -> u64 {
@@ -64,14 +101,20 @@ impl Traffic {
         if roll < self.duplicates {
             if !self.recent.is_empty() {
                 let i = self.rng.random_range(0..self.recent.len());
-                return Generated { event: self.recent[i].clone(), expect: Expect::Duplicate };
+                return Generated {
+                    event: self.recent[i].clone(),
+                    expect: Expect::Duplicate,
+                };
             }
             // Nothing to repeat yet: fall through to a fresh, valid event.
         }
         let mut event = self.fresh();
         if (self.duplicates..self.duplicates + self.invalid).contains(&roll) {
             self.corrupt(&mut event);
-            return Generated { event, expect: Expect::Invalid };
+            return Generated {
+                event,
+                expect: Expect::Invalid,
+            };
         }
         if self.recent.len() < 1024 {
             self.recent.push(event.clone());
@@ -79,7 +122,10 @@ impl Traffic {
             let i = self.rng.random_range(0..self.recent.len());
             self.recent[i] = event.clone();
         }
-        Generated { event, expect: Expect::Accepted }
+        Generated {
+            event,
+            expect: Expect::Accepted,
+        }
     }
 
     fn fresh(&mut self) -> Value {
@@ -88,11 +134,22 @@ impl Traffic {
         let canale = weighted(rng, CHANNELS);
         let region = REGIONS.choose(rng).copied().unwrap_or("LAZIO");
         let customer = rng.random_range(0..self.customers);
-        let valore = if evento == "acquisto_concluso" { rng.random_range(1_900..250_000) as f64 / 100.0 } else { 0.0 };
-        let stato = if rng.random_ratio(1, 20) { "fallito" } else { "completato" };
+        let valore = if evento == "acquisto_concluso" {
+            rng.random_range(1_900..250_000) as f64 / 100.0
+        } else {
+            0.0
+        };
+        let stato = if rng.random_ratio(1, 20) {
+            "fallito"
+        } else {
+            "completato"
+        };
         // Events happen a little before they are sent (up to 30 s), with millisecond times.
-        let now = OffsetDateTime::now_utc() - time::Duration::milliseconds(rng.random_range(0..30_000));
-        let timestamp = now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now);
+        let now =
+            OffsetDateTime::now_utc() - time::Duration::milliseconds(rng.random_range(0..30_000));
+        let timestamp = now
+            .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+            .unwrap_or(now);
         json!({
             "id_cliente": format!("CLIENTE-{region}-{customer:06}"),
             "evento": evento,

@@ -42,7 +42,12 @@ impl AdminTokens {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
         let Some(presented) = presented else {
-            let mut p = Problem::new(401, "missing-credentials", "Credentials required", "send an admin token as `Authorization: Bearer <token>`");
+            let mut p = Problem::new(
+                401,
+                "missing-credentials",
+                "Credentials required",
+                "send an admin token as `Authorization: Bearer <token>`",
+            );
             p.www_authenticate = Some("Bearer");
             return Err(p);
         };
@@ -54,17 +59,30 @@ impl AdminTokens {
             }
         }
         let Some(token) = found else {
-            let mut p = Problem::new(401, "invalid-credentials", "Credentials not accepted", "the admin token is not known");
+            let mut p = Problem::new(
+                401,
+                "invalid-credentials",
+                "Credentials not accepted",
+                "the admin token is not known",
+            );
             p.www_authenticate = Some("Bearer");
             return Err(p);
         };
         if token.scopes.contains(&scope) || token.scopes.contains(&Scope::Admin) {
             Ok(&token.name)
         } else {
-            Err(Problem::new(403, "insufficient-scope", "Insufficient scope", format!("this route needs the `{}` scope", match scope {
-                Scope::Read => "read",
-                Scope::Admin => "admin",
-            })))
+            Err(Problem::new(
+                403,
+                "insufficient-scope",
+                "Insufficient scope",
+                format!(
+                    "this route needs the `{}` scope",
+                    match scope {
+                        Scope::Read => "read",
+                        Scope::Admin => "admin",
+                    }
+                ),
+            ))
         }
     }
 }

@@ -16,7 +16,9 @@ use raccordo_core::{Clock, EventLog, SystemClock};
 use raccordo_ingest::Ingestor;
 use raccordo_storage_sqlite::{Durability, SqliteEventLog, SqliteOptions};
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::admin::AdminTokens;
@@ -67,9 +69,15 @@ impl Hub {
             max_body_bytes: config.server.max_body_bytes,
             shutting_down: AtomicBool::new(false),
         });
-        let router = router(state.clone(), config.server.bench_routes, config.server.request_timeout);
+        let router = router(
+            state.clone(),
+            config.server.bench_routes,
+            config.server.request_timeout,
+        );
         let addr = listen.unwrap_or(config.server.listen);
-        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tokio::spawn(async move {
             // Histograms are aggregated lazily; upkeep keeps memory flat between scrapes.
             loop {
@@ -77,7 +85,13 @@ impl Hub {
                 prometheus.run_upkeep();
             }
         });
-        Ok(Self { state, store, listener, router, grace: config.server.shutdown_grace })
+        Ok(Self {
+            state,
+            store,
+            listener,
+            router,
+            grace: config.server.shutdown_grace,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -86,8 +100,17 @@ impl Hub {
 
     /// Serves until `shutdown` resolves, then stops taking new connections, drains
     /// in-flight requests (up to the grace period) and closes the store cleanly.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Hub { state, store, listener, router, grace } = self;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Hub {
+            state,
+            store,
+            listener,
+            router,
+            grace,
+        } = self;
         let draining = state.clone();
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -117,7 +140,10 @@ impl Hub {
 
 fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router {
     let mut api = Router::new()
-        .route("/api/v1/eventi/conversione", post(routes::ingest_conversion))
+        .route(
+            "/api/v1/eventi/conversione",
+            post(routes::ingest_conversion),
+        )
         .route("/webhooks/in/{source}", post(routes::ingest_source))
         .route("/api/v1/events", get(routes::list_events))
         .route("/healthz", get(routes::healthz))
@@ -141,7 +167,11 @@ fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router
 /// Records the latency histogram and logs every rejected request (successes log at debug,
 /// to keep the hot path quiet).
 async fn observe(State(()): State<()>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
@@ -163,7 +193,9 @@ struct UlidRequestId;
 
 impl MakeRequestId for UlidRequestId {
     fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
-        http::HeaderValue::from_str(&ulid::Ulid::new().to_string()).ok().map(RequestId::new)
+        http::HeaderValue::from_str(&ulid::Ulid::new().to_string())
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -171,16 +203,22 @@ impl MakeRequestId for UlidRequestId {
 fn spawn_jwks_refreshers(ingestor: &Ingestor) {
     for source in ingestor.sources() {
         for verifier in &source.verifiers {
-            let Some((url, handle)) = verifier.jwks_url() else { continue };
+            let Some((url, handle)) = verifier.jwks_url() else {
+                continue;
+            };
             let url = url.to_string();
             let name = source.name.to_string();
             tokio::spawn(async move {
-                let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build();
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build();
                 let Ok(client) = client else { return };
                 loop {
                     match fetch_jwks(&client, &url).await {
                         Ok(set) => *handle.write().unwrap_or_else(|p| p.into_inner()) = set,
-                        Err(e) => tracing::warn!(source = %name, %url, error = %e, "JWKS refresh failed; keeping the previous keys"),
+                        Err(e) => {
+                            tracing::warn!(source = %name, %url, error = %e, "JWKS refresh failed; keeping the previous keys")
+                        }
                     }
                     tokio::time::sleep(Duration::from_secs(300)).await;
                 }
@@ -189,8 +227,17 @@ fn spawn_jwks_refreshers(ingestor: &Ingestor) {
     }
 }
 
-async fn fetch_jwks(client: &reqwest::Client, url: &str) -> anyhow::Result<jsonwebtoken_jwk::JwkSet> {
-    Ok(client.get(url).send().await?.error_for_status()?.json().await?)
+async fn fetch_jwks(
+    client: &reqwest::Client,
+    url: &str,
+) -> anyhow::Result<jsonwebtoken_jwk::JwkSet> {
+    Ok(client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
 }
 
 mod jsonwebtoken_jwk {

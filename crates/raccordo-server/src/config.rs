@@ -88,7 +88,13 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { backend: Backend::Sqlite, path: None, durability: DurabilityConfig::Fsync, queue_capacity: 512, max_group_events: 20_000 }
+        Self {
+            backend: Backend::Sqlite,
+            path: None,
+            durability: DurabilityConfig::Fsync,
+            queue_capacity: 512,
+            max_group_events: 20_000,
+        }
     }
 }
 
@@ -133,7 +139,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Json, level: "info".into() }
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
     }
 }
 
@@ -169,7 +178,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Built, Vec<ConfigProblem>> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![ConfigProblem { location: file.clone(), key: String::new(), message: format!("cannot read: {e}") }]
+            vec![ConfigProblem {
+                location: file.clone(),
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }]
         })?;
         // Relative paths inside the file (schemas, keys) are relative to the file.
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -186,13 +199,23 @@ impl Config {
         let interpolated = interpolate(text, &env).map_err(|problems| {
             problems
                 .into_iter()
-                .map(|(offset, message)| ConfigProblem { location: at(offset), key: String::new(), message })
+                .map(|(offset, message)| ConfigProblem {
+                    location: at(offset),
+                    key: String::new(),
+                    message,
+                })
                 .collect::<Vec<_>>()
         })?;
         let mut config: Config = toml::from_str(&interpolated).map_err(|e| {
-            let location =
-                e.span().map(|s| format!("{file}:{}", line_of(&interpolated, s.start))).unwrap_or_else(|| file.to_string());
-            vec![ConfigProblem { location, key: String::new(), message: e.message().trim().to_string() }]
+            let location = e
+                .span()
+                .map(|s| format!("{file}:{}", line_of(&interpolated, s.start)))
+                .unwrap_or_else(|| file.to_string());
+            vec![ConfigProblem {
+                location,
+                key: String::new(),
+                message: e.message().trim().to_string(),
+            }]
         })?;
         for source in config.sources.values_mut() {
             if let Some(schema) = &source.schema
@@ -202,7 +225,10 @@ impl Config {
             }
             for auth in &mut source.auth {
                 if let raccordo_ingest::auth::AuthConfig::Jwt(jwt) = auth {
-                    for path in [&mut jwt.public_key_file, &mut jwt.jwks_file].into_iter().flatten() {
+                    for path in [&mut jwt.public_key_file, &mut jwt.jwks_file]
+                        .into_iter()
+                        .flatten()
+                    {
                         if path.is_relative() {
                             *path = base.join(&*path);
                         }
@@ -216,10 +242,21 @@ impl Config {
             let location = span_of(&interpolated, &key)
                 .map(|offset| format!("{file}:{}", line_of(&interpolated, offset)))
                 .unwrap_or_else(|| file.to_string());
-            problems.push(ConfigProblem { location, key, message });
+            problems.push(ConfigProblem {
+                location,
+                key,
+                message,
+            });
         };
         let built = config.build(&mut report);
-        if problems.is_empty() { Ok(Built { config, sources: built }) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(Built {
+                config,
+                sources: built,
+            })
+        } else {
+            Err(problems)
+        }
     }
 
     /// Builds the sources and checks cross-field rules, reporting each problem by key path.
@@ -237,28 +274,45 @@ impl Config {
             };
             match Source::build(name, source_config, &self.ingest, &conversion) {
                 Ok(source) => sources.push(source),
-                Err(errors) => errors.into_iter().for_each(|(field, message)| report(format!("{key}.{field}"), message)),
+                Err(errors) => errors
+                    .into_iter()
+                    .for_each(|(field, message)| report(format!("{key}.{field}"), message)),
             }
         }
         for (i, token) in self.admin.tokens.iter().enumerate() {
             if token.token.len() < 16 {
-                report(format!("admin.tokens[{i}].token"), "admin tokens must be at least 16 characters".into());
+                report(
+                    format!("admin.tokens[{i}].token"),
+                    "admin tokens must be at least 16 characters".into(),
+                );
             }
             if token.scopes.is_empty() {
-                report(format!("admin.tokens[{i}].scopes"), "give at least one scope: `read` or `admin`".into());
+                report(
+                    format!("admin.tokens[{i}].scopes"),
+                    "give at least one scope: `read` or `admin`".into(),
+                );
             }
         }
         if !(1..=10_000).contains(&self.ingest.max_batch_items) {
-            report("ingest.max_batch_items".into(), "must be between 1 and 10000".into());
+            report(
+                "ingest.max_batch_items".into(),
+                "must be between 1 and 10000".into(),
+            );
         }
         if self.ingest.dedup.bucket.is_zero() {
-            report("ingest.dedup.bucket".into(), "must be longer than zero".into());
+            report(
+                "ingest.dedup.bucket".into(),
+                "must be longer than zero".into(),
+            );
         }
         if self.storage.queue_capacity == 0 {
             report("storage.queue_capacity".into(), "must be at least 1".into());
         }
         if self.server.max_body_bytes < 1024 {
-            report("server.max_body_bytes".into(), "must be at least 1024".into());
+            report(
+                "server.max_body_bytes".into(),
+                "must be at least 1024".into(),
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             report("log.level".into(), format!("not a valid filter: {e}"));
@@ -267,14 +321,20 @@ impl Config {
     }
 
     pub fn database_path(&self) -> PathBuf {
-        self.storage.path.clone().unwrap_or_else(|| self.server.data_dir.join("raccordo.db"))
+        self.storage
+            .path
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("raccordo.db"))
     }
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}`; `$${` stays a literal `${`. Values are pasted
 /// as they are, so values that would change the TOML around them (quotes, backslashes,
 /// newlines) are refused rather than silently mangled. Errors carry the byte offset.
-pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Vec<(usize, String)>> {
+pub fn interpolate(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Vec<(usize, String)>> {
     let mut out = String::with_capacity(text.len());
     let mut problems = Vec::new();
     let mut rest = text;
@@ -305,9 +365,13 @@ pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
             Some((n, d)) => (n, Some(d)),
             None => (inner, None),
         };
-        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid_name =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid_name {
-            problems.push((offset + pos, format!("`${{{inner}}}` is not a valid variable reference")));
+            problems.push((
+                offset + pos,
+                format!("`${{{inner}}}` is not a valid variable reference"),
+            ));
         } else {
             match env(name).or_else(|| default.map(str::to_string)) {
                 Some(value) if value.contains(['"', '\\', '\'', '\n', '\r']) => problems.push((
@@ -322,11 +386,19 @@ pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
         offset += pos + end + 1;
     }
     out.push_str(rest);
-    if problems.is_empty() { Ok(out) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Byte offset of the value at a dotted key path such as `sources.web.auth[0].secrets`,
@@ -371,11 +443,21 @@ mod tests {
 
     #[test]
     fn interpolation_substitutes_defaults_and_escapes() {
-        assert_eq!(interpolate("a=\"${KEY}\"", &env).unwrap(), "a=\"0123456789abcdef-key\"");
+        assert_eq!(
+            interpolate("a=\"${KEY}\"", &env).unwrap(),
+            "a=\"0123456789abcdef-key\""
+        );
         assert_eq!(interpolate("a=\"${NOPE:-x}\"", &env).unwrap(), "a=\"x\"");
-        assert_eq!(interpolate("a=\"$${KEY} $5\"", &env).unwrap(), "a=\"${KEY} $5\"");
-        let errors = interpolate("a=1\nb=\"${NOPE}\"\nc=\"${BAD}\"\nd=\"${x y}\"", &env).unwrap_err();
-        let lines: Vec<usize> = errors.iter().map(|(o, _)| line_of("a=1\nb=\"${NOPE}\"\nc=\"${BAD}\"\nd=\"${x y}\"", *o)).collect();
+        assert_eq!(
+            interpolate("a=\"$${KEY} $5\"", &env).unwrap(),
+            "a=\"${KEY} $5\""
+        );
+        let errors =
+            interpolate("a=1\nb=\"${NOPE}\"\nc=\"${BAD}\"\nd=\"${x y}\"", &env).unwrap_err();
+        let lines: Vec<usize> = errors
+            .iter()
+            .map(|(o, _)| line_of("a=1\nb=\"${NOPE}\"\nc=\"${BAD}\"\nd=\"${x y}\"", *o))
+            .collect();
         assert_eq!(lines, vec![2, 3, 4]);
         assert!(errors[0].1.contains("NOPE is not set"));
     }
@@ -401,7 +483,9 @@ name = "ops"
 token = "tiny"
 scopes = []
 "#;
-        let problems = Config::from_toml(text, "raccordo.toml", Path::new("/nonexistent"), env).err().unwrap();
+        let problems = Config::from_toml(text, "raccordo.toml", Path::new("/nonexistent"), env)
+            .err()
+            .unwrap();
         let rendered: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let expect = [
             "raccordo.toml:7: sources.web.auth[0]:",
@@ -411,23 +495,36 @@ scopes = []
             "raccordo.toml:18: admin.tokens[0].scopes:",
         ];
         for prefix in expect {
-            assert!(rendered.iter().any(|r| r.starts_with(prefix)), "missing {prefix} in {rendered:#?}");
+            assert!(
+                rendered.iter().any(|r| r.starts_with(prefix)),
+                "missing {prefix} in {rendered:#?}"
+            );
         }
         assert_eq!(rendered.len(), expect.len(), "{rendered:#?}");
     }
 
     #[test]
     fn syntax_and_type_errors_point_at_the_line() {
-        let problems = Config::from_toml("[server]\nlisten = 5\n", "f.toml", Path::new("."), env).err().unwrap();
+        let problems = Config::from_toml("[server]\nlisten = 5\n", "f.toml", Path::new("."), env)
+            .err()
+            .unwrap();
         assert_eq!(problems.len(), 1);
         assert!(problems[0].location == "f.toml:2", "{problems:?}");
-        let problems = Config::from_toml("[server]\nlistne = \"x\"\n", "f.toml", Path::new("."), env).err().unwrap();
-        assert!(problems[0].message.contains("unknown field"), "{problems:?}");
+        let problems =
+            Config::from_toml("[server]\nlistne = \"x\"\n", "f.toml", Path::new("."), env)
+                .err()
+                .unwrap();
+        assert!(
+            problems[0].message.contains("unknown field"),
+            "{problems:?}"
+        );
     }
 
     #[test]
     fn an_empty_file_is_the_default_config() {
-        let built = Config::from_toml("", "f.toml", Path::new("."), env).ok().unwrap();
+        let built = Config::from_toml("", "f.toml", Path::new("."), env)
+            .ok()
+            .unwrap();
         assert_eq!(built.config.server.listen.port(), 8080);
         assert!(built.sources.is_empty());
     }

@@ -36,7 +36,10 @@ pub fn path_in(data_dir: &Path) -> PathBuf {
 fn random_token(prefix: &str) -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill(&mut bytes);
-    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 impl Credentials {
@@ -45,7 +48,10 @@ impl Credentials {
         rand::rng().fill(&mut secret);
         Self {
             api_key: random_token("rk_"),
-            webhook_secret: format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(secret)),
+            webhook_secret: format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(secret)
+            ),
             admin_token: random_token("ra_"),
         }
     }
@@ -55,7 +61,8 @@ impl Credentials {
         let path = path_in(data_dir);
         if path.exists() {
             let text = std::fs::read_to_string(&path)?;
-            let creds = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let creds =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             return Ok((creds, false));
         }
         std::fs::create_dir_all(data_dir)?;
@@ -81,7 +88,9 @@ impl Credentials {
             SourceConfig {
                 enabled: true,
                 auth: vec![
-                    AuthConfig::ApiKey(ApiKeyConfig { keys: vec![self.api_key.clone()] }),
+                    AuthConfig::ApiKey(ApiKeyConfig {
+                        keys: vec![self.api_key.clone()],
+                    }),
                     AuthConfig::StandardWebhooks(StandardWebhooksConfig {
                         secrets: vec![self.webhook_secret.clone()],
                         tolerance: std::time::Duration::from_secs(300),

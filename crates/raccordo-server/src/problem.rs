@@ -54,8 +54,16 @@ impl Problem {
     }
 
     pub fn bad_parameter(parameter: &str, detail: impl Into<String>) -> Self {
-        let mut p = Self::new(400, "invalid-parameter", "Invalid query parameter", format!("query parameter `{parameter}` is invalid"));
-        p.parameters.push(ParameterError { parameter: parameter.into(), detail: detail.into() });
+        let mut p = Self::new(
+            400,
+            "invalid-parameter",
+            "Invalid query parameter",
+            format!("query parameter `{parameter}` is invalid"),
+        );
+        p.parameters.push(ParameterError {
+            parameter: parameter.into(),
+            detail: detail.into(),
+        });
         p
     }
 
@@ -77,15 +85,21 @@ impl From<IngestError> for Problem {
                 if *total > errors.len() {
                     p.total_errors = Some(*total);
                 }
-                p.detail = format!("{total} problem(s) in the body; nothing was stored (first at `{}`)",
-                    errors.first().map(|f| f.pointer.as_str()).unwrap_or(""));
+                p.detail = format!(
+                    "{total} problem(s) in the body; nothing was stored (first at `{}`)",
+                    errors.first().map(|f| f.pointer.as_str()).unwrap_or("")
+                );
             }
             IngestError::MissingCredentials { expected } => {
                 p.detail = format!("send {expected}");
                 p.www_authenticate = Some("Bearer");
             }
-            IngestError::InvalidCredentials { .. } | IngestError::TokenExpired => p.www_authenticate = Some("Bearer"),
-            IngestError::Overloaded { retry_after_ms } => p.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1)),
+            IngestError::InvalidCredentials { .. } | IngestError::TokenExpired => {
+                p.www_authenticate = Some("Bearer")
+            }
+            IngestError::Overloaded { retry_after_ms } => {
+                p.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1))
+            }
             _ => {}
         }
         p

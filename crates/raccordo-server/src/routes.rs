@@ -18,7 +18,11 @@ use crate::config::Scope;
 use crate::problem::Problem;
 
 /// `POST /api/v1/eventi/conversione`
-pub async fn ingest_conversion(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn ingest_conversion(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     ingest(&state, Target::Conversion, headers, body).await
 }
 
@@ -72,7 +76,10 @@ impl Drop for InFlight {
 
 /// Reads the body up to `limit` bytes; a declared or actual larger body is a 413.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, IngestError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(IngestError::BodyTooLarge { limit });
     }
@@ -82,7 +89,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         if too_large || e.to_string().contains("length limit") {
             IngestError::BodyTooLarge { limit }
         } else {
-            IngestError::InvalidJson { detail: "the body could not be read completely".into() }
+            IngestError::InvalidJson {
+                detail: "the body could not be read completely".into(),
+            }
         }
     })
 }
@@ -146,23 +155,37 @@ pub async fn list_events(
 fn events_filter(q: EventsQuery) -> Result<EventFilter, Problem> {
     let time = |name: &str, value: Option<String>| -> Result<Option<i64>, Problem> {
         value
-            .map(|v| raccordo_ingest::pipeline::parse_time_ms(&v).ok_or_else(|| Problem::bad_parameter(name, "must be an RFC 3339 date-time")))
+            .map(|v| {
+                raccordo_ingest::pipeline::parse_time_ms(&v)
+                    .ok_or_else(|| Problem::bad_parameter(name, "must be an RFC 3339 date-time"))
+            })
             .transpose()
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(Problem::bad_parameter("limit", "must be between 1 and 1000"));
+        return Err(Problem::bad_parameter(
+            "limit",
+            "must be between 1 and 1000",
+        ));
     }
     let after_seq = q
         .cursor
-        .map(|c| c.parse::<i64>().map_err(|_| Problem::bad_parameter("cursor", "not a cursor returned by this API")))
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| Problem::bad_parameter("cursor", "not a cursor returned by this API"))
+        })
         .transpose()?;
     let source = q
         .source
         .map(|s| SourceName::new(s).map_err(|e| Problem::bad_parameter("source", e.to_string())))
         .transpose()?;
     let mut fields = Vec::new();
-    for (name, value) in [("evento", q.evento), ("canale", q.canale), ("stato", q.stato), ("id_cliente", q.id_cliente)] {
+    for (name, value) in [
+        ("evento", q.evento),
+        ("canale", q.canale),
+        ("stato", q.stato),
+        ("id_cliente", q.id_cliente),
+    ] {
         if let Some(value) = value {
             fields.push((name.to_string(), value));
         }
@@ -195,14 +218,22 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.prometheus.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+        .into_response()
 }
 
 /// `POST /_bench/noop`: reads the body and answers like an accepted event, doing nothing
 /// else. Only mounted with `server.bench_routes`; it is the baseline of the ingest benchmark.
 pub async fn noop(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     match read_body(&headers, body, state.max_body_bytes).await {
-        Ok(_) => (StatusCode::ACCEPTED, Json(json!({"id": "evt_noop", "status": "accepted"}))).into_response(),
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"id": "evt_noop", "status": "accepted"})),
+        )
+            .into_response(),
         Err(e) => Problem::from(e).into_response(),
     }
 }

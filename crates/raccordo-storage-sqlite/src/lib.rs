@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use raccordo_core::{AppendBatch, AppendOutcome, EventFilter, EventId, EventLog, EventPage, SourceName, StoreError, StoredEvent};
+use raccordo_core::{
+    AppendBatch, AppendOutcome, EventFilter, EventId, EventLog, EventPage, SourceName, StoreError,
+    StoredEvent,
+};
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,7 +38,12 @@ pub struct SqliteOptions {
 
 impl SqliteOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), durability: Durability::Fsync, queue_capacity: 512, max_group_events: 20_000 }
+        Self {
+            path: path.into(),
+            durability: Durability::Fsync,
+            queue_capacity: 512,
+            max_group_events: 20_000,
+        }
     }
 }
 
@@ -50,26 +58,42 @@ pub struct SqliteEventLog {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot open {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("cannot create {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl SqliteEventLog {
     /// Opens (creating if needed) the database and starts the writer thread.
     pub fn open(options: SqliteOptions) -> Result<Self, OpenError> {
         if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| OpenError::Io { path: parent.display().to_string(), source })?;
+            std::fs::create_dir_all(parent).map_err(|source| OpenError::Io {
+                path: parent.display().to_string(),
+                source,
+            })?;
         }
-        let sqlite_err = |source| OpenError::Sqlite { path: options.path.display().to_string(), source };
+        let sqlite_err = |source| OpenError::Sqlite {
+            path: options.path.display().to_string(),
+            source,
+        };
         let conn = Connection::open(&options.path).map_err(sqlite_err)?;
         schema::prepare_writer(&conn, options.durability).map_err(sqlite_err)?;
         let reader = Connection::open_with_flags(
             &options.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         )
         .map_err(sqlite_err)?;
-        reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite_err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite_err)?;
 
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
@@ -83,7 +107,10 @@ impl SqliteEventLog {
                 writer_ready.store(false, Ordering::SeqCst);
                 let _ = done_tx.send(());
             })
-            .map_err(|source| OpenError::Io { path: "writer thread".into(), source })?;
+            .map_err(|source| OpenError::Io {
+                path: "writer thread".into(),
+                source,
+            })?;
         Ok(Self {
             jobs: std::sync::Mutex::new(Some(tx)),
             reader: Arc::new(std::sync::Mutex::new(reader)),
@@ -101,7 +128,11 @@ impl SqliteEventLog {
     /// and waits for the writer thread to end.
     pub async fn close(&self) {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let done = self.writer_done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let done = self
+            .writer_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(done) = done {
             let _ = done.await;
         }
@@ -113,12 +144,21 @@ impl EventLog for SqliteEventLog {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let sender = sender.ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
-        sender.try_send(writer::Job { batch, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded { retry_after_ms: 1000 },
-            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable("the writer has stopped".into()),
-        })?;
-        answer.await.map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+        let sender =
+            sender.ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
+        sender
+            .try_send(writer::Job { batch, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded {
+                    retry_after_ms: 1000,
+                },
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("the writer has stopped".into())
+                }
+            })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
     }
 
     async fn read(&self, filter: EventFilter) -> Result<EventPage, StoreError> {
@@ -138,7 +178,9 @@ impl EventLog for SqliteEventLog {
 
 fn read_page(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<EventPage> {
     use rusqlite::types::Value as Sql;
-    let mut sql = String::from("SELECT seq, id, source, event_time, received_at, payload FROM events WHERE seq > ?");
+    let mut sql = String::from(
+        "SELECT seq, id, source, event_time, received_at, payload FROM events WHERE seq > ?",
+    );
     let mut args: Vec<Sql> = vec![Sql::Integer(filter.after_seq.unwrap_or(0))];
     if let Some(source) = &filter.source {
         sql.push_str(" AND source = ?");
@@ -167,7 +209,8 @@ fn read_page(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<EventP
         let id: String = row.get(1)?;
         let source: String = row.get(2)?;
         let payload: String = row.get(5)?;
-        let corrupt = |what: String| rusqlite::Error::InvalidColumnType(0, what, rusqlite::types::Type::Text);
+        let corrupt =
+            |what: String| rusqlite::Error::InvalidColumnType(0, what, rusqlite::types::Type::Text);
         events.push(StoredEvent {
             seq: row.get(0)?,
             id: id.parse::<EventId>().map_err(corrupt)?,
@@ -183,5 +226,8 @@ fn read_page(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<EventP
     } else {
         None
     };
-    Ok(EventPage { events, next_after_seq })
+    Ok(EventPage {
+        events,
+        next_after_seq,
+    })
 }

@@ -36,10 +36,14 @@ pub fn prepare_writer(conn: &Connection, durability: Durability) -> rusqlite::Re
     // FULL: the WAL is fsynced at every commit, so an acknowledged commit survives power
     // loss. NORMAL: fsync only at checkpoints; survives a process crash (kill -9), not an
     // OS crash or power cut.
-    conn.pragma_update(None, "synchronous", match durability {
-        Durability::Fsync => "FULL",
-        Durability::Buffered => "NORMAL",
-    })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match durability {
+            Durability::Fsync => "FULL",
+            Durability::Buffered => "NORMAL",
+        },
+    )?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -65536)?; // 64 MiB
     conn.busy_timeout(std::time::Duration::from_secs(5))?;

@@ -40,10 +40,15 @@ pub fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, max_group_events
                 Err(_) => break,
             }
         }
-        let now_ms = group.iter().map(|j| j.batch.received_at_ms).max().unwrap_or(0);
+        let now_ms = group
+            .iter()
+            .map(|j| j.batch.received_at_ms)
+            .max()
+            .unwrap_or(0);
         let started = Instant::now();
         let results = commit_group(&mut conn, &group);
-        metrics::histogram!("raccordo_storage_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("raccordo_storage_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!("raccordo_storage_commit_group_requests").record(group.len() as f64);
         metrics::histogram!("raccordo_storage_commit_group_events").record(events as f64);
         for (job, result) in group.into_iter().zip(results) {
@@ -70,7 +75,10 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> Vec<Result<AppendOutcom
         Ok(tx) => tx,
         Err(e) => {
             let reason = e.to_string();
-            return group.iter().map(|_| Err(StoreError::Backend(reason.clone()))).collect();
+            return group
+                .iter()
+                .map(|_| Err(StoreError::Backend(reason.clone())))
+                .collect();
         }
     };
     let mut results = Vec::with_capacity(group.len());
@@ -87,7 +95,10 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> Vec<Result<AppendOutcom
         Ok(()) => results,
         Err(e) => {
             let reason = e.to_string();
-            group.iter().map(|_| Err(StoreError::Backend(reason.clone()))).collect()
+            group
+                .iter()
+                .map(|_| Err(StoreError::Backend(reason.clone())))
+                .collect()
         }
     }
 }
@@ -96,8 +107,12 @@ fn apply(tx: &Connection, batch: &AppendBatch) -> rusqlite::Result<AppendOutcome
     let now = batch.received_at_ms;
     if let Some(claim) = &batch.delivery {
         let seen: Option<(Vec<u8>, String)> = tx
-            .prepare_cached("SELECT body_hash, event_ids FROM deliveries WHERE key = ?1 AND expires_at > ?2")?
-            .query_row(params![&claim.key.0[..], now], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached(
+                "SELECT body_hash, event_ids FROM deliveries WHERE key = ?1 AND expires_at > ?2",
+            )?
+            .query_row(params![&claim.key.0[..], now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         if let Some((body_hash, ids)) = seen {
             if body_hash != claim.body_hash.0 {
@@ -134,12 +149,22 @@ fn apply(tx: &Connection, batch: &AppendBatch) -> rusqlite::Result<AppendOutcome
                 continue;
             }
         }
-        insert.execute(params![&id, event.source.as_str(), event.event_time_ms, now, &event.payload])?;
+        insert.execute(params![
+            &id,
+            event.source.as_str(),
+            event.event_time_ms,
+            now,
+            &event.payload
+        ])?;
         outcomes.push(ItemOutcome::Accepted(event.id));
     }
 
     if let Some(claim) = &batch.delivery {
-        let ids = outcomes.iter().map(|o| o.id().to_string()).collect::<Vec<_>>().join(",");
+        let ids = outcomes
+            .iter()
+            .map(|o| o.id().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         tx.prepare_cached(
             "INSERT INTO deliveries (key, body_hash, event_ids, expires_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (key) DO UPDATE SET body_hash = excluded.body_hash, event_ids = excluded.event_ids,

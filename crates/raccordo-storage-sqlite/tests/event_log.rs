@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use raccordo_core::{
-    AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventId, EventLog, ItemOutcome, NewEvent, SourceName,
-    StoreError,
+    AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventId, EventLog,
+    ItemOutcome, NewEvent, SourceName, StoreError,
 };
 use raccordo_storage_sqlite::{SqliteEventLog, SqliteOptions};
 
@@ -23,7 +23,12 @@ fn event(ids: &mut ulid::Generator, business_key: Option<DedupKey>, valore: u32)
 }
 
 fn batch(now: i64, delivery: Option<DeliveryClaim>, events: Vec<NewEvent>) -> AppendBatch {
-    AppendBatch { received_at_ms: now, delivery, business_key_retention_ms: 3_600_000, events }
+    AppendBatch {
+        received_at_ms: now,
+        delivery,
+        business_key_retention_ms: 3_600_000,
+        events,
+    }
 }
 
 fn open(dir: &tempfile::TempDir, queue: usize) -> SqliteEventLog {
@@ -33,7 +38,13 @@ fn open(dir: &tempfile::TempDir, queue: usize) -> SqliteEventLog {
 }
 
 async fn all(log: &SqliteEventLog) -> Vec<raccordo_core::StoredEvent> {
-    log.read(EventFilter { limit: 1000, ..Default::default() }).await.unwrap().events
+    log.read(EventFilter {
+        limit: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .events
 }
 
 #[tokio::test]
@@ -45,20 +56,43 @@ async fn business_key_duplicates_are_stored_once_until_they_expire() {
     let first_id = first.id;
     let same = event(&mut ids, Some(key(1)), 1);
     let other = event(&mut ids, Some(key(2)), 2);
-    let out = log.append(batch(0, None, vec![first, same, other])).await.unwrap();
-    let AppendOutcome::Appended(items) = out else { panic!("{out:?}") };
+    let out = log
+        .append(batch(0, None, vec![first, same, other]))
+        .await
+        .unwrap();
+    let AppendOutcome::Appended(items) = out else {
+        panic!("{out:?}")
+    };
     assert_eq!(items[0], ItemOutcome::Accepted(first_id));
-    assert_eq!(items[1], ItemOutcome::Duplicate(first_id), "second copy in the same batch");
+    assert_eq!(
+        items[1],
+        ItemOutcome::Duplicate(first_id),
+        "second copy in the same batch"
+    );
     assert!(matches!(items[2], ItemOutcome::Accepted(_)));
 
     let again = event(&mut ids, Some(key(1)), 1);
-    let out = log.append(batch(3_599_999, None, vec![again])).await.unwrap();
-    assert_eq!(out, AppendOutcome::Appended(vec![ItemOutcome::Duplicate(first_id)]), "inside retention");
+    let out = log
+        .append(batch(3_599_999, None, vec![again]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        AppendOutcome::Appended(vec![ItemOutcome::Duplicate(first_id)]),
+        "inside retention"
+    );
 
     let late = event(&mut ids, Some(key(1)), 1);
     let late_id = late.id;
-    let out = log.append(batch(3_600_000, None, vec![late])).await.unwrap();
-    assert_eq!(out, AppendOutcome::Appended(vec![ItemOutcome::Accepted(late_id)]), "after retention");
+    let out = log
+        .append(batch(3_600_000, None, vec![late]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        AppendOutcome::Appended(vec![ItemOutcome::Accepted(late_id)]),
+        "after retention"
+    );
     assert_eq!(all(&log).await.len(), 3);
 }
 
@@ -67,21 +101,53 @@ async fn delivery_ids_replay_the_first_answer_and_refuse_another_body() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(&dir, 16);
     let mut ids = ulid::Generator::new();
-    let claim = |body: u8| DeliveryClaim { key: key(9), body_hash: key(body), retention_ms: 1_000 };
-    let events = vec![event(&mut ids, Some(key(1)), 1), event(&mut ids, Some(key(2)), 2)];
+    let claim = |body: u8| DeliveryClaim {
+        key: key(9),
+        body_hash: key(body),
+        retention_ms: 1_000,
+    };
+    let events = vec![
+        event(&mut ids, Some(key(1)), 1),
+        event(&mut ids, Some(key(2)), 2),
+    ];
     let stored: Vec<EventId> = events.iter().map(|e| e.id).collect();
     log.append(batch(0, Some(claim(1)), events)).await.unwrap();
 
-    let retry = vec![event(&mut ids, Some(key(1)), 1), event(&mut ids, Some(key(2)), 2)];
+    let retry = vec![
+        event(&mut ids, Some(key(1)), 1),
+        event(&mut ids, Some(key(2)), 2),
+    ];
     let out = log.append(batch(500, Some(claim(1)), retry)).await.unwrap();
-    assert_eq!(out, AppendOutcome::DeliveryReplayed(stored.iter().map(|id| ItemOutcome::Duplicate(*id)).collect()));
+    assert_eq!(
+        out,
+        AppendOutcome::DeliveryReplayed(
+            stored
+                .iter()
+                .map(|id| ItemOutcome::Duplicate(*id))
+                .collect()
+        )
+    );
 
     let conflict = vec![event(&mut ids, Some(key(3)), 3)];
-    assert_eq!(log.append(batch(500, Some(claim(2)), conflict)).await.unwrap(), AppendOutcome::DeliveryConflict);
-    assert_eq!(all(&log).await.len(), 2, "neither the replay nor the conflict stored anything");
+    assert_eq!(
+        log.append(batch(500, Some(claim(2)), conflict))
+            .await
+            .unwrap(),
+        AppendOutcome::DeliveryConflict
+    );
+    assert_eq!(
+        all(&log).await.len(),
+        2,
+        "neither the replay nor the conflict stored anything"
+    );
 
     let expired = vec![event(&mut ids, Some(key(4)), 4)];
-    assert!(matches!(log.append(batch(1_000, Some(claim(2)), expired)).await.unwrap(), AppendOutcome::Appended(_)));
+    assert!(matches!(
+        log.append(batch(1_000, Some(claim(2)), expired))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended(_)
+    ));
 }
 
 #[tokio::test]
@@ -98,7 +164,10 @@ async fn concurrent_appends_share_commits_and_all_land() {
                 let n = t * 100 + i;
                 let mut k = [0u8; 16];
                 k[..4].copy_from_slice(&n.to_le_bytes());
-                let out = log.append(batch(0, None, vec![event(&mut ids, Some(DedupKey(k)), n)])).await.unwrap();
+                let out = log
+                    .append(batch(0, None, vec![event(&mut ids, Some(DedupKey(k)), n)]))
+                    .await
+                    .unwrap();
                 if let AppendOutcome::Appended(items) = out {
                     accepted += items.iter().filter(|i| !i.is_duplicate()).count();
                 }
@@ -114,7 +183,14 @@ async fn concurrent_appends_share_commits_and_all_land() {
     let mut seen = 0;
     let mut cursor = None;
     loop {
-        let page = log.read(EventFilter { after_seq: cursor, limit: 500, ..Default::default() }).await.unwrap();
+        let page = log
+            .read(EventFilter {
+                after_seq: cursor,
+                limit: 500,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         seen += page.events.len();
         match page.next_after_seq {
             Some(next) => cursor = Some(next),
@@ -162,7 +238,10 @@ async fn a_full_queue_answers_overloaded_instead_of_waiting() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(overloaded, "with the writer blocked, 4 appends cannot fit a 1-slot queue: {results:?}");
+    assert!(
+        overloaded,
+        "with the writer blocked, 4 appends cannot fit a 1-slot queue: {results:?}"
+    );
     let stored = all(&log).await.len();
     let ok = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(stored, ok, "exactly the acknowledged appends are stored");
@@ -173,11 +252,18 @@ async fn close_finishes_queued_work_then_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(&dir, 16);
     let mut ids = ulid::Generator::new();
-    log.append(batch(0, None, vec![event(&mut ids, None, 1)])).await.unwrap();
+    log.append(batch(0, None, vec![event(&mut ids, None, 1)]))
+        .await
+        .unwrap();
     log.close().await;
     assert!(!log.is_ready());
-    let refused = log.append(batch(0, None, vec![event(&mut ids, None, 2)])).await;
-    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+    let refused = log
+        .append(batch(0, None, vec![event(&mut ids, None, 2)]))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
     let reopened = open(&dir, 16);
     assert_eq!(all(&reopened).await.len(), 1);
 }

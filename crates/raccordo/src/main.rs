@@ -34,22 +34,26 @@ enum Command {
         `${VAR}` in the file is replaced by the environment variable VAR.")]
     Serve(ServeArgs),
     /// Validate a config file and report every problem with its line
-    #[command(long_about = "Validate a config file: TOML syntax, field types, secrets, key files and \
-        JSON schemas. Every problem is printed as FILE:LINE: KEY: MESSAGE. Exits 1 if there is any.")]
+    #[command(
+        long_about = "Validate a config file: TOML syntax, field types, secrets, key files and \
+        JSON schemas. Every problem is printed as FILE:LINE: KEY: MESSAGE. Exits 1 if there is any."
+    )]
     Check {
         /// The TOML config file to check
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Send realistic, signed conversion traffic to a hub and report latency
-    #[command(long_about = "Send realistic conversion events (Italian customers, channels and campaigns), \
+    #[command(
+        long_about = "Send realistic conversion events (Italian customers, channels and campaigns), \
         signed like a real sender, and print throughput, latency percentiles (p50/p95/p99/max) and \
         outcome counts.\n\n\
         By default it reads ./raccordo-data/credentials.toml, as written by a config-less \
         `raccordo serve`, and signs with its webhook secret.\n\n\
         Closed loop (--concurrency N) keeps N requests in flight: use it to find the maximum rate. \
         Open loop (--rate R) starts R requests per second on a schedule and measures latency from \
-        the scheduled time: use it to see latency at a given load.")]
+        the scheduled time: use it to see latency at a given load."
+    )]
     Loadgen(LoadgenArgs),
 }
 
@@ -123,7 +127,10 @@ fn main() -> ExitCode {
     // One TLS provider for every client in the process (JWKS fetches, loadgen over https).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("raccordo: cannot start the async runtime: {e}");
@@ -186,8 +193,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let listen = args.listen.unwrap_or(config.server.listen);
             announce_credentials(&credentials, created, &config.server.data_dir, listen);
             let mut problems = Vec::new();
-            let sources = config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
-            anyhow::ensure!(problems.is_empty(), "built-in defaults are invalid: {problems:?}");
+            let sources =
+                config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
+            anyhow::ensure!(
+                problems.is_empty(),
+                "built-in defaults are invalid: {problems:?}"
+            );
             raccordo_server::Built { config, sources }
         }
     };
@@ -205,10 +216,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     hub.run(raccordo_server::shutdown_signal()).await
 }
 
-fn announce_credentials(credentials: &Credentials, created: bool, data_dir: &std::path::Path, listen: SocketAddr) {
+fn announce_credentials(
+    credentials: &Credentials,
+    created: bool,
+    data_dir: &std::path::Path,
+    listen: SocketAddr,
+) {
     let file = raccordo_server::credentials::path_in(data_dir);
     if !created {
-        eprintln!("raccordo: using the credentials in {} (source `default`, admin token)", file.display());
+        eprintln!(
+            "raccordo: using the credentials in {} (source `default`, admin token)",
+            file.display()
+        );
         return;
     }
     eprintln!(
@@ -238,8 +257,14 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
             None => anyhow::bail!("--route must be `conversion`, `noop` or `source:NAME`"),
         },
     };
-    anyhow::ensure!((1..=10_000).contains(&args.batch_size), "--batch-size must be between 1 and 10000");
-    anyhow::ensure!((0.0..=1.0).contains(&(args.duplicates + args.invalid)), "--duplicates + --invalid must be between 0 and 1");
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.batch_size),
+        "--batch-size must be between 1 and 10000"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&(args.duplicates + args.invalid)),
+        "--duplicates + --invalid must be between 0 and 1"
+    );
     let auth = if let Some(secret) = args.webhook_secret {
         Auth::StandardWebhooks(secret)
     } else if let Some(key) = args.api_key {
@@ -257,8 +282,13 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         )
     };
     let mode = match args.rate {
-        Some(rate) => Mode::Open { rate, max_in_flight: args.max_in_flight },
-        None => Mode::Closed { concurrency: args.concurrency },
+        Some(rate) => Mode::Open {
+            rate,
+            max_in_flight: args.max_in_flight,
+        },
+        None => Mode::Closed {
+            concurrency: args.concurrency,
+        },
     };
     let report = raccordo_loadgen::run(Options {
         url: format!("{}{}", args.url.trim_end_matches('/'), path),

@@ -13,9 +13,15 @@ fn help_texts_explain_every_command() {
     let text = String::from_utf8(out.stdout).unwrap();
     for command in ["serve", "check", "loadgen"] {
         assert!(text.contains(command), "{text}");
-        let out = Command::new(BIN).args([command, "--help"]).output().unwrap();
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
         assert!(out.status.success());
-        assert!(String::from_utf8(out.stdout).unwrap().len() > 300, "{command} --help is too thin");
+        assert!(
+            String::from_utf8(out.stdout).unwrap().len() > 300,
+            "{command} --help is too thin"
+        );
     }
 }
 
@@ -23,21 +29,46 @@ fn help_texts_explain_every_command() {
 fn check_reports_every_problem_with_its_line_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let good = write_config(dir.path(), "");
-    let out = Command::new(BIN).args(["check", "--config", good.to_str().unwrap()]).env("TEST_HS_SECRET", HS_SECRET).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8(out.stdout).unwrap().contains("ok (6 source(s), 2 admin token(s)"));
+    let out = Command::new(BIN)
+        .args(["check", "--config", good.to_str().unwrap()])
+        .env("TEST_HS_SECRET", HS_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("ok (6 source(s), 2 admin token(s)")
+    );
 
-    let out = Command::new(BIN).args(["check", "--config", good.to_str().unwrap()]).env_remove("TEST_HS_SECRET").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", good.to_str().unwrap()])
+        .env_remove("TEST_HS_SECRET")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("raccordo.toml:17: environment variable TEST_HS_SECRET is not set"), "{stderr}");
+    assert!(
+        stderr.contains("raccordo.toml:17: environment variable TEST_HS_SECRET is not set"),
+        "{stderr}"
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[storage]\ndurability = \"sometimes\"\n").unwrap();
-    let out = Command::new(BIN).args(["check", "--config", bad.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("bad.toml:2:") && stderr.contains("sometimes"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml:2:") && stderr.contains("sometimes"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -45,21 +76,52 @@ async fn a_first_start_without_config_prints_working_credentials_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
     let banner = server.stderr_text();
-    let api_key = banner.split_whitespace().find(|w| w.starts_with("rk_")).expect("an API key in the banner").to_string();
-    let admin = banner.split_whitespace().find(|w| w.starts_with("ra_")).expect("an admin token").to_string();
-    let r = client().post(server.url("/api/v1/eventi/conversione")).header("x-api-key", &api_key).json(&event(7)).send().await.unwrap();
+    let api_key = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("rk_"))
+        .expect("an API key in the banner")
+        .to_string();
+    let admin = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("ra_"))
+        .expect("an admin token")
+        .to_string();
+    let r = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", &api_key)
+        .json(&event(7))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = client().get(server.url("/api/v1/events")).bearer_auth(&admin).send().await.unwrap();
+    let r = client()
+        .get(server.url("/api/v1/events"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let mode = std::fs::metadata(dir.path().join("raccordo-data/credentials.toml")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
     assert_eq!(server.terminate().code(), Some(0));
 
     let server = Server::start(dir.path(), &[]);
     let banner = server.stderr_text();
-    assert!(!banner.contains(&api_key), "credentials are printed only at first start");
+    assert!(
+        !banner.contains(&api_key),
+        "credentials are printed only at first start"
+    );
     assert!(banner.contains("credentials.toml"));
-    let r = client().post(server.url("/api/v1/eventi/conversione")).header("x-api-key", &api_key).json(&event(8)).send().await.unwrap();
+    let r = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", &api_key)
+        .json(&event(8))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED, "the same key still works");
 }
 
@@ -68,14 +130,34 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_configured(dir.path(), "");
     let out = tokio::process::Command::new(BIN)
-        .args(["loadgen", "--url", &format!("http://{}", server.addr), "--requests", "400", "--concurrency", "8"])
+        .args([
+            "loadgen",
+            "--url",
+            &format!("http://{}", server.addr),
+            "--requests",
+            "400",
+            "--concurrency",
+            "8",
+        ])
         .args(["--route", "source:web", "--webhook-secret", WHSEC])
-        .args(["--batch-size", "5", "--duplicates", "0.1", "--json", "--duration", "60s"])
+        .args([
+            "--batch-size",
+            "5",
+            "--duplicates",
+            "0.1",
+            "--json",
+            "--duration",
+            "60s",
+        ])
         .current_dir(dir.path())
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["requests"], 400);
     assert_eq!(report["events"], 2000);

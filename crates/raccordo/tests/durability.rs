@@ -44,27 +44,59 @@ async fn acknowledged_events_survive_kill_9_exactly_once_and_batches_stay_whole(
                 let payloads: Vec<Value> = (0..size)
                     .map(|i| {
                         let mut e = event(0);
-                        e["id_cliente"] = json!(format!("CLIENTE-CRASH-{:02}{:04}", c, (r * 20 + i) % 10_000));
+                        e["id_cliente"] = json!(format!(
+                            "CLIENTE-CRASH-{:02}{:04}",
+                            c,
+                            (r * 20 + i) % 10_000
+                        ));
                         e["valore"] = json!(((r * 20 + i) % 10_000) as f64 / 100.0);
                         e["metadati"]["campagna"] = json!(format!("c{c}-r{r}-i{i}"));
                         e
                     })
                     .collect();
-                let body = if size == 1 { payloads[0].clone() } else { Value::Array(payloads.clone()) };
-                let customers = payloads.iter().map(|p| p["metadati"]["campagna"].as_str().unwrap().to_string()).collect();
-                let response = http.post(&url).header("x-api-key", API_KEY).json(&body).send().await;
+                let body = if size == 1 {
+                    payloads[0].clone()
+                } else {
+                    Value::Array(payloads.clone())
+                };
+                let customers = payloads
+                    .iter()
+                    .map(|p| p["metadati"]["campagna"].as_str().unwrap().to_string())
+                    .collect();
+                let response = http
+                    .post(&url)
+                    .header("x-api-key", API_KEY)
+                    .json(&body)
+                    .send()
+                    .await;
                 let acked_ids = match response {
                     Ok(r) if r.status() == StatusCode::ACCEPTED => {
                         let v: Value = match r.json().await {
                             Ok(v) => v,
                             Err(_) => {
-                                sent.push(Sent { customers, payloads, acked_ids: None });
+                                sent.push(Sent {
+                                    customers,
+                                    payloads,
+                                    acked_ids: None,
+                                });
                                 break;
                             }
                         };
-                        let items = if size == 1 { vec![v] } else { v.as_array().unwrap().clone() };
-                        assert!(items.iter().all(|i| i["status"] == "accepted"), "unique events: {items:?}");
-                        Some(items.iter().map(|i| i["id"].as_str().unwrap().to_string()).collect())
+                        let items = if size == 1 {
+                            vec![v]
+                        } else {
+                            v.as_array().unwrap().clone()
+                        };
+                        assert!(
+                            items.iter().all(|i| i["status"] == "accepted"),
+                            "unique events: {items:?}"
+                        );
+                        Some(
+                            items
+                                .iter()
+                                .map(|i| i["id"].as_str().unwrap().to_string())
+                                .collect(),
+                        )
                     }
                     Ok(r) => panic!("unexpected status {} before the crash", r.status()),
                     Err(_) => None,
@@ -72,11 +104,16 @@ async fn acknowledged_events_survive_kill_9_exactly_once_and_batches_stay_whole(
                 let done = acked_ids.is_none();
                 if let Some(ids) = &acked_ids {
                     let ids: &Vec<String> = ids;
-                    if acked_events.fetch_add(ids.len(), Ordering::SeqCst) + ids.len() >= KILL_AFTER {
+                    if acked_events.fetch_add(ids.len(), Ordering::SeqCst) + ids.len() >= KILL_AFTER
+                    {
                         enough.notify_one();
                     }
                 }
-                sent.push(Sent { customers, payloads, acked_ids });
+                sent.push(Sent {
+                    customers,
+                    payloads,
+                    acked_ids,
+                });
                 if done {
                     break;
                 }
@@ -91,12 +128,26 @@ async fn acknowledged_events_survive_kill_9_exactly_once_and_batches_stay_whole(
         sent.extend(c.await.unwrap());
     }
 
-    let server = Server::start(dir.path(), &["--config", dir.path().join("raccordo.toml").to_str().unwrap()]);
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--config",
+            dir.path().join("raccordo.toml").to_str().unwrap(),
+        ],
+    );
     let stored = all_events(&server).await;
 
     let mut by_tag: HashMap<String, Vec<&Value>> = HashMap::new();
     for e in &stored {
-        by_tag.entry(e["payload"]["metadati"]["campagna"].as_str().unwrap().to_string()).or_default().push(e);
+        by_tag
+            .entry(
+                e["payload"]["metadati"]["campagna"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+            .or_default()
+            .push(e);
     }
     let ids: HashSet<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), stored.len(), "no event id is stored twice");
@@ -104,35 +155,63 @@ async fn acknowledged_events_survive_kill_9_exactly_once_and_batches_stay_whole(
     let mut acked = 0;
     let mut unacked_stored = 0;
     for request in &sent {
-        let present: Vec<bool> = request.customers.iter().map(|t| by_tag.contains_key(t)).collect();
+        let present: Vec<bool> = request
+            .customers
+            .iter()
+            .map(|t| by_tag.contains_key(t))
+            .collect();
         // A request is one transaction: all of its events are stored or none.
-        assert!(present.iter().all(|p| *p) || present.iter().all(|p| !*p), "half-written batch {:?}", request.customers);
+        assert!(
+            present.iter().all(|p| *p) || present.iter().all(|p| !*p),
+            "half-written batch {:?}",
+            request.customers
+        );
         for (i, tag) in request.customers.iter().enumerate() {
             if let Some(copies) = by_tag.get(tag) {
                 assert_eq!(copies.len(), 1, "{tag} stored {} times", copies.len());
-                assert_eq!(copies[0]["payload"], request.payloads[i], "stored payload differs from the sent one");
+                assert_eq!(
+                    copies[0]["payload"], request.payloads[i],
+                    "stored payload differs from the sent one"
+                );
             }
         }
         match &request.acked_ids {
             Some(ids) => {
                 for (i, tag) in request.customers.iter().enumerate() {
-                    let copy = by_tag.get(tag).unwrap_or_else(|| panic!("acknowledged event {tag} lost"));
-                    assert_eq!(copy[0]["id"].as_str().unwrap(), ids[i], "stored under the acknowledged id");
+                    let copy = by_tag
+                        .get(tag)
+                        .unwrap_or_else(|| panic!("acknowledged event {tag} lost"));
+                    assert_eq!(
+                        copy[0]["id"].as_str().unwrap(),
+                        ids[i],
+                        "stored under the acknowledged id"
+                    );
                     acked += 1;
                 }
             }
             None => unacked_stored += present.iter().filter(|p| **p).count(),
         }
     }
-    assert!(acked >= KILL_AFTER, "the crash came after {KILL_AFTER} acknowledged events, saw {acked}");
-    assert_eq!(stored.len(), acked + unacked_stored, "everything stored was sent");
-    eprintln!("kill -9 after {acked} acknowledged events; {unacked_stored} committed but unacknowledged; {} stored", stored.len());
+    assert!(
+        acked >= KILL_AFTER,
+        "the crash came after {KILL_AFTER} acknowledged events, saw {acked}"
+    );
+    assert_eq!(
+        stored.len(),
+        acked + unacked_stored,
+        "everything stored was sent"
+    );
+    eprintln!(
+        "kill -9 after {acked} acknowledged events; {unacked_stored} committed but unacknowledged; {} stored",
+        stored.len()
+    );
 }
 
 /// Holds SQLite's write lock from the test, so the hub's writer blocks.
 fn lock_database(server: &Server) -> rusqlite::Connection {
     let lock = rusqlite::Connection::open(server.database()).unwrap();
-    lock.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    lock.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     lock
 }
@@ -141,10 +220,27 @@ fn lock_database(server: &Server) -> rusqlite::Connection {
 async fn sigterm_drains_in_flight_requests_before_exiting() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start_configured(dir.path(), "");
-    assert_eq!(client().post(server.url(CONVERSION)).header("x-api-key", API_KEY).json(&event(1)).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        client()
+            .post(server.url(CONVERSION))
+            .header("x-api-key", API_KEY)
+            .json(&event(1))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::ACCEPTED
+    );
     let lock = lock_database(&server);
     let url = server.url(CONVERSION);
-    let in_flight = tokio::spawn(async move { client().post(url).header("x-api-key", API_KEY).json(&event(2)).send().await });
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(url)
+            .header("x-api-key", API_KEY)
+            .json(&event(2))
+            .send()
+            .await
+    });
     // Wait until the server reports the request in progress (it is blocked on the writer).
     loop {
         if metric(&server, "raccordo_ingest_in_flight_requests").await == Some(1.0) {
@@ -159,12 +255,29 @@ async fn sigterm_drains_in_flight_requests_before_exiting() {
     // Shutdown has begun but cannot finish while the request is in flight; release it.
     drop(lock);
     let response = in_flight.await.unwrap().unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED, "the in-flight request completed");
+    assert_eq!(
+        response.status(),
+        StatusCode::ACCEPTED,
+        "the in-flight request completed"
+    );
     let (status, server) = terminate.await.unwrap();
     assert!(status.success(), "clean exit: {status:?}");
-    assert!(server.stdout.lock().unwrap().iter().any(|l| l.contains("\"stopped\"")));
+    assert!(
+        server
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("\"stopped\""))
+    );
     drop(server);
-    let server = Server::start(dir.path(), &["--config", dir.path().join("raccordo.toml").to_str().unwrap()]);
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--config",
+            dir.path().join("raccordo.toml").to_str().unwrap(),
+        ],
+    );
     assert_eq!(all_events(&server).await.len(), 2);
 }
 
@@ -173,15 +286,34 @@ async fn a_saturated_writer_answers_429_with_retry_after_and_stores_only_what_it
     let dir = tempfile::tempdir().unwrap();
     let server = start_configured(dir.path(), "queue_capacity = 1");
     // Create the database tables first.
-    assert_eq!(client().post(server.url(CONVERSION)).header("x-api-key", API_KEY).json(&event(0)).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        client()
+            .post(server.url(CONVERSION))
+            .header("x-api-key", API_KEY)
+            .json(&event(0))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::ACCEPTED
+    );
     let lock = lock_database(&server);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for n in 1..=6u32 {
         let url = server.url(CONVERSION);
         let tx = tx.clone();
         tokio::spawn(async move {
-            let r = client().post(url).header("x-api-key", API_KEY).json(&event(n)).send().await.unwrap();
-            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            let r = client()
+                .post(url)
+                .header("x-api-key", API_KEY)
+                .json(&event(n))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
             let status = r.status();
             let body: Value = r.json().await.unwrap();
             let _ = tx.send((status, retry_after, body));
@@ -196,14 +328,33 @@ async fn a_saturated_writer_answers_429_with_retry_after_and_stores_only_what_it
     for (status, retry_after, body) in &answers {
         assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
         assert_eq!(body["type"], "urn:raccordo:problem:overloaded");
-        assert!(retry_after.as_deref().is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+        assert!(
+            retry_after
+                .as_deref()
+                .is_some_and(|s| s.parse::<u64>().unwrap() >= 1)
+        );
     }
     drop(lock);
     for _ in 3..6 {
         answers.push(rx.recv().await.unwrap());
     }
-    let accepted = answers.iter().filter(|a| a.0 == StatusCode::ACCEPTED).count();
-    assert!(answers.iter().all(|a| a.0 == StatusCode::ACCEPTED || a.0 == StatusCode::TOO_MANY_REQUESTS));
+    let accepted = answers
+        .iter()
+        .filter(|a| a.0 == StatusCode::ACCEPTED)
+        .count();
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.0 == StatusCode::ACCEPTED || a.0 == StatusCode::TOO_MANY_REQUESTS)
+    );
     assert_eq!(all_events(&server).await.len(), 1 + accepted);
-    assert!(metric(&server, "raccordo_ingest_rejected_total{source=\"web\",reason=\"overloaded\"}").await.unwrap() >= 3.0);
+    assert!(
+        metric(
+            &server,
+            "raccordo_ingest_rejected_total{source=\"web\",reason=\"overloaded\"}"
+        )
+        .await
+        .unwrap()
+            >= 3.0
+    );
 }

@@ -31,9 +31,17 @@ impl ApiKeyVerifier {
             return Err("`keys` must list at least one key".into());
         }
         if let Some(i) = config.keys.iter().position(|k| k.len() < MIN_KEY_LEN) {
-            return Err(format!("keys[{i}] is shorter than {MIN_KEY_LEN} characters"));
+            return Err(format!(
+                "keys[{i}] is shorter than {MIN_KEY_LEN} characters"
+            ));
         }
-        Ok(Self { digests: config.keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect() })
+        Ok(Self {
+            digests: config
+                .keys
+                .iter()
+                .map(|k| Sha256::digest(k.as_bytes()).into())
+                .collect(),
+        })
     }
 
     pub fn verify(&self, headers: &HeaderMap) -> Result<Option<Verified>, IngestError> {
@@ -41,7 +49,9 @@ impl ApiKeyVerifier {
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
             .or_else(|| bearer(headers).filter(|t| t.matches('.').count() != 2)); // a JWT is not a key
-        let Some(presented) = presented else { return Ok(None) };
+        let Some(presented) = presented else {
+            return Ok(None);
+        };
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut matched = subtle::Choice::from(0);
         for known in &self.digests {
@@ -50,7 +60,9 @@ impl ApiKeyVerifier {
         if bool::from(matched) {
             Ok(Some(Verified::default()))
         } else {
-            Err(IngestError::InvalidCredentials { reason: "unknown API key".into() })
+            Err(IngestError::InvalidCredentials {
+                reason: "unknown API key".into(),
+            })
         }
     }
 }

@@ -77,7 +77,9 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier").field("families", &self.validations.len()).finish_non_exhaustive()
+        f.debug_struct("JwtVerifier")
+            .field("families", &self.validations.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,7 +95,9 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
         "HS256" => Ok(Algorithm::HS256),
         "RS256" => Ok(Algorithm::RS256),
         "ES256" => Ok(Algorithm::ES256),
-        other => Err(format!("algorithm {other:?} is not supported; use HS256, RS256 or ES256")),
+        other => Err(format!(
+            "algorithm {other:?} is not supported; use HS256, RS256 or ES256"
+        )),
     }
 }
 
@@ -109,11 +113,16 @@ impl JwtVerifier {
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err("give exactly one of `secret`, `public_key_pem`, `public_key_file`, `jwks_file`, `jwks_url`".into());
         }
-        let mut algorithms =
-            config.algorithms.iter().map(|a| parse_algorithm(a)).collect::<Result<Vec<_>, _>>()?;
+        let mut algorithms = config
+            .algorithms
+            .iter()
+            .map(|a| parse_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let pem = match (&config.public_key_pem, &config.public_key_file) {
             (Some(pem), _) => Some(pem.clone().into_bytes()),
-            (_, Some(path)) => Some(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?),
+            (_, Some(path)) => Some(
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            ),
             _ => None,
         };
         let keys = if let Some(secret) = &config.secret {
@@ -126,14 +135,22 @@ impl JwtVerifier {
             let text = String::from_utf8_lossy(&pem);
             if text.contains("BEGIN EC") || algorithms.contains(&Algorithm::ES256) {
                 default_algorithms(&mut algorithms, &[Algorithm::ES256]);
-                Keys::Static(DecodingKey::from_ec_pem(&pem).map_err(|e| format!("not an EC public key: {e}"))?)
+                Keys::Static(
+                    DecodingKey::from_ec_pem(&pem)
+                        .map_err(|e| format!("not an EC public key: {e}"))?,
+                )
             } else {
                 default_algorithms(&mut algorithms, &[Algorithm::RS256]);
-                Keys::Static(DecodingKey::from_rsa_pem(&pem).map_err(|e| format!("not an RSA public key: {e}"))?)
+                Keys::Static(
+                    DecodingKey::from_rsa_pem(&pem)
+                        .map_err(|e| format!("not an RSA public key: {e}"))?,
+                )
             }
         } else if let Some(path) = &config.jwks_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("{} is not a JWKS: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let set: JwkSet = serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))?;
             default_algorithms(&mut algorithms, &[Algorithm::RS256, Algorithm::ES256]);
             Keys::Jwks(Arc::new(RwLock::new(set)))
         } else {
@@ -182,12 +199,20 @@ impl JwtVerifier {
         }
     }
 
-    pub fn verify(&self, headers: &HeaderMap, now_ms: i64) -> Result<Option<Verified>, IngestError> {
-        let Some(token) = bearer(headers) else { return Ok(None) };
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        now_ms: i64,
+    ) -> Result<Option<Verified>, IngestError> {
+        let Some(token) = bearer(headers) else {
+            return Ok(None);
+        };
         if token.matches('.').count() != 2 {
             return Ok(None); // not a JWT: maybe an API key for another method
         }
-        let invalid = |reason: &str| IngestError::InvalidCredentials { reason: reason.into() };
+        let invalid = |reason: &str| IngestError::InvalidCredentials {
+            reason: reason.into(),
+        };
         let validation_for = |key: &DecodingKey| {
             self.validations
                 .iter()
@@ -196,9 +221,12 @@ impl JwtVerifier {
                 .ok_or_else(|| invalid("JWT algorithm is not accepted for this source"))
         };
         let claims = match &self.keys {
-            Keys::Static(key) => jsonwebtoken::decode::<TimeClaims>(token, key, validation_for(key)?),
+            Keys::Static(key) => {
+                jsonwebtoken::decode::<TimeClaims>(token, key, validation_for(key)?)
+            }
             Keys::Jwks(set) => {
-                let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed JWT header"))?;
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|_| invalid("malformed JWT header"))?;
                 let set = set.read().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let jwk = match header.kid.as_deref() {
                     Some(kid) => set.find(kid),
@@ -206,7 +234,8 @@ impl JwtVerifier {
                     None => None,
                 }
                 .ok_or_else(|| invalid("no key in the JWKS matches the token's `kid`"))?;
-                let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid("the JWKS key cannot verify this token"))?;
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|_| invalid("the JWKS key cannot verify this token"))?;
                 jsonwebtoken::decode::<TimeClaims>(token, &key, validation_for(&key)?)
             }
         }
@@ -215,13 +244,17 @@ impl JwtVerifier {
             ErrorKind::InvalidIssuer => invalid("JWT `iss` is not an accepted issuer"),
             ErrorKind::InvalidAudience => invalid("JWT `aud` does not name this service"),
             ErrorKind::InvalidAlgorithm => invalid("JWT algorithm is not accepted for this source"),
-            ErrorKind::MissingRequiredClaim(c) => IngestError::InvalidCredentials { reason: format!("JWT lacks `{c}`") },
+            ErrorKind::MissingRequiredClaim(c) => IngestError::InvalidCredentials {
+                reason: format!("JWT lacks `{c}`"),
+            },
             _ => invalid("malformed JWT"),
         })?
         .claims;
         let now_s = now_ms.div_euclid(1000);
         match claims.exp {
-            Some(exp) if (exp as i64) + self.leeway_s < now_s => return Err(IngestError::TokenExpired),
+            Some(exp) if (exp as i64) + self.leeway_s < now_s => {
+                return Err(IngestError::TokenExpired);
+            }
             None if self.require_exp => return Err(invalid("JWT lacks `exp`")),
             _ => {}
         }
@@ -230,7 +263,10 @@ impl JwtVerifier {
         {
             return Err(invalid("JWT is not valid yet (`nbf`)"));
         }
-        Ok(Some(Verified { sender_time_ms: claims.iat.map(|iat| (iat * 1000.0) as i64), delivery_id: None }))
+        Ok(Some(Verified {
+            sender_time_ms: claims.iat.map(|iat| (iat * 1000.0) as i64),
+            delivery_id: None,
+        }))
     }
 }
 

@@ -46,14 +46,21 @@ impl Verifier {
     pub fn build(config: &AuthConfig) -> Result<Self, String> {
         Ok(match config {
             AuthConfig::ApiKey(c) => Verifier::ApiKey(ApiKeyVerifier::new(c)?),
-            AuthConfig::StandardWebhooks(c) => Verifier::StandardWebhooks(StandardWebhooksVerifier::new(c)?),
+            AuthConfig::StandardWebhooks(c) => {
+                Verifier::StandardWebhooks(StandardWebhooksVerifier::new(c)?)
+            }
             AuthConfig::Jwt(c) => Verifier::Jwt(JwtVerifier::new(c)?),
         })
     }
 
     /// `Ok(None)` means "this method's credentials are not in the request" (so another
     /// method may still apply); `Err` means they are there and wrong.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now_ms: i64) -> Result<Option<Verified>, IngestError> {
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<Verified>, IngestError> {
         match self {
             Verifier::ApiKey(v) => v.verify(headers),
             Verifier::StandardWebhooks(v) => v.verify(headers, body, now_ms),
@@ -65,7 +72,9 @@ impl Verifier {
     pub fn describe(&self) -> &'static str {
         match self {
             Verifier::ApiKey(_) => "an API key in `X-Api-Key` or `Authorization: Bearer`",
-            Verifier::StandardWebhooks(_) => "Standard Webhooks headers `webhook-id`, `webhook-timestamp`, `webhook-signature`",
+            Verifier::StandardWebhooks(_) => {
+                "Standard Webhooks headers `webhook-id`, `webhook-timestamp`, `webhook-signature`"
+            }
             Verifier::Jwt(_) => "a JWT in `Authorization: Bearer`",
         }
     }
@@ -88,7 +97,12 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Verifies a request against a list of methods: the first method whose credentials are
 /// present decides. With no credentials at all, the error names what would be accepted.
-pub fn verify_any(methods: &[Verifier], headers: &HeaderMap, body: &[u8], now_ms: i64) -> Result<Verified, IngestError> {
+pub fn verify_any(
+    methods: &[Verifier],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_ms: i64,
+) -> Result<Verified, IngestError> {
     let mut first_error = None;
     for method in methods {
         match method.verify(headers, body, now_ms) {
@@ -99,7 +113,13 @@ pub fn verify_any(methods: &[Verifier], headers: &HeaderMap, body: &[u8], now_ms
             }
         }
     }
-    Err(first_error.unwrap_or_else(|| IngestError::MissingCredentials {
-        expected: methods.iter().map(Verifier::describe).collect::<Vec<_>>().join(", or "),
-    }))
+    Err(
+        first_error.unwrap_or_else(|| IngestError::MissingCredentials {
+            expected: methods
+                .iter()
+                .map(Verifier::describe)
+                .collect::<Vec<_>>()
+                .join(", or "),
+        }),
+    )
 }

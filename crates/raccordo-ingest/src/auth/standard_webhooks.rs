@@ -42,8 +42,12 @@ impl std::fmt::Debug for WebhookSecret {
 
 impl WebhookSecret {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let encoded = text.strip_prefix("whsec_").ok_or("secrets start with `whsec_`")?;
-        let bytes = STANDARD.decode(encoded).map_err(|_| "the part after `whsec_` is not valid base64")?;
+        let encoded = text
+            .strip_prefix("whsec_")
+            .ok_or("secrets start with `whsec_`")?;
+        let bytes = STANDARD
+            .decode(encoded)
+            .map_err(|_| "the part after `whsec_` is not valid base64")?;
         if bytes.len() < 24 {
             return Err("secrets must decode to at least 24 bytes".into());
         }
@@ -71,12 +75,17 @@ impl WebhookSecret {
 
     /// The `webhook-signature` value for a message (what a sender puts on the wire).
     pub fn sign(&self, id: &str, timestamp_s: i64, body: &[u8]) -> String {
-        let tag = self.mac(id, &timestamp_s.to_string(), body).finalize().into_bytes();
+        let tag = self
+            .mac(id, &timestamp_s.to_string(), body)
+            .finalize()
+            .into_bytes();
         format!("v1,{}", STANDARD.encode(tag))
     }
 
     fn verify(&self, id: &str, timestamp: &str, body: &[u8], signature: &[u8]) -> bool {
-        self.mac(id, timestamp, body).verify_slice(signature).is_ok()
+        self.mac(id, timestamp, body)
+            .verify_slice(signature)
+            .is_ok()
     }
 }
 
@@ -97,30 +106,58 @@ impl StandardWebhooksVerifier {
             .enumerate()
             .map(|(i, s)| WebhookSecret::parse(s).map_err(|e| format!("secrets[{i}]: {e}")))
             .collect::<Result<_, _>>()?;
-        Ok(Self { secrets, tolerance_ms: config.tolerance.as_millis() as i64 })
+        Ok(Self {
+            secrets,
+            tolerance_ms: config.tolerance.as_millis() as i64,
+        })
     }
 
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now_ms: i64) -> Result<Option<Verified>, IngestError> {
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<Verified>, IngestError> {
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let (Some(id), Some(timestamp), Some(signatures)) =
-            (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature"))
-        else {
+        let (Some(id), Some(timestamp), Some(signatures)) = (
+            get("webhook-id"),
+            get("webhook-timestamp"),
+            get("webhook-signature"),
+        ) else {
             return Ok(None);
         };
-        let invalid = |reason: &str| IngestError::InvalidCredentials { reason: reason.into() };
+        let invalid = |reason: &str| IngestError::InvalidCredentials {
+            reason: reason.into(),
+        };
         if id.is_empty() || id.len() > 256 {
             return Err(invalid("`webhook-id` must be 1-256 characters"));
         }
-        let seconds: i64 = timestamp.trim().parse().map_err(|_| invalid("`webhook-timestamp` is not an integer"))?;
+        let seconds: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| invalid("`webhook-timestamp` is not an integer"))?;
         let sent_ms = seconds.saturating_mul(1000);
         if (now_ms - sent_ms).abs() > self.tolerance_ms {
-            return Err(IngestError::TimestampOutsideTolerance { tolerance_s: (self.tolerance_ms / 1000) as u64 });
+            return Err(IngestError::TimestampOutsideTolerance {
+                tolerance_s: (self.tolerance_ms / 1000) as u64,
+            });
         }
         for candidate in signatures.split(' ') {
-            let Some(encoded) = candidate.strip_prefix("v1,") else { continue };
-            let Ok(tag) = STANDARD.decode(encoded) else { continue };
-            if self.secrets.iter().any(|secret| secret.verify(id, timestamp, body, &tag)) {
-                return Ok(Some(Verified { sender_time_ms: Some(sent_ms), delivery_id: Some(id.to_string()) }));
+            let Some(encoded) = candidate.strip_prefix("v1,") else {
+                continue;
+            };
+            let Ok(tag) = STANDARD.decode(encoded) else {
+                continue;
+            };
+            if self
+                .secrets
+                .iter()
+                .any(|secret| secret.verify(id, timestamp, body, &tag))
+            {
+                return Ok(Some(Verified {
+                    sender_time_ms: Some(sent_ms),
+                    delivery_id: Some(id.to_string()),
+                }));
             }
         }
         Err(invalid("no `v1` signature in `webhook-signature` matches"))
@@ -139,8 +176,11 @@ mod tests {
     const SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
     fn verifier() -> StandardWebhooksVerifier {
-        StandardWebhooksVerifier::new(&StandardWebhooksConfig { secrets: vec![SECRET.into()], tolerance: default_tolerance() })
-            .unwrap()
+        StandardWebhooksVerifier::new(&StandardWebhooksConfig {
+            secrets: vec![SECRET.into()],
+            tolerance: default_tolerance(),
+        })
+        .unwrap()
     }
 
     fn headers(sig: &str, ts: i64) -> HeaderMap {
@@ -155,7 +195,10 @@ mod tests {
     fn spec_test_vector_signs_and_verifies() {
         let secret = WebhookSecret::parse(SECRET).unwrap();
         assert_eq!(secret.sign(ID, TS, BODY), SIG);
-        let ok = verifier().verify(&headers(SIG, TS), BODY, TS * 1000).unwrap().unwrap();
+        let ok = verifier()
+            .verify(&headers(SIG, TS), BODY, TS * 1000)
+            .unwrap()
+            .unwrap();
         assert_eq!(ok.delivery_id.as_deref(), Some(ID));
         assert_eq!(ok.sender_time_ms, Some(TS * 1000));
     }
@@ -163,7 +206,12 @@ mod tests {
     #[test]
     fn any_of_several_signatures_passes() {
         let rotated = format!("v1,AAAA v2,zzz {SIG}");
-        assert!(verifier().verify(&headers(&rotated, TS), BODY, TS * 1000).unwrap().is_some());
+        assert!(
+            verifier()
+                .verify(&headers(&rotated, TS), BODY, TS * 1000)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

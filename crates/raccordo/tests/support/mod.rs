@@ -27,7 +27,11 @@ pub struct Server {
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
-fn drain(reader: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>, found: Option<std::sync::mpsc::Sender<SocketAddr>>) {
+fn drain(
+    reader: impl std::io::Read + Send + 'static,
+    lines: Arc<Mutex<Vec<String>>>,
+    found: Option<std::sync::mpsc::Sender<SocketAddr>>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
             if let (Some(tx), Ok(v)) = (&found, serde_json::from_str::<Value>(&line))
@@ -65,10 +69,20 @@ impl Server {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!("raccordo did not start: {:?} {:?}", stdout.lock().unwrap(), stderr.lock().unwrap());
+                panic!(
+                    "raccordo did not start: {:?} {:?}",
+                    stdout.lock().unwrap(),
+                    stderr.lock().unwrap()
+                );
             }
         };
-        Server { child, addr, dir: dir.to_path_buf(), stdout, stderr }
+        Server {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+            stdout,
+            stderr,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -83,7 +97,10 @@ impl Server {
 
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         self.child.wait().unwrap()
     }
@@ -172,7 +189,8 @@ pub fn start_configured(dir: &Path, extra: &str) -> Server {
 
 pub fn now_rfc3339(offset_ms: i64) -> String {
     let t = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(offset_ms);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 /// A valid conversion event for customer number `n`.
@@ -190,7 +208,10 @@ pub fn event(n: u32) -> Value {
 
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// All stored events, through the admin API with cursor paging.
@@ -203,7 +224,15 @@ pub async fn all_events(server: &Server) -> Vec<Value> {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = client.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+        let page: Value = client
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         events.extend(page["events"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
@@ -215,6 +244,16 @@ pub async fn all_events(server: &Server) -> Vec<Value> {
 
 /// The value of a Prometheus series (first line that starts with `prefix`).
 pub async fn metric(server: &Server, prefix: &str) -> Option<f64> {
-    let text = client().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
