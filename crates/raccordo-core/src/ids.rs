@@ -26,6 +26,15 @@ impl EventId {
     pub fn from_ulid(id: ulid::Ulid) -> Self {
         Self(id)
     }
+
+    pub fn from_u128(id: u128) -> Self {
+        Self(ulid::Ulid(id))
+    }
+
+    /// The id as a 128-bit number (its compact storage form).
+    pub fn as_u128(self) -> u128 {
+        self.0.0
+    }
 }
 
 impl fmt::Display for EventId {

@@ -96,6 +96,10 @@ struct Shared {
     latency: Mutex<Histogram<u64>>,
     secret: Option<WebhookSecret>,
     sequence: AtomicU64,
+    /// Makes delivery ids unique across runs (a reused `webhook-id` with another body is
+    /// rightly answered 409 by the hub).
+    run_nonce: u64,
+    delivery: AtomicU64,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -126,6 +130,12 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         latency: Mutex::new(new_histogram()),
         secret,
         sequence: AtomicU64::new(0),
+        run_nonce: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default()
+            ^ options.seed.rotate_left(32),
+        delivery: AtomicU64::new(0),
     });
     let started = Instant::now();
     let deadline = started + options.duration;
@@ -248,7 +258,11 @@ impl Shared {
             .header("content-type", "application/json");
         match (&self.options.auth, &self.secret) {
             (Auth::StandardWebhooks(_), Some(secret)) => {
-                let id = format!("msg_{}", ulid_like(traffic));
+                let id = format!(
+                    "msg_{:016x}_{}",
+                    self.run_nonce,
+                    self.delivery.fetch_add(1, Ordering::Relaxed)
+                );
                 let ts = time::OffsetDateTime::now_utc().unix_timestamp();
                 request = request
                     .header("webhook-id", &id)
@@ -288,10 +302,6 @@ impl Shared {
             }
         }
     }
-}
-
-fn ulid_like(traffic: &mut Traffic) -> String {
-    format!("{:016x}{:016x}", traffic.random_u64(), traffic.random_u64())
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> u64 {

@@ -92,10 +92,6 @@ impl Traffic {
         }
     }
 
-    pub fn random_u64(&mut self) -> u64 {
-        self.rng.random()
-    }
-
     pub fn next(&mut self) -> Generated {
         let roll: f64 = self.rng.random();
         if roll < self.duplicates {

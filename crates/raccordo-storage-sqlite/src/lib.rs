@@ -8,6 +8,7 @@
 //! The queue is bounded: when it is full, `append` fails fast with `Overloaded` (HTTP 429)
 //! instead of queueing without bound.
 
+mod dedup_index;
 mod schema;
 mod writer;
 
@@ -84,6 +85,7 @@ impl SqliteEventLog {
         };
         let conn = Connection::open(&options.path).map_err(sqlite_err)?;
         schema::prepare_writer(&conn, options.durability).map_err(sqlite_err)?;
+        let index = dedup_index::DedupIndex::load(&conn, 0).map_err(sqlite_err)?;
         let reader = Connection::open_with_flags(
             &options.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -103,7 +105,7 @@ impl SqliteEventLog {
         std::thread::Builder::new()
             .name("raccordo-sqlite-writer".into())
             .spawn(move || {
-                writer::run(conn, rx, max_group_events);
+                writer::run(conn, index, rx, max_group_events);
                 writer_ready.store(false, Ordering::SeqCst);
                 let _ = done_tx.send(());
             })

@@ -3,8 +3,10 @@
 use std::time::Instant;
 
 use raccordo_core::{AppendBatch, AppendOutcome, EventId, ItemOutcome, StoreError};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::dedup_index::{DedupIndex, Delivery, ulid_bytes};
 
 /// How much of a commit reaches the disk before the request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,12 +22,18 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
-/// Expired dedup rows are purged at most this often, this many per table per pass, so a
-/// purge never holds the writer for long.
+/// Expired claims are purged at most this often, in chunks of this many rows, at most
+/// `PURGE_MAX_CHUNKS` chunks per pass, so a purge never holds the writer for long.
 const PURGE_EVERY_MS: i64 = 10_000;
-const PURGE_CHUNK: i64 = 5_000;
+const PURGE_CHUNK: usize = 5_000;
+const PURGE_MAX_CHUNKS: usize = 8;
 
-pub fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, max_group_events: usize) {
+pub fn run(
+    mut conn: Connection,
+    mut index: DedupIndex,
+    mut jobs: mpsc::Receiver<Job>,
+    max_group_events: usize,
+) {
     let mut last_purge_ms: Option<i64> = None;
     while let Some(first) = jobs.blocking_recv() {
         let mut events = first.batch.events.len();
@@ -46,7 +54,7 @@ pub fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, max_group_events
             .max()
             .unwrap_or(0);
         let started = Instant::now();
-        let results = commit_group(&mut conn, &group);
+        let results = commit_group(&mut conn, &mut index, &group);
         metrics::histogram!("raccordo_storage_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("raccordo_storage_commit_group_requests").record(group.len() as f64);
@@ -56,9 +64,10 @@ pub fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, max_group_events
         }
         if last_purge_ms.is_none_or(|last| now_ms.saturating_sub(last) >= PURGE_EVERY_MS) {
             last_purge_ms = Some(now_ms);
-            if let Err(e) = purge_expired(&conn, now_ms) {
-                tracing::warn!(error = %e, "purging expired dedup keys failed");
+            if let Err(e) = purge_expired(&conn, &mut index, now_ms) {
+                tracing::warn!(error = %e, "purging expired dedup claims failed");
             }
+            metrics::gauge!("raccordo_storage_dedup_keys").set(index.len() as f64);
         }
     }
     // Queue closed: everything accepted has been answered. Fold the WAL into the main file.
@@ -67,90 +76,96 @@ pub fn run(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, max_group_events
     }
 }
 
-/// Applies each job in its own savepoint and commits once. If the commit fails, every job
-/// in the group fails (nothing of it is stored).
-fn commit_group(conn: &mut Connection, group: &[Job]) -> Vec<Result<AppendOutcome, StoreError>> {
-    let backend = |e: rusqlite::Error| StoreError::Backend(e.to_string());
-    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+/// Applies each job in its own savepoint and commits once. A failed job is rolled back
+/// alone (database and dedup index); if the commit fails, every job in the group fails and
+/// the index forgets the whole group.
+fn commit_group(
+    conn: &mut Connection,
+    index: &mut DedupIndex,
+    group: &[Job],
+) -> Vec<Result<AppendOutcome, StoreError>> {
+    let fail_all = |reason: String| {
+        group
+            .iter()
+            .map(|_| Err(StoreError::Backend(reason.clone())))
+            .collect()
+    };
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => {
-            let reason = e.to_string();
-            return group
-                .iter()
-                .map(|_| Err(StoreError::Backend(reason.clone())))
-                .collect();
-        }
+        Err(e) => return fail_all(e.to_string()),
     };
     let mut results = Vec::with_capacity(group.len());
     for job in group {
+        let mark = index.mark();
         let outcome = (|| {
-            let sp = tx.savepoint()?;
-            let outcome = apply(&sp, &job.batch)?;
-            sp.commit()?;
-            Ok(outcome)
+            tx.prepare_cached("SAVEPOINT job")?.execute([])?;
+            match apply(&tx, index, &job.batch) {
+                Ok(outcome) => {
+                    tx.prepare_cached("RELEASE job")?.execute([])?;
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                    Err(e)
+                }
+            }
         })();
-        results.push(outcome.map_err(backend));
+        if outcome.is_err() {
+            index.rollback_to(mark);
+        }
+        results.push(outcome.map_err(|e: rusqlite::Error| StoreError::Backend(e.to_string())));
     }
     match tx.commit() {
-        Ok(()) => results,
+        Ok(()) => {
+            index.commit();
+            results
+        }
         Err(e) => {
-            let reason = e.to_string();
-            group
-                .iter()
-                .map(|_| Err(StoreError::Backend(reason.clone())))
-                .collect()
+            index.rollback_to(0);
+            fail_all(e.to_string())
         }
     }
 }
 
-fn apply(tx: &Connection, batch: &AppendBatch) -> rusqlite::Result<AppendOutcome> {
+fn apply(
+    tx: &Connection,
+    index: &mut DedupIndex,
+    batch: &AppendBatch,
+) -> rusqlite::Result<AppendOutcome> {
     let now = batch.received_at_ms;
-    if let Some(claim) = &batch.delivery {
-        let seen: Option<(Vec<u8>, String)> = tx
-            .prepare_cached(
-                "SELECT body_hash, event_ids FROM deliveries WHERE key = ?1 AND expires_at > ?2",
-            )?
-            .query_row(params![&claim.key.0[..], now], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        if let Some((body_hash, ids)) = seen {
-            if body_hash != claim.body_hash.0 {
-                return Ok(AppendOutcome::DeliveryConflict);
-            }
-            let items = ids
-                .split(',')
-                .filter_map(|id| id.parse::<EventId>().ok())
-                .map(ItemOutcome::Duplicate)
-                .collect();
-            return Ok(AppendOutcome::DeliveryReplayed(items));
+    if let Some(claim) = &batch.delivery
+        && let Some(seen) = index.delivery(&claim.key, now)
+    {
+        if seen.body_hash != claim.body_hash {
+            return Ok(AppendOutcome::DeliveryConflict);
         }
+        let items = seen
+            .events
+            .iter()
+            .map(|id| ItemOutcome::Duplicate(EventId::from_u128(*id)))
+            .collect();
+        return Ok(AppendOutcome::DeliveryReplayed(items));
     }
 
-    let mut claim_key = tx.prepare_cached(
-        "INSERT INTO dedup_keys (key, event_id, expires_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (key) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at
-         WHERE dedup_keys.expires_at <= ?4",
+    let mut insert_claim = tx.prepare_cached(
+        "INSERT INTO dedup_claims (key, event_id, expires_at) VALUES (?1, ?2, ?3)",
     )?;
-    let mut holder = tx.prepare_cached("SELECT event_id FROM dedup_keys WHERE key = ?1")?;
-    let mut insert = tx.prepare_cached(
+    let mut insert_event = tx.prepare_cached(
         "INSERT INTO events (id, source, event_time, received_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     let expires_at = now.saturating_add(batch.business_key_retention_ms);
     let mut outcomes = Vec::with_capacity(batch.events.len());
     for event in &batch.events {
-        let id = event.id.to_string();
-        if let Some(key) = &event.business_key {
-            let claimed = claim_key.execute(params![&key.0[..], &id, expires_at, now])? == 1;
-            if !claimed {
-                let original: String = holder.query_row(params![&key.0[..]], |r| r.get(0))?;
-                let original = original.parse::<EventId>().unwrap_or(event.id);
+        if let Some(key) = event.business_key {
+            if let Some(original) = index.holder(&key, now) {
                 outcomes.push(ItemOutcome::Duplicate(original));
                 continue;
             }
+            index.claim(key, event.id, expires_at);
+            insert_claim.execute(params![&key.0[..], &ulid_bytes(event.id)[..], expires_at])?;
         }
-        insert.execute(params![
-            &id,
+        insert_event.execute(params![
+            event.id.to_string(),
             event.source.as_str(),
             event.event_time_ms,
             now,
@@ -160,27 +175,50 @@ fn apply(tx: &Connection, batch: &AppendBatch) -> rusqlite::Result<AppendOutcome
     }
 
     if let Some(claim) = &batch.delivery {
-        let ids = outcomes
-            .iter()
-            .map(|o| o.id().to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        tx.prepare_cached(
-            "INSERT INTO deliveries (key, body_hash, event_ids, expires_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (key) DO UPDATE SET body_hash = excluded.body_hash, event_ids = excluded.event_ids,
-                                              expires_at = excluded.expires_at",
-        )?
-        .execute(params![&claim.key.0[..], &claim.body_hash.0[..], ids, now.saturating_add(claim.retention_ms)])?;
+        let events: Vec<u128> = outcomes.iter().map(|o| o.id().as_u128()).collect();
+        let blob: Vec<u8> = events.iter().flat_map(|id| id.to_be_bytes()).collect();
+        let expires_at = now.saturating_add(claim.retention_ms);
+        tx.prepare_cached("INSERT INTO delivery_claims (key, body_hash, event_ids, expires_at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![&claim.key.0[..], &claim.body_hash.0[..], blob, expires_at])?;
+        index.record_delivery(
+            claim.key,
+            Delivery {
+                body_hash: claim.body_hash,
+                events,
+                expires_at,
+            },
+        );
     }
     Ok(AppendOutcome::Appended(outcomes))
 }
 
-fn purge_expired(conn: &Connection, now_ms: i64) -> rusqlite::Result<()> {
-    for table in ["dedup_keys", "deliveries"] {
-        let sql = format!(
-            "DELETE FROM {table} WHERE rid IN (SELECT rid FROM {table} ORDER BY rid LIMIT {PURGE_CHUNK}) AND expires_at <= ?1"
-        );
-        conn.execute(&sql, params![now_ms])?;
+/// Deletes expired claim rows from the front of each table (insertion order is expiry
+/// order for a fixed retention) and forgets the same keys in memory.
+fn purge_expired(conn: &Connection, index: &mut DedupIndex, now_ms: i64) -> rusqlite::Result<()> {
+    for table in ["dedup_claims", "delivery_claims"] {
+        for _ in 0..PURGE_MAX_CHUNKS {
+            let expired: Vec<(i64, Vec<u8>)> = conn
+                .prepare_cached(&format!(
+                    "SELECT rid, key FROM {table} WHERE expires_at <= ?1 ORDER BY rid LIMIT {PURGE_CHUNK}"
+                ))?
+                .query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let Some(&(last, _)) = expired.last() else {
+                break;
+            };
+            conn.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE rid <= ?1 AND expires_at <= ?2"
+            ))?
+            .execute(params![last, now_ms])?;
+            index.forget(
+                table == "dedup_claims",
+                expired.iter().map(|(_, k)| k.as_slice()),
+                now_ms,
+            );
+            if expired.len() < PURGE_CHUNK {
+                break;
+            }
+        }
     }
     Ok(())
 }

@@ -267,3 +267,69 @@ async fn close_finishes_queued_work_then_refuses() {
     let reopened = open(&dir, 16);
     assert_eq!(all(&reopened).await.len(), 1);
 }
+
+#[tokio::test]
+async fn dedup_claims_survive_a_restart_and_expire_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = ulid::Generator::new();
+    let claim = DeliveryClaim {
+        key: key(7),
+        body_hash: key(8),
+        retention_ms: 10_000,
+    };
+    let first = event(&mut ids, Some(key(1)), 1);
+    let first_id = first.id;
+    {
+        let log = open(&dir, 16);
+        log.append(batch(0, Some(claim.clone()), vec![first]))
+            .await
+            .unwrap();
+        log.close().await;
+    }
+    let log = open(&dir, 16);
+    let again = log
+        .append(batch(1_000, None, vec![event(&mut ids, Some(key(1)), 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        AppendOutcome::Appended(vec![ItemOutcome::Duplicate(first_id)]),
+        "business key remembered"
+    );
+    let replay = log
+        .append(batch(
+            1_000,
+            Some(claim.clone()),
+            vec![event(&mut ids, Some(key(2)), 2)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        replay,
+        AppendOutcome::DeliveryReplayed(vec![ItemOutcome::Duplicate(first_id)]),
+        "delivery remembered"
+    );
+    // After retention both are forgotten, in memory and (after the purge) on disk.
+    let late = log
+        .append(batch(
+            3_600_000,
+            Some(claim),
+            vec![event(&mut ids, Some(key(1)), 1)],
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(late, AppendOutcome::Appended(ref items) if !items[0].is_duplicate()),
+        "{late:?}"
+    );
+    log.close().await;
+    let conn = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    let rows: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM dedup_claims WHERE expires_at <= 3600000",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0, "expired claims are purged");
+}
