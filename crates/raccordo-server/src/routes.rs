@@ -47,12 +47,11 @@ async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: 
     };
     match state.ingestor.ingest(target, &headers, body).await {
         Ok(response) => {
-            let body = if response.single {
-                serde_json::to_value(response.items[0]).unwrap_or_default()
+            if response.single {
+                (StatusCode::ACCEPTED, Json(response.items[0])).into_response()
             } else {
-                serde_json::to_value(&response.items).unwrap_or_default()
-            };
-            (StatusCode::ACCEPTED, Json(body)).into_response()
+                (StatusCode::ACCEPTED, Json(response.items)).into_response()
+            }
         }
         Err(e) => Problem::from(e).into_response(),
     }

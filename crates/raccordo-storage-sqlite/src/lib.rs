@@ -48,8 +48,17 @@ impl SqliteOptions {
     }
 }
 
+/// How often the background checkpointer copies WAL frames into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// The writer's own checkpoint threshold (pages of 4 KiB, so the WAL stays under ~100 MiB). Under continuous load a PASSIVE
+/// checkpoint beside a busy writer never finds the WAL fully copied, so the WAL could not
+/// restart and would grow without bound; at this size the writer checkpoints between two
+/// commits, copying only the few frames the background thread has not, and the WAL resets.
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 25_000;
+
 pub struct SqliteEventLog {
     jobs: std::sync::Mutex<Option<mpsc::Sender<writer::Job>>>,
+    stop_checkpointer: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
     reader: Arc<std::sync::Mutex<Connection>>,
     ready: Arc<AtomicBool>,
     writer_done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
@@ -97,6 +106,33 @@ impl SqliteEventLog {
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite_err)?;
 
+        // Checkpoints copy WAL frames into the main file and fsync it; done inside the writer
+        // (SQLite's default), each one stalls every pending append. A PASSIVE checkpoint on
+        // its own connection runs beside the writer instead.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+            .map_err(sqlite_err)?;
+        let checkpointer = Connection::open(&options.path).map_err(sqlite_err)?;
+        checkpointer
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite_err)?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("raccordo-sqlite-checkpoint".into())
+            .spawn(move || {
+                // Wakes every CHECKPOINT_EVERY until the store closes (sender dropped).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::warn!(error = %e, "background WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|source| OpenError::Io {
+                path: "checkpoint thread".into(),
+                source,
+            })?;
+
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
         let (done_tx, done_rx) = oneshot::channel();
@@ -115,6 +151,7 @@ impl SqliteEventLog {
             })?;
         Ok(Self {
             jobs: std::sync::Mutex::new(Some(tx)),
+            stop_checkpointer: std::sync::Mutex::new(Some(stop_tx)),
             reader: Arc::new(std::sync::Mutex::new(reader)),
             ready,
             writer_done: std::sync::Mutex::new(Some(done_rx)),
@@ -130,6 +167,10 @@ impl SqliteEventLog {
     /// and waits for the writer thread to end.
     pub async fn close(&self) {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.stop_checkpointer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let done = self
             .writer_done
             .lock()

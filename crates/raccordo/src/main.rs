@@ -102,8 +102,9 @@ struct LoadgenArgs {
     /// Open loop: requests started per second
     #[arg(long)]
     rate: Option<f64>,
-    /// Open loop: most requests outstanding at once
-    #[arg(long, default_value_t = 2048)]
+    /// Open loop: most requests outstanding at once (each holds a connection; waiting for
+    /// a free slot counts as latency)
+    #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
     /// How long to send, e.g. 10s or 1m
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

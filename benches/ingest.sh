@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Ingest benchmarks for docs/benchmarks.md. Runs the release binary on loopback, with the
+# no-op route as the baseline measured in the same run, alternating baseline and subject
+# so that drift on a shared machine hits both.
+#
+#   bash benches/ingest.sh [seconds-per-run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+cargo build --release -p raccordo >/dev/null
+bin=$PWD/target/release/raccordo
+work=$(mktemp -d)
+port=18765
+url=http://127.0.0.1:$port
+cd "$work"
+RUST_LOG=warn "$bin" serve --bench-routes --listen 127.0.0.1:$port >serve.log 2>serve.err &
+server=$!
+trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do curl -sf $url/readyz >/dev/null && break; sleep 0.1; done
+secret=$(grep webhook_secret raccordo-data/credentials.toml | cut -d'"' -f2)
+
+# Server CPU per request (utime+stime of the server process, in µs).
+run() {
+  local label=$1; shift
+  local t0 t1 out
+  t0=$(awk '{print $14+$15}' /proc/$server/stat)
+  out=$("$bin" loadgen --url $url --webhook-secret "$secret" --json --seed $RANDOM "$@")
+  t1=$(awk '{print $14+$15}' /proc/$server/stat)
+  python3 - "$label" "$out" $(( (t1 - t0) * 10000 )) <<'PY'
+import json, sys
+label, r, cpu_us = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+rej = sum(r["rejected"].values())
+print(f"{label:<34} {r['requests_per_s']:>9.0f} req/s {r['events_per_s']:>9.0f} ev/s  "
+      f"p50 {r['latency_ms']['p50']:>7.2f}  p95 {r['latency_ms']['p95']:>7.2f}  p99 {r['latency_ms']['p99']:>7.2f}  max {r['latency_ms']['max']:>7.2f} ms  "
+      f"server cpu {cpu_us / max(r['events'], 1):>5.1f} µs/event  acc {r['accepted']} dup {r['duplicate']} rej {rej} err {r['transport_errors']}")
+PY
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+echo "durability: fsync (synchronous=FULL), loadgen on the same machine"
+for round in 1 2; do
+  run "noop      single  c64  (round $round)" --route noop --concurrency 64 --duration ${secs}s
+  run "ingest    single  c64  (round $round)" --concurrency 64 --duration ${secs}s
+done
+for round in 1 2; do
+  run "noop      batch1000 c4 (round $round)" --route noop --concurrency 4 --batch-size 1000 --duration ${secs}s
+  run "ingest    batch1000 c4 (round $round)" --concurrency 4 --batch-size 1000 --duration ${secs}s
+done
+# Latency at a fixed rate: half of the single-event maximum measured above.
+max=$("$bin" loadgen --url $url --webhook-secret "$secret" --json --seed $RANDOM --concurrency 64 --duration ${secs}s | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["requests_per_s"]))')
+half=$(( max / 2 ))
+echo "single-event maximum in this run: $max req/s; open loop at $half req/s:"
+run "ingest    single  open ${half}/s" --rate $half --duration ${secs}s
