@@ -107,20 +107,7 @@ pub fn canonical_json(value: &Value) -> String {
 
 fn write_canonical(value: &Value, out: &mut String) {
     match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(key, out);
-                out.push(':');
-                write_canonical(item, out);
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(map, None, out),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -150,12 +137,18 @@ fn top_level_field(pointer: &str) -> Option<&str> {
 
 /// Canonical JSON of `value`, leaving out top-level key `skip` when `value` is an object.
 fn write_object_without(value: &Value, skip: &str, out: &mut String) {
-    let Value::Object(map) = value else {
-        write_canonical(value, out);
-        return;
-    };
-    let mut entries: Vec<(&String, &Value)> =
-        map.iter().filter(|(k, _)| k.as_str() != skip).collect();
+    match value {
+        Value::Object(map) => write_object(map, Some(skip), out),
+        other => write_canonical(other, out),
+    }
+}
+
+/// An object with keys sorted by code point, optionally without one key.
+fn write_object(map: &serde_json::Map<String, Value>, skip: Option<&str>, out: &mut String) {
+    let mut entries: Vec<(&String, &Value)> = map
+        .iter()
+        .filter(|(k, _)| Some(k.as_str()) != skip)
+        .collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     out.push('{');
     for (i, (key, item)) in entries.into_iter().enumerate() {

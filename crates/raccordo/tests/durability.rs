@@ -220,17 +220,7 @@ fn lock_database(server: &Server) -> rusqlite::Connection {
 async fn sigterm_drains_in_flight_requests_before_exiting() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start_configured(dir.path(), "");
-    assert_eq!(
-        client()
-            .post(server.url(CONVERSION))
-            .header("x-api-key", API_KEY)
-            .json(&event(1))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(send_event(&server, 1).await, StatusCode::ACCEPTED);
     let lock = lock_database(&server);
     let url = server.url(CONVERSION);
     let in_flight = tokio::spawn(async move {
@@ -286,17 +276,7 @@ async fn a_saturated_writer_answers_429_with_retry_after_and_stores_only_what_it
     let dir = tempfile::tempdir().unwrap();
     let server = start_configured(dir.path(), "queue_capacity = 1");
     // Create the database tables first.
-    assert_eq!(
-        client()
-            .post(server.url(CONVERSION))
-            .header("x-api-key", API_KEY)
-            .json(&event(0))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(send_event(&server, 0).await, StatusCode::ACCEPTED);
     let lock = lock_database(&server);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for n in 1..=6u32 {

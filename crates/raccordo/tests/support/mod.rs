@@ -214,6 +214,18 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Posts conversion event `n` with the test API key; returns the status.
+pub async fn send_event(server: &Server, n: u32) -> reqwest::StatusCode {
+    client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&event(n))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// All stored events, through the admin API with cursor paging.
 pub async fn all_events(server: &Server) -> Vec<Value> {
     let client = client();
