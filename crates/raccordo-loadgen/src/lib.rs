@@ -247,9 +247,13 @@ impl Shared {
     fn prepare(&self, traffic: &mut Traffic) -> reqwest::RequestBuilder {
         let batch = self.options.batch_size.max(1);
         let body = if batch == 1 {
-            serde_json::to_vec(&traffic.next().event)
+            serde_json::to_vec(&traffic.next_event().event)
         } else {
-            serde_json::to_vec(&(0..batch).map(|_| traffic.next().event).collect::<Vec<_>>())
+            serde_json::to_vec(
+                &(0..batch)
+                    .map(|_| traffic.next_event().event)
+                    .collect::<Vec<_>>(),
+            )
         }
         .unwrap_or_default();
         let mut request = self

@@ -92,17 +92,15 @@ impl Traffic {
         }
     }
 
-    pub fn next(&mut self) -> Generated {
+    pub fn next_event(&mut self) -> Generated {
         let roll: f64 = self.rng.random();
-        if roll < self.duplicates {
-            if !self.recent.is_empty() {
-                let i = self.rng.random_range(0..self.recent.len());
-                return Generated {
-                    event: self.recent[i].clone(),
-                    expect: Expect::Duplicate,
-                };
-            }
-            // Nothing to repeat yet: fall through to a fresh, valid event.
+        // With nothing to repeat yet, a duplicate roll falls through to a fresh, valid event.
+        if roll < self.duplicates && !self.recent.is_empty() {
+            let i = self.rng.random_range(0..self.recent.len());
+            return Generated {
+                event: self.recent[i].clone(),
+                expect: Expect::Duplicate,
+            };
         }
         let mut event = self.fresh();
         if (self.duplicates..self.duplicates + self.invalid).contains(&roll) {
@@ -184,7 +182,7 @@ mod tests {
         let mut traffic = Traffic::new(SmallRng::seed_from_u64(7), 0.1, 0.05);
         let mut counts = [0usize; 3];
         for _ in 0..10_000 {
-            let g = traffic.next();
+            let g = traffic.next_event();
             let valid = schema.is_valid(&g.event);
             match g.expect {
                 Expect::Accepted => {

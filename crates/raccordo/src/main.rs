@@ -164,7 +164,7 @@ fn print_problems(problems: &[raccordo_server::ConfigProblem]) {
     eprintln!("{} problem(s) found", problems.len());
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(built) => {
             println!(
