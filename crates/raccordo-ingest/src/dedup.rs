@@ -71,17 +71,19 @@ pub fn business_key(
     payload: &Value,
     event_time_ms: i64,
 ) -> DedupKey {
-    let mut h = Sha256::new();
-    feed(&mut h, b"business");
-    feed(&mut h, source.as_bytes());
-    for pointer in &spec.key_fields {
-        match payload.pointer(pointer) {
-            Some(Value::String(s)) => feed(&mut h, s.as_bytes()),
-            Some(other) => feed(&mut h, other.to_string().as_bytes()),
-            None => feed(&mut h, b"\0absent"),
-        }
-    }
-    h.update(bucket_start(event_time_ms, spec.bucket_ms).to_le_bytes());
+    let texts: Vec<Option<std::borrow::Cow<'_, str>>> = spec
+        .key_fields
+        .iter()
+        .map(|pointer| match payload.pointer(pointer) {
+            Some(Value::String(s)) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+            Some(other) => Some(std::borrow::Cow::Owned(other.to_string())),
+            None => None,
+        })
+        .collect();
+    let parts: Vec<Option<&[u8]>> = texts
+        .iter()
+        .map(|t| t.as_deref().map(str::as_bytes))
+        .collect();
     // The payload without its time field (its bucket is already in the key). A top-level
     // field is skipped while writing, which avoids cloning the payload on the hot path.
     let text = match top_level_field(&spec.time_field) {
@@ -92,7 +94,35 @@ pub fn business_key(
         }
         None => canonical_json(&remove_pointer(payload, &spec.time_field)),
     };
-    feed(&mut h, text.as_bytes());
+    business_key_from_parts(
+        source,
+        &parts,
+        bucket_start(event_time_ms, spec.bucket_ms),
+        &[text.as_bytes()],
+    )
+}
+
+/// The business key from its parts: the key fields' values (a string's own text, other
+/// JSON as its text, `None` when absent), the bucket start, and the canonical payload
+/// without its time field, given as consecutive slices.
+pub fn business_key_from_parts(
+    source: &str,
+    key_parts: &[Option<&[u8]>],
+    bucket_start_ms: i64,
+    without_time: &[&[u8]],
+) -> DedupKey {
+    let mut h = Sha256::new();
+    feed(&mut h, b"business");
+    feed(&mut h, source.as_bytes());
+    for part in key_parts {
+        feed(&mut h, part.unwrap_or(b"\0absent"));
+    }
+    h.update(bucket_start_ms.to_le_bytes());
+    let len: usize = without_time.iter().map(|s| s.len()).sum();
+    h.update((len as u64).to_le_bytes());
+    for slice in without_time {
+        h.update(slice);
+    }
     truncate(&h.finalize())
 }
 
@@ -124,7 +154,7 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
+pub(crate) fn write_string(s: &str, out: &mut String) {
     // A &str always serialises; the fallback keeps this total without a panic path.
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\"")));
 }

@@ -14,10 +14,17 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::{Verified, verify_any};
-use crate::dedup;
 use crate::error::{FieldError, IngestError};
 use crate::schema::MAX_REPORTED_ERRORS;
 use crate::source::{IngestSettings, Source};
+use crate::{conversion, dedup};
+
+/// An event checked and keyed, not yet stored.
+struct Prepared {
+    payload: String,
+    event_time_ms: i64,
+    business_key: Option<raccordo_core::DedupKey>,
+}
 
 /// Where a request was sent.
 #[derive(Debug, Clone, Copy)]
@@ -185,39 +192,49 @@ impl Ingestor {
         now_ms: i64,
     ) -> Result<IngestResponse, IngestError> {
         check_content_type(headers)?;
-        let parsed: Value =
-            serde_json::from_slice(&body).map_err(|e| IngestError::InvalidJson {
-                detail: format!(
-                    "{} at line {} column {}",
-                    classify(&e),
-                    e.line(),
-                    e.column()
-                ),
-            })?;
-        let (single, items) = match parsed {
-            Value::Array(items) => (false, items),
-            object @ Value::Object(_) => (true, vec![object]),
-            _ => {
-                return Err(IngestError::Validation {
-                    errors: vec![FieldError::new(
-                        "",
-                        "the body must be an event object or an array of events",
-                    )],
-                    total: 1,
-                });
-            }
-        };
-        if items.is_empty() {
-            return Err(IngestError::EmptyBatch);
-        }
-        if items.len() > self.settings.max_batch_items {
-            return Err(IngestError::BatchTooLarge {
-                count: items.len(),
-                limit: self.settings.max_batch_items,
+        let dedup_settings = &self.settings.dedup;
+        let fast = source
+            .fast_conversion
+            .then(|| conversion::accept(&body, self.settings.max_batch_items))
+            .flatten()
+            .filter(|(_, events)| {
+                // A time too far ahead is an error: let the generic path report it.
+                let max_future_ms = self.settings.max_future_skew.as_millis() as i64;
+                events
+                    .iter()
+                    .all(|e| e.event_time_ms - now_ms <= max_future_ms)
             });
-        }
-
-        let (newest_event_ms, event_times) = self.validate_items(source, &items, single, now_ms)?;
+        let (single, prepared) = match fast {
+            Some((single, events)) => {
+                let bucket_ms = source.key_spec.bucket_ms;
+                let prepared = events
+                    .into_iter()
+                    .map(|e| {
+                        let business_key = dedup_settings.business_key.then(|| {
+                            let text = e.canonical.as_bytes();
+                            dedup::business_key_from_parts(
+                                source.name.as_str(),
+                                &[Some(e.id_cliente.as_bytes()), Some(e.evento.as_bytes())],
+                                dedup::bucket_start(e.event_time_ms, bucket_ms),
+                                &[&text[..e.time_range.start], &text[e.time_range.end..]],
+                            )
+                        });
+                        Prepared {
+                            payload: e.canonical,
+                            event_time_ms: e.event_time_ms,
+                            business_key,
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                (single, prepared)
+            }
+            None => self.prepare_generic(source, &body, now_ms)?,
+        };
+        let newest_event_ms = prepared
+            .iter()
+            .map(|p| p.event_time_ms)
+            .max()
+            .unwrap_or(now_ms);
         observe_clock_skew(
             &source.name,
             verified.sender_time_ms,
@@ -225,25 +242,16 @@ impl Ingestor {
             now_ms,
         );
 
-        let dedup_settings = &self.settings.dedup;
         let events = {
             let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-            items
-                .iter()
-                .zip(event_times.iter())
-                .map(|(item, &event_time_ms)| NewEvent {
+            prepared
+                .into_iter()
+                .map(|p| NewEvent {
                     id: EventId::generate(&mut ids, now_ms),
                     source: source.name.clone(),
-                    event_time_ms,
-                    payload: dedup::canonical_json(item),
-                    business_key: dedup_settings.business_key.then(|| {
-                        dedup::business_key(
-                            source.name.as_str(),
-                            &source.key_spec,
-                            item,
-                            event_time_ms,
-                        )
-                    }),
+                    event_time_ms: p.event_time_ms,
+                    payload: p.payload,
+                    business_key: p.business_key,
                 })
                 .collect::<Vec<_>>()
         };
@@ -277,6 +285,59 @@ impl Ingestor {
             items,
             replayed,
         })
+    }
+
+    /// The generic path: any schema, located errors for every failing item.
+    fn prepare_generic(
+        &self,
+        source: &Source,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<(bool, Vec<Prepared>), IngestError> {
+        let parsed: Value = serde_json::from_slice(body).map_err(|e| IngestError::InvalidJson {
+            detail: format!(
+                "{} at line {} column {}",
+                classify(&e),
+                e.line(),
+                e.column()
+            ),
+        })?;
+        let (single, items) = match parsed {
+            Value::Array(items) => (false, items),
+            object @ Value::Object(_) => (true, vec![object]),
+            _ => {
+                return Err(IngestError::Validation {
+                    errors: vec![FieldError::new(
+                        "",
+                        "the body must be an event object or an array of events",
+                    )],
+                    total: 1,
+                });
+            }
+        };
+        if items.is_empty() {
+            return Err(IngestError::EmptyBatch);
+        }
+        if items.len() > self.settings.max_batch_items {
+            return Err(IngestError::BatchTooLarge {
+                count: items.len(),
+                limit: self.settings.max_batch_items,
+            });
+        }
+        let (_, event_times) = self.validate_items(source, &items, single, now_ms)?;
+        let with_keys = self.settings.dedup.business_key;
+        let prepared = items
+            .iter()
+            .zip(event_times)
+            .map(|(item, event_time_ms)| Prepared {
+                payload: dedup::canonical_json(item),
+                event_time_ms,
+                business_key: with_keys.then(|| {
+                    dedup::business_key(source.name.as_str(), &source.key_spec, item, event_time_ms)
+                }),
+            })
+            .collect();
+        Ok((single, prepared))
     }
 
     /// Validates every item (so the error lists every failing one) and extracts event times.

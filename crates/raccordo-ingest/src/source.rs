@@ -102,6 +102,8 @@ pub struct Source {
     pub schema: Arc<EventSchema>,
     pub accepts_conversions: bool,
     pub key_spec: BusinessKeySpec,
+    /// Built-in schema with the default key and time fields: the typed fast path applies.
+    pub fast_conversion: bool,
 }
 
 impl Source {
@@ -161,6 +163,9 @@ impl Source {
         }
         match schema {
             Some(schema) if errors.is_empty() => Ok(Self {
+                fast_conversion: config.schema.is_none()
+                    && config.key_fields == default_key_fields()
+                    && config.time_field == default_time_field(),
                 name,
                 enabled: config.enabled,
                 verifiers,
