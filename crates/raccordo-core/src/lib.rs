@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod event;
 pub mod ids;
+pub mod queue;
 pub mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -13,4 +14,8 @@ pub use event::{
     NewEvent, StoredEvent,
 };
 pub use ids::{EventId, SourceName, SourceNameError};
+pub use queue::{
+    Completion, CompletionOutcome, DeadLetter, Enqueued, NewWorkItem, RetryPolicy, WorkItem,
+    WorkQueue,
+};
 pub use storage::{EventLog, StoreError};

@@ -9,6 +9,7 @@
 //! instead of queueing without bound.
 
 mod dedup_index;
+mod queue;
 mod schema;
 mod writer;
 
@@ -24,6 +25,7 @@ use raccordo_core::{
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
+pub use queue::SqliteWorkQueue;
 pub use writer::Durability;
 
 /// Settings of the embedded store (`[storage]` in the config file).
