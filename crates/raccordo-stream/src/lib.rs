@@ -14,6 +14,10 @@
 //!   at once; with `W ≥ e − 1 + lateness` the window is gone. A record none of whose windows
 //!   can take it is *late*: reported to the caller (for the side table), never dropped silently.
 
+pub mod distinct;
+pub mod stats;
 pub mod window;
 
+pub use distinct::DistinctCount;
+pub use stats::{ConversionRecord, ConversionStats};
 pub use window::{Aggregate, Emission, Firing, Placement, Window, WindowOperator, WindowSpec};

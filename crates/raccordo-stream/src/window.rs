@@ -83,8 +83,8 @@ impl WindowSpec {
 /// A per-window, per-key aggregate. `add` must be commutative for results to be
 /// independent of arrival order.
 pub trait Aggregate: Clone + Default {
-    type Input: ?Sized;
-    fn add(&mut self, input: &Self::Input);
+    type Input<'a>: ?Sized;
+    fn add(&mut self, input: &Self::Input<'_>);
 }
 
 /// Why a window's value is emitted.
@@ -151,7 +151,7 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
         &mut self,
         time: i64,
         key: &K,
-        input: &A::Input,
+        input: &A::Input<'_>,
         emit: &mut impl FnMut(Emission<K, A>),
     ) -> Placement {
         let watermark = self.watermark(); // before this record
@@ -249,7 +249,7 @@ mod tests {
     #[derive(Debug, Clone, Default, PartialEq)]
     struct Count(u64);
     impl Aggregate for Count {
-        type Input = ();
+        type Input<'a> = ();
         fn add(&mut self, _: &()) {
             self.0 += 1;
         }

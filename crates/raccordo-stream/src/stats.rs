@@ -1,0 +1,155 @@
+//! The conversion metrics of one window and one dimension value (DESIGN §3).
+
+use serde::{Deserialize, Serialize};
+
+use crate::distinct::DistinctCount;
+use crate::window::Aggregate;
+
+/// What the windows need to know of one event.
+#[derive(Debug, Clone, Copy)]
+pub struct ConversionRecord<'a> {
+    pub customer: &'a str,
+    /// The event counts as a conversion (its `evento` is in the goal set and `stato` is
+    /// `completato`); decided by the caller, which owns the goal set.
+    pub is_conversion: bool,
+    /// `stato = fallito`.
+    pub is_failure: bool,
+    /// `valore` in cents, so sums are exact.
+    pub value_cents: i64,
+    /// The ingest answered `duplicate`: counted as a duplicate and nothing else.
+    pub is_duplicate: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConversionStats {
+    pub events: u64,
+    pub conversions: u64,
+    pub failures: u64,
+    pub duplicates: u64,
+    pub total_value_cents: i64,
+    pub conversion_value_cents: i64,
+    pub active_customers: DistinctCount,
+    pub converting_customers: DistinctCount,
+}
+
+impl Aggregate for ConversionStats {
+    type Input<'a> = ConversionRecord<'a>;
+    fn add(&mut self, r: &ConversionRecord<'_>) {
+        self.record(r);
+    }
+}
+
+impl ConversionStats {
+    pub fn record(&mut self, r: &ConversionRecord<'_>) {
+        if r.is_duplicate {
+            self.duplicates += 1;
+            return;
+        }
+        self.events += 1;
+        self.total_value_cents += r.value_cents;
+        self.active_customers.insert(r.customer);
+        if r.is_failure {
+            self.failures += 1;
+        }
+        if r.is_conversion {
+            self.conversions += 1;
+            self.conversion_value_cents += r.value_cents;
+            self.converting_customers.insert(r.customer);
+        }
+    }
+
+    /// Distinct converting customers / distinct active customers.
+    pub fn conversion_rate(&self) -> Option<f64> {
+        let active = self.active_customers.count();
+        (active > 0).then(|| self.converting_customers.count() as f64 / active as f64)
+    }
+
+    /// The seed's "valore medio": value of conversions / conversions.
+    pub fn average_conversion_value_cents(&self) -> Option<f64> {
+        (self.conversions > 0).then(|| self.conversion_value_cents as f64 / self.conversions as f64)
+    }
+
+    /// Cost per acquisition: spend attributed to the window / conversions.
+    pub fn cpa_cents(&self, spend_cents: f64) -> Option<f64> {
+        (self.conversions > 0).then(|| spend_cents / self.conversions as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(customer: &'static str, conversion: bool, value: i64) -> ConversionRecord<'static> {
+        ConversionRecord {
+            customer,
+            is_conversion: conversion,
+            is_failure: false,
+            value_cents: value,
+            is_duplicate: false,
+        }
+    }
+
+    #[test]
+    fn the_operator_aggregates_per_window_and_dimension() {
+        use crate::window::{Firing, WindowOperator, WindowSpec};
+        let mut op =
+            WindowOperator::<(&str, &str), ConversionStats>::new(WindowSpec::tumbling(300_000));
+        let mut out = Vec::new();
+        let events = [
+            (1_000, "email", "a", true, 4_999),
+            (2_000, "sms", "b", false, 0),
+            (3_000, "email", "c", true, 10_001),
+        ];
+        for (t, canale, customer, conversion, value) in events {
+            for key in [("canale", canale), ("all", "")] {
+                op.process(t, &key, &rec(customer, conversion, value), &mut |e| {
+                    out.push(e)
+                });
+            }
+        }
+        assert_eq!(
+            op.open_windows().count(),
+            3,
+            "email, sms and overall are open"
+        );
+        op.process(400_000, &("all", ""), &rec("z", false, 0), &mut |e| {
+            out.push(e)
+        });
+        let email = out
+            .iter()
+            .find(|e| e.key == ("canale", "email") && e.firing == Firing::Final)
+            .unwrap();
+        assert_eq!(
+            (email.value.conversions, email.value.conversion_value_cents),
+            (2, 15_000)
+        );
+        let all = out.iter().find(|e| e.key == ("all", "")).unwrap();
+        assert_eq!(
+            (all.value.events, all.value.active_customers.count()),
+            (3, 3)
+        );
+        assert_eq!(all.value.conversion_rate(), Some(2.0 / 3.0));
+    }
+
+    #[test]
+    fn rates_and_averages_follow_the_design_formulas() {
+        let mut s = ConversionStats::default();
+        s.record(&rec("a", true, 10_000));
+        s.record(&rec("a", true, 5_000));
+        s.record(&rec("b", false, 0));
+        s.record(&rec("c", false, 0));
+        s.record(&ConversionRecord {
+            is_duplicate: true,
+            ..rec("a", true, 10_000)
+        });
+        assert_eq!((s.events, s.conversions, s.duplicates), (4, 2, 1));
+        assert_eq!(
+            s.conversion_rate(),
+            Some(1.0 / 3.0),
+            "1 converting of 3 active customers"
+        );
+        assert_eq!(s.average_conversion_value_cents(), Some(7_500.0));
+        assert_eq!(s.cpa_cents(30_000.0), Some(15_000.0));
+        assert_eq!(ConversionStats::default().conversion_rate(), None);
+    }
+}
