@@ -15,9 +15,11 @@
 //!   can take it is *late*: reported to the caller (for the side table), never dropped silently.
 
 pub mod distinct;
+pub mod spend;
 pub mod stats;
 pub mod window;
 
 pub use distinct::DistinctCount;
+pub use spend::DailySpend;
 pub use stats::{ConversionRecord, ConversionStats};
 pub use window::{Aggregate, Emission, Firing, Placement, Window, WindowOperator, WindowSpec};
