@@ -14,6 +14,7 @@
 //!   at once; with `W ≥ e − 1 + lateness` the window is gone. A record none of whose windows
 //!   can take it is *late*: reported to the caller (for the side table), never dropped silently.
 
+pub mod alerts;
 pub mod distinct;
 pub mod spend;
 pub mod stats;
