@@ -61,7 +61,7 @@ impl Hub {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let log: Arc<dyn EventLog> = store.clone();
         let ingestor = Ingestor::new(sources, log, clock, config.ingest.clone());
-        spawn_jwks_refreshers(&ingestor);
+        load_jwks(&ingestor).await;
         let state = Arc::new(AppState {
             ingestor,
             admin: AdminTokens::new(&config.admin.tokens),
@@ -199,28 +199,38 @@ impl MakeRequestId for UlidRequestId {
     }
 }
 
-/// Fetches each `jwks_url` at start and then periodically, swapping the key set in place.
-fn spawn_jwks_refreshers(ingestor: &Ingestor) {
+/// Fetches each `jwks_url` before the hub starts listening (so the first token does not meet
+/// an empty key set), then refreshes it every `JWKS_REFRESH` in the background. A failed
+/// fetch is logged and keeps the previous keys; tokens fail until a fetch succeeds.
+async fn load_jwks(ingestor: &Ingestor) {
+    const JWKS_REFRESH: Duration = Duration::from_secs(300);
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    else {
+        tracing::error!("cannot build the HTTP client for JWKS fetches");
+        return;
+    };
     for source in ingestor.sources() {
         for verifier in &source.verifiers {
             let Some((url, handle)) = verifier.jwks_url() else {
                 continue;
             };
-            let url = url.to_string();
-            let name = source.name.to_string();
+            let (url, name, client) = (url.to_string(), source.name.to_string(), client.clone());
+            let refresh = async move |first: bool| match fetch_jwks(&client, &url).await {
+                Ok(set) => {
+                    tracing::info!(source = %name, %url, keys = set.keys.len(), first, "JWKS loaded");
+                    *handle.write().unwrap_or_else(|p| p.into_inner()) = set;
+                }
+                Err(e) => {
+                    tracing::warn!(source = %name, %url, error = %e, "JWKS fetch failed; keeping the previous keys")
+                }
+            };
+            refresh(true).await;
             tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build();
-                let Ok(client) = client else { return };
                 loop {
-                    match fetch_jwks(&client, &url).await {
-                        Ok(set) => *handle.write().unwrap_or_else(|p| p.into_inner()) = set,
-                        Err(e) => {
-                            tracing::warn!(source = %name, %url, error = %e, "JWKS refresh failed; keeping the previous keys")
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_secs(300)).await;
+                    tokio::time::sleep(JWKS_REFRESH).await;
+                    refresh(false).await;
                 }
             });
         }

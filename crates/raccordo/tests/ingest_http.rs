@@ -340,6 +340,55 @@ async fn jwt_sources_check_signature_expiry_issuer_audience_and_not_before() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_jwks_url_is_fetched_before_the_hub_listens() {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let (jwks, hits) =
+        serve_json(std::fs::read_to_string(format!("{FIXTURES}/jwks.json")).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\n[sources.jwks-url]\nauth = [{{ type = \"jwt\", jwks_url = \"http://{jwks}/.well-known/jwks.json\", audience = [\"raccordo\"] }}]\n"
+    );
+    let config = write_config(dir.path(), "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&extra);
+    std::fs::write(&config, text).unwrap();
+    // SAFETY: the same value every test sets.
+    unsafe { std::env::set_var("TEST_HS_SECRET", HS_SECRET) };
+    let server = Server::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "fetched once, before listening"
+    );
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ec =
+        EncodingKey::from_ec_pem(&std::fs::read(format!("{FIXTURES}/ec_private.pem")).unwrap())
+            .unwrap();
+    let token = jwt(
+        Algorithm::ES256,
+        &ec,
+        Some("test-ec-1"),
+        json!({"aud": "raccordo", "exp": now + 60}),
+    );
+    let ok = post_bearer(&server, "/webhooks/in/jwks-url", &token, &event(60)).await;
+    assert_eq!(
+        ok.status(),
+        StatusCode::ACCEPTED,
+        "the first request already finds the keys"
+    );
+    let wrong_aud = jwt(
+        Algorithm::ES256,
+        &ec,
+        Some("test-ec-1"),
+        json!({"aud": "other", "exp": now + 60}),
+    );
+    let (status, p) =
+        problem(post_bearer(&server, "/webhooks/in/jwks-url", &wrong_aud, &event(61)).await).await;
+    assert_problem(status, StatusCode::UNAUTHORIZED, &p, "invalid-credentials");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_batch_is_checked_whole_and_every_failing_item_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_configured(dir.path(), "");
