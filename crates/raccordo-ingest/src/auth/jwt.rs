@@ -252,14 +252,14 @@ impl JwtVerifier {
         .claims;
         let now_s = now_ms.div_euclid(1000);
         match claims.exp {
-            Some(exp) if (exp as i64) + self.leeway_s < now_s => {
+            Some(exp) if (exp as i64).saturating_add(self.leeway_s) < now_s => {
                 return Err(IngestError::TokenExpired);
             }
             None if self.require_exp => return Err(invalid("JWT lacks `exp`")),
             _ => {}
         }
         if let Some(nbf) = claims.nbf
-            && (nbf as i64) - self.leeway_s > now_s
+            && (nbf as i64).saturating_sub(self.leeway_s) > now_s
         {
             return Err(invalid("JWT is not valid yet (`nbf`)"));
         }
@@ -273,5 +273,65 @@ impl JwtVerifier {
 fn default_algorithms(algorithms: &mut Vec<Algorithm>, defaults: &[Algorithm]) {
     if algorithms.is_empty() {
         algorithms.extend_from_slice(defaults);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "unit-test-secret-0123456789abcdef0123";
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(&serde_json::from_value::<JwtConfig>(json!({ "secret": SECRET })).unwrap())
+            .unwrap()
+    }
+
+    fn bearer(claims: serde_json::Value) -> HeaderMap {
+        let token = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn extreme_claim_values_decide_without_overflow() {
+        let v = verifier();
+        let now = 1_800_000_000_000;
+        assert!(
+            v.verify(&bearer(json!({ "exp": i64::MAX })), now)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            v.verify(&bearer(json!({ "exp": 1e300 })), now)
+                .unwrap()
+                .is_some()
+        );
+        assert!(matches!(
+            v.verify(&bearer(json!({ "exp": i64::MIN })), now),
+            Err(IngestError::TokenExpired)
+        ));
+        assert!(matches!(
+            v.verify(&bearer(json!({ "exp": -1e300 })), now),
+            Err(IngestError::TokenExpired)
+        ));
+        let early = v.verify(&bearer(json!({ "exp": i64::MAX, "nbf": i64::MAX })), now);
+        assert!(matches!(early, Err(IngestError::InvalidCredentials { .. })));
+        assert!(
+            v.verify(&bearer(json!({ "exp": i64::MAX, "nbf": i64::MIN })), now)
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -137,7 +137,8 @@ impl StandardWebhooksVerifier {
             .parse()
             .map_err(|_| invalid("`webhook-timestamp` is not an integer"))?;
         let sent_ms = seconds.saturating_mul(1000);
-        if (now_ms - sent_ms).abs() > self.tolerance_ms {
+        // abs_diff: a hostile timestamp near i64::MIN must not overflow (found by fuzzing).
+        if now_ms.abs_diff(sent_ms) > self.tolerance_ms.unsigned_abs() {
             return Err(IngestError::TimestampOutsideTolerance {
                 tolerance_s: (self.tolerance_ms / 1000) as u64,
             });
@@ -230,6 +231,22 @@ mod tests {
             Err(IngestError::TimestampOutsideTolerance { .. })
         ));
         assert!(v.verify(&HeaderMap::new(), BODY, 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn extreme_timestamps_are_out_of_tolerance_not_overflows() {
+        let v = verifier();
+        for ts in [i64::MIN, i64::MIN / 1000, -1, i64::MAX / 1000, i64::MAX] {
+            let mut h = headers(SIG, 0);
+            h.insert("webhook-timestamp", ts.to_string().parse().unwrap());
+            assert!(
+                matches!(
+                    v.verify(&h, BODY, TS * 1000),
+                    Err(IngestError::TimestampOutsideTolerance { .. })
+                ),
+                "{ts}"
+            );
+        }
     }
 
     #[test]
