@@ -247,15 +247,19 @@ impl Shared {
     fn prepare(&self, traffic: &mut Traffic) -> reqwest::RequestBuilder {
         let batch = self.options.batch_size.max(1);
         let body = if batch == 1 {
-            serde_json::to_vec(&traffic.next_event().event)
+            traffic.next_event().json.into_bytes()
         } else {
-            serde_json::to_vec(
-                &(0..batch)
-                    .map(|_| traffic.next_event().event)
-                    .collect::<Vec<_>>(),
-            )
-        }
-        .unwrap_or_default();
+            let mut body = Vec::with_capacity(batch * 330 + 2);
+            body.push(b'[');
+            for i in 0..batch {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(traffic.next_event().json.as_bytes());
+            }
+            body.push(b']');
+            body
+        };
         let mut request = self
             .client
             .post(&self.options.url)

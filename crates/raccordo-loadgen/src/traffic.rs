@@ -6,7 +6,6 @@ use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 const REGIONS: &[&str] = &[
     "LOMBARDIA",
@@ -51,14 +50,14 @@ const CHANNELS: &[(&str, u32)] = &[
 pub struct Traffic {
     rng: SmallRng,
     customers: u32,
-    recent: Vec<Value>,
+    recent: Vec<String>,
     duplicates: f64,
     invalid: f64,
 }
 
-/// One generated item and what the server should say about it.
+/// One generated item (JSON text) and what the server should say about it.
 pub struct Generated {
-    pub event: Value,
+    pub json: String,
     pub expect: Expect,
 }
 
@@ -98,40 +97,45 @@ impl Traffic {
         if roll < self.duplicates && !self.recent.is_empty() {
             let i = self.rng.random_range(0..self.recent.len());
             return Generated {
-                event: self.recent[i].clone(),
+                json: self.recent[i].clone(),
                 expect: Expect::Duplicate,
             };
         }
-        let mut event = self.fresh();
+        let json = self.fresh();
         if (self.duplicates..self.duplicates + self.invalid).contains(&roll) {
+            // Rare path: go through a Value to break one rule.
+            let mut event: Value = serde_json::from_str(&json).unwrap_or_default();
             self.corrupt(&mut event);
             return Generated {
-                event,
+                json: event.to_string(),
                 expect: Expect::Invalid,
             };
         }
         if self.recent.len() < 1024 {
-            self.recent.push(event.clone());
+            self.recent.push(json.clone());
         } else {
             let i = self.rng.random_range(0..self.recent.len());
-            self.recent[i] = event.clone();
+            self.recent[i] = json.clone();
         }
         Generated {
-            event,
+            json,
             expect: Expect::Accepted,
         }
     }
 
-    fn fresh(&mut self) -> Value {
+    /// A valid event as JSON text, written directly (the generator must stay cheaper than
+    /// the server it measures; every value here needs no escaping).
+    fn fresh(&mut self) -> String {
+        use std::fmt::Write;
         let rng = &mut self.rng;
         let evento = weighted(rng, EVENTS);
         let canale = weighted(rng, CHANNELS);
         let region = REGIONS.choose(rng).copied().unwrap_or("LAZIO");
         let customer = rng.random_range(0..self.customers);
-        let valore = if evento == "acquisto_concluso" {
-            rng.random_range(1_900..250_000) as f64 / 100.0
+        let cents: u32 = if evento == "acquisto_concluso" {
+            rng.random_range(1_900..250_000)
         } else {
-            0.0
+            0
         };
         let stato = if rng.random_ratio(1, 20) {
             "fallito"
@@ -141,22 +145,19 @@ impl Traffic {
         // Events happen a little before they are sent (up to 30 s), with millisecond times.
         let now =
             OffsetDateTime::now_utc() - time::Duration::milliseconds(rng.random_range(0..30_000));
-        let timestamp = now
-            .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
-            .unwrap_or(now);
-        json!({
-            "id_cliente": format!("CLIENTE-{region}-{customer:06}"),
-            "evento": evento,
-            "timestamp": timestamp.format(&Rfc3339).unwrap_or_default(),
-            "valore": valore,
-            "canale": canale,
-            "stato": stato,
-            "metadati": {
-                "campagna": CAMPAIGNS.choose(rng).copied().unwrap_or("promo"),
-                "dispositivo": DEVICES.choose(rng).copied().unwrap_or("mobile"),
-                "localita": CITIES.choose(rng).copied().unwrap_or("Roma"),
-            }
-        })
+        let (y, mo, d) = (now.year(), now.month() as u8, now.day());
+        let (h, mi, se, ms) = (now.hour(), now.minute(), now.second(), now.millisecond());
+        let campagna = CAMPAIGNS.choose(rng).copied().unwrap_or("promo");
+        let dispositivo = DEVICES.choose(rng).copied().unwrap_or("mobile");
+        let localita = CITIES.choose(rng).copied().unwrap_or("Roma");
+        let mut out = String::with_capacity(320);
+        let _ = write!(
+            out,
+            r#"{{"id_cliente":"CLIENTE-{region}-{customer:06}","evento":"{evento}","timestamp":"{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}.{ms:03}Z","valore":{}.{:02},"canale":"{canale}","stato":"{stato}","metadati":{{"campagna":"{campagna}","dispositivo":"{dispositivo}","localita":"{localita}"}}}}"#,
+            cents / 100,
+            cents % 100
+        );
+        out
     }
 
     fn corrupt(&mut self, event: &mut Value) {
@@ -183,15 +184,16 @@ mod tests {
         let mut counts = [0usize; 3];
         for _ in 0..10_000 {
             let g = traffic.next_event();
-            let valid = schema.is_valid(&g.event);
+            let event: Value = serde_json::from_str(&g.json).unwrap();
+            let valid = schema.is_valid(&event);
             match g.expect {
                 Expect::Accepted => {
-                    assert!(valid, "{}", g.event);
+                    assert!(valid, "{}", g.json);
                     counts[0] += 1
                 }
                 Expect::Duplicate => counts[1] += 1,
                 Expect::Invalid => {
-                    assert!(!valid, "{}", g.event);
+                    assert!(!valid, "{}", g.json);
                     counts[2] += 1
                 }
             }
