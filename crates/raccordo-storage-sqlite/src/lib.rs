@@ -121,6 +121,7 @@ impl SqliteEventLog {
         std::thread::Builder::new()
             .name("raccordo-sqlite-checkpoint".into())
             .spawn(move || {
+                lower_priority_of_this_thread();
                 // Wakes every CHECKPOINT_EVERY until the store closes (sender dropped).
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stop_rx.recv_timeout(CHECKPOINT_EVERY)
@@ -218,6 +219,19 @@ impl EventLog for SqliteEventLog {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Copying WAL frames is background work: on a busy machine it should yield the CPU to
+/// request handling and the writer rather than compete with them (Linux: per-thread nice).
+fn lower_priority_of_this_thread() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority only reads its arguments.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0 {
+            tracing::debug!("could not lower the checkpoint thread's priority");
+        }
     }
 }
 
