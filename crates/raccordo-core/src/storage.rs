@@ -33,4 +33,8 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Whether the store accepts writes (for `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// The `seq` of the newest committed event, updated after every commit: consumers
+    /// that tail the log wait on it instead of polling.
+    fn committed(&self) -> tokio::sync::watch::Receiver<i64>;
 }

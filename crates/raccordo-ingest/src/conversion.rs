@@ -219,7 +219,7 @@ fn valid_amount(n: &Number) -> bool {
         return false; // negative integer
     }
     let Some(f) = n.as_f64() else { return false };
-    if !(f >= 0.0) || f >= 9.0e15 {
+    if !(0.0..9.0e15).contains(&f) {
         return false;
     }
     let text = n.to_string();

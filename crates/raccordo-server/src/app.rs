@@ -27,6 +27,7 @@ use crate::routes;
 
 pub struct AppState {
     pub ingestor: Ingestor,
+    pub live: Arc<crate::live::LiveMetrics>,
     pub admin: AdminTokens,
     pub prometheus: PrometheusHandle,
     pub max_body_bytes: usize,
@@ -60,10 +61,16 @@ impl Hub {
         })?);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let log: Arc<dyn EventLog> = store.clone();
-        let ingestor = Ingestor::new(sources, log, clock, config.ingest.clone());
+        let ingestor = Ingestor::new(sources, log.clone(), clock, config.ingest.clone());
+        let live = crate::live::LiveMetrics::new(
+            raccordo_stream::WindowSpec::tumbling(5 * 60_000),
+            ["acquisto_concluso".to_string()],
+        );
+        live.spawn(log);
         load_jwks(&ingestor).await;
         let state = Arc::new(AppState {
             ingestor,
+            live,
             admin: AdminTokens::new(&config.admin.tokens),
             prometheus: prometheus.clone(),
             max_body_bytes: config.server.max_body_bytes,
@@ -146,6 +153,7 @@ fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router
         )
         .route("/webhooks/in/{source}", post(routes::ingest_source))
         .route("/api/v1/events", get(routes::list_events))
+        .route("/api/v1/metrics", get(routes::metrics_api))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics));

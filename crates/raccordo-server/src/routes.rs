@@ -199,6 +199,69 @@ fn events_filter(q: EventsQuery) -> Result<EventFilter, Problem> {
     })
 }
 
+/// Query of `GET /api/v1/metrics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// Windows ending after this (RFC 3339); default: 6 hours ago.
+    from: Option<String>,
+    /// Windows starting before this (RFC 3339); default: now + 1 hour.
+    to: Option<String>,
+    /// `all`, `canale`, `evento` or `campagna`.
+    dimension: Option<String>,
+    /// Only this value of the dimension (e.g. `email`).
+    value: Option<String>,
+}
+
+/// `GET /api/v1/metrics`: event-time window aggregates, provisional and final.
+pub async fn metrics_api(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use crate::live::Dimension;
+    if let Err(p) = state.admin.require(&headers, Scope::Read) {
+        return p.into_response();
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return Problem::bad_parameter("query", e.body_text()).into_response(),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let time = |name: &str, value: Option<String>, default: i64| -> Result<i64, Problem> {
+        match value {
+            None => Ok(default),
+            Some(v) => raccordo_ingest::pipeline::parse_time_ms(&v)
+                .ok_or_else(|| Problem::bad_parameter(name, "must be an RFC 3339 date-time")),
+        }
+    };
+    let (from, to) = match (
+        time("from", q.from, now - 6 * 3_600_000),
+        time("to", q.to, now + 3_600_000),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(p), _) | (_, Err(p)) => return p.into_response(),
+    };
+    let dimension = match q.dimension.as_deref() {
+        None => None,
+        Some("all") => Some(Dimension::All),
+        Some("canale") => Some(Dimension::Canale),
+        Some("evento") => Some(Dimension::Evento),
+        Some("campagna") => Some(Dimension::Campagna),
+        Some(_) => {
+            return Problem::bad_parameter(
+                "dimension",
+                "one of `all`, `canale`, `evento`, `campagna`",
+            )
+            .into_response();
+        }
+    };
+    let (rows, processed_seq) = state
+        .live
+        .query(from, to, dimension.as_ref(), q.value.as_deref());
+    Json(json!({ "processed_seq": processed_seq, "rows": rows })).into_response()
+}
+
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()

@@ -64,6 +64,7 @@ pub struct SqliteEventLog {
     reader: Arc<std::sync::Mutex<Connection>>,
     ready: Arc<AtomicBool>,
     writer_done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    committed: tokio::sync::watch::Receiver<i64>,
     path: PathBuf,
 }
 
@@ -136,6 +137,10 @@ impl SqliteEventLog {
                 source,
             })?;
 
+        let last_seq: i64 = conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
+            .map_err(sqlite_err)?;
+        let (committed_tx, committed) = tokio::sync::watch::channel(last_seq);
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
         let (done_tx, done_rx) = oneshot::channel();
@@ -144,7 +149,7 @@ impl SqliteEventLog {
         std::thread::Builder::new()
             .name("raccordo-sqlite-writer".into())
             .spawn(move || {
-                writer::run(conn, index, rx, max_group_events);
+                writer::run(conn, index, rx, max_group_events, committed_tx);
                 writer_ready.store(false, Ordering::SeqCst);
                 let _ = done_tx.send(());
             })
@@ -158,6 +163,7 @@ impl SqliteEventLog {
             reader: Arc::new(std::sync::Mutex::new(reader)),
             ready,
             writer_done: std::sync::Mutex::new(Some(done_rx)),
+            committed,
             path: options.path,
         })
     }
@@ -219,6 +225,10 @@ impl EventLog for SqliteEventLog {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    fn committed(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.committed.clone()
     }
 }
 

@@ -33,6 +33,7 @@ pub fn run(
     mut index: DedupIndex,
     mut jobs: mpsc::Receiver<Job>,
     max_group_events: usize,
+    committed: tokio::sync::watch::Sender<i64>,
 ) {
     let mut last_purge_ms: Option<i64> = None;
     while let Some(first) = jobs.blocking_recv() {
@@ -54,11 +55,21 @@ pub fn run(
             .max()
             .unwrap_or(0);
         let started = Instant::now();
-        let results = commit_group(&mut conn, &mut index, &group);
+        let mut last_seq = *committed.borrow();
+        let results = commit_group(&mut conn, &mut index, &group, &mut last_seq);
         metrics::histogram!("raccordo_storage_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("raccordo_storage_commit_group_requests").record(group.len() as f64);
         metrics::histogram!("raccordo_storage_commit_group_events").record(events as f64);
+        // Announce before answering, so a client that reads right after its 202 finds the
+        // live views already woken.
+        committed.send_if_modified(|seq| {
+            let newer = last_seq > *seq;
+            if newer {
+                *seq = last_seq;
+            }
+            newer
+        });
         for (job, result) in group.into_iter().zip(results) {
             let _ = job.reply.send(result); // the caller may have gone away; the data is committed
         }
@@ -83,6 +94,7 @@ fn commit_group(
     conn: &mut Connection,
     index: &mut DedupIndex,
     group: &[Job],
+    last_seq: &mut i64,
 ) -> Vec<Result<AppendOutcome, StoreError>> {
     let fail_all = |reason: String| {
         group
@@ -90,6 +102,7 @@ fn commit_group(
             .map(|_| Err(StoreError::Backend(reason.clone())))
             .collect()
     };
+    let before = *last_seq;
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return fail_all(e.to_string()),
@@ -99,7 +112,7 @@ fn commit_group(
         let mark = index.mark();
         let outcome = (|| {
             tx.prepare_cached("SAVEPOINT job")?.execute([])?;
-            match apply(&tx, index, &job.batch) {
+            match apply(&tx, index, &job.batch, last_seq) {
                 Ok(outcome) => {
                     tx.prepare_cached("RELEASE job")?.execute([])?;
                     Ok(outcome)
@@ -122,6 +135,7 @@ fn commit_group(
         }
         Err(e) => {
             index.rollback_to(0);
+            *last_seq = before;
             fail_all(e.to_string())
         }
     }
@@ -131,6 +145,7 @@ fn apply(
     tx: &Connection,
     index: &mut DedupIndex,
     batch: &AppendBatch,
+    last_seq: &mut i64,
 ) -> rusqlite::Result<AppendOutcome> {
     let now = batch.received_at_ms;
     if let Some(claim) = &batch.delivery
@@ -171,6 +186,7 @@ fn apply(
             now,
             &event.payload
         ])?;
+        *last_seq = (*last_seq).max(tx.last_insert_rowid());
         outcomes.push(ItemOutcome::Accepted(event.id));
     }
 

@@ -1,0 +1,243 @@
+//! Live conversion metrics: a task tails the durable event log into the window operator.
+//!
+//! At start it replays the log from the beginning, so windows are rebuilt from durable data
+//! after any restart (including `kill -9`) and nothing is counted twice: the log is the only
+//! input, read once, in order. Afterwards it wakes on every commit (`EventLog::committed`).
+//! Results of windows that fired are kept in memory for `RESULT_RETENTION_MS`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use raccordo_core::{EventFilter, EventLog, StoredEvent};
+use raccordo_stream::{
+    ConversionRecord, ConversionStats, Firing, Placement, Window, WindowOperator, WindowSpec,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Fired windows older than this (by window end) are forgotten.
+const RESULT_RETENTION_MS: i64 = 48 * 3_600_000;
+const PAGE: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    All,
+    Canale,
+    Evento,
+    Campagna,
+}
+
+pub type DimKey = (Dimension, String);
+
+#[derive(Default)]
+struct State {
+    operator: Option<WindowOperator<DimKey, ConversionStats>>,
+    /// Last emitted value of every fired window and key.
+    fired: BTreeMap<(Window, DimKey), ConversionStats>,
+    /// Events too late for their window, per window start.
+    late: BTreeMap<i64, u64>,
+    processed_seq: i64,
+}
+
+pub struct LiveMetrics {
+    spec: WindowSpec,
+    goals: HashSet<String>,
+    state: Mutex<State>,
+}
+
+/// One row of `GET /api/v1/metrics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricRow {
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub dimension: Dimension,
+    pub value: String,
+    /// `provisional` while the window is open, `final` once the watermark passed it.
+    pub status: &'static str,
+    pub events: u64,
+    pub conversions: u64,
+    pub active_customers: u64,
+    pub conversion_rate: Option<f64>,
+    pub total_value: f64,
+    pub average_conversion_value: Option<f64>,
+    pub failures: u64,
+    pub late: u64,
+    pub exact_distinct: bool,
+}
+
+impl LiveMetrics {
+    pub fn new(spec: WindowSpec, goals: impl IntoIterator<Item = String>) -> Arc<Self> {
+        Arc::new(Self {
+            spec,
+            goals: goals.into_iter().collect(),
+            state: Mutex::new(State {
+                operator: Some(WindowOperator::new(spec)),
+                ..State::default()
+            }),
+        })
+    }
+
+    /// Tails `log` for ever (until the task is dropped).
+    pub fn spawn(self: &Arc<Self>, log: Arc<dyn EventLog>) -> tokio::task::JoinHandle<()> {
+        let live = self.clone();
+        tokio::spawn(async move {
+            let mut committed = log.committed();
+            loop {
+                let cursor = live
+                    .state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .processed_seq;
+                match log
+                    .read(EventFilter {
+                        after_seq: Some(cursor),
+                        limit: PAGE,
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(page) => {
+                        let more = page.next_after_seq.is_some();
+                        live.ingest(&page.events);
+                        if more {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live metrics could not read the event log")
+                    }
+                }
+                // Wait for a commit past what we have read.
+                let caught_up = |seq: &i64| *seq > cursor;
+                if committed.wait_for(caught_up).await.is_err() {
+                    return; // the store closed
+                }
+            }
+        })
+    }
+
+    fn ingest(&self, events: &[StoredEvent]) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State {
+            operator,
+            fired,
+            late,
+            processed_seq,
+        } = &mut *state;
+        let Some(operator) = operator.as_mut() else {
+            return;
+        };
+        for event in events {
+            *processed_seq = event.seq;
+            let Some(record) = self.record_of(&event.payload) else {
+                continue;
+            };
+            let p = &event.payload;
+            let mut keys = vec![(Dimension::All, String::new())];
+            for (dimension, value) in [
+                (Dimension::Canale, p.get("canale")),
+                (Dimension::Evento, p.get("evento")),
+                (Dimension::Campagna, p.pointer("/metadati/campagna")),
+            ] {
+                if let Some(Value::String(v)) = value {
+                    keys.push((dimension, v.clone()));
+                }
+            }
+            let mut placement = Placement::OnTime;
+            for key in &keys {
+                placement = operator.process(event.event_time_ms, key, &record, &mut |emission| {
+                    debug_assert!(matches!(
+                        emission.firing,
+                        Firing::Final | Firing::LateUpdate
+                    ));
+                    fired.insert((emission.window, emission.key), emission.value);
+                });
+            }
+            if placement == Placement::Late {
+                for window in self.spec.windows_for(event.event_time_ms) {
+                    *late.entry(window.start).or_default() += 1;
+                }
+            }
+        }
+        let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
+        fired.retain(|(window, _), _| window.end >= horizon);
+        late.retain(|start, _| start + self.spec.size_ms >= horizon);
+    }
+
+    fn record_of<'a>(&self, p: &'a Value) -> Option<ConversionRecord<'a>> {
+        let customer = p.get("id_cliente")?.as_str()?;
+        let evento = p.get("evento")?.as_str()?;
+        let stato = p.get("stato").and_then(Value::as_str).unwrap_or("");
+        let value_cents = p
+            .get("valore")
+            .and_then(Value::as_f64)
+            .map_or(0, |v| (v * 100.0).round() as i64);
+        Some(ConversionRecord {
+            customer,
+            is_conversion: self.goals.contains(evento) && stato == "completato",
+            is_failure: stato == "fallito",
+            value_cents,
+            is_duplicate: false,
+        })
+    }
+
+    /// Rows for windows overlapping `[from, to)`, filtered by dimension.
+    pub fn query(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        dimension: Option<&Dimension>,
+        value: Option<&str>,
+    ) -> (Vec<MetricRow>, i64) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted = |window: &Window, key: &DimKey| {
+            window.end > from_ms
+                && window.start < to_ms
+                && dimension.is_none_or(|d| *d == key.0)
+                && value.is_none_or(|v| v == key.1)
+        };
+        let row = |window: Window, key: &DimKey, stats: &ConversionStats, status| MetricRow {
+            window_start_ms: window.start,
+            window_end_ms: window.end,
+            dimension: key.0.clone(),
+            value: key.1.clone(),
+            status,
+            events: stats.events,
+            conversions: stats.conversions,
+            active_customers: stats.active_customers.count(),
+            conversion_rate: stats.conversion_rate(),
+            total_value: stats.total_value_cents as f64 / 100.0,
+            average_conversion_value: stats.average_conversion_value_cents().map(|c| c / 100.0),
+            failures: stats.failures,
+            late: if key.0 == Dimension::All {
+                state.late.get(&window.start).copied().unwrap_or(0)
+            } else {
+                0
+            },
+            exact_distinct: stats.active_customers.is_exact(),
+        };
+        let mut rows: Vec<MetricRow> = state
+            .fired
+            .iter()
+            .filter(|((w, k), _)| wanted(w, k))
+            .map(|((w, k), s)| row(*w, k, s, "final"))
+            .collect();
+        if let Some(operator) = &state.operator {
+            rows.extend(
+                operator
+                    .open_windows()
+                    .filter(|(w, k, _)| wanted(w, k))
+                    .map(|(w, k, s)| row(w, k, s, "provisional")),
+            );
+        }
+        rows.sort_by(|a, b| {
+            (a.window_start_ms, &a.dimension, &a.value).cmp(&(
+                b.window_start_ms,
+                &b.dimension,
+                &b.value,
+            ))
+        });
+        (rows, state.processed_seq)
+    }
+}

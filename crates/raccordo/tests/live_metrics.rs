@@ -1,0 +1,131 @@
+//! Live conversion metrics from the real binary: provisional, final, rebuilt after kill -9.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::*;
+
+fn at(n: u32, offset_ms: i64, evento: &str, canale: &str, valore: f64) -> Value {
+    let mut e = event(n);
+    e["timestamp"] = json!(now_rfc3339(offset_ms));
+    e["evento"] = json!(evento);
+    e["canale"] = json!(canale);
+    e["valore"] = json!(valore);
+    e
+}
+
+/// Polls the metrics API until `done` holds for its rows (bounded: a condition, not a pause).
+async fn metrics_until(
+    server: &Server,
+    query: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: Value = client()
+            .get(server.url(&format!("/api/v1/metrics?{query}")))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = body["rows"].as_array().cloned().unwrap_or_default();
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never reached the expected state: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn row<'a>(rows: &'a [Value], value: &str) -> Option<&'a Value> {
+    rows.iter().find(|r| r["value"] == value)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn windows_go_provisional_then_final_and_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_configured(dir.path(), "");
+    // Four events 20 minutes ago (one 5-minute window, well before the watermark).
+    let old = -20 * 60_000;
+    let batch = json!([
+        at(1, old, "acquisto_concluso", "email", 100.0),
+        at(2, old, "acquisto_concluso", "email", 50.5),
+        at(3, old, "richiesta_demo", "email", 0.0),
+        at(4, old, "acquisto_concluso", "sms", 10.0),
+    ]);
+    let r = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    let rows = metrics_until(&server, "dimension=canale", |rows| {
+        row(rows, "email").is_some_and(|r| r["events"] == 3)
+    })
+    .await;
+    let email = row(&rows, "email").unwrap();
+    assert_eq!(
+        email["status"], "provisional",
+        "nothing has moved the watermark past the window"
+    );
+
+    // A current event moves the watermark 20 minutes on: the old window becomes final.
+    assert_eq!(send_event(&server, 5).await, StatusCode::ACCEPTED);
+    let rows = metrics_until(&server, "dimension=canale", |rows| {
+        row(rows, "email").is_some_and(|r| r["status"] == "final")
+    })
+    .await;
+    let email = row(&rows, "email").unwrap().clone();
+    assert_eq!(
+        (email["events"].as_u64(), email["conversions"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(email["total_value"], 150.5);
+    assert_eq!(email["average_conversion_value"], 75.25);
+    assert_eq!(
+        email["conversion_rate"]
+            .as_f64()
+            .map(|r| (r * 1000.0).round()),
+        Some(667.0),
+        "2 of 3 customers"
+    );
+    let sms = row(&rows, "sms").unwrap().clone();
+
+    server.kill9();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--config",
+            dir.path().join("raccordo.toml").to_str().unwrap(),
+        ],
+    );
+    let rows = metrics_until(&server, "dimension=canale", |rows| {
+        row(rows, "email").is_some_and(|r| r["status"] == "final")
+    })
+    .await;
+    assert_eq!(
+        row(&rows, "email").unwrap(),
+        &email,
+        "rebuilt from the log, counted once"
+    );
+    assert_eq!(row(&rows, "sms").unwrap(), &sms);
+    let all = metrics_until(&server, "dimension=all", |rows| rows.len() >= 2).await;
+    assert_eq!(
+        all.iter()
+            .map(|r| r["events"].as_u64().unwrap())
+            .sum::<u64>(),
+        5
+    );
+}
