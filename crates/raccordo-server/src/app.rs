@@ -63,8 +63,8 @@ impl Hub {
         let log: Arc<dyn EventLog> = store.clone();
         let ingestor = Ingestor::new(sources, log.clone(), clock, config.ingest.clone());
         let live = crate::live::LiveMetrics::new(
-            raccordo_stream::WindowSpec::tumbling(5 * 60_000),
-            ["acquisto_concluso".to_string()],
+            config.metrics.window_spec(),
+            config.metrics.goals.clone(),
         );
         live.spawn(log);
         load_jwks(&ingestor).await;
@@ -154,6 +154,7 @@ fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router
         .route("/webhooks/in/{source}", post(routes::ingest_source))
         .route("/api/v1/events", get(routes::list_events))
         .route("/api/v1/metrics", get(routes::metrics_api))
+        .route("/api/v1/metrics/stream", get(routes::metrics_stream))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics));

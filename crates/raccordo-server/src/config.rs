@@ -23,6 +23,51 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the live event-time windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Window size (tumbling unless `slide` is set).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Sliding windows: how far each window starts after the previous one.
+    #[serde(with = "humantime_serde::option")]
+    pub slide: Option<Duration>,
+    /// Watermark = newest event time minus this.
+    #[serde(with = "humantime_serde")]
+    pub out_of_orderness: Duration,
+    /// How long after a window fired late events still update it.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// `evento` values that count as conversions (with `stato = completato`).
+    pub goals: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(300),
+            slide: None,
+            out_of_orderness: Duration::from_secs(15),
+            allowed_lateness: Duration::from_secs(3600),
+            goals: vec!["acquisto_concluso".into()],
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn window_spec(&self) -> raccordo_stream::WindowSpec {
+        let size = self.window.as_millis() as i64;
+        raccordo_stream::WindowSpec {
+            size_ms: size,
+            slide_ms: self.slide.map_or(size, |s| s.as_millis() as i64),
+            out_of_orderness_ms: self.out_of_orderness.as_millis() as i64,
+            allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,6 +359,15 @@ impl Config {
                 "must be at least 1024".into(),
             );
         }
+        if let Err(e) = self.metrics.window_spec().validate() {
+            report("metrics".into(), e);
+        }
+        if self.metrics.goals.is_empty() {
+            report(
+                "metrics.goals".into(),
+                "name at least one `evento` that counts as a conversion".into(),
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             report("log.level".into(), format!("not a valid filter: {e}"));
         }
@@ -518,6 +572,36 @@ scopes = []
             problems[0].message.contains("unknown field"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn metrics_windows_are_checked() {
+        let text = "[metrics]\nwindow = \"5m\"\nslide = \"10m\"\ngoals = []\n";
+        let problems = Config::from_toml(text, "f.toml", Path::new("."), env)
+            .err()
+            .unwrap();
+        let rendered: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.starts_with("f.toml:1: metrics: the slide cannot be longer")),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.starts_with("f.toml:4: metrics.goals:")),
+            "{rendered:?}"
+        );
+        let ok = Config::from_toml(
+            "[metrics]\nwindow = \"10m\"\nslide = \"1m\"\n",
+            "f.toml",
+            Path::new("."),
+            env,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(ok.config.metrics.window_spec().slide_ms, 60_000);
     }
 
     #[test]

@@ -30,6 +30,37 @@ pub enum Dimension {
 
 pub type DimKey = (Dimension, String);
 
+impl State {
+    fn row(
+        &self,
+        window: Window,
+        key: &DimKey,
+        stats: &ConversionStats,
+        status: &'static str,
+    ) -> MetricRow {
+        MetricRow {
+            window_start_ms: window.start,
+            window_end_ms: window.end,
+            dimension: key.0.clone(),
+            value: key.1.clone(),
+            status,
+            events: stats.events,
+            conversions: stats.conversions,
+            active_customers: stats.active_customers.count(),
+            conversion_rate: stats.conversion_rate(),
+            total_value: stats.total_value_cents as f64 / 100.0,
+            average_conversion_value: stats.average_conversion_value_cents().map(|c| c / 100.0),
+            failures: stats.failures,
+            late: if key.0 == Dimension::All {
+                self.late.get(&window.start).copied().unwrap_or(0)
+            } else {
+                0
+            },
+            exact_distinct: stats.active_customers.is_exact(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     operator: Option<WindowOperator<DimKey, ConversionStats>>,
@@ -44,6 +75,8 @@ pub struct LiveMetrics {
     spec: WindowSpec,
     goals: HashSet<String>,
     state: Mutex<State>,
+    /// Final and late-update rows, as the operator emits them (for the SSE stream).
+    fired_rows: tokio::sync::broadcast::Sender<Vec<MetricRow>>,
 }
 
 /// One row of `GET /api/v1/metrics`.
@@ -75,6 +108,7 @@ impl LiveMetrics {
                 operator: Some(WindowOperator::new(spec)),
                 ..State::default()
             }),
+            fired_rows: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -117,8 +151,14 @@ impl LiveMetrics {
         })
     }
 
+    /// Final and late-update rows as they happen.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<MetricRow>> {
+        self.fired_rows.subscribe()
+    }
+
     fn ingest(&self, events: &[StoredEvent]) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed: Vec<(Window, DimKey)> = Vec::new();
         let State {
             operator,
             fired,
@@ -151,6 +191,7 @@ impl LiveMetrics {
                         emission.firing,
                         Firing::Final | Firing::LateUpdate
                     ));
+                    changed.push((emission.window, emission.key.clone()));
                     fired.insert((emission.window, emission.key), emission.value);
                 });
             }
@@ -163,6 +204,20 @@ impl LiveMetrics {
         let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
         fired.retain(|(window, _), _| window.end >= horizon);
         late.retain(|start, _| start + self.spec.size_ms >= horizon);
+        if !changed.is_empty() && self.fired_rows.receiver_count() > 0 {
+            changed.sort();
+            changed.dedup();
+            let rows = changed
+                .into_iter()
+                .filter_map(|(w, k)| {
+                    state
+                        .fired
+                        .get(&(w, k.clone()))
+                        .map(|s| state.row(w, &k, s, "final"))
+                })
+                .collect();
+            let _ = self.fired_rows.send(rows);
+        }
     }
 
     fn record_of<'a>(&self, p: &'a Value) -> Option<ConversionRecord<'a>> {
@@ -180,6 +235,25 @@ impl LiveMetrics {
             value_cents,
             is_duplicate: false,
         })
+    }
+
+    /// Rows of the windows that are still open (provisional results).
+    pub fn provisional(
+        &self,
+        dimension: Option<&Dimension>,
+        value: Option<&str>,
+    ) -> Vec<MetricRow> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(operator) = &state.operator else {
+            return Vec::new();
+        };
+        operator
+            .open_windows()
+            .filter(|(_, k, _)| {
+                dimension.is_none_or(|d| *d == k.0) && value.is_none_or(|v| v == k.1)
+            })
+            .map(|(w, k, s)| state.row(w, k, s, "provisional"))
+            .collect()
     }
 
     /// Rows for windows overlapping `[from, to)`, filtered by dimension.

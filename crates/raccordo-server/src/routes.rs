@@ -219,7 +219,6 @@ pub async fn metrics_api(
     headers: HeaderMap,
     query: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    use crate::live::Dimension;
     if let Err(p) = state.admin.require(&headers, Scope::Read) {
         return p.into_response();
     }
@@ -242,24 +241,101 @@ pub async fn metrics_api(
         (Ok(f), Ok(t)) => (f, t),
         (Err(p), _) | (_, Err(p)) => return p.into_response(),
     };
-    let dimension = match q.dimension.as_deref() {
-        None => None,
-        Some("all") => Some(Dimension::All),
-        Some("canale") => Some(Dimension::Canale),
-        Some("evento") => Some(Dimension::Evento),
-        Some("campagna") => Some(Dimension::Campagna),
-        Some(_) => {
-            return Problem::bad_parameter(
-                "dimension",
-                "one of `all`, `canale`, `evento`, `campagna`",
-            )
-            .into_response();
-        }
+    let dimension = match parse_dimension(q.dimension.as_deref()) {
+        Ok(d) => d,
+        Err(p) => return p.into_response(),
     };
     let (rows, processed_seq) = state
         .live
         .query(from, to, dimension.as_ref(), q.value.as_deref());
     Json(json!({ "processed_seq": processed_seq, "rows": rows })).into_response()
+}
+
+/// Query of `GET /api/v1/metrics/stream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    dimension: Option<String>,
+    value: Option<String>,
+}
+
+fn parse_dimension(text: Option<&str>) -> Result<Option<crate::live::Dimension>, Problem> {
+    use crate::live::Dimension;
+    match text {
+        None => Ok(None),
+        Some("all") => Ok(Some(Dimension::All)),
+        Some("canale") => Ok(Some(Dimension::Canale)),
+        Some("evento") => Ok(Some(Dimension::Evento)),
+        Some("campagna") => Ok(Some(Dimension::Campagna)),
+        Some(_) => Err(Problem::bad_parameter(
+            "dimension",
+            "one of `all`, `canale`, `evento`, `campagna`",
+        )),
+    }
+}
+
+/// How often open windows are published as provisional results (early firing).
+const PROVISIONAL_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `GET /api/v1/metrics/stream`: Server-Sent Events. `provisional` events carry the open
+/// windows every 500 ms; `final` events carry windows as the watermark passes them, and again
+/// whenever a late event updates them.
+pub async fn metrics_stream(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    if let Err(p) = state.admin.require(&headers, Scope::Read) {
+        return p.into_response();
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return Problem::bad_parameter("query", e.body_text()).into_response(),
+    };
+    let dimension = match parse_dimension(q.dimension.as_deref()) {
+        Ok(d) => d,
+        Err(p) => return p.into_response(),
+    };
+    let value = q.value;
+    let fired = state.live.subscribe();
+    let mut tick = tokio::time::interval(PROVISIONAL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let live = state.live.clone();
+    let stream = futures_util::stream::unfold((fired, tick), move |(mut fired, mut tick)| {
+        let (live, dimension, value) = (live.clone(), dimension.clone(), value.clone());
+        async move {
+            let wanted = |r: &crate::live::MetricRow| {
+                dimension.as_ref().is_none_or(|d| *d == r.dimension)
+                    && value.as_deref().is_none_or(|v| v == r.value)
+            };
+            let event = loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let rows = live.provisional(dimension.as_ref(), value.as_deref());
+                        break Event::default().event("provisional").json_data(json!({ "rows": rows }));
+                    }
+                    received = fired.recv() => match received {
+                        Ok(rows) => {
+                            let rows: Vec<_> = rows.into_iter().filter(|r| wanted(r)).collect();
+                            if rows.is_empty() {
+                                continue;
+                            }
+                            break Event::default().event("final").json_data(json!({ "rows": rows }));
+                        }
+                        // A slow client missed some updates; the next ones still come.
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return None,
+                    },
+                }
+            };
+            Some((event, (fired, tick)))
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// `GET /healthz`: the process is up.

@@ -129,3 +129,92 @@ async fn windows_go_provisional_then_final_and_survive_kill_9() {
         5
     );
 }
+
+/// Reads Server-Sent Events until `done(event, data)` holds (bounded by a deadline).
+async fn sse_until(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    done: impl Fn(&str, &Value) -> bool,
+) -> (String, Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let event = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("message")
+                .to_string();
+            let data: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            if let Ok(data) = serde_json::from_str::<Value>(&data)
+                && done(&event, &data)
+            {
+                return (event, data);
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("the stream went quiet")
+            .unwrap()
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_publishes_provisional_results_and_then_the_final_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    let mut stream = client()
+        .get(server.url("/api/v1/metrics/stream?dimension=canale&value=webform"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut buffer = String::new();
+    let old = -20 * 60_000;
+    let batch = json!([
+        at(1, old, "acquisto_concluso", "webform", 30.0),
+        at(2, old, "iscrizione_evento", "webform", 0.0)
+    ]);
+    let r = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (_, provisional) = sse_until(&mut stream, &mut buffer, |event, data| {
+        event == "provisional"
+            && data["rows"]
+                .as_array()
+                .is_some_and(|rows| rows.iter().any(|r| r["events"] == 2))
+    })
+    .await;
+    assert!(
+        provisional["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["value"] == "webform"),
+        "filtered: {provisional}"
+    );
+
+    assert_eq!(send_event(&server, 3).await, StatusCode::ACCEPTED); // moves the watermark past the window
+    let (_, fin) = sse_until(&mut stream, &mut buffer, |event, _| event == "final").await;
+    let row = &fin["rows"][0];
+    assert_eq!(
+        (
+            row["status"].as_str(),
+            row["events"].as_u64(),
+            row["conversions"].as_u64()
+        ),
+        (Some("final"), Some(2), Some(1))
+    );
+}
