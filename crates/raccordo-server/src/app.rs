@@ -27,6 +27,7 @@ use crate::routes;
 
 pub struct AppState {
     pub ingestor: Ingestor,
+    pub costs: raccordo_storage_sqlite::SqliteCampaignCosts,
     pub live: Arc<crate::live::LiveMetrics>,
     pub admin: AdminTokens,
     pub prometheus: PrometheusHandle,
@@ -66,10 +67,15 @@ impl Hub {
             config.metrics.window_spec(),
             config.metrics.goals.clone(),
         );
+        let costs = raccordo_storage_sqlite::SqliteCampaignCosts::open(&config.database_path())?;
+        for (campaign, day, cents) in costs.load().await? {
+            live.set_costs(&campaign, &[(day, cents)]);
+        }
         live.spawn(log);
         load_jwks(&ingestor).await;
         let state = Arc::new(AppState {
             ingestor,
+            costs,
             live,
             admin: AdminTokens::new(&config.admin.tokens),
             prometheus: prometheus.clone(),
@@ -155,6 +161,10 @@ fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router
         .route("/api/v1/events", get(routes::list_events))
         .route("/api/v1/metrics", get(routes::metrics_api))
         .route("/api/v1/metrics/stream", get(routes::metrics_stream))
+        .route(
+            "/api/v1/campaigns/{id}/costs",
+            axum::routing::put(routes::put_campaign_costs),
+        )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics));

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use raccordo_core::{EventFilter, EventLog, StoredEvent};
 use raccordo_stream::{
-    ConversionRecord, ConversionStats, Firing, Placement, Window, WindowOperator, WindowSpec,
+    ConversionRecord, ConversionStats, DailySpend, Firing, Placement, Window, WindowOperator,
+    WindowSpec,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -57,6 +58,8 @@ impl State {
                 0
             },
             exact_distinct: stats.active_customers.is_exact(),
+            spend: None,
+            cpa: None,
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct LiveMetrics {
     state: Mutex<State>,
     /// Final and late-update rows, as the operator emits them (for the SSE stream).
     fired_rows: tokio::sync::broadcast::Sender<Vec<MetricRow>>,
+    /// Daily spend per campaign, for CPA.
+    costs: std::sync::RwLock<std::collections::HashMap<String, DailySpend>>,
 }
 
 /// One row of `GET /api/v1/metrics`.
@@ -97,6 +102,10 @@ pub struct MetricRow {
     pub failures: u64,
     pub late: u64,
     pub exact_distinct: bool,
+    /// Campaign spend attributed to the window (campaign and overall rows, when known).
+    pub spend: Option<f64>,
+    /// Cost per acquisition: spend / conversions.
+    pub cpa: Option<f64>,
 }
 
 impl LiveMetrics {
@@ -109,6 +118,7 @@ impl LiveMetrics {
                 ..State::default()
             }),
             fired_rows: tokio::sync::broadcast::channel(1024).0,
+            costs: Default::default(),
         })
     }
 
@@ -149,6 +159,45 @@ impl LiveMetrics {
                 }
             }
         })
+    }
+
+    /// Sets a campaign's spend for some days (already stored durably by the caller).
+    pub fn set_costs(&self, campaign: &str, days: &[(i64, i64)]) {
+        let mut costs = self.costs.write().unwrap_or_else(|p| p.into_inner());
+        let spend = costs.entry(campaign.to_string()).or_default();
+        for (day, cents) in days {
+            spend.set(*day, *cents);
+        }
+    }
+
+    /// Spend attributed to `window` for a row: its campaign's for `campagna` rows, every
+    /// campaign's for the overall row; other dimensions have no attributable spend.
+    fn spend_for(&self, window: Window, key: &DimKey) -> Option<f64> {
+        let costs = self.costs.read().unwrap_or_else(|p| p.into_inner());
+        match key.0 {
+            Dimension::Campagna => costs
+                .get(&key.1)
+                .map(|s| s.for_window(window.start, window.end)),
+            Dimension::All if !costs.is_empty() => Some(
+                costs
+                    .values()
+                    .map(|s| s.for_window(window.start, window.end))
+                    .sum(),
+            ),
+            _ => None,
+        }
+    }
+
+    fn with_cpa(&self, mut row: MetricRow, conversions: u64) -> MetricRow {
+        let window = Window {
+            start: row.window_start_ms,
+            end: row.window_end_ms,
+        };
+        if let Some(cents) = self.spend_for(window, &(row.dimension.clone(), row.value.clone())) {
+            row.spend = Some(cents / 100.0);
+            row.cpa = (conversions > 0).then(|| cents / 100.0 / conversions as f64);
+        }
+        row
     }
 
     /// Final and late-update rows as they happen.
@@ -213,7 +262,7 @@ impl LiveMetrics {
                     state
                         .fired
                         .get(&(w, k.clone()))
-                        .map(|s| state.row(w, &k, s, "final"))
+                        .map(|s| self.with_cpa(state.row(w, &k, s, "final"), s.conversions))
                 })
                 .collect();
             let _ = self.fired_rows.send(rows);
@@ -252,7 +301,7 @@ impl LiveMetrics {
             .filter(|(_, k, _)| {
                 dimension.is_none_or(|d| *d == k.0) && value.is_none_or(|v| v == k.1)
             })
-            .map(|(w, k, s)| state.row(w, k, s, "provisional"))
+            .map(|(w, k, s)| self.with_cpa(state.row(w, k, s, "provisional"), s.conversions))
             .collect()
     }
 
@@ -271,25 +320,8 @@ impl LiveMetrics {
                 && dimension.is_none_or(|d| *d == key.0)
                 && value.is_none_or(|v| v == key.1)
         };
-        let row = |window: Window, key: &DimKey, stats: &ConversionStats, status| MetricRow {
-            window_start_ms: window.start,
-            window_end_ms: window.end,
-            dimension: key.0.clone(),
-            value: key.1.clone(),
-            status,
-            events: stats.events,
-            conversions: stats.conversions,
-            active_customers: stats.active_customers.count(),
-            conversion_rate: stats.conversion_rate(),
-            total_value: stats.total_value_cents as f64 / 100.0,
-            average_conversion_value: stats.average_conversion_value_cents().map(|c| c / 100.0),
-            failures: stats.failures,
-            late: if key.0 == Dimension::All {
-                state.late.get(&window.start).copied().unwrap_or(0)
-            } else {
-                0
-            },
-            exact_distinct: stats.active_customers.is_exact(),
+        let row = |window: Window, key: &DimKey, stats: &ConversionStats, status| {
+            self.with_cpa(state.row(window, key, stats, status), stats.conversions)
         };
         let mut rows: Vec<MetricRow> = state
             .fired

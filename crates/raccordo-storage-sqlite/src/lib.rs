@@ -8,6 +8,7 @@
 //! The queue is bounded: when it is full, `append` fails fast with `Overloaded` (HTTP 429)
 //! instead of queueing without bound.
 
+mod costs;
 mod dedup_index;
 mod queue;
 mod schema;
@@ -25,6 +26,7 @@ use raccordo_core::{
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
+pub use costs::SqliteCampaignCosts;
 pub use queue::SqliteWorkQueue;
 pub use writer::Durability;
 

@@ -218,3 +218,82 @@ async fn the_stream_publishes_provisional_results_and_then_the_final_one() {
         (Some("final"), Some(2), Some(1))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn campaign_costs_give_cpa_and_bad_costs_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_configured(dir.path(), "");
+    let today = time::OffsetDateTime::now_utc().date();
+    let days: Vec<Value> = [-1i64, 0, 1]
+        .iter()
+        .map(|d| json!({"date": (today + time::Duration::days(*d)).to_string(), "amount": 288.0}))
+        .collect();
+    let put = |token: &'static str, body: Value| {
+        client()
+            .put(server.url("/api/v1/campaigns/test/costs"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let r = put(READ_TOKEN, json!({"days": days})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "read scope cannot write");
+    let bad = json!({"days": [{"date": "2026-13-01", "amount": 1}, {"date": "2026-11-01", "amount": 1.234}, {"date": "2026-11-02", "amount": 5}]});
+    let r = put(ADMIN_TOKEN, bad).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let p: Value = r.json().await.unwrap();
+    let pointers: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(pointers, ["/days/0/date", "/days/1/amount"]);
+    let r = put(ADMIN_TOKEN, json!({"days": days})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Two conversions in campaign `test` (the helper's campaign), 20 minutes ago.
+    let old = -20 * 60_000;
+    let batch = json!([
+        at(1, old, "acquisto_concluso", "email", 10.0),
+        at(2, old, "acquisto_concluso", "sms", 20.0)
+    ]);
+    let r = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(send_event(&server, 3).await, StatusCode::ACCEPTED);
+    let final_row = |rows: &[Value]| rows.iter().find(|r| r["status"] == "final").cloned();
+    let rows = metrics_until(&server, "dimension=campagna&value=test", |rows| {
+        final_row(rows).is_some()
+    })
+    .await;
+    let row = final_row(&rows).unwrap();
+    // 288.00 a day is 1.00 per 5-minute window; 2 conversions → CPA 0.50.
+    assert_eq!(
+        (row["spend"].as_f64(), row["cpa"].as_f64()),
+        (Some(1.0), Some(0.5)),
+        "{row}"
+    );
+
+    server.kill9();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--config",
+            dir.path().join("raccordo.toml").to_str().unwrap(),
+        ],
+    );
+    let rows = metrics_until(&server, "dimension=campagna&value=test", |rows| {
+        final_row(rows).is_some()
+    })
+    .await;
+    assert_eq!(
+        final_row(&rows).unwrap()["cpa"].as_f64(),
+        Some(0.5),
+        "costs are durable"
+    );
+}
