@@ -60,6 +60,38 @@ enum Command {
         the scheduled time: use it to see latency at a given load."
     )]
     Loadgen(LoadgenArgs),
+    /// Manage campaign spend (used for cost per acquisition)
+    #[command(subcommand)]
+    Costs(CostsCommand),
+}
+
+#[derive(Subcommand)]
+enum CostsCommand {
+    /// Import daily campaign spend from a CSV file into a running hub
+    #[command(
+        long_about = "Import daily campaign spend from a CSV file with a header row and the \
+        columns campaign,date,amount (date as 2026-11-22, amount in currency units with at most two \
+        decimals), for example:\n\n    campaign,date,amount\n    black-friday-2026,2026-11-22,288.00\n\n\
+        Each campaign's rows are sent as one request to PUT /api/v1/campaigns/{id}/costs; the hub \
+        checks every row and refuses a campaign's rows whole if any is wrong, naming the rows. \
+        Needs an admin token."
+    )]
+    Import(CostsImportArgs),
+}
+
+#[derive(Args)]
+struct CostsImportArgs {
+    /// The CSV file
+    file: PathBuf,
+    /// Base URL of the hub
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Admin token (default: the one in ./raccordo-data/credentials.toml)
+    #[arg(long, env = "RACCORDO_ADMIN_TOKEN")]
+    token: Option<String>,
+    /// credentials.toml to take the admin token from
+    #[arg(long, default_value = "raccordo-data/credentials.toml")]
+    credentials: PathBuf,
 }
 
 #[derive(Args)]
@@ -147,6 +179,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Check { config } => return check(&config),
         Command::Loadgen(args) => runtime.block_on(loadgen(args)),
+        Command::Costs(CostsCommand::Import(args)) => runtime.block_on(import_costs(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -314,4 +347,101 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         print!("{}", report.render());
     }
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct CostRow {
+    campaign: String,
+    date: String,
+    amount: f64,
+}
+
+async fn import_costs(args: CostsImportArgs) -> anyhow::Result<()> {
+    let token = match args.token {
+        Some(token) => token,
+        None => {
+            let text = std::fs::read_to_string(&args.credentials).map_err(|e| {
+                anyhow::anyhow!(
+                    "no --token and cannot read {}: {e}",
+                    args.credentials.display()
+                )
+            })?;
+            toml::from_str::<Credentials>(&text)?.admin_token
+        }
+    };
+    let mut reader = csv::Reader::from_path(&args.file)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let mut by_campaign: std::collections::BTreeMap<String, Vec<(usize, serde_json::Value)>> =
+        Default::default();
+    for (i, row) in reader.deserialize::<CostRow>().enumerate() {
+        let line = i + 2; // after the header
+        let row = row.map_err(|e| anyhow::anyhow!("{}:{line}: {e}", args.file.display()))?;
+        by_campaign.entry(row.campaign).or_default().push((
+            line,
+            serde_json::json!({ "date": row.date, "amount": row.amount }),
+        ));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut failed = 0;
+    for (campaign, rows) in &by_campaign {
+        let url = format!(
+            "{}/api/v1/campaigns/{}/costs",
+            args.url.trim_end_matches('/'),
+            urlencode(campaign)
+        );
+        let days: Vec<&serde_json::Value> = rows.iter().map(|(_, v)| v).collect();
+        let response = client
+            .put(url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "days": days }))
+            .send()
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            println!("{campaign}: {} day(s) stored", rows.len());
+            continue;
+        }
+        failed += 1;
+        let problem: serde_json::Value = response.json().await.unwrap_or_default();
+        eprintln!(
+            "{campaign}: refused ({status}): {}",
+            problem["detail"].as_str().unwrap_or("")
+        );
+        for error in problem["errors"].as_array().into_iter().flatten() {
+            // `/days/3/amount` → the 4th row of this campaign → its CSV line.
+            let pointer = error["pointer"].as_str().unwrap_or("");
+            let index = pointer
+                .split('/')
+                .nth(2)
+                .and_then(|i| i.parse::<usize>().ok());
+            let line = index.and_then(|i| rows.get(i)).map(|(line, _)| *line);
+            let field = pointer.rsplit('/').next().unwrap_or("");
+            match line {
+                Some(line) => eprintln!(
+                    "  {}:{line}: {field}: {}",
+                    args.file.display(),
+                    error["detail"].as_str().unwrap_or("")
+                ),
+                None => eprintln!("  {pointer}: {}", error["detail"].as_str().unwrap_or("")),
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} campaign(s) were refused; nothing of them was stored"
+    );
+    Ok(())
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -168,3 +168,43 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
     assert!(duplicate > 50, "about 10% duplicates: {report}");
     assert_eq!(all_events(&server).await.len() as u64, accepted);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn costs_import_sends_each_campaign_and_names_the_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    let csv = dir.path().join("costs.csv");
+    std::fs::write(
+        &csv,
+        "campaign,date,amount\npromo-natale,2026-12-01,120.50\npromo-natale,2026-12-02,99\nfiera milano,2026-11-30,10.123\nfiera milano,2026-11-31,5\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "costs",
+            "import",
+            csv.to_str().unwrap(),
+            "--url",
+            &format!("http://{}", server.addr),
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("promo-natale: 2 day(s) stored"), "{stdout}");
+    assert!(
+        stderr.contains("costs.csv:4: amount:") && stderr.contains("costs.csv:5: date:"),
+        "{stderr}"
+    );
+    let help = Command::new(BIN)
+        .args(["costs", "import", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("campaign,date,amount"));
+}
