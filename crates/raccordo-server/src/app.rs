@@ -165,6 +165,7 @@ fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router
             "/api/v1/campaigns/{id}/costs",
             axum::routing::put(routes::put_campaign_costs),
         )
+        .route("/", get(routes::dashboard))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics));

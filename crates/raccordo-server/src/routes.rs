@@ -481,6 +481,22 @@ pub async fn noop(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
     }
 }
 
+/// `GET /`: the live dashboard, a single self-contained page (no build step, no CDN).
+pub async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        ],
+        include_str!("../assets/dashboard.html"),
+    )
+        .into_response()
+}
+
 pub async fn not_found() -> Response {
     Problem::not_found("no such route").into_response()
 }

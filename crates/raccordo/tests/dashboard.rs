@@ -1,0 +1,134 @@
+//! The dashboard in real headless Chromium (Debian's `chromium`).
+
+mod support;
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use support::*;
+
+/// Chromium, or `None` on a laptop without it. In CI (`CI` set) a missing browser fails.
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is required in CI (.ci/run installs it)"
+        );
+        eprintln!(
+            "SKIPPED: chromium is not installed (apt-get install chromium); this test runs in CI"
+        );
+    }
+    found
+}
+
+fn headless(browser: &str, extra: &[&str], url: &str) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+        ])
+        .args([
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=5000", "--window-size=1366,900"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_draws_the_events_sent_during_the_test() {
+    let Some(browser) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    let page = client().get(server.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+
+    let batch: Vec<_> = (0..7u32)
+        .map(|n| {
+            let mut e = event(n);
+            e["canale"] = json!("email");
+            e
+        })
+        .collect();
+    let r = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // Wait until the live view has the events (the page reads the same API).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let body: serde_json::Value = client()
+            .get(server.url("/api/v1/metrics?dimension=canale&value=email"))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["rows"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["events"] == 7))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed the events: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let url = server.url(&format!("/#token={READ_TOKEN}"));
+    let dom = String::from_utf8(headless(browser, &["--dump-dom"], &url).stdout).unwrap();
+    assert!(
+        dom.contains(r#"data-cell="email-events">7<"#),
+        "the table shows the 7 email events: {dom}"
+    );
+    assert!(
+        dom.contains(r#"data-series="email" data-last="7""#),
+        "the channel chart's email line ends at 7 conversions"
+    );
+    assert!(
+        dom.contains(r#"<form class="token" id="token-form" hidden="">"#),
+        "no token prompt when a token was given"
+    );
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(
+        browser,
+        &[&format!("--screenshot={}", shot.display())],
+        &url,
+    );
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 20_000,
+        "a screenshot of the dashboard was saved at {} ({size} bytes)",
+        shot.display()
+    );
+    eprintln!("dashboard screenshot: {}", shot.display());
+}
