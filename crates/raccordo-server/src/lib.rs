@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod credentials;
+pub mod extract;
 pub mod live;
 pub mod problem;
 pub mod routes;

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use raccordo_core::{EventFilter, SourceName};
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::config::Scope;
+use crate::extract::{Admin, Reader, ValidQuery, time_param};
 use crate::problem::Problem;
 
 /// `POST /api/v1/eventi/conversione`
@@ -120,20 +120,9 @@ pub struct EventsQuery {
 /// `GET /api/v1/events`: the stored events in log order, filtered, with cursor paging.
 pub async fn list_events(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    _reader: Reader,
+    ValidQuery(q): ValidQuery<EventsQuery>,
 ) -> Response {
-    if let Err(p) = state.admin.require(&headers, Scope::Read) {
-        return p.into_response();
-    }
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            let text = e.body_text();
-            let parameter = text.split('`').nth(1).unwrap_or("query").to_string();
-            return Problem::bad_parameter(&parameter, text).into_response();
-        }
-    };
     let filter = match events_filter(q) {
         Ok(f) => f,
         Err(p) => return p.into_response(),
@@ -152,14 +141,6 @@ pub async fn list_events(
 }
 
 fn events_filter(q: EventsQuery) -> Result<EventFilter, Problem> {
-    let time = |name: &str, value: Option<String>| -> Result<Option<i64>, Problem> {
-        value
-            .map(|v| {
-                raccordo_ingest::pipeline::parse_time_ms(&v)
-                    .ok_or_else(|| Problem::bad_parameter(name, "must be an RFC 3339 date-time"))
-            })
-            .transpose()
-    };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::bad_parameter(
@@ -193,8 +174,8 @@ fn events_filter(q: EventsQuery) -> Result<EventFilter, Problem> {
         after_seq,
         source,
         fields,
-        event_time_from_ms: time("from", q.from)?,
-        event_time_to_ms: time("to", q.to)?,
+        event_time_from_ms: time_param("from", q.from.as_deref())?,
+        event_time_to_ms: time_param("to", q.to.as_deref())?,
         limit,
     })
 }
@@ -216,29 +197,18 @@ pub struct MetricsQuery {
 /// `GET /api/v1/metrics`: event-time window aggregates, provisional and final.
 pub async fn metrics_api(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+    _reader: Reader,
+    ValidQuery(q): ValidQuery<MetricsQuery>,
 ) -> Response {
-    if let Err(p) = state.admin.require(&headers, Scope::Read) {
-        return p.into_response();
-    }
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return Problem::bad_parameter("query", e.body_text()).into_response(),
-    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-    let time = |name: &str, value: Option<String>, default: i64| -> Result<i64, Problem> {
-        match value {
-            None => Ok(default),
-            Some(v) => raccordo_ingest::pipeline::parse_time_ms(&v)
-                .ok_or_else(|| Problem::bad_parameter(name, "must be an RFC 3339 date-time")),
-        }
-    };
     let (from, to) = match (
-        time("from", q.from, now - 6 * 3_600_000),
-        time("to", q.to, now + 3_600_000),
+        time_param("from", q.from.as_deref()),
+        time_param("to", q.to.as_deref()),
     ) {
-        (Ok(f), Ok(t)) => (f, t),
+        (Ok(f), Ok(t)) => (
+            f.unwrap_or(now - 6 * 3_600_000),
+            t.unwrap_or(now + 3_600_000),
+        ),
         (Err(p), _) | (_, Err(p)) => return p.into_response(),
     };
     let dimension = match parse_dimension(q.dimension.as_deref()) {
@@ -255,13 +225,10 @@ pub async fn metrics_api(
 /// sets the campaign's spend for those UTC days (other days keep their figures). Needs `admin`.
 pub async fn put_campaign_costs(
     State(state): State<Arc<AppState>>,
+    _admin: Admin,
     Path(campaign): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(p) = state.admin.require(&headers, Scope::Admin) {
-        return p.into_response();
-    }
     if campaign.is_empty() || campaign.chars().count() > 200 {
         return Problem::not_found("campaign ids are 1-200 characters").into_response();
     }
@@ -387,18 +354,11 @@ const PROVISIONAL_EVERY: std::time::Duration = std::time::Duration::from_millis(
 /// whenever a late event updates them.
 pub async fn metrics_stream(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    _reader: Reader,
+    ValidQuery(q): ValidQuery<StreamQuery>,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    if let Err(p) = state.admin.require(&headers, Scope::Read) {
-        return p.into_response();
-    }
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return Problem::bad_parameter("query", e.body_text()).into_response(),
-    };
     let dimension = match parse_dimension(q.dimension.as_deref()) {
         Ok(d) => d,
         Err(p) => return p.into_response(),

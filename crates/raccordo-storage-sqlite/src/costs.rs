@@ -17,13 +17,7 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 impl SqliteCampaignCosts {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(backend)?;
+        let conn = crate::open_side_connection(path)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS campaign_costs (
                 campaign TEXT NOT NULL, day INTEGER NOT NULL, cents INTEGER NOT NULL,

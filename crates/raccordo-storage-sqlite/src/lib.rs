@@ -52,6 +52,19 @@ impl SqliteOptions {
     }
 }
 
+/// A connection for the side stores (work queue, campaign costs) on the event log's file:
+/// WAL, fsync at commit, and a busy timeout so they wait their turn behind the writer.
+pub(crate) fn open_side_connection(path: &Path) -> Result<Connection, StoreError> {
+    let connect = || -> rusqlite::Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(conn)
+    };
+    connect().map_err(|e| StoreError::Backend(e.to_string()))
+}
+
 /// How often the background checkpointer copies WAL frames into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// The writer's own checkpoint threshold (pages of 4 KiB, so the WAL stays under ~100 MiB). Under continuous load a PASSIVE

@@ -53,13 +53,7 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl SqliteWorkQueue {
     /// Opens the queue tables in the database at `path` (the event log's file by default).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(backend)?;
+        let conn = crate::open_side_connection(path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
