@@ -192,6 +192,8 @@ pub struct MetricsQuery {
     dimension: Option<String>,
     /// Only this value of the dimension (e.g. `email`).
     value: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
 }
 
 /// `GET /api/v1/metrics`: event-time window aggregates, provisional and final.
@@ -218,7 +220,22 @@ pub async fn metrics_api(
     let (rows, processed_seq) = state
         .live
         .query(from, to, dimension.as_ref(), q.value.as_deref());
-    Json(json!({ "processed_seq": processed_seq, "rows": rows })).into_response()
+    match q.format.as_deref() {
+        None | Some("json") => {
+            Json(json!({ "processed_seq": processed_seq, "rows": rows })).into_response()
+        }
+        Some("csv") => {
+            let mut out = csv::Writer::from_writer(Vec::new());
+            let written = rows.iter().try_for_each(|row| out.serialize(row));
+            match (written, out.into_inner()) {
+                (Ok(()), Ok(bytes)) => {
+                    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response()
+                }
+                _ => Problem::unavailable("could not write CSV").into_response(),
+            }
+        }
+        Some(_) => Problem::bad_parameter("format", "`json` or `csv`").into_response(),
+    }
 }
 
 /// `PUT /api/v1/campaigns/{id}/costs` with `{"days":[{"date":"2026-11-22","amount":120.50}]}`:

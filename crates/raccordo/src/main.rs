@@ -278,7 +278,9 @@ fn announce_credentials(
          curl -i http://{listen}/api/v1/eventi/conversione -H 'content-type: application/json' -H 'x-api-key: {key}' \\\n    \
          -d '{{\"id_cliente\":\"CLIENTE-ITALIA-789456\",\"evento\":\"acquisto_concluso\",\"timestamp\":\"'$(date -u +%FT%TZ)'\",\"valore\":149.99,\"canale\":\"email\",\"stato\":\"completato\"}}'\n\
          Read it back:\n  \
-         curl -s http://{listen}/api/v1/events -H 'authorization: Bearer {admin}'\n",
+         curl -s http://{listen}/api/v1/events -H 'authorization: Bearer {admin}'\n\
+         Live dashboard:\n  \
+         http://{listen}/#token={admin}\n",
         file = file.display(),
         key = credentials.api_key,
         secret = credentials.webhook_secret,

@@ -297,3 +297,38 @@ async fn campaign_costs_give_cpa_and_bad_costs_are_refused_whole() {
         "costs are durable"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_come_as_csv_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    assert_eq!(send_event(&server, 1).await, StatusCode::ACCEPTED);
+    metrics_until(&server, "dimension=all", |rows| !rows.is_empty()).await;
+    let r = client()
+        .get(server.url("/api/v1/metrics?dimension=all&format=csv"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = r.text().await.unwrap();
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("window_start_ms,window_end_ms,dimension,value,status,events,"),
+        "{text}"
+    );
+    assert!(
+        lines.next().unwrap().contains(",all,,provisional,1,"),
+        "{text}"
+    );
+    let r = client()
+        .get(server.url("/api/v1/metrics?format=xml"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
