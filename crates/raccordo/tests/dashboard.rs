@@ -69,38 +69,12 @@ async fn the_dashboard_draws_the_events_sent_during_the_test() {
             e
         })
         .collect();
-    let r = client()
-        .post(server.url("/api/v1/eventi/conversione"))
-        .header("x-api-key", API_KEY)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
     // Wait until the live view has the events (the page reads the same API).
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let body: serde_json::Value = client()
-            .get(server.url("/api/v1/metrics?dimension=canale&value=email"))
-            .bearer_auth(READ_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["rows"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["events"] == 7))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never showed the events: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    metrics_until(&server, "dimension=canale&value=email", |rows| {
+        rows.iter().any(|r| r["events"] == 7)
+    })
+    .await;
 
     let url = server.url(&format!("/#token={READ_TOKEN}"));
     let dom = String::from_utf8(headless(browser, &["--dump-dom"], &url).stdout).unwrap();

@@ -17,35 +17,6 @@ fn at(n: u32, offset_ms: i64, evento: &str, canale: &str, valore: f64) -> Value 
     e
 }
 
-/// Polls the metrics API until `done` holds for its rows (bounded: a condition, not a pause).
-async fn metrics_until(
-    server: &Server,
-    query: &str,
-    done: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body: Value = client()
-            .get(server.url(&format!("/api/v1/metrics?{query}")))
-            .bearer_auth(READ_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let rows = body["rows"].as_array().cloned().unwrap_or_default();
-        if done(&rows) {
-            return rows;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never reached the expected state: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn row<'a>(rows: &'a [Value], value: &str) -> Option<&'a Value> {
     rows.iter().find(|r| r["value"] == value)
 }
@@ -62,14 +33,7 @@ async fn windows_go_provisional_then_final_and_survive_kill_9() {
         at(3, old, "richiesta_demo", "email", 0.0),
         at(4, old, "acquisto_concluso", "sms", 10.0),
     ]);
-    let r = client()
-        .post(server.url("/api/v1/eventi/conversione"))
-        .header("x-api-key", API_KEY)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
 
     let rows = metrics_until(&server, "dimension=canale", |rows| {
         row(rows, "email").is_some_and(|r| r["events"] == 3)
@@ -182,14 +146,7 @@ async fn the_stream_publishes_provisional_results_and_then_the_final_one() {
         at(1, old, "acquisto_concluso", "webform", 30.0),
         at(2, old, "iscrizione_evento", "webform", 0.0)
     ]);
-    let r = client()
-        .post(server.url("/api/v1/eventi/conversione"))
-        .header("x-api-key", API_KEY)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
     let (_, provisional) = sse_until(&mut stream, &mut buffer, |event, data| {
         event == "provisional"
             && data["rows"]
@@ -257,14 +214,7 @@ async fn campaign_costs_give_cpa_and_bad_costs_are_refused_whole() {
         at(1, old, "acquisto_concluso", "email", 10.0),
         at(2, old, "acquisto_concluso", "sms", 20.0)
     ]);
-    let r = client()
-        .post(server.url("/api/v1/eventi/conversione"))
-        .header("x-api-key", API_KEY)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
     assert_eq!(send_event(&server, 3).await, StatusCode::ACCEPTED);
     let final_row = |rows: &[Value]| rows.iter().find(|r| r["status"] == "final").cloned();
     let rows = metrics_until(&server, "dimension=campagna&value=test", |rows| {

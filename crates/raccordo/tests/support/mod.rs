@@ -216,14 +216,49 @@ pub fn client() -> reqwest::Client {
 
 /// Posts conversion event `n` with the test API key; returns the status.
 pub async fn send_event(server: &Server, n: u32) -> reqwest::StatusCode {
+    send_batch(server, &event(n)).await
+}
+
+/// Posts any body to the conversion route with the test API key; returns the status.
+pub async fn send_batch(server: &Server, body: &impl serde::Serialize) -> reqwest::StatusCode {
     client()
         .post(server.url("/api/v1/eventi/conversione"))
         .header("x-api-key", API_KEY)
-        .json(&event(n))
+        .json(body)
         .send()
         .await
         .unwrap()
         .status()
+}
+
+/// Polls `GET /api/v1/metrics?{query}` until `done` holds for its rows (bounded: a condition
+/// with a deadline, not a pause).
+pub async fn metrics_until(
+    server: &Server,
+    query: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: Value = client()
+            .get(server.url(&format!("/api/v1/metrics?{query}")))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = body["rows"].as_array().cloned().unwrap_or_default();
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never reached the expected state: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// All stored events, through the admin API with cursor paging.
