@@ -27,6 +27,8 @@ use crate::routes;
 
 pub struct AppState {
     pub ingestor: Ingestor,
+    pub alerts: Arc<crate::alerts::Alerts>,
+    pub queue: Arc<raccordo_storage_sqlite::SqliteWorkQueue>,
     pub costs: raccordo_storage_sqlite::SqliteCampaignCosts,
     pub live: Arc<crate::live::LiveMetrics>,
     pub admin: AdminTokens,
@@ -72,9 +74,16 @@ impl Hub {
             live.set_costs(&campaign, &[(day, cents)]);
         }
         live.spawn(log);
+        let queue = Arc::new(raccordo_storage_sqlite::SqliteWorkQueue::open(
+            &config.database_path(),
+        )?);
+        let alerts = crate::alerts::Alerts::new(config.alerts.clone(), queue.clone())?;
+        alerts.spawn_worker();
         load_jwks(&ingestor).await;
         let state = Arc::new(AppState {
             ingestor,
+            alerts,
+            queue,
             costs,
             live,
             admin: AdminTokens::new(&config.admin.tokens),
@@ -161,6 +170,9 @@ fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router
         .route("/api/v1/events", get(routes::list_events))
         .route("/api/v1/metrics", get(routes::metrics_api))
         .route("/api/v1/metrics/stream", get(routes::metrics_stream))
+        .route("/api/v1/alerts", get(routes::list_alerts))
+        .route("/api/v1/dlq", get(routes::list_dead_letters))
+        .route("/api/v1/dlq/{id}/replay", post(routes::replay_dead_letter))
         .route(
             "/api/v1/campaigns/{id}/costs",
             axum::routing::put(routes::put_campaign_costs),

@@ -24,6 +24,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[metrics]`: the live event-time windows.
@@ -361,6 +362,11 @@ impl Config {
         }
         if let Err(e) = self.metrics.window_spec().validate() {
             report("metrics".into(), e);
+        }
+        for (i, channel) in self.alerts.channels.iter().enumerate() {
+            if let Err(e) = channel.validate() {
+                report(format!("alerts.channels[{i}]"), e);
+            }
         }
         if self.metrics.goals.is_empty() {
             report(

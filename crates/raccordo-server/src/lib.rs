@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod config;
 pub mod credentials;

@@ -47,6 +47,15 @@ async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: 
     };
     match state.ingestor.ingest(target, &headers, body).await {
         Ok(response) => {
+            let duplicates = response.items.iter().filter(|i| i.is_duplicate()).count();
+            if duplicates > 0 {
+                use raccordo_core::Clock;
+                let now = raccordo_core::SystemClock.now_ms();
+                state
+                    .alerts
+                    .observe_duplicates(response.source.as_str(), duplicates, now)
+                    .await;
+            }
             if response.single {
                 (StatusCode::ACCEPTED, Json(response.items[0])).into_response()
             } else {
@@ -418,6 +427,71 @@ pub async fn metrics_stream(
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// `GET /api/v1/alerts`: the latest alerts and their deliveries.
+pub async fn list_alerts(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
+    Json(json!({ "alerts": state.alerts.history() })).into_response()
+}
+
+/// Query of `GET /api/v1/dlq`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQuery {
+    queue: Option<String>,
+    cursor: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/dlq`: operations that failed for good, oldest first.
+pub async fn list_dead_letters(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    ValidQuery(q): ValidQuery<DeadLetterQuery>,
+) -> Response {
+    use raccordo_core::WorkQueue;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    match state
+        .queue
+        .dead_letters(q.queue.as_deref(), q.cursor, limit)
+        .await
+    {
+        Ok(letters) => {
+            let next = (letters.len() == limit)
+                .then(|| letters.last().map(|l| l.id))
+                .flatten();
+            Json(json!({ "dead_letters": letters, "next_cursor": next })).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading dead letters failed");
+            Problem::unavailable("reading the dead-letter queue failed").into_response()
+        }
+    }
+}
+
+/// `POST /api/v1/dlq/{id}/replay`: puts a dead letter back on its queue.
+pub async fn replay_dead_letter(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(id): Path<i64>,
+) -> Response {
+    use raccordo_core::{Clock, WorkQueue};
+    match state
+        .queue
+        .replay(id, raccordo_core::SystemClock.now_ms())
+        .await
+    {
+        Ok(Some(item)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "dead_letter": id, "work_item": item })),
+        )
+            .into_response(),
+        Ok(None) => Problem::not_found(format!("no dead letter {id}")).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "replaying a dead letter failed");
+            Problem::unavailable("the replay failed; nothing was changed").into_response()
+        }
+    }
 }
 
 /// `GET /healthz`: the process is up.

@@ -335,3 +335,96 @@ pub fn serve_json(body: String) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsi
     });
     (addr, hits)
 }
+
+/// A request captured by [`capture_http`].
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Captured {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A loopback HTTP receiver that answers the given statuses in turn (then 200) and keeps
+/// every request it got.
+pub fn capture_http(statuses: Vec<u16>) -> (SocketAddr, Arc<Mutex<Vec<Captured>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        let mut statuses = statuses.into_iter();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (head_end, length) = loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break (None, 0),
+                    Ok(n) => data.extend_from_slice(&buf[..n]),
+                }
+                if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    break (Some(end + 4), length);
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            while data.len() < head_end + length {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => data.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    l.split_once(':')
+                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect();
+            log.lock().unwrap().push(Captured {
+                headers,
+                body: data[head_end..].to_vec(),
+            });
+            let status = statuses.next().unwrap_or(200);
+            let response =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (addr, seen)
+}
+
+/// Waits (bounded) until `seen` holds at least `n` requests.
+pub async fn wait_for_requests(seen: &Arc<Mutex<Vec<Captured>>>, n: usize) -> Vec<Captured> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = seen.lock().unwrap().clone();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} requests arrived",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
