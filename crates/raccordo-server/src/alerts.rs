@@ -67,6 +67,37 @@ pub enum ChannelConfig {
     Slack { url: String },
     /// Any HTTP endpoint; requests are signed like Standard Webhooks with `secret`.
     Webhook { url: String, secret: String },
+    /// E-mail over SMTP.
+    Email(EmailConfig),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    pub host: String,
+    /// Default: 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+    /// Extra trusted root certificate (PEM), for servers with a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// No encryption: only for a relay on the same host or network you trust.
+    None,
 }
 
 impl ChannelConfig {
@@ -74,12 +105,14 @@ impl ChannelConfig {
         match self {
             ChannelConfig::Slack { .. } => "slack",
             ChannelConfig::Webhook { .. } => "webhook",
+            ChannelConfig::Email(_) => "email",
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
         let url = match self {
             ChannelConfig::Slack { url } | ChannelConfig::Webhook { url, .. } => url,
+            ChannelConfig::Email(email) => return email.transport().map(|_| ()),
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err("`url` must be an http(s) URL".into());
@@ -88,6 +121,49 @@ impl ChannelConfig {
             WebhookSecret::parse(secret).map_err(|e| format!("`secret`: {e}"))?;
         }
         Ok(())
+    }
+}
+
+impl EmailConfig {
+    fn transport(&self) -> Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, String> {
+        use lettre::transport::smtp::authentication::Credentials;
+        use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+        type Transport = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
+        for (i, address) in std::iter::once(&self.from).chain(&self.to).enumerate() {
+            address.parse::<lettre::message::Mailbox>().map_err(|e| {
+                let field = if i == 0 {
+                    "from".to_string()
+                } else {
+                    format!("to[{}]", i - 1)
+                };
+                format!("`{field}` is not an e-mail address: {e}")
+            })?;
+        }
+        if self.to.is_empty() {
+            return Err("`to` needs at least one address".into());
+        }
+        let mut tls = TlsParameters::builder(self.host.clone());
+        if let Some(path) = &self.ca_file {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            tls = tls.add_root_certificate(
+                Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?,
+            );
+        }
+        let tls = tls.build_rustls().map_err(|e| format!("TLS set-up: {e}"))?;
+        let (tls, port) = match self.tls {
+            SmtpTls::Starttls => (Tls::Required(tls), 587),
+            SmtpTls::Tls => (Tls::Wrapper(tls), 465),
+            SmtpTls::None => (Tls::None, 25),
+        };
+        let mut builder = Transport::builder_dangerous(&self.host)
+            .port(self.port.unwrap_or(port))
+            .tls(tls)
+            .timeout(Some(Duration::from_secs(20)));
+        if let (Some(user), Some(password)) = (&self.username, &self.password) {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        Ok(builder.build())
     }
 }
 
@@ -285,6 +361,9 @@ impl Alerts {
             };
         };
         let message = payload["message"].as_str().unwrap_or("");
+        if let ChannelConfig::Email(email) = config {
+            return send_email(email, payload, message).await;
+        }
         let request = match config {
             ChannelConfig::Slack { url } => self.client.post(url).json(&json!({
                 "text": format!("raccordo: {message}"),
@@ -309,6 +388,7 @@ impl Alerts {
                     .header("webhook-signature", secret.sign(&id, ts, &body))
                     .body(body)
             }
+            ChannelConfig::Email(_) => unreachable!("handled above"),
         };
         match request.send().await {
             Ok(r) if r.status().is_success() => Completion::Done,
@@ -336,6 +416,50 @@ impl Alerts {
                 retry_after_ms: None,
             },
         }
+    }
+}
+
+async fn send_email(config: &EmailConfig, payload: &Value, message: &str) -> Completion {
+    use lettre::AsyncTransport;
+    let transport = match config.transport() {
+        Ok(t) => t,
+        Err(e) => return Completion::Permanent { error: e },
+    };
+    let kind = payload["kind"].as_str().unwrap_or("alert");
+    let mut builder = lettre::Message::builder()
+        .subject(format!("[raccordo] {kind}: {message}"))
+        .header(lettre::message::header::ContentType::TEXT_PLAIN);
+    // Addresses were checked when the config was loaded.
+    if let Ok(from) = config.from.parse() {
+        builder = builder.from(from);
+    }
+    for to in &config.to {
+        if let Ok(to) = to.parse() {
+            builder = builder.to(to);
+        }
+    }
+    let body = format!(
+        "{message}\n\nkind: {kind}\nsource: {}\nalert: {}\n",
+        payload["source"].as_str().unwrap_or(""),
+        payload["alert"].as_str().unwrap_or("")
+    );
+    let email = match builder.body(body) {
+        Ok(email) => email,
+        Err(e) => {
+            return Completion::Permanent {
+                error: format!("building the message: {e}"),
+            };
+        }
+    };
+    match transport.send(email).await {
+        Ok(_) => Completion::Done,
+        Err(e) if e.is_permanent() => Completion::Permanent {
+            error: format!("SMTP: {e}"),
+        },
+        Err(e) => Completion::Retryable {
+            error: format!("SMTP: {e}"),
+            retry_after_ms: None,
+        },
     }
 }
 

@@ -282,6 +282,14 @@ impl Config {
                 }
             }
         }
+        for channel in &mut config.alerts.channels {
+            if let crate::alerts::ChannelConfig::Email(email) = channel
+                && let Some(path) = &email.ca_file
+                && path.is_relative()
+            {
+                email.ca_file = Some(base.join(path));
+            }
+        }
         let mut problems = Vec::new();
         let mut report = |key: String, message: String| {
             // Interpolated values hold no newlines, so line numbers match the original file.

@@ -158,3 +158,124 @@ secret = "{secret}"
         .unwrap();
     assert_eq!(body["alerts"].as_array().unwrap().len(), 1);
 }
+
+/// Debian's python3 with aiosmtpd, or `None` on a laptop without it (in CI a missing one fails).
+fn aiosmtpd() -> Option<&'static str> {
+    let python = "/usr/bin/python3";
+    let ok = std::process::Command::new(python)
+        .args(["-c", "import aiosmtpd"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3-aiosmtpd is required in CI (.ci/run installs it)"
+        );
+        eprintln!(
+            "SKIPPED: aiosmtpd is not installed (apt-get install python3-aiosmtpd); this test runs in CI"
+        );
+    }
+    ok.then_some(python)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_reach_a_real_smtp_server_over_starttls() {
+    use std::io::BufRead;
+    let Some(python) = aiosmtpd() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut smtp = std::process::Command::new(python)
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+        .args([
+            "--tlscert",
+            &format!("{FIXTURES}/smtp_cert.pem"),
+            "--tlskey",
+            &format!("{FIXTURES}/smtp_key.pem"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = received.clone();
+    let stdout = smtp.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "aiosmtpd did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let extra = format!(
+        r#"
+[[alerts.channels]]
+type = "email"
+host = "127.0.0.1"
+port = {port}
+tls = "starttls"
+from = "raccordo <alerts@raccordo.test>"
+to = ["ops@raccordo.test", "marketing@raccordo.test"]
+ca_file = "{FIXTURES}/smtp_cert.pem"
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), &extra);
+    for _ in 0..5 {
+        assert_eq!(send_event(&server, 7).await, StatusCode::ACCEPTED);
+    }
+    loop {
+        let text = received.lock().unwrap().clone();
+        if text.contains("Subject: [raccordo] duplicate_burst") {
+            assert!(text.contains("4 duplicates from source `web`"), "{text}");
+            assert!(
+                text.contains("ops@raccordo.test") && text.contains("marketing@raccordo.test"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(10),
+            "no mail arrived: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker records the outcome right after the SMTP exchange.
+    loop {
+        let body: Value = client()
+            .get(server.url("/api/v1/alerts"))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let delivery = &body["alerts"][0]["deliveries"][0];
+        assert_eq!(delivery["kind"], "email");
+        if delivery["status"] == "delivered" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(10),
+            "never marked delivered: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = smtp.kill();
+    let _ = smtp.wait();
+}

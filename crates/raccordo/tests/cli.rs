@@ -75,7 +75,7 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
 async fn a_first_start_without_config_prints_working_credentials_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
-    let banner = server.stderr_text();
+    let banner = server.stderr_containing("Live dashboard");
     let api_key = banner
         .split_whitespace()
         .find(|w| w.starts_with("rk_"))
@@ -109,7 +109,7 @@ async fn a_first_start_without_config_prints_working_credentials_once() {
     assert_eq!(server.terminate().code(), Some(0));
 
     let server = Server::start(dir.path(), &[]);
-    let banner = server.stderr_text();
+    let banner = server.stderr_containing("credentials.toml");
     assert!(
         !banner.contains(&api_key),
         "credentials are printed only at first start"

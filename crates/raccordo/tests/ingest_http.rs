@@ -707,12 +707,7 @@ async fn operations_endpoints_report_health_and_metrics() {
     assert_eq!(metric(&server, "raccordo_ingest_rejected_total{source=\"unauthenticated\",reason=\"invalid-credentials\"}").await, Some(1.0));
 
     // Logs are JSON lines, and a rejected request is logged with its request id.
-    let logs = server.stdout.lock().unwrap().clone();
-    let rejected = logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "request rejected" && v["status"] == 401);
-    let rejected = rejected.expect("a log line for the rejected request");
+    let rejected = server.log_line(|v| v["message"] == "request rejected" && v["status"] == 401);
     assert!(
         rejected["span"]["request_id"]
             .as_str()

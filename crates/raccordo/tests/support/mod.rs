@@ -21,6 +21,8 @@ pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 pub struct Server {
     child: Child,
+    /// The threads copying stdout/stderr; they end at EOF, after the process exits.
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub stdout: Arc<Mutex<Vec<String>>>,
@@ -31,7 +33,7 @@ fn drain(
     reader: impl std::io::Read + Send + 'static,
     lines: Arc<Mutex<Vec<String>>>,
     found: Option<std::sync::mpsc::Sender<SocketAddr>>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
             if let (Some(tx), Ok(v)) = (&found, serde_json::from_str::<Value>(&line))
@@ -42,7 +44,7 @@ fn drain(
             }
             lines.lock().unwrap().push(line);
         }
-    });
+    })
 }
 
 impl Server {
@@ -62,8 +64,10 @@ impl Server {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        drain(child.stdout.take().unwrap(), stdout.clone(), Some(tx));
-        drain(child.stderr.take().unwrap(), stderr.clone(), None);
+        let readers = vec![
+            drain(child.stdout.take().unwrap(), stdout.clone(), Some(tx)),
+            drain(child.stderr.take().unwrap(), stderr.clone(), None),
+        ];
         // A bounded wait for the "listening" log line (it is a start-up failure otherwise).
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => addr,
@@ -78,6 +82,7 @@ impl Server {
         };
         Server {
             child,
+            readers,
             addr,
             dir: dir.to_path_buf(),
             stdout,
@@ -102,7 +107,12 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success());
-        self.child.wait().unwrap()
+        let exit = self.child.wait().unwrap();
+        // The reader threads end at EOF: after this, every line the process printed is in.
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        exit
     }
 
     pub fn database(&self) -> PathBuf {
@@ -111,6 +121,42 @@ impl Server {
 
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// The first JSON log line on stdout matching `want` (bounded wait: stdout is read by its
+    /// own thread).
+    pub fn log_line(&self, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| want(v));
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(std::time::Instant::now() < deadline, "no matching log line");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stderr once it contains `needle` (bounded wait: stderr is read by its own thread).
+    pub fn stderr_containing(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.stderr_text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stderr never showed {needle:?}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
