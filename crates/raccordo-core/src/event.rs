@@ -97,6 +97,15 @@ pub struct EventFilter {
     pub limit: usize,
 }
 
+/// An event as consumers that tail the log read it: the payload left as JSON text, so each
+/// consumer parses only what it needs.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub seq: i64,
+    pub event_time_ms: i64,
+    pub payload: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EventPage {
     pub events: Vec<StoredEvent>,

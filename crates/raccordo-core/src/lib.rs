@@ -11,7 +11,7 @@ pub mod storage;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{
     AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventPage, ItemOutcome,
-    NewEvent, StoredEvent,
+    NewEvent, RawEvent, StoredEvent,
 };
 pub use ids::{EventId, SourceName, SourceNameError};
 pub use queue::{

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::event::{AppendBatch, AppendOutcome, EventFilter, EventPage};
+use crate::event::{AppendBatch, AppendOutcome, EventFilter, EventPage, RawEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,6 +30,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Reads events in log order.
     async fn read(&self, filter: EventFilter) -> Result<EventPage, StoreError>;
+
+    /// Up to `limit` events after `after_seq`, in log order, payloads as text (for tailing).
+    async fn tail(&self, after_seq: i64, limit: usize) -> Result<Vec<RawEvent>, StoreError>;
 
     /// Whether the store accepts writes (for `/readyz`).
     fn is_ready(&self) -> bool;

@@ -8,13 +8,36 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use raccordo_core::{EventFilter, EventLog, StoredEvent};
+use std::borrow::Cow;
+
+use raccordo_core::{EventLog, RawEvent};
 use raccordo_stream::{
     ConversionRecord, ConversionStats, DailySpend, Firing, Placement, Window, WindowOperator,
     WindowSpec,
 };
 use serde::Serialize;
-use serde_json::Value;
+
+/// The fields of a stored event the windows read; anything else is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct LiveFields<'a> {
+    #[serde(borrow)]
+    id_cliente: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    evento: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    stato: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    canale: Option<Cow<'a, str>>,
+    valore: Option<f64>,
+    #[serde(borrow)]
+    metadati: Option<LiveMetadata<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LiveMetadata<'a> {
+    #[serde(borrow)]
+    campagna: Option<Cow<'a, str>>,
+}
 
 /// Fired windows older than this (by window end) are forgotten.
 const RESULT_RETENTION_MS: i64 = 48 * 3_600_000;
@@ -133,17 +156,10 @@ impl LiveMetrics {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .processed_seq;
-                match log
-                    .read(EventFilter {
-                        after_seq: Some(cursor),
-                        limit: PAGE,
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(page) => {
-                        let more = page.next_after_seq.is_some();
-                        live.ingest(&page.events);
+                match log.tail(cursor, PAGE).await {
+                    Ok(events) => {
+                        let more = events.len() == PAGE;
+                        live.ingest(&events);
                         if more {
                             continue;
                         }
@@ -205,7 +221,7 @@ impl LiveMetrics {
         self.fired_rows.subscribe()
     }
 
-    fn ingest(&self, events: &[StoredEvent]) {
+    fn ingest(&self, events: &[RawEvent]) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed: Vec<(Window, DimKey)> = Vec::new();
         let State {
@@ -219,18 +235,24 @@ impl LiveMetrics {
         };
         for event in events {
             *processed_seq = event.seq;
-            let Some(record) = self.record_of(&event.payload) else {
+            // Only the fields the windows need, borrowed from the stored text.
+            let Ok(fields) = serde_json::from_str::<LiveFields<'_>>(&event.payload) else {
                 continue;
             };
-            let p = &event.payload;
+            let Some(record) = self.record_of(&fields) else {
+                continue;
+            };
             let mut keys = vec![(Dimension::All, String::new())];
             for (dimension, value) in [
-                (Dimension::Canale, p.get("canale")),
-                (Dimension::Evento, p.get("evento")),
-                (Dimension::Campagna, p.pointer("/metadati/campagna")),
+                (Dimension::Canale, fields.canale.as_deref()),
+                (Dimension::Evento, fields.evento.as_deref()),
+                (
+                    Dimension::Campagna,
+                    fields.metadati.as_ref().and_then(|m| m.campagna.as_deref()),
+                ),
             ] {
-                if let Some(Value::String(v)) = value {
-                    keys.push((dimension, v.clone()));
+                if let Some(v) = value {
+                    keys.push((dimension, v.to_string()));
                 }
             }
             let mut placement = Placement::OnTime;
@@ -269,16 +291,14 @@ impl LiveMetrics {
         }
     }
 
-    fn record_of<'a>(&self, p: &'a Value) -> Option<ConversionRecord<'a>> {
-        let customer = p.get("id_cliente")?.as_str()?;
-        let evento = p.get("evento")?.as_str()?;
-        let stato = p.get("stato").and_then(Value::as_str).unwrap_or("");
-        let value_cents = p
-            .get("valore")
-            .and_then(Value::as_f64)
-            .map_or(0, |v| (v * 100.0).round() as i64);
+    fn record_of<'a>(&self, p: &'a LiveFields<'_>) -> Option<ConversionRecord<'a>> {
+        let customer = p.id_cliente.as_deref()?;
+        let evento = p.evento.as_deref()?;
+        let stato = p.stato.as_deref().unwrap_or("");
+        let value_cents = p.valore.map_or(0, |v| (v * 100.0).round() as i64);
         Some(ConversionRecord {
             customer,
+            customer_hash: raccordo_stream::distinct::hash_of(customer),
             is_conversion: self.goals.contains(evento) && stato == "completato",
             is_failure: stato == "fallito",
             value_cents,

@@ -238,6 +238,28 @@ impl EventLog for SqliteEventLog {
         .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
+    async fn tail(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<raccordo_core::RawEvent>, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, event_time, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let rows = stmt
+                .query_map(rusqlite::params![after_seq, limit as i64], |r| {
+                    Ok(raccordo_core::RawEvent { seq: r.get(0)?, event_time_ms: r.get(1)?, payload: r.get(2)? })
+                })
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(|e| StoreError::Backend(e.to_string()))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }

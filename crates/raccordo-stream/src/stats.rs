@@ -9,6 +9,9 @@ use crate::window::Aggregate;
 #[derive(Debug, Clone, Copy)]
 pub struct ConversionRecord<'a> {
     pub customer: &'a str,
+    /// `distinct::hash_of(customer)`, computed once per event rather than once per window
+    /// and dimension it is counted in.
+    pub customer_hash: u64,
     /// The event counts as a conversion (its `evento` is in the goal set and `stato` is
     /// `completato`); decided by the caller, which owns the goal set.
     pub is_conversion: bool,
@@ -47,14 +50,14 @@ impl ConversionStats {
         }
         self.events += 1;
         self.total_value_cents += r.value_cents;
-        self.active_customers.insert(r.customer);
+        self.active_customers.insert_hash(r.customer_hash);
         if r.is_failure {
             self.failures += 1;
         }
         if r.is_conversion {
             self.conversions += 1;
             self.conversion_value_cents += r.value_cents;
-            self.converting_customers.insert(r.customer);
+            self.converting_customers.insert_hash(r.customer_hash);
         }
     }
 
@@ -82,6 +85,7 @@ mod tests {
     fn rec(customer: &'static str, conversion: bool, value: i64) -> ConversionRecord<'static> {
         ConversionRecord {
             customer,
+            customer_hash: crate::distinct::hash_of(customer),
             is_conversion: conversion,
             is_failure: false,
             value_cents: value,

@@ -161,12 +161,14 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
             if watermark >= window.last().saturating_add(self.spec.allowed_lateness_ms) {
                 continue; // this window's state is gone
             }
-            let value = self
-                .windows
-                .entry(window)
-                .or_default()
-                .entry(key.clone())
-                .or_default();
+            let keys = self.windows.entry(window).or_default();
+            // Clone the key only when the window sees it for the first time.
+            if !keys.contains_key(key) {
+                keys.insert(key.clone(), A::default());
+            }
+            let Some(value) = keys.get_mut(key) else {
+                continue;
+            };
             value.add(input);
             if watermark >= window.last() {
                 added_late = true;
