@@ -195,10 +195,15 @@ pub struct Alerts {
     history: Mutex<VecDeque<AlertRecord>>,
     wake: tokio::sync::Notify,
     client: reqwest::Client,
+    clock: Arc<dyn raccordo_core::Clock>,
 }
 
 impl Alerts {
-    pub fn new(config: AlertsConfig, queue: Arc<SqliteWorkQueue>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        config: AlertsConfig,
+        queue: Arc<SqliteWorkQueue>,
+        clock: Arc<dyn raccordo_core::Clock>,
+    ) -> anyhow::Result<Arc<Self>> {
         let rule = DuplicateBurstRule {
             threshold: config.duplicate_burst.threshold,
             window_ms: config.duplicate_burst.window.as_millis() as i64,
@@ -213,6 +218,7 @@ impl Alerts {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
+            clock,
         }))
     }
 
@@ -313,7 +319,7 @@ impl Alerts {
                 ..RetryPolicy::default()
             };
             loop {
-                let now = now_ms();
+                let now = alerts.clock.now_ms();
                 let items = alerts
                     .queue
                     .claim(QUEUE, 16, 60_000, now)
@@ -331,7 +337,13 @@ impl Alerts {
                     };
                     let outcome = alerts
                         .queue
-                        .complete(item, completion, &policy, rand::random(), now_ms())
+                        .complete(
+                            item,
+                            completion,
+                            &policy,
+                            rand::random(),
+                            alerts.clock.now_ms(),
+                        )
                         .await;
                     let status = match outcome {
                         Ok(CompletionOutcome::Completed) => "delivered",
@@ -379,7 +391,7 @@ impl Alerts {
                 };
                 let body = serde_json::to_vec(&json!({ "type": "alert", "data": payload })).unwrap_or_default();
                 let id = format!("{}-{channel}", payload["alert"].as_str().unwrap_or(""));
-                let ts = now_ms() / 1000;
+                let ts = self.clock.now_ms() / 1000;
                 self.client
                     .post(url)
                     .header("content-type", "application/json")
@@ -461,9 +473,4 @@ async fn send_email(config: &EmailConfig, payload: &Value, message: &str) -> Com
             retry_after_ms: None,
         },
     }
-}
-
-fn now_ms() -> i64 {
-    use raccordo_core::Clock;
-    raccordo_core::SystemClock.now_ms()
 }

@@ -26,6 +26,8 @@ use crate::config::{Built, DurabilityConfig};
 use crate::routes;
 
 pub struct AppState {
+    /// The hub's one source of time (the ingest pipeline, alerts and routes share it).
+    pub clock: Arc<dyn Clock>,
     pub ingestor: Ingestor,
     pub alerts: Arc<crate::alerts::Alerts>,
     pub queue: Arc<raccordo_storage_sqlite::SqliteWorkQueue>,
@@ -64,7 +66,7 @@ impl Hub {
         })?);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let log: Arc<dyn EventLog> = store.clone();
-        let ingestor = Ingestor::new(sources, log.clone(), clock, config.ingest.clone());
+        let ingestor = Ingestor::new(sources, log.clone(), clock.clone(), config.ingest.clone());
         let live = crate::live::LiveMetrics::new(
             config.metrics.window_spec(),
             config.metrics.goals.clone(),
@@ -77,10 +79,12 @@ impl Hub {
         let queue = Arc::new(raccordo_storage_sqlite::SqliteWorkQueue::open(
             &config.database_path(),
         )?);
-        let alerts = crate::alerts::Alerts::new(config.alerts.clone(), queue.clone())?;
+        let alerts =
+            crate::alerts::Alerts::new(config.alerts.clone(), queue.clone(), clock.clone())?;
         alerts.spawn_worker();
         load_jwks(&ingestor).await;
         let state = Arc::new(AppState {
+            clock,
             ingestor,
             alerts,
             queue,

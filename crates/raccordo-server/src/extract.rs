@@ -11,11 +11,11 @@ use crate::app::AppState;
 use crate::config::Scope;
 use crate::problem::Problem;
 
-/// A caller with an admin token holding the `read` scope (or `admin`); the token's name.
-pub struct Reader(#[allow(dead_code)] pub String);
+/// Proof that the caller holds an admin token with the `read` scope (or `admin`).
+pub struct Reader;
 
-/// A caller with an admin token holding the `admin` scope; the token's name.
-pub struct Admin(#[allow(dead_code)] pub String);
+/// Proof that the caller holds an admin token with the `admin` scope.
+pub struct Admin;
 
 impl FromRequestParts<Arc<AppState>> for Reader {
     type Rejection = Problem;
@@ -23,7 +23,7 @@ impl FromRequestParts<Arc<AppState>> for Reader {
         state
             .admin
             .require(&parts.headers, Scope::Read)
-            .map(|name| Reader(name.to_string()))
+            .map(|_| Reader)
     }
 }
 
@@ -33,7 +33,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         state
             .admin
             .require(&parts.headers, Scope::Admin)
-            .map(|name| Admin(name.to_string()))
+            .map(|_| Admin)
     }
 }
 

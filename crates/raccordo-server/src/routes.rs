@@ -49,8 +49,7 @@ async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: 
         Ok(response) => {
             let duplicates = response.items.iter().filter(|i| i.is_duplicate()).count();
             if duplicates > 0 {
-                use raccordo_core::Clock;
-                let now = raccordo_core::SystemClock.now_ms();
+                let now = state.clock.now_ms();
                 state
                     .alerts
                     .observe_duplicates(response.source.as_str(), duplicates, now)
@@ -475,12 +474,8 @@ pub async fn replay_dead_letter(
     _admin: Admin,
     Path(id): Path<i64>,
 ) -> Response {
-    use raccordo_core::{Clock, WorkQueue};
-    match state
-        .queue
-        .replay(id, raccordo_core::SystemClock.now_ms())
-        .await
-    {
+    use raccordo_core::WorkQueue;
+    match state.queue.replay(id, state.clock.now_ms()).await {
         Ok(Some(item)) => (
             StatusCode::ACCEPTED,
             Json(json!({ "dead_letter": id, "work_item": item })),

@@ -76,31 +76,21 @@ secret = "{secret}"
     );
 
     // A 400 is permanent: one attempt, then the dead-letter queue.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let alert = loop {
-        let body: Value = client()
-            .get(server.url("/api/v1/alerts"))
-            .bearer_auth(READ_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let alert = body["alerts"][0].clone();
-        let statuses: Vec<&str> = alert["deliveries"]
+    let statuses = |body: &Value| -> Vec<String> {
+        body["alerts"][0]["deliveries"]
             .as_array()
-            .map(|d| d.iter().map(|d| d["status"].as_str().unwrap()).collect())
-            .unwrap_or_default();
-        if statuses == ["delivered", "delivered", "failed"] {
-            break alert;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "deliveries never settled: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            .map(|d| {
+                d.iter()
+                    .map(|d| d["status"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     };
+    let body = poll_json(&server, "/api/v1/alerts", READ_TOKEN, |b| {
+        statuses(b) == ["delivered", "delivered", "failed"]
+    })
+    .await;
+    let alert = body["alerts"][0].clone();
     assert_eq!(alert["kind"], "duplicate_burst");
     assert_eq!(alert["deliveries"][1]["attempts"], 2);
     assert_eq!(alert["deliveries"][2]["last_error"], "HTTP 400");
@@ -121,15 +111,7 @@ secret = "{secret}"
         StatusCode::FORBIDDEN,
         "the dead-letter queue needs the admin scope"
     );
-    let dlq: Value = client()
-        .get(server.url("/api/v1/dlq"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dlq = get_json(&server, "/api/v1/dlq", ADMIN_TOKEN).await;
     let letter = &dlq["dead_letters"][0];
     assert_eq!(
         (letter["queue"].as_str(), letter["last_error"].as_str()),
@@ -147,15 +129,7 @@ secret = "{secret}"
 
     // The cooldown holds: more duplicates now raise no second alert.
     assert_eq!(send_event(&server, 42).await, StatusCode::ACCEPTED);
-    let body: Value = client()
-        .get(server.url("/api/v1/alerts"))
-        .bearer_auth(READ_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&server, "/api/v1/alerts", READ_TOKEN).await;
     assert_eq!(body["alerts"].as_array().unwrap().len(), 1);
 }
 
@@ -255,27 +229,11 @@ ca_file = "{FIXTURES}/smtp_cert.pem"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The worker records the outcome right after the SMTP exchange.
-    loop {
-        let body: Value = client()
-            .get(server.url("/api/v1/alerts"))
-            .bearer_auth(READ_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let delivery = &body["alerts"][0]["deliveries"][0];
-        assert_eq!(delivery["kind"], "email");
-        if delivery["status"] == "delivered" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline + Duration::from_secs(10),
-            "never marked delivered: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let body = poll_json(&server, "/api/v1/alerts", READ_TOKEN, |b| {
+        b["alerts"][0]["deliveries"][0]["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(body["alerts"][0]["deliveries"][0]["kind"], "email");
     let _ = smtp.kill();
     let _ = smtp.wait();
 }

@@ -277,34 +277,56 @@ pub async fn send_batch(server: &Server, body: &impl serde::Serialize) -> reqwes
         .status()
 }
 
-/// Polls `GET /api/v1/metrics?{query}` until `done` holds for its rows (bounded: a condition
-/// with a deadline, not a pause).
+/// `GET path` with a bearer token, as JSON.
+pub async fn get_json(server: &Server, path: &str, token: &str) -> Value {
+    client()
+        .get(server.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls `GET path` until `done` holds for the answer (bounded: a condition with a deadline,
+/// not a pause).
+pub async fn poll_json(
+    server: &Server,
+    path: &str,
+    token: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = get_json(server, path, token).await;
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never reached the expected state: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `GET /api/v1/metrics?{query}` until `done` holds for its rows.
 pub async fn metrics_until(
     server: &Server,
     query: &str,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let body: Value = client()
-            .get(server.url(&format!("/api/v1/metrics?{query}")))
-            .bearer_auth(READ_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let rows = body["rows"].as_array().cloned().unwrap_or_default();
-        if done(&rows) {
-            return rows;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never reached the expected state: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rows = |body: &Value| body["rows"].as_array().cloned().unwrap_or_default();
+    let body = poll_json(
+        server,
+        &format!("/api/v1/metrics?{query}"),
+        READ_TOKEN,
+        |b| done(&rows(b)),
+    )
+    .await;
+    rows(&body)
 }
 
 /// All stored events, through the admin API with cursor paging.
