@@ -103,7 +103,10 @@ pub struct EventFilter {
 pub struct RawEvent {
     pub seq: i64,
     pub event_time_ms: i64,
+    pub received_at_ms: i64,
     pub payload: String,
+    /// A business-key duplicate of an earlier event, recorded for the metrics only.
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

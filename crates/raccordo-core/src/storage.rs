@@ -31,7 +31,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// Reads events in log order.
     async fn read(&self, filter: EventFilter) -> Result<EventPage, StoreError>;
 
-    /// Up to `limit` events after `after_seq`, in log order, payloads as text (for tailing).
+    /// Up to `limit` events after `after_seq`, in log order, payloads as text (for tailing),
+    /// business-key duplicates included and flagged (`read` leaves them out).
     async fn tail(&self, after_seq: i64, limit: usize) -> Result<Vec<RawEvent>, StoreError>;
 
     /// Whether the store accepts writes (for `/readyz`).

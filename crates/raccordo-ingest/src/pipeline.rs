@@ -45,6 +45,8 @@ pub struct IngestResponse {
     pub items: Vec<ItemOutcome>,
     /// The whole request repeated an earlier delivery id.
     pub replayed: bool,
+    /// The sender's clock minus ours, as this request showed it.
+    pub clock_skew_ms: i64,
 }
 
 pub struct Ingestor {
@@ -106,6 +108,14 @@ impl Ingestor {
             .ingest_authenticated(&source, &verified, headers, body, now_ms)
             .await;
         record_outcome(&source.name, &result);
+        match &result {
+            Ok(r) => {
+                let duplicates = r.items.iter().filter(|i| i.is_duplicate()).count() as u64;
+                let accepted = r.items.len() as u64 - duplicates;
+                source.health.record(accepted, duplicates, 0, now_ms);
+            }
+            Err(_) => source.health.record(0, 0, 1, now_ms),
+        }
         result
     }
 
@@ -235,12 +245,13 @@ impl Ingestor {
             .map(|p| p.event_time_ms)
             .max()
             .unwrap_or(now_ms);
-        observe_clock_skew(
+        let clock_skew_ms = observe_clock_skew(
             &source.name,
             verified.sender_time_ms,
             newest_event_ms,
             now_ms,
         );
+        source.health.set_clock_skew(clock_skew_ms);
 
         let events = {
             let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
@@ -284,6 +295,7 @@ impl Ingestor {
             single,
             items,
             replayed,
+            clock_skew_ms,
         })
     }
 
@@ -477,13 +489,14 @@ fn observe_clock_skew(
     sender_time_ms: Option<i64>,
     newest_event_ms: i64,
     now_ms: i64,
-) {
+) -> i64 {
     let skew_ms = match sender_time_ms {
         Some(sent) => sent - now_ms,
         None => (newest_event_ms - now_ms).max(0),
     };
     metrics::gauge!("raccordo_source_clock_skew_seconds", "source" => source.to_string())
         .set(skew_ms as f64 / 1000.0);
+    skew_ms
 }
 
 fn record_outcome(source: &SourceName, result: &Result<IngestResponse, IngestError>) {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use raccordo_core::SourceName;
@@ -104,6 +105,61 @@ pub struct Source {
     pub key_spec: BusinessKeySpec,
     /// Built-in schema with the default key and time fields: the typed fast path applies.
     pub fast_conversion: bool,
+    /// What this source has sent since the process started (for the dashboard).
+    pub health: SourceHealth,
+}
+
+/// Live counters of one source; Prometheus has the same figures with history, this is the
+/// snapshot `GET /api/v1/ingest/health` and the dashboard show.
+#[derive(Debug, Default)]
+pub struct SourceHealth {
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+    last_seen_ms: AtomicI64,
+    clock_skew_ms: AtomicI64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceHealthSnapshot {
+    pub source: String,
+    pub enabled: bool,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// When the source last sent a request that passed authentication.
+    pub last_seen_ms: Option<i64>,
+    /// The source's clock minus ours, as last observed.
+    pub clock_skew_ms: i64,
+}
+
+impl SourceHealth {
+    pub fn record(&self, accepted: u64, duplicates: u64, rejected: u64, now_ms: i64) {
+        self.accepted.fetch_add(accepted, Ordering::Relaxed);
+        self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        self.rejected.fetch_add(rejected, Ordering::Relaxed);
+        self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn set_clock_skew(&self, skew_ms: i64) {
+        self.clock_skew_ms.store(skew_ms, Ordering::Relaxed);
+    }
+}
+
+impl Source {
+    pub fn health_snapshot(&self) -> SourceHealthSnapshot {
+        let h = &self.health;
+        let last_seen = h.last_seen_ms.load(Ordering::Relaxed);
+        SourceHealthSnapshot {
+            source: self.name.to_string(),
+            enabled: self.enabled,
+            accepted: h.accepted.load(Ordering::Relaxed),
+            duplicates: h.duplicates.load(Ordering::Relaxed),
+            rejected: h.rejected.load(Ordering::Relaxed),
+            last_seen_ms: (last_seen > 0).then_some(last_seen),
+            clock_skew_ms: h.clock_skew_ms.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Source {
@@ -176,6 +232,7 @@ impl Source {
                     time_field: config.time_field.clone(),
                     bucket_ms: settings.dedup.bucket.as_millis().max(1) as i64,
                 },
+                health: SourceHealth::default(),
             }),
             _ => Err(errors),
         }

@@ -9,7 +9,12 @@ use std::time::Duration;
 use raccordo_core::{Completion, CompletionOutcome, NewWorkItem, RetryPolicy, WorkQueue};
 use raccordo_ingest::auth::WebhookSecret;
 use raccordo_storage_sqlite::SqliteWorkQueue;
-use raccordo_stream::alerts::{DuplicateBurst, DuplicateBurstDetector, DuplicateBurstRule};
+use raccordo_stream::alerts::{
+    ConversionDropRule, DuplicateBurst, DuplicateBurstDetector, DuplicateBurstRule,
+    ThresholdDetector, ThresholdRule, WindowAlert, WindowAlertEvaluator, WindowOutcome,
+};
+
+use crate::live::{Dimension, LiveMetrics};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -22,6 +27,14 @@ const HISTORY: usize = 200;
 pub struct AlertsConfig {
     /// More than `threshold` duplicates from one source within `window` (the seed's rule).
     pub duplicate_burst: DuplicateBurstConfig,
+    /// Share of `stato = fallito` events in a final window (overall and per channel).
+    pub failure_rate: FailureRateConfig,
+    /// Conversion rate of a final window against the windows before it.
+    pub conversion_drop: ConversionDropConfig,
+    /// Acknowledged events taking too long to reach the live windows.
+    pub ingest_lag: LimitConfig,
+    /// A source's clock too far from ours.
+    pub clock_skew: LimitConfig,
     /// First retry of a failed delivery after this; then doubling, 5 attempts in all.
     #[serde(with = "humantime_serde")]
     pub retry_first_delay: Duration,
@@ -32,6 +45,18 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             duplicate_burst: DuplicateBurstConfig::default(),
+            failure_rate: FailureRateConfig::default(),
+            conversion_drop: ConversionDropConfig::default(),
+            ingest_lag: LimitConfig {
+                enabled: true,
+                threshold: Duration::from_secs(30),
+                cooldown: Duration::from_secs(1800),
+            },
+            clock_skew: LimitConfig {
+                enabled: true,
+                threshold: Duration::from_secs(120),
+                cooldown: Duration::from_secs(1800),
+            },
             retry_first_delay: Duration::from_secs(30),
             channels: Vec::new(),
         }
@@ -57,6 +82,99 @@ impl Default for DuplicateBurstConfig {
             window: Duration::from_secs(600),
             cooldown: Duration::from_secs(1800),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailureRateConfig {
+    pub enabled: bool,
+    /// Alert above this share of failed events (0.2 = 20 %).
+    pub threshold: f64,
+    /// Windows with fewer events are not judged.
+    pub min_events: u64,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for FailureRateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 0.2,
+            min_events: 20,
+            cooldown: Duration::from_secs(1800),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConversionDropConfig {
+    pub enabled: bool,
+    /// Alert when the rate is lower than the baseline by more than this (0.5 = half).
+    pub threshold: f64,
+    /// How many earlier final windows make the baseline (their mean rate).
+    pub baseline_windows: usize,
+    pub min_events: u64,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for ConversionDropConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 0.5,
+            baseline_windows: 6,
+            min_events: 20,
+            cooldown: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// A rule on a duration: alert when it goes over `threshold`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub threshold: Duration,
+    #[serde(with = "humantime_serde", default = "half_an_hour")]
+    pub cooldown: Duration,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+fn half_an_hour() -> Duration {
+    Duration::from_secs(1800)
+}
+
+impl AlertsConfig {
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if !(0.0..=1.0).contains(&self.failure_rate.threshold) {
+            problems.push((
+                "failure_rate.threshold".into(),
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.conversion_drop.threshold) {
+            problems.push((
+                "conversion_drop.threshold".into(),
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if self.conversion_drop.baseline_windows == 0 {
+            problems.push((
+                "conversion_drop.baseline_windows".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        problems
     }
 }
 
@@ -191,6 +309,9 @@ pub struct Delivery {
 pub struct Alerts {
     config: AlertsConfig,
     detector: Mutex<DuplicateBurstDetector>,
+    windows: Mutex<WindowAlertEvaluator>,
+    /// Cooldowns of the clock-skew and ingest-lag rules.
+    limits: Mutex<ThresholdDetector>,
     queue: Arc<SqliteWorkQueue>,
     history: Mutex<VecDeque<AlertRecord>>,
     wake: tokio::sync::Notify,
@@ -209,8 +330,25 @@ impl Alerts {
             window_ms: config.duplicate_burst.window.as_millis() as i64,
             cooldown_ms: config.duplicate_burst.cooldown.as_millis() as i64,
         };
+        let failure_rate = config.failure_rate.enabled.then_some(ThresholdRule {
+            threshold: config.failure_rate.threshold,
+            below: false,
+            min_samples: config.failure_rate.min_events,
+            cooldown_ms: config.failure_rate.cooldown.as_millis() as i64,
+        });
+        let drop = config
+            .conversion_drop
+            .enabled
+            .then_some(ConversionDropRule {
+                threshold: config.conversion_drop.threshold,
+                baseline_windows: config.conversion_drop.baseline_windows.max(1),
+                min_events: config.conversion_drop.min_events,
+                cooldown_ms: config.conversion_drop.cooldown.as_millis() as i64,
+            });
         Ok(Arc::new(Self {
             detector: Mutex::new(DuplicateBurstDetector::new(rule)),
+            windows: Mutex::new(WindowAlertEvaluator::new(failure_rate, drop)),
+            limits: Mutex::new(ThresholdDetector::default()),
             config,
             queue,
             history: Mutex::new(VecDeque::new()),
@@ -243,6 +381,145 @@ impl Alerts {
             self.fire("duplicate_burst", &burst.source, message, now_ms)
                 .await;
         }
+    }
+
+    /// Called with the clock skew every ingest request showed.
+    pub async fn observe_clock_skew(&self, source: &str, skew_ms: i64, now_ms: i64) {
+        let rule = &self.config.clock_skew;
+        if !rule.enabled
+            || !self.limit_breached(rule, &format!("skew:{source}"), skew_ms.abs(), now_ms)
+        {
+            return;
+        }
+        let message = format!(
+            "the clock of source `{source}` is {:.1} s {} ours (limit {} s)",
+            skew_ms.abs() as f64 / 1000.0,
+            if skew_ms > 0 { "ahead of" } else { "behind" },
+            rule.threshold.as_secs()
+        );
+        self.fire("clock_skew", source, message, now_ms).await;
+    }
+
+    fn limit_breached(
+        &self,
+        rule: &LimitConfig,
+        subject: &str,
+        value_ms: i64,
+        now_ms: i64,
+    ) -> bool {
+        let threshold = ThresholdRule {
+            threshold: rule.threshold.as_millis() as f64,
+            below: false,
+            min_samples: 0,
+            cooldown_ms: rule.cooldown.as_millis() as i64,
+        };
+        self.limits.lock().unwrap_or_else(|p| p.into_inner()).check(
+            &threshold,
+            subject,
+            value_ms as f64,
+            1,
+            now_ms,
+        )
+    }
+
+    /// Watches final windows (failure rate, conversion drop) and the live lag.
+    pub fn spawn_watchers(self: &Arc<Self>, live: Arc<LiveMetrics>) {
+        let alerts = self.clone();
+        let mut fired = live.subscribe();
+        let window_ms = live.window_size_ms();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let rows = match fired.recv().await {
+                    Ok(rows) => rows,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let now = alerts.clock.now_ms();
+                let found: Vec<WindowAlert> = {
+                    let mut evaluator = alerts.windows.lock().unwrap_or_else(|p| p.into_inner());
+                    rows.iter()
+                        .filter(|r| matches!(r.dimension, Dimension::All | Dimension::Canale))
+                        .flat_map(|r| {
+                            let subject = match r.dimension {
+                                Dimension::All => "all".to_string(),
+                                _ => format!("canale={}", r.value),
+                            };
+                            // Windows rebuilt from the log at start only feed baselines.
+                            let recent = r.window_end_ms >= now - 2 * window_ms;
+                            evaluator.observe(
+                                &WindowOutcome {
+                                    subject: &subject,
+                                    window_start: r.window_start_ms,
+                                    events: r.events,
+                                    failures: r.failures,
+                                    conversion_rate: r.conversion_rate,
+                                },
+                                now,
+                                recent,
+                            )
+                        })
+                        .collect()
+                };
+                for alert in found {
+                    let (kind, subject, message) = match alert {
+                        WindowAlert::FailureRate {
+                            subject,
+                            window_start,
+                            rate,
+                            events,
+                        } => (
+                            "failure_rate",
+                            subject,
+                            format!(
+                                "{:.0} % of {events} events failed in the window starting {}",
+                                rate * 100.0,
+                                format_ms(window_start)
+                            ),
+                        ),
+                        WindowAlert::ConversionDrop {
+                            subject,
+                            window_start,
+                            current,
+                            baseline,
+                            drop,
+                        } => (
+                            "conversion_drop",
+                            subject,
+                            format!(
+                                "conversion rate {:.1} % in the window starting {}, {:.0} % below the previous windows' {:.1} %",
+                                current * 100.0,
+                                format_ms(window_start),
+                                drop * 100.0,
+                                baseline * 100.0
+                            ),
+                        ),
+                    };
+                    alerts.fire(kind, &subject, message, now).await;
+                }
+            }
+        });
+        let alerts = self.clone();
+        tokio::spawn(async move {
+            let rule = alerts.config.ingest_lag.clone();
+            if !rule.enabled {
+                return;
+            }
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = alerts.clock.now_ms();
+                let lag_ms = live.health().lag_ms;
+                if alerts.limit_breached(&rule, "ingest_lag", lag_ms, now) {
+                    let message = format!(
+                        "acknowledged events take {:.1} s to reach the live metrics (limit {} s)",
+                        lag_ms as f64 / 1000.0,
+                        rule.threshold.as_secs()
+                    );
+                    alerts.fire("ingest_lag", "live", message, now).await;
+                }
+            }
+        });
     }
 
     async fn fire(&self, kind: &'static str, source: &str, message: String, now_ms: i64) {
@@ -429,6 +706,16 @@ impl Alerts {
             },
         }
     }
+}
+
+fn format_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 async fn send_email(config: &EmailConfig, payload: &Value, message: &str) -> Completion {

@@ -70,6 +70,7 @@ impl Hub {
         let live = crate::live::LiveMetrics::new(
             config.metrics.window_spec(),
             config.metrics.goals.clone(),
+            clock.clone(),
         );
         let costs = raccordo_storage_sqlite::SqliteCampaignCosts::open(&config.database_path())?;
         for (campaign, day, cents) in costs.load().await? {
@@ -82,6 +83,7 @@ impl Hub {
         let alerts =
             crate::alerts::Alerts::new(config.alerts.clone(), queue.clone(), clock.clone())?;
         alerts.spawn_worker();
+        alerts.spawn_watchers(live.clone());
         load_jwks(&ingestor).await;
         let state = Arc::new(AppState {
             clock,
@@ -175,6 +177,7 @@ fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router
         .route("/api/v1/metrics", get(routes::metrics_api))
         .route("/api/v1/metrics/stream", get(routes::metrics_stream))
         .route("/api/v1/alerts", get(routes::list_alerts))
+        .route("/api/v1/ingest/health", get(routes::ingest_health))
         .route("/api/v1/dlq", get(routes::list_dead_letters))
         .route("/api/v1/dlq/{id}/replay", post(routes::replay_dead_letter))
         .route(

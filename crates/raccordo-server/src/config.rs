@@ -371,6 +371,9 @@ impl Config {
         if let Err(e) = self.metrics.window_spec().validate() {
             report("metrics".into(), e);
         }
+        for (key, e) in self.alerts.validate() {
+            report(format!("alerts.{key}"), e);
+        }
         for (i, channel) in self.alerts.channels.iter().enumerate() {
             if let Err(e) = channel.validate() {
                 report(format!("alerts.channels[{i}]"), e);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
 
-use raccordo_core::{EventLog, RawEvent};
+use raccordo_core::{Clock, EventLog, RawEvent};
 use raccordo_stream::{
     ConversionRecord, ConversionStats, DailySpend, Firing, Placement, Window, WindowOperator,
     WindowSpec,
@@ -75,6 +75,7 @@ impl State {
             total_value: stats.total_value_cents as f64 / 100.0,
             average_conversion_value: stats.average_conversion_value_cents().map(|c| c / 100.0),
             failures: stats.failures,
+            duplicates: stats.duplicates,
             late: if key.0 == Dimension::All {
                 self.late.get(&window.start).copied().unwrap_or(0)
             } else {
@@ -105,6 +106,31 @@ pub struct LiveMetrics {
     fired_rows: tokio::sync::broadcast::Sender<Vec<MetricRow>>,
     /// Daily spend per campaign, for CPA.
     costs: std::sync::RwLock<std::collections::HashMap<String, DailySpend>>,
+    clock: Arc<dyn Clock>,
+    lag: Mutex<Lag>,
+    committed: std::sync::OnceLock<tokio::sync::watch::Receiver<i64>>,
+}
+
+/// How far the windows trail the log.
+#[derive(Default)]
+struct Lag {
+    /// When the consumer last read new events.
+    last_progress_ms: i64,
+    /// Age of the oldest event of the last page when it was counted.
+    last_delay_ms: i64,
+}
+
+/// Ingest health as the windows see it (`GET /api/v1/ingest/health`).
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveHealth {
+    /// Newest event counted in the windows.
+    pub processed_seq: i64,
+    /// Newest event committed to the log.
+    pub committed_seq: i64,
+    /// How long an acknowledged event currently takes to reach the windows.
+    pub lag_ms: i64,
+    /// Event-time watermark (newest event time − allowed out-of-orderness).
+    pub watermark_ms: Option<i64>,
 }
 
 /// One row of `GET /api/v1/metrics`.
@@ -123,6 +149,8 @@ pub struct MetricRow {
     pub total_value: f64,
     pub average_conversion_value: Option<f64>,
     pub failures: u64,
+    /// Business-key duplicates of earlier events (not counted in `events`).
+    pub duplicates: u64,
     pub late: u64,
     pub exact_distinct: bool,
     /// Campaign spend attributed to the window (campaign and overall rows, when known).
@@ -132,7 +160,11 @@ pub struct MetricRow {
 }
 
 impl LiveMetrics {
-    pub fn new(spec: WindowSpec, goals: impl IntoIterator<Item = String>) -> Arc<Self> {
+    pub fn new(
+        spec: WindowSpec,
+        goals: impl IntoIterator<Item = String>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             spec,
             goals: goals.into_iter().collect(),
@@ -142,12 +174,16 @@ impl LiveMetrics {
             }),
             fired_rows: tokio::sync::broadcast::channel(1024).0,
             costs: Default::default(),
+            clock,
+            lag: Mutex::new(Lag::default()),
+            committed: std::sync::OnceLock::new(),
         })
     }
 
     /// Tails `log` for ever (until the task is dropped).
     pub fn spawn(self: &Arc<Self>, log: Arc<dyn EventLog>) -> tokio::task::JoinHandle<()> {
         let live = self.clone();
+        let _ = self.committed.set(log.committed());
         tokio::spawn(async move {
             let mut committed = log.committed();
             loop {
@@ -175,6 +211,10 @@ impl LiveMetrics {
                 }
             }
         })
+    }
+
+    pub fn window_size_ms(&self) -> i64 {
+        self.spec.size_ms
     }
 
     /// Sets a campaign's spend for some days (already stored durably by the caller).
@@ -222,6 +262,13 @@ impl LiveMetrics {
     }
 
     fn ingest(&self, events: &[RawEvent]) {
+        if let Some(oldest) = events.iter().map(|e| e.received_at_ms).min() {
+            let now = self.clock.now_ms();
+            let mut lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+            lag.last_progress_ms = now;
+            lag.last_delay_ms = (now - oldest).max(0);
+            metrics::gauge!("raccordo_live_lag_seconds").set(lag.last_delay_ms as f64 / 1000.0);
+        }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed: Vec<(Window, DimKey)> = Vec::new();
         let State {
@@ -239,7 +286,7 @@ impl LiveMetrics {
             let Ok(fields) = serde_json::from_str::<LiveFields<'_>>(&event.payload) else {
                 continue;
             };
-            let Some(record) = self.record_of(&fields) else {
+            let Some(record) = self.record_of(&fields, event.duplicate) else {
                 continue;
             };
             let mut keys = vec![(Dimension::All, String::new())];
@@ -266,7 +313,7 @@ impl LiveMetrics {
                     fired.insert((emission.window, emission.key), emission.value);
                 });
             }
-            if placement == Placement::Late {
+            if placement == Placement::Late && !event.duplicate {
                 for window in self.spec.windows_for(event.event_time_ms) {
                     *late.entry(window.start).or_default() += 1;
                 }
@@ -291,7 +338,11 @@ impl LiveMetrics {
         }
     }
 
-    fn record_of<'a>(&self, p: &'a LiveFields<'_>) -> Option<ConversionRecord<'a>> {
+    fn record_of<'a>(
+        &self,
+        p: &'a LiveFields<'_>,
+        duplicate: bool,
+    ) -> Option<ConversionRecord<'a>> {
         let customer = p.id_cliente.as_deref()?;
         let evento = p.evento.as_deref()?;
         let stato = p.stato.as_deref().unwrap_or("");
@@ -302,27 +353,58 @@ impl LiveMetrics {
             is_conversion: self.goals.contains(evento) && stato == "completato",
             is_failure: stato == "fallito",
             value_cents,
-            is_duplicate: false,
+            is_duplicate: duplicate,
         })
     }
 
-    /// Rows of the windows that are still open (provisional results).
+    /// Rows of the windows that are still open (provisional results), and the `seq` of the
+    /// newest event they include.
     pub fn provisional(
         &self,
         dimension: Option<&Dimension>,
         value: Option<&str>,
-    ) -> Vec<MetricRow> {
+    ) -> (Vec<MetricRow>, i64) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(operator) = &state.operator else {
-            return Vec::new();
+            return (Vec::new(), state.processed_seq);
         };
-        operator
+        let rows = operator
             .open_windows()
             .filter(|(_, k, _)| {
                 dimension.is_none_or(|d| *d == k.0) && value.is_none_or(|v| v == k.1)
             })
             .map(|(w, k, s)| self.with_cpa(state.row(w, k, s, "provisional"), s.conversions))
-            .collect()
+            .collect();
+        (rows, state.processed_seq)
+    }
+
+    pub fn health(&self) -> LiveHealth {
+        let (processed_seq, watermark_ms) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let watermark = state
+                .operator
+                .as_ref()
+                .map(|o| o.watermark())
+                .filter(|w| *w > i64::MIN / 2);
+            (state.processed_seq, watermark)
+        };
+        let committed_seq = self.committed.get().map_or(processed_seq, |c| *c.borrow());
+        let now = self.clock.now_ms();
+        let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        let lag_ms = if committed_seq > processed_seq {
+            // Behind: at least as old as the last progress.
+            lag.last_delay_ms.max(now - lag.last_progress_ms)
+        } else if now - lag.last_progress_ms < 5_000 {
+            lag.last_delay_ms
+        } else {
+            0 // caught up and idle
+        };
+        LiveHealth {
+            processed_seq,
+            committed_seq,
+            lag_ms,
+            watermark_ms,
+        }
     }
 
     /// Rows for windows overlapping `[from, to)`, filtered by dimension.

@@ -48,13 +48,17 @@ async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: 
     match state.ingestor.ingest(target, &headers, body).await {
         Ok(response) => {
             let duplicates = response.items.iter().filter(|i| i.is_duplicate()).count();
+            let now = state.clock.now_ms();
             if duplicates > 0 {
-                let now = state.clock.now_ms();
                 state
                     .alerts
                     .observe_duplicates(response.source.as_str(), duplicates, now)
                     .await;
             }
+            state
+                .alerts
+                .observe_clock_skew(response.source.as_str(), response.clock_skew_ms, now)
+                .await;
             if response.single {
                 (StatusCode::ACCEPTED, Json(response.items[0])).into_response()
             } else {
@@ -403,8 +407,8 @@ pub async fn metrics_stream(
             let event = loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        let rows = live.provisional(dimension.as_ref(), value.as_deref());
-                        break Event::default().event("provisional").json_data(json!({ "rows": rows }));
+                        let (rows, through_seq) = live.provisional(dimension.as_ref(), value.as_deref());
+                        break Event::default().event("provisional").json_data(json!({ "rows": rows, "through_seq": through_seq }));
                     }
                     received = fired.recv() => match received {
                         Ok(rows) => {
@@ -431,6 +435,22 @@ pub async fn metrics_stream(
 /// `GET /api/v1/alerts`: the latest alerts and their deliveries.
 pub async fn list_alerts(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
     Json(json!({ "alerts": state.alerts.history() })).into_response()
+}
+
+/// `GET /api/v1/ingest/health`: per-source counters, the live windows' lag, store state.
+pub async fn ingest_health(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
+    let mut sources: Vec<_> = state
+        .ingestor
+        .sources()
+        .map(|s| s.health_snapshot())
+        .collect();
+    sources.sort_by(|a, b| a.source.cmp(&b.source));
+    Json(json!({
+        "ready": state.ingestor.log().is_ready(),
+        "live": state.live.health(),
+        "sources": sources,
+    }))
+    .into_response()
 }
 
 /// Query of `GET /api/v1/dlq`.

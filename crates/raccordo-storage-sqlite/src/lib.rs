@@ -247,11 +247,17 @@ impl EventLog for SqliteEventLog {
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
             let mut stmt = conn
-                .prepare_cached("SELECT seq, event_time, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .prepare_cached("SELECT seq, event_time, received_at, payload, duplicate_of IS NOT NULL FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             let rows = stmt
                 .query_map(rusqlite::params![after_seq, limit as i64], |r| {
-                    Ok(raccordo_core::RawEvent { seq: r.get(0)?, event_time_ms: r.get(1)?, payload: r.get(2)? })
+                    Ok(raccordo_core::RawEvent {
+                        seq: r.get(0)?,
+                        event_time_ms: r.get(1)?,
+                        received_at_ms: r.get(2)?,
+                        payload: r.get(3)?,
+                        duplicate: r.get(4)?,
+                    })
                 })
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
             rows.collect::<Result<Vec<_>, _>>().map_err(|e| StoreError::Backend(e.to_string()))
@@ -285,7 +291,7 @@ fn lower_priority_of_this_thread() {
 fn read_page(conn: &Connection, filter: &EventFilter) -> rusqlite::Result<EventPage> {
     use rusqlite::types::Value as Sql;
     let mut sql = String::from(
-        "SELECT seq, id, source, event_time, received_at, payload FROM events WHERE seq > ?",
+        "SELECT seq, id, source, event_time, received_at, payload FROM events WHERE seq > ? AND duplicate_of IS NULL",
     );
     let mut args: Vec<Sql> = vec![Sql::Integer(filter.after_seq.unwrap_or(0))];
     if let Some(source) = &filter.source {

@@ -16,7 +16,10 @@ CREATE TABLE IF NOT EXISTS events (
     source      TEXT    NOT NULL,
     event_time  INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
-    payload     TEXT    NOT NULL
+    payload     TEXT    NOT NULL,
+    -- Set on a business-key duplicate: the id of the event it repeats. Duplicates are kept
+    -- so that window metrics count them durably; reads of events leave them out.
+    duplicate_of TEXT
 );
 CREATE TABLE IF NOT EXISTS dedup_claims (
     rid        INTEGER PRIMARY KEY,
@@ -49,5 +52,14 @@ pub fn prepare_writer(conn: &Connection, durability: Durability) -> rusqlite::Re
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    // Stores made before duplicates were recorded lack the column.
+    let has_duplicate_of: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'duplicate_of'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_duplicate_of {
+        conn.execute_batch("ALTER TABLE events ADD COLUMN duplicate_of TEXT")?;
+    }
     Ok(())
 }

@@ -173,6 +173,18 @@ fn apply(
     for event in &batch.events {
         if let Some(key) = event.business_key {
             if let Some(original) = index.holder(&key, now) {
+                tx.prepare_cached(
+                    "INSERT INTO events (id, source, event_time, received_at, payload, duplicate_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    event.id.to_string(),
+                    event.source.as_str(),
+                    event.event_time_ms,
+                    now,
+                    &event.payload,
+                    original.to_string()
+                ])?;
+                *last_seq = (*last_seq).max(tx.last_insert_rowid());
                 outcomes.push(ItemOutcome::Duplicate(original));
                 continue;
             }

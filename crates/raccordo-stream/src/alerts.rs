@@ -132,6 +132,129 @@ pub fn conversion_drop(current: f64, previous: &[f64]) -> Option<f64> {
     (!previous.is_empty() && baseline > 0.0).then(|| (baseline - current) / baseline)
 }
 
+/// "The conversion rate of a window fell by more than `threshold` (0.5 = half) against the
+/// mean of the `baseline_windows` windows before it."
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConversionDropRule {
+    pub threshold: f64,
+    pub baseline_windows: usize,
+    /// Windows with fewer events neither alert nor count in a baseline.
+    pub min_events: u64,
+    pub cooldown_ms: i64,
+}
+
+/// What a final window says about one subject (overall, or one channel).
+#[derive(Debug, Clone, Copy)]
+pub struct WindowOutcome<'a> {
+    pub subject: &'a str,
+    pub window_start: i64,
+    pub events: u64,
+    pub failures: u64,
+    pub conversion_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowAlert {
+    FailureRate {
+        subject: String,
+        window_start: i64,
+        rate: f64,
+        events: u64,
+    },
+    ConversionDrop {
+        subject: String,
+        window_start: i64,
+        current: f64,
+        baseline: f64,
+        drop: f64,
+    },
+}
+
+/// Failure-rate and conversion-drop rules over final windows. Windows may arrive again
+/// (late updates) and out of order; the baseline is always the windows before this one.
+#[derive(Debug, Clone, Default)]
+pub struct WindowAlertEvaluator {
+    failure_rate: Option<ThresholdRule>,
+    drop: Option<ConversionDropRule>,
+    failures: ThresholdDetector,
+    drops: ThresholdDetector,
+    /// Conversion rate per subject and window start, for baselines.
+    rates: HashMap<String, std::collections::BTreeMap<i64, f64>>,
+}
+
+impl WindowAlertEvaluator {
+    pub fn new(failure_rate: Option<ThresholdRule>, drop: Option<ConversionDropRule>) -> Self {
+        Self {
+            failure_rate,
+            drop,
+            ..Self::default()
+        }
+    }
+
+    /// Takes in a final (or late-updated) window. With `may_alert` false the window only
+    /// feeds baselines (windows replayed from the log at start must not page anyone).
+    pub fn observe(
+        &mut self,
+        o: &WindowOutcome<'_>,
+        now_ms: i64,
+        may_alert: bool,
+    ) -> Vec<WindowAlert> {
+        let mut alerts = Vec::new();
+        if let Some(rule) = &self.failure_rate
+            && o.events > 0
+        {
+            let rate = o.failures as f64 / o.events as f64;
+            if may_alert && self.failures.check(rule, o.subject, rate, o.events, now_ms) {
+                alerts.push(WindowAlert::FailureRate {
+                    subject: o.subject.to_string(),
+                    window_start: o.window_start,
+                    rate,
+                    events: o.events,
+                });
+            }
+        }
+        if let Some(rule) = self.drop
+            && let Some(current) = o.conversion_rate
+            && o.events >= rule.min_events
+        {
+            let rates = self.rates.entry(o.subject.to_string()).or_default();
+            let previous: Vec<f64> = rates
+                .range(..o.window_start)
+                .rev()
+                .take(rule.baseline_windows)
+                .map(|(_, r)| *r)
+                .collect();
+            rates.insert(o.window_start, current);
+            // Keep what later baselines can still need.
+            while rates.len() > rule.baseline_windows * 4 + 8 {
+                rates.pop_first();
+            }
+            let threshold = ThresholdRule {
+                threshold: rule.threshold,
+                below: false,
+                min_samples: rule.min_events,
+                cooldown_ms: rule.cooldown_ms,
+            };
+            if previous.len() == rule.baseline_windows
+                && let Some(drop) = conversion_drop(current, &previous)
+                && may_alert
+                && self
+                    .drops
+                    .check(&threshold, o.subject, drop, o.events, now_ms)
+            {
+                alerts.push(WindowAlert::ConversionDrop {
+                    subject: o.subject.to_string(),
+                    window_start: o.window_start,
+                    current,
+                    baseline: previous.iter().sum::<f64>() / previous.len() as f64,
+                    drop,
+                });
+            }
+        }
+        alerts
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +311,85 @@ mod tests {
         let drop = conversion_drop(0.03, &[0.05, 0.05]).unwrap();
         assert!((drop - 0.4).abs() < 1e-12, "{drop}");
         assert_eq!(conversion_drop(0.03, &[]), None);
+    }
+
+    fn outcome(start: i64, events: u64, failures: u64, rate: f64) -> WindowOutcome<'static> {
+        WindowOutcome {
+            subject: "all",
+            window_start: start,
+            events,
+            failures,
+            conversion_rate: Some(rate),
+        }
+    }
+
+    #[test]
+    fn a_failure_rate_over_the_threshold_alerts_once_per_cooldown() {
+        let rule = ThresholdRule {
+            threshold: 0.2,
+            below: false,
+            min_samples: 10,
+            cooldown_ms: 30 * MIN,
+        };
+        let mut e = WindowAlertEvaluator::new(Some(rule), None);
+        assert!(
+            e.observe(&outcome(0, 100, 20, 0.1), 0, true).is_empty(),
+            "20% is not above 20%"
+        );
+        assert!(
+            e.observe(&outcome(0, 5, 5, 0.1), 0, true).is_empty(),
+            "too few events"
+        );
+        assert!(
+            e.observe(&outcome(0, 100, 30, 0.1), 0, false).is_empty(),
+            "replayed windows do not alert"
+        );
+        let alerts = e.observe(&outcome(5 * MIN, 100, 30, 0.1), MIN, true);
+        assert!(
+            matches!(alerts.as_slice(), [WindowAlert::FailureRate { rate, .. }] if (*rate - 0.3).abs() < 1e-12)
+        );
+        assert!(
+            e.observe(&outcome(10 * MIN, 100, 30, 0.1), 2 * MIN, true)
+                .is_empty(),
+            "cooldown"
+        );
+    }
+
+    #[test]
+    fn a_conversion_drop_needs_a_full_baseline_of_earlier_windows() {
+        let rule = ConversionDropRule {
+            threshold: 0.5,
+            baseline_windows: 3,
+            min_events: 10,
+            cooldown_ms: 30 * MIN,
+        };
+        let mut e = WindowAlertEvaluator::new(None, Some(rule));
+        // Windows arrive out of order; the baseline is the three before the window.
+        for start in [10, 5, 0] {
+            assert!(
+                e.observe(&outcome(start * MIN, 50, 0, 0.2), 0, true)
+                    .is_empty()
+            );
+        }
+        assert!(
+            e.observe(&outcome(15 * MIN, 50, 0, 0.15), 0, true)
+                .is_empty(),
+            "25% lower is within threshold"
+        );
+        assert!(
+            e.observe(&outcome(20 * MIN, 5, 0, 0.0), 0, true).is_empty(),
+            "too few events to judge"
+        );
+        let alerts = e.observe(&outcome(25 * MIN, 50, 0, 0.05), 0, true);
+        match alerts.as_slice() {
+            [WindowAlert::ConversionDrop { baseline, drop, .. }] => {
+                assert!(
+                    (baseline - (0.2 + 0.2 + 0.15) / 3.0).abs() < 1e-12,
+                    "{baseline}"
+                );
+                assert!(*drop > 0.5, "{drop}");
+            }
+            other => panic!("expected one drop alert, got {other:?}"),
+        }
     }
 }

@@ -237,3 +237,89 @@ ca_file = "{FIXTURES}/smtp_cert.pem"
     let _ = smtp.kill();
     let _ = smtp.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_rate_and_clock_skew_rules_alert_and_health_shows_the_sources() {
+    let (hook, hook_seen) = capture_http(vec![]);
+    let secret = "whsec_dGVzdC1hbGVydC1zZWNyZXQtMDEyMzQ1Njc4OWFi";
+    let extra = format!(
+        r#"
+[metrics]
+window = "1m"
+[alerts.failure_rate]
+threshold = 0.5
+min_events = 4
+[alerts.clock_skew]
+threshold = "2m"
+[[alerts.channels]]
+type = "webhook"
+url = "http://{hook}/alerts"
+secret = "{secret}"
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), &extra);
+
+    // A window that ended within the last two window lengths: 3 of 4 events failed.
+    let mut batch = Vec::new();
+    for n in 0..4 {
+        let mut e = event(100 + n);
+        e["timestamp"] = serde_json::json!(now_rfc3339(-90_000));
+        e["stato"] = serde_json::json!(if n == 0 { "completato" } else { "fallito" });
+        batch.push(e);
+    }
+    assert_eq!(
+        send_batch(&server, &Value::Array(batch)).await,
+        StatusCode::ACCEPTED
+    );
+    // A current event moves the watermark past that window, which fires final.
+    assert_eq!(send_event(&server, 1).await, StatusCode::ACCEPTED);
+    let got = wait_for_requests(&hook_seen, 1).await;
+    let alert: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(alert["data"]["kind"], "failure_rate", "{alert}");
+    assert_eq!(alert["data"]["source"], "all");
+    assert!(
+        alert["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("75 % of 4 events failed"),
+        "{alert}"
+    );
+
+    // An event three minutes in the future: the sender's clock is ahead of ours.
+    let mut ahead = event(7);
+    ahead["timestamp"] = serde_json::json!(now_rfc3339(180_000));
+    assert_eq!(
+        send_batch(&server, &Value::Array(vec![ahead])).await,
+        StatusCode::ACCEPTED
+    );
+    let got = wait_for_requests(&hook_seen, 3).await;
+    let kinds: Vec<Value> = got
+        .iter()
+        .map(|c| serde_json::from_slice::<Value>(&c.body).unwrap()["data"]["kind"].clone())
+        .collect();
+    assert!(kinds.contains(&Value::from("clock_skew")), "{kinds:?}");
+
+    let history = get_json(&server, "/api/v1/alerts", READ_TOKEN).await;
+    let listed: Vec<&str> = history["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"failure_rate") && listed.contains(&"clock_skew"),
+        "{listed:?}"
+    );
+
+    let health = get_json(&server, "/api/v1/ingest/health", READ_TOKEN).await;
+    let web = health["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["source"] == "web")
+        .unwrap_or_else(|| panic!("{health}"));
+    assert_eq!(web["accepted"], 6, "{health}");
+    assert!(web["clock_skew_ms"].as_i64().unwrap() > 170_000, "{health}");
+    assert_eq!(health["ready"], true);
+}

@@ -70,9 +70,17 @@ async fn the_dashboard_draws_the_events_sent_during_the_test() {
         })
         .collect();
     assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
+    // Four copies of one event: a duplicate burst, which the alert history shows.
+    for _ in 0..4 {
+        assert_eq!(
+            send_batch(&server, &json!([batch[0].clone()])).await,
+            StatusCode::ACCEPTED
+        );
+    }
     // Wait until the live view has the events (the page reads the same API).
     metrics_until(&server, "dimension=canale&value=email", |rows| {
-        rows.iter().any(|r| r["events"] == 7)
+        rows.iter()
+            .any(|r| r["events"] == 7 && r["duplicates"] == 4)
     })
     .await;
 
@@ -85,6 +93,18 @@ async fn the_dashboard_draws_the_events_sent_during_the_test() {
     assert!(
         dom.contains(r#"data-series="email" data-last="7""#),
         "the channel chart's email line ends at 7 conversions"
+    );
+    assert!(
+        dom.contains(r#"data-cell="web-accepted">7<"#),
+        "the ingest health table shows the source's 7 accepted events"
+    );
+    assert!(
+        dom.contains(r#"data-alert="duplicate_burst""#),
+        "the alert history shows the duplicate burst"
+    );
+    assert!(
+        dom.contains(r#"data-series="duplicati" data-last="4""#),
+        "the problems chart shows the 4 duplicates"
     );
     assert!(
         dom.contains(r#"<form class="token" id="token-form" hidden="">"#),

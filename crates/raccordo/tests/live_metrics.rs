@@ -34,9 +34,14 @@ async fn windows_go_provisional_then_final_and_survive_kill_9() {
         at(4, old, "acquisto_concluso", "sms", 10.0),
     ]);
     assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
+    // The first event again: a business-key duplicate, counted apart and durably.
+    assert_eq!(
+        send_batch(&server, &json!([batch[0].clone()])).await,
+        StatusCode::ACCEPTED
+    );
 
     let rows = metrics_until(&server, "dimension=canale", |rows| {
-        row(rows, "email").is_some_and(|r| r["events"] == 3)
+        row(rows, "email").is_some_and(|r| r["events"] == 3 && r["duplicates"] == 1)
     })
     .await;
     let email = row(&rows, "email").unwrap();
@@ -57,6 +62,7 @@ async fn windows_go_provisional_then_final_and_survive_kill_9() {
         (Some(3), Some(2))
     );
     assert_eq!(email["total_value"], 150.5);
+    assert_eq!(email["duplicates"], 1, "the duplicate is not an event");
     assert_eq!(email["average_conversion_value"], 75.25);
     assert_eq!(
         email["conversion_rate"]
