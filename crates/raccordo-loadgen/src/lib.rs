@@ -7,6 +7,7 @@
 //! *scheduled* start, so a stalled server shows up in the percentiles instead of silently
 //! slowing the generator down (no coordinated omission).
 
+pub mod insight;
 pub mod traffic;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +53,8 @@ pub struct Options {
     pub duplicates: f64,
     pub invalid: f64,
     pub seed: u64,
+    /// Also measure time to insight through the live metrics stream.
+    pub insight: Option<insight::InsightOptions>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -68,6 +71,8 @@ pub struct Report {
     pub rejected: std::collections::BTreeMap<u16, u64>,
     /// Requests that got no HTTP answer (connection errors, timeouts).
     pub transport_errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insight: Option<insight::InsightReport>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -100,6 +105,7 @@ struct Shared {
     /// rightly answered 409 by the hub).
     run_nonce: u64,
     delivery: AtomicU64,
+    insight: Option<Arc<insight::Recorder>>,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -123,7 +129,16 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()?;
+    let listener = match &options.insight {
+        Some(o) => Some(insight::Listener::start(o.clone(), Instant::now()).await?),
+        None => None,
+    };
+    let started_wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
     let shared = Arc::new(Shared {
+        insight: listener.as_ref().map(|l| l.recorder.clone()),
         options: options.clone(),
         client,
         counters: Counters::default(),
@@ -207,6 +222,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let insight = match listener {
+        Some(l) => Some(l.finish(started_wall_ms).await?),
+        None => None,
+    };
     let c = &shared.counters;
     let latency = shared.latency.lock().unwrap_or_else(|p| p.into_inner());
     let ms = |v: u64| v as f64 / 1000.0;
@@ -229,6 +248,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         duplicate: c.duplicate.load(Ordering::Relaxed),
         rejected: c.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         transport_errors: c.transport_errors.load(Ordering::Relaxed),
+        insight,
     })
 }
 
@@ -293,6 +313,9 @@ impl Shared {
                 let status = response.status().as_u16();
                 let text = response.bytes().await.unwrap_or_default();
                 if status == 202 {
+                    if let Some(recorder) = &self.insight {
+                        recorder.ack(&text);
+                    }
                     let accepted = count(&text, b"\"accepted\"");
                     c.accepted.fetch_add(accepted, Ordering::Relaxed);
                     c.duplicate
@@ -346,6 +369,19 @@ impl Report {
             self.duplicate,
             rejected,
             self.transport_errors
-        )
+        ) + &self.insight.as_ref().map_or(String::new(), |i| {
+            format!(
+                "insight    202 → provisional: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms ({} requests, {} unmatched)\n           final after window end: p50 {:.0} ms  max {:.0} ms over {} windows (out-of-orderness {} ms)\n",
+                i.to_provisional_ms.p50,
+                i.to_provisional_ms.p99,
+                i.to_provisional_ms.max,
+                i.measured_requests,
+                i.unmatched_requests,
+                i.final_after_window_end_ms.p50,
+                i.final_after_window_end_ms.max,
+                i.final_windows,
+                i.out_of_orderness_ms
+            )
+        })
     }
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod demo;
+mod sandbox_cmd;
+
 // The request path allocates many small, short-lived buffers; mimalloc serves them with
 // less contention between threads than glibc malloc (measured in docs/benchmarks.md).
 #[global_allocator]
@@ -63,6 +66,27 @@ enum Command {
     /// Manage campaign spend (used for cost per acquisition)
     #[command(subcommand)]
     Costs(CostsCommand),
+    /// Run an emulator of HubSpot, Zoho CRM or an OpenAI-compatible API on loopback
+    #[command(
+        long_about = "Run an emulator of the HubSpot CRM API, the Zoho CRM API or an \
+        OpenAI-compatible chat API, for trying raccordo and for tests, with no account and no \
+        internet. The official SDKs work against it unchanged; the start-up banner prints the \
+        URL and credentials to give them.\n\n\
+        Every sandbox is seeded with Italian companies and contacts, keeps its records in memory \
+        (or in --state-file), logs the calls it receives (GET /_sandbox/calls) and can inject \
+        latency, errors, 429s and outages, by flags or at run time with PATCH /_sandbox/knobs. \
+        See docs/sandboxes.md."
+    )]
+    Sandbox(sandbox_cmd::SandboxArgs),
+    /// One command to see it all: the hub, the three sandboxes and live traffic
+    #[command(
+        long_about = "Start the hub on the embedded default (SQLite in ./raccordo-demo), \
+        the HubSpot, Zoho and AI sandboxes, and a traffic generator sending conversion events, \
+        contact and company changes on both CRMs, and support-ticket texts to the AI sandbox, all \
+        on loopback. Prints where to look (the dashboard URL with its token) and runs until \
+        Ctrl-C, then shuts everything down cleanly."
+    )]
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -156,6 +180,13 @@ struct LoadgenArgs {
     /// Random seed, for repeatable traffic
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also measure time to insight: follow the live metrics stream with this read token
+    /// and report how long acknowledged events take to appear (provisional and final)
+    #[arg(long, env = "RACCORDO_READ_TOKEN")]
+    insight_token: Option<String>,
+    /// The hub's out-of-orderness, to compare final results with (with --insight-token)
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    out_of_orderness: Duration,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -180,6 +211,8 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Loadgen(args) => runtime.block_on(loadgen(args)),
         Command::Costs(CostsCommand::Import(args)) => runtime.block_on(import_costs(args)),
+        Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -341,6 +374,13 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         duplicates: args.duplicates,
         invalid: args.invalid,
         seed: args.seed,
+        insight: args
+            .insight_token
+            .map(|token| raccordo_loadgen::insight::InsightOptions {
+                base_url: args.url.clone(),
+                read_token: token,
+                out_of_orderness: args.out_of_orderness,
+            }),
     })
     .await?;
     if args.json {

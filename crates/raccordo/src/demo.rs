@@ -1,0 +1,483 @@
+//! `raccordo demo`: the hub on the embedded default, the three sandboxes, and traffic.
+//!
+//! Everything runs in this process on loopback. The traffic: signed conversion events to the
+//! hub (with a few duplicates and invalid ones, so the dashboard has something to show),
+//! contact and company changes on both CRM sandboxes, and support-ticket texts classified by
+//! the AI sandbox. The CRM sandboxes' change notifications (HubSpot's signed webhooks, Zoho's
+//! watch callbacks) arrive at a small receiver here that checks and counts them; syncing them
+//! into the other CRM is the sync engine's job.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use raccordo_sandbox::{Product, Running, SandboxConfig};
+use serde_json::{Value, json};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Port of the hub (the sandboxes use 8481-8483, or free ports when those are taken)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Where the hub keeps its data
+    #[arg(long, default_value = "raccordo-demo")]
+    data_dir: PathBuf,
+    /// Conversion events per second
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Stop by itself after this long (default: run until Ctrl-C)
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Counters {
+    hubspot_changes: AtomicU64,
+    hubspot_webhooks: AtomicU64,
+    hubspot_bad_signatures: AtomicU64,
+    zoho_changes: AtomicU64,
+    zoho_notifications: AtomicU64,
+    ai_answers: AtomicU64,
+    errors: AtomicU64,
+}
+
+const TICKETS: [&str; 8] = [
+    "Buongiorno, l'ordine 4821 è in ritardo di una settimana e nessuno risponde al telefono. Voglio un rimborso.",
+    "Grazie per l'assistenza di ieri, tutto perfetto e il tecnico è stato gentilissimo.",
+    "Il portale clienti non funziona da stamattina: errore 500 quando provo a scaricare la fattura.",
+    "Vorrei sapere se il piano Business include anche gli utenti esterni.",
+    "Ottimo servizio, consiglierò la vostra azienda ai colleghi.",
+    "La spedizione è arrivata con il pacco danneggiato, chiedo la sostituzione del prodotto.",
+    "Come posso cambiare l'indirizzo di fatturazione della mia azienda?",
+    "Terzo reclamo in un mese: l'app è lentissima e si blocca continuamente.",
+];
+
+async fn start_sandbox(
+    product: Product,
+    webhook_url: Option<String>,
+    seed: u64,
+) -> anyhow::Result<Running> {
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut config = SandboxConfig::new(product, loopback(product.default_port()));
+    config.webhook_url = webhook_url;
+    config.seed = seed;
+    match raccordo_sandbox::start(config.clone()).await {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            config.listen = loopback(0);
+            raccordo_sandbox::start(config).await
+        }
+    }
+}
+
+fn credential<'a>(r: &'a Running, name: &str) -> &'a str {
+    r.credentials
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // The hub, configured like a config-less `raccordo serve` in its own directory.
+    let mut config = raccordo_server::Config::default();
+    config.server.data_dir = args.data_dir.clone();
+    config.log.level = "warn".into();
+    config.log.format = raccordo_server::config::LogFormat::Pretty;
+    let (credentials, _) = raccordo_server::Credentials::load_or_create(&config.server.data_dir)?;
+    credentials.apply(&mut config);
+    let mut problems = Vec::new();
+    let sources = config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
+    anyhow::ensure!(
+        problems.is_empty(),
+        "built-in defaults are invalid: {problems:?}"
+    );
+    raccordo_server::telemetry::init_logging(&config.log);
+    let hub = raccordo_server::Hub::bind(
+        raccordo_server::Built { config, sources },
+        Some(SocketAddr::from(([127, 0, 0, 1], args.port))),
+    )
+    .await?;
+    let hub_addr = hub.local_addr()?;
+    let (stop_hub, hub_stopped) = tokio::sync::oneshot::channel::<()>();
+    let hub_task = tokio::spawn(hub.run(async {
+        let _ = hub_stopped.await;
+    }));
+
+    // The receiver of CRM change notifications.
+    let counters = Arc::new(Counters::default());
+    let receiver = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let receiver_addr = receiver.local_addr()?;
+    let hubspot_secret = Arc::new(std::sync::OnceLock::<String>::new());
+    let zoho_channel_token = format!("demo-{:08x}", rand_u32());
+    {
+        let (counters, secret, token) = (
+            counters.clone(),
+            hubspot_secret.clone(),
+            zoho_channel_token.clone(),
+        );
+        let hook_url = format!("http://{receiver_addr}/hubspot");
+        let app = axum::Router::new()
+            .route(
+                "/hubspot",
+                axum::routing::post({
+                    let counters = counters.clone();
+                    move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                        let ts = headers
+                            .get("x-hubspot-request-timestamp")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<i64>().ok())
+                            .unwrap_or(0);
+                        let given = headers
+                            .get("x-hubspot-signature-v3")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        let expected = raccordo_sandbox::hubspot::signature_v3(
+                            secret.get().map_or("", String::as_str),
+                            "POST",
+                            &hook_url,
+                            &body,
+                            ts,
+                        );
+                        if given != expected {
+                            counters
+                                .hubspot_bad_signatures
+                                .fetch_add(1, Ordering::Relaxed);
+                            return axum::http::StatusCode::UNAUTHORIZED;
+                        }
+                        let n = serde_json::from_slice::<Vec<Value>>(&body).map_or(0, |v| v.len());
+                        counters
+                            .hubspot_webhooks
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }),
+            )
+            .route(
+                "/zoho",
+                axum::routing::post(move |body: axum::body::Bytes| async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if v["token"].as_str() != Some(token.as_str()) {
+                        return axum::http::StatusCode::UNAUTHORIZED;
+                    }
+                    let n = v["ids"].as_array().map_or(0, Vec::len);
+                    counters
+                        .zoho_notifications
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    axum::http::StatusCode::NO_CONTENT
+                }),
+            );
+        tokio::spawn(async move {
+            let _ = axum::serve(receiver, app).await;
+        });
+    }
+
+    let hubspot = start_sandbox(
+        Product::HubSpot,
+        Some(format!("http://{receiver_addr}/hubspot")),
+        1,
+    )
+    .await?;
+    let _ = hubspot_secret.set(credential(&hubspot, "client_secret").to_string());
+    let zoho = start_sandbox(Product::Zoho, None, 2).await?;
+    let ai = start_sandbox(Product::Ai, None, 3).await?;
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut traffic = tokio::task::JoinSet::new();
+    // Conversion events, signed with the hub's webhook secret.
+    traffic.spawn({
+        let options = raccordo_loadgen::Options {
+            url: format!("http://{hub_addr}/api/v1/eventi/conversione"),
+            auth: raccordo_loadgen::Auth::StandardWebhooks(credentials.webhook_secret.clone()),
+            mode: raccordo_loadgen::Mode::Open {
+                rate: args.rate,
+                max_in_flight: 64,
+            },
+            duration: Duration::from_secs(365 * 86_400),
+            max_requests: None,
+            batch_size: 1,
+            duplicates: 0.03,
+            invalid: 0.02,
+            seed: rand_u32() as u64,
+            insight: None,
+        };
+        async move {
+            let _ = raccordo_loadgen::run(options).await;
+        }
+    });
+    traffic.spawn(hubspot_traffic(
+        client.clone(),
+        hubspot.base_url.clone(),
+        credential(&hubspot, "token").to_string(),
+        counters.clone(),
+    ));
+    traffic.spawn(zoho_traffic(
+        client.clone(),
+        zoho.base_url.clone(),
+        [
+            credential(&zoho, "client_id"),
+            credential(&zoho, "client_secret"),
+            credential(&zoho, "refresh_token"),
+        ]
+        .map(String::from),
+        format!("http://{receiver_addr}/zoho"),
+        zoho_channel_token,
+        counters.clone(),
+    ));
+    traffic.spawn(ai_traffic(
+        client.clone(),
+        ai.base_url.clone(),
+        credential(&ai, "api_key").to_string(),
+        counters.clone(),
+    ));
+
+    println!(
+        "raccordo demo: everything runs on loopback; Ctrl-C stops it.\n\n\
+         Dashboard:     http://{hub_addr}/#token={admin}\n\
+         Events API:    curl -s 'http://{hub_addr}/api/v1/events?limit=5' -H 'authorization: Bearer {admin}'\n\
+         Metrics API:   curl -s 'http://{hub_addr}/api/v1/metrics?dimension=canale' -H 'authorization: Bearer {admin}'\n\
+         Data:          {data} (SQLite)\n\n{hs}\n{zo}\n{ai}",
+        admin = credentials.admin_token,
+        data = args.data_dir.display(),
+        hs = hubspot.banner(),
+        zo = zoho.banner(),
+        ai = ai.banner(),
+    );
+
+    let status = {
+        let (client, counters, admin) = (
+            client.clone(),
+            counters.clone(),
+            credentials.admin_token.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let health: Value = match client
+                    .get(format!("http://{hub_addr}/api/v1/ingest/health"))
+                    .bearer_auth(&admin)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => Value::Null,
+                };
+                let source = &health["sources"][0];
+                let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                println!(
+                    "events accepted {} duplicates {} rejected {} | hubspot changes {} webhooks {} | zoho changes {} notifications {} | ai answers {}{}",
+                    source["accepted"],
+                    source["duplicates"],
+                    source["rejected"],
+                    c(&counters.hubspot_changes),
+                    c(&counters.hubspot_webhooks),
+                    c(&counters.zoho_changes),
+                    c(&counters.zoho_notifications),
+                    c(&counters.ai_answers),
+                    match (c(&counters.errors), c(&counters.hubspot_bad_signatures)) {
+                        (0, 0) => String::new(),
+                        (e, b) => format!(" | errors {e}, bad signatures {b}"),
+                    }
+                );
+            }
+        })
+    };
+
+    match args.duration {
+        Some(d) => {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = raccordo_server::shutdown_signal() => {}
+            }
+        }
+        None => raccordo_server::shutdown_signal().await,
+    }
+    println!("stopping: traffic, sandboxes, then the hub (draining what it accepted)");
+    status.abort();
+    traffic.shutdown().await;
+    hubspot.stop().await;
+    zoho.stop().await;
+    ai.stop().await;
+    let _ = stop_hub.send(());
+    hub_task.await??;
+    println!("stopped");
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(13))
+        .unwrap_or(7)
+}
+
+fn person(n: u64) -> (String, String, String) {
+    let first = raccordo_sandbox::seed::FIRST_NAMES[(n as usize * 7) % 24];
+    let last = raccordo_sandbox::seed::LAST_NAMES[(n as usize * 11) % 24];
+    let email = format!(
+        "{}.{}.demo{}@example.it",
+        first.to_lowercase(),
+        last.to_lowercase().replace(' ', ""),
+        n
+    );
+    (first.to_string(), last.to_string(), email)
+}
+
+/// Creates contacts and updates them (a property change each), about one change a second.
+async fn hubspot_traffic(
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    counters: Arc<Counters>,
+) {
+    let run = rand_u32() as u64;
+    let mut created: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1200));
+    for n in 0u64.. {
+        tick.tick().await;
+        let request = if n % 3 == 2 && !created.is_empty() {
+            let id = &created[(n as usize / 3) % created.len()];
+            let stages = [
+                "lead",
+                "marketingqualifiedlead",
+                "salesqualifiedlead",
+                "opportunity",
+                "customer",
+            ];
+            let stage = stages[(n as usize / 3) % 5];
+            client
+                .patch(format!("{base}/crm/v3/objects/contacts/{id}"))
+                .json(&json!({ "properties": { "lifecyclestage": stage } }))
+        } else {
+            let (first, last, email) = person(run * 1000 + n);
+            let city = raccordo_sandbox::seed::CITIES[(n as usize) % 16];
+            client.post(format!("{base}/crm/v3/objects/contacts")).json(&json!({ "properties": { "email": email, "firstname": first, "lastname": last, "city": city } }))
+        };
+        match request.bearer_auth(&token).send().await {
+            Ok(r) if r.status().is_success() => {
+                counters.hubspot_changes.fetch_add(1, Ordering::Relaxed);
+                if r.status() == reqwest::StatusCode::CREATED
+                    && let Ok(v) = r.json::<Value>().await
+                    && let Some(id) = v["id"].as_str()
+                {
+                    created.push(id.to_string());
+                }
+            }
+            _ => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Gets a token like the SDK does, watches Contacts, then inserts and updates contacts.
+async fn zoho_traffic(
+    client: reqwest::Client,
+    base: String,
+    oauth: [String; 3],
+    notify_url: String,
+    channel_token: String,
+    counters: Arc<Counters>,
+) {
+    let [client_id, client_secret, refresh_token] = oauth;
+    let token: Option<String> = async {
+        let v: Value = client
+            .post(format!("{base}/oauth/v2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
+                raccordo_sandbox::encode(&client_id),
+                raccordo_sandbox::encode(&client_secret),
+                raccordo_sandbox::encode(&refresh_token)
+            ))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["access_token"].as_str().map(String::from)
+    }
+    .await;
+    let Some(token) = token else {
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let auth = format!("Zoho-oauthtoken {token}");
+    let expiry = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let expiry = expiry
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let _ = client.post(format!("{base}/crm/v8/actions/watch")).header("authorization", &auth)
+        .json(&json!({ "watch": [{ "channel_id": 1_000_001, "events": ["Contacts.all", "Accounts.all"], "channel_expiry": expiry, "token": channel_token, "notify_url": notify_url }] }))
+        .send().await;
+    let run = rand_u32() as u64;
+    let mut created: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1500));
+    for n in 0u64.. {
+        tick.tick().await;
+        let request = if n % 3 == 2 && !created.is_empty() {
+            let id = &created[(n as usize / 3) % created.len()];
+            let source = ["Advertisement", "Partner", "Trade Show", "Web Download"][n as usize % 4];
+            client
+                .put(format!("{base}/crm/v8/Contacts/{id}"))
+                .json(&json!({ "data": [{ "Lead_Source": source }] }))
+        } else {
+            let (first, last, email) = person(run * 1000 + n + 500);
+            client.post(format!("{base}/crm/v8/Contacts")).json(&json!({ "data": [{ "First_Name": first, "Last_Name": last, "Email": email }], "trigger": [] }))
+        };
+        match request.header("authorization", &auth).send().await {
+            Ok(r) if r.status().is_success() => {
+                counters.zoho_changes.fetch_add(1, Ordering::Relaxed);
+                if r.status() == reqwest::StatusCode::CREATED
+                    && let Ok(v) = r.json::<Value>().await
+                    && let Some(id) = v["data"][0]["details"]["id"].as_str()
+                {
+                    created.push(id.to_string());
+                }
+            }
+            _ => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Classifies a support ticket every two seconds with a JSON-schema answer.
+async fn ai_traffic(client: reqwest::Client, base: String, key: String, counters: Arc<Counters>) {
+    let schema = json!({ "type": "json_schema", "json_schema": { "name": "ticket", "strict": true, "schema": {
+        "type": "object", "additionalProperties": false, "required": ["sentiment", "priority", "summary"],
+        "properties": {
+            "sentiment": { "type": "string", "enum": ["positive", "neutral", "negative"] },
+            "priority": { "type": "string", "enum": ["bassa", "media", "alta"] },
+            "summary": { "type": "string", "maxLength": 120 }
+        } } } });
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    for n in 0usize.. {
+        tick.tick().await;
+        let body = json!({ "model": "raccordo-sandbox-1", "messages": [
+            { "role": "system", "content": "Classifica il ticket di assistenza: sentiment, priorità e una sintesi." },
+            { "role": "user", "content": TICKETS[n % TICKETS.len()] }
+        ], "response_format": schema });
+        match client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                counters.ai_answers.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
