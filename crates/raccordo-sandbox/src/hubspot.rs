@@ -816,7 +816,8 @@ async fn authorize(State(hs): State<Arc<HubSpot>>, RawQuery(q): RawQuery) -> Res
         match serde_json::from_value(json!(pairs.iter().cloned().collect::<HashMap<_, _>>())) {
             Ok(q) => q,
             Err(e) => {
-                return (StatusCode::BAD_REQUEST, format!("missing parameter: {e}")).into_response();
+                return (StatusCode::BAD_REQUEST, format!("missing parameter: {e}"))
+                    .into_response();
             }
         };
     if query.client_id != hs.options.client_id {

@@ -259,32 +259,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let health: Value = match client
-                    .get(format!("http://{hub_addr}/api/v1/ingest/health"))
-                    .bearer_auth(&admin)
-                    .send()
-                    .await
-                {
-                    Ok(r) => r.json().await.unwrap_or_default(),
-                    Err(_) => Value::Null,
-                };
-                let source = &health["sources"][0];
-                let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
-                println!(
-                    "events accepted {} duplicates {} rejected {} | hubspot changes {} webhooks {} | zoho changes {} notifications {} | ai answers {}{}",
-                    source["accepted"],
-                    source["duplicates"],
-                    source["rejected"],
-                    c(&counters.hubspot_changes),
-                    c(&counters.hubspot_webhooks),
-                    c(&counters.zoho_changes),
-                    c(&counters.zoho_notifications),
-                    c(&counters.ai_answers),
-                    match (c(&counters.errors), c(&counters.hubspot_bad_signatures)) {
-                        (0, 0) => String::new(),
-                        (e, b) => format!(" | errors {e}, bad signatures {b}"),
-                    }
-                );
+                println!("{}", summary(&client, hub_addr, &admin, &counters).await);
             }
         })
     };
@@ -301,6 +276,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("stopping: traffic, sandboxes, then the hub (draining what it accepted)");
     status.abort();
     traffic.shutdown().await;
+    println!(
+        "summary: {}",
+        summary(&client, hub_addr, &credentials.admin_token, &counters).await
+    );
     hubspot.stop().await;
     zoho.stop().await;
     ai.stop().await;
@@ -308,6 +287,41 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     hub_task.await??;
     println!("stopped");
     Ok(())
+}
+
+/// One line of what happened so far: the hub's own counts and the traffic's.
+async fn summary(
+    client: &reqwest::Client,
+    hub: SocketAddr,
+    admin: &str,
+    counters: &Counters,
+) -> String {
+    let health: Value = match client
+        .get(format!("http://{hub}/api/v1/ingest/health"))
+        .bearer_auth(admin)
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => Value::Null,
+    };
+    let source = &health["sources"][0];
+    let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    format!(
+        "events accepted {} duplicates {} rejected {} | hubspot changes {} webhooks {} | zoho changes {} notifications {} | ai answers {}{}",
+        source["accepted"],
+        source["duplicates"],
+        source["rejected"],
+        c(&counters.hubspot_changes),
+        c(&counters.hubspot_webhooks),
+        c(&counters.zoho_changes),
+        c(&counters.zoho_notifications),
+        c(&counters.ai_answers),
+        match (c(&counters.errors), c(&counters.hubspot_bad_signatures)) {
+            (0, 0) => String::new(),
+            (e, b) => format!(" | errors {e}, bad signatures {b}"),
+        }
+    )
 }
 
 fn rand_u32() -> u32 {

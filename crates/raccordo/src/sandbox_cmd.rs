@@ -143,8 +143,11 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let config = args.config();
     config.knobs.validate().map_err(|e| anyhow::anyhow!(e))?;
     let running = raccordo_sandbox::start(config).await?;
-    println!("{}", running.banner());
-    println!("Ctrl-C to stop.");
+    // A closed stdout (a test that read the banner and let go) must not stop the sandbox.
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}\nCtrl-C to stop.", running.banner());
+    let _ = out.flush();
     raccordo_server::shutdown_signal().await;
     running.stop().await;
     Ok(())

@@ -1,0 +1,214 @@
+//! The sandboxes against the official Python SDKs, and `raccordo demo` end to end.
+//!
+//! The SDK scripts live in `sdk-tests/`; `.ci/run` installs the pinned SDKs
+//! (`sdk-tests/requirements.txt`) into a virtual environment and points
+//! `RACCORDO_SDK_PYTHON` at its interpreter.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_raccordo")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The interpreter with the official SDKs, or `None` on a laptop without them.
+fn sdk_python() -> Option<PathBuf> {
+    let found = std::env::var_os("RACCORDO_SDK_PYTHON")
+        .map(PathBuf::from)
+        .filter(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RACCORDO_SDK_PYTHON must point at a Python with the SDKs in CI (.ci/run sets it up)"
+        );
+        eprintln!(
+            "SKIPPED: set RACCORDO_SDK_PYTHON to a Python with sdk-tests/requirements.txt installed; this test runs in CI"
+        );
+    }
+    found
+}
+
+struct Sandbox {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `raccordo sandbox ARGS --port 0` and reads its URL from the banner.
+fn sandbox(args: &[&str]) -> Sandbox {
+    let mut child = Command::new(binary())
+        .arg("sandbox")
+        .args(args)
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the sandbox");
+    let mut first = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut first).unwrap();
+    // Keep draining the banner so the sandbox never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let url = first
+        .split(" on ")
+        .nth(1)
+        .map(|u| u.trim().to_string())
+        .unwrap_or_else(|| panic!("no URL in the banner: {first:?}"));
+    Sandbox { child, url }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run_script(python: &PathBuf, script: &str, env: &[(&str, String)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(python)
+        .arg(repo().join("sdk-tests").join(script))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+    eprintln!("{script}: {}", stdout.trim());
+}
+
+#[test]
+fn the_official_openai_client_works_against_the_ai_sandbox() {
+    let Some(python) = sdk_python() else { return };
+    let s = sandbox(&["ai", "--token", "sk-sandbox-test-0123456789"]);
+    run_script(
+        &python,
+        "openai_sdk.py",
+        &[
+            ("SANDBOX_URL", s.url.clone()),
+            ("SANDBOX_KEY", "sk-sandbox-test-0123456789".into()),
+        ],
+    );
+}
+
+#[test]
+fn the_official_hubspot_client_works_against_the_hubspot_sandbox() {
+    let Some(python) = sdk_python() else { return };
+    let hook = free_port();
+    let hook_url = format!("http://127.0.0.1:{hook}/hook");
+    let s = sandbox(&[
+        "hubspot",
+        "--token",
+        "pat-eu1-test",
+        "--client-id",
+        "app-test",
+        "--client-secret",
+        "secret-test",
+        "--webhook-url",
+        &hook_url,
+    ]);
+    run_script(
+        &python,
+        "hubspot_sdk.py",
+        &[
+            ("SANDBOX_URL", s.url.clone()),
+            ("SANDBOX_TOKEN", "pat-eu1-test".into()),
+            ("SANDBOX_CLIENT_ID", "app-test".into()),
+            ("SANDBOX_CLIENT_SECRET", "secret-test".into()),
+            ("WEBHOOK_PORT", hook.to_string()),
+        ],
+    );
+}
+
+#[test]
+fn the_official_zoho_client_works_against_the_zoho_sandbox() {
+    let Some(python) = sdk_python() else { return };
+    let s = sandbox(&[
+        "zoho",
+        "--client-id",
+        "1000.TESTCLIENT",
+        "--client-secret",
+        "zoho-secret",
+        "--refresh-token",
+        "1000.refresh",
+    ]);
+    run_script(
+        &python,
+        "zoho_sdk.py",
+        &[
+            ("SANDBOX_URL", s.url.clone()),
+            ("SANDBOX_CLIENT_ID", "1000.TESTCLIENT".into()),
+            ("SANDBOX_CLIENT_SECRET", "zoho-secret".into()),
+            ("SANDBOX_REFRESH_TOKEN", "1000.refresh".into()),
+            ("NOTIFY_PORT", free_port().to_string()),
+        ],
+    );
+}
+
+/// The number after `label` in a summary line.
+fn count(line: &str, label: &str) -> u64 {
+    line.split(label)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` count in {line:?}"))
+}
+
+#[test]
+fn the_demo_runs_everything_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(binary())
+        .args(["demo", "--duration", "6s", "--port", "0", "--rate", "30"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Dashboard:     http://127.0.0.1:"),
+        "{stdout}"
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert!(count(summary, "events accepted ") > 50, "{summary}");
+    assert!(count(summary, "hubspot changes ") >= 2, "{summary}");
+    assert!(
+        count(summary, "webhooks ") >= 1,
+        "signed HubSpot webhooks arrived: {summary}"
+    );
+    assert!(count(summary, "zoho changes ") >= 2, "{summary}");
+    assert!(
+        count(summary, "notifications ") >= 1,
+        "Zoho callbacks arrived: {summary}"
+    );
+    assert!(count(summary, "ai answers ") >= 2, "{summary}");
+    assert!(!summary.contains("bad signatures"), "{summary}");
+    assert!(stdout.trim_end().ends_with("stopped"), "{stdout}");
+    assert!(
+        dir.path().join("raccordo-demo/raccordo.db").exists(),
+        "the hub kept its data"
+    );
+}
