@@ -151,9 +151,7 @@ fn mask(key: &str) -> String {
 }
 
 async fn models(State(ai): State<Arc<Ai>>, headers: HeaderMap) -> Response {
-    if let Err(r) = ai.authorise(&headers) {
-        return r;
-    }
+    attempt!(ai.authorise(&headers));
     let data: Vec<Value> = MODELS
         .iter()
         .map(|id| json!({ "id": id, "object": "model", "created": 1_767_225_600, "owned_by": "raccordo-sandbox" }))
@@ -170,9 +168,7 @@ async fn completions(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = ai.authorise(&headers) {
-        return r;
-    }
+    attempt!(ai.authorise(&headers));
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {

@@ -932,14 +932,8 @@ async fn list(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kind = match kind_or_404(&kind) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
+    let kind = attempt!(kind_or_404(&kind));
     let pairs = query_pairs(q.as_deref());
     let limit = match param(&pairs, "limit").map(str::parse::<usize>) {
         None => 10,
@@ -999,14 +993,8 @@ async fn read(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kind = match kind_or_404(&kind) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
+    let kind = attempt!(kind_or_404(&kind));
     let pairs = query_pairs(q.as_deref());
     let store = hs.store.lock().unwrap_or_else(|p| p.into_inner());
     let Some(found) = find(
@@ -1038,18 +1026,9 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kind = match kind_or_404(&kind) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let input = match parse_json(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
+    let kind = attempt!(kind_or_404(&kind));
+    let input = attempt!(parse_json(&body));
     let result = {
         let mut store = hs.store.lock().unwrap_or_else(|p| p.into_inner());
         create_one(&mut store, kind, &input)
@@ -1127,19 +1106,10 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kind = match kind_or_404(&kind) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
+    let kind = attempt!(kind_or_404(&kind));
     let pairs = query_pairs(q.as_deref());
-    let input = match parse_json(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let input = attempt!(parse_json(&body));
     let result = {
         let mut store = hs.store.lock().unwrap_or_else(|p| p.into_inner());
         match find(&store, kind, &id, param(&pairs, "idProperty"), false) {
@@ -1199,14 +1169,8 @@ async fn archive(
     Path((kind, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kind = match kind_or_404(&kind) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
+    let kind = attempt!(kind_or_404(&kind));
     let archived = {
         let mut store = hs.store.lock().unwrap_or_else(|p| p.into_inner());
         archive_one(&mut store, kind, &id)
@@ -1265,18 +1229,9 @@ async fn batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kind = match kind_or_404(&kind) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let input = match parse_json(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
+    let kind = attempt!(kind_or_404(&kind));
+    let input = attempt!(parse_json(&body));
     let Some(inputs) = input["inputs"].as_array() else {
         return validation("Invalid input JSON: `inputs` must be an array");
     };
@@ -1591,18 +1546,9 @@ async fn search(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, true) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let kind = match kind_or_404(&kind) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let input = match parse_json(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, true));
+    let kind = attempt!(kind_or_404(&kind));
+    let input = attempt!(parse_json(&body));
     let groups = input["filterGroups"]
         .as_array()
         .cloned()
@@ -1767,10 +1713,7 @@ async fn associate(
     Path((kind, id, to, to_id)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
     let (Some(from), Some(to)) = (Kind::parse(&kind), Kind::parse(&to)) else {
         return validation(
             "unsupported object types; the sandbox associates contacts and companies",
@@ -1805,10 +1748,7 @@ async fn list_associations(
     Path((kind, id, to)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
     let (Some(from), Some(to)) = (Kind::parse(&kind), Kind::parse(&to)) else {
         return validation(
             "unsupported object types; the sandbox associates contacts and companies",
@@ -1830,10 +1770,7 @@ async fn dissociate(
     Path((kind, id, to, to_id)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let (_, h) = match hs.admit(&headers, false) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+    let (_, h) = attempt!(hs.admit(&headers, false));
     let (Some(from), Some(to)) = (Kind::parse(&kind), Kind::parse(&to)) else {
         return validation(
             "unsupported object types; the sandbox associates contacts and companies",

@@ -10,6 +10,16 @@
 // errors are the cold path and boxing them would only add noise.
 #![allow(clippy::result_large_err)]
 
+/// `attempt!(expr)`: the value of an `Ok`, or return the `Err`'s ready-made answer.
+macro_rules! attempt {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(answer) => return answer,
+        }
+    };
+}
+
 pub mod ai;
 pub mod hubspot;
 pub mod knobs;

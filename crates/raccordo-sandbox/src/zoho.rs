@@ -707,9 +707,7 @@ async fn revoke(State(z): State<Arc<Zoho>>, RawQuery(q): RawQuery) -> Response {
 // ---------------------------------------------------------------- metadata
 
 async fn users(State(z): State<Arc<Zoho>>, headers: HeaderMap) -> Response {
-    if let Err(r) = z.admit(&headers) {
-        return r;
-    }
+    attempt!(z.admit(&headers));
     json_response(
         StatusCode::OK,
         JSON,
@@ -726,9 +724,7 @@ async fn users(State(z): State<Arc<Zoho>>, headers: HeaderMap) -> Response {
 }
 
 async fn org(State(z): State<Arc<Zoho>>, headers: HeaderMap) -> Response {
-    if let Err(r) = z.admit(&headers) {
-        return r;
-    }
+    attempt!(z.admit(&headers));
     json_response(
         StatusCode::OK,
         JSON,
@@ -757,9 +753,7 @@ fn field_json(module: Module, i: usize, f: &FieldSpec) -> Value {
 }
 
 async fn fields(State(z): State<Arc<Zoho>>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
-    if let Err(r) = z.admit(&headers) {
-        return r;
-    }
+    attempt!(z.admit(&headers));
     let pairs = query_pairs(q.as_deref());
     let Some((_, name)) = pairs.iter().find(|(k, _)| k == "module") else {
         return zoho_error(
@@ -801,9 +795,7 @@ async fn fields(State(z): State<Arc<Zoho>>, RawQuery(q): RawQuery, headers: Head
 }
 
 async fn modules(State(z): State<Arc<Zoho>>, headers: HeaderMap) -> Response {
-    if let Err(r) = z.admit(&headers) {
-        return r;
-    }
+    attempt!(z.admit(&headers));
     let m = |m: Module, singular: &str| {
         json!({
             "api_name": m.name(), "module_name": m.name(), "id": m.module_id(), "plural_label": m.name(),
@@ -902,18 +894,9 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _slot = match enter(&z, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let module = match module_or_error(&module) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let (data, _) = match body_data(&body) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    let _slot = attempt!(enter(&z, &headers));
+    let module = attempt!(module_or_error(&module));
+    let (data, _) = attempt!(body_data(&body));
     let mut entries = Vec::new();
     let mut created = Vec::new();
     {
@@ -1018,18 +1001,9 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _slot = match enter(&z, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let module = match module_or_error(&module) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let (data, _) = match body_data(&body) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    let _slot = attempt!(enter(&z, &headers));
+    let module = attempt!(module_or_error(&module));
+    let (data, _) = attempt!(body_data(&body));
     let mut entries = Vec::new();
     let mut changes = Vec::new();
     {
@@ -1071,18 +1045,9 @@ async fn upsert(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _slot = match enter(&z, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let module = match module_or_error(&module) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let (data, whole) = match body_data(&body) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    let _slot = attempt!(enter(&z, &headers));
+    let module = attempt!(module_or_error(&module));
+    let (data, whole) = attempt!(body_data(&body));
     let check_fields: Vec<String> = whole["duplicate_check_fields"]
         .as_array()
         .map(|a| {
@@ -1191,9 +1156,7 @@ async fn delete_many(
         .filter(|s| !s.is_empty())
         .collect();
     if ids.is_empty() {
-        if let Err(r) = z.admit(&headers) {
-            return r;
-        }
+        attempt!(z.admit(&headers));
         return zoho_error(
             StatusCode::BAD_REQUEST,
             "REQUIRED_PARAM_MISSING",
@@ -1205,14 +1168,8 @@ async fn delete_many(
 }
 
 async fn delete(z: Arc<Zoho>, module: String, ids: Vec<String>, headers: HeaderMap) -> Response {
-    let _slot = match enter(&z, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let module = match module_or_error(&module) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let _slot = attempt!(enter(&z, &headers));
+    let module = attempt!(module_or_error(&module));
     if ids.len() > MAX_RECORDS_PER_CALL {
         return zoho_error(
             StatusCode::BAD_REQUEST,
@@ -1259,14 +1216,8 @@ async fn read(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let _slot = match enter(&z, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let module = match module_or_error(&module) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let _slot = attempt!(enter(&z, &headers));
+    let module = attempt!(module_or_error(&module));
     let only = fields_param(q.as_deref());
     let store = z.store.lock().unwrap_or_else(|p| p.into_inner());
     let record = id
@@ -1396,14 +1347,8 @@ async fn list(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let _slot = match enter(&z, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let module = match module_or_error(&module) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let _slot = attempt!(enter(&z, &headers));
+    let module = attempt!(module_or_error(&module));
     let pairs = query_pairs(q.as_deref());
     let Some(only) = fields_param(q.as_deref()).filter(|f| !f.is_empty()) else {
         return zoho_error(
@@ -1421,10 +1366,7 @@ async fn list(
             json!({ "param_name": "fields", "limit": 50 }),
         );
     }
-    let p = match paging(&pairs) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let p = attempt!(paging(&pairs));
     let get = |k: &str| {
         pairs
             .iter()
@@ -1477,23 +1419,14 @@ async fn deleted(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let _slot = match enter(&z, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let module = match module_or_error(&module) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let _slot = attempt!(enter(&z, &headers));
+    let module = attempt!(module_or_error(&module));
     let since = headers
         .get("if-modified-since")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_time);
     let pairs = query_pairs(q.as_deref());
-    let p = match paging(&pairs) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let p = attempt!(paging(&pairs));
     let store = z.store.lock().unwrap_or_else(|p| p.into_inner());
     let gone: Vec<Value> = store.records.get(&module).into_iter().flat_map(|m| m.values())
         .filter_map(|r| Some((r, r.deleted_ms?)))
@@ -1665,14 +1598,8 @@ async fn search(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let _slot = match enter(&z, &headers) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let module = match module_or_error(&module) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let _slot = attempt!(enter(&z, &headers));
+    let module = attempt!(module_or_error(&module));
     let pairs = query_pairs(q.as_deref());
     let get = |k: &str| {
         pairs
@@ -1728,10 +1655,7 @@ async fn search(
             json!({ "param_name": "criteria" }),
         );
     };
-    let p = match paging(&pairs) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    let p = attempt!(paging(&pairs));
     let only = fields_param(q.as_deref());
     let store = z.store.lock().unwrap_or_else(|p| p.into_inner());
     let mut hits = Vec::new();
@@ -1770,9 +1694,7 @@ fn watch_error(index: usize, code: &str, message: &str, field: &str) -> Value {
 }
 
 async fn enable_watch(State(z): State<Arc<Zoho>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = z.admit(&headers) {
-        return r;
-    }
+    attempt!(z.admit(&headers));
     let Ok(WatchBody { watch }) = serde_json::from_slice::<WatchBody>(&body) else {
         return zoho_error(
             StatusCode::BAD_REQUEST,
@@ -1869,9 +1791,7 @@ async fn enable_watch(State(z): State<Arc<Zoho>>, headers: HeaderMap, body: Byte
 }
 
 async fn list_watch(State(z): State<Arc<Zoho>>, headers: HeaderMap) -> Response {
-    if let Err(r) = z.admit(&headers) {
-        return r;
-    }
+    attempt!(z.admit(&headers));
     let now = now_ms();
     let store = z.store.lock().unwrap_or_else(|p| p.into_inner());
     let live: Vec<Value> = store.channels.values().filter(|c| c.expiry_ms > now).map(|c| json!({
@@ -1891,9 +1811,7 @@ async fn list_watch(State(z): State<Arc<Zoho>>, headers: HeaderMap) -> Response 
 /// Updates some details (expiry, url, token, events), or with `_delete_events` removes
 /// the listed events from the channel.
 async fn patch_watch(State(z): State<Arc<Zoho>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = z.admit(&headers) {
-        return r;
-    }
+    attempt!(z.admit(&headers));
     let Ok(WatchBody { watch }) = serde_json::from_slice::<WatchBody>(&body) else {
         return zoho_error(
             StatusCode::BAD_REQUEST,
@@ -1950,9 +1868,7 @@ async fn disable_watch(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = z.admit(&headers) {
-        return r;
-    }
+    attempt!(z.admit(&headers));
     let ids: Vec<i64> = query_pairs(q.as_deref())
         .into_iter()
         .filter(|(k, _)| k == "channel_ids")

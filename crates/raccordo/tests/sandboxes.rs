@@ -212,3 +212,98 @@ fn the_demo_runs_everything_and_stops_cleanly() {
         "the hub kept its data"
     );
 }
+
+/// A blocking JSON call to a sandbox.
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut args = vec!["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, url];
+    let header;
+    if let Some(t) = token {
+        header = format!("authorization: Bearer {t}");
+        args.extend(["-H", header.as_str()]);
+    }
+    if let Some(b) = body {
+        args.extend(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = Command::new("curl").args(&args).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn sandbox_state_survives_a_restart_and_knobs_change_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("hubspot.json");
+    let state_arg = state.to_str().unwrap();
+    let args = [
+        "hubspot",
+        "--token",
+        "pat-state",
+        "--state-file",
+        state_arg,
+        "--seed-size",
+        "2,5",
+    ];
+    let email = "anna.moretti@example.it";
+    let id = {
+        let s = sandbox(&args);
+        let (status, body) = call(
+            "POST",
+            &format!("{}/crm/v3/objects/contacts", s.url),
+            Some("pat-state"),
+            Some(&format!(
+                r#"{{"properties":{{"email":"{email}","firstname":"Anna"}}}}"#
+            )),
+        );
+        assert_eq!(status, 201, "{body}");
+        let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+
+        // Knobs: a bad value is refused whole; a good one takes effect and is logged.
+        let knobs = format!("{}/_sandbox/knobs", s.url);
+        let (status, _) = call("PATCH", &knobs, None, Some(r#"{"error_rate": 2}"#));
+        assert_eq!(status, 400);
+        let (status, _) = call("PATCH", &knobs, None, Some(r#"{"error_rate": 1.0}"#));
+        assert_eq!(status, 200);
+        let (status, body) = call(
+            "GET",
+            &format!("{}/crm/v3/objects/contacts", s.url),
+            Some("pat-state"),
+            None,
+        );
+        assert_eq!(status, 500, "{body}");
+        let (_, calls) = call("GET", &format!("{}/_sandbox/calls", s.url), None, None);
+        let calls: serde_json::Value = serde_json::from_str(&calls).unwrap();
+        let last = calls["calls"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            (last["status"].as_u64(), last["injected"].as_str()),
+            (Some(500), Some("error")),
+            "{calls}"
+        );
+        created["id"].as_str().unwrap().to_string()
+        // Dropping `s` kills the process: nothing but the state file carries the contact over.
+    };
+    let s = sandbox(&args);
+    let (status, body) = call(
+        "GET",
+        &format!(
+            "{}/crm/v3/objects/contacts/{}?idProperty=email",
+            s.url,
+            email.replace('@', "%40")
+        ),
+        Some("pat-state"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let read: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(read["id"].as_str(), Some(id.as_str()), "{read}");
+    let (status, _) = call(
+        "GET",
+        &format!("{}/crm/v3/objects/contacts?limit=100", s.url),
+        Some("pat-state"),
+        None,
+    );
+    assert_eq!(
+        status, 200,
+        "knobs are not persisted: the restarted sandbox answers normally"
+    );
+}
