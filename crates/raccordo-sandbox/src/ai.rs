@@ -6,7 +6,6 @@
 //! values derived from the input — a support ticket full of complaints gets the negative end
 //! of a sentiment enum. Requests beyond the per-minute limit get 429 with `Retry-After`.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -31,7 +30,7 @@ pub struct AiOptions {
 
 struct Ai {
     options: AiOptions,
-    recent: Mutex<VecDeque<i64>>,
+    recent: Mutex<crate::SlidingLimit>,
 }
 
 pub struct AiFaults;
@@ -69,7 +68,7 @@ impl FaultStyle for AiFaults {
 pub fn router(options: AiOptions, controls: Arc<Controls>) -> Router {
     let ai = Arc::new(Ai {
         options,
-        recent: Mutex::new(VecDeque::new()),
+        recent: Mutex::new(crate::SlidingLimit::default()),
     });
     Router::new()
         .route("/v1/models", get(models))
@@ -126,17 +125,12 @@ impl Ai {
 
     /// Sliding one-minute limit; returns the seconds to wait when over it.
     fn admit(&self, now: i64) -> Result<(), u64> {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        while recent.front().is_some_and(|t| *t <= now - 60_000) {
-            recent.pop_front();
-        }
-        if recent.len() as u32 >= self.options.requests_per_minute {
-            let oldest = recent.front().copied().unwrap_or(now);
-            let wait_ms = (oldest + 60_000 - now).max(1);
-            return Err((wait_ms as u64).div_ceil(1000));
-        }
-        recent.push_back(now);
-        Ok(())
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_take(now, 60_000, self.options.requests_per_minute)
+            .map(|_| ())
+            .map_err(|wait_ms| (wait_ms as u64).div_ceil(1000))
     }
 }
 

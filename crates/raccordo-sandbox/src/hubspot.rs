@@ -177,8 +177,8 @@ struct Tokens {
     /// authorization code → expiry (ms)
     codes: HashMap<String, i64>,
     /// calls per token within the last 10 s, and search calls within the last second
-    recent: HashMap<String, VecDeque<i64>>,
-    searches: HashMap<String, VecDeque<i64>>,
+    recent: HashMap<String, crate::SlidingLimit>,
+    searches: HashMap<String, crate::SlidingLimit>,
     daily: HashMap<String, (i64, u32)>,
 }
 
@@ -354,30 +354,24 @@ impl HubSpot {
                 "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
             ));
         };
-        let window = tokens.recent.entry(caller.token.clone()).or_default();
-        while window.front().is_some_and(|t| *t <= now - 10_000) {
-            window.pop_front();
-        }
-        if window.len() as u32 >= self.options.burst_limit {
-            return Err(rate_limited(
-                "TEN_SECONDLY_ROLLING",
-                "You have reached your ten_secondly_rolling limit.",
-            ));
-        }
-        window.push_back(now);
-        let used = window.len() as u32;
+        let used = tokens
+            .recent
+            .entry(caller.token.clone())
+            .or_default()
+            .try_take(now, 10_000, self.options.burst_limit)
+            .map_err(|_| {
+                rate_limited(
+                    "TEN_SECONDLY_ROLLING",
+                    "You have reached your ten_secondly_rolling limit.",
+                )
+            })?;
         if search {
-            let s = tokens.searches.entry(caller.token.clone()).or_default();
-            while s.front().is_some_and(|t| *t <= now - 1000) {
-                s.pop_front();
-            }
-            if s.len() as u32 >= self.options.search_per_second {
-                return Err(rate_limited(
-                    "SECONDLY",
-                    "You have reached your secondly limit.",
-                ));
-            }
-            s.push_back(now);
+            tokens
+                .searches
+                .entry(caller.token.clone())
+                .or_default()
+                .try_take(now, 1000, self.options.search_per_second)
+                .map_err(|_| rate_limited("SECONDLY", "You have reached your secondly limit."))?;
         }
         let day = now / 86_400_000;
         let daily = tokens.daily.entry(caller.token.clone()).or_insert((day, 0));

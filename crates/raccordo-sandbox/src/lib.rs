@@ -111,6 +111,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sliding_limits_free_slots_as_calls_age() {
+        let mut l = SlidingLimit::default();
+        assert_eq!(l.try_take(0, 1000, 2), Ok(1));
+        assert_eq!(l.try_take(400, 1000, 2), Ok(2));
+        assert_eq!(
+            l.try_take(900, 1000, 2),
+            Err(100),
+            "full until the first call is 1 s old"
+        );
+        assert_eq!(
+            l.try_take(1000, 1000, 2),
+            Ok(2),
+            "the refused call was not counted"
+        );
+    }
+
+    #[test]
     fn times_and_queries() {
         assert_eq!(iso_ms(1_795_379_460_123), "2026-11-22T20:31:00.123Z");
         assert_eq!(
@@ -121,6 +138,29 @@ mod tests {
                 ("q".to_string(), "a@b.it".to_string())
             ]
         );
+    }
+}
+
+/// A rolling-window limit ("at most `limit` calls in any `window_ms`"), the shape of every
+/// rate limit the emulated APIs have.
+#[derive(Debug, Default)]
+pub struct SlidingLimit {
+    times: std::collections::VecDeque<i64>,
+}
+
+impl SlidingLimit {
+    /// Counts a call at `now` if the window has room: `Ok(calls in the window)`, else
+    /// `Err(milliseconds until a slot frees)` and nothing is counted.
+    pub fn try_take(&mut self, now: i64, window_ms: i64, limit: u32) -> Result<u32, i64> {
+        while self.times.front().is_some_and(|t| *t <= now - window_ms) {
+            self.times.pop_front();
+        }
+        if self.times.len() as u32 >= limit {
+            let oldest = self.times.front().copied().unwrap_or(now);
+            return Err((oldest + window_ms - now).max(1));
+        }
+        self.times.push_back(now);
+        Ok(self.times.len() as u32)
     }
 }
 

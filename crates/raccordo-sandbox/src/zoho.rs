@@ -4,7 +4,7 @@
 //! update, upsert, delete, search, deleted), API limits, and the notifications API
 //! (`/crm/v8/actions/watch`) with callbacks to the channel's `notify_url`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -173,8 +173,8 @@ struct Tokens {
     /// access token → expiry
     access: HashMap<String, i64>,
     /// refresh grants in the last 10 minutes (Zoho allows 10)
-    grants: VecDeque<i64>,
-    credits: VecDeque<i64>,
+    grants: crate::SlidingLimit,
+    credits: crate::SlidingLimit,
 }
 
 pub struct Zoho {
@@ -302,14 +302,11 @@ impl Zoho {
                 ));
             }
         }
-        while tokens
+        if tokens
             .credits
-            .front()
-            .is_some_and(|t| *t <= now - 86_400_000)
+            .try_take(now, 86_400_000, self.options.daily_credits)
+            .is_err()
         {
-            tokens.credits.pop_front();
-        }
-        if tokens.credits.len() as u32 >= self.options.daily_credits {
             return Err(zoho_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "TOO_MANY_REQUESTS",
@@ -317,7 +314,6 @@ impl Zoho {
                 json!({}),
             ));
         }
-        tokens.credits.push_back(now);
         Ok(())
     }
 
@@ -659,15 +655,11 @@ async fn token(State(z): State<Arc<Zoho>>, RawQuery(q): RawQuery, body: Bytes) -
     }
     let now = now_ms();
     let mut tokens = z.tokens.lock().unwrap_or_else(|p| p.into_inner());
-    while tokens.grants.front().is_some_and(|t| *t <= now - 600_000) {
-        tokens.grants.pop_front();
-    }
-    if tokens.grants.len() >= 10 {
+    if tokens.grants.try_take(now, 600_000, 10).is_err() {
         return answer(
             json!({ "error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time.", "status": "failure" }),
         );
     }
-    tokens.grants.push_back(now);
     let access = format!("1000.{}", random_token("").get(..32).unwrap_or_default());
     let ttl = z.options.access_token_ttl.as_secs() as i64;
     tokens.access.insert(access.clone(), now + ttl * 1000);
@@ -1689,20 +1681,26 @@ struct WatchBody {
     watch: Vec<Value>,
 }
 
+fn watch_body(body: &Bytes) -> Result<Vec<Value>, Response> {
+    serde_json::from_slice::<WatchBody>(body)
+        .map(|b| b.watch)
+        .map_err(|_| {
+            zoho_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_DATA",
+                "invalid data",
+                json!({ "api_name": "watch" }),
+            )
+        })
+}
+
 fn watch_error(index: usize, code: &str, message: &str, field: &str) -> Value {
     json!({ "code": code, "details": { "api_name": field, "json_path": format!("$.watch[{index}].{field}") }, "message": message, "status": "error" })
 }
 
 async fn enable_watch(State(z): State<Arc<Zoho>>, headers: HeaderMap, body: Bytes) -> Response {
     attempt!(z.admit(&headers));
-    let Ok(WatchBody { watch }) = serde_json::from_slice::<WatchBody>(&body) else {
-        return zoho_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_DATA",
-            "invalid data",
-            json!({ "api_name": "watch" }),
-        );
-    };
+    let watch = attempt!(watch_body(&body));
     let now = now_ms();
     let mut entries = Vec::new();
     {
@@ -1812,14 +1810,7 @@ async fn list_watch(State(z): State<Arc<Zoho>>, headers: HeaderMap) -> Response 
 /// the listed events from the channel.
 async fn patch_watch(State(z): State<Arc<Zoho>>, headers: HeaderMap, body: Bytes) -> Response {
     attempt!(z.admit(&headers));
-    let Ok(WatchBody { watch }) = serde_json::from_slice::<WatchBody>(&body) else {
-        return zoho_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_DATA",
-            "invalid data",
-            json!({ "api_name": "watch" }),
-        );
-    };
+    let watch = attempt!(watch_body(&body));
     let now = now_ms();
     let mut entries = Vec::new();
     {
