@@ -138,6 +138,13 @@ api.crm.associations.v4.basic_api.create_default("contacts", created.id, "compan
 linked = api.crm.associations.v4.basic_api.get_page("contacts", created.id, "companies")
 check([str(r.to_object_id) for r in linked.results] == [company.id], "default association listed")
 check(linked.results[0].association_types[0].type_id == 279, "contact→company type 279")
+other = api.crm.companies.basic_api.create(CompanyInput(properties={"name": f"Officine Prova {run} S.p.A."}))
+labelled = api.crm.associations.v4.basic_api.create("companies", other.id, "contacts", created.id,
+                                                    [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 280}])
+check(labelled is not None and str(labelled.to_object_id) == created.id, "labelled association (201)")
+api.crm.associations.v4.basic_api.archive("companies", other.id, "contacts", created.id)
+linked = api.crm.associations.v4.basic_api.get_page("contacts", created.id, "companies")
+check([str(r.to_object_id) for r in linked.results] == [company.id], "association archived")
 
 # Rate-limit headers and 429.
 _, status, headers = contacts.basic_api.get_page_with_http_info(limit=1)

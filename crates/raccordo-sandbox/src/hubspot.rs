@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{delete, get, patch, post, put};
+use axum::routing::{get, post, put};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -532,14 +532,10 @@ pub fn router(hubspot: Arc<HubSpot>, controls: Arc<Controls>) -> Router {
         )
         .route(
             "/crm/v4/objects/{kind}/{id}/associations/{to}/{to_id}",
-            delete(dissociate),
+            put(associate_labelled).delete(dissociate),
         )
         .route("/_sandbox/state", get(dump_state))
         .route("/_sandbox/tokens/expire", post(expire_tokens))
-        .route(
-            "/_sandbox/patch-check",
-            patch(|| async { StatusCode::NO_CONTENT }),
-        )
         .with_state(hubspot)
         .merge(crate::knobs::admin_routes(controls.clone()))
         .layer(axum::middleware::from_fn_with_state(
@@ -1757,6 +1753,71 @@ async fn list_associations(
         .map(|to_id| json!({ "toObjectId": to_id, "associationTypes": [{ "category": "HUBSPOT_DEFINED", "typeId": type_id(from), "label": null }] }))
         .collect();
     ok(StatusCode::OK, &json!({ "results": results }), h)
+}
+
+/// The labelled form: the body is an array of `{associationCategory, associationTypeId}`;
+/// the sandbox knows HubSpot's defined contact↔company types (unlabelled and primary).
+async fn associate_labelled(
+    State(hs): State<Arc<HubSpot>>,
+    Path((kind, id, to, to_id)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (_, h) = attempt!(hs.admit(&headers, false));
+    let (Some(from), Some(to)) = (Kind::parse(&kind), Kind::parse(&to)) else {
+        return validation(
+            "unsupported object types; the sandbox associates contacts and companies",
+        );
+    };
+    let specs = attempt!(parse_json(&body));
+    let Some(specs) = specs.as_array().filter(|a| !a.is_empty()) else {
+        return validation("the body must be a non-empty array of association types");
+    };
+    let allowed: &[u64] = match from {
+        Kind::Contacts => &[ASSOC_CONTACT_TO_COMPANY as u64, 1],
+        Kind::Companies => &[ASSOC_COMPANY_TO_CONTACT as u64, 2],
+    };
+    for (i, spec) in specs.iter().enumerate() {
+        let type_id = spec["associationTypeId"].as_u64().unwrap_or(0);
+        if spec["associationCategory"] != "HUBSPOT_DEFINED" || !allowed.contains(&type_id) {
+            return validation(&format!(
+                "[{i}]: association type {type_id} ({}) is not defined from {} to {}",
+                spec["associationCategory"],
+                kind_path(from),
+                kind_path(to)
+            ));
+        }
+    }
+    let (a, b) = {
+        let mut store = hs.store.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(a), Some(b)) = (
+            find(&store, from, &id, None, false),
+            find(&store, to, &to_id, None, false),
+        ) else {
+            return not_found();
+        };
+        let Some(p) = pair(from, a, to, b) else {
+            return validation("contacts associate with companies, and companies with contacts");
+        };
+        store.associations.insert(p);
+        (a, b)
+    };
+    hs.save();
+    let type_id = |k: Kind| match k {
+        Kind::Contacts => "0-1",
+        Kind::Companies => "0-2",
+    };
+    ok(
+        StatusCode::CREATED,
+        &json!({
+            "fromObjectTypeId": type_id(from),
+            "fromObjectId": a,
+            "toObjectTypeId": type_id(to),
+            "toObjectId": b,
+            "labels": [],
+        }),
+        h,
+    )
 }
 
 async fn dissociate(

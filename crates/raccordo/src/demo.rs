@@ -355,6 +355,42 @@ async fn hubspot_traffic(
     let mut tick = tokio::time::interval(Duration::from_millis(1200));
     for n in 0u64.. {
         tick.tick().await;
+        if n % 5 == 4
+            && let Some(contact) = created.last()
+        {
+            // Now and then a company, associated with the newest contact.
+            let name = format!("Cantine Demo {} S.r.l.", run * 1000 + n);
+            let company = client
+                .post(format!("{base}/crm/v3/objects/companies"))
+                .bearer_auth(&token)
+                .json(&json!({ "properties": { "name": name, "city": "Verona" } }))
+                .send()
+                .await;
+            let id = match company {
+                Ok(r) if r.status() == reqwest::StatusCode::CREATED => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(String::from)),
+                _ => None,
+            };
+            let Some(id) = id else {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let linked = client
+                .put(format!(
+                    "{base}/crm/v4/objects/contacts/{contact}/associations/default/companies/{id}"
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            counters
+                .hubspot_changes
+                .fetch_add(if linked { 2 } else { 1 }, Ordering::Relaxed);
+            continue;
+        }
         let request = if n % 3 == 2 && !created.is_empty() {
             let id = &created[(n as usize / 3) % created.len()];
             let stages = [
