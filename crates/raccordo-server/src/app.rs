@@ -36,6 +36,8 @@ pub struct AppState {
     pub admin: AdminTokens,
     pub prometheus: PrometheusHandle,
     pub max_body_bytes: usize,
+    /// Cadence of provisional results on the SSE stream (`metrics.provisional_every`).
+    pub provisional_every: Duration,
     pub shutting_down: AtomicBool,
 }
 
@@ -95,6 +97,7 @@ impl Hub {
             admin: AdminTokens::new(&config.admin.tokens),
             prometheus: prometheus.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            provisional_every: config.metrics.provisional_every,
             shutting_down: AtomicBool::new(false),
         });
         let router = router(

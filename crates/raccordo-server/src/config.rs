@@ -45,6 +45,9 @@ pub struct MetricsConfig {
     pub allowed_lateness: Duration,
     /// `evento` values that count as conversions (with `stato = completato`).
     pub goals: Vec<String>,
+    /// How often the SSE stream publishes provisional results of open windows.
+    #[serde(with = "humantime_serde")]
+    pub provisional_every: Duration,
 }
 
 impl Default for MetricsConfig {
@@ -55,6 +58,7 @@ impl Default for MetricsConfig {
             out_of_orderness: Duration::from_secs(15),
             allowed_lateness: Duration::from_secs(3600),
             goals: vec!["acquisto_concluso".into()],
+            provisional_every: Duration::from_millis(500),
         }
     }
 }
@@ -370,6 +374,15 @@ impl Config {
         }
         if let Err(e) = self.metrics.window_spec().validate() {
             report("metrics".into(), e);
+        }
+        // The issue asks for at least two provisional results a second.
+        if !(Duration::from_millis(50)..=Duration::from_millis(500))
+            .contains(&self.metrics.provisional_every)
+        {
+            report(
+                "metrics.provisional_every".into(),
+                "must be between 50ms and 500ms".into(),
+            );
         }
         for (key, e) in self.alerts.validate() {
             report(format!("alerts.{key}"), e);

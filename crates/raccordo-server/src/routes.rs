@@ -375,9 +375,6 @@ fn parse_dimension(text: Option<&str>) -> Result<Option<crate::live::Dimension>,
     }
 }
 
-/// How often open windows are published as provisional results (early firing).
-const PROVISIONAL_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// `GET /api/v1/metrics/stream`: Server-Sent Events. `provisional` events carry the open
 /// windows every 500 ms; `final` events carry windows as the watermark passes them, and again
 /// whenever a late event updates them.
@@ -394,7 +391,7 @@ pub async fn metrics_stream(
     };
     let value = q.value;
     let fired = state.live.subscribe();
-    let mut tick = tokio::time::interval(PROVISIONAL_EVERY);
+    let mut tick = tokio::time::interval(state.provisional_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let live = state.live.clone();
     let stream = futures_util::stream::unfold((fired, tick), move |(mut fired, mut tick)| {

@@ -11,7 +11,7 @@ use support::*;
 fn help_texts_explain_every_command() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    for command in ["serve", "check", "loadgen"] {
+    for command in ["serve", "check", "loadgen", "sandbox", "demo"] {
         assert!(text.contains(command), "{text}");
         let out = Command::new(BIN)
             .args([command, "--help"])
@@ -67,6 +67,28 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
         stderr.contains("bad.toml:2:") && stderr.contains("sometimes"),
+        "{stderr}"
+    );
+
+    // Values that parse but make no sense are reported by key, with their line.
+    let odd = dir.path().join("odd.toml");
+    std::fs::write(
+        &odd,
+        "[metrics]\nprovisional_every = \"2s\"\n\n[alerts.failure_rate]\nthreshold = 1.5\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", odd.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("odd.toml:2: metrics.provisional_every: must be between 50ms and 500ms"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("odd.toml:5: alerts.failure_rate.threshold: must be between 0 and 1"),
         "{stderr}"
     );
 }
