@@ -103,6 +103,14 @@ watch = urllib.request.Request(url + "/crm/v8/actions/watch", method="POST", hea
                                                            "notify_url": f"http://127.0.0.1:{notify_port}/zoho?tenant=demo"}]}).encode())
 answer = json.loads(urllib.request.urlopen(watch).read())
 check(answer["watch"][0]["code"] == "SUCCESS", f"watch enabled: {answer}")
+# An expiry beyond a week silently becomes one hour (Zoho's rule since API v4).
+far = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 30 * 86400))
+too_long = urllib.request.Request(url + "/crm/v8/actions/watch", method="POST", headers={"Authorization": "Zoho-oauthtoken " + access},
+                                  data=json.dumps({"watch": [{"channel_id": 1000000068002, "events": ["Accounts.create"], "channel_expiry": far,
+                                                              "notify_url": f"http://127.0.0.1:{notify_port}/other"}]}).encode())
+expiry = json.loads(urllib.request.urlopen(too_long).read())["watch"][0]["details"]["events"][0]["channel_expiry"]
+hours = (time.mktime(time.strptime(expiry[:19], "%Y-%m-%dT%H:%M:%S")) - time.mktime(time.gmtime())) / 3600
+check(0.9 < hours < 1.1, f"a 30-day expiry became one hour: {expiry}")
 
 # Insert: 201 with Zoho's success entry.
 email = f"luca.greco.{run}@example.it"

@@ -4,6 +4,8 @@
 //! (`sdk-tests/requirements.txt`) into a virtual environment and points
 //! `RACCORDO_SDK_PYTHON` at its interpreter.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -306,4 +308,41 @@ fn sandbox_state_survives_a_restart_and_knobs_change_at_run_time() {
         status, 200,
         "knobs are not persisted: the restarted sandbox answers normally"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hubspot_webhooks_are_retried_until_delivered() {
+    let (hook, seen) = support::capture_http(vec![503]);
+    let hook_url = format!("http://{hook}/hook");
+    let s = sandbox(&[
+        "hubspot",
+        "--token",
+        "pat-retry",
+        "--webhook-url",
+        &hook_url,
+        "--seed-size",
+        "1,1",
+    ]);
+    let (status, body) = call(
+        "POST",
+        &format!("{}/crm/v3/objects/companies", s.url),
+        Some("pat-retry"),
+        Some(r#"{"properties":{"name":"Pastificio Riprova S.r.l.","city":"Gragnano"}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id: u64 = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The first delivery is answered 503; the same events come again with attemptNumber 1.
+    let requests = support::wait_for_requests(&seen, 2).await;
+    for (attempt, request) in requests.iter().enumerate() {
+        let events: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let event = &events[0];
+        assert_eq!(event["subscriptionType"], "company.creation", "{events}");
+        assert_eq!(event["objectId"], id);
+        assert_eq!(event["attemptNumber"], attempt as u64, "{events}");
+        assert!(request.header("x-hubspot-signature-v3").is_some());
+    }
 }
