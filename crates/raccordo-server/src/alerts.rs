@@ -386,6 +386,10 @@ impl Alerts {
     /// Called with the clock skew every ingest request showed.
     pub async fn observe_clock_skew(&self, source: &str, skew_ms: i64, now_ms: i64) {
         let rule = &self.config.clock_skew;
+        // Called on every ingest request: the common case decides without a lock.
+        if skew_ms.unsigned_abs() as u128 <= rule.threshold.as_millis() {
+            return;
+        }
         if !rule.enabled
             || !self.limit_breached(rule, &format!("skew:{source}"), skew_ms.abs(), now_ms)
         {

@@ -78,6 +78,9 @@ impl Hub {
         for (campaign, day, cents) in costs.load().await? {
             live.set_costs(&campaign, &[(day, cents)]);
         }
+        let live_store = raccordo_storage_sqlite::SqliteLiveStore::open(&config.database_path())?;
+        live.restore(&live_store).await?;
+        live.spawn_persister(live_store, config.metrics.checkpoint_every);
         live.spawn(log);
         let queue = Arc::new(raccordo_storage_sqlite::SqliteWorkQueue::open(
             &config.database_path(),

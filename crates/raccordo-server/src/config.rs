@@ -48,6 +48,10 @@ pub struct MetricsConfig {
     /// How often the SSE stream publishes provisional results of open windows.
     #[serde(with = "humantime_serde")]
     pub provisional_every: Duration,
+    /// How often the window state is saved, so a restart resumes there instead of
+    /// replaying the whole log.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
 }
 
 impl Default for MetricsConfig {
@@ -59,6 +63,7 @@ impl Default for MetricsConfig {
             allowed_lateness: Duration::from_secs(3600),
             goals: vec!["acquisto_concluso".into()],
             provisional_every: Duration::from_millis(500),
+            checkpoint_every: Duration::from_secs(10),
         }
     }
 }
@@ -375,7 +380,15 @@ impl Config {
         if let Err(e) = self.metrics.window_spec().validate() {
             report("metrics".into(), e);
         }
-        // The issue asks for at least two provisional results a second.
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.metrics.checkpoint_every)
+        {
+            report(
+                "metrics.checkpoint_every".into(),
+                "must be between 100ms and 1h".into(),
+            );
+        }
+        // At least two provisional results a second.
         if !(Duration::from_millis(50)..=Duration::from_millis(500))
             .contains(&self.metrics.provisional_every)
         {

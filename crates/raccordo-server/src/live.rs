@@ -12,8 +12,8 @@ use std::borrow::Cow;
 
 use raccordo_core::{Clock, EventLog, RawEvent};
 use raccordo_stream::{
-    ConversionRecord, ConversionStats, DailySpend, Firing, Placement, Window, WindowOperator,
-    WindowSpec,
+    ConversionRecord, ConversionStats, DailySpend, Firing, OperatorState, Placement, Window,
+    WindowOperator, WindowSpec,
 };
 use serde::Serialize;
 
@@ -43,7 +43,7 @@ struct LiveMetadata<'a> {
 const RESULT_RETENTION_MS: i64 = 48 * 3_600_000;
 const PAGE: usize = 1000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
     All,
@@ -109,6 +109,23 @@ pub struct LiveMetrics {
     clock: Arc<dyn Clock>,
     lag: Mutex<Lag>,
     committed: std::sync::OnceLock<tokio::sync::watch::Receiver<i64>>,
+    persist: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PersistJob>>,
+    /// Log position of the last saved checkpoint (0: none yet).
+    checkpoint_seq: std::sync::atomic::AtomicI64,
+    /// Log position the windows were restored from at start (0: replayed from the start).
+    restored_from_seq: std::sync::atomic::AtomicI64,
+}
+
+/// Work for the task that saves results and checkpoints, in order.
+enum PersistJob {
+    Results(Vec<raccordo_storage_sqlite::ResultRow>),
+}
+
+/// What a checkpoint holds besides the log position.
+#[derive(Serialize, serde::Deserialize)]
+struct Checkpoint {
+    operator: OperatorState<DimKey, ConversionStats>,
+    late: Vec<(i64, u64)>,
 }
 
 /// How far the windows trail the log.
@@ -131,6 +148,10 @@ pub struct LiveHealth {
     pub lag_ms: i64,
     /// Event-time watermark (newest event time − allowed out-of-orderness).
     pub watermark_ms: Option<i64>,
+    /// Log position of the last saved checkpoint (0: none yet).
+    pub checkpoint_seq: i64,
+    /// Where the windows resumed at start (0: rebuilt from the whole log).
+    pub restored_from_seq: i64,
 }
 
 /// One row of `GET /api/v1/metrics`.
@@ -177,7 +198,122 @@ impl LiveMetrics {
             clock,
             lag: Mutex::new(Lag::default()),
             committed: std::sync::OnceLock::new(),
+            persist: std::sync::OnceLock::new(),
+            checkpoint_seq: Default::default(),
+            restored_from_seq: Default::default(),
         })
+    }
+
+    /// Continues from the saved checkpoint and results, if they were taken with the same
+    /// window settings; otherwise clears them, and the windows are rebuilt from the log.
+    pub async fn restore(
+        &self,
+        store: &raccordo_storage_sqlite::SqliteLiveStore,
+    ) -> anyhow::Result<()> {
+        let saved = store.checkpoint().await?;
+        let restored = saved.and_then(|(seq, text)| {
+            let checkpoint: Checkpoint = serde_json::from_str(&text).ok()?;
+            let operator = WindowOperator::restore(self.spec, checkpoint.operator)?;
+            Some((seq, operator, checkpoint.late))
+        });
+        let Some((seq, operator, late)) = restored else {
+            store.clear().await?;
+            return Ok(());
+        };
+        let mut fired = BTreeMap::new();
+        for (start, end, dimension, value, stats) in store.results().await? {
+            let (Ok(dimension), Ok(stats)) = (
+                serde_json::from_value::<Dimension>(serde_json::Value::String(dimension)),
+                serde_json::from_str::<ConversionStats>(&stats),
+            ) else {
+                continue;
+            };
+            fired.insert((Window { start, end }, (dimension, value)), stats);
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.operator = Some(operator);
+        state.fired = fired;
+        state.late = late.into_iter().collect();
+        state.processed_seq = seq;
+        self.restored_from_seq
+            .store(seq, std::sync::atomic::Ordering::Relaxed);
+        self.checkpoint_seq
+            .store(seq, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            seq,
+            windows = state.fired.len(),
+            "live metrics restored from a checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Saves fired results as they fire and a checkpoint every `every`. A checkpoint is
+    /// written only after every result it covers (they are queued first), so a restart from
+    /// it never misses a window that fired.
+    pub fn spawn_persister(
+        self: &Arc<Self>,
+        store: raccordo_storage_sqlite::SqliteLiveStore,
+        every: std::time::Duration,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        if self.persist.set(tx).is_err() {
+            return; // already running
+        }
+        let live = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    job = rx.recv() => match job {
+                        Some(PersistJob::Results(rows)) => {
+                            if let Err(e) = store.put_results(rows).await {
+                                tracing::warn!(error = %e, "could not save window results");
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = tick.tick() => {
+                        let Some((seq, text, horizon)) = live.snapshot() else { continue };
+                        // Everything queued so far covers at least this snapshot: save it first.
+                        while let Ok(PersistJob::Results(rows)) = rx.try_recv() {
+                            if let Err(e) = store.put_results(rows).await {
+                                tracing::warn!(error = %e, "could not save window results");
+                            }
+                        }
+                        match store.put_checkpoint(seq, text, horizon).await {
+                            Ok(()) => live.checkpoint_seq.store(seq, std::sync::atomic::Ordering::Relaxed),
+                            Err(e) => tracing::warn!(error = %e, "could not save the live checkpoint"),
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// The state to save, if anything changed since the last checkpoint: (seq, JSON,
+    /// results older than this may be forgotten).
+    fn snapshot(&self) -> Option<(i64, String, i64)> {
+        let (seq, checkpoint, horizon) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.processed_seq
+                == self
+                    .checkpoint_seq
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return None;
+            }
+            let operator = state.operator.as_ref()?;
+            let checkpoint = Checkpoint {
+                operator: operator.checkpoint(),
+                late: state.late.iter().map(|(k, v)| (*k, *v)).collect(),
+            };
+            let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
+            (state.processed_seq, checkpoint, horizon)
+        };
+        let text = serde_json::to_string(&checkpoint).ok()?;
+        Some((seq, text, horizon))
     }
 
     /// Tails `log` for ever (until the task is dropped).
@@ -322,9 +458,26 @@ impl LiveMetrics {
         let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
         fired.retain(|(window, _), _| window.end >= horizon);
         late.retain(|start, _| start + self.spec.size_ms >= horizon);
-        if !changed.is_empty() && self.fired_rows.receiver_count() > 0 {
+        if !changed.is_empty() {
             changed.sort();
             changed.dedup();
+        }
+        // Sent under the state lock, so a checkpoint taken later is always queued after the
+        // results it covers (see `spawn_persister`).
+        if !changed.is_empty()
+            && let Some(persist) = self.persist.get()
+        {
+            let rows = changed
+                .iter()
+                .filter_map(|(w, k)| {
+                    let stats = serde_json::to_string(state.fired.get(&(*w, k.clone()))?).ok()?;
+                    let dimension = serde_json::to_value(&k.0).ok()?.as_str()?.to_string();
+                    Some((w.start, w.end, dimension, k.1.clone(), stats))
+                })
+                .collect();
+            let _ = persist.send(PersistJob::Results(rows));
+        }
+        if !changed.is_empty() && self.fired_rows.receiver_count() > 0 {
             let rows = changed
                 .into_iter()
                 .filter_map(|(w, k)| {
@@ -404,6 +557,12 @@ impl LiveMetrics {
             committed_seq,
             lag_ms,
             watermark_ms,
+            checkpoint_seq: self
+                .checkpoint_seq
+                .load(std::sync::atomic::Ordering::Relaxed),
+            restored_from_seq: self
+                .restored_from_seq
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

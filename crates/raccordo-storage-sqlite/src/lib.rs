@@ -10,6 +10,7 @@
 
 mod costs;
 mod dedup_index;
+mod live;
 mod queue;
 mod schema;
 mod writer;
@@ -27,6 +28,7 @@ use rusqlite::{Connection, OpenFlags, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
 pub use costs::SqliteCampaignCosts;
+pub use live::{ResultRow, SqliteLiveStore};
 pub use queue::SqliteWorkQueue;
 pub use writer::Durability;
 

@@ -23,4 +23,6 @@ pub mod window;
 pub use distinct::DistinctCount;
 pub use spend::DailySpend;
 pub use stats::{ConversionRecord, ConversionStats};
-pub use window::{Aggregate, Emission, Firing, Placement, Window, WindowOperator, WindowSpec};
+pub use window::{
+    Aggregate, Emission, Firing, OperatorState, Placement, Window, WindowOperator, WindowSpec,
+};

@@ -288,3 +288,81 @@ async fn metrics_come_as_csv_too() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_resumes_from_the_checkpoint_and_counts_what_came_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_configured(
+        dir.path(),
+        // No lateness: a window's state is dropped as it fires, so after the restart its
+        // result can only come from the saved results, not from the operator.
+        "[metrics]\ncheckpoint_every = \"1s\"\nallowed_lateness = \"0s\"\n",
+    );
+    let old = -20 * 60_000;
+    let batch = json!([
+        at(1, old, "acquisto_concluso", "email", 100.0),
+        at(2, old, "acquisto_concluso", "email", 50.5),
+        at(3, old, "richiesta_demo", "email", 0.0),
+        at(4, old, "acquisto_concluso", "sms", 10.0),
+    ]);
+    assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
+    assert_eq!(send_event(&server, 5).await, StatusCode::ACCEPTED);
+    // Wait for a checkpoint that covers all five events.
+    let health = poll_json(&server, "/api/v1/ingest/health", READ_TOKEN, |h| {
+        h["live"]["checkpoint_seq"].as_i64() >= Some(5)
+    })
+    .await;
+    let saved = health["live"]["checkpoint_seq"].as_i64().unwrap();
+    // An event too late for the fired window, then kill -9 at once: the restart must count
+    // it as late whether or not a checkpoint caught it.
+    assert_eq!(
+        send_batch(
+            &server,
+            &json!([at(6, old, "acquisto_concluso", "email", 20.0)])
+        )
+        .await,
+        StatusCode::ACCEPTED
+    );
+    server.kill9();
+
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--config",
+            dir.path().join("raccordo.toml").to_str().unwrap(),
+        ],
+    );
+    let rows = metrics_until(&server, "dimension=canale", |rows| {
+        row(rows, "email").is_some_and(|r| r["status"] == "final")
+    })
+    .await;
+    let email = row(&rows, "email").unwrap();
+    assert_eq!(
+        (
+            email["events"].as_u64(),
+            email["conversions"].as_u64(),
+            email["total_value"].as_f64()
+        ),
+        (Some(3), Some(2), Some(150.5)),
+        "the saved result, counted once: {email}"
+    );
+    assert_eq!(row(&rows, "sms").unwrap()["events"], 1);
+    let health = get_json(&server, "/api/v1/ingest/health", READ_TOKEN).await;
+    assert!(
+        health["live"]["restored_from_seq"].as_i64() >= Some(saved),
+        "resumed from the checkpoint, not from the start: {health}"
+    );
+    let all = metrics_until(&server, "dimension=all", |rows| rows.len() >= 2).await;
+    assert_eq!(
+        all.iter()
+            .map(|r| r["events"].as_u64().unwrap())
+            .sum::<u64>(),
+        5,
+        "five events in windows"
+    );
+    assert_eq!(
+        all.iter().map(|r| r["late"].as_u64().unwrap()).sum::<u64>(),
+        1,
+        "and the sixth reported late, once: {all:?}"
+    );
+}
