@@ -325,10 +325,7 @@ async fn summary(
 }
 
 fn rand_u32() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(13))
-        .unwrap_or(7)
+    rand::random()
 }
 
 fn person(n: u64) -> (String, String, String) {
