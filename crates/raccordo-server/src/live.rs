@@ -608,3 +608,46 @@ impl LiveMetrics {
         (rows, state.processed_seq)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raccordo_core::ManualClock;
+
+    fn raw(seq: i64, received_at_ms: i64, duplicate: bool) -> RawEvent {
+        RawEvent {
+            seq,
+            event_time_ms: received_at_ms - 1000,
+            received_at_ms,
+            payload: r#"{"id_cliente":"C1","evento":"acquisto_concluso","stato":"completato","canale":"email","valore":10.0}"#.into(),
+            duplicate,
+        }
+    }
+
+    #[test]
+    fn lag_is_the_age_of_what_was_just_counted_and_zero_when_idle() {
+        let clock = ManualClock::new(1_000_000);
+        let live = LiveMetrics::new(
+            WindowSpec::tumbling(300_000),
+            ["acquisto_concluso".to_string()],
+            Arc::new(clock.clone()),
+        );
+        assert_eq!(live.health().lag_ms, 0, "nothing read yet");
+        live.ingest(&[raw(1, 999_400, false), raw(2, 999_900, true)]);
+        let health = live.health();
+        assert_eq!(
+            (health.lag_ms, health.processed_seq),
+            (600, 2),
+            "the oldest event of the page was 600 ms old"
+        );
+        clock.advance(10_000);
+        assert_eq!(live.health().lag_ms, 0, "caught up and idle");
+        let (rows, through) = live.provisional(Some(&Dimension::All), None);
+        assert_eq!(through, 2);
+        assert_eq!(
+            (rows[0].events, rows[0].duplicates),
+            (1, 1),
+            "the duplicate is counted apart"
+        );
+    }
+}
