@@ -1698,6 +1698,26 @@ fn type_id(from: Kind) -> u32 {
     }
 }
 
+impl HubSpot {
+    /// Associates two live objects and saves; answers 404 or 400 as HubSpot does.
+    fn link(&self, from: Kind, id: &str, to: Kind, to_id: &str) -> Result<(u64, u64), Response> {
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(a), Some(b)) = (
+            find(&store, from, id, None, false),
+            find(&store, to, to_id, None, false),
+        ) else {
+            return Err(not_found());
+        };
+        let p = pair(from, a, to, b).ok_or_else(|| {
+            validation("contacts associate with companies, and companies with contacts")
+        })?;
+        store.associations.insert(p);
+        drop(store);
+        self.save();
+        Ok((a, b))
+    }
+}
+
 async fn associate(
     State(hs): State<Arc<HubSpot>>,
     Path((kind, id, to, to_id)): Path<(String, String, String, String)>,
@@ -1710,20 +1730,7 @@ async fn associate(
         );
     };
     let started = now_ms();
-    {
-        let mut store = hs.store.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(a), Some(b)) = (
-            find(&store, from, &id, None, false),
-            find(&store, to, &to_id, None, false),
-        ) else {
-            return not_found();
-        };
-        let Some(p) = pair(from, a, to, b) else {
-            return validation("contacts associate with companies, and companies with contacts");
-        };
-        store.associations.insert(p);
-    }
-    hs.save();
+    attempt!(hs.link(from, &id, to, &to_id));
     let spec = |f: Kind, fid: &str, tid: &str| json!({ "from": {"id": fid}, "to": {"id": tid}, "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id(f)} });
     let (status, body) = batch_envelope(
         vec![spec(from, &id, &to_id), spec(to, &to_id, &id)],
@@ -1788,21 +1795,7 @@ async fn associate_labelled(
             ));
         }
     }
-    let (a, b) = {
-        let mut store = hs.store.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(a), Some(b)) = (
-            find(&store, from, &id, None, false),
-            find(&store, to, &to_id, None, false),
-        ) else {
-            return not_found();
-        };
-        let Some(p) = pair(from, a, to, b) else {
-            return validation("contacts associate with companies, and companies with contacts");
-        };
-        store.associations.insert(p);
-        (a, b)
-    };
-    hs.save();
+    let (a, b) = attempt!(hs.link(from, &id, to, &to_id));
     let type_id = |k: Kind| match k {
         Kind::Contacts => "0-1",
         Kind::Companies => "0-2",
