@@ -1201,6 +1201,11 @@ fn batch_envelope(results: Vec<Value>, errors: Vec<Value>, started: i64) -> (Sta
     }
 }
 
+/// A batch input's `id`, given as a string (HubSpot's form) or a number.
+fn input_id(input: &Value) -> String {
+    value_text(&input["id"]).unwrap_or_default()
+}
+
 fn batch_error(category: &str, message: &str, ids: &[String]) -> Value {
     json!({
         "status": "error",
@@ -1247,11 +1252,7 @@ async fn batch(
                 let archived = bool_param(&pairs, "archived");
                 let (mut results, mut missing) = (Vec::new(), Vec::new());
                 for i in inputs {
-                    let key = i["id"]
-                        .as_str()
-                        .map(String::from)
-                        .or_else(|| i["id"].as_u64().map(|n| n.to_string()))
-                        .unwrap_or_default();
+                    let key = input_id(i);
                     match find(&store, kind, &key, id_property, archived) {
                         Some(id) => results.push(render(
                             &store,
@@ -1340,11 +1341,7 @@ async fn batch(
                 let upsert = op == "upsert";
                 let (mut results, mut errors) = (Vec::new(), Vec::new());
                 for i in inputs {
-                    let key = i["id"]
-                        .as_str()
-                        .map(String::from)
-                        .or_else(|| i["id"].as_u64().map(|n| n.to_string()))
-                        .unwrap_or_default();
+                    let key = input_id(i);
                     let id_property = i["idProperty"].as_str();
                     if upsert && id_property.is_none() {
                         return validation(
@@ -1396,11 +1393,7 @@ async fn batch(
             }
             "archive" => {
                 for i in inputs {
-                    let key = i["id"]
-                        .as_str()
-                        .map(String::from)
-                        .or_else(|| i["id"].as_u64().map(|n| n.to_string()))
-                        .unwrap_or_default();
+                    let key = input_id(i);
                     if let Some(id) = archive_one(&mut store, kind, &key) {
                         events.push((id, "deletion", None));
                     }
@@ -1479,21 +1472,15 @@ fn matches(o: &Object, filter: &Value) -> Result<bool, String> {
                 && value.is_some()
         }
         "NEQ" => actual.is_none_or(|a| compare(a, &need().unwrap_or_default()) != Equal),
-        "LT" => {
+        "LT" | "LTE" | "GT" | "GTE" => {
             let v = need()?;
-            actual.is_some_and(|a| compare(a, &v) == Less)
-        }
-        "LTE" => {
-            let v = need()?;
-            actual.is_some_and(|a| compare(a, &v) != Greater)
-        }
-        "GT" => {
-            let v = need()?;
-            actual.is_some_and(|a| compare(a, &v) == Greater)
-        }
-        "GTE" => {
-            let v = need()?;
-            actual.is_some_and(|a| compare(a, &v) != Less)
+            let wanted: &[std::cmp::Ordering] = match op {
+                "LT" => &[Less],
+                "LTE" => &[Less, Equal],
+                "GT" => &[Greater],
+                _ => &[Greater, Equal],
+            };
+            actual.is_some_and(|a| wanted.contains(&compare(a, &v)))
         }
         "BETWEEN" => {
             let low = need()?;
