@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::ids::{EventId, SourceName};
+use crate::store::LogPosition;
 
 /// A 128-bit dedup key (a truncated SHA-256 of the key material; see `raccordo-ingest`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,7 +76,8 @@ pub enum AppendOutcome {
 /// An event as read back from the log.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
-    /// Position in the log; strictly increasing in commit order.
+    /// Position in the log (the offset in its partition); strictly increasing in commit
+    /// order on the embedded log.
     pub seq: i64,
     pub id: EventId,
     pub source: SourceName,
@@ -101,7 +103,9 @@ pub struct EventFilter {
 /// consumer parses only what it needs.
 #[derive(Debug, Clone)]
 pub struct RawEvent {
-    pub seq: i64,
+    pub position: LogPosition,
+    pub id: EventId,
+    pub source: SourceName,
     pub event_time_ms: i64,
     pub received_at_ms: i64,
     pub payload: String,

@@ -1,12 +1,11 @@
 //! Domain types shared by every raccordo crate: typed ids, the clock, the event model
-//! and the storage traits that backends (SQLite now; PostgreSQL, Redis, Kafka/NATS later)
+//! and the storage traits that backends (embedded now; PostgreSQL, Redis, Kafka/NATS later)
 //! implement. Nothing here performs I/O.
 
 pub mod clock;
 pub mod event;
 pub mod ids;
-pub mod queue;
-pub mod storage;
+pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{
@@ -14,8 +13,8 @@ pub use event::{
     NewEvent, RawEvent, StoredEvent,
 };
 pub use ids::{EventId, SourceName, SourceNameError};
-pub use queue::{
-    Completion, CompletionOutcome, DeadLetter, Enqueued, NewWorkItem, RetryPolicy, WorkItem,
+pub use store::queue::{
+    Completion, CompletionOutcome, DeadLetter, Enqueued, Job, NewWorkItem, RetryPolicy, WorkItem,
     WorkQueue,
 };
-pub use storage::{EventLog, StoreError};
+pub use store::*;

@@ -55,8 +55,10 @@ pub enum IngestError {
     DeliveryConflict,
     #[error("the store is saturated")]
     Overloaded { retry_after_ms: u64 },
-    #[error("the store is unavailable: {0}")]
-    Unavailable(String),
+    /// The store cannot take the write now (stopped, unreachable, disk full); nothing was
+    /// stored and the client should try again after `retry_after_ms`.
+    #[error("{reason}")]
+    Unavailable { reason: String, retry_after_ms: u64 },
 }
 
 impl IngestError {
@@ -74,7 +76,7 @@ impl IngestError {
             Validation { .. } => 422,
             DeliveryConflict => 409,
             Overloaded { .. } => 429,
-            Unavailable(_) => 503,
+            Unavailable { .. } => 503,
         }
     }
 
@@ -96,7 +98,7 @@ impl IngestError {
             Validation { .. } => "validation-failed",
             DeliveryConflict => "delivery-id-conflict",
             Overloaded { .. } => "overloaded",
-            Unavailable(_) => "unavailable",
+            Unavailable { .. } => "unavailable",
         }
     }
 
@@ -118,7 +120,7 @@ impl IngestError {
             Validation { .. } => "Validation failed",
             DeliveryConflict => "Delivery id reused with a different body",
             Overloaded { .. } => "Too many requests",
-            Unavailable(_) => "Service unavailable",
+            Unavailable { .. } => "Service unavailable",
         }
     }
 

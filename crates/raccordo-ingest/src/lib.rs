@@ -2,7 +2,7 @@
 //! source auth → content type → JSON → schema → clock skew → dedup keys → durable append.
 //!
 //! Everything except the final append is pure; the append goes through the
-//! [`raccordo_core::EventLog`] trait, so the same pipeline runs on SQLite or a cluster backend.
+//! [`raccordo_core::EventLog`] trait, so the same pipeline runs on the embedded or a cluster backend.
 
 pub mod auth;
 pub mod conversion;

@@ -471,12 +471,26 @@ fn classify(e: &serde_json::Error) -> &'static str {
 }
 
 fn store_error(e: StoreError) -> IngestError {
+    let retry_after_ms = e.retry_after_ms();
     match e {
         StoreError::Overloaded { retry_after_ms } => IngestError::Overloaded { retry_after_ms },
-        StoreError::Unavailable(reason) => IngestError::Unavailable(reason),
-        StoreError::Backend(reason) => {
-            tracing::error!(error = %reason, "append failed");
-            IngestError::Unavailable("the event store failed; nothing was stored".into())
+        StoreError::Full(reason) => {
+            tracing::error!(error = %reason, "append refused: the store is full");
+            IngestError::Unavailable {
+                reason: "the event store is full; nothing was stored".into(),
+                retry_after_ms: retry_after_ms.unwrap_or(30_000),
+            }
+        }
+        StoreError::Unavailable(reason) => IngestError::Unavailable {
+            reason: format!("the store is unavailable: {reason}"),
+            retry_after_ms: retry_after_ms.unwrap_or(1_000),
+        },
+        other => {
+            tracing::error!(error = %other, "append failed");
+            IngestError::Unavailable {
+                reason: "the event store failed; nothing was stored".into(),
+                retry_after_ms: 5_000,
+            }
         }
     }
 }

@@ -118,6 +118,9 @@ pub struct SourceHealth {
     rejected: AtomicU64,
     last_seen_ms: AtomicI64,
     clock_skew_ms: AtomicI64,
+    /// The largest skew (by magnitude) since the alert engine last looked: it reads this
+    /// instead of being called on the request path.
+    clock_skew_peak_ms: AtomicI64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -143,6 +146,23 @@ impl SourceHealth {
 
     pub fn set_clock_skew(&self, skew_ms: i64) {
         self.clock_skew_ms.store(skew_ms, Ordering::Relaxed);
+        if skew_ms != 0 {
+            let _ = self.clock_skew_peak_ms.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |peak| (skew_ms.unsigned_abs() > peak.unsigned_abs()).then_some(skew_ms),
+            );
+        }
+    }
+
+    /// The largest skew seen since the last call (0: none), and forgets it.
+    pub fn take_clock_skew_peak(&self) -> i64 {
+        self.clock_skew_peak_ms.swap(0, Ordering::Relaxed)
+    }
+
+    /// Duplicates answered so far (both dedup layers).
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
     }
 }
 

@@ -6,8 +6,8 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AdminTokenConfig, Scope};
 use crate::problem::Problem;
+use crate::settings::{AdminTokenConfig, Scope};
 
 struct Token {
     name: String,

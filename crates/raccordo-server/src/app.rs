@@ -1,20 +1,19 @@
-//! Assembling and running the hub: storage, ingest pipeline, router, graceful shutdown.
+//! The HTTP server: shared state, the router with its middleware, and graceful shutdown.
+//! What runs behind it (stores, supervisor, runtime) is assembled by the binary.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
-use raccordo_core::{Clock, EventLog, SystemClock};
+use raccordo_core::{CampaignCosts, Clock, EventQuery, WorkQueue};
 use raccordo_ingest::Ingestor;
-use raccordo_storage_sqlite::{Durability, SqliteEventLog, SqliteOptions};
+use raccordo_runtime::{AlertEngine, LiveMetrics, Supervisor};
 use tokio::net::TcpListener;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -22,17 +21,20 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::admin::AdminTokens;
-use crate::config::{Built, DurabilityConfig};
-use crate::routes;
+use crate::problem::{self, Problem};
 
+/// What handlers share. Stores appear as traits only.
 pub struct AppState {
     /// The hub's one source of time (the ingest pipeline, alerts and routes share it).
     pub clock: Arc<dyn Clock>,
     pub ingestor: Ingestor,
-    pub alerts: Arc<crate::alerts::Alerts>,
-    pub queue: Arc<raccordo_storage_sqlite::SqliteWorkQueue>,
-    pub costs: raccordo_storage_sqlite::SqliteCampaignCosts,
-    pub live: Arc<crate::live::LiveMetrics>,
+    pub events: Arc<dyn EventQuery>,
+    pub queue: Arc<dyn WorkQueue>,
+    pub costs: Arc<dyn CampaignCosts>,
+    pub live: Arc<LiveMetrics>,
+    pub alerts: Arc<AlertEngine>,
+    /// Background tasks' health, for `/readyz` and the health API.
+    pub supervisor: Supervisor,
     pub admin: AdminTokens,
     pub prometheus: PrometheusHandle,
     pub max_body_bytes: usize,
@@ -41,165 +43,53 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
 }
 
-/// A hub ready to serve: its listener is bound, its store open.
-pub struct Hub {
-    state: Arc<AppState>,
-    store: Arc<SqliteEventLog>,
+/// How the server behaves, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub bench_routes: bool,
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves until `shutdown` resolves, then stops taking new connections and drains in-flight
+/// requests (up to the grace period).
+pub async fn serve(
     listener: TcpListener,
-    router: Router,
-    grace: Duration,
-}
-
-impl Hub {
-    /// Opens the store and binds the listener (`listen` overrides the config's address).
-    pub async fn bind(built: Built, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
-        let Built { config, sources } = built;
-        // reqwest is built without a default TLS provider; pick ring once per process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let prometheus = crate::telemetry::init_metrics();
-        let store = Arc::new(SqliteEventLog::open(SqliteOptions {
-            path: config.database_path(),
-            durability: match config.storage.durability {
-                DurabilityConfig::Fsync => Durability::Fsync,
-                DurabilityConfig::Buffered => Durability::Buffered,
-            },
-            queue_capacity: config.storage.queue_capacity,
-            max_group_events: config.storage.max_group_events,
-        })?);
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let log: Arc<dyn EventLog> = store.clone();
-        let ingestor = Ingestor::new(sources, log.clone(), clock.clone(), config.ingest.clone());
-        let live = crate::live::LiveMetrics::new(
-            config.metrics.window_spec(),
-            config.metrics.goals.clone(),
-            clock.clone(),
-        );
-        let costs = raccordo_storage_sqlite::SqliteCampaignCosts::open(&config.database_path())?;
-        for (campaign, day, cents) in costs.load().await? {
-            live.set_costs(&campaign, &[(day, cents)]);
+    state: Arc<AppState>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = router(state.clone(), &options);
+    let draining = state.clone();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        draining.shutting_down.store(true, Ordering::SeqCst);
+        tracing::info!("shutdown requested; draining in-flight requests");
+        let _ = drained_tx.send(());
+    };
+    let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
+    let mut serve = tokio::spawn(async move { serve.await });
+    let grace = options.shutdown_grace;
+    // Wait for the server; once shutdown starts, give it at most `grace` to drain.
+    let result = tokio::select! {
+        r = &mut serve => r,
+        _ = async { let _ = drained_rx.await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish within the grace period");
+            serve.abort();
+            Ok(Ok(()))
         }
-        let live_store = raccordo_storage_sqlite::SqliteLiveStore::open(&config.database_path())?;
-        live.restore(&live_store).await?;
-        live.spawn_persister(live_store, config.metrics.checkpoint_every);
-        live.spawn(log);
-        let queue = Arc::new(raccordo_storage_sqlite::SqliteWorkQueue::open(
-            &config.database_path(),
-        )?);
-        let alerts =
-            crate::alerts::Alerts::new(config.alerts.clone(), queue.clone(), clock.clone())?;
-        alerts.spawn_worker();
-        alerts.spawn_watchers(live.clone());
-        load_jwks(&ingestor).await;
-        let state = Arc::new(AppState {
-            clock,
-            ingestor,
-            alerts,
-            queue,
-            costs,
-            live,
-            admin: AdminTokens::new(&config.admin.tokens),
-            prometheus: prometheus.clone(),
-            max_body_bytes: config.server.max_body_bytes,
-            provisional_every: config.metrics.provisional_every,
-            shutting_down: AtomicBool::new(false),
-        });
-        let router = router(
-            state.clone(),
-            config.server.bench_routes,
-            config.server.request_timeout,
-        );
-        let addr = listen.unwrap_or(config.server.listen);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        tokio::spawn(async move {
-            // Histograms are aggregated lazily; upkeep keeps memory flat between scrapes.
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                prometheus.run_upkeep();
-            }
-        });
-        Ok(Self {
-            state,
-            store,
-            listener,
-            router,
-            grace: config.server.shutdown_grace,
-        })
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves until `shutdown` resolves, then stops taking new connections, drains
-    /// in-flight requests (up to the grace period) and closes the store cleanly.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Hub {
-            state,
-            store,
-            listener,
-            router,
-            grace,
-        } = self;
-        let draining = state.clone();
-        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            shutdown.await;
-            draining.shutting_down.store(true, Ordering::SeqCst);
-            tracing::info!("shutdown requested; draining in-flight requests");
-            let _ = drained_tx.send(());
-        };
-        let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
-        let serve = tokio::spawn(async move { serve.await });
-        // Wait for the server; once shutdown starts, give it at most `grace` to drain.
-        let mut serve = serve;
-        let result = tokio::select! {
-            r = &mut serve => r,
-            _ = async { let _ = drained_rx.await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(grace_s = grace.as_secs(), "in-flight requests did not finish within the grace period");
-                serve.abort();
-                Ok(Ok(()))
-            }
-        };
-        store.close().await;
-        tracing::info!("stopped");
-        result??;
-        Ok(())
-    }
+    };
+    result??;
+    Ok(())
 }
 
-fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router {
-    let mut api = Router::new()
-        .route(
-            "/api/v1/eventi/conversione",
-            post(routes::ingest_conversion),
-        )
-        .route("/webhooks/in/{source}", post(routes::ingest_source))
-        .route("/api/v1/events", get(routes::list_events))
-        .route("/api/v1/metrics", get(routes::metrics_api))
-        .route("/api/v1/metrics/stream", get(routes::metrics_stream))
-        .route("/api/v1/alerts", get(routes::list_alerts))
-        .route("/api/v1/ingest/health", get(routes::ingest_health))
-        .route("/api/v1/dlq", get(routes::list_dead_letters))
-        .route("/api/v1/dlq/{id}/replay", post(routes::replay_dead_letter))
-        .route(
-            "/api/v1/campaigns/{id}/costs",
-            axum::routing::put(routes::put_campaign_costs),
-        )
-        .route("/", get(routes::dashboard))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics));
-    if bench_routes {
-        api = api.route("/_bench/noop", post(routes::noop));
-    }
-    api.fallback(routes::not_found)
+pub fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
+    crate::routes::router(options.bench_routes)
         .layer(axum::middleware::from_fn(observe))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, options.request_timeout))
+        .layer(axum::middleware::from_fn(problems_only))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -209,9 +99,77 @@ fn router(state: Arc<AppState>, bench_routes: bool, timeout: Duration) -> Router
         .with_state(state)
 }
 
+/// Every error leaves as `application/problem+json`: answers that axum or a layer produced
+/// on their own (a 413 from a body limit, a 405, a path that does not parse, a timeout's
+/// 503) are rewritten into a problem of the same status. Their original text is dropped, as
+/// it may echo what the client sent.
+async fn problems_only(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(problem::CONTENT_TYPE.as_bytes()));
+    if is_problem {
+        return response;
+    }
+    let retry_after = response.headers().get(http::header::RETRY_AFTER).cloned();
+    let mut problem = match status.as_u16() {
+        405 => Problem::new(
+            405,
+            "method-not-allowed",
+            "Method not allowed",
+            "this route does not take that method",
+        ),
+        413 => Problem::new(
+            413,
+            "body-too-large",
+            "Payload too large",
+            "the body is larger than this route accepts",
+        ),
+        415 => Problem::new(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send `content-type: application/json`",
+        ),
+        503 => Problem::new(
+            503,
+            "unavailable",
+            "Service unavailable",
+            "the request could not be completed in time; try again",
+        ),
+        code @ 400..=499 => Problem::new(
+            code,
+            "invalid-request",
+            "Bad request",
+            "the request is malformed (path or headers)",
+        ),
+        code => Problem::new(
+            code,
+            "internal",
+            "Internal error",
+            "the request failed; see the server log",
+        ),
+    };
+    if status.as_u16() == 503 && retry_after.is_none() {
+        problem.retry_after_s = Some(1);
+    }
+    let mut rewritten = problem.into_response();
+    if let Some(value) = retry_after {
+        rewritten
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, value);
+    }
+    rewritten
+}
+
 /// Records the latency histogram and logs every rejected request (successes log at debug,
 /// to keep the hot path quiet).
-async fn observe(State(()): State<()>, request: Request, next: Next) -> Response {
+async fn observe(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -242,61 +200,6 @@ impl MakeRequestId for UlidRequestId {
             .ok()
             .map(RequestId::new)
     }
-}
-
-/// Fetches each `jwks_url` before the hub starts listening (so the first token does not meet
-/// an empty key set), then refreshes it every `JWKS_REFRESH` in the background. A failed
-/// fetch is logged and keeps the previous keys; tokens fail until a fetch succeeds.
-async fn load_jwks(ingestor: &Ingestor) {
-    const JWKS_REFRESH: Duration = Duration::from_secs(300);
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    else {
-        tracing::error!("cannot build the HTTP client for JWKS fetches");
-        return;
-    };
-    for source in ingestor.sources() {
-        for verifier in &source.verifiers {
-            let Some((url, handle)) = verifier.jwks_url() else {
-                continue;
-            };
-            let (url, name, client) = (url.to_string(), source.name.to_string(), client.clone());
-            let refresh = async move |first: bool| match fetch_jwks(&client, &url).await {
-                Ok(set) => {
-                    tracing::info!(source = %name, %url, keys = set.keys.len(), first, "JWKS loaded");
-                    *handle.write().unwrap_or_else(|p| p.into_inner()) = set;
-                }
-                Err(e) => {
-                    tracing::warn!(source = %name, %url, error = %e, "JWKS fetch failed; keeping the previous keys")
-                }
-            };
-            refresh(true).await;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(JWKS_REFRESH).await;
-                    refresh(false).await;
-                }
-            });
-        }
-    }
-}
-
-async fn fetch_jwks(
-    client: &reqwest::Client,
-    url: &str,
-) -> anyhow::Result<jsonwebtoken_jwk::JwkSet> {
-    Ok(client
-        .get(url)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
-}
-
-mod jsonwebtoken_jwk {
-    pub use raccordo_ingest::auth::jwt::JwkSet;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -8,8 +8,8 @@ use http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
-use crate::config::Scope;
 use crate::problem::Problem;
+use crate::settings::Scope;
 
 /// Proof that the caller holds an admin token with the `read` scope (or `admin`).
 pub struct Reader;
@@ -48,11 +48,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ValidQuery<T> 
             Ok(Query(value)) => Ok(ValidQuery(value)),
             Err(e) => {
                 let text = e.body_text();
-                // serde names the field between backticks: "unknown field `colour`, expected …"
-                let parameter = text.split('`').nth(1).unwrap_or("query").to_string();
-                Err(Problem::bad_parameter(&parameter, text))
+                let (parameter, detail) = parameter_of(&text);
+                Err(Problem::bad_parameter(&parameter, detail))
             }
         }
+    }
+}
+
+/// The parameter a query-string error is about, and what is wrong with it. serde names an
+/// unknown field between backticks ("unknown field `colour`, expected …"); a value that does
+/// not parse comes as "Failed to deserialize query string: limit: invalid digit …".
+fn parameter_of(text: &str) -> (String, String) {
+    let rest = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    if rest.starts_with("unknown field") {
+        let name = rest.split('`').nth(1).unwrap_or("query");
+        return (name.to_string(), rest.to_string());
+    }
+    match rest.split_once(": ") {
+        Some((name, detail))
+            if !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') =>
+        {
+            (name.to_string(), detail.to_string())
+        }
+        _ => ("query".to_string(), rest.to_string()),
     }
 }
 
@@ -64,4 +87,26 @@ pub fn time_param(name: &str, value: Option<&str>) -> Result<Option<i64>, Proble
                 .ok_or_else(|| Problem::bad_parameter(name, "must be an RFC 3339 date-time"))
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parameter_of;
+
+    #[test]
+    fn a_query_error_names_its_parameter() {
+        assert_eq!(
+            parameter_of(
+                "Failed to deserialize query string: limit: invalid digit found in string"
+            ),
+            ("limit".into(), "invalid digit found in string".into())
+        );
+        assert_eq!(
+            parameter_of(
+                "Failed to deserialize query string: unknown field `colour`, expected one of `a`"
+            )
+            .0,
+            "colour"
+        );
+    }
 }

@@ -97,7 +97,8 @@ impl From<IngestError> for Problem {
             IngestError::InvalidCredentials { .. } | IngestError::TokenExpired => {
                 p.www_authenticate = Some("Bearer")
             }
-            IngestError::Overloaded { retry_after_ms } => {
+            IngestError::Overloaded { retry_after_ms }
+            | IngestError::Unavailable { retry_after_ms, .. } => {
                 p.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1))
             }
             _ => {}

@@ -3,7 +3,7 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::settings::{LogConfig, LogFormat};
 
 /// Installs the global log subscriber. `RUST_LOG` overrides the configured level.
 pub fn init_logging(config: &LogConfig) {

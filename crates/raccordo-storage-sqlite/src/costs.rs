@@ -1,42 +1,27 @@
-//! Campaign spend per UTC day, for CPA.
+//! Campaign spend per UTC day (`CampaignCosts`).
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use async_trait::async_trait;
+use raccordo_core::{CampaignCosts, StoreError};
+use rusqlite::params;
 
-use rusqlite::{Connection, params};
-
-use raccordo_core::StoreError;
+use crate::db::SideDb;
 
 pub struct SqliteCampaignCosts {
-    conn: Arc<Mutex<Connection>>,
-}
-
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+    db: SideDb,
 }
 
 impl SqliteCampaignCosts {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = crate::open_side_connection(path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS campaign_costs (
-                campaign TEXT NOT NULL, day INTEGER NOT NULL, cents INTEGER NOT NULL,
-                PRIMARY KEY (campaign, day)) WITHOUT ROWID;",
-        )
-        .map_err(backend)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+    pub(crate) fn new(db: SideDb) -> Self {
+        Self { db }
     }
+}
 
-    /// Sets the spend of `campaign` for the given days (day number since 1970-01-01, cents),
-    /// replacing earlier figures for those days, atomically.
-    pub async fn put(&self, campaign: String, days: Vec<(i64, i64)>) -> Result<(), StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction()?;
-            {
+#[async_trait]
+impl CampaignCosts for SqliteCampaignCosts {
+    async fn put_costs(&self, campaign: &str, days: &[(i64, i64)]) -> Result<(), StoreError> {
+        let (campaign, days) = (campaign.to_string(), days.to_vec());
+        self.db
+            .tx(move |tx| {
                 let mut upsert = tx.prepare_cached(
                     "INSERT INTO campaign_costs (campaign, day, cents) VALUES (?1, ?2, ?3)
                      ON CONFLICT (campaign, day) DO UPDATE SET cents = excluded.cents",
@@ -44,27 +29,20 @@ impl SqliteCampaignCosts {
                 for (day, cents) in days {
                     upsert.execute(params![campaign, day, cents])?;
                 }
-            }
-            tx.commit()
-        })
-        .await
-        .map_err(backend)?
-        .map_err(backend)
+                Ok(())
+            })
+            .await
     }
 
-    /// Every figure: (campaign, day, cents).
-    pub async fn load(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stmt = conn.prepare(
-                "SELECT campaign, day, cents FROM campaign_costs ORDER BY campaign, day",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(backend)?
-        .map_err(backend)
+    async fn all_costs(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT campaign, day, cents FROM campaign_costs ORDER BY campaign, day",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect()
+            })
+            .await
     }
 }

@@ -9,10 +9,15 @@
 //! instead of queueing without bound.
 
 mod costs;
+mod db;
 mod dedup_index;
-mod live;
+mod history;
+mod lock;
+pub mod migrations;
 mod queue;
 mod schema;
+mod state;
+mod windows;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -21,15 +26,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use raccordo_core::{
-    AppendBatch, AppendOutcome, EventFilter, EventId, EventLog, EventPage, SourceName, StoreError,
-    StoredEvent,
+    AppendBatch, AppendOutcome, EventFilter, EventId, EventLog, EventPage, EventQuery, LogPosition,
+    LogPositions, SourceName, StoreError, StoredEvent, Stores,
 };
 use rusqlite::{Connection, OpenFlags, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
 pub use costs::SqliteCampaignCosts;
-pub use live::{ResultRow, SqliteLiveStore};
+pub use db::store_error;
+pub use history::{SqliteAlertHistory, SqliteRuns};
+pub use lock::{DataLock, LockError};
 pub use queue::SqliteWorkQueue;
+pub use state::{
+    SqliteConsumerOffsets, SqliteIdMappings, SqliteKeyValue, SqliteRateLimits, SqliteSecrets,
+};
+pub use windows::SqliteWindowStore;
 pub use writer::Durability;
 
 /// Settings of the embedded store (`[storage]` in the config file).
@@ -41,6 +52,9 @@ pub struct SqliteOptions {
     pub queue_capacity: usize,
     /// Upper bound on events per commit group (bounds commit latency under load).
     pub max_group_events: usize,
+    /// Refuse to grow the database file past this size (appends answer 503 "full" until
+    /// space is freed), so that the hub fills its quota before it fills the disk.
+    pub max_database_bytes: Option<u64>,
 }
 
 impl SqliteOptions {
@@ -50,21 +64,71 @@ impl SqliteOptions {
             durability: Durability::Fsync,
             queue_capacity: 512,
             max_group_events: 20_000,
+            max_database_bytes: None,
         }
     }
 }
 
-/// A connection for the side stores (work queue, campaign costs) on the event log's file:
-/// WAL, fsync at commit, and a busy timeout so they wait their turn behind the writer.
-pub(crate) fn open_side_connection(path: &Path) -> Result<Connection, StoreError> {
-    let connect = || -> rusqlite::Result<Connection> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(conn)
-    };
-    connect().map_err(|e| StoreError::Backend(e.to_string()))
+/// The whole embedded backend on one file: the event log and every side store, behind the
+/// lock that keeps a second process off the file.
+pub struct SqliteStore {
+    log: Arc<SqliteEventLog>,
+    stores: Stores,
+    _lock: DataLock,
+}
+
+impl SqliteStore {
+    /// Locks the database, applies pending migrations, starts the writer and opens the side
+    /// stores.
+    pub fn open(options: SqliteOptions) -> Result<Self, OpenError> {
+        create_parent(&options.path)?;
+        let lock = DataLock::acquire(&options.path)?;
+        let log = Arc::new(SqliteEventLog::open(options.clone())?);
+        let side = |what: &str| {
+            db::SideDb::open(&options.path).map_err(|e| OpenError::Store {
+                what: what.to_string(),
+                source: e,
+            })
+        };
+        let stores = Stores {
+            log: log.clone(),
+            query: log.clone(),
+            queue: Arc::new(SqliteWorkQueue::new(side("work queue")?)),
+            kv: Arc::new(SqliteKeyValue::new(side("key-value store")?)),
+            mappings: Arc::new(SqliteIdMappings::new(side("id mappings")?)),
+            secrets: Arc::new(SqliteSecrets::new(side("secrets")?)),
+            rate_limits: Arc::new(SqliteRateLimits::new(side("rate limits")?)),
+            runs: Arc::new(SqliteRuns::new(side("run history")?)),
+            windows: Arc::new(SqliteWindowStore::new(side("window store")?)),
+            offsets: Arc::new(SqliteConsumerOffsets::new(side("consumer offsets")?)),
+            alerts: Arc::new(SqliteAlertHistory::new(side("alert history")?)),
+            costs: Arc::new(SqliteCampaignCosts::new(side("campaign costs")?)),
+        };
+        Ok(Self {
+            log,
+            stores,
+            _lock: lock,
+        })
+    }
+
+    /// Every store, as the traits the rest of the hub uses.
+    pub fn stores(&self) -> Stores {
+        self.stores.clone()
+    }
+
+    pub fn event_log(&self) -> &Arc<SqliteEventLog> {
+        &self.log
+    }
+}
+
+fn create_parent(path: &Path) -> Result<(), OpenError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| OpenError::Io {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// How often the background checkpointer copies WAL frames into the database file.
@@ -80,8 +144,10 @@ pub struct SqliteEventLog {
     stop_checkpointer: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
     reader: Arc<std::sync::Mutex<Connection>>,
     ready: Arc<AtomicBool>,
+    /// Set while the last commit failed because the disk (or the size limit) is full.
+    full: Arc<AtomicBool>,
     writer_done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
-    committed: tokio::sync::watch::Receiver<i64>,
+    committed: tokio::sync::watch::Receiver<LogPositions>,
     path: PathBuf,
 }
 
@@ -97,23 +163,36 @@ pub enum OpenError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("cannot open the {what}: {source}")]
+    Store { what: String, source: StoreError },
 }
 
 impl SqliteEventLog {
-    /// Opens (creating if needed) the database and starts the writer thread.
+    /// Opens (creating if needed) the database, applies pending migrations and starts the
+    /// writer thread. Use [`SqliteStore::open`], which also takes the lock, unless the
+    /// caller holds it.
     pub fn open(options: SqliteOptions) -> Result<Self, OpenError> {
-        if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| OpenError::Io {
-                path: parent.display().to_string(),
-                source,
-            })?;
-        }
+        create_parent(&options.path)?;
         let sqlite_err = |source| OpenError::Sqlite {
             path: options.path.display().to_string(),
             source,
         };
-        let conn = Connection::open(&options.path).map_err(sqlite_err)?;
+        let mut conn = Connection::open(&options.path).map_err(sqlite_err)?;
         schema::prepare_writer(&conn, options.durability).map_err(sqlite_err)?;
+        let applied = migrations::run(&mut conn).map_err(sqlite_err)?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, path = %options.path.display(), "database migrated");
+        }
+        if let Some(bytes) = options.max_database_bytes {
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(sqlite_err)?;
+            let pages = (bytes as i64 / page_size.max(512)).max(1);
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(sqlite_err)?;
+        }
         let index = dedup_index::DedupIndex::load(&conn, 0).map_err(sqlite_err)?;
         let reader = Connection::open_with_flags(
             &options.path,
@@ -157,16 +236,18 @@ impl SqliteEventLog {
         let last_seq: i64 = conn
             .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
             .map_err(sqlite_err)?;
-        let (committed_tx, committed) = tokio::sync::watch::channel(last_seq);
+        let (committed_tx, committed) = tokio::sync::watch::channel(LogPositions::single(last_seq));
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
+        let full = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = oneshot::channel();
         let writer_ready = ready.clone();
+        let writer_full = full.clone();
         let max_group_events = options.max_group_events.max(1);
         std::thread::Builder::new()
             .name("raccordo-sqlite-writer".into())
             .spawn(move || {
-                writer::run(conn, index, rx, max_group_events, committed_tx);
+                writer::run(conn, index, rx, max_group_events, committed_tx, writer_full);
                 writer_ready.store(false, Ordering::SeqCst);
                 let _ = done_tx.send(());
             })
@@ -179,6 +260,7 @@ impl SqliteEventLog {
             stop_checkpointer: std::sync::Mutex::new(Some(stop_tx)),
             reader: Arc::new(std::sync::Mutex::new(reader)),
             ready,
+            full,
             writer_done: std::sync::Mutex::new(Some(done_rx)),
             committed,
             path: options.path,
@@ -230,51 +312,77 @@ impl EventLog for SqliteEventLog {
             .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
     }
 
-    async fn read(&self, filter: EventFilter) -> Result<EventPage, StoreError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            read_page(&conn, &filter).map_err(|e| StoreError::Backend(e.to_string()))
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?
-    }
-
     async fn tail(
         &self,
-        after_seq: i64,
+        after: &LogPositions,
         limit: usize,
     ) -> Result<Vec<raccordo_core::RawEvent>, StoreError> {
         let reader = self.reader.clone();
+        let after_seq = after.get(0);
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stmt = conn
-                .prepare_cached("SELECT seq, event_time, received_at, payload, duplicate_of IS NOT NULL FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            let rows = stmt
-                .query_map(rusqlite::params![after_seq, limit as i64], |r| {
-                    Ok(raccordo_core::RawEvent {
-                        seq: r.get(0)?,
-                        event_time_ms: r.get(1)?,
-                        received_at_ms: r.get(2)?,
-                        payload: r.get(3)?,
-                        duplicate: r.get(4)?,
-                    })
-                })
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(|e| StoreError::Backend(e.to_string()))
+            tail_page(&conn, after_seq, limit).map_err(store_error)
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.full.load(Ordering::SeqCst)
     }
 
-    fn committed(&self) -> tokio::sync::watch::Receiver<i64> {
+    fn committed(&self) -> tokio::sync::watch::Receiver<LogPositions> {
         self.committed.clone()
     }
+
+    async fn close(&self) {
+        SqliteEventLog::close(self).await
+    }
+}
+
+#[async_trait]
+impl EventQuery for SqliteEventLog {
+    async fn read(&self, filter: EventFilter) -> Result<EventPage, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            read_page(&conn, &filter).map_err(store_error)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+}
+
+fn tail_page(
+    conn: &Connection,
+    after_seq: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<raccordo_core::RawEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, source, event_time, received_at, payload, duplicate_of IS NOT NULL
+         FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![after_seq, limit as i64], |r| {
+        let corrupt = |what: String| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, what.into())
+        };
+        Ok(raccordo_core::RawEvent {
+            position: LogPosition {
+                partition: 0,
+                offset: r.get(0)?,
+            },
+            id: r
+                .get::<_, String>(1)?
+                .parse::<EventId>()
+                .map_err(|e| corrupt(e.to_string()))?,
+            source: SourceName::new(r.get::<_, String>(2)?).map_err(|e| corrupt(e.to_string()))?,
+            event_time_ms: r.get(3)?,
+            received_at_ms: r.get(4)?,
+            payload: r.get(5)?,
+            duplicate: r.get(6)?,
+        })
+    })?;
+    rows.collect()
 }
 
 /// Copying WAL frames is background work: on a busy machine it should yield the CPU to

@@ -2,80 +2,29 @@
 //! only when no item of the group is leased"; leases so that a crashed worker's item comes
 //! back; retries and dead letters in the same transaction as the attempt's outcome.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
 use async_trait::async_trait;
 use raccordo_core::{
     Completion, CompletionOutcome, DeadLetter, Enqueued, NewWorkItem, RetryPolicy, StoreError,
     WorkItem, WorkQueue,
 };
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, params};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS work_items (
-    id          INTEGER PRIMARY KEY,
-    queue       TEXT    NOT NULL,
-    group_key   TEXT    NOT NULL,
-    operation   TEXT    NOT NULL,
-    payload     TEXT    NOT NULL,
-    coalesce    INTEGER NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    enqueued_at INTEGER NOT NULL,
-    not_before  INTEGER NOT NULL,
-    lease       INTEGER,
-    lease_until INTEGER,
-    last_error  TEXT
-);
-CREATE INDEX IF NOT EXISTS work_items_group ON work_items (queue, group_key, id);
-CREATE INDEX IF NOT EXISTS work_items_due ON work_items (queue, not_before);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id          INTEGER PRIMARY KEY,
-    queue       TEXT    NOT NULL,
-    group_key   TEXT    NOT NULL,
-    operation   TEXT    NOT NULL,
-    payload     TEXT    NOT NULL,
-    attempts    INTEGER NOT NULL,
-    last_error  TEXT    NOT NULL,
-    enqueued_at INTEGER NOT NULL,
-    failed_at   INTEGER NOT NULL
-);
-";
+use crate::db::SideDb;
 
 pub struct SqliteWorkQueue {
-    conn: Arc<Mutex<Connection>>,
-}
-
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+    db: SideDb,
 }
 
 impl SqliteWorkQueue {
-    /// Opens the queue tables in the database at `path` (the event log's file by default).
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = crate::open_side_connection(path)?;
-        conn.execute_batch(SCHEMA).map_err(backend)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+    pub(crate) fn new(db: SideDb) -> Self {
+        Self { db }
     }
 
-    /// Runs `f` on the connection in a blocking thread, inside an IMMEDIATE transaction.
     async fn with_tx<T: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await
-        .map_err(backend)?
-        .map_err(|e: rusqlite::Error| backend(e))
+        self.db.tx(f).await
     }
 }
 

@@ -2,10 +2,14 @@
 
 use std::time::Instant;
 
-use raccordo_core::{AppendBatch, AppendOutcome, EventId, ItemOutcome, StoreError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use raccordo_core::{AppendBatch, AppendOutcome, EventId, ItemOutcome, LogPositions, StoreError};
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::db::store_error;
 use crate::dedup_index::{DedupIndex, Delivery, ulid_bytes};
 
 /// How much of a commit reaches the disk before the request is answered.
@@ -33,7 +37,8 @@ pub fn run(
     mut index: DedupIndex,
     mut jobs: mpsc::Receiver<Job>,
     max_group_events: usize,
-    committed: tokio::sync::watch::Sender<i64>,
+    committed: tokio::sync::watch::Sender<LogPositions>,
+    full: Arc<AtomicBool>,
 ) {
     let mut last_purge_ms: Option<i64> = None;
     while let Some(first) = jobs.blocking_recv() {
@@ -55,18 +60,30 @@ pub fn run(
             .max()
             .unwrap_or(0);
         let started = Instant::now();
-        let mut last_seq = *committed.borrow();
+        let mut last_seq = committed.borrow().get(0);
         let results = commit_group(&mut conn, &mut index, &group, &mut last_seq);
+        // Readiness follows the disk: not ready while writes fail for lack of space, ready
+        // again with the first write that succeeds.
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(StoreError::Full(_))))
+        {
+            if !full.swap(true, Ordering::SeqCst) {
+                tracing::error!("the database is full: appends are refused until space is freed");
+            }
+        } else if results.iter().any(Result::is_ok) && full.swap(false, Ordering::SeqCst) {
+            tracing::info!("the database takes writes again");
+        }
         metrics::histogram!("raccordo_storage_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("raccordo_storage_commit_group_requests").record(group.len() as f64);
         metrics::histogram!("raccordo_storage_commit_group_events").record(events as f64);
         // Announce before answering, so a client that reads right after its 202 finds the
         // live views already woken.
-        committed.send_if_modified(|seq| {
-            let newer = last_seq > *seq;
+        committed.send_if_modified(|head| {
+            let newer = last_seq > head.get(0);
             if newer {
-                *seq = last_seq;
+                *head = LogPositions::single(last_seq);
             }
             newer
         });
@@ -96,19 +113,19 @@ fn commit_group(
     group: &[Job],
     last_seq: &mut i64,
 ) -> Vec<Result<AppendOutcome, StoreError>> {
-    let fail_all = |reason: String| {
-        group
-            .iter()
-            .map(|_| Err(StoreError::Backend(reason.clone())))
-            .collect()
-    };
+    let fail_all = |error: StoreError| group.iter().map(|_| Err(error.clone())).collect();
     let before = *last_seq;
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return fail_all(e.to_string()),
+        Err(e) => return fail_all(store_error(e)),
     };
     let mut results = Vec::with_capacity(group.len());
     for job in group {
+        if let Some(Err(StoreError::Full(_))) = results.last() {
+            // The disk is full: the transaction may be gone; later jobs fail the same way.
+            results.push(Err(StoreError::Full("the database is full".into())));
+            continue;
+        }
         let mark = index.mark();
         let outcome = (|| {
             tx.prepare_cached("SAVEPOINT job")?.execute([])?;
@@ -118,7 +135,9 @@ fn commit_group(
                     Ok(outcome)
                 }
                 Err(e) => {
-                    tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                    // Report the cause, not a failed rollback (SQLite may already have
+                    // rolled the whole transaction back, e.g. on SQLITE_FULL).
+                    let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
                     Err(e)
                 }
             }
@@ -126,7 +145,7 @@ fn commit_group(
         if outcome.is_err() {
             index.rollback_to(mark);
         }
-        results.push(outcome.map_err(|e: rusqlite::Error| StoreError::Backend(e.to_string())));
+        results.push(outcome.map_err(store_error));
     }
     match tx.commit() {
         Ok(()) => {
@@ -136,7 +155,16 @@ fn commit_group(
         Err(e) => {
             index.rollback_to(0);
             *last_seq = before;
-            fail_all(e.to_string())
+            // A full disk can roll the whole transaction back on its own (SQLite does so on
+            // SQLITE_FULL); the commit then fails with "no transaction", but the cause to
+            // report is the full disk.
+            match results
+                .into_iter()
+                .find_map(|r| r.err().filter(|e| matches!(e, StoreError::Full(_))))
+            {
+                Some(full) => fail_all(full),
+                None => fail_all(store_error(e)),
+            }
         }
     }
 }

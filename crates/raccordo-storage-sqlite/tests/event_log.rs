@@ -1,10 +1,12 @@
-//! The SQLite event log against a real database file.
+//! The SQLite event log against a real database file: what is specific to this backend
+//! (group commit, the bounded writer queue, close, purging). The contract every backend
+//! shares is in `raccordo-storage-tests`.
 
 use std::sync::Arc;
 
 use raccordo_core::{
     AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventId, EventLog,
-    ItemOutcome, NewEvent, SourceName, StoreError,
+    EventQuery, ItemOutcome, NewEvent, SourceName, StoreError,
 };
 use raccordo_storage_sqlite::{SqliteEventLog, SqliteOptions};
 

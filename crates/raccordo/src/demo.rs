@@ -82,11 +82,12 @@ fn credential<'a>(r: &'a Running, name: &str) -> &'a str {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // The hub, configured like a config-less `raccordo serve` in its own directory.
-    let mut config = raccordo_server::Config::default();
+    let mut config = crate::config::Config::default();
     config.server.data_dir = args.data_dir.clone();
     config.log.level = "warn".into();
-    config.log.format = raccordo_server::config::LogFormat::Pretty;
-    let (credentials, _) = raccordo_server::Credentials::load_or_create(&config.server.data_dir)?;
+    config.log.format = raccordo_server::settings::LogFormat::Pretty;
+    let (credentials, _) =
+        crate::credentials::Credentials::load_or_create(&config.server.data_dir)?;
     credentials.apply(&mut config);
     let mut problems = Vec::new();
     let sources = config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
@@ -95,8 +96,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "built-in defaults are invalid: {problems:?}"
     );
     raccordo_server::telemetry::init_logging(&config.log);
-    let hub = raccordo_server::Hub::bind(
-        raccordo_server::Built { config, sources },
+    let hub = crate::hub::Hub::bind(
+        crate::config::Built { config, sources },
         Some(SocketAddr::from(([127, 0, 0, 1], args.port))),
     )
     .await?;

@@ -7,14 +7,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod config;
+mod credentials;
 mod demo;
+mod hub;
 mod sandbox_cmd;
 
 // The request path allocates many small, short-lived buffers; mimalloc serves them with
 // less contention between threads than glibc malloc (measured in docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use raccordo_server::{Config, Credentials, Hub};
+use config::Config;
+use credentials::Credentials;
+use hub::Hub;
 
 #[derive(Parser)]
 #[command(
@@ -223,7 +228,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_problems(problems: &[raccordo_server::ConfigProblem]) {
+fn print_problems(problems: &[config::ConfigProblem]) {
     for p in problems {
         eprintln!("{p}");
     }
@@ -271,7 +276,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 problems.is_empty(),
                 "built-in defaults are invalid: {problems:?}"
             );
-            raccordo_server::Built { config, sources }
+            config::Built { config, sources }
         }
     };
     if args.bench_routes {
@@ -294,7 +299,7 @@ fn announce_credentials(
     data_dir: &std::path::Path,
     listen: SocketAddr,
 ) {
-    let file = raccordo_server::credentials::path_in(data_dir);
+    let file = credentials::path_in(data_dir);
     if !created {
         eprintln!(
             "raccordo: using the credentials in {} (source `default`, admin token)",

@@ -6,15 +6,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
 use http::HeaderMap;
+pub use raccordo_notify::signer::WebhookSecret;
 use serde::Deserialize;
-use sha2::Sha256;
 
 use super::Verified;
 use crate::error::IngestError;
-
-type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,65 +25,6 @@ pub struct StandardWebhooksConfig {
 
 fn default_tolerance() -> Duration {
     Duration::from_secs(300)
-}
-
-/// A decoded `whsec_` secret.
-#[derive(Clone)]
-pub struct WebhookSecret(Vec<u8>);
-
-impl std::fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebhookSecret(..)")
-    }
-}
-
-impl WebhookSecret {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let encoded = text
-            .strip_prefix("whsec_")
-            .ok_or("secrets start with `whsec_`")?;
-        let bytes = STANDARD
-            .decode(encoded)
-            .map_err(|_| "the part after `whsec_` is not valid base64")?;
-        if bytes.len() < 24 {
-            return Err("secrets must decode to at least 24 bytes".into());
-        }
-        Ok(Self(bytes))
-    }
-
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        Self(bytes)
-    }
-
-    pub fn to_whsec(&self) -> String {
-        format!("whsec_{}", STANDARD.encode(&self.0))
-    }
-
-    fn mac(&self, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
-        // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac
-    }
-
-    /// The `webhook-signature` value for a message (what a sender puts on the wire).
-    pub fn sign(&self, id: &str, timestamp_s: i64, body: &[u8]) -> String {
-        let tag = self
-            .mac(id, &timestamp_s.to_string(), body)
-            .finalize()
-            .into_bytes();
-        format!("v1,{}", STANDARD.encode(tag))
-    }
-
-    fn verify(&self, id: &str, timestamp: &str, body: &[u8], signature: &[u8]) -> bool {
-        self.mac(id, timestamp, body)
-            .verify_slice(signature)
-            .is_ok()
-    }
 }
 
 #[derive(Debug)]

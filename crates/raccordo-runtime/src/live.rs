@@ -1,21 +1,25 @@
 //! Live conversion metrics: a task tails the durable event log into the window operator.
 //!
-//! At start it replays the log from the beginning, so windows are rebuilt from durable data
-//! after any restart (including `kill -9`) and nothing is counted twice: the log is the only
-//! input, read once, in order. Afterwards it wakes on every commit (`EventLog::committed`).
-//! Results of windows that fired are kept in memory for `RESULT_RETENTION_MS`.
+//! At start it resumes from the saved checkpoint (or replays the log from the beginning), so
+//! windows are rebuilt from durable data after any restart (including `kill -9`) and nothing
+//! is counted twice: the log is the only input, read once, in order. Afterwards it wakes on
+//! every commit (`EventLog::committed`). Results of windows that fired are kept in memory for
+//! `RESULT_RETENTION_MS` and saved to the `WindowStore` as they fire.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
 
-use raccordo_core::{Clock, EventLog, RawEvent};
+use raccordo_core::{
+    Clock, EventLog, LogPositions, RawEvent, WindowCheckpoint, WindowResult, WindowStore,
+};
 use raccordo_stream::{
     ConversionRecord, ConversionStats, DailySpend, Firing, OperatorState, Placement, Window,
     WindowOperator, WindowSpec,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// The fields of a stored event the windows read; anything else is skipped unparsed.
 #[derive(serde::Deserialize)]
@@ -39,9 +43,12 @@ struct LiveMetadata<'a> {
     campagna: Option<Cow<'a, str>>,
 }
 
+use crate::supervisor::TaskContext;
+
 /// Fired windows older than this (by window end) are forgotten.
 const RESULT_RETENTION_MS: i64 = 48 * 3_600_000;
-const PAGE: usize = 1000;
+/// The window store scope of the live conversion windows.
+const SCOPE: &str = "live";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,7 +102,7 @@ struct State {
     fired: BTreeMap<(Window, DimKey), ConversionStats>,
     /// Events too late for their window, per window start.
     late: BTreeMap<i64, u64>,
-    processed_seq: i64,
+    processed: LogPositions,
 }
 
 pub struct LiveMetrics {
@@ -108,8 +115,10 @@ pub struct LiveMetrics {
     costs: std::sync::RwLock<std::collections::HashMap<String, DailySpend>>,
     clock: Arc<dyn Clock>,
     lag: Mutex<Lag>,
-    committed: std::sync::OnceLock<tokio::sync::watch::Receiver<i64>>,
-    persist: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PersistJob>>,
+    committed: std::sync::OnceLock<tokio::sync::watch::Receiver<LogPositions>>,
+    persist: tokio::sync::mpsc::UnboundedSender<PersistJob>,
+    /// The persister's end of `persist`, taken by each run of the persister task in turn.
+    persist_rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<PersistJob>>>,
     /// Log position of the last saved checkpoint (0: none yet).
     checkpoint_seq: std::sync::atomic::AtomicI64,
     /// Log position the windows were restored from at start (0: replayed from the start).
@@ -118,7 +127,7 @@ pub struct LiveMetrics {
 
 /// Work for the task that saves results and checkpoints, in order.
 enum PersistJob {
-    Results(Vec<raccordo_storage_sqlite::ResultRow>),
+    Results(Vec<WindowResult>),
 }
 
 /// What a checkpoint holds besides the log position.
@@ -186,6 +195,7 @@ impl LiveMetrics {
         goals: impl IntoIterator<Item = String>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
+        let (persist, persist_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             spec,
             goals: goals.into_iter().collect(),
@@ -198,7 +208,8 @@ impl LiveMetrics {
             clock,
             lag: Mutex::new(Lag::default()),
             committed: std::sync::OnceLock::new(),
-            persist: std::sync::OnceLock::new(),
+            persist,
+            persist_rx: Arc::new(tokio::sync::Mutex::new(persist_rx)),
             checkpoint_seq: Default::default(),
             restored_from_seq: Default::default(),
         })
@@ -206,35 +217,37 @@ impl LiveMetrics {
 
     /// Continues from the saved checkpoint and results, if they were taken with the same
     /// window settings; otherwise clears them, and the windows are rebuilt from the log.
-    pub async fn restore(
-        &self,
-        store: &raccordo_storage_sqlite::SqliteLiveStore,
-    ) -> anyhow::Result<()> {
-        let saved = store.checkpoint().await?;
-        let restored = saved.and_then(|(seq, text)| {
-            let checkpoint: Checkpoint = serde_json::from_str(&text).ok()?;
+    pub async fn restore(&self, store: &dyn WindowStore) -> anyhow::Result<()> {
+        let saved = store.checkpoint(SCOPE).await?;
+        let restored = saved.and_then(|saved| {
+            let checkpoint: Checkpoint = serde_json::from_str(&saved.state).ok()?;
             let operator = WindowOperator::restore(self.spec, checkpoint.operator)?;
-            Some((seq, operator, checkpoint.late))
+            Some((saved.positions, operator, checkpoint.late))
         });
-        let Some((seq, operator, late)) = restored else {
-            store.clear().await?;
+        let Some((positions, operator, late)) = restored else {
+            store.clear(SCOPE).await?;
             return Ok(());
         };
+        let seq = positions.total();
         let mut fired = BTreeMap::new();
-        for (start, end, dimension, value, stats) in store.results().await? {
+        for row in store.results(SCOPE).await? {
             let (Ok(dimension), Ok(stats)) = (
-                serde_json::from_value::<Dimension>(serde_json::Value::String(dimension)),
-                serde_json::from_str::<ConversionStats>(&stats),
+                serde_json::from_value::<Dimension>(serde_json::Value::String(row.dimension)),
+                serde_json::from_str::<ConversionStats>(&row.stats),
             ) else {
                 continue;
             };
-            fired.insert((Window { start, end }, (dimension, value)), stats);
+            let window = Window {
+                start: row.window_start_ms,
+                end: row.window_end_ms,
+            };
+            fired.insert((window, (dimension, row.value)), stats);
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.operator = Some(operator);
         state.fired = fired;
         state.late = late.into_iter().collect();
-        state.processed_seq = seq;
+        state.processed = positions;
         self.restored_from_seq
             .store(seq, std::sync::atomic::Ordering::Relaxed);
         self.checkpoint_seq
@@ -247,57 +260,49 @@ impl LiveMetrics {
         Ok(())
     }
 
-    /// Saves fired results as they fire and a checkpoint every `every`. A checkpoint is
-    /// written only after every result it covers (they are queued first), so a restart from
-    /// it never misses a window that fired.
-    pub fn spawn_persister(
-        self: &Arc<Self>,
-        store: raccordo_storage_sqlite::SqliteLiveStore,
+    /// Saves fired results as they fire and a checkpoint every `every`, until shutdown. A
+    /// checkpoint is written only after every result it covers (they are queued first), so a
+    /// restart from it never misses a window that fired. A failed save ends the run (the
+    /// supervisor restarts it after a backoff); results not yet saved stay queued.
+    pub async fn run_persister(
+        self: Arc<Self>,
+        store: Arc<dyn WindowStore>,
         every: std::time::Duration,
-    ) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        if self.persist.set(tx).is_err() {
-            return; // already running
-        }
-        let live = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    job = rx.recv() => match job {
-                        Some(PersistJob::Results(rows)) => {
-                            if let Err(e) = store.put_results(rows).await {
-                                tracing::warn!(error = %e, "could not save window results");
-                            }
-                        }
-                        None => return,
-                    },
-                    _ = tick.tick() => {
-                        let Some((seq, text, horizon)) = live.snapshot() else { continue };
-                        // Everything queued so far covers at least this snapshot: save it first.
-                        while let Ok(PersistJob::Results(rows)) = rx.try_recv() {
-                            if let Err(e) = store.put_results(rows).await {
-                                tracing::warn!(error = %e, "could not save window results");
-                            }
-                        }
-                        match store.put_checkpoint(seq, text, horizon).await {
-                            Ok(()) => live.checkpoint_seq.store(seq, std::sync::atomic::Ordering::Relaxed),
-                            Err(e) => tracing::warn!(error = %e, "could not save the live checkpoint"),
-                        }
+        ctx: TaskContext,
+    ) -> anyhow::Result<()> {
+        let mut rx = self.persist_rx.lock().await;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(PersistJob::Results(rows)) => store.put_results(SCOPE, rows).await?,
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => {
+                    let Some((positions, text, horizon)) = self.snapshot() else { continue };
+                    // Everything queued so far covers at least this snapshot: save it first.
+                    while let Ok(PersistJob::Results(rows)) = rx.try_recv() {
+                        store.put_results(SCOPE, rows).await?;
                     }
+                    let seq = positions.total();
+                    store
+                        .put_checkpoint(SCOPE, WindowCheckpoint { positions, state: text }, horizon)
+                        .await?;
+                    self.checkpoint_seq.store(seq, std::sync::atomic::Ordering::Relaxed);
                 }
+                _ = ctx.cancelled() => return Ok(()),
             }
-        });
+        }
     }
 
     /// The state to save, if anything changed since the last checkpoint: (seq, JSON,
     /// results older than this may be forgotten).
-    fn snapshot(&self) -> Option<(i64, String, i64)> {
-        let (seq, checkpoint, horizon) = {
+    fn snapshot(&self) -> Option<(LogPositions, String, i64)> {
+        let (positions, checkpoint, horizon) = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.processed_seq
+            if state.processed.total()
                 == self
                     .checkpoint_seq
                     .load(std::sync::atomic::Ordering::Relaxed)
@@ -310,43 +315,31 @@ impl LiveMetrics {
                 late: state.late.iter().map(|(k, v)| (*k, *v)).collect(),
             };
             let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
-            (state.processed_seq, checkpoint, horizon)
+            (state.processed.clone(), checkpoint, horizon)
         };
         let text = serde_json::to_string(&checkpoint).ok()?;
-        Some((seq, text, horizon))
+        Some((positions, text, horizon))
     }
 
-    /// Tails `log` for ever (until the task is dropped).
-    pub fn spawn(self: &Arc<Self>, log: Arc<dyn EventLog>) -> tokio::task::JoinHandle<()> {
-        let live = self.clone();
+    /// Tails `log` into the windows until shutdown, from where the windows are. A read
+    /// failure ends the run with the error; the supervisor restarts it after a backoff.
+    pub async fn run_tailer(
+        self: Arc<Self>,
+        log: Arc<dyn EventLog>,
+        ctx: TaskContext,
+    ) -> anyhow::Result<()> {
         let _ = self.committed.set(log.committed());
-        tokio::spawn(async move {
-            let mut committed = log.committed();
-            loop {
-                let cursor = live
-                    .state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .processed_seq;
-                match log.tail(cursor, PAGE).await {
-                    Ok(events) => {
-                        let more = events.len() == PAGE;
-                        live.ingest(&events);
-                        if more {
-                            continue;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "live metrics could not read the event log")
-                    }
-                }
-                // Wait for a commit past what we have read.
-                let caught_up = |seq: &i64| *seq > cursor;
-                if committed.wait_for(caught_up).await.is_err() {
-                    return; // the store closed
-                }
-            }
+        let from = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .processed
+            .clone();
+        crate::consumer::tail_log(log.as_ref(), from, &ctx, |events| {
+            self.ingest(events);
+            Ok(())
         })
+        .await
     }
 
     pub fn window_size_ms(&self) -> i64 {
@@ -411,13 +404,13 @@ impl LiveMetrics {
             operator,
             fired,
             late,
-            processed_seq,
+            processed,
         } = &mut *state;
         let Some(operator) = operator.as_mut() else {
             return;
         };
         for event in events {
-            *processed_seq = event.seq;
+            processed.advance(event.position);
             // Only the fields the windows need, borrowed from the stored text.
             let Ok(fields) = serde_json::from_str::<LiveFields<'_>>(&event.payload) else {
                 continue;
@@ -464,18 +457,22 @@ impl LiveMetrics {
         }
         // Sent under the state lock, so a checkpoint taken later is always queued after the
         // results it covers (see `spawn_persister`).
-        if !changed.is_empty()
-            && let Some(persist) = self.persist.get()
-        {
+        if !changed.is_empty() {
             let rows = changed
                 .iter()
                 .filter_map(|(w, k)| {
                     let stats = serde_json::to_string(state.fired.get(&(*w, k.clone()))?).ok()?;
                     let dimension = serde_json::to_value(&k.0).ok()?.as_str()?.to_string();
-                    Some((w.start, w.end, dimension, k.1.clone(), stats))
+                    Some(WindowResult {
+                        window_start_ms: w.start,
+                        window_end_ms: w.end,
+                        dimension,
+                        value: k.1.clone(),
+                        stats,
+                    })
                 })
                 .collect();
-            let _ = persist.send(PersistJob::Results(rows));
+            let _ = self.persist.send(PersistJob::Results(rows));
         }
         if !changed.is_empty() && self.fired_rows.receiver_count() > 0 {
             let rows = changed
@@ -519,7 +516,7 @@ impl LiveMetrics {
     ) -> (Vec<MetricRow>, i64) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(operator) = &state.operator else {
-            return (Vec::new(), state.processed_seq);
+            return (Vec::new(), state.processed.total());
         };
         let rows = operator
             .open_windows()
@@ -528,7 +525,7 @@ impl LiveMetrics {
             })
             .map(|(w, k, s)| self.with_cpa(state.row(w, k, s, "provisional"), s.conversions))
             .collect();
-        (rows, state.processed_seq)
+        (rows, state.processed.total())
     }
 
     pub fn health(&self) -> LiveHealth {
@@ -539,9 +536,12 @@ impl LiveMetrics {
                 .as_ref()
                 .map(|o| o.watermark())
                 .filter(|w| *w > i64::MIN / 2);
-            (state.processed_seq, watermark)
+            (state.processed.total(), watermark)
         };
-        let committed_seq = self.committed.get().map_or(processed_seq, |c| *c.borrow());
+        let committed_seq = self
+            .committed
+            .get()
+            .map_or(processed_seq, |c| c.borrow().total());
         let now = self.clock.now_ms();
         let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
         let lag_ms = if committed_seq > processed_seq {
@@ -605,7 +605,60 @@ impl LiveMetrics {
                 &b.value,
             ))
         });
-        (rows, state.processed_seq)
+        (rows, state.processed.total())
+    }
+}
+
+/// `[metrics]`: the live event-time windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Window size (tumbling unless `slide` is set).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Sliding windows: how far each window starts after the previous one.
+    #[serde(with = "humantime_serde::option")]
+    pub slide: Option<Duration>,
+    /// Watermark = newest event time minus this.
+    #[serde(with = "humantime_serde")]
+    pub out_of_orderness: Duration,
+    /// How long after a window fired late events still update it.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// `evento` values that count as conversions (with `stato = completato`).
+    pub goals: Vec<String>,
+    /// How often the SSE stream publishes provisional results of open windows.
+    #[serde(with = "humantime_serde")]
+    pub provisional_every: Duration,
+    /// How often the window state is saved, so a restart resumes there instead of
+    /// replaying the whole log.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(300),
+            slide: None,
+            out_of_orderness: Duration::from_secs(15),
+            allowed_lateness: Duration::from_secs(3600),
+            goals: vec!["acquisto_concluso".into()],
+            provisional_every: Duration::from_millis(500),
+            checkpoint_every: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MetricsConfig {
+    pub fn window_spec(&self) -> WindowSpec {
+        let size = self.window.as_millis() as i64;
+        WindowSpec {
+            size_ms: size,
+            slide_ms: self.slide.map_or(size, |s| s.as_millis() as i64),
+            out_of_orderness_ms: self.out_of_orderness.as_millis() as i64,
+            allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
+        }
     }
 }
 
@@ -616,7 +669,12 @@ mod tests {
 
     fn raw(seq: i64, received_at_ms: i64, duplicate: bool) -> RawEvent {
         RawEvent {
-            seq,
+            position: raccordo_core::LogPosition {
+                partition: 0,
+                offset: seq,
+            },
+            id: raccordo_core::EventId::from_u128(seq as u128),
+            source: raccordo_core::SourceName::new("web").unwrap(),
             event_time_ms: received_at_ms - 1000,
             received_at_ms,
             payload: r#"{"id_cliente":"C1","evento":"acquisto_concluso","stato":"completato","canale":"email","valore":10.0}"#.into(),

@@ -4,8 +4,9 @@
 
 use async_trait::async_trait;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::storage::StoreError;
+use super::StoreError;
 
 /// Something to do, e.g. "sync HubSpot contact 123 to Zoho".
 #[derive(Debug, Clone)]
@@ -34,6 +35,43 @@ pub struct WorkItem {
     pub enqueued_at_ms: i64,
     pub lease: i64,
     pub lease_until_ms: i64,
+}
+
+/// A kind of work with a typed payload: the queue it goes to, its operation name, and the
+/// group key that orders it. Workers read the payload back with [`WorkItem::payload_as`].
+pub trait Job: Serialize + DeserializeOwned {
+    const QUEUE: &'static str;
+    const OPERATION: &'static str;
+    /// Items with the same key run one at a time, in order.
+    fn group_key(&self) -> String;
+}
+
+impl NewWorkItem {
+    /// A work item carrying `job` as its payload.
+    pub fn job<J: Job>(job: &J, coalesce: bool) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            queue: J::QUEUE.into(),
+            group_key: job.group_key(),
+            operation: J::OPERATION.into(),
+            payload: serde_json::to_value(job)?,
+            coalesce,
+        })
+    }
+}
+
+impl WorkItem {
+    /// The payload as the job type that enqueued it; an error means the item cannot be
+    /// processed (a permanent failure: it goes to the dead-letter queue).
+    pub fn payload_as<J: Job>(&self) -> Result<J, String> {
+        if self.operation != J::OPERATION {
+            return Err(format!(
+                "operation `{}` is not `{}`",
+                self.operation,
+                J::OPERATION
+            ));
+        }
+        serde_json::from_value(self.payload.clone()).map_err(|e| format!("payload: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,13 +4,14 @@
 //! message`), so `raccordo check` is a single round trip.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use raccordo_core::SourceName;
 use raccordo_ingest::{EventSchema, IngestSettings, Source, SourceConfig};
+use raccordo_runtime::{AlertsConfig, MetricsConfig};
+use raccordo_server::settings::{AdminConfig, LogConfig, ServerConfig};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -24,91 +25,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
-    pub alerts: crate::alerts::AlertsConfig,
-}
-
-/// `[metrics]`: the live event-time windows.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Window size (tumbling unless `slide` is set).
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Sliding windows: how far each window starts after the previous one.
-    #[serde(with = "humantime_serde::option")]
-    pub slide: Option<Duration>,
-    /// Watermark = newest event time minus this.
-    #[serde(with = "humantime_serde")]
-    pub out_of_orderness: Duration,
-    /// How long after a window fired late events still update it.
-    #[serde(with = "humantime_serde")]
-    pub allowed_lateness: Duration,
-    /// `evento` values that count as conversions (with `stato = completato`).
-    pub goals: Vec<String>,
-    /// How often the SSE stream publishes provisional results of open windows.
-    #[serde(with = "humantime_serde")]
-    pub provisional_every: Duration,
-    /// How often the window state is saved, so a restart resumes there instead of
-    /// replaying the whole log.
-    #[serde(with = "humantime_serde")]
-    pub checkpoint_every: Duration,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            window: Duration::from_secs(300),
-            slide: None,
-            out_of_orderness: Duration::from_secs(15),
-            allowed_lateness: Duration::from_secs(3600),
-            goals: vec!["acquisto_concluso".into()],
-            provisional_every: Duration::from_millis(500),
-            checkpoint_every: Duration::from_secs(10),
-        }
-    }
-}
-
-impl MetricsConfig {
-    pub fn window_spec(&self) -> raccordo_stream::WindowSpec {
-        let size = self.window.as_millis() as i64;
-        raccordo_stream::WindowSpec {
-            size_ms: size,
-            slide_ms: self.slide.map_or(size, |s| s.as_millis() as i64),
-            out_of_orderness_ms: self.out_of_orderness.as_millis() as i64,
-            allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    /// Where the embedded database and generated credentials live.
-    pub data_dir: PathBuf,
-    /// Largest request body accepted (bytes).
-    pub max_body_bytes: usize,
-    /// Requests taking longer are answered 503.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// How long shutdown waits for in-flight requests.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// Expose `POST /_bench/noop` (a do-nothing route used as a benchmark baseline).
-    pub bench_routes: bool,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            data_dir: PathBuf::from("raccordo-data"),
-            max_body_bytes: 4 * 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(20),
-            bench_routes: false,
-        }
-    }
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -139,6 +56,10 @@ pub struct StorageConfig {
     pub queue_capacity: usize,
     /// Most events in one commit group.
     pub max_group_events: usize,
+    /// Largest size the database may grow to, in bytes (default: no limit but the disk's).
+    /// Past it, appends answer 503 with `Retry-After` and `/readyz` reports not ready until
+    /// space is freed.
+    pub max_database_bytes: Option<u64>,
 }
 
 impl Default for StorageConfig {
@@ -149,54 +70,7 @@ impl Default for StorageConfig {
             durability: DurabilityConfig::Fsync,
             queue_capacity: 512,
             max_group_events: 20_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    pub tokens: Vec<AdminTokenConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminTokenConfig {
-    /// Who holds the token (appears in logs, never the token itself).
-    pub name: String,
-    pub token: String,
-    /// `read` (read APIs) and/or `admin` (everything, implies `read`).
-    pub scopes: Vec<Scope>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    Read,
-    Admin,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    #[default]
-    Json,
-    Pretty,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// A `tracing` filter, e.g. `info` or `raccordo_server=debug,info`. `RUST_LOG` overrides it.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Json,
-            level: "info".into(),
+            max_database_bytes: None,
         }
     }
 }
@@ -291,14 +165,7 @@ impl Config {
                 }
             }
         }
-        for channel in &mut config.alerts.channels {
-            if let crate::alerts::ChannelConfig::Email(email) = channel
-                && let Some(path) = &email.ca_file
-                && path.is_relative()
-            {
-                email.ca_file = Some(base.join(path));
-            }
-        }
+        config.alerts.resolve_paths(base);
         let mut problems = Vec::new();
         let mut report = |key: String, message: String| {
             // Interpolated values hold no newlines, so line numbers match the original file.

@@ -12,9 +12,10 @@ use base64::Engine;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AdminTokenConfig, Config, Scope};
+use crate::config::Config;
 use raccordo_ingest::SourceConfig;
 use raccordo_ingest::auth::{ApiKeyConfig, AuthConfig, StandardWebhooksConfig};
+use raccordo_server::settings::{AdminTokenConfig, Scope};
 
 /// Name of the source created for a config-less start.
 pub const DEFAULT_SOURCE: &str = "default";

@@ -1,0 +1,76 @@
+//! The work-queue worker loop: claim due items, process them, record each outcome. One loop
+//! serves any kind of work (alert deliveries today; sync and flow steps next): a worker is
+//! an implementation of [`Worker`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raccordo_core::{Clock, Completion, CompletionOutcome, RetryPolicy, WorkItem, WorkQueue};
+use tokio::sync::Notify;
+
+use crate::supervisor::TaskContext;
+
+/// How long an idle worker waits before it looks for retries that came due.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// A claimed item stays leased this long; a worker that dies gives it back when it ends.
+const LEASE_MS: i64 = 60_000;
+const CLAIM_BATCH: usize = 16;
+
+#[async_trait]
+pub trait Worker: Send + Sync + 'static {
+    /// The queue this worker takes items from.
+    fn queue(&self) -> &'static str;
+
+    fn retry_policy(&self) -> RetryPolicy;
+
+    /// One attempt at one item.
+    async fn process(&self, item: &WorkItem) -> Completion;
+
+    /// Called once the queue has recorded the attempt's outcome.
+    async fn settled(
+        &self,
+        _item: &WorkItem,
+        _completion: &Completion,
+        _outcome: CompletionOutcome,
+    ) {
+    }
+}
+
+/// Runs `worker` until shutdown. Store failures end the run with an error, so that the
+/// supervisor backs off instead of spinning.
+pub async fn run_worker(
+    worker: Arc<dyn Worker>,
+    queue: Arc<dyn WorkQueue>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+    ctx: TaskContext,
+) -> anyhow::Result<()> {
+    let policy = worker.retry_policy();
+    while !ctx.is_cancelled() {
+        let items = queue
+            .claim(worker.queue(), CLAIM_BATCH, LEASE_MS, clock.now_ms())
+            .await?;
+        for item in &items {
+            let completion = worker.process(item).await;
+            let outcome = queue
+                .complete(
+                    item,
+                    completion.clone(),
+                    &policy,
+                    rand::random(),
+                    clock.now_ms(),
+                )
+                .await?;
+            worker.settled(item, &completion, outcome).await;
+        }
+        if items.is_empty() {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = ctx.cancelled() => {}
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Live window metrics: query, CSV and the SSE stream.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::header;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::extract::{Reader, ValidQuery, time_param};
+use crate::problem::Problem;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/metrics", get(metrics_api))
+        .route("/api/v1/metrics/stream", get(metrics_stream))
+}
+
+/// Query of `GET /api/v1/metrics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// Windows ending after this (RFC 3339); default: 6 hours ago.
+    from: Option<String>,
+    /// Windows starting before this (RFC 3339); default: now + 1 hour.
+    to: Option<String>,
+    /// `all`, `canale`, `evento` or `campagna`.
+    dimension: Option<String>,
+    /// Only this value of the dimension (e.g. `email`).
+    value: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// `GET /api/v1/metrics`: event-time window aggregates, provisional and final.
+pub async fn metrics_api(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    ValidQuery(q): ValidQuery<MetricsQuery>,
+) -> Response {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let (from, to) = match (
+        time_param("from", q.from.as_deref()),
+        time_param("to", q.to.as_deref()),
+    ) {
+        (Ok(f), Ok(t)) => (
+            f.unwrap_or(now - 6 * 3_600_000),
+            t.unwrap_or(now + 3_600_000),
+        ),
+        (Err(p), _) | (_, Err(p)) => return p.into_response(),
+    };
+    let dimension = match parse_dimension(q.dimension.as_deref()) {
+        Ok(d) => d,
+        Err(p) => return p.into_response(),
+    };
+    let (rows, processed_seq) = state
+        .live
+        .query(from, to, dimension.as_ref(), q.value.as_deref());
+    match q.format.as_deref() {
+        None | Some("json") => {
+            Json(json!({ "processed_seq": processed_seq, "rows": rows })).into_response()
+        }
+        Some("csv") => {
+            let mut out = csv::Writer::from_writer(Vec::new());
+            let written = rows.iter().try_for_each(|row| out.serialize(row));
+            match (written, out.into_inner()) {
+                (Ok(()), Ok(bytes)) => {
+                    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response()
+                }
+                _ => Problem::unavailable("could not write CSV").into_response(),
+            }
+        }
+        Some(_) => Problem::bad_parameter("format", "`json` or `csv`").into_response(),
+    }
+}
+
+/// Query of `GET /api/v1/metrics/stream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    dimension: Option<String>,
+    value: Option<String>,
+}
+
+fn parse_dimension(
+    text: Option<&str>,
+) -> Result<Option<raccordo_runtime::live::Dimension>, Problem> {
+    use raccordo_runtime::live::Dimension;
+    match text {
+        None => Ok(None),
+        Some("all") => Ok(Some(Dimension::All)),
+        Some("canale") => Ok(Some(Dimension::Canale)),
+        Some("evento") => Ok(Some(Dimension::Evento)),
+        Some("campagna") => Ok(Some(Dimension::Campagna)),
+        Some(_) => Err(Problem::bad_parameter(
+            "dimension",
+            "one of `all`, `canale`, `evento`, `campagna`",
+        )),
+    }
+}
+
+/// `GET /api/v1/metrics/stream`: Server-Sent Events. `provisional` events carry the open
+/// windows every 500 ms; `final` events carry windows as the watermark passes them, and again
+/// whenever a late event updates them.
+pub async fn metrics_stream(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    ValidQuery(q): ValidQuery<StreamQuery>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let dimension = match parse_dimension(q.dimension.as_deref()) {
+        Ok(d) => d,
+        Err(p) => return p.into_response(),
+    };
+    let value = q.value;
+    let fired = state.live.subscribe();
+    let mut tick = tokio::time::interval(state.provisional_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let live = state.live.clone();
+    let stream = futures_util::stream::unfold((fired, tick), move |(mut fired, mut tick)| {
+        let (live, dimension, value) = (live.clone(), dimension.clone(), value.clone());
+        async move {
+            let wanted = |r: &raccordo_runtime::live::MetricRow| {
+                dimension.as_ref().is_none_or(|d| *d == r.dimension)
+                    && value.as_deref().is_none_or(|v| v == r.value)
+            };
+            let event = loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let (rows, through_seq) = live.provisional(dimension.as_ref(), value.as_deref());
+                        break Event::default().event("provisional").json_data(json!({ "rows": rows, "through_seq": through_seq }));
+                    }
+                    received = fired.recv() => match received {
+                        Ok(rows) => {
+                            let rows: Vec<_> = rows.into_iter().filter(|r| wanted(r)).collect();
+                            if rows.is_empty() {
+                                continue;
+                            }
+                            break Event::default().event("final").json_data(json!({ "rows": rows }));
+                        }
+                        // A slow client missed some updates; the next ones still come.
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return None,
+                    },
+                }
+            };
+            Some((event, (fired, tick)))
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

@@ -1,0 +1,230 @@
+//! `EventLog` and `EventQuery`: dedup claims with the append, tailing with positions and
+//! the commit signal, filtered reads, restarts.
+
+use raccordo_core::{
+    AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventId, ItemOutcome,
+    LogPositions, NewEvent, SourceName,
+};
+
+use crate::Backend;
+
+fn key(n: u8) -> DedupKey {
+    DedupKey([n; 16])
+}
+
+fn event(ids: &mut ulid::Generator, business_key: Option<DedupKey>, canale: &str) -> NewEvent {
+    NewEvent {
+        id: EventId::generate(ids, 1_000),
+        source: SourceName::new("test").unwrap(),
+        event_time_ms: 1_000,
+        payload: format!(r#"{{"canale":"{canale}"}}"#),
+        business_key,
+    }
+}
+
+fn batch(now: i64, delivery: Option<DeliveryClaim>, events: Vec<NewEvent>) -> AppendBatch {
+    AppendBatch {
+        received_at_ms: now,
+        delivery,
+        business_key_retention_ms: 3_600_000,
+        events,
+    }
+}
+
+pub async fn append_tail_and_query(backend: &dyn Backend) {
+    let opened = backend.open().await;
+    let (log, query) = (opened.stores.log.clone(), opened.stores.query.clone());
+    let mut committed = log.committed();
+    let start = committed.borrow_and_update().clone();
+    let mut ids = ulid::Generator::new();
+    let first = event(&mut ids, Some(key(1)), "email");
+    let first_id = first.id;
+    let out = log
+        .append(batch(
+            0,
+            None,
+            vec![
+                first,
+                event(&mut ids, Some(key(1)), "email"),
+                event(&mut ids, Some(key(2)), "sms"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let AppendOutcome::Appended(items) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(items[0], ItemOutcome::Accepted(first_id));
+    assert_eq!(
+        items[1],
+        ItemOutcome::Duplicate(first_id),
+        "a copy in the same batch"
+    );
+    assert!(committed.has_changed().unwrap(), "the commit signal moved");
+    let head = committed.borrow_and_update().clone();
+    assert!(start.is_behind(&head));
+
+    let tailed = log.tail(&start, 100).await.unwrap();
+    assert_eq!(tailed.len(), 3, "tails carry duplicates too, flagged");
+    assert_eq!(
+        tailed.iter().map(|e| e.duplicate).collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    assert_eq!(tailed[0].id, first_id);
+    assert_eq!(tailed[0].source.as_str(), "test");
+    let mut read = LogPositions::default();
+    for e in &tailed {
+        assert!(
+            e.position.offset > read.get(e.position.partition),
+            "offsets grow per partition"
+        );
+        read.advance(e.position);
+    }
+    assert!(read.covers(&head), "the tail reached the head");
+    assert!(log.tail(&read, 100).await.unwrap().is_empty());
+    assert_eq!(
+        log.tail(&start, 1).await.unwrap().len(),
+        1,
+        "the limit holds"
+    );
+
+    // The query side leaves duplicates out and filters on payload fields.
+    let all = query
+        .read(EventFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.events.len(), 2);
+    let sms = query
+        .read(EventFilter {
+            limit: 100,
+            fields: vec![("canale".into(), "sms".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sms.events.len(), 1);
+    let page = query
+        .read(EventFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    let next = query
+        .read(EventFilter {
+            limit: 1,
+            after_seq: page.next_after_seq,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next.events.len(), 1);
+    assert_ne!(next.events[0].id, page.events[0].id);
+    assert!(log.is_ready());
+
+    // The same delivery id: the first answer again; with another body: a conflict.
+    let claim = DeliveryClaim {
+        key: key(7),
+        body_hash: key(8),
+        retention_ms: 10_000,
+    };
+    let delivered = log
+        .append(batch(
+            1,
+            Some(claim.clone()),
+            vec![event(&mut ids, Some(key(3)), "email")],
+        ))
+        .await
+        .unwrap();
+    let AppendOutcome::Appended(delivered) = delivered else {
+        panic!()
+    };
+    let replay = log
+        .append(batch(
+            2,
+            Some(claim.clone()),
+            vec![event(&mut ids, Some(key(4)), "email")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        replay,
+        AppendOutcome::DeliveryReplayed(vec![ItemOutcome::Duplicate(delivered[0].id())])
+    );
+    let conflict = DeliveryClaim {
+        body_hash: key(9),
+        ..claim
+    };
+    assert_eq!(
+        log.append(batch(3, Some(conflict), vec![])).await.unwrap(),
+        AppendOutcome::DeliveryConflict
+    );
+}
+
+pub async fn dedup_claims_survive_a_restart(backend: &dyn Backend) {
+    let mut ids = ulid::Generator::new();
+    let claim = DeliveryClaim {
+        key: key(7),
+        body_hash: key(8),
+        retention_ms: 10_000,
+    };
+    let first = event(&mut ids, Some(key(1)), "email");
+    let first_id = first.id;
+    let opened = backend.open().await;
+    opened
+        .stores
+        .log
+        .append(batch(0, Some(claim.clone()), vec![first]))
+        .await
+        .unwrap();
+    opened.close().await;
+
+    let opened = backend.open().await;
+    let log = opened.stores.log.clone();
+    assert_eq!(
+        log.committed().borrow().total(),
+        log.tail(&LogPositions::default(), 10).await.unwrap().len() as i64
+    );
+    let again = log
+        .append(batch(
+            1_000,
+            None,
+            vec![event(&mut ids, Some(key(1)), "email")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        AppendOutcome::Appended(vec![ItemOutcome::Duplicate(first_id)]),
+        "business key remembered"
+    );
+    let replay = log
+        .append(batch(
+            1_000,
+            Some(claim.clone()),
+            vec![event(&mut ids, Some(key(2)), "sms")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        replay,
+        AppendOutcome::DeliveryReplayed(vec![ItemOutcome::Duplicate(first_id)]),
+        "delivery remembered"
+    );
+    let late = log
+        .append(batch(
+            3_600_000,
+            Some(claim),
+            vec![event(&mut ids, Some(key(1)), "email")],
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(late, AppendOutcome::Appended(ref items) if !items[0].is_duplicate()),
+        "forgotten after retention: {late:?}"
+    );
+}

@@ -1,0 +1,40 @@
+//! `IdMappings`: both directions, replacement on relink, unlink.
+
+use raccordo_core::RecordRef;
+
+use crate::Backend;
+
+pub async fn link_find_relink_unlink(backend: &dyn Backend) {
+    let opened = backend.open().await;
+    let m = opened.stores.mappings.clone();
+    let hs = RecordRef::new("hubspot", "contacts", "101");
+    let zo = RecordRef::new("zoho", "contacts", "9001");
+    m.link(&hs, &zo, 0).await.unwrap();
+    assert_eq!(m.find(&hs, "zoho").await.unwrap().as_deref(), Some("9001"));
+    assert_eq!(
+        m.find(&zo, "hubspot").await.unwrap().as_deref(),
+        Some("101")
+    );
+    assert_eq!(
+        m.find(&RecordRef::new("hubspot", "companies", "101"), "zoho")
+            .await
+            .unwrap(),
+        None,
+        "objects are apart"
+    );
+    // A merge in HubSpot: 102 survives and takes the Zoho record over.
+    let survivor = RecordRef::new("hubspot", "contacts", "102");
+    m.link(&survivor, &zo, 1).await.unwrap();
+    assert_eq!(
+        m.find(&zo, "hubspot").await.unwrap().as_deref(),
+        Some("102")
+    );
+    assert_eq!(
+        m.find(&hs, "zoho").await.unwrap(),
+        None,
+        "the old id no longer maps"
+    );
+    assert_eq!(m.unlink(&survivor).await.unwrap(), 1);
+    assert_eq!(m.find(&zo, "hubspot").await.unwrap(), None);
+    opened.close().await;
+}

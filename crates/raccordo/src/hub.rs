@@ -1,0 +1,208 @@
+//! Assembling the hub: the one place that picks a storage backend (from `[storage]`),
+//! builds the runtime on the stores it gets, starts the background work under the
+//! supervisor and hands everything to the HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use raccordo_core::{Clock, Stores, SystemClock};
+use raccordo_ingest::Ingestor;
+use raccordo_runtime::{AlertEngine, LiveMetrics, Supervisor, run_worker};
+use raccordo_server::admin::AdminTokens;
+use raccordo_server::{AppState, ServeOptions};
+use tokio::net::TcpListener;
+
+use crate::config::{Backend, Built, DurabilityConfig};
+
+/// A hub ready to serve: its store is open, its background work running, its listener bound.
+pub struct Hub {
+    state: Arc<AppState>,
+    stores: Stores,
+    listener: TcpListener,
+    options: ServeOptions,
+    /// Keeps the backend (and its lock on the data) alive until the hub stops.
+    _backend: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Opens the configured backend.
+fn open_backend(built: &Built) -> anyhow::Result<(Stores, Box<dyn std::any::Any + Send + Sync>)> {
+    let storage = &built.config.storage;
+    match storage.backend {
+        Backend::Sqlite => {
+            use raccordo_storage_sqlite::{Durability, SqliteOptions, SqliteStore};
+            let store = SqliteStore::open(SqliteOptions {
+                path: built.config.database_path(),
+                durability: match storage.durability {
+                    DurabilityConfig::Fsync => Durability::Fsync,
+                    DurabilityConfig::Buffered => Durability::Buffered,
+                },
+                queue_capacity: storage.queue_capacity,
+                max_group_events: storage.max_group_events,
+                max_database_bytes: storage.max_database_bytes,
+            })?;
+            Ok((store.stores(), Box::new(store)))
+        }
+    }
+}
+
+impl Hub {
+    /// Opens the store, starts the runtime and binds the listener (`listen` overrides the
+    /// config's address).
+    pub async fn bind(built: Built, listen: Option<SocketAddr>) -> anyhow::Result<Self> {
+        // reqwest is built without a default TLS provider; pick ring once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let prometheus = raccordo_server::telemetry::init_metrics();
+        let (stores, backend) = open_backend(&built)?;
+        let Built { config, sources } = built;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ingestor = Ingestor::new(
+            sources,
+            stores.log.clone(),
+            clock.clone(),
+            config.ingest.clone(),
+        );
+        let sources: Vec<_> = ingestor.sources().cloned().collect();
+        let supervisor = Supervisor::new();
+
+        let live = LiveMetrics::new(
+            config.metrics.window_spec(),
+            config.metrics.goals.clone(),
+            clock.clone(),
+        );
+        for (campaign, day, cents) in stores.costs.all_costs().await? {
+            live.set_costs(&campaign, &[(day, cents)]);
+        }
+        live.restore(stores.windows.as_ref()).await?;
+        let alerts = AlertEngine::new(
+            config.alerts.clone(),
+            stores.queue.clone(),
+            stores.alerts.clone(),
+            clock.clone(),
+        )?;
+        if raccordo_runtime::jwks::load_all(&sources).await? {
+            let sources = sources.clone();
+            supervisor.spawn("jwks-refresh", move |ctx| {
+                raccordo_runtime::jwks::keep_fresh(sources.clone(), ctx)
+            });
+        }
+        {
+            let (live, log) = (live.clone(), stores.log.clone());
+            supervisor.spawn("live-tailer", move |ctx| {
+                live.clone().run_tailer(log.clone(), ctx)
+            });
+        }
+        {
+            let (live, windows, every) = (
+                live.clone(),
+                stores.windows.clone(),
+                config.metrics.checkpoint_every,
+            );
+            supervisor.spawn("live-persister", move |ctx| {
+                live.clone().run_persister(windows.clone(), every, ctx)
+            });
+        }
+        {
+            let (alerts, queue, clock) = (alerts.clone(), stores.queue.clone(), clock.clone());
+            supervisor.spawn("alert-deliveries", move |ctx| {
+                let worker: Arc<dyn raccordo_runtime::Worker> = alerts.clone();
+                run_worker(
+                    worker,
+                    queue.clone(),
+                    clock.clone(),
+                    alerts.wake.clone(),
+                    ctx,
+                )
+            });
+        }
+        {
+            let (alerts, sources) = (alerts.clone(), sources.clone());
+            supervisor.spawn("alerts-sources", move |ctx| {
+                alerts.clone().watch_sources(sources.clone(), ctx)
+            });
+        }
+        {
+            let (alerts, live) = (alerts.clone(), live.clone());
+            supervisor.spawn("alerts-windows", move |ctx| {
+                alerts.clone().watch_windows(live.clone(), ctx)
+            });
+        }
+        {
+            let (alerts, live) = (alerts.clone(), live.clone());
+            supervisor.spawn("alerts-lag", move |ctx| {
+                alerts.clone().watch_lag(live.clone(), ctx)
+            });
+        }
+        {
+            // Histograms are aggregated lazily; upkeep keeps memory flat between scrapes.
+            let prometheus = prometheus.clone();
+            supervisor.spawn("metrics-upkeep", move |ctx| {
+                let prometheus = prometheus.clone();
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => prometheus.run_upkeep(),
+                            _ = ctx.cancelled() => return Ok(()),
+                        }
+                    }
+                }
+            });
+        }
+
+        let state = Arc::new(AppState {
+            clock,
+            ingestor,
+            events: stores.query.clone(),
+            queue: stores.queue.clone(),
+            costs: stores.costs.clone(),
+            live,
+            alerts,
+            supervisor,
+            admin: AdminTokens::new(&config.admin.tokens),
+            prometheus,
+            max_body_bytes: config.server.max_body_bytes,
+            provisional_every: config.metrics.provisional_every,
+            shutting_down: AtomicBool::new(false),
+        });
+        let addr = listen.unwrap_or(config.server.listen);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        Ok(Self {
+            state,
+            stores,
+            listener,
+            options: ServeOptions {
+                bench_routes: config.server.bench_routes,
+                request_timeout: config.server.request_timeout,
+                shutdown_grace: config.server.shutdown_grace,
+            },
+            _backend: backend,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves; then drains requests, stops the background work
+    /// and closes the store cleanly.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Hub {
+            state,
+            stores,
+            listener,
+            options,
+            _backend,
+        } = self;
+        let grace = options.shutdown_grace;
+        let served = raccordo_server::serve(listener, state.clone(), options, shutdown).await;
+        state.supervisor.shutdown(grace).await;
+        stores.log.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}

@@ -1,0 +1,224 @@
+//! Faults found when the hub was tried under faults, each on the real binary: two processes
+//! on one data directory, a damaged page in the log, a full database, oversized and
+//! malformed requests on admin routes.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::*;
+
+#[tokio::test]
+async fn a_second_hub_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_configured(dir.path(), "");
+    let config = dir.path().join("raccordo.toml");
+    let second = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run a second raccordo");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second process must exit");
+    assert!(
+        stderr.contains("another raccordo process") && stderr.contains("raccordo.db"),
+        "a clear message naming the database: {stderr}"
+    );
+    // The first one is untouched and still takes events.
+    assert_eq!(send_event(&first, 1).await, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_damaged_log_page_backs_off_and_shows_in_readiness_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    // No dedup claims (so only events fill the file) and no live checkpoint (so the
+    // windows must replay the whole log at start).
+    let extra = "[ingest.dedup]\ndelivery_id = false\nbusiness_key = false\n[metrics]\ncheckpoint_every = \"1h\"\n";
+    let mut server = start_configured(dir.path(), extra);
+    let batch: Vec<Value> = (0..1000)
+        .map(|n| {
+            let mut e = event(n);
+            e["metadati"]["localita"] = json!("x".repeat(120));
+            e
+        })
+        .collect();
+    for _ in 0..3 {
+        assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
+    }
+    assert!(server.terminate().success());
+    // Overwrite one page in the middle of the file: an events leaf page.
+    let db = server.database();
+    let mut bytes = std::fs::read(&db).unwrap();
+    let pages = bytes.len() / 4096;
+    assert!(pages > 50, "{pages} pages");
+    let middle = pages / 2 * 4096;
+    bytes[middle..middle + 4096].fill(0xA5);
+    std::fs::write(&db, &bytes).unwrap();
+
+    let server = start_configured(dir.path(), extra);
+    let ready = loop_until(|| async {
+        let r = client().get(server.url("/readyz")).send().await.unwrap();
+        (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+    })
+    .await;
+    assert!(ready.headers().contains_key("retry-after"));
+    let problem: Value = ready.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("live-tailer"),
+        "{problem}"
+    );
+    let failures = server
+        .stdout
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("background task failed"))
+        .count();
+    assert!(
+        (3..=6).contains(&failures),
+        "backs off instead of retrying at once: {failures} failures logged"
+    );
+    let health = get_json(&server, "/api/v1/ingest/health", READ_TOKEN).await;
+    let tailer = health["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "live-tailer")
+        .cloned()
+        .unwrap();
+    assert_eq!(tailer["state"], "backing_off", "{health}");
+    assert!(
+        tailer["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unreadable"),
+        "{tailer}"
+    );
+    // Ingestion itself still works: the damage is in old pages.
+    assert_eq!(send_event(&server, 5).await, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_full_database_answers_503_with_retry_after_and_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "max_database_bytes = 400000\n");
+    let batch: Vec<Value> = (0..500).map(event).collect();
+    let mut last = None;
+    for round in 0..200u32 {
+        let batch: Vec<Value> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut e = e.clone();
+                e["id_cliente"] = json!(format!("CLIENTE-FULL-{:06}", round * 500 + i as u32));
+                e
+            })
+            .collect();
+        let r = client()
+            .post(server.url("/api/v1/eventi/conversione"))
+            .header("x-api-key", API_KEY)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        if r.status() != StatusCode::ACCEPTED {
+            last = Some(r);
+            break;
+        }
+    }
+    let full = last.expect("the database filled up");
+    assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(full.headers()["content-type"], "application/problem+json");
+    assert!(full.headers().contains_key("retry-after"));
+    let problem: Value = full.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("full"),
+        "{problem}"
+    );
+    let ready = client().get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.headers().contains_key("retry-after"));
+    let health = get_json(&server, "/api/v1/ingest/health", READ_TOKEN).await;
+    assert_eq!(health["ready"], false);
+}
+
+#[tokio::test]
+async fn every_error_is_a_problem_and_bad_parameters_name_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    // The test config's body limit is 600 000 bytes.
+    let huge = format!("{{\"days\":[],\"pad\":\"{}\"}}", "x".repeat(700_000));
+    let r = client()
+        .put(server.url("/api/v1/campaigns/black-friday/costs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    let r = client()
+        .get(server.url("/api/v1/events?limit=abc"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["parameters"][0]["parameter"], "limit", "{problem}");
+
+    // Errors axum produces on its own: a path that does not parse, a wrong method.
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/v1/dlq/not-a-number/replay"),
+        (reqwest::Method::DELETE, "/api/v1/events"),
+    ] {
+        let r = client()
+            .request(method.clone(), server.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_client_error(),
+            "{method} {path}: {}",
+            r.status()
+        );
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{method} {path}"
+        );
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("not-a-number"),
+            "no echo of the input: {body}"
+        );
+    }
+}
+
+/// Polls `check` until it yields a value (bounded: 30 s).
+async fn loop_until<T, F, Fut>(check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
