@@ -3,45 +3,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::PrometheusHandle;
-use raccordo_core::{CampaignCosts, Clock, EventQuery, WorkQueue};
-use raccordo_ingest::Ingestor;
-use raccordo_runtime::{AlertEngine, LiveMetrics, Supervisor};
 use tokio::net::TcpListener;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
 
-use crate::admin::AdminTokens;
 use crate::problem::{self, Problem};
-
-/// What handlers share. Stores appear as traits only.
-pub struct AppState {
-    /// The hub's one source of time (the ingest pipeline, alerts and routes share it).
-    pub clock: Arc<dyn Clock>,
-    pub ingestor: Ingestor,
-    pub events: Arc<dyn EventQuery>,
-    pub queue: Arc<dyn WorkQueue>,
-    pub costs: Arc<dyn CampaignCosts>,
-    pub live: Arc<LiveMetrics>,
-    pub alerts: Arc<AlertEngine>,
-    /// Background tasks' health, for `/readyz` and the health API.
-    pub supervisor: Supervisor,
-    pub admin: AdminTokens,
-    pub prometheus: PrometheusHandle,
-    pub max_body_bytes: usize,
-    /// Cadence of provisional results on the SSE stream (`metrics.provisional_every`).
-    pub provisional_every: Duration,
-    pub shutting_down: AtomicBool,
-}
+pub use crate::state::AppState;
 
 /// How the server behaves, from `[server]`.
 #[derive(Debug, Clone)]

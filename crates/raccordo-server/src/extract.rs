@@ -7,9 +7,9 @@ use axum::extract::{FromRequestParts, Query};
 use http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
 use crate::problem::Problem;
 use crate::settings::Scope;
+use crate::state::AppState;
 
 /// Proof that the caller holds an admin token with the `read` scope (or `admin`).
 pub struct Reader;

@@ -8,10 +8,12 @@
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod extract;
 pub mod problem;
 pub mod routes;
 pub mod settings;
+pub mod state;
 pub mod telemetry;
 
 pub use app::{AppState, ServeOptions, serve, shutdown_signal};

@@ -11,9 +11,9 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::extract::{Admin, Reader, ValidQuery};
 use crate::problem::Problem;
+use crate::state::AppState;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()

@@ -11,9 +11,9 @@ use axum::routing::put;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
 use crate::extract::Admin;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 pub fn router() -> Router<Arc<AppState>> {
     Router::new().route("/api/v1/campaigns/{id}/costs", put(put_campaign_costs))
@@ -29,7 +29,7 @@ pub async fn put_campaign_costs(
     body: Body,
 ) -> Response {
     // The body limit of the whole server, answered as a problem (not axum's plain-text 413).
-    let body = match super::read_body(&headers, body, state.max_body_bytes).await {
+    let body = match crate::body::read_body(&headers, body, state.max_body_bytes).await {
         Ok(body) => body,
         Err(e) => return Problem::from(e).into_response(),
     };

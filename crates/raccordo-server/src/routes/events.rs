@@ -10,9 +10,9 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::extract::{Reader, ValidQuery, time_param};
 use crate::problem::Problem;
+use crate::state::AppState;
 use raccordo_core::{EventFilter, SourceName};
 
 pub fn router() -> Router<Arc<AppState>> {

@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::{HeaderMap, StatusCode};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use raccordo_ingest::Target;
 use std::sync::atomic::Ordering;
 
-use super::{InFlight, read_body};
+use crate::body::{InFlight, read_body};
 use crate::problem::Problem;
 
 pub fn router() -> Router<Arc<AppState>> {

@@ -11,9 +11,9 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode, header};
 use serde_json::json;
 
-use super::read_body;
-use crate::app::AppState;
+use crate::body::read_body;
 use crate::problem::Problem;
+use crate::state::AppState;
 use std::sync::atomic::Ordering;
 
 pub fn router(bench_routes: bool) -> Router<Arc<AppState>> {
