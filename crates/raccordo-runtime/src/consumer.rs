@@ -1,44 +1,75 @@
 //! Tailing the event log. A consumer reads every committed event once, in log order per
 //! partition, and waits on the log's commit signal instead of polling. Where it resumes is
-//! either its own business (the live windows keep their position inside their checkpoint)
-//! or a stored consumer offset ([`run_consumer`]).
+//! either its own business (the live windows keep their position inside their checkpoint,
+//! [`tail_log`]) or a stored consumer offset ([`run_consumer`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use raccordo_core::{ConsumerOffsets, EventLog, LogPositions, RawEvent};
+use tokio::sync::watch;
 
 use crate::supervisor::TaskContext;
 
 /// Events read per call.
 pub const PAGE: usize = 1000;
 
-/// Reads the log after `from`, page by page, handing each page to `handle`, then waits for
-/// more; returns at shutdown. A read failure ends the run with the error (the supervisor
-/// restarts it after a backoff, from wherever `from` is then).
+/// Hands out the log page by page after a reader's positions, waiting for a commit only when
+/// the last page came back short (the reader is caught up).
+struct Pages {
+    committed: watch::Receiver<LogPositions>,
+    caught_up: bool,
+}
+
+impl Pages {
+    fn new(log: &dyn EventLog) -> Self {
+        Self {
+            committed: log.committed(),
+            caught_up: false,
+        }
+    }
+
+    /// The next non-empty page after `from`, or `None` at shutdown or when the log closed.
+    async fn next(
+        &mut self,
+        log: &dyn EventLog,
+        from: &LogPositions,
+        ctx: &TaskContext,
+    ) -> anyhow::Result<Option<Vec<RawEvent>>> {
+        loop {
+            if ctx.is_cancelled() {
+                return Ok(None);
+            }
+            if self.caught_up {
+                let behind = |head: &LogPositions| from.is_behind(head);
+                tokio::select! {
+                    changed = self.committed.wait_for(behind) => if changed.is_err() { return Ok(None) },
+                    _ = ctx.cancelled() => return Ok(None),
+                }
+            }
+            let events = log.tail(from, PAGE).await?;
+            self.caught_up = events.len() < PAGE;
+            if !events.is_empty() {
+                return Ok(Some(events));
+            }
+        }
+    }
+}
+
+/// Reads the log after `from`, handing each page to `handle`, until shutdown. A read failure
+/// ends the run with the error (the supervisor restarts it after a backoff, from wherever
+/// the caller's own position is then).
 pub async fn tail_log(
     log: &dyn EventLog,
     mut from: LogPositions,
     ctx: &TaskContext,
     mut handle: impl FnMut(&[RawEvent]) -> anyhow::Result<()> + Send,
 ) -> anyhow::Result<()> {
-    let mut committed = log.committed();
-    while !ctx.is_cancelled() {
-        let events = log.tail(&from, PAGE).await?;
+    let mut pages = Pages::new(log);
+    while let Some(events) = pages.next(log, &from, ctx).await? {
+        handle(&events)?;
         for event in &events {
             from.advance(event.position);
-        }
-        if !events.is_empty() {
-            handle(&events)?;
-        }
-        if events.len() == PAGE {
-            continue;
-        }
-        // Wait for a commit past what we have read.
-        let behind = |head: &LogPositions| from.is_behind(head);
-        tokio::select! {
-            changed = committed.wait_for(behind) => if changed.is_err() { return Ok(()) },
-            _ = ctx.cancelled() => return Ok(()),
         }
     }
     Ok(())
@@ -63,24 +94,13 @@ pub async fn run_consumer(
     ctx: TaskContext,
 ) -> anyhow::Result<()> {
     let mut from = offsets.load(consumer.name()).await?;
-    let mut committed = log.committed();
-    while !ctx.is_cancelled() {
-        let events = log.tail(&from, PAGE).await?;
-        if !events.is_empty() {
-            consumer.handle(&events).await?;
-            for event in &events {
-                from.advance(event.position);
-            }
-            offsets.commit(consumer.name(), &from).await?;
+    let mut pages = Pages::new(log.as_ref());
+    while let Some(events) = pages.next(log.as_ref(), &from, &ctx).await? {
+        consumer.handle(&events).await?;
+        for event in &events {
+            from.advance(event.position);
         }
-        if events.len() == PAGE {
-            continue;
-        }
-        let behind = |head: &LogPositions| from.is_behind(head);
-        tokio::select! {
-            changed = committed.wait_for(behind) => if changed.is_err() { return Ok(()) },
-            _ = ctx.cancelled() => return Ok(()),
-        }
+        offsets.commit(consumer.name(), &from).await?;
     }
     Ok(())
 }

@@ -21,8 +21,12 @@ impl SqliteKeyValue {
     }
 }
 
-fn live_entry(tx: &Transaction<'_>, key: &str, now_ms: i64) -> rusqlite::Result<Option<Versioned>> {
-    tx.query_row(
+fn live_entry(
+    conn: &rusqlite::Connection,
+    key: &str,
+    now_ms: i64,
+) -> rusqlite::Result<Option<Versioned>> {
+    conn.query_row(
         "SELECT value, version, expires_at FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
         params![key, now_ms],
         |r| {
@@ -69,7 +73,10 @@ fn write_entry(
 impl KeyValueStore for SqliteKeyValue {
     async fn get(&self, key: &str, now_ms: i64) -> Result<Option<Versioned>, StoreError> {
         let key = key.to_string();
-        self.db.tx(move |tx| live_entry(tx, &key, now_ms)).await
+        // A plain read: no write lock (an IMMEDIATE transaction) needed.
+        self.db
+            .call(move |conn| live_entry(conn, &key, now_ms))
+            .await
     }
 
     async fn put(
