@@ -42,7 +42,7 @@ pub struct AppendBatch {
 }
 
 /// What happened to one item of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", content = "id", rename_all = "snake_case")]
 pub enum ItemOutcome {
     /// Stored now under this id.
@@ -74,7 +74,7 @@ pub enum AppendOutcome {
 }
 
 /// An event as read back from the log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     /// Position in the log (the offset in its partition); strictly increasing in commit
     /// order on the embedded log.

@@ -135,3 +135,37 @@ mod tests {
         }
     }
 }
+
+/// OpenAPI: ids are strings of a known shape.
+mod schemas {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::{RefOr, schema::SchemaType};
+
+    fn string(description: &str, pattern: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .description(Some(description))
+            .pattern(Some(pattern))
+            .into()
+    }
+
+    impl utoipa::PartialSchema for super::EventId {
+        fn schema() -> RefOr<Schema> {
+            string(
+                "A stored event: `evt_` and a ULID",
+                "^evt_[0-9A-HJKMNP-TV-Z]{26}$",
+            )
+        }
+    }
+    impl utoipa::ToSchema for super::EventId {}
+
+    impl utoipa::PartialSchema for super::SourceName {
+        fn schema() -> RefOr<Schema> {
+            string(
+                "A configured source: 1-64 of a-z, 0-9, `-`, `_`",
+                "^[a-z0-9_-]{1,64}$",
+            )
+        }
+    }
+    impl utoipa::ToSchema for super::SourceName {}
+}

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 /// A problem located at one field of the request body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// RFC 6901 JSON pointer into the request body, e.g. `/3/valore`.
     pub pointer: String,

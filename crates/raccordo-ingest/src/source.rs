@@ -123,7 +123,7 @@ pub struct SourceHealth {
     clock_skew_peak_ms: AtomicI64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SourceHealthSnapshot {
     pub source: String,
     pub enabled: bool,

@@ -50,7 +50,18 @@ const RESULT_RETENTION_MS: i64 = 48 * 3_600_000;
 /// The window store scope of the live conversion windows.
 const SCOPE: &str = "live";
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
     All,
@@ -147,7 +158,7 @@ struct Lag {
 }
 
 /// Ingest health as the windows see it (`GET /api/v1/ingest/health`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LiveHealth {
     /// Newest event counted in the windows.
     pub processed_seq: i64,
@@ -164,7 +175,7 @@ pub struct LiveHealth {
 }
 
 /// One row of `GET /api/v1/metrics`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MetricRow {
     pub window_start_ms: i64,
     pub window_end_ms: i64,

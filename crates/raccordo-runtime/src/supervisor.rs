@@ -20,7 +20,7 @@ pub const FAILURES_BEFORE_UNREADY: u32 = 3;
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// What a task is doing, as `GET /api/v1/ingest/health` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Running,
@@ -30,7 +30,7 @@ pub enum TaskState {
     Stopped,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskHealth {
     pub name: String,
     pub state: TaskState,

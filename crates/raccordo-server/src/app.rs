@@ -63,6 +63,7 @@ pub async fn serve(
 
 pub fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
     crate::routes::router(options.bench_routes)
+        .0
         .layer(axum::middleware::from_fn(observe))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, options.request_timeout))
         .layer(axum::middleware::from_fn(problems_only))

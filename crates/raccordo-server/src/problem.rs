@@ -10,13 +10,15 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 
 /// A located problem with a query parameter (`errors[].parameter`), the query-string
 /// counterpart of a body field's JSON pointer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ParameterError {
     pub parameter: String,
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem: every error of every route. `type` is stable
+/// (`urn:raccordo:problem:<slug>`); no field ever echoes a value the client sent.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// Stable URI of the problem type: `urn:raccordo:problem:<slug>`.
     #[serde(rename = "type")]

@@ -41,24 +41,35 @@ async fn a_damaged_log_page_backs_off_and_shows_in_readiness_and_health() {
     // windows must replay the whole log at start).
     let extra = "[ingest.dedup]\ndelivery_id = false\nbusiness_key = false\n[metrics]\ncheckpoint_every = \"1h\"\n";
     let mut server = start_configured(dir.path(), extra);
-    let batch: Vec<Value> = (0..1000)
-        .map(|n| {
-            let mut e = event(n);
-            e["metadati"]["localita"] = json!("x".repeat(120));
-            e
-        })
-        .collect();
-    for _ in 0..3 {
+    for round in 0..3u32 {
+        let batch: Vec<Value> = (0..1000)
+            .map(|n| {
+                let mut e = event(round * 1000 + n);
+                // One event in the middle of the log is findable in the file.
+                let place = if round == 1 && n == 500 {
+                    "MIDDLE-OF-THE-LOG".to_string()
+                } else {
+                    "x".repeat(120)
+                };
+                e["metadati"]["localita"] = json!(place);
+                e
+            })
+            .collect();
         assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
     }
     assert!(server.terminate().success());
-    // Overwrite one page in the middle of the file: an events leaf page.
+    // A clean stop folds the WAL into the database file, so the page is read from there.
     let db = server.database();
+    let wal = std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL was checkpointed at shutdown");
+    // Overwrite the page that holds the marked event: an events leaf page.
     let mut bytes = std::fs::read(&db).unwrap();
-    let pages = bytes.len() / 4096;
-    assert!(pages > 50, "{pages} pages");
-    let middle = pages / 2 * 4096;
-    bytes[middle..middle + 4096].fill(0xA5);
+    let at = bytes
+        .windows(17)
+        .position(|w| w == b"MIDDLE-OF-THE-LOG")
+        .expect("the marked event is in the database file");
+    let page = at / 4096 * 4096;
+    bytes[page..page + 4096].fill(0xA5);
     std::fs::write(&db, &bytes).unwrap();
 
     let server = start_configured(dir.path(), extra);

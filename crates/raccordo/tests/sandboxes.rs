@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::sdk_python;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,23 +18,6 @@ fn binary() -> &'static str {
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The interpreter with the official SDKs, or `None` on a laptop without them.
-fn sdk_python() -> Option<PathBuf> {
-    let found = std::env::var_os("RACCORDO_SDK_PYTHON")
-        .map(PathBuf::from)
-        .filter(|p| p.exists());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RACCORDO_SDK_PYTHON must point at a Python with the SDKs in CI (.ci/run sets it up)"
-        );
-        eprintln!(
-            "SKIPPED: set RACCORDO_SDK_PYTHON to a Python with sdk-tests/requirements.txt installed; this test runs in CI"
-        );
-    }
-    found
 }
 
 struct Sandbox {

@@ -107,7 +107,7 @@ pub enum CompletionOutcome {
 }
 
 /// A failed operation, kept for inspection and replay.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub queue: String,

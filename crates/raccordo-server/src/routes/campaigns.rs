@@ -3,24 +3,61 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
 use http::HeaderMap;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::extract::Admin;
 use crate::problem::Problem;
 use crate::state::AppState;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/api/v1/campaigns/{id}/costs", put(put_campaign_costs))
+pub fn router() -> super::ApiRouter {
+    super::ApiRouter::new().routes(utoipa_axum::routes!(put_campaign_costs))
 }
 
-/// `PUT /api/v1/campaigns/{id}/costs` with `{"days":[{"date":"2026-11-22","amount":120.50}]}`:
-/// sets the campaign's spend for those UTC days (other days keep their figures). Needs `admin`.
+/// Spend per UTC day.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body; the handler reads it field by field to name every error
+pub struct CostsBody {
+    #[schema(min_items = 1, max_items = 3660)]
+    days: Vec<CostDay>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CostDay {
+    /// A UTC day, e.g. `2026-11-22`.
+    #[schema(format = Date)]
+    date: String,
+    /// Spend in currency units, at most 2 decimals.
+    #[schema(minimum = 0, multiple_of = 0.01)]
+    amount: f64,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CostsSaved {
+    pub campaign: String,
+    /// Days set by this request.
+    pub days: usize,
+}
+
+/// Set a campaign's spend for some UTC days (other days keep their figures), for CPA.
+///
+/// Every bad field is named by pointer and nothing is stored. Needs the `admin` scope.
+#[utoipa::path(
+    put,
+    path = "/api/v1/campaigns/{id}/costs",
+    tag = "metrics",
+    params(("id" = String, Path, description = "Campaign id as in `metadati.campagna` (1-200 characters)")),
+    request_body(content = CostsBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored", body = CostsSaved),
+        (status = 422, description = "Bad days, each named by pointer", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
 pub async fn put_campaign_costs(
     State(state): State<Arc<AppState>>,
     _admin: Admin,
@@ -46,7 +83,11 @@ pub async fn put_campaign_costs(
             .into_response();
     }
     state.live.set_costs(&campaign, &days);
-    Json(json!({ "campaign": campaign, "days": days.len() })).into_response()
+    Json(CostsSaved {
+        campaign,
+        days: days.len(),
+    })
+    .into_response()
 }
 
 /// Validates a costs body whole: every bad field is reported, by pointer.

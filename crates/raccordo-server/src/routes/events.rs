@@ -3,40 +3,62 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::extract::{Reader, ValidQuery, time_param};
 use crate::problem::Problem;
 use crate::state::AppState;
 use raccordo_core::{EventFilter, SourceName};
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/api/v1/events", get(list_events))
+pub fn router() -> super::ApiRouter {
+    super::ApiRouter::new().routes(utoipa_axum::routes!(list_events))
+}
+
+/// One page of stored events.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    pub events: Vec<raccordo_core::StoredEvent>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// Query of `GET /api/v1/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Only events of this source.
     source: Option<String>,
+    /// Payload field `evento` equals this.
     evento: Option<String>,
     canale: Option<String>,
     stato: Option<String>,
     id_cliente: Option<String>,
     /// Event time lower bound (RFC 3339, inclusive).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// Event time upper bound (RFC 3339, exclusive).
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// Events per page, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// `GET /api/v1/events`: the stored events in log order, filtered, with cursor paging.
+/// The stored events in log order, filtered, with cursor paging (business-key duplicates
+/// are left out).
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    responses((status = 200, description = "A page of events", body = EventsPage)),
+    security(("admin_token" = []))
+)]
 pub async fn list_events(
     State(state): State<Arc<AppState>>,
     _reader: Reader,
@@ -47,10 +69,10 @@ pub async fn list_events(
         Err(p) => return p.into_response(),
     };
     match state.events.read(filter).await {
-        Ok(page) => Json(json!({
-            "events": page.events,
-            "next_cursor": page.next_after_seq.map(|s| s.to_string()),
-        }))
+        Ok(page) => Json(EventsPage {
+            events: page.events,
+            next_cursor: page.next_after_seq.map(|s| s.to_string()),
+        })
         .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "reading events failed");

@@ -4,11 +4,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use http::{HeaderMap, StatusCode};
 
 use crate::state::AppState;
@@ -18,13 +16,42 @@ use std::sync::atomic::Ordering;
 use crate::body::{InFlight, read_body};
 use crate::problem::Problem;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/eventi/conversione", post(ingest_conversion))
-        .route("/webhooks/in/{source}", post(ingest_source))
+pub fn router() -> super::ApiRouter {
+    super::ApiRouter::new()
+        .routes(utoipa_axum::routes!(ingest_conversion))
+        .routes(utoipa_axum::routes!(ingest_source))
 }
 
-/// `POST /api/v1/eventi/conversione`
+/// The answer to an accepted request: one outcome for a single event, a list (in input
+/// order) for a batch.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum IngestAnswer {
+    One(raccordo_core::ItemOutcome),
+    Batch(Vec<raccordo_core::ItemOutcome>),
+}
+
+/// Send one conversion event, or an array of up to 1000.
+///
+/// Answered `202` once the events are durable. A repeated delivery id (`webhook-id` or
+/// `Idempotency-Key`) or business key is answered `duplicate` with the original event's id.
+/// A batch is validated whole: one invalid event refuses the batch, naming every failing
+/// field by JSON pointer.
+#[utoipa::path(
+    post,
+    path = "/api/v1/eventi/conversione",
+    tag = "ingest",
+    request_body(content_type = "application/json", description = "A conversion event (`ConversionEvent`) or an array of them"),
+    params(super::IdempotencyKey),
+    responses(
+        (status = 202, description = "Stored, or recognised as a duplicate", body = IngestAnswer),
+        (status = 409, description = "The delivery id was used before with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Schema violations, each named by pointer", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The writer is saturated; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("standard_webhooks" = []), ("jwt" = []))
+)]
 pub async fn ingest_conversion(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -33,7 +60,24 @@ pub async fn ingest_conversion(
     ingest(&state, Target::Conversion, headers, body).await
 }
 
-/// `POST /webhooks/in/{source}`
+/// Send an event (or an array) to a configured source.
+///
+/// The source's own auth methods, schema and dedup fields apply.
+#[utoipa::path(
+    post,
+    path = "/webhooks/in/{source}",
+    tag = "ingest",
+    request_body(content_type = "application/json", description = "Whatever the source's schema accepts"),
+    params(("source" = String, Path, description = "A source from `[sources.<name>]`"), super::IdempotencyKey),
+    responses(
+        (status = 202, description = "Stored, or recognised as a duplicate", body = IngestAnswer),
+        (status = 409, description = "The delivery id was used before with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Schema violations, each named by pointer", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The writer is saturated; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []), ("standard_webhooks" = []), ("jwt" = []))
+)]
 pub async fn ingest_source(
     State(state): State<Arc<AppState>>,
     Path(source): Path<String>,
@@ -56,11 +100,12 @@ async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: 
         // Duplicates and clock skew reach the alert engine through the source's counters,
         // which it reads on its own schedule: nothing here waits for it.
         Ok(response) => {
-            if response.single {
-                (StatusCode::ACCEPTED, Json(response.items[0])).into_response()
+            let answer = if response.single {
+                IngestAnswer::One(response.items[0])
             } else {
-                (StatusCode::ACCEPTED, Json(response.items)).into_response()
-            }
+                IngestAnswer::Batch(response.items)
+            };
+            (StatusCode::ACCEPTED, Json(answer)).into_response()
         }
         Err(e) => Problem::from(e).into_response(),
     }

@@ -3,10 +3,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use http::header;
 use serde::Deserialize;
 use serde_json::json;
@@ -14,30 +12,57 @@ use serde_json::json;
 use crate::extract::{Reader, ValidQuery, time_param};
 use crate::problem::Problem;
 use crate::state::AppState;
+use raccordo_runtime::live::MetricRow;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/metrics", get(metrics_api))
-        .route("/api/v1/metrics/stream", get(metrics_stream))
+pub fn router() -> super::ApiRouter {
+    super::ApiRouter::new()
+        .routes(utoipa_axum::routes!(metrics_api))
+        .routes(utoipa_axum::routes!(metrics_stream))
+}
+
+/// Window rows and how far into the log they count.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct MetricsPage {
+    /// Log position of the newest event the rows include.
+    pub processed_seq: i64,
+    pub rows: Vec<MetricRow>,
 }
 
 /// Query of `GET /api/v1/metrics`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
     /// Windows ending after this (RFC 3339); default: 6 hours ago.
+    #[param(format = DateTime)]
     from: Option<String>,
     /// Windows starting before this (RFC 3339); default: now + 1 hour.
+    #[param(format = DateTime)]
     to: Option<String>,
     /// `all`, `canale`, `evento` or `campagna`.
+    #[param(pattern = "^(all|canale|evento|campagna)$")]
     dimension: Option<String>,
     /// Only this value of the dimension (e.g. `email`).
     value: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
 }
 
-/// `GET /api/v1/metrics`: event-time window aggregates, provisional and final.
+/// Event-time window aggregates per dimension, provisional (open windows) and final.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics",
+    tag = "metrics",
+    params(MetricsQuery),
+    responses(
+        (status = 200, description = "Window rows (JSON, or CSV with `format=csv`)", content(
+            (MetricsPage = "application/json"),
+            (String = "text/csv"),
+        )),
+    ),
+    security(("admin_token" = []))
+)]
 pub async fn metrics_api(
     State(state): State<Arc<AppState>>,
     _reader: Reader,
@@ -62,9 +87,11 @@ pub async fn metrics_api(
         .live
         .query(from, to, dimension.as_ref(), q.value.as_deref());
     match q.format.as_deref() {
-        None | Some("json") => {
-            Json(json!({ "processed_seq": processed_seq, "rows": rows })).into_response()
-        }
+        None | Some("json") => Json(MetricsPage {
+            processed_seq,
+            rows,
+        })
+        .into_response(),
         Some("csv") => {
             let mut out = csv::Writer::from_writer(Vec::new());
             let written = rows.iter().try_for_each(|row| out.serialize(row));
@@ -80,10 +107,14 @@ pub async fn metrics_api(
 }
 
 /// Query of `GET /api/v1/metrics/stream`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// `all`, `canale`, `evento` or `campagna`.
+    #[param(pattern = "^(all|canale|evento|campagna)$")]
     dimension: Option<String>,
+    /// Only this value of the dimension.
     value: Option<String>,
 }
 
@@ -104,9 +135,19 @@ fn parse_dimension(
     }
 }
 
-/// `GET /api/v1/metrics/stream`: Server-Sent Events. `provisional` events carry the open
-/// windows every 500 ms; `final` events carry windows as the watermark passes them, and again
+/// The metrics live, as Server-Sent Events.
+///
+/// `provisional` events carry the open windows every `metrics.provisional_every` (with
+/// `through_seq`); `final` events carry windows as the watermark passes them, and again
 /// whenever a late event updates them.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics/stream",
+    tag = "metrics",
+    params(StreamQuery),
+    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String)),
+    security(("admin_token" = []))
+)]
 pub async fn metrics_stream(
     State(state): State<Arc<AppState>>,
     _reader: Reader,

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::json;
 
@@ -16,25 +15,48 @@ use crate::problem::Problem;
 use crate::state::AppState;
 use std::sync::atomic::Ordering;
 
-pub fn router(bench_routes: bool) -> Router<Arc<AppState>> {
-    let router = Router::new()
-        .route("/", get(dashboard))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+pub fn router(bench_routes: bool) -> super::ApiRouter {
+    let router = super::ApiRouter::new()
+        .routes(utoipa_axum::routes!(dashboard))
+        .routes(utoipa_axum::routes!(healthz))
+        .routes(utoipa_axum::routes!(readyz))
+        .routes(utoipa_axum::routes!(metrics));
     if bench_routes {
+        // A benchmark baseline, off by default and left out of the API document.
         router.route("/_bench/noop", post(noop))
     } else {
         router
     }
 }
 
-/// `GET /healthz`: the process is up.
-pub async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// `ok` (healthz) or `ready` (readyz).
+    pub status: &'static str,
 }
 
-/// `GET /readyz`: the process can take traffic (store writable, not draining).
+/// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Up", body = Status))
+)]
+pub async fn healthz() -> Response {
+    Json(Status { status: "ok" }).into_response()
+}
+
+/// The process can take traffic: the store takes writes, no background task keeps failing,
+/// and shutdown has not begun. Point load-balancer health checks here.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Status),
+        (status = 503, description = "Not ready; the detail says why", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.shutting_down.load(Ordering::Relaxed) {
         return Problem::unavailable("shutting down").into_response();
@@ -61,10 +83,16 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         p.retry_after_s = Some(5);
         return p.into_response();
     }
-    Json(json!({"status": "ready"})).into_response()
+    Json(Status { status: "ready" }).into_response()
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String))
+)]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -86,7 +114,14 @@ pub async fn noop(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
     }
 }
 
-/// `GET /`: the live dashboard, a single self-contained page (no build step, no CDN).
+/// The live dashboard: one self-contained page (no build step, no CDN); give it a `read`
+/// token as `#token=…`.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
 pub async fn dashboard() -> Response {
     (
         [

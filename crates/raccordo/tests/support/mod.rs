@@ -496,3 +496,20 @@ pub async fn wait_for_requests(seen: &Arc<Mutex<Vec<Captured>>>, n: usize) -> Ve
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The interpreter with the official SDKs, or `None` on a laptop without them.
+pub fn sdk_python() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("RACCORDO_SDK_PYTHON")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RACCORDO_SDK_PYTHON must point at a Python with the SDKs in CI (.ci/run sets it up)"
+        );
+        eprintln!(
+            "SKIPPED: set RACCORDO_SDK_PYTHON to a Python with sdk-tests/requirements.txt installed; this test runs in CI"
+        );
+    }
+    found
+}
