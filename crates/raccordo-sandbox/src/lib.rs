@@ -20,6 +20,24 @@ macro_rules! attempt {
     };
 }
 
+/// A named path segment (`{kind}`, `{module}`), for the extractors that open every CRM
+/// handler; an unmatched route gives `""`, which the product's own check then refuses.
+pub(crate) async fn path_segment<S: Send + Sync>(
+    parts: &mut axum::http::request::Parts,
+    state: &S,
+    name: &str,
+) -> Result<String, axum::response::Response> {
+    use axum::extract::FromRequestParts;
+    use axum::response::IntoResponse;
+    let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(params
+        .iter()
+        .find(|(key, _)| *key == name)
+        .map_or(String::new(), |(_, value)| value.to_string()))
+}
+
 pub mod ai;
 pub mod hubspot;
 pub mod knobs;

@@ -1,0 +1,69 @@
+//! OAuth: refresh-token grants (with Zoho's throttle) and revocation.
+
+use super::*;
+
+pub(super) async fn token(
+    State(z): State<Arc<Zoho>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Response {
+    // The SDK sends a form body; Zoho also takes the parameters in the query string.
+    let mut form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    form.extend(query_pairs(q.as_deref()));
+    let answer = |v: Value| json_response(StatusCode::OK, JSON, &v);
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if get("client_id") != z.options.client_id {
+        return answer(json!({ "error": "invalid_client" }));
+    }
+    if get("client_secret") != z.options.client_secret {
+        return answer(json!({ "error": "invalid_client_secret" }));
+    }
+    match get("grant_type") {
+        "refresh_token" if get("refresh_token") == z.options.refresh_token => {}
+        "refresh_token" | "authorization_code" => {
+            return answer(json!({ "error": "invalid_code" }));
+        }
+        _ => return answer(json!({ "error": "unsupported_grant_type" })),
+    }
+    let now = now_ms();
+    let mut tokens = z.tokens.lock().unwrap_or_else(|p| p.into_inner());
+    if tokens.grants.try_take(now, 600_000, 10).is_err() {
+        return answer(
+            json!({ "error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time.", "status": "failure" }),
+        );
+    }
+    let access = format!("1000.{}", random_token("").get(..32).unwrap_or_default());
+    let ttl = z.options.access_token_ttl.as_secs() as i64;
+    tokens.access.insert(access.clone(), now + ttl * 1000);
+    // At most 15 live access tokens per refresh token: the oldest goes.
+    if tokens.access.len() > 15
+        && let Some(oldest) = tokens
+            .access
+            .iter()
+            .min_by_key(|(_, e)| **e)
+            .map(|(k, _)| k.clone())
+    {
+        tokens.access.remove(&oldest);
+    }
+    answer(json!({
+        "access_token": access,
+        "scope": "ZohoCRM.modules.ALL ZohoCRM.settings.ALL ZohoCRM.users.READ ZohoCRM.org.READ ZohoCRM.notifications.ALL ZohoSearch.securesearch.READ",
+        "api_domain": z.options.api_domain,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+    }))
+}
+
+pub(super) async fn revoke(State(z): State<Arc<Zoho>>, RawQuery(q): RawQuery) -> Response {
+    if let Some((_, t)) = query_pairs(q.as_deref())
+        .into_iter()
+        .find(|(k, _)| k == "token")
+    {
+        z.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .access
+            .remove(&t);
+    }
+    json_response(StatusCode::OK, JSON, &json!({ "status": "success" }))
+}
