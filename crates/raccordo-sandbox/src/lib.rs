@@ -38,6 +38,22 @@ pub(crate) async fn path_segment<S: Send + Sync>(
         .map_or(String::new(), |(_, value)| value.to_string()))
 }
 
+/// A list parameter given repeated or comma-separated (`properties=a&properties=b`,
+/// `properties=a,b`, `ids=1,2`) alike; `None` when absent or empty.
+pub(crate) fn list_param(pairs: &[(String, String)], key: &str) -> Option<Vec<String>> {
+    let values: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == key)
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!values.is_empty()).then_some(values)
+}
+
 pub mod ai;
 pub mod hubspot;
 pub mod knobs;

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::knobs::{Controls, FaultStyle, json_response, now_ms};
-use crate::{Persist, iso_ms, query_pairs, random_token};
+use crate::{Persist, iso_ms, list_param, query_pairs, random_token};
 
 mod associations;
 mod batch;
@@ -596,21 +596,6 @@ fn with_headers(mut r: Response, h: HeaderMap) -> Response {
 
 fn ok(status: StatusCode, body: &Value, h: HeaderMap) -> Response {
     with_headers(json_response(status, JSON, body), h)
-}
-
-/// `properties=a&properties=b` and `properties=a,b` alike.
-fn list_param(pairs: &[(String, String)], key: &str) -> Option<Vec<String>> {
-    let values: Vec<String> = pairs
-        .iter()
-        .filter(|(k, _)| k == key)
-        .flat_map(|(_, v)| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
-    (!values.is_empty()).then_some(values)
 }
 
 fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {

@@ -199,12 +199,7 @@ pub(super) async fn search(
             Box::new(Criteria::Or(t(fields[1]), t(fields[2]))),
         )
     } else {
-        return zoho_error(
-            StatusCode::BAD_REQUEST,
-            "REQUIRED_PARAM_MISSING",
-            "One of the expected parameter is missing",
-            json!({ "param_name": "criteria" }),
-        );
+        return required_param_missing("criteria");
     };
     let p = attempt!(paging(&pairs));
     let only = fields_param(q.as_deref());

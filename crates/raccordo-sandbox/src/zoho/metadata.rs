@@ -49,12 +49,7 @@ pub(super) fn field_json(module: Module, i: usize, f: &FieldSpec) -> Value {
 pub(super) async fn fields(RawQuery(q): RawQuery, _: Admitted) -> Response {
     let pairs = query_pairs(q.as_deref());
     let Some((_, name)) = pairs.iter().find(|(k, _)| k == "module") else {
-        return zoho_error(
-            StatusCode::BAD_REQUEST,
-            "REQUIRED_PARAM_MISSING",
-            "One of the expected parameter is missing",
-            json!({ "param_name": "module" }),
-        );
+        return required_param_missing("module");
     };
     let Some(module) = Module::parse(name) else {
         return zoho_error(

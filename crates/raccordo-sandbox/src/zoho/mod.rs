@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::knobs::{Controls, FaultStyle, json_response, now_ms};
-use crate::{Persist, query_pairs, random_token};
+use crate::{Persist, list_param, query_pairs, random_token};
 
 mod criteria;
 mod metadata;
@@ -489,6 +489,16 @@ fn success(message: &str, r: &Record) -> Value {
         "message": message,
         "status": "success",
     })
+}
+
+/// Zoho's answer to a call without a parameter it needs.
+fn required_param_missing(name: &str) -> Response {
+    zoho_error(
+        StatusCode::BAD_REQUEST,
+        "REQUIRED_PARAM_MISSING",
+        "One of the expected parameter is missing",
+        json!({ "param_name": name }),
+    )
 }
 
 fn record_error(code: &str, message: &str, details: Value) -> Value {

@@ -192,12 +192,7 @@ pub(super) async fn disable_watch(
         })
         .collect();
     if ids.is_empty() {
-        return zoho_error(
-            StatusCode::BAD_REQUEST,
-            "REQUIRED_PARAM_MISSING",
-            "One of the expected parameter is missing",
-            json!({ "param_name": "channel_ids" }),
-        );
+        return required_param_missing("channel_ids");
     }
     let entries: Vec<Value> = {
         let mut store = z.store.lock().unwrap_or_else(|p| p.into_inner());

@@ -70,12 +70,7 @@ pub(super) fn body_data(body: &Bytes) -> Result<(Vec<Value>, Value), Response> {
         )
     })?;
     let Some(data) = v["data"].as_array().cloned() else {
-        return Err(zoho_error(
-            StatusCode::BAD_REQUEST,
-            "REQUIRED_PARAM_MISSING",
-            "One of the expected parameter is missing",
-            json!({ "param_name": "data" }),
-        ));
+        return Err(required_param_missing("data"));
     };
     if data.is_empty() || data.len() > MAX_RECORDS_PER_CALL {
         return Err(zoho_error(
@@ -101,6 +96,17 @@ pub(super) fn multi(entries: Vec<Value>, ok: StatusCode) -> Response {
     json_response(status, JSON, &json!({ "data": entries }))
 }
 
+/// The fields of `data[i]`, or the answer entry Zoho gives for an item that is no object.
+pub(super) fn record_fields(i: usize, d: &Value) -> Result<&Map<String, Value>, Value> {
+    d.as_object().ok_or_else(|| {
+        record_error(
+            "INVALID_DATA",
+            "invalid data",
+            json!({ "json_path": format!("$.data[{i}]") }),
+        )
+    })
+}
+
 pub(super) async fn create(State(z): State<Arc<Zoho>>, call: ModuleCall, body: Bytes) -> Response {
     let module = call.module;
     let (data, _) = attempt!(body_data(&body));
@@ -109,13 +115,12 @@ pub(super) async fn create(State(z): State<Arc<Zoho>>, call: ModuleCall, body: B
     {
         let mut store = z.store.lock().unwrap_or_else(|p| p.into_inner());
         for (i, d) in data.iter().enumerate() {
-            let Some(fields) = d.as_object() else {
-                entries.push(record_error(
-                    "INVALID_DATA",
-                    "invalid data",
-                    json!({ "json_path": format!("$.data[{i}]") }),
-                ));
-                continue;
+            let fields = match record_fields(i, d) {
+                Ok(fields) => fields,
+                Err(entry) => {
+                    entries.push(entry);
+                    continue;
+                }
             };
             match check_record(&store, module, i, fields, None) {
                 Ok(clean) => {
@@ -270,13 +275,12 @@ pub(super) async fn upsert(State(z): State<Arc<Zoho>>, call: ModuleCall, body: B
     {
         let mut store = z.store.lock().unwrap_or_else(|p| p.into_inner());
         for (i, d) in data.iter().enumerate() {
-            let Some(fields) = d.as_object() else {
-                entries.push(record_error(
-                    "INVALID_DATA",
-                    "invalid data",
-                    json!({ "json_path": format!("$.data[{i}]") }),
-                ));
-                continue;
+            let fields = match record_fields(i, d) {
+                Ok(fields) => fields,
+                Err(entry) => {
+                    entries.push(entry);
+                    continue;
+                }
             };
             // The listed order is the check order.
             let matched = check_fields.iter().find_map(|f| {
@@ -342,23 +346,9 @@ pub(super) async fn delete_many(
     call: ModuleCall,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let ids: Vec<String> = query_pairs(q.as_deref())
-        .into_iter()
-        .filter(|(k, _)| k == "ids")
-        .flat_map(|(_, v)| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
+    let ids = list_param(&query_pairs(q.as_deref()), "ids").unwrap_or_default();
     if ids.is_empty() {
-        return zoho_error(
-            StatusCode::BAD_REQUEST,
-            "REQUIRED_PARAM_MISSING",
-            "One of the expected parameter is missing",
-            json!({ "param_name": "ids" }),
-        );
+        return required_param_missing("ids");
     }
     delete(z, call, ids).await
 }
@@ -544,12 +534,7 @@ pub(super) async fn list(
     let module = call.module;
     let pairs = query_pairs(q.as_deref());
     let Some(only) = fields_param(q.as_deref()).filter(|f| !f.is_empty()) else {
-        return zoho_error(
-            StatusCode::BAD_REQUEST,
-            "REQUIRED_PARAM_MISSING",
-            "One of the expected parameter is missing",
-            json!({ "param_name": "fields" }),
-        );
+        return required_param_missing("fields");
     };
     if only.len() > 50 {
         return zoho_error(
