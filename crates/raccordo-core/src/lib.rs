@@ -18,3 +18,20 @@ pub use store::queue::{
     WorkQueue,
 };
 pub use store::*;
+
+/// `serialize_with` for secrets in config structs: a serialised config (the reference
+/// docs, a printed config) shows that a secret is set, never the secret.
+pub fn redacted<T, S: serde::Serializer>(_: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
+}
+
+/// [`redacted`] for optional secrets: absent stays absent.
+pub fn redacted_option<T, S: serde::Serializer>(
+    value: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}

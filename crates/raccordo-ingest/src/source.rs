@@ -6,21 +6,23 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use raccordo_core::SourceName;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthConfig, Verifier};
 use crate::dedup::BusinessKeySpec;
 use crate::schema::EventSchema;
 
 /// `[sources.<name>]` in the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
+    /// A disabled source answers `403 source-disabled`.
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Accepted authentication methods; a request passes with any one of them.
     pub auth: Vec<AuthConfig>,
     /// JSON Schema file for this source's events. Default: the built-in conversion schema.
+    #[schema(value_type = Option<String>)]
     pub schema: Option<PathBuf>,
     /// Whether this source may post to `POST /api/v1/eventi/conversione` (default: when it
     /// uses the built-in conversion schema). It can always post to `/webhooks/in/<name>`.
@@ -44,14 +46,16 @@ fn default_time_field() -> String {
 }
 
 /// Ingest-wide settings (`[ingest]` and `[dedup]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestSettings {
     /// Most items in one batch request.
     pub max_batch_items: usize,
     /// Events whose time is further ahead of our clock than this are rejected.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub max_future_skew: Duration,
+    /// The two dedup layers (`[ingest.dedup]`).
     pub dedup: DedupSettings,
 }
 
@@ -65,20 +69,24 @@ impl Default for IngestSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupSettings {
     /// Layer 1: repeated `webhook-id` / `Idempotency-Key` answers `duplicate`.
     pub delivery_id: bool,
     /// How long a delivery id is remembered (senders such as HubSpot retry for 24 h).
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub delivery_id_retention: Duration,
     /// Layer 2: business key (key fields + time bucket + payload hash).
     pub business_key: bool,
+    /// How long a business key is remembered.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub business_key_retention: Duration,
     /// Width of the time bucket the event time is rounded down to.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub bucket: Duration,
 }
 
@@ -199,7 +207,7 @@ impl Source {
         }
         let mut verifiers = Vec::new();
         for (i, auth) in config.auth.iter().enumerate() {
-            match Verifier::build(auth) {
+            match auth.build() {
                 Ok(v) => verifiers.push(v),
                 Err(e) => errors.push((format!("auth[{i}]"), e)),
             }

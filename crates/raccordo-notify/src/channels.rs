@@ -48,7 +48,7 @@ pub trait Channel: Send + Sync {
 
 /// `[[alerts.channels]]`: the registry of channel kinds. Adding a channel is a module with its
 /// config and `Channel` impl, and one variant here with one arm in [`ChannelConfig::build`].
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ChannelConfig {
     /// A Slack incoming webhook; the message uses Block Kit.

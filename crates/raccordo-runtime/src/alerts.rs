@@ -34,7 +34,7 @@ const HISTORY: usize = 200;
 const SOURCE_POLL: Duration = Duration::from_millis(200);
 
 /// `[alerts]` in the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// More than `threshold` duplicates from one source within `window` (the seed's rule).
@@ -49,7 +49,9 @@ pub struct AlertsConfig {
     pub clock_skew: LimitConfig,
     /// First retry of a failed delivery after this; then doubling, 5 attempts in all.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub retry_first_delay: Duration,
+    /// Where alerts go (`[[alerts.channels]]`); every alert goes to every channel.
     pub channels: Vec<ChannelConfig>,
 }
 
@@ -75,14 +77,20 @@ impl Default for AlertsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DuplicateBurstConfig {
+    /// Whether the rule runs.
     pub enabled: bool,
+    /// Alert when a source sends more duplicates than this within `window`.
     pub threshold: u32,
+    /// The sliding interval duplicates are counted in.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub window: Duration,
+    /// After an alert, the same source stays quiet this long.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub cooldown: Duration,
 }
 
@@ -97,15 +105,18 @@ impl Default for DuplicateBurstConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailureRateConfig {
+    /// Whether the rule runs.
     pub enabled: bool,
     /// Alert above this share of failed events (0.2 = 20 %).
     pub threshold: f64,
     /// Windows with fewer events are not judged.
     pub min_events: u64,
+    /// After an alert, the same subject stays quiet this long.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub cooldown: Duration,
 }
 
@@ -120,16 +131,20 @@ impl Default for FailureRateConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConversionDropConfig {
+    /// Whether the rule runs.
     pub enabled: bool,
     /// Alert when the rate is lower than the baseline by more than this (0.5 = half).
     pub threshold: f64,
     /// How many earlier final windows make the baseline (their mean rate).
     pub baseline_windows: usize,
+    /// Windows with fewer events are not judged.
     pub min_events: u64,
+    /// After an alert, the same subject stays quiet this long.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub cooldown: Duration,
 }
 
@@ -146,14 +161,19 @@ impl Default for ConversionDropConfig {
 }
 
 /// A rule on a duration: alert when it goes over `threshold`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
+    /// Whether the rule runs.
     #[serde(default = "enabled")]
     pub enabled: bool,
+    /// Alert when the measured duration goes over this.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub threshold: Duration,
+    /// After an alert, the same rule and subject stay quiet this long.
     #[serde(with = "humantime_serde", default = "half_an_hour")]
+    #[schema(value_type = String, format = Duration)]
     pub cooldown: Duration,
 }
 

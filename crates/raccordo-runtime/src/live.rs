@@ -621,29 +621,35 @@ impl LiveMetrics {
 }
 
 /// `[metrics]`: the live event-time windows.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Window size (tumbling unless `slide` is set).
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub window: Duration,
     /// Sliding windows: how far each window starts after the previous one.
     #[serde(with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>, format = Duration)]
     pub slide: Option<Duration>,
     /// Watermark = newest event time minus this.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub out_of_orderness: Duration,
     /// How long after a window fired late events still update it.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub allowed_lateness: Duration,
     /// `evento` values that count as conversions (with `stato = completato`).
     pub goals: Vec<String>,
     /// How often the SSE stream publishes provisional results of open windows.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub provisional_every: Duration,
     /// How often the window state is saved, so a restart resumes there instead of
     /// replaying the whole log.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub checkpoint_every: Duration,
 }
 

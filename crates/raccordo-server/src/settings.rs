@@ -4,21 +4,26 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
+    /// Address and port to listen on; `--listen` overrides it.
+    #[schema(value_type = String)]
     pub listen: SocketAddr,
     /// Where the embedded database and generated credentials live.
+    #[schema(value_type = String)]
     pub data_dir: PathBuf,
     /// Largest request body accepted (bytes).
     pub max_body_bytes: usize,
     /// Requests taking longer are answered 503.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub request_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub shutdown_grace: Duration,
     /// Expose `POST /_bench/noop` (a do-nothing route used as a benchmark baseline).
     pub bench_routes: bool,
@@ -37,30 +42,33 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// Bearer tokens for the admin and read APIs and the dashboard.
     pub tokens: Vec<AdminTokenConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminTokenConfig {
     /// Who holds the token (appears in logs, never the token itself).
     pub name: String,
+    /// The token itself (at least 16 characters); use `${ENV}` to keep it out of the file.
+    #[serde(serialize_with = "raccordo_core::redacted")]
     pub token: String,
     /// `read` (read APIs) and/or `admin` (everything, implies `read`).
     pub scopes: Vec<Scope>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Read,
     Admin,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -68,9 +76,10 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// `json` (one object per line, for log shippers) or `pretty` (for a terminal).
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `raccordo_server=debug,info`. `RUST_LOG` overrides it.
     pub level: String,

@@ -12,9 +12,9 @@ use raccordo_core::SourceName;
 use raccordo_ingest::{EventSchema, IngestSettings, Source, SourceConfig};
 use raccordo_runtime::{AlertsConfig, MetricsConfig};
 use raccordo_server::settings::{AdminConfig, LogConfig, ServerConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -28,14 +28,14 @@ pub struct Config {
     pub alerts: AlertsConfig,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
     #[default]
     Sqlite,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DurabilityConfig {
     /// fsync every commit group (survives power loss).
@@ -45,12 +45,15 @@ pub enum DurabilityConfig {
     Buffered,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// Where state lives: `sqlite`, one embedded file (the only backend today).
     pub backend: Backend,
     /// SQLite file; default `<data_dir>/raccordo.db`.
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
+    /// `fsync`: every commit group reaches the disk before `202` (survives power loss); `buffered`: survives a process crash, not a power cut.
     pub durability: DurabilityConfig,
     /// Append requests allowed to wait for the writer before answering 429.
     pub queue_capacity: usize,

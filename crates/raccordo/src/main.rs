@@ -11,6 +11,7 @@ mod config;
 mod credentials;
 mod demo;
 mod hub;
+mod reference;
 mod sandbox_cmd;
 
 // The request path allocates many small, short-lived buffers; mimalloc serves them with
@@ -92,6 +93,13 @@ enum Command {
         Ctrl-C, then shuts everything down cleanly."
     )]
     Demo(demo::DemoArgs),
+    /// Print every config key with its type, default and meaning (Markdown)
+    #[command(
+        long_about = "Print the configuration reference: every section and key of the TOML config \
+        file, its type, its default and what it does, as Markdown. It is generated from the code, \
+        so it always matches this binary (docs/configuration.md holds the same text)."
+    )]
+    ConfigReference,
 }
 
 #[derive(Subcommand)]
@@ -218,6 +226,10 @@ fn main() -> ExitCode {
         Command::Costs(CostsCommand::Import(args)) => runtime.block_on(import_costs(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::ConfigReference => {
+            print!("{}", reference::body());
+            return ExitCode::SUCCESS;
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

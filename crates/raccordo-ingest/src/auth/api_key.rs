@@ -1,17 +1,18 @@
 //! Plain API keys, in `X-Api-Key` or `Authorization: Bearer`.
 
 use http::HeaderMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{Verified, bearer};
 use crate::error::IngestError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// Accepted keys (several allow rotation). Use `${ENV}` to keep them out of the file.
+    #[serde(serialize_with = "raccordo_core::redacted")]
     pub keys: Vec<String>,
 }
 
@@ -64,5 +65,20 @@ impl ApiKeyVerifier {
                 reason: "unknown API key".into(),
             })
         }
+    }
+}
+
+impl super::AuthMethod for ApiKeyVerifier {
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        _body: &[u8],
+        _now_ms: i64,
+    ) -> Result<Option<Verified>, IngestError> {
+        ApiKeyVerifier::verify(self, headers)
+    }
+
+    fn describe(&self) -> &'static str {
+        "an API key in `X-Api-Key` or `Authorization: Bearer`"
     }
 }

@@ -10,28 +10,33 @@ use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
 pub use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Verified, bearer};
 use crate::error::IngestError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// Accepted algorithms: `HS256`, `RS256`, `ES256`. Default: inferred from the key.
     #[serde(default)]
     pub algorithms: Vec<String>,
     /// Shared secret for HS256.
+    #[serde(serialize_with = "raccordo_core::redacted_option")]
     pub secret: Option<String>,
     /// PEM public key (RSA or EC), inline.
     pub public_key_pem: Option<String>,
     /// PEM public key file.
+    #[schema(value_type = Option<String>)]
     pub public_key_file: Option<PathBuf>,
     /// JWKS JSON file.
+    #[schema(value_type = Option<String>)]
     pub jwks_file: Option<PathBuf>,
     /// JWKS URL, fetched at start and refreshed every `jwks_refresh`.
     pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
     #[serde(default = "default_refresh", with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub jwks_refresh: Duration,
     /// Required issuer(s).
     #[serde(default)]
@@ -41,6 +46,7 @@ pub struct JwtConfig {
     pub audience: Vec<String>,
     /// Clock tolerance for `exp` and `nbf`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub leeway: Duration,
     /// Reject tokens without `exp` (default true: a token that never expires is a liability).
     #[serde(default = "yes")]
@@ -273,6 +279,25 @@ impl JwtVerifier {
 fn default_algorithms(algorithms: &mut Vec<Algorithm>, defaults: &[Algorithm]) {
     if algorithms.is_empty() {
         algorithms.extend_from_slice(defaults);
+    }
+}
+
+impl super::AuthMethod for JwtVerifier {
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        _body: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<Verified>, IngestError> {
+        JwtVerifier::verify(self, headers, now_ms)
+    }
+
+    fn describe(&self) -> &'static str {
+        "a JWT in `Authorization: Bearer`"
+    }
+
+    fn jwks_url(&self) -> Option<(&str, JwksHandle)> {
+        JwtVerifier::jwks_url(self)
     }
 }
 

@@ -7,7 +7,7 @@ pub mod jwt;
 pub mod standard_webhooks;
 
 use http::HeaderMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::IngestError;
 
@@ -16,7 +16,7 @@ pub use jwt::{JwksHandle, JwtConfig, JwtVerifier};
 pub use standard_webhooks::{StandardWebhooksConfig, StandardWebhooksVerifier, WebhookSecret};
 
 /// One authentication method of a source, as written in the config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthConfig {
     ApiKey(ApiKeyConfig),
@@ -34,57 +34,39 @@ pub struct Verified {
     pub delivery_id: Option<String>,
 }
 
-/// A built verifier.
-#[derive(Debug)]
-pub enum Verifier {
-    ApiKey(ApiKeyVerifier),
-    StandardWebhooks(StandardWebhooksVerifier),
-    Jwt(JwtVerifier),
-}
-
-impl Verifier {
-    pub fn build(config: &AuthConfig) -> Result<Self, String> {
-        Ok(match config {
-            AuthConfig::ApiKey(c) => Verifier::ApiKey(ApiKeyVerifier::new(c)?),
-            AuthConfig::StandardWebhooks(c) => {
-                Verifier::StandardWebhooks(StandardWebhooksVerifier::new(c)?)
-            }
-            AuthConfig::Jwt(c) => Verifier::Jwt(JwtVerifier::new(c)?),
-        })
-    }
-
+/// One way a source proves who it is, built once from its config; the request path only
+/// checks. Adding a method is a module with its config struct and this impl, plus one
+/// variant of `AuthConfig` and one arm in `AuthConfig::build`.
+pub trait AuthMethod: Send + Sync + std::fmt::Debug {
     /// `Ok(None)` means "this method's credentials are not in the request" (so another
     /// method may still apply); `Err` means they are there and wrong.
-    pub fn verify(
+    fn verify(
         &self,
         headers: &HeaderMap,
         body: &[u8],
         now_ms: i64,
-    ) -> Result<Option<Verified>, IngestError> {
-        match self {
-            Verifier::ApiKey(v) => v.verify(headers),
-            Verifier::StandardWebhooks(v) => v.verify(headers, body, now_ms),
-            Verifier::Jwt(v) => v.verify(headers, now_ms),
-        }
-    }
+    ) -> Result<Option<Verified>, IngestError>;
 
     /// How a client presents credentials for this method (for the 401 detail).
-    pub fn describe(&self) -> &'static str {
-        match self {
-            Verifier::ApiKey(_) => "an API key in `X-Api-Key` or `Authorization: Bearer`",
-            Verifier::StandardWebhooks(_) => {
-                "Standard Webhooks headers `webhook-id`, `webhook-timestamp`, `webhook-signature`"
-            }
-            Verifier::Jwt(_) => "a JWT in `Authorization: Bearer`",
-        }
-    }
+    fn describe(&self) -> &'static str;
 
-    /// The JWKS handle to refresh in the background, for JWT methods with `jwks_url`.
-    pub fn jwks_url(&self) -> Option<(&str, JwksHandle)> {
-        match self {
-            Verifier::Jwt(v) => v.jwks_url(),
-            _ => None,
-        }
+    /// The JWKS handle to refresh in the background, for methods with a JWKS URL.
+    fn jwks_url(&self) -> Option<(&str, JwksHandle)> {
+        None
+    }
+}
+
+/// A built auth method.
+pub type Verifier = Box<dyn AuthMethod>;
+
+impl AuthConfig {
+    /// The registry of auth methods: config to verifier.
+    pub fn build(&self) -> Result<Verifier, String> {
+        Ok(match self {
+            AuthConfig::ApiKey(c) => Box::new(ApiKeyVerifier::new(c)?),
+            AuthConfig::StandardWebhooks(c) => Box::new(StandardWebhooksVerifier::new(c)?),
+            AuthConfig::Jwt(c) => Box::new(JwtVerifier::new(c)?),
+        })
     }
 }
 
@@ -117,7 +99,7 @@ pub fn verify_any(
         first_error.unwrap_or_else(|| IngestError::MissingCredentials {
             expected: methods
                 .iter()
-                .map(Verifier::describe)
+                .map(|m| m.describe())
                 .collect::<Vec<_>>()
                 .join(", or "),
         }),

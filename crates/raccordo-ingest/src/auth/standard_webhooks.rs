@@ -8,18 +8,20 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::HeaderMap;
 pub use raccordo_notify::signer::WebhookSecret;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Verified;
 use crate::error::IngestError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StandardWebhooksConfig {
     /// `whsec_` + base64 secrets; several allow rotation.
+    #[serde(serialize_with = "raccordo_core::redacted")]
     pub secrets: Vec<String>,
     /// How far `webhook-timestamp` may be from our clock, either way.
     #[serde(default = "default_tolerance", with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub tolerance: Duration,
 }
 
@@ -100,6 +102,21 @@ impl StandardWebhooksVerifier {
             }
         }
         Err(invalid("no `v1` signature in `webhook-signature` matches"))
+    }
+}
+
+impl super::AuthMethod for StandardWebhooksVerifier {
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<Verified>, IngestError> {
+        StandardWebhooksVerifier::verify(self, headers, body, now_ms)
+    }
+
+    fn describe(&self) -> &'static str {
+        "Standard Webhooks headers `webhook-id`, `webhook-timestamp`, `webhook-signature`"
     }
 }
 

@@ -11,24 +11,31 @@ use super::{Channel, Notification};
 
 type Transport = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
+    /// The SMTP server.
     pub host: String,
     /// Default: 587 for `starttls`, 465 for `tls`, 25 for `none`.
     pub port: Option<u16>,
+    /// `starttls` (required upgrade), `tls` (TLS from the first byte) or `none` (a trusted relay only).
     #[serde(default)]
     pub tls: SmtpTls,
+    /// SMTP user, if the server wants authentication.
     pub username: Option<String>,
-    #[serde(skip_serializing)]
+    /// SMTP password (with `username`); use `${ENV}`.
+    #[serde(serialize_with = "raccordo_core::redacted_option")]
     pub password: Option<String>,
+    /// Sender address, e.g. `raccordo <alerts@example.com>`.
     pub from: String,
+    /// Recipients.
     pub to: Vec<String>,
     /// Extra trusted root certificate (PEM), for servers with a private CA.
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SmtpTls {
     /// Plain connection upgraded with STARTTLS, which is required.

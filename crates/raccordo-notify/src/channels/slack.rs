@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{Channel, ChannelContext, Notification, check_url, completion_of};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
     /// The incoming-webhook URL Slack gave (`https://hooks.slack.com/services/…`).

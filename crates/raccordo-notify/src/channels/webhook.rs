@@ -10,12 +10,13 @@ use serde_json::json;
 use super::{Channel, ChannelContext, Notification, check_url, completion_of};
 use crate::signer::WebhookSecret;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// The endpoint that receives alerts as signed JSON `POST`s.
     pub url: String,
     /// `whsec_` + base64: the receiver verifies `webhook-signature` with it.
-    #[serde(skip_serializing)]
+    #[serde(serialize_with = "raccordo_core::redacted")]
     pub secret: String,
 }
 
