@@ -7,8 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-cargo build --release -p raccordo >/dev/null
-bin=$PWD/target/release/raccordo
+# RACCORDO_BIN: measure another build (e.g. an earlier commit's) instead of this tree's.
+if [ -n "${RACCORDO_BIN:-}" ]; then
+  bin=$RACCORDO_BIN
+else
+  cargo build --release -p raccordo >/dev/null
+  bin=$PWD/target/release/raccordo
+fi
 work=$(mktemp -d)
 port=18765
 url=http://127.0.0.1:$port
