@@ -115,6 +115,19 @@ pub fn finish(api: utoipa::openapi::OpenApi) -> Value {
         object.remove("$id");
     }
     doc["components"]["schemas"]["ConversionEvent"] = schema;
+    let types: Vec<Value> = crate::problem::PROBLEM_TYPES
+        .iter()
+        .map(|(slug, _)| json!(format!("urn:raccordo:problem:{slug}")))
+        .collect();
+    let meanings: Vec<String> = crate::problem::PROBLEM_TYPES
+        .iter()
+        .map(|(slug, meaning)| format!("- `urn:raccordo:problem:{slug}`: {meaning}"))
+        .collect();
+    doc["components"]["schemas"]["Problem"]["properties"]["type"]["enum"] = json!(types);
+    doc["components"]["schemas"]["Problem"]["properties"]["type"]["description"] = json!(format!(
+        "The problem type, stable:\n{}",
+        meanings.join("\n")
+    ));
     let problem = |description: &str| {
         json!({
             "description": description,
@@ -154,6 +167,7 @@ pub fn finish(api: utoipa::openapi::OpenApi) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn the_document_is_openapi_3_1_and_every_operation_documents_its_problems() {
@@ -198,5 +212,10 @@ mod tests {
             doc["components"]["schemas"]["ConversionEvent"]["properties"]["canale"]["enum"][0],
             "email"
         );
+        let types = doc["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]
+            .as_array()
+            .unwrap();
+        assert!(types.contains(&json!("urn:raccordo:problem:validation-failed")));
+        assert_eq!(types.len(), crate::problem::PROBLEM_TYPES.len());
     }
 }

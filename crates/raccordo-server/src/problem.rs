@@ -8,6 +8,59 @@ use serde::Serialize;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// Every problem type the hub answers with (`urn:raccordo:problem:<slug>`) and what it
+/// means; `/openapi.json` lists them, and a debug build refuses to answer with another.
+pub const PROBLEM_TYPES: &[(&str, &str)] = &[
+    (
+        "missing-credentials",
+        "The route needs credentials and the request carries none",
+    ),
+    (
+        "invalid-credentials",
+        "Credentials were sent and are wrong (key, signature, token)",
+    ),
+    ("token-expired", "The JWT has expired"),
+    (
+        "timestamp-outside-tolerance",
+        "The signature's timestamp is too far from the hub's clock",
+    ),
+    (
+        "insufficient-scope",
+        "The admin token lacks the scope this route needs",
+    ),
+    ("unknown-source", "No source of that name is configured"),
+    ("source-disabled", "The source is configured but disabled"),
+    ("not-found", "No such route or resource"),
+    ("method-not-allowed", "The route does not take that method"),
+    ("body-too-large", "The body is over the server's limit"),
+    ("batch-too-large", "The batch holds more items than allowed"),
+    ("empty-batch", "The batch holds no item"),
+    ("unsupported-media-type", "The body is not JSON"),
+    ("invalid-json", "The body is not valid JSON"),
+    (
+        "validation-failed",
+        "Fields break the schema or the rules; `errors` names each by pointer",
+    ),
+    (
+        "invalid-parameter",
+        "A query parameter is wrong; `parameters` names it",
+    ),
+    ("invalid-request", "The path or the headers are malformed"),
+    (
+        "delivery-id-conflict",
+        "The delivery id was used before with another body",
+    ),
+    (
+        "overloaded",
+        "The writer is saturated; retry after `Retry-After`",
+    ),
+    (
+        "unavailable",
+        "Not available now (store full or stopped, shutting down, timed out); retry after `Retry-After`",
+    ),
+    ("internal", "An unexpected failure; see the server log"),
+];
+
 /// A located problem with a query parameter (`errors[].parameter`), the query-string
 /// counterpart of a body field's JSON pointer.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -42,6 +95,10 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: u16, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        debug_assert!(
+            PROBLEM_TYPES.iter().any(|(known, _)| *known == slug),
+            "problem type `{slug}` is not in PROBLEM_TYPES"
+        );
         Self {
             type_uri: format!("urn:raccordo:problem:{slug}"),
             title: title.into(),
@@ -124,5 +181,41 @@ impl IntoResponse for Problem {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raccordo_ingest::{FieldError, IngestError};
+
+    #[test]
+    fn every_ingest_rejection_has_a_listed_problem_type() {
+        let rejections = [
+            IngestError::MissingCredentials {
+                expected: String::new(),
+            },
+            IngestError::TokenExpired,
+            IngestError::EmptyBatch,
+            IngestError::DeliveryConflict,
+            IngestError::Validation {
+                errors: vec![FieldError::new("/x", "y")],
+                total: 1,
+            },
+            IngestError::Overloaded { retry_after_ms: 1 },
+            IngestError::Unavailable {
+                reason: String::new(),
+                retry_after_ms: 1,
+            },
+        ];
+        for e in rejections {
+            let slug = e.slug();
+            assert!(
+                PROBLEM_TYPES.iter().any(|(known, _)| *known == slug),
+                "{slug}"
+            );
+            let problem = Problem::from(e);
+            assert!(problem.type_uri.ends_with(slug));
+        }
     }
 }

@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::header;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::extract::{Reader, ValidQuery, time_param};
 use crate::problem::Problem;
@@ -18,6 +17,15 @@ pub fn router() -> super::ApiRouter {
     super::ApiRouter::new()
         .routes(utoipa_axum::routes!(metrics_api))
         .routes(utoipa_axum::routes!(metrics_stream))
+}
+
+/// One message of the SSE stream: `provisional` (open windows, with the log position they
+/// count through) or `final` (windows the watermark passed, or late updates).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StreamMessage {
+    pub rows: Vec<MetricRow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through_seq: Option<i64>,
 }
 
 /// Window rows and how far into the log they count.
@@ -145,7 +153,7 @@ fn parse_dimension(
     path = "/api/v1/metrics/stream",
     tag = "metrics",
     params(StreamQuery),
-    responses((status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String)),
+    responses((status = 200, description = "An endless event stream; the `data` of each event is a `StreamMessage`", content_type = "text/event-stream", body = StreamMessage)),
     security(("admin_token" = []))
 )]
 pub async fn metrics_stream(
@@ -175,7 +183,7 @@ pub async fn metrics_stream(
                 tokio::select! {
                     _ = tick.tick() => {
                         let (rows, through_seq) = live.provisional(dimension.as_ref(), value.as_deref());
-                        break Event::default().event("provisional").json_data(json!({ "rows": rows, "through_seq": through_seq }));
+                        break Event::default().event("provisional").json_data(StreamMessage { rows, through_seq: Some(through_seq) });
                     }
                     received = fired.recv() => match received {
                         Ok(rows) => {
@@ -183,7 +191,7 @@ pub async fn metrics_stream(
                             if rows.is_empty() {
                                 continue;
                             }
-                            break Event::default().event("final").json_data(json!({ "rows": rows }));
+                            break Event::default().event("final").json_data(StreamMessage { rows, through_seq: None });
                         }
                         // A slow client missed some updates; the next ones still come.
                         Err(RecvError::Lagged(_)) => continue,
