@@ -206,6 +206,14 @@ mod tests {
                 assert!(op["responses"]["400"].is_object(), "{method} {path}");
             }
         }
+        let ingest = &doc["paths"]["/api/v1/eventi/conversione"]["post"]["responses"];
+        for status in ["202", "409", "415", "422", "429", "401"] {
+            assert!(ingest[status].is_object(), "ingest answers {status}");
+        }
+        assert_eq!(
+            ingest["202"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/IngestAnswer"
+        );
         let events = &doc["paths"]["/api/v1/events"]["get"];
         assert!(events["responses"]["401"].is_object());
         assert_eq!(

@@ -22,6 +22,27 @@ pub fn router() -> super::ApiRouter {
         .routes(utoipa_axum::routes!(ingest_source))
 }
 
+/// What an ingest route answers, besides the problems every route may give.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents the answers; handlers build them as `Response`s
+pub enum IngestResponses {
+    /// Stored, or recognised as a duplicate
+    #[response(status = 202)]
+    Accepted(IngestAnswer),
+    /// The delivery id was used before with another body
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+    /// Not JSON
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
+    /// Schema violations, each named by pointer
+    #[response(status = 422, content_type = "application/problem+json")]
+    Invalid(Problem),
+    /// The writer is saturated; retry after `Retry-After`
+    #[response(status = 429, content_type = "application/problem+json")]
+    Overloaded(Problem),
+}
+
 /// The answer to an accepted request: one outcome for a single event, a list (in input
 /// order) for a batch.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -43,13 +64,7 @@ pub enum IngestAnswer {
     tag = "ingest",
     request_body(content_type = "application/json", description = "A conversion event (`ConversionEvent`) or an array of them"),
     params(super::IdempotencyKey),
-    responses(
-        (status = 202, description = "Stored, or recognised as a duplicate", body = IngestAnswer),
-        (status = 409, description = "The delivery id was used before with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Schema violations, each named by pointer", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The writer is saturated; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-    ),
+    responses(IngestResponses),
     security(("api_key" = []), ("standard_webhooks" = []), ("jwt" = []))
 )]
 pub async fn ingest_conversion(
@@ -69,13 +84,7 @@ pub async fn ingest_conversion(
     tag = "ingest",
     request_body(content_type = "application/json", description = "Whatever the source's schema accepts"),
     params(("source" = String, Path, description = "A source from `[sources.<name>]`"), super::IdempotencyKey),
-    responses(
-        (status = 202, description = "Stored, or recognised as a duplicate", body = IngestAnswer),
-        (status = 409, description = "The delivery id was used before with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Schema violations, each named by pointer", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The writer is saturated; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
-    ),
+    responses(IngestResponses),
     security(("api_key" = []), ("standard_webhooks" = []), ("jwt" = []))
 )]
 pub async fn ingest_source(
