@@ -5,33 +5,11 @@
 use std::sync::Arc;
 
 use raccordo_core::{
-    AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventId, EventLog,
-    EventQuery, ItemOutcome, NewEvent, SourceName, StoreError,
+    AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventId, EventLog, EventQuery,
+    ItemOutcome, StoreError,
 };
 use raccordo_storage_sqlite::{SqliteEventLog, SqliteOptions};
-
-fn key(n: u8) -> DedupKey {
-    DedupKey([n; 16])
-}
-
-fn event(ids: &mut ulid::Generator, business_key: Option<DedupKey>, valore: u32) -> NewEvent {
-    NewEvent {
-        id: EventId::generate(ids, 1_000),
-        source: SourceName::new("test").unwrap(),
-        event_time_ms: 1_000,
-        payload: format!(r#"{{"valore":{valore}}}"#),
-        business_key,
-    }
-}
-
-fn batch(now: i64, delivery: Option<DeliveryClaim>, events: Vec<NewEvent>) -> AppendBatch {
-    AppendBatch {
-        received_at_ms: now,
-        delivery,
-        business_key_retention_ms: 3_600_000,
-        events,
-    }
-}
+use raccordo_storage_tests::fixtures::{batch, event, key};
 
 fn open(dir: &tempfile::TempDir, queue: usize) -> SqliteEventLog {
     let mut options = SqliteOptions::new(dir.path().join("t.db"));
@@ -54,10 +32,10 @@ async fn business_key_duplicates_are_stored_once_until_they_expire() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(&dir, 16);
     let mut ids = ulid::Generator::new();
-    let first = event(&mut ids, Some(key(1)), 1);
+    let first = event(&mut ids, Some(key(1)), "1");
     let first_id = first.id;
-    let same = event(&mut ids, Some(key(1)), 1);
-    let other = event(&mut ids, Some(key(2)), 2);
+    let same = event(&mut ids, Some(key(1)), "1");
+    let other = event(&mut ids, Some(key(2)), "2");
     let out = log
         .append(batch(0, None, vec![first, same, other]))
         .await
@@ -73,7 +51,7 @@ async fn business_key_duplicates_are_stored_once_until_they_expire() {
     );
     assert!(matches!(items[2], ItemOutcome::Accepted(_)));
 
-    let again = event(&mut ids, Some(key(1)), 1);
+    let again = event(&mut ids, Some(key(1)), "1");
     let out = log
         .append(batch(3_599_999, None, vec![again]))
         .await
@@ -84,7 +62,7 @@ async fn business_key_duplicates_are_stored_once_until_they_expire() {
         "inside retention"
     );
 
-    let late = event(&mut ids, Some(key(1)), 1);
+    let late = event(&mut ids, Some(key(1)), "1");
     let late_id = late.id;
     let out = log
         .append(batch(3_600_000, None, vec![late]))
@@ -109,15 +87,15 @@ async fn delivery_ids_replay_the_first_answer_and_refuse_another_body() {
         retention_ms: 1_000,
     };
     let events = vec![
-        event(&mut ids, Some(key(1)), 1),
-        event(&mut ids, Some(key(2)), 2),
+        event(&mut ids, Some(key(1)), "1"),
+        event(&mut ids, Some(key(2)), "2"),
     ];
     let stored: Vec<EventId> = events.iter().map(|e| e.id).collect();
     log.append(batch(0, Some(claim(1)), events)).await.unwrap();
 
     let retry = vec![
-        event(&mut ids, Some(key(1)), 1),
-        event(&mut ids, Some(key(2)), 2),
+        event(&mut ids, Some(key(1)), "1"),
+        event(&mut ids, Some(key(2)), "2"),
     ];
     let out = log.append(batch(500, Some(claim(1)), retry)).await.unwrap();
     assert_eq!(
@@ -130,7 +108,7 @@ async fn delivery_ids_replay_the_first_answer_and_refuse_another_body() {
         )
     );
 
-    let conflict = vec![event(&mut ids, Some(key(3)), 3)];
+    let conflict = vec![event(&mut ids, Some(key(3)), "3")];
     assert_eq!(
         log.append(batch(500, Some(claim(2)), conflict))
             .await
@@ -143,7 +121,7 @@ async fn delivery_ids_replay_the_first_answer_and_refuse_another_body() {
         "neither the replay nor the conflict stored anything"
     );
 
-    let expired = vec![event(&mut ids, Some(key(4)), 4)];
+    let expired = vec![event(&mut ids, Some(key(4)), "4")];
     assert!(matches!(
         log.append(batch(1_000, Some(claim(2)), expired))
             .await
@@ -167,7 +145,11 @@ async fn concurrent_appends_share_commits_and_all_land() {
                 let mut k = [0u8; 16];
                 k[..4].copy_from_slice(&n.to_le_bytes());
                 let out = log
-                    .append(batch(0, None, vec![event(&mut ids, Some(DedupKey(k)), n)]))
+                    .append(batch(
+                        0,
+                        None,
+                        vec![event(&mut ids, Some(DedupKey(k)), &n.to_string())],
+                    ))
                     .await
                     .unwrap();
                 if let AppendOutcome::Appended(items) = out {
@@ -215,7 +197,11 @@ async fn a_full_queue_answers_overloaded_instead_of_waiting() {
     let mut ids = ulid::Generator::new();
     for n in 0..4u8 {
         let log2 = log.clone();
-        let b = batch(0, None, vec![event(&mut ids, Some(key(n + 10)), n as u32)]);
+        let b = batch(
+            0,
+            None,
+            vec![event(&mut ids, Some(key(n + 10)), &n.to_string())],
+        );
         let (tx, rx) = tokio::sync::oneshot::channel();
         pending.push(tokio::spawn(async move {
             let fut = log2.append(b);
@@ -254,13 +240,13 @@ async fn close_finishes_queued_work_then_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(&dir, 16);
     let mut ids = ulid::Generator::new();
-    log.append(batch(0, None, vec![event(&mut ids, None, 1)]))
+    log.append(batch(0, None, vec![event(&mut ids, None, "1")]))
         .await
         .unwrap();
     log.close().await;
     assert!(!log.is_ready());
     let refused = log
-        .append(batch(0, None, vec![event(&mut ids, None, 2)]))
+        .append(batch(0, None, vec![event(&mut ids, None, "2")]))
         .await;
     assert!(
         matches!(refused, Err(StoreError::Unavailable(_))),
@@ -287,7 +273,7 @@ async fn expired_dedup_claims_are_purged_from_the_file() {
         log.append(batch(
             0,
             Some(claim.clone()),
-            vec![event(&mut ids, Some(key(1)), 1)],
+            vec![event(&mut ids, Some(key(1)), "1")],
         ))
         .await
         .unwrap();
@@ -299,7 +285,7 @@ async fn expired_dedup_claims_are_purged_from_the_file() {
         .append(batch(
             3_600_000,
             Some(claim),
-            vec![event(&mut ids, Some(key(1)), 1)],
+            vec![event(&mut ids, Some(key(1)), "1")],
         ))
         .await
         .unwrap();

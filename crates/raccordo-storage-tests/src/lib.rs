@@ -14,6 +14,7 @@ use raccordo_core::Stores;
 
 pub mod alerts;
 pub mod costs;
+pub mod fixtures;
 pub mod kv;
 pub mod log;
 pub mod mappings;

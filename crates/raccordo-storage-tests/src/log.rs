@@ -1,35 +1,10 @@
 //! `EventLog` and `EventQuery`: dedup claims with the append, tailing with positions and
 //! the commit signal, filtered reads, restarts.
 
-use raccordo_core::{
-    AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventId, ItemOutcome,
-    LogPositions, NewEvent, SourceName,
-};
+use raccordo_core::{AppendOutcome, DeliveryClaim, EventFilter, ItemOutcome, LogPositions};
 
 use crate::Backend;
-
-fn key(n: u8) -> DedupKey {
-    DedupKey([n; 16])
-}
-
-fn event(ids: &mut ulid::Generator, business_key: Option<DedupKey>, canale: &str) -> NewEvent {
-    NewEvent {
-        id: EventId::generate(ids, 1_000),
-        source: SourceName::new("test").unwrap(),
-        event_time_ms: 1_000,
-        payload: format!(r#"{{"canale":"{canale}"}}"#),
-        business_key,
-    }
-}
-
-fn batch(now: i64, delivery: Option<DeliveryClaim>, events: Vec<NewEvent>) -> AppendBatch {
-    AppendBatch {
-        received_at_ms: now,
-        delivery,
-        business_key_retention_ms: 3_600_000,
-        events,
-    }
-}
+use crate::fixtures::{batch, event, key};
 
 pub async fn append_tail_and_query(backend: &dyn Backend) {
     let opened = backend.open().await;
