@@ -24,6 +24,16 @@ pub(super) fn watch_error(index: usize, code: &str, message: &str, field: &str) 
     json!({ "code": code, "details": { "api_name": field, "json_path": format!("$.watch[{index}].{field}") }, "message": message, "status": "error" })
 }
 
+/// The `events` of a watch entry (`Contacts.create`, …), as given.
+pub(super) fn event_names(w: &Value) -> Vec<String> {
+    w["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(String::from))
+        .collect()
+}
+
 pub(super) async fn enable_watch(State(z): State<Arc<Zoho>>, _: Admitted, body: Bytes) -> Response {
     let watch = attempt!(watch_body(&body));
     let now = now_ms();
@@ -55,12 +65,7 @@ pub(super) async fn enable_watch(State(z): State<Arc<Zoho>>, _: Admitted, body: 
                 ));
                 continue;
             };
-            let events: Vec<String> = w["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str().map(String::from))
-                .collect();
+            let events = event_names(w);
             let valid_event = |e: &String| {
                 e.split_once('.').is_some_and(|(m, a)| {
                     Module::parse(m).is_some() && ["create", "edit", "delete", "all"].contains(&a)
@@ -146,12 +151,7 @@ pub(super) async fn patch_watch(State(z): State<Arc<Zoho>>, _: Admitted, body: B
                 entries.push(watch_error(i, "INVALID_DATA", "invalid data", "channel_id"));
                 continue;
             };
-            let events: Vec<String> = w["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str().map(String::from))
-                .collect();
+            let events = event_names(w);
             if w["_delete_events"].as_bool() == Some(true) {
                 channel.events.retain(|e| !events.contains(e));
             } else if !events.is_empty() {
