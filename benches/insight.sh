@@ -46,16 +46,20 @@ for _ in $(seq 100); do curl -sf $url/readyz >/dev/null && break; sleep 0.1; don
 
 run() {
   local label=$1; shift
+  local t0 t1
+  t0=$(awk '{print $14+$15}' /proc/$server/stat)
   out=$("$bin" loadgen --url $url --webhook-secret "$secret" --insight-token "$token" --json --seed $RANDOM "$@")
-  python3 - "$label" "$out" <<'PY'
+  t1=$(awk '{print $14+$15}' /proc/$server/stat)
+  python3 - "$label" "$out" $(( (t1 - t0) * 10000 )) <<'PY'
 import json, sys
-label, r = sys.argv[1], json.loads(sys.argv[2])
+label, r, cpu_us = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 i = r["insight"]
 print(f"{label:<28} {r['events_per_s']:>7.0f} ev/s  ingest p99 {r['latency_ms']['p99']:>6.1f} ms | "
       f"202→provisional p50 {i['to_provisional_ms']['p50']:>5.0f} p99 {i['to_provisional_ms']['p99']:>5.0f} max {i['to_provisional_ms']['max']:>5.0f} ms "
       f"({i['measured_requests']} requests, {i['unmatched_requests']} unmatched) | "
       f"final after window end p50 {i['final_after_window_end_ms']['p50']/1000:>5.2f} max {i['final_after_window_end_ms']['max']/1000:>5.2f} s "
-      f"over {i['final_windows']} windows (out-of-orderness {i['out_of_orderness_ms']/1000:.0f} s)")
+      f"over {i['final_windows']} windows (out-of-orderness {i['out_of_orderness_ms']/1000:.0f} s) | "
+      f"server cpu {cpu_us / max(r['events'], 1):.1f} µs/event")
 PY
 }
 

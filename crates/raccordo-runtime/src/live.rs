@@ -122,6 +122,9 @@ pub struct LiveMetrics {
     state: Mutex<State>,
     /// Final and late-update rows, as the operator emits them (for the SSE stream).
     fired_rows: tokio::sync::broadcast::Sender<Vec<MetricRow>>,
+    /// Events counted so far (the log positions' total), bumped after every page: the SSE
+    /// stream publishes provisional results when it moves instead of on a fixed tick.
+    progress: tokio::sync::watch::Sender<i64>,
     /// Daily spend per campaign, for CPA.
     costs: std::sync::RwLock<std::collections::HashMap<String, DailySpend>>,
     clock: Arc<dyn Clock>,
@@ -215,6 +218,7 @@ impl LiveMetrics {
                 ..State::default()
             }),
             fired_rows: tokio::sync::broadcast::channel(1024).0,
+            progress: tokio::sync::watch::channel(0).0,
             costs: Default::default(),
             clock,
             lag: Mutex::new(Lag::default()),
@@ -259,6 +263,7 @@ impl LiveMetrics {
         state.fired = fired;
         state.late = late.into_iter().collect();
         state.processed = positions;
+        self.progress.send_replace(seq);
         self.restored_from_seq
             .store(seq, std::sync::atomic::Ordering::Relaxed);
         self.checkpoint_seq
@@ -397,6 +402,11 @@ impl LiveMetrics {
     }
 
     /// Final and late-update rows as they happen.
+    /// Wakes when new events have been counted (the value is how many in all).
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.progress.subscribe()
+    }
+
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<MetricRow>> {
         self.fired_rows.subscribe()
     }
@@ -497,6 +507,13 @@ impl LiveMetrics {
                 .collect();
             let _ = self.fired_rows.send(rows);
         }
+        let counted = state.processed.total();
+        drop(state);
+        self.progress.send_if_modified(|seen| {
+            let moved = *seen != counted;
+            *seen = counted;
+            moved
+        });
     }
 
     fn record_of<'a>(
@@ -642,10 +659,16 @@ pub struct MetricsConfig {
     pub allowed_lateness: Duration,
     /// `evento` values that count as conversions (with `stato = completato`).
     pub goals: Vec<String>,
-    /// How often the SSE stream publishes provisional results of open windows.
+    /// How often the SSE stream publishes provisional results of open windows when nothing
+    /// new was counted (a heartbeat); new events are published sooner (`provisional_coalesce`).
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub provisional_every: Duration,
+    /// New events are published this long after they were counted, so that one message
+    /// carries everything counted meanwhile (0: at once).
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub provisional_coalesce: Duration,
     /// How often the window state is saved, so a restart resumes there instead of
     /// replaying the whole log.
     #[serde(with = "humantime_serde")]
@@ -662,6 +685,7 @@ impl Default for MetricsConfig {
             allowed_lateness: Duration::from_secs(3600),
             goals: vec!["acquisto_concluso".into()],
             provisional_every: Duration::from_millis(500),
+            provisional_coalesce: Duration::from_millis(25),
             checkpoint_every: Duration::from_secs(10),
         }
     }
@@ -708,6 +732,8 @@ mod tests {
             Arc::new(clock.clone()),
         );
         assert_eq!(live.health().lag_ms, 0, "nothing read yet");
+        let mut progress = live.progress();
+        assert!(!progress.has_changed().unwrap());
         live.ingest(&[raw(1, 999_400, false), raw(2, 999_900, true)]);
         let health = live.health();
         assert_eq!(
@@ -715,6 +741,13 @@ mod tests {
             (600, 2),
             "the oldest event of the page was 600 ms old"
         );
+        assert!(
+            progress.has_changed().unwrap(),
+            "counting wakes the stream's publisher"
+        );
+        assert_eq!(*progress.borrow_and_update(), 2);
+        live.ingest(&[]);
+        assert!(!progress.has_changed().unwrap(), "nothing new, no wake-up");
         clock.advance(10_000);
         assert_eq!(live.health().lag_ms, 0, "caught up and idle");
         let (rows, through) = live.provisional(Some(&Dimension::All), None);

@@ -29,5 +29,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Cadence of provisional results on the SSE stream (`metrics.provisional_every`).
     pub provisional_every: Duration,
+    /// How long after new events are counted the stream publishes them
+    /// (`metrics.provisional_coalesce`).
+    pub provisional_coalesce: Duration,
     pub shutting_down: AtomicBool,
 }

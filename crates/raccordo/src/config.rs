@@ -258,6 +258,12 @@ impl Config {
                 "must be between 100ms and 1h".into(),
             );
         }
+        if self.metrics.provisional_coalesce > self.metrics.provisional_every {
+            report(
+                "metrics.provisional_coalesce".into(),
+                "must not be longer than metrics.provisional_every".into(),
+            );
+        }
         // At least two provisional results a second.
         if !(Duration::from_millis(50)..=Duration::from_millis(500))
             .contains(&self.metrics.provisional_every)

@@ -162,6 +162,7 @@ impl Hub {
             prometheus,
             max_body_bytes: config.server.max_body_bytes,
             provisional_every: config.metrics.provisional_every,
+            provisional_coalesce: config.metrics.provisional_coalesce,
             shutting_down: AtomicBool::new(false),
         });
         let addr = listen.unwrap_or(config.server.listen);

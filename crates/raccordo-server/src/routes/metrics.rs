@@ -145,8 +145,9 @@ fn parse_dimension(
 
 /// The metrics live, as Server-Sent Events.
 ///
-/// `provisional` events carry the open windows every `metrics.provisional_every` (with
-/// `through_seq`); `final` events carry windows as the watermark passes them, and again
+/// `provisional` events carry the open windows (with `through_seq`) soon after new events
+/// are counted (`metrics.provisional_coalesce`, 25 ms) and every `metrics.provisional_every`
+/// when nothing is new; `final` events carry windows as the watermark passes them, and again
 /// whenever a late event updates them.
 #[utoipa::path(
     get,
@@ -172,36 +173,56 @@ pub async fn metrics_stream(
     let mut tick = tokio::time::interval(state.provisional_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let live = state.live.clone();
-    let stream = futures_util::stream::unfold((fired, tick), move |(mut fired, mut tick)| {
-        let (live, dimension, value) = (live.clone(), dimension.clone(), value.clone());
-        async move {
-            let wanted = |r: &raccordo_runtime::live::MetricRow| {
-                dimension.as_ref().is_none_or(|d| *d == r.dimension)
-                    && value.as_deref().is_none_or(|v| v == r.value)
-            };
-            let event = loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let (rows, through_seq) = live.provisional(dimension.as_ref(), value.as_deref());
-                        break Event::default().event("provisional").json_data(StreamMessage { rows, through_seq: Some(through_seq) });
-                    }
-                    received = fired.recv() => match received {
-                        Ok(rows) => {
-                            let rows: Vec<_> = rows.into_iter().filter(|r| wanted(r)).collect();
-                            if rows.is_empty() {
-                                continue;
+    let progress = state.live.progress();
+    let coalesce = state.provisional_coalesce;
+    let stream = futures_util::stream::unfold(
+        (fired, tick, progress),
+        move |(mut fired, mut tick, mut progress)| {
+            let (live, dimension, value) = (live.clone(), dimension.clone(), value.clone());
+            async move {
+                let wanted = |r: &raccordo_runtime::live::MetricRow| {
+                    dimension.as_ref().is_none_or(|d| *d == r.dimension)
+                        && value.as_deref().is_none_or(|v| v == r.value)
+                };
+                let event = loop {
+                    tokio::select! {
+                        // New events counted: publish them after the coalescing pause, with whatever
+                        // else was counted meanwhile.
+                        changed = progress.changed() => {
+                            if changed.is_err() {
+                                return None;
                             }
-                            break Event::default().event("final").json_data(StreamMessage { rows, through_seq: None });
+                            if !coalesce.is_zero() {
+                                tokio::time::sleep(coalesce).await;
+                            }
+                            progress.borrow_and_update();
+                            tick.reset();
+                            let (rows, through_seq) = live.provisional(dimension.as_ref(), value.as_deref());
+                            break Event::default().event("provisional").json_data(StreamMessage { rows, through_seq: Some(through_seq) });
                         }
-                        // A slow client missed some updates; the next ones still come.
-                        Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => return None,
-                    },
-                }
-            };
-            Some((event, (fired, tick)))
-        }
-    });
+                        // Nothing new for a while: the open windows again, as a heartbeat.
+                        _ = tick.tick() => {
+                            let (rows, through_seq) = live.provisional(dimension.as_ref(), value.as_deref());
+                            break Event::default().event("provisional").json_data(StreamMessage { rows, through_seq: Some(through_seq) });
+                        }
+                        received = fired.recv() => match received {
+                            Ok(rows) => {
+                                let rows: Vec<_> = rows.into_iter().filter(|r| wanted(r)).collect();
+                                if rows.is_empty() {
+                                    continue;
+                                }
+                                break Event::default().event("final").json_data(StreamMessage { rows, through_seq: None });
+                            }
+                            // A slow client missed some updates; the next ones still come.
+                            Err(RecvError::Lagged(_)) => continue,
+                            Err(RecvError::Closed) => return None,
+                        },
+                    }
+                };
+                Some((event, (fired, tick, progress)))
+            }
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
