@@ -281,6 +281,7 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
         p50: ms(h.value_at_quantile(0.50)),
         p95: ms(h.value_at_quantile(0.95)),
         p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
         max: ms(h.max()),
         mean: h.mean() / 1000.0,
     }

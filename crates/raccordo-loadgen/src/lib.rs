@@ -80,6 +80,7 @@ pub struct Percentiles {
     pub p50: f64,
     pub p95: f64,
     pub p99: f64,
+    pub p999: f64,
     pub max: f64,
     pub mean: f64,
 }
@@ -241,6 +242,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             p50: ms(latency.value_at_quantile(0.50)),
             p95: ms(latency.value_at_quantile(0.95)),
             p99: ms(latency.value_at_quantile(0.99)),
+            p999: ms(latency.value_at_quantile(0.999)),
             max: ms(latency.max()),
             mean: latency.mean() / 1000.0,
         },
