@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Startup and recovery time with a large store: fills one store with N events (default
+# 20 million, batches of 1000), then measures the time from `raccordo serve` to `/readyz`
+# answering 200 after a clean stop (SIGTERM) and after `kill -9` under load.
+#
+#   bash benches/startup.sh [events]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${1:-20000000}
+if [ -n "${RACCORDO_BIN:-}" ]; then
+  bin=$RACCORDO_BIN
+else
+  cargo build --release -p raccordo >/dev/null
+  bin=$PWD/target/release/raccordo
+fi
+work=$(mktemp -d -p "${TMPDIR:-/tmp}")
+port=18768
+url=http://127.0.0.1:$port
+cd "$work"
+server=
+trap '[ -n "$server" ] && kill -9 $server 2>/dev/null; rm -rf "$work"' EXIT
+start() {
+  local label=$1 t0 t1
+  t0=$(date +%s.%N)
+  RUST_LOG=warn "$bin" serve --listen 127.0.0.1:$port >>serve.log 2>>serve.err &
+  server=$!
+  until curl -sf $url/readyz >/dev/null; do sleep 0.05; done
+  t1=$(date +%s.%N)
+  python3 -c "print(f'$label: ready after {$t1 - $t0:.2f} s')"
+}
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+start "empty store"
+secret=$(grep webhook_secret raccordo-data/credentials.toml | cut -d'"' -f2)
+t0=$(date +%s)
+"$bin" loadgen --url $url --webhook-secret "$secret" --concurrency 4 --batch-size 1000 \
+  --requests $(( events / 1000 )) --duration 2h --json >/dev/null
+echo "filled with $events events in $(( $(date +%s) - t0 )) s; database $(du -sh raccordo-data | cut -f1)"
+kill -TERM $server; wait $server 2>/dev/null || true
+start "after a clean stop"
+# Under load, then kill -9.
+"$bin" loadgen --url $url --webhook-secret "$secret" --concurrency 4 --batch-size 1000 --duration 10s --json >/dev/null
+kill -9 $server; wait $server 2>/dev/null || true
+start "after kill -9 under load"
+echo "resident memory after the restart: $(( $(awk '/VmRSS/ {print $2}' /proc/$server/status) / 1024 )) MiB"
