@@ -59,10 +59,30 @@ pub struct StorageConfig {
     pub queue_capacity: usize,
     /// Most events in one commit group.
     pub max_group_events: usize,
-    /// Largest size the database may grow to, in bytes (default: no limit but the disk's).
+    /// Largest size the event log may grow to, in bytes (default: no limit but the disk's).
     /// Past it, appends answer 503 with `Retry-After` and `/readyz` reports not ready until
-    /// space is freed.
+    /// retention frees space.
     pub max_database_bytes: Option<u64>,
+    /// Size at which the event log seals its segment file and starts the next one. Larger
+    /// segments mean fewer files; the newest segment is read whole at start.
+    pub segment_bytes: u64,
+    /// How long and how much of the event log to keep.
+    pub retention: RetentionConfig,
+}
+
+/// `[storage.retention]`: events older than `max_age`, or beyond `max_bytes` of log, are
+/// removed in the background, a whole segment at a time, oldest first; the newest segment
+/// always stays. Dedup claims keep their own retention (`[ingest.dedup]`) and outlive the
+/// events they belong to. Default: keep everything.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Remove events received longer ago than this (e.g. `"30d"`).
+    #[serde(with = "humantime_serde::option")]
+    #[schema(value_type = Option<String>, format = Duration)]
+    pub max_age: Option<Duration>,
+    /// Remove the oldest events while the log holds more than this many bytes.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for StorageConfig {
@@ -74,6 +94,8 @@ impl Default for StorageConfig {
             queue_capacity: 512,
             max_group_events: 20_000,
             max_database_bytes: None,
+            segment_bytes: 64 << 20,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -236,6 +258,23 @@ impl Config {
             report(
                 "ingest.dedup.bucket".into(),
                 "must be longer than zero".into(),
+            );
+        }
+        if self.storage.segment_bytes < 4096 {
+            report(
+                "storage.segment_bytes".into(),
+                "must be at least 4096".into(),
+            );
+        }
+        if self
+            .storage
+            .retention
+            .max_age
+            .is_some_and(|age| age.is_zero())
+        {
+            report(
+                "storage.retention.max_age".into(),
+                "must be more than zero".into(),
             );
         }
         if self.storage.queue_capacity == 0 {

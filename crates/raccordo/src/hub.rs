@@ -30,7 +30,9 @@ fn open_backend(built: &Built) -> anyhow::Result<(Stores, Box<dyn std::any::Any 
     let storage = &built.config.storage;
     match storage.backend {
         Backend::Sqlite => {
-            use raccordo_storage_sqlite::{Durability, SqliteOptions, SqliteStore};
+            use raccordo_storage_sqlite::{
+                Durability, RetentionPolicy, SqliteOptions, SqliteStore,
+            };
             let store = SqliteStore::open(SqliteOptions {
                 path: built.config.database_path(),
                 durability: match storage.durability {
@@ -40,6 +42,12 @@ fn open_backend(built: &Built) -> anyhow::Result<(Stores, Box<dyn std::any::Any 
                 queue_capacity: storage.queue_capacity,
                 max_group_events: storage.max_group_events,
                 max_database_bytes: storage.max_database_bytes,
+                segment_bytes: storage.segment_bytes,
+                retention: RetentionPolicy {
+                    max_age: storage.retention.max_age,
+                    max_bytes: storage.retention.max_bytes,
+                },
+                retention_every: std::time::Duration::from_secs(10),
             })?;
             Ok((store.stores(), Box::new(store)))
         }

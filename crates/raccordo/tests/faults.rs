@@ -1,5 +1,5 @@
 //! Faults found when the hub was tried under faults, each on the real binary: two processes
-//! on one data directory, a damaged page in the log, a full database, oversized and
+//! on one data directory, damaged bytes in the log, a full event log, oversized and
 //! malformed requests on admin routes.
 
 mod support;
@@ -58,19 +58,21 @@ async fn a_damaged_log_page_backs_off_and_shows_in_readiness_and_health() {
         assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
     }
     assert!(server.terminate().success());
-    // A clean stop folds the WAL into the database file, so the page is read from there.
-    let db = server.database();
-    let wal = std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len());
-    assert_eq!(wal, 0, "the WAL was checkpointed at shutdown");
-    // Overwrite the page that holds the marked event: an events leaf page.
-    let mut bytes = std::fs::read(&db).unwrap();
-    let at = bytes
-        .windows(17)
-        .position(|w| w == b"MIDDLE-OF-THE-LOG")
-        .expect("the marked event is in the database file");
+    // Damage 4 KiB of the segment file around the marked event (its frame and neighbours).
+    let segments = server.database().with_extension("segments");
+    let (path, mut bytes, at) = std::fs::read_dir(&segments)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .find_map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let at = bytes.windows(17).position(|w| w == b"MIDDLE-OF-THE-LOG")?;
+            Some((p, bytes, at))
+        })
+        .expect("the marked event is in a segment file");
     let page = at / 4096 * 4096;
     bytes[page..page + 4096].fill(0xA5);
-    std::fs::write(&db, &bytes).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
 
     let server = start_configured(dir.path(), extra);
     let ready = loop_until(|| async {

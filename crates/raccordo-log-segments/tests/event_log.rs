@@ -1,6 +1,7 @@
-//! The SQLite event log against a real database file: what is specific to this backend
-//! (group commit, the bounded writer queue, close, purging). The contract every backend
-//! shares is in `raccordo-storage-tests`.
+//! The segment log against real files: what is specific to this backend (group commit, the
+//! bounded writer queue, the freeze lock, close, roll-over, crash recovery, damage,
+//! retention). The contract every backend shares is in `raccordo-storage-tests`, which runs
+//! on this log through the embedded store.
 
 use std::sync::Arc;
 
@@ -8,16 +9,16 @@ use raccordo_core::{
     AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventId, EventLog, EventQuery,
     ItemOutcome, StoreError,
 };
-use raccordo_storage_sqlite::{SqliteEventLog, SqliteOptions};
+use raccordo_log_segments::{SegmentLog, SegmentLogOptions};
 use raccordo_storage_tests::fixtures::{batch, event, key};
 
-fn open(dir: &tempfile::TempDir, queue: usize) -> SqliteEventLog {
-    let mut options = SqliteOptions::new(dir.path().join("t.db"));
+fn open(dir: &tempfile::TempDir, queue: usize) -> SegmentLog {
+    let mut options = SegmentLogOptions::new(dir.path().join("log"));
     options.queue_capacity = queue;
-    SqliteEventLog::open(options).unwrap()
+    SegmentLog::open(options).unwrap().0
 }
 
-async fn all(log: &SqliteEventLog) -> Vec<raccordo_core::StoredEvent> {
+async fn all(log: &SegmentLog) -> Vec<raccordo_core::StoredEvent> {
     log.read(EventFilter {
         limit: 1000,
         ..Default::default()
@@ -188,10 +189,10 @@ async fn concurrent_appends_share_commits_and_all_land() {
 async fn a_full_queue_answers_overloaded_instead_of_waiting() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(open(&dir, 1));
-    // Hold SQLite's write lock from another connection: the writer blocks on its next
-    // transaction, so the one-slot queue fills up.
-    let blocker = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Hold the freeze lock, as a backup would: the writer blocks before its next commit,
+    // so the one-slot queue fills up.
+    let blocker = std::fs::File::open(dir.path().join("log/freeze.lock")).unwrap();
+    blocker.lock().unwrap();
     let mut pending = Vec::new();
     let mut overloaded = false;
     let mut ids = ulid::Generator::new();
@@ -212,7 +213,7 @@ async fn a_full_queue_answers_overloaded_instead_of_waiting() {
         tokio::task::yield_now().await;
     }
     let mut results = Vec::new();
-    blocker.execute_batch("ROLLBACK").unwrap();
+    blocker.unlock().unwrap();
     for p in pending {
         results.push(p.await.unwrap());
     }
@@ -254,55 +255,4 @@ async fn close_finishes_queued_work_then_refuses() {
     );
     let reopened = open(&dir, 16);
     assert_eq!(all(&reopened).await.len(), 1);
-}
-
-/// What every backend must do with claims across a restart is in the conformance suite
-/// (`raccordo-storage-tests`, `log::dedup_claims_survive_a_restart`); this checks what only
-/// this backend does: expired claim rows are deleted from the file, not only forgotten.
-#[tokio::test]
-async fn expired_dedup_claims_are_purged_from_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ids = ulid::Generator::new();
-    let claim = DeliveryClaim {
-        key: key(7),
-        body_hash: key(8),
-        retention_ms: 10_000,
-    };
-    {
-        let log = open(&dir, 16);
-        log.append(batch(
-            0,
-            Some(claim.clone()),
-            vec![event(&mut ids, Some(key(1)), "1")],
-        ))
-        .await
-        .unwrap();
-        log.close().await;
-    }
-    let log = open(&dir, 16);
-    // After retention both are forgotten, in memory and (after the purge) on disk.
-    let late = log
-        .append(batch(
-            3_600_000,
-            Some(claim),
-            vec![event(&mut ids, Some(key(1)), "1")],
-        ))
-        .await
-        .unwrap();
-    assert!(
-        matches!(late, AppendOutcome::Appended(ref items) if !items[0].is_duplicate()),
-        "{late:?}"
-    );
-    log.close().await;
-    let conn = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
-    for table in ["dedup_claims", "delivery_claims"] {
-        let rows: i64 = conn
-            .query_row(
-                &format!("SELECT count(*) FROM {table} WHERE expires_at <= 3600000"),
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(rows, 0, "expired rows of {table} are purged");
-    }
 }

@@ -1,0 +1,137 @@
+//! Background work off the commit path: sidecars of sealed segments, and retention.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::retention::{self, RetentionPolicy, SegmentFacts};
+use crate::segment;
+use crate::writer::Seal;
+use crate::{Durability, Shared};
+
+pub struct Maintenance {
+    pub shared: Arc<Shared>,
+    pub durability: Durability,
+    pub retention: RetentionPolicy,
+    /// Sidecars kept after retention removed their segment, for their live claims:
+    /// (first seq, latest claim expiry).
+    pub sidecars_only: Vec<(i64, i64)>,
+    /// Latest claim expiry of each sealed segment, to know whether its sidecar must stay
+    /// after the segment is removed.
+    pub expiries: HashMap<i64, i64>,
+}
+
+impl Maintenance {
+    /// Runs until every sender of seals is gone (the log closed).
+    pub fn run(mut self, seals: std::sync::mpsc::Receiver<Seal>, every: Duration) {
+        lower_priority_of_this_thread();
+        loop {
+            let mut next = match seals.recv_timeout(every) {
+                Ok(seal) => Some(seal),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            while let Some(seal) = next {
+                if let Err(e) = self.write_sidecar(&seal) {
+                    // Not fatal: the next start reads the segment whole instead.
+                    tracing::warn!(segment = seal.segment.first_seq, error = %e, "writing a segment's sidecar failed");
+                }
+                self.expiries
+                    .insert(seal.segment.first_seq, seal.summary.max_expires_at);
+                next = seals.try_recv().ok();
+            }
+            if let Err(e) = self.apply_retention() {
+                tracing::warn!(error = %e, "retention failed; it retries on its next pass");
+            }
+        }
+    }
+
+    fn write_sidecar(&self, seal: &Seal) -> std::io::Result<()> {
+        if self.durability == Durability::Buffered {
+            std::fs::File::open(&seal.segment.path)?.sync_data()?;
+        }
+        segment::write_durably(
+            &segment::sidecar_path(&self.shared.dir, seal.segment.first_seq),
+            &segment::encode_sidecar(seal.segment.first_seq, &seal.summary),
+        )
+    }
+
+    fn apply_retention(&mut self) -> std::io::Result<()> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let newest = self.shared.newest_received_at.load(Ordering::Acquire);
+        let segments = self.shared.segments();
+        let facts: Vec<SegmentFacts> = segments
+            .iter()
+            .map(|s| SegmentFacts {
+                first_seq: s.first_seq,
+                last_seq: s.last_seq(),
+                bytes: s.len(),
+                max_received_at: s.max_received_at(),
+            })
+            .collect();
+        // Only segments whose sidecar is written (it keeps their claims) may go.
+        let sealed = segments
+            .iter()
+            .take_while(|s| self.expiries.contains_key(&s.first_seq))
+            .count();
+        let remove = retention::segments_to_remove(&facts, now_ms, &self.retention).min(sealed);
+        for (segment, facts) in segments.iter().zip(&facts).take(remove) {
+            self.shared
+                .segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&segment.first_seq);
+            // Readers holding the segment keep their open file; the space is freed when
+            // the last one lets go.
+            std::fs::remove_file(&segment.path)?;
+            self.shared
+                .total_bytes
+                .fetch_sub(facts.bytes, Ordering::AcqRel);
+            let events = (facts.last_seq - facts.first_seq + 1).max(0) as u64;
+            metrics::counter!("raccordo_storage_retention_removed_events_total").increment(events);
+            metrics::counter!("raccordo_storage_retention_removed_bytes_total")
+                .increment(facts.bytes);
+            metrics::counter!("raccordo_storage_retention_removed_segments_total").increment(1);
+            tracing::info!(
+                first_seq = facts.first_seq,
+                last_seq = facts.last_seq,
+                events,
+                bytes = facts.bytes,
+                "retention removed a segment"
+            );
+            let expiry = self.expiries.remove(&segment.first_seq).unwrap_or(i64::MAX);
+            self.sidecars_only.push((segment.first_seq, expiry));
+        }
+        // Sidecars whose claims have all expired go too.
+        let mut kept = Vec::with_capacity(self.sidecars_only.len());
+        for (first_seq, expiry) in self.sidecars_only.drain(..) {
+            if expiry <= newest {
+                match std::fs::remove_file(segment::sidecar_path(&self.shared.dir, first_seq)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                kept.push((first_seq, expiry));
+            }
+        }
+        self.sidecars_only = kept;
+        Ok(())
+    }
+}
+
+/// Background work should yield the CPU to request handling and the writer (Linux:
+/// per-thread nice).
+fn lower_priority_of_this_thread() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid has no preconditions; setpriority only reads its arguments.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0 {
+            tracing::debug!("could not lower the maintenance thread's priority");
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The writer thread: group commit into the active segment.
+//!
+//! It takes every append request queued at that moment (never waiting for more), decides
+//! each against the in-memory dedup index, encodes each request as one frame, writes the
+//! group with one `write` and makes it durable with one `fdatasync`, and only then answers.
+//! Nothing else shares the file: no checkpoint copies the data a second time, and nothing
+//! written earlier waits to be flushed behind a later commit, so the time to acknowledge
+//! does not grow with the store.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use raccordo_core::{AppendBatch, AppendOutcome, EventId, ItemOutcome, LogPositions, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::dedup::{DedupIndex, Delivery};
+use crate::format::{self, DeliveryRecord, EventRecord, FrameWriter, SEGMENT_HEADER_LEN};
+use crate::segment::{self, Segment, Summary};
+use crate::{Durability, Shared};
+
+pub struct Job {
+    pub batch: AppendBatch,
+    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// Expired claims forgotten per commit at most (bounded work per commit).
+const PURGE_BUDGET: usize = 20_000;
+
+/// A segment to seal: its sidecar is written off the commit path.
+pub struct Seal {
+    pub segment: Arc<Segment>,
+    pub summary: Summary,
+}
+
+pub struct Writer {
+    pub shared: Arc<Shared>,
+    pub index: DedupIndex,
+    pub active: Arc<Segment>,
+    pub active_file: File,
+    /// The active segment's claims and sparse index, for its sidecar when it is sealed.
+    pub active_summary: Summary,
+    pub next_seq: i64,
+    pub durability: Durability,
+    pub segment_bytes: u64,
+    pub max_bytes: Option<u64>,
+    pub max_group_events: usize,
+    pub freeze: File,
+    pub sealer: std::sync::mpsc::Sender<Seal>,
+    pub committed: tokio::sync::watch::Sender<LogPositions>,
+}
+
+/// One request's effect, remembered until the group is durable.
+struct Applied {
+    outcome: AppendOutcome,
+    /// Where its frame sits in the group's buffer, with the frame's first seq and count.
+    frame: Option<(usize, i64, u32)>,
+    claims: Vec<(raccordo_core::DedupKey, u128, i64)>,
+    delivery: Option<(raccordo_core::DedupKey, Delivery)>,
+    max_received_at: i64,
+}
+
+impl Writer {
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut frames = FrameWriter::default();
+        while let Some(first) = jobs.blocking_recv() {
+            let mut events = first.batch.events.len();
+            let mut group = vec![first];
+            while events < self.max_group_events {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        events += job.batch.events.len();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let results = self.commit_group(&group, &mut frames);
+            let full = results
+                .iter()
+                .any(|r| matches!(r, Err(StoreError::Full(_))));
+            if full {
+                if !self.shared.full.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        "the event log is full: appends are refused until space is freed"
+                    );
+                }
+            } else if results.iter().any(Result::is_ok)
+                && self.shared.full.swap(false, Ordering::SeqCst)
+            {
+                tracing::info!("the event log takes writes again");
+            }
+            metrics::histogram!("raccordo_storage_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("raccordo_storage_commit_group_requests")
+                .record(group.len() as f64);
+            metrics::histogram!("raccordo_storage_commit_group_events").record(events as f64);
+            for (job, result) in group.into_iter().zip(results) {
+                let _ = job.reply.send(result); // the caller may be gone; the data is durable
+            }
+            let now = self.shared.newest_received_at.load(Ordering::Acquire);
+            self.index.purge_expired(now, PURGE_BUDGET);
+            metrics::gauge!("raccordo_storage_dedup_keys").set(self.index.len() as f64);
+        }
+        // Queue closed: everything accepted was answered and is on disk.
+        if self.durability == Durability::Buffered
+            && let Err(e) = self.active_file.sync_data()
+        {
+            tracing::warn!(error = %e, "final sync of the event log failed");
+        }
+    }
+
+    fn commit_group(
+        &mut self,
+        group: &[Job],
+        frames: &mut FrameWriter,
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        let fail_all = |error: StoreError| group.iter().map(|_| Err(error.clone())).collect();
+        // A backup tool holding the freeze lock exclusively pauses appends here.
+        if let Err(e) = self.freeze.lock_shared() {
+            return fail_all(StoreError::Backend(format!("freeze lock: {e}")));
+        }
+        let result = self.commit_group_unfrozen(group, frames);
+        let _ = self.freeze.unlock();
+        match result {
+            Ok(applied) => applied.into_iter().map(|a| Ok(a.outcome)).collect(),
+            Err(e) => fail_all(e),
+        }
+    }
+
+    fn commit_group_unfrozen(
+        &mut self,
+        group: &[Job],
+        frames: &mut FrameWriter,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let mark = self.index.mark();
+        frames.clear();
+        let mut seq = self.next_seq;
+        let applied: Vec<Applied> = group
+            .iter()
+            .map(|job| {
+                let start = frames.len();
+                frames.begin(seq);
+                let first = seq;
+                let mut a = apply(&mut self.index, &job.batch, frames, &mut seq);
+                if frames.finish().is_some() {
+                    a.frame = Some((start, first, (seq - first) as u32));
+                }
+                a
+            })
+            .collect();
+        if frames.is_empty() {
+            self.index.commit();
+            return Ok(applied);
+        }
+        let bytes = frames.len() as u64;
+        if let Some(max) = self.max_bytes
+            && self.shared.total_bytes.load(Ordering::Acquire) + bytes > max
+        {
+            self.index.rollback_to(mark);
+            return Err(StoreError::Full(format!(
+                "the event log reached its size limit of {max} bytes"
+            )));
+        }
+        if self.active_summary.len + bytes > self.segment_bytes
+            && self.active_summary.len > SEGMENT_HEADER_LEN
+            && let Err(e) = self.roll_over(self.next_seq)
+        {
+            self.index.rollback_to(mark);
+            return Err(io_error("starting a new segment", e));
+        }
+        let at = self.active_summary.len;
+        let written = self
+            .active_file
+            .write_all_at(frames.bytes(), at)
+            .and_then(|()| match self.durability {
+                Durability::Fsync => self.active_file.sync_data(),
+                Durability::Buffered => Ok(()),
+            });
+        if let Err(e) = written {
+            // Cut the partial write off so the file ends at the last acknowledged frame.
+            let _ = self.active_file.set_len(at);
+            self.index.rollback_to(mark);
+            return Err(io_error("writing the event log", e));
+        }
+        self.index.commit();
+
+        let mut sparse = Vec::new();
+        let max_received_at = applied.iter().map(|a| a.max_received_at).max().unwrap_or(0);
+        // Sparse entries and lengths, frame by frame, from the buffer's frame offsets.
+        let offsets: Vec<(usize, i64, u32)> = applied.iter().filter_map(|a| a.frame).collect();
+        for (n, (offset, first_seq, events)) in offsets.iter().enumerate() {
+            let end = offsets.get(n + 1).map_or(frames.len(), |next| next.0);
+            let header = format::FrameHeader {
+                body_len: end - offset - format::FRAME_HEADER_LEN,
+                first_seq: *first_seq,
+                events: *events,
+            };
+            if let Some(entry) = self.active_summary.note_frame(at + *offset as u64, &header) {
+                sparse.push(entry);
+            }
+        }
+        for a in &applied {
+            for claim in &a.claims {
+                self.active_summary.max_expires_at =
+                    self.active_summary.max_expires_at.max(claim.2);
+                self.active_summary.claims.push(*claim);
+            }
+            if let Some((key, d)) = &a.delivery {
+                self.active_summary.max_expires_at =
+                    self.active_summary.max_expires_at.max(d.expires_at);
+                self.active_summary.deliveries.push((*key, d.clone()));
+            }
+        }
+        self.active_summary.max_received_at =
+            self.active_summary.max_received_at.max(max_received_at);
+        self.next_seq = seq;
+        self.active.publish(
+            self.active_summary.len,
+            self.next_seq - 1,
+            max_received_at,
+            &sparse,
+        );
+        self.shared.total_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.shared
+            .newest_received_at
+            .fetch_max(max_received_at, Ordering::AcqRel);
+        // Announce before answering, so a client that reads right after its 202 finds the
+        // live views already woken.
+        let head = self.next_seq - 1;
+        self.committed.send_if_modified(|h| {
+            let newer = head > h.get(0);
+            if newer {
+                *h = LogPositions::single(head);
+            }
+            newer
+        });
+        Ok(applied)
+    }
+
+    /// Seals the active segment (its sidecar is written in the background) and starts a
+    /// new one whose first event will be `first_seq`.
+    fn roll_over(&mut self, first_seq: i64) -> io::Result<()> {
+        let path = segment::segment_path(&self.shared.dir, first_seq);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.write_all_at(&format::segment_header(first_seq), 0)?;
+        file.sync_data()?;
+        segment::sync_dir(&self.shared.dir)?;
+        let summary = Summary::empty(first_seq);
+        let segment = Segment::open(path, first_seq, &summary)?;
+        self.shared
+            .segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(first_seq, segment.clone());
+        self.shared
+            .total_bytes
+            .fetch_add(SEGMENT_HEADER_LEN, Ordering::AcqRel);
+        let sealed = std::mem::replace(&mut self.active, segment);
+        let sealed_summary = std::mem::replace(&mut self.active_summary, summary);
+        self.active_file = file;
+        metrics::counter!("raccordo_storage_segments_sealed_total").increment(1);
+        let _ = self.sealer.send(Seal {
+            segment: sealed,
+            summary: sealed_summary,
+        });
+        Ok(())
+    }
+}
+
+fn io_error(what: &str, e: io::Error) -> StoreError {
+    if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        StoreError::Full(format!("{what}: the disk is full"))
+    } else {
+        StoreError::Backend(format!("{what}: {e}"))
+    }
+}
+
+/// Decides one request against the dedup index and encodes its records into the open frame.
+fn apply(
+    index: &mut DedupIndex,
+    batch: &AppendBatch,
+    frames: &mut FrameWriter,
+    seq: &mut i64,
+) -> Applied {
+    let now = batch.received_at_ms;
+    let mut applied = Applied {
+        outcome: AppendOutcome::DeliveryConflict,
+        frame: None,
+        claims: Vec::new(),
+        delivery: None,
+        max_received_at: now,
+    };
+    if let Some(claim) = &batch.delivery
+        && let Some(seen) = index.delivery(&claim.key, now)
+    {
+        if seen.body_hash == claim.body_hash {
+            let items = seen
+                .events
+                .iter()
+                .map(|id| ItemOutcome::Duplicate(EventId::from_u128(*id)))
+                .collect();
+            applied.outcome = AppendOutcome::DeliveryReplayed(items);
+        }
+        return applied;
+    }
+    let expires_at = now.saturating_add(batch.business_key_retention_ms);
+    let mut outcomes = Vec::with_capacity(batch.events.len());
+    for event in &batch.events {
+        let id = event.id.as_u128();
+        let mut record = EventRecord {
+            seq: *seq,
+            id,
+            received_at_ms: now,
+            event_time_ms: event.event_time_ms,
+            duplicate_of: None,
+            claim: None,
+            source: event.source.as_str(),
+            payload: &event.payload,
+        };
+        match event.business_key {
+            Some(key) => match index.holder(&key, now) {
+                Some(original) => {
+                    record.duplicate_of = Some(original.as_u128());
+                    outcomes.push(ItemOutcome::Duplicate(original));
+                }
+                None => {
+                    index.claim(key, id, expires_at);
+                    record.claim = Some((key, expires_at));
+                    applied.claims.push((key, id, expires_at));
+                    outcomes.push(ItemOutcome::Accepted(event.id));
+                }
+            },
+            None => outcomes.push(ItemOutcome::Accepted(event.id)),
+        }
+        frames.event(&record);
+        *seq += 1;
+    }
+    if let Some(claim) = &batch.delivery {
+        let events: Vec<u128> = outcomes.iter().map(|o| o.id().as_u128()).collect();
+        let delivery = Delivery {
+            body_hash: claim.body_hash,
+            events: events.clone(),
+            expires_at: now.saturating_add(claim.retention_ms),
+        };
+        frames.delivery(&DeliveryRecord {
+            key: claim.key,
+            body_hash: claim.body_hash,
+            expires_at: delivery.expires_at,
+            events,
+        });
+        index.record_delivery(claim.key, delivery.clone());
+        applied.delivery = Some((claim.key, delivery));
+    }
+    applied.outcome = AppendOutcome::Appended(outcomes);
+    applied
+}

@@ -1,0 +1,236 @@
+//! Segment files across restarts: roll-over and sidecars, a torn tail cut off, damage kept
+//! and reported, retention by size with claims outliving their events.
+
+use std::time::Duration;
+
+use raccordo_core::{AppendOutcome, EventFilter, EventLog, EventQuery, LogPositions, StoreError};
+use raccordo_log_segments::{Recovery, RetentionPolicy, SegmentLog, SegmentLogOptions};
+use raccordo_storage_tests::fixtures::{batch, event, key};
+
+fn options(dir: &tempfile::TempDir) -> SegmentLogOptions {
+    let mut options = SegmentLogOptions::new(dir.path().join("log"));
+    // Small segments: a roll-over every few requests.
+    options.segment_bytes = 4096;
+    options
+}
+
+fn open(options: &SegmentLogOptions) -> (SegmentLog, Recovery) {
+    SegmentLog::open(options.clone()).unwrap()
+}
+
+/// Appends `n` single-event requests, each with its own business key, received at `at`.
+async fn fill(log: &SegmentLog, from: u8, n: u8, at: i64) {
+    let mut ids = ulid::Generator::new();
+    for k in from..from + n {
+        let out = log
+            .append(batch(
+                at,
+                None,
+                vec![event(&mut ids, Some(key(k)), &"x".repeat(300))],
+            ))
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, AppendOutcome::Appended(ref i) if !i[0].is_duplicate()),
+            "{out:?}"
+        );
+    }
+}
+
+async fn tail_all(log: &SegmentLog) -> Result<Vec<i64>, StoreError> {
+    let mut seqs = Vec::new();
+    let mut at = LogPositions::default();
+    loop {
+        let page = log.tail(&at, 7).await?;
+        if page.is_empty() {
+            return Ok(seqs);
+        }
+        for e in page {
+            at.advance(e.position);
+            seqs.push(e.position.offset);
+        }
+    }
+}
+
+fn files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    found.sort();
+    found
+}
+
+async fn is_duplicate(log: &SegmentLog, k: u8, at: i64) -> bool {
+    let mut ids = ulid::Generator::new();
+    let out = log
+        .append(batch(
+            at,
+            None,
+            vec![event(&mut ids, Some(key(k)), "again")],
+        ))
+        .await
+        .unwrap();
+    matches!(out, AppendOutcome::Appended(ref i) if i[0].is_duplicate())
+}
+
+#[tokio::test]
+async fn segments_roll_over_and_reopen_from_their_sidecars() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(&dir);
+    let (log, _) = open(&options);
+    fill(&log, 0, 60, 1_000).await;
+    let before = tail_all(&log).await.unwrap();
+    assert_eq!(before, (1..=60).collect::<Vec<_>>());
+    log.close().await;
+    let segs = files(&options.dir, "seg");
+    assert!(segs.len() > 3, "4 KiB segments roll over: {}", segs.len());
+    assert_eq!(
+        files(&options.dir, "idx").len(),
+        segs.len() - 1,
+        "every sealed segment has its sidecar"
+    );
+
+    let (log, recovery) = open(&options);
+    assert_eq!(
+        recovery.rescanned, 0,
+        "sealed segments open from their sidecars"
+    );
+    assert_eq!(recovery.claims, 60);
+    assert_eq!(tail_all(&log).await.unwrap(), before);
+    assert!(
+        is_duplicate(&log, 0, 2_000).await,
+        "the oldest claim, from a sidecar"
+    );
+    assert!(
+        is_duplicate(&log, 59, 2_000).await,
+        "the newest claim, from the active segment"
+    );
+    // Reading from the middle starts in the right segment.
+    let page = log
+        .read(EventFilter {
+            after_seq: Some(30),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![31, 32, 33, 34, 35]
+    );
+    log.close().await;
+
+    // A lost sidecar is rebuilt from its segment.
+    std::fs::remove_file(&files(&options.dir, "idx")[0]).unwrap();
+    let (log, recovery) = open(&options);
+    assert_eq!(recovery.rescanned, 1);
+    assert!(is_duplicate(&log, 0, 2_000).await);
+    assert_eq!(
+        tail_all(&log).await.unwrap().len(),
+        63,
+        "60 events and 3 recorded duplicates"
+    );
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(&dir);
+    options.segment_bytes = 1 << 20;
+    let (log, _) = open(&options);
+    fill(&log, 0, 5, 1_000).await;
+    log.close().await;
+    // A crash in the middle of a write: the first part of a frame, as the next commit's
+    // write would have started it.
+    let seg = files(&options.dir, "seg").pop().unwrap();
+    let whole = std::fs::read(&seg).unwrap();
+    let frame = (whole.len() - 16) / 5; // five frames of one event each, all the same size
+    let mut torn = whole.clone();
+    torn.extend_from_slice(&whole[whole.len() - frame..whole.len() - 100]);
+    std::fs::write(&seg, &torn).unwrap();
+
+    let (log, recovery) = open(&options);
+    assert_eq!(recovery.torn_bytes, frame as u64 - 100);
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        whole.len() as u64,
+        "cut back"
+    );
+    assert_eq!(tail_all(&log).await.unwrap(), vec![1, 2, 3, 4, 5]);
+    fill(&log, 10, 1, 1_000).await;
+    assert_eq!(tail_all(&log).await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn damage_with_valid_frames_after_it_is_kept_and_reported_not_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(&dir);
+    options.segment_bytes = 1 << 20;
+    let (log, _) = open(&options);
+    fill(&log, 0, 10, 1_000).await;
+    log.close().await;
+    let seg = files(&options.dir, "seg").pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let len = bytes.len();
+    // Damage inside the third frame: a flipped byte in its payload.
+    bytes[16 + 2 * (len - 16) / 10 + 100] ^= 0xFF;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (log, recovery) = open(&options);
+    assert_eq!(
+        recovery.torn_bytes, 0,
+        "acknowledged frames after the damage are not cut off"
+    );
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64);
+    let read = tail_all(&log).await;
+    assert!(
+        matches!(&read, Err(StoreError::Corrupt(m)) if m.contains("checksum")),
+        "{read:?}"
+    );
+    // New events still go in, after the old ones.
+    fill(&log, 20, 1, 1_000).await;
+    assert_eq!(log.committed().borrow().get(0), 11);
+}
+
+#[tokio::test]
+async fn retention_removes_the_oldest_segments_and_their_claims_outlive_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(&dir);
+    options.retention = RetentionPolicy {
+        max_age: None,
+        max_bytes: Some(12 * 1024),
+    };
+    options.retention_every = Duration::from_millis(20);
+    let (log, _) = open(&options);
+    fill(&log, 0, 80, 1_000).await;
+    // Retention runs on its own thread: wait (bounded) until it has caught up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while log.total_bytes() > 12 * 1024 + 4096 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = log.first_seq();
+    assert!(first > 1);
+    let left = tail_all(&log).await.unwrap();
+    assert_eq!(
+        left.first(),
+        Some(&first),
+        "tailing starts at the oldest event left"
+    );
+    assert_eq!(left.last(), Some(&80));
+    log.close().await;
+
+    // The removed events' claims are still live (same received time) after a restart.
+    let (log, recovery) = open(&options);
+    assert_eq!(
+        recovery.claims, 80,
+        "claims of removed segments stay in their sidecars"
+    );
+    assert!(is_duplicate(&log, 0, 2_000).await);
+    assert_eq!(log.first_seq(), first);
+}
