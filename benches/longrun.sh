@@ -9,6 +9,11 @@
 # Growth uses batches of 1000 (4 clients). Default durability (fsync before 202), the live
 # metrics consumer running, the load generator on the same machine.
 #
+# Then retention: the hub is stopped and restarted (time to ready reported) with
+# [storage.retention] max_bytes at three quarters of the log, so that retention removes a
+# quarter of it in the background while the same two measurements run; then one more step
+# is written with retention removing segments as new ones fill, and measured again.
+#
 #   bash benches/longrun.sh [target-events] [step-events] [secs-per-measure]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,12 +29,25 @@ fi
 work=$(mktemp -d -p "${TMPDIR:-/tmp}")
 port=18767
 url=http://127.0.0.1:$port
+secret=whsec_bG9uZ3J1bi1iZW5jaG1hcmstc2VjcmV0LTAxMjM0NTY3OA==
+cat >"$work/raccordo.toml" <<TOML
+[server]
+data_dir = "raccordo-data"
+[storage]
+durability = "fsync"
+[sources.web]
+auth = [{ type = "standard_webhooks", secrets = ["$secret"] }]
+TOML
 cd "$work"
-RUST_LOG=warn "$bin" serve --listen 127.0.0.1:$port >serve.log 2>serve.err &
-server=$!
+server=
+start() {
+  RUST_LOG=warn "$bin" serve --config raccordo.toml --listen 127.0.0.1:$port >>serve.log 2>>serve.err &
+  server=$!
+  for _ in $(seq 1200); do curl -sf $url/readyz >/dev/null && return; sleep 0.05; done
+  echo "the hub did not become ready" >&2; exit 1
+}
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -sf $url/readyz >/dev/null && break; sleep 0.1; done
-secret=$(grep webhook_secret raccordo-data/credentials.toml | cut -d'"' -f2)
+start
 load() { "$bin" loadgen --url $url --webhook-secret "$secret" --json --seed $RANDOM "$@"; }
 field() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
 
@@ -52,7 +70,7 @@ measure() {
   open=$(load --rate $half --duration ${secs}s)
   closed=$(load --concurrency 64 --duration 15s)
   size=$(du -sh raccordo-data | cut -f1)
-  printf '%-10s %-9s | %-52s | %-52s\n' "$(python3 -c "print(f'{$stored/1e6:.1f} M')")" "$size" "$(row "$open")" "$(row "$closed")"
+  printf '%-10s %-9s | %-52s | %-52s\n' "${label:-$(python3 -c "print(f'{$stored/1e6:.1f} M')")}" "$size" "$(row "$open")" "$(row "$closed")"
   stored=$(( stored + $(echo "$open" | field 'r["accepted"]') + $(echo "$closed" | field 'r["accepted"]') ))
 }
 measure
@@ -61,3 +79,17 @@ while [ "$stored" -lt "$target" ]; do
   stored=$(( stored + grown ))
   measure
 done
+
+# Retention: restart with a size limit at three quarters of the log.
+log_bytes=$(du -sb raccordo-data/raccordo.segments | cut -f1)
+limit=$(( log_bytes * 3 / 4 ))
+kill -TERM $server; wait $server 2>/dev/null || true
+printf '[storage.retention]\nmax_bytes = %d\n' $limit >>raccordo.toml
+t0=$(date +%s.%N); start; t1=$(date +%s.%N)
+echo "restarted after a clean stop with retention max_bytes = $limit (3/4 of $log_bytes): ready after $(python3 -c "print(f'{$t1 - $t0:.2f}')") s"
+label="retention" measure
+grown=$(load --concurrency 4 --batch-size 1000 --requests $(( step / 1000 )) --duration 1h | field 'r["accepted"]')
+stored=$(( stored + grown ))
+label="+step, ret." measure
+removed=$(curl -sf $url/metrics | awk '/^raccordo_storage_retention_removed_events_total/ {print $2}')
+echo "retention removed ${removed:-0} events in the background; log now $(du -sh raccordo-data/raccordo.segments | cut -f1)"

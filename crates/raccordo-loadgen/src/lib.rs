@@ -21,7 +21,7 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-pub use traffic::{Expect, Traffic};
+pub use traffic::{Expect, Timeline, Traffic};
 
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -55,6 +55,8 @@ pub struct Options {
     pub seed: u64,
     /// Also measure time to insight through the live metrics stream.
     pub insight: Option<insight::InsightOptions>,
+    /// Event times from a timeline instead of the clock.
+    pub timeline: Option<traffic::Timeline>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -165,7 +167,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                         SmallRng::seed_from_u64(shared.options.seed ^ worker as u64),
                         shared.options.duplicates,
                         shared.options.invalid,
-                    );
+                    )
+                    .with_timeline(shared.options.timeline.clone());
                     let mut local = new_histogram();
                     while Instant::now() < deadline && shared.claim_request() {
                         let begun = Instant::now();
@@ -193,7 +196,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 SmallRng::seed_from_u64(options.seed),
                 options.duplicates,
                 options.invalid,
-            );
+            )
+            .with_timeline(options.timeline.clone());
             let mut tasks = tokio::task::JoinSet::new();
             let mut i: u32 = 0;
             loop {

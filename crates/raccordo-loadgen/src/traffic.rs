@@ -53,6 +53,17 @@ pub struct Traffic {
     recent: Vec<String>,
     duplicates: f64,
     invalid: f64,
+    timeline: Option<Timeline>,
+}
+
+/// Event times that march through history instead of following the clock: the n-th event
+/// generated (over every client sharing the counter) happens at `from_ms + n × step_ms`,
+/// minus the usual up-to-30 s delay. Makes a stream that covers days of windows in seconds.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    pub from_ms: i64,
+    pub step_ms: f64,
+    pub next: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One generated item (JSON text) and what the server should say about it.
@@ -88,7 +99,13 @@ impl Traffic {
             recent: Vec::with_capacity(1024),
             duplicates,
             invalid,
+            timeline: None,
         }
+    }
+
+    pub fn with_timeline(mut self, timeline: Option<Timeline>) -> Self {
+        self.timeline = timeline;
+        self
     }
 
     pub fn next_event(&mut self) -> Generated {
@@ -143,8 +160,16 @@ impl Traffic {
             "completato"
         };
         // Events happen a little before they are sent (up to 30 s), with millisecond times.
-        let now =
-            OffsetDateTime::now_utc() - time::Duration::milliseconds(rng.random_range(0..30_000));
+        let base = match &self.timeline {
+            Some(t) => {
+                let n = t.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let at_ms = t.from_ms + (n as f64 * t.step_ms) as i64;
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+                    .unwrap_or_else(|_| OffsetDateTime::now_utc())
+            }
+            None => OffsetDateTime::now_utc(),
+        };
+        let now = base - time::Duration::milliseconds(rng.random_range(0..30_000));
         let (y, mo, d) = (now.year(), now.month() as u8, now.day());
         let (h, mi, se, ms) = (now.hour(), now.minute(), now.second(), now.millisecond());
         let campagna = CAMPAIGNS.choose(rng).copied().unwrap_or("promo");

@@ -5,14 +5,20 @@
 //! (which keep a sealed segment's live claims even after retention removed its events).
 //! Every change made while applying a request is recorded in an undo log, so a request or
 //! commit that fails leaves the map exactly as the disk is.
+//!
+//! Expired claims are forgotten segment by segment: once every claim of a sealed segment
+//! has expired, the maintenance thread hands its keys to the writer, which drops the ones
+//! not claimed again since ([`DedupIndex::forget_expired`]). Nothing per claim is kept for
+//! that beyond the map entry itself (40 bytes).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use raccordo_core::{DedupKey, EventId};
 
+/// The event id as bytes (not `u128`, whose 16-byte alignment would pad every entry).
 #[derive(Debug, Clone, Copy)]
 struct Claim {
-    event: u128,
+    event: [u8; 16],
     expires_at: i64,
 }
 
@@ -32,8 +38,6 @@ enum Undo {
 #[derive(Debug, Clone, Copy)]
 pub struct Mark {
     undo: usize,
-    claim_expiries: usize,
-    delivery_expiries: usize,
 }
 
 #[derive(Default)]
@@ -41,13 +45,19 @@ pub struct DedupIndex {
     claims: HashMap<DedupKey, Claim>,
     deliveries: HashMap<DedupKey, Delivery>,
     undo: Vec<Undo>,
-    /// Keys in the order they were claimed, with their expiry: with one retention setting
-    /// this is expiry order, so purging pops from the front and does bounded work.
-    claim_expiries: VecDeque<(i64, DedupKey)>,
-    delivery_expiries: VecDeque<(i64, DedupKey)>,
 }
 
 impl DedupIndex {
+    /// Room for this many claims and deliveries without growing (a map that doubles while
+    /// it is loaded holds both copies at the peak).
+    pub fn with_capacity(claims: usize, deliveries: usize) -> Self {
+        Self {
+            claims: HashMap::with_capacity(claims),
+            deliveries: HashMap::with_capacity(deliveries),
+            undo: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.claims.len() + self.deliveries.len()
     }
@@ -57,13 +67,16 @@ impl DedupIndex {
         self.claims
             .get(key)
             .filter(|c| c.expires_at > now_ms)
-            .map(|c| EventId::from_u128(c.event))
+            .map(|c| EventId::from_u128(u128::from_le_bytes(c.event)))
     }
 
     pub fn claim(&mut self, key: DedupKey, event: u128, expires_at: i64) {
-        let previous = self.claims.insert(key, Claim { event, expires_at });
+        let claim = Claim {
+            event: event.to_le_bytes(),
+            expires_at,
+        };
+        let previous = self.claims.insert(key, claim);
         self.undo.push(Undo::Claim(key, previous));
-        self.claim_expiries.push_back((expires_at, key));
     }
 
     pub fn delivery(&self, key: &DedupKey, now_ms: i64) -> Option<&Delivery> {
@@ -71,17 +84,13 @@ impl DedupIndex {
     }
 
     pub fn record_delivery(&mut self, key: DedupKey, delivery: Delivery) {
-        let expires_at = delivery.expires_at;
         let previous = self.deliveries.insert(key, delivery);
         self.undo.push(Undo::Delivery(key, previous));
-        self.delivery_expiries.push_back((expires_at, key));
     }
 
     pub fn mark(&self) -> Mark {
         Mark {
             undo: self.undo.len(),
-            claim_expiries: self.claim_expiries.len(),
-            delivery_expiries: self.delivery_expiries.len(),
         }
     }
 
@@ -104,8 +113,6 @@ impl DedupIndex {
                 None => break,
             }
         }
-        self.claim_expiries.truncate(mark.claim_expiries);
-        self.delivery_expiries.truncate(mark.delivery_expiries);
     }
 
     /// The changes are durable: forget how to undo them.
@@ -113,47 +120,34 @@ impl DedupIndex {
         self.undo.clear();
     }
 
-    /// Forgets up to `budget` claims that expired at `now_ms` (a key claimed again after
-    /// expiry has a newer entry, which stays). Returns how many entries were looked at.
-    pub fn purge_expired(&mut self, now_ms: i64, budget: usize) -> usize {
+    /// Forgets the given keys where their entry has expired at `now_ms` (a key claimed
+    /// again since has a newer entry, which stays). Returns how many were forgotten.
+    pub fn forget_expired(&mut self, expired: &ExpiredKeys, now_ms: i64) -> usize {
         debug_assert!(self.undo.is_empty(), "purge only between commits");
-        let mut looked = 0;
-        while looked < budget {
-            match self.claim_expiries.front() {
-                Some((expires_at, key)) if *expires_at <= now_ms => {
-                    let key = *key;
-                    self.claim_expiries.pop_front();
-                    if self
-                        .claims
-                        .get(&key)
-                        .is_some_and(|c| c.expires_at <= now_ms)
-                    {
-                        self.claims.remove(&key);
-                    }
-                    looked += 1;
-                }
-                _ => break,
+        let before = self.len();
+        for key in &expired.claims {
+            if self.claims.get(key).is_some_and(|c| c.expires_at <= now_ms) {
+                self.claims.remove(key);
             }
         }
-        while looked < budget {
-            match self.delivery_expiries.front() {
-                Some((expires_at, key)) if *expires_at <= now_ms => {
-                    let key = *key;
-                    self.delivery_expiries.pop_front();
-                    if self
-                        .deliveries
-                        .get(&key)
-                        .is_some_and(|d| d.expires_at <= now_ms)
-                    {
-                        self.deliveries.remove(&key);
-                    }
-                    looked += 1;
-                }
-                _ => break,
+        for key in &expired.deliveries {
+            if self
+                .deliveries
+                .get(key)
+                .is_some_and(|d| d.expires_at <= now_ms)
+            {
+                self.deliveries.remove(key);
             }
         }
-        looked
+        before - self.len()
     }
+}
+
+/// Keys of a sealed segment whose claims have all expired, for the writer to forget.
+#[derive(Debug, Default)]
+pub struct ExpiredKeys {
+    pub claims: Vec<DedupKey>,
+    pub deliveries: Vec<DedupKey>,
 }
 
 #[cfg(test)]
@@ -161,7 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rollback_restores_claims_and_expiry_queues() {
+    fn rollback_restores_claims() {
         let mut index = DedupIndex::default();
         index.claim(DedupKey([1; 16]), 10, 100);
         index.commit();
@@ -174,23 +168,25 @@ mod tests {
             Some(EventId::from_u128(10))
         );
         assert_eq!(index.holder(&DedupKey([2; 16]), 0), None);
-        assert_eq!(index.claim_expiries.len(), 1);
     }
 
     #[test]
-    fn purging_keeps_a_key_claimed_again_and_respects_the_budget() {
+    fn forgetting_keeps_a_key_claimed_again() {
         let mut index = DedupIndex::default();
         for n in 0..10u8 {
             index.claim(DedupKey([n; 16]), u128::from(n), 100);
         }
         index.claim(DedupKey([0; 16]), 99, 500);
         index.commit();
-        assert_eq!(index.purge_expired(100, 4), 4);
-        assert_eq!(index.purge_expired(100, 100), 6);
+        let expired = ExpiredKeys {
+            claims: (0..10u8).map(|n| DedupKey([n; 16])).collect(),
+            deliveries: vec![],
+        };
+        assert_eq!(index.forget_expired(&expired, 100), 9);
         assert_eq!(
             index.holder(&DedupKey([0; 16]), 100),
             Some(EventId::from_u128(99)),
-            "re-claimed after expiry: stays"
+            "claimed again after expiry: stays"
         );
         assert_eq!(index.len(), 1);
     }

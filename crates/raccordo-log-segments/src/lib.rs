@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     newest_received_at: AtomicI64,
     /// Set while the last commit failed because the disk (or the size limit) is full.
     full: AtomicBool,
+    /// Live dedup claims and deliveries in memory, as of the last commit.
+    dedup_keys: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -170,6 +172,7 @@ impl SegmentLog {
             index,
             leftover_sidecars,
             sealed_expiries,
+            loaded_claims,
             newest_received_at,
             recovery,
         } = opened;
@@ -181,16 +184,20 @@ impl SegmentLog {
             total_bytes: AtomicU64::new(total_bytes),
             newest_received_at: AtomicI64::new(newest_received_at),
             full: AtomicBool::new(false),
+            dedup_keys: std::sync::atomic::AtomicUsize::new(index.len()),
         });
         let (committed_tx, committed) =
             tokio::sync::watch::channel(LogPositions::single(next_seq - 1));
         let (seal_tx, seal_rx) = std::sync::mpsc::channel();
+        let (expired_tx, expired_rx) = std::sync::mpsc::channel();
         let maintenance = maintenance::Maintenance {
             shared: shared.clone(),
             durability: options.durability,
             retention: options.retention,
             sidecars_only: leftover_sidecars,
             expiries: sealed_expiries,
+            loaded_claims,
+            expired: expired_tx,
         };
         let every = options.retention_every;
         let (maintenance_tx, maintenance_done) = oneshot::channel();
@@ -215,6 +222,7 @@ impl SegmentLog {
             freeze,
             sealer: seal_tx.clone(),
             committed: committed_tx,
+            expired: expired_rx,
         };
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));
@@ -258,6 +266,11 @@ impl SegmentLog {
     /// Bytes held by the log's segments.
     pub fn total_bytes(&self) -> u64 {
         self.shared.total_bytes.load(Ordering::Acquire)
+    }
+
+    /// Dedup claims held in memory (claims and delivery ids), as of the last commit.
+    pub fn dedup_keys(&self) -> usize {
+        self.shared.dedup_keys.load(Ordering::Acquire)
     }
 
     /// The oldest sequence number still stored (retention removes from the front).
@@ -307,6 +320,7 @@ struct Opened {
     index: DedupIndex,
     leftover_sidecars: Vec<(i64, i64)>,
     sealed_expiries: std::collections::HashMap<i64, i64>,
+    loaded_claims: BTreeMap<i64, i64>,
     newest_received_at: i64,
     recovery: Recovery,
 }
@@ -364,42 +378,50 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
         }
     };
 
-    // Older segments: their sidecars (rebuilt by a scan where missing or damaged).
-    let mut heads = Vec::new();
+    // Older segments: their sidecars (rebuilt by a scan where missing or damaged). First
+    // the fixed part of each, to size the dedup index once; then each whole, one at a
+    // time, so that at most one segment's claims are decoded at once.
     let mut newest_received_at = active_summary.max_received_at;
+    let mut sealed = Vec::new();
+    let (mut claims, mut deliveries) =
+        (active_summary.claims.len(), active_summary.deliveries.len());
     for (&first_seq, &has_seg) in segs.range(..active_seq) {
         let side = segment::sidecar_path(dir, first_seq);
-        let bytes = std::fs::read(&side).ok();
-        let decoded = bytes
-            .as_deref()
-            .and_then(segment::decode_sidecar)
-            .filter(|(seq, _)| *seq == first_seq);
-        let summary = match decoded {
-            Some((_, summary)) => summary,
+        let head = segment::read_sidecar_head(&side).filter(|h| h.first_seq == first_seq);
+        let head = match head {
+            Some(head) => head,
             None if has_seg => {
                 let file = File::open(segment::segment_path(dir, first_seq))?;
                 let scanned = segment::scan(&file, first_seq)?;
                 recovery.rescanned += 1;
+                let bytes = segment::encode_sidecar(first_seq, &scanned.summary);
                 if scanned.summary.damaged.is_empty() && scanned.torn_bytes == 0 {
-                    segment::write_durably(
-                        &side,
-                        &segment::encode_sidecar(first_seq, &scanned.summary),
-                    )?;
+                    segment::write_durably(&side, &bytes)?;
+                    match segment::decode_sidecar_head(&bytes) {
+                        Some(head) => head,
+                        None => continue,
+                    }
+                } else {
+                    // Damaged: kept without a sidecar (read whole at every start).
+                    sealed.push((first_seq, has_seg, Some(scanned.summary)));
+                    continue;
                 }
-                scanned.summary
             }
             None => {
                 tracing::warn!(sidecar = %side.display(), "unreadable sidecar of a removed segment: its claims are lost");
                 continue;
             }
         };
-        newest_received_at = newest_received_at.max(summary.max_received_at);
-        heads.push((first_seq, has_seg, summary));
+        newest_received_at = newest_received_at.max(head.max_received_at);
+        claims += head.claims as usize;
+        deliveries += head.deliveries as usize;
+        sealed.push((first_seq, has_seg, None));
     }
-    let mut index = DedupIndex::default();
+    let mut index = DedupIndex::with_capacity(claims, deliveries);
     let mut segments = BTreeMap::new();
     let mut leftover_sidecars = Vec::new();
     let mut sealed_expiries = std::collections::HashMap::new();
+    let mut loaded_claims = BTreeMap::new();
     let load = |summary: &Summary, index: &mut DedupIndex| {
         for (key, event, expires_at) in &summary.claims {
             if *expires_at > newest_received_at {
@@ -412,8 +434,32 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
             }
         }
     };
-    for (first_seq, has_seg, mut summary) in heads {
+    for (first_seq, has_seg, scanned) in sealed {
+        let mut summary = match scanned {
+            Some(summary) => summary,
+            None => {
+                let bytes = std::fs::read(segment::sidecar_path(dir, first_seq))?;
+                match segment::decode_sidecar(&bytes) {
+                    Some((_, summary)) => summary,
+                    None => {
+                        tracing::warn!(
+                            segment = first_seq,
+                            "damaged sidecar: reading its segment instead"
+                        );
+                        if !has_seg {
+                            continue;
+                        }
+                        let file = File::open(segment::segment_path(dir, first_seq))?;
+                        recovery.rescanned += 1;
+                        segment::scan(&file, first_seq)?.summary
+                    }
+                }
+            }
+        };
         load(&summary, &mut index);
+        if summary.max_expires_at > newest_received_at {
+            loaded_claims.insert(first_seq, summary.max_expires_at);
+        }
         summary.claims = Vec::new();
         summary.deliveries = Vec::new();
         if has_seg {
@@ -445,6 +491,7 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
         index,
         leftover_sidecars,
         sealed_expiries,
+        loaded_claims,
         newest_received_at,
         recovery,
     })

@@ -1,10 +1,11 @@
 //! Background work off the commit path: sidecars of sealed segments, and retention.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::dedup::ExpiredKeys;
 use crate::retention::{self, RetentionPolicy, SegmentFacts};
 use crate::segment;
 use crate::writer::Seal;
@@ -20,7 +21,14 @@ pub struct Maintenance {
     /// Latest claim expiry of each sealed segment, to know whether its sidecar must stay
     /// after the segment is removed.
     pub expiries: HashMap<i64, i64>,
+    /// Segments (or kept sidecars) whose claims sit in the writer's index, with their latest
+    /// expiry: once that passes, their keys go to the writer to be forgotten.
+    pub loaded_claims: BTreeMap<i64, i64>,
+    pub expired: std::sync::mpsc::Sender<ExpiredKeys>,
 }
+
+/// Keys handed to the writer at a time (it forgets one chunk per commit).
+const EXPIRED_CHUNK: usize = 10_000;
 
 impl Maintenance {
     /// Runs until every sender of seals is gone (the log closed).
@@ -39,10 +47,55 @@ impl Maintenance {
                 }
                 self.expiries
                     .insert(seal.segment.first_seq, seal.summary.max_expires_at);
+                self.loaded_claims
+                    .insert(seal.segment.first_seq, seal.summary.max_expires_at);
                 next = seals.try_recv().ok();
             }
+            self.hand_over_expired_claims();
             if let Err(e) = self.apply_retention() {
                 tracing::warn!(error = %e, "retention failed; it retries on its next pass");
+            }
+        }
+    }
+
+    /// Sends the keys of every segment whose claims have all expired to the writer.
+    fn hand_over_expired_claims(&mut self) {
+        let newest = self.shared.newest_received_at.load(Ordering::Acquire);
+        let due: Vec<i64> = self
+            .loaded_claims
+            .iter()
+            .filter(|(_, expiry)| **expiry <= newest)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for first_seq in due {
+            self.loaded_claims.remove(&first_seq);
+            let path = segment::sidecar_path(&self.shared.dir, first_seq);
+            let Some((_, summary)) = std::fs::read(&path)
+                .ok()
+                .as_deref()
+                .and_then(segment::decode_sidecar)
+            else {
+                continue;
+            };
+            let claims: Vec<_> = summary.claims.iter().map(|c| c.0).collect();
+            let deliveries: Vec<_> = summary.deliveries.iter().map(|d| d.0).collect();
+            for chunk in claims.chunks(EXPIRED_CHUNK) {
+                let keys = ExpiredKeys {
+                    claims: chunk.to_vec(),
+                    deliveries: Vec::new(),
+                };
+                if self.expired.send(keys).is_err() {
+                    return;
+                }
+            }
+            for chunk in deliveries.chunks(EXPIRED_CHUNK) {
+                let keys = ExpiredKeys {
+                    claims: Vec::new(),
+                    deliveries: chunk.to_vec(),
+                };
+                if self.expired.send(keys).is_err() {
+                    return;
+                }
             }
         }
     }
@@ -107,8 +160,9 @@ impl Maintenance {
         }
         // Sidecars whose claims have all expired go too.
         let mut kept = Vec::with_capacity(self.sidecars_only.len());
-        for (first_seq, expiry) in self.sidecars_only.drain(..) {
-            if expiry <= newest {
+        for (first_seq, expiry) in std::mem::take(&mut self.sidecars_only) {
+            // Its keys go to the writer first (hand_over_expired_claims reads the file).
+            if expiry <= newest && !self.loaded_claims.contains_key(&first_seq) {
                 match std::fs::remove_file(segment::sidecar_path(&self.shared.dir, first_seq)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

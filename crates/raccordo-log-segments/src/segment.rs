@@ -431,6 +431,8 @@ pub struct SidecarHead {
     pub last_seq: i64,
     pub max_received_at: i64,
     pub max_expires_at: i64,
+    pub claims: u64,
+    pub deliveries: u64,
 }
 
 pub fn decode_sidecar_head(b: &[u8]) -> Option<SidecarHead> {
@@ -444,6 +446,8 @@ pub fn decode_sidecar_head(b: &[u8]) -> Option<SidecarHead> {
         last_seq: i(2),
         max_received_at: i(3),
         max_expires_at: i(4),
+        claims: i(6) as u64,
+        deliveries: i(7) as u64,
     })
 }
 
@@ -522,6 +526,14 @@ impl Bytes<'_> {
     fn key(&mut self) -> Option<DedupKey> {
         self.array().map(DedupKey)
     }
+}
+
+/// Reads the fixed part of a sidecar file; `None` if it is missing or not a sidecar.
+pub fn read_sidecar_head(path: &Path) -> Option<SidecarHead> {
+    let file = File::open(path).ok()?;
+    let mut head = [0u8; SIDECAR_HEAD_LEN];
+    file.read_exact_at(&mut head, 0).ok()?;
+    decode_sidecar_head(&head)
 }
 
 /// Writes `bytes` to `path` atomically and durably: a temporary file, fsync, rename, and an

@@ -17,7 +17,7 @@ use std::time::Instant;
 use raccordo_core::{AppendBatch, AppendOutcome, EventId, ItemOutcome, LogPositions, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::dedup::{DedupIndex, Delivery};
+use crate::dedup::{DedupIndex, Delivery, ExpiredKeys};
 use crate::format::{self, DeliveryRecord, EventRecord, FrameWriter, SEGMENT_HEADER_LEN};
 use crate::segment::{self, Segment, Summary};
 use crate::{Durability, Shared};
@@ -26,9 +26,6 @@ pub struct Job {
     pub batch: AppendBatch,
     pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
-
-/// Expired claims forgotten per commit at most (bounded work per commit).
-const PURGE_BUDGET: usize = 20_000;
 
 /// A segment to seal: its sidecar is written off the commit path.
 pub struct Seal {
@@ -51,6 +48,9 @@ pub struct Writer {
     pub freeze: File,
     pub sealer: std::sync::mpsc::Sender<Seal>,
     pub committed: tokio::sync::watch::Sender<LogPositions>,
+    /// Keys of sealed segments whose claims expired, in chunks, from the maintenance
+    /// thread; one chunk is forgotten after each commit (bounded work per commit).
+    pub expired: std::sync::mpsc::Receiver<ExpiredKeys>,
 }
 
 /// One request's effect, remembered until the group is durable.
@@ -99,11 +99,19 @@ impl Writer {
             metrics::histogram!("raccordo_storage_commit_group_requests")
                 .record(group.len() as f64);
             metrics::histogram!("raccordo_storage_commit_group_events").record(events as f64);
+            self.shared
+                .dedup_keys
+                .store(self.index.len(), Ordering::Release);
             for (job, result) in group.into_iter().zip(results) {
                 let _ = job.reply.send(result); // the caller may be gone; the data is durable
             }
-            let now = self.shared.newest_received_at.load(Ordering::Acquire);
-            self.index.purge_expired(now, PURGE_BUDGET);
+            if let Ok(expired) = self.expired.try_recv() {
+                let now = self.shared.newest_received_at.load(Ordering::Acquire);
+                self.index.forget_expired(&expired, now);
+                self.shared
+                    .dedup_keys
+                    .store(self.index.len(), Ordering::Release);
+            }
             metrics::gauge!("raccordo_storage_dedup_keys").set(self.index.len() as f64);
         }
         // Queue closed: everything accepted was answered and is on disk.

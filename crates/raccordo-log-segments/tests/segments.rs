@@ -234,3 +234,30 @@ async fn retention_removes_the_oldest_segments_and_their_claims_outlive_them() {
     assert!(is_duplicate(&log, 0, 2_000).await);
     assert_eq!(log.first_seq(), first);
 }
+
+#[tokio::test]
+async fn claims_of_a_sealed_segment_are_forgotten_once_they_all_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(&dir);
+    options.retention_every = Duration::from_millis(20);
+    let (log, _) = open(&options);
+    fill(&log, 0, 40, 1_000).await;
+    assert_eq!(log.dedup_keys(), 40);
+    // An hour later (the fixtures' retention) every claim so far has expired; the sealed
+    // segments' keys are handed to the writer, which forgets a chunk after each commit.
+    let later = 1_000 + 3_600_000;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut k = 100u8;
+    while log.dedup_keys() > 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired claims were not forgotten: {}",
+            log.dedup_keys()
+        );
+        fill(&log, k, 1, later).await;
+        k = k.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The expired keys are free again.
+    assert!(!is_duplicate(&log, 0, later).await);
+}

@@ -75,6 +75,55 @@ pub async fn tail_log(
     Ok(())
 }
 
+/// Like [`tail_log`], but each page is read and then `prepare`d on the blocking pool while
+/// the page before it is in `handle`: a consumer that is behind (a rebuild after a restart)
+/// keeps two cores busy. At most two prepared pages wait for `handle`.
+pub async fn tail_log_pipelined<T: Send + 'static>(
+    log: Arc<dyn EventLog>,
+    from: LogPositions,
+    ctx: &TaskContext,
+    prepare: Arc<dyn Fn(Vec<RawEvent>) -> T + Send + Sync>,
+    mut handle: impl FnMut(T) -> anyhow::Result<()> + Send,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<T>>(2);
+    let reader_ctx = ctx.clone();
+    let reader = tokio::spawn(async move {
+        let mut from = from;
+        let mut pages = Pages::new(log.as_ref());
+        loop {
+            let page = match pages.next(log.as_ref(), &from, &reader_ctx).await {
+                Ok(Some(events)) => {
+                    for event in &events {
+                        from.advance(event.position);
+                    }
+                    let prepare = prepare.clone();
+                    tokio::task::spawn_blocking(move || prepare(events))
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    // The reader stops with this consumer, however it ends.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _reader = AbortOnDrop(reader);
+    while let Some(page) = rx.recv().await {
+        handle(page?)?;
+    }
+    Ok(())
+}
+
 /// A log consumer whose position is kept in the `ConsumerOffsets` store.
 #[async_trait]
 pub trait LogConsumer: Send + Sync + 'static {

@@ -45,6 +45,21 @@ struct LiveMetadata<'a> {
 
 use crate::supervisor::TaskContext;
 
+/// A page of events ready for the windows.
+pub struct PreparedPage {
+    events: Vec<PreparedEvent>,
+    oldest_received_ms: Option<i64>,
+}
+
+struct PreparedEvent {
+    position: raccordo_core::LogPosition,
+    event_time_ms: i64,
+    duplicate: bool,
+    /// What the windows count, and under which dimension keys; `None` for an event
+    /// without the fields (it still advances the position).
+    record: Option<(ConversionRecord, Vec<DimKey>)>,
+}
+
 /// Fired windows older than this (by window end) are forgotten.
 const RESULT_RETENTION_MS: i64 = 48 * 3_600_000;
 /// The window store scope of the live conversion windows.
@@ -351,10 +366,17 @@ impl LiveMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .processed
             .clone();
-        crate::consumer::tail_log(log.as_ref(), from, &ctx, |events| {
-            self.ingest(events);
-            Ok(())
-        })
+        let preparer = self.clone();
+        crate::consumer::tail_log_pipelined(
+            log,
+            from,
+            &ctx,
+            Arc::new(move |events: Vec<RawEvent>| preparer.prepare(&events)),
+            |page| {
+                self.ingest_prepared(&page);
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -411,8 +433,60 @@ impl LiveMetrics {
         self.fired_rows.subscribe()
     }
 
+    /// Counts a page of events (parse, then window); the tailer does the two on different
+    /// threads ([`Self::prepare`] while the previous page is windowed).
+    #[cfg(test)]
     fn ingest(&self, events: &[RawEvent]) {
-        if let Some(oldest) = events.iter().map(|e| e.received_at_ms).min() {
+        let prepared = self.prepare(events);
+        self.ingest_prepared(&prepared);
+    }
+
+    /// The part of counting that needs no state: each event's fields, its record and its
+    /// dimension keys. Runs beside the windowing of the previous page.
+    pub fn prepare(&self, events: &[RawEvent]) -> PreparedPage {
+        let oldest_received_ms = events.iter().map(|e| e.received_at_ms).min();
+        let events = events
+            .iter()
+            .map(|event| {
+                // Only the fields the windows need, borrowed from the stored text.
+                let record = serde_json::from_str::<LiveFields<'_>>(&event.payload)
+                    .ok()
+                    .and_then(|fields| {
+                        let record = self.record_of(&fields, event.duplicate)?;
+                        let mut keys = Vec::with_capacity(4);
+                        keys.push((Dimension::All, String::new()));
+                        for (dimension, value) in [
+                            (Dimension::Canale, fields.canale.as_deref()),
+                            (Dimension::Evento, fields.evento.as_deref()),
+                            (
+                                Dimension::Campagna,
+                                fields.metadati.as_ref().and_then(|m| m.campagna.as_deref()),
+                            ),
+                        ] {
+                            if let Some(v) = value {
+                                keys.push((dimension, v.to_string()));
+                            }
+                        }
+                        Some((record, keys))
+                    });
+                PreparedEvent {
+                    position: event.position,
+                    event_time_ms: event.event_time_ms,
+                    duplicate: event.duplicate,
+                    record,
+                }
+            })
+            .collect();
+        PreparedPage {
+            events,
+            oldest_received_ms,
+        }
+    }
+
+    /// Windows a prepared page: the operator, fired results, late counts, and the messages
+    /// to the persister and the live stream.
+    pub fn ingest_prepared(&self, page: &PreparedPage) {
+        if let Some(oldest) = page.oldest_received_ms {
             let now = self.clock.now_ms();
             let mut lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
             lag.last_progress_ms = now;
@@ -430,37 +504,22 @@ impl LiveMetrics {
         let Some(operator) = operator.as_mut() else {
             return;
         };
-        for event in events {
+        for event in &page.events {
             processed.advance(event.position);
-            // Only the fields the windows need, borrowed from the stored text.
-            let Ok(fields) = serde_json::from_str::<LiveFields<'_>>(&event.payload) else {
+            let Some((record, keys)) = &event.record else {
                 continue;
             };
-            let Some(record) = self.record_of(&fields, event.duplicate) else {
-                continue;
-            };
-            let mut keys = vec![(Dimension::All, String::new())];
-            for (dimension, value) in [
-                (Dimension::Canale, fields.canale.as_deref()),
-                (Dimension::Evento, fields.evento.as_deref()),
-                (
-                    Dimension::Campagna,
-                    fields.metadati.as_ref().and_then(|m| m.campagna.as_deref()),
-                ),
-            ] {
-                if let Some(v) = value {
-                    keys.push((dimension, v.to_string()));
-                }
-            }
             let mut placement = Placement::OnTime;
-            for key in &keys {
-                placement = operator.process(event.event_time_ms, key, &record, &mut |emission| {
+            for key in keys {
+                placement = operator.process(event.event_time_ms, key, record, &mut |emission| {
                     debug_assert!(matches!(
                         emission.firing,
                         Firing::Final | Firing::LateUpdate
                     ));
                     changed.push((emission.window, emission.key.clone()));
-                    fired.insert((emission.window, emission.key), emission.value);
+                    // Fired results keep numbers, not the distinct sets: the operator holds
+                    // the live state while late updates can still come.
+                    fired.insert((emission.window, emission.key), emission.value.frozen());
                 });
             }
             if placement == Placement::Late && !event.duplicate {
@@ -516,17 +575,12 @@ impl LiveMetrics {
         });
     }
 
-    fn record_of<'a>(
-        &self,
-        p: &'a LiveFields<'_>,
-        duplicate: bool,
-    ) -> Option<ConversionRecord<'a>> {
+    fn record_of(&self, p: &LiveFields<'_>, duplicate: bool) -> Option<ConversionRecord> {
         let customer = p.id_cliente.as_deref()?;
         let evento = p.evento.as_deref()?;
         let stato = p.stato.as_deref().unwrap_or("");
         let value_cents = p.valore.map_or(0, |v| (v * 100.0).round() as i64);
         Some(ConversionRecord {
-            customer,
             customer_hash: raccordo_stream::distinct::hash_of(customer),
             is_conversion: self.goals.contains(evento) && stato == "completato",
             is_failure: stato == "fallito",

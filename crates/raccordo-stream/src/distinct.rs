@@ -16,8 +16,19 @@ const REGISTERS: usize = 1 << PRECISION;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DistinctCount {
-    Exact { hashes: HashSet<u64>, limit: usize },
-    Sketch { registers: Vec<u8> },
+    Exact {
+        hashes: HashSet<u64>,
+        limit: usize,
+    },
+    Sketch {
+        registers: Vec<u8>,
+    },
+    /// A final count whose members are no longer kept (a window that can no longer change):
+    /// a few bytes instead of a set or a 4 KiB sketch. Nothing can be added to it.
+    Counted {
+        count: u64,
+        exact: bool,
+    },
 }
 
 impl Default for DistinctCount {
@@ -59,17 +70,31 @@ impl DistinctCount {
                 }
             }
             Self::Sketch { registers } => observe(registers, hash),
+            Self::Counted { .. } => debug_assert!(false, "a frozen count takes no new values"),
         }
     }
 
     pub fn is_exact(&self) -> bool {
-        matches!(self, Self::Exact { .. })
+        match self {
+            Self::Exact { .. } => true,
+            Self::Sketch { .. } => false,
+            Self::Counted { exact, .. } => *exact,
+        }
     }
 
     pub fn count(&self) -> u64 {
         match self {
             Self::Exact { hashes, .. } => hashes.len() as u64,
             Self::Sketch { registers } => estimate(registers),
+            Self::Counted { count, .. } => *count,
+        }
+    }
+
+    /// The same count without its members.
+    pub fn frozen(&self) -> Self {
+        Self::Counted {
+            count: self.count(),
+            exact: self.is_exact(),
         }
     }
 }
@@ -118,6 +143,25 @@ mod tests {
                 error < 4.0 * 0.0163,
                 "n={n} estimate={} error={error}",
                 d.count()
+            );
+        }
+    }
+
+    #[test]
+    fn a_frozen_count_reads_the_same() {
+        let mut exact = DistinctCount::with_limit(10);
+        let mut sketch = DistinctCount::with_limit(10);
+        for i in 0..5 {
+            exact.insert(&i.to_string());
+        }
+        for i in 0..500 {
+            sketch.insert(&i.to_string());
+        }
+        for d in [exact, sketch] {
+            let frozen = d.frozen();
+            assert_eq!(
+                (frozen.count(), frozen.is_exact()),
+                (d.count(), d.is_exact())
             );
         }
     }

@@ -7,10 +7,9 @@ use crate::window::Aggregate;
 
 /// What the windows need to know of one event.
 #[derive(Debug, Clone, Copy)]
-pub struct ConversionRecord<'a> {
-    pub customer: &'a str,
+pub struct ConversionRecord {
     /// `distinct::hash_of(customer)`, computed once per event rather than once per window
-    /// and dimension it is counted in.
+    /// and dimension it is counted in: the customer is counted by this hash only.
     pub customer_hash: u64,
     /// The event counts as a conversion (its `evento` is in the goal set and `stato` is
     /// `completato`); decided by the caller, which owns the goal set.
@@ -36,14 +35,14 @@ pub struct ConversionStats {
 }
 
 impl Aggregate for ConversionStats {
-    type Input<'a> = ConversionRecord<'a>;
-    fn add(&mut self, r: &ConversionRecord<'_>) {
+    type Input<'a> = ConversionRecord;
+    fn add(&mut self, r: &ConversionRecord) {
         self.record(r);
     }
 }
 
 impl ConversionStats {
-    pub fn record(&mut self, r: &ConversionRecord<'_>) {
+    pub fn record(&mut self, r: &ConversionRecord) {
         if r.is_duplicate {
             self.duplicates += 1;
             return;
@@ -58,6 +57,16 @@ impl ConversionStats {
             self.conversions += 1;
             self.conversion_value_cents += r.value_cents;
             self.converting_customers.insert_hash(r.customer_hash);
+        }
+    }
+
+    /// The same figures with the distinct counts frozen to numbers: what a fired window
+    /// needs to be shown and stored once the operator holds its live state.
+    pub fn frozen(&self) -> Self {
+        Self {
+            active_customers: self.active_customers.frozen(),
+            converting_customers: self.converting_customers.frozen(),
+            ..*self
         }
     }
 
@@ -82,9 +91,8 @@ impl ConversionStats {
 mod tests {
     use super::*;
 
-    fn rec(customer: &'static str, conversion: bool, value: i64) -> ConversionRecord<'static> {
+    fn rec(customer: &'static str, conversion: bool, value: i64) -> ConversionRecord {
         ConversionRecord {
-            customer,
             customer_hash: crate::distinct::hash_of(customer),
             is_conversion: conversion,
             is_failure: false,

@@ -205,6 +205,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             invalid: 0.02,
             seed: rand_u32() as u64,
             insight: None,
+            timeline: None,
         };
         async move {
             let _ = raccordo_loadgen::run(options).await;

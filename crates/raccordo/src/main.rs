@@ -200,9 +200,22 @@ struct LoadgenArgs {
     /// The hub's out-of-orderness, to compare final results with (with --insight-token)
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     out_of_orderness: Duration,
+    /// Replay history: event times start here (RFC 3339, e.g. 2026-11-20T00:00:00Z) instead
+    /// of following the clock, and advance by --event-time-step per event over all clients
+    #[arg(long, value_parser = parse_rfc3339_ms)]
+    event_time_from: Option<i64>,
+    /// With --event-time-from: event time added per generated event, e.g. 35ms
+    #[arg(long, default_value = "35ms", value_parser = humantime::parse_duration)]
+    event_time_step: Duration,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+}
+
+fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|e| format!("not an RFC 3339 time: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -397,6 +410,13 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
                 base_url: args.url.clone(),
                 read_token: token,
                 out_of_orderness: args.out_of_orderness,
+            }),
+        timeline: args
+            .event_time_from
+            .map(|from_ms| raccordo_loadgen::Timeline {
+                from_ms,
+                step_ms: args.event_time_step.as_secs_f64() * 1000.0,
+                next: Default::default(),
             }),
     })
     .await?;
