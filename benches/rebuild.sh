@@ -8,6 +8,7 @@
 # of the restarted process. The same stream (same seed) is used for every build measured.
 #
 #   bash benches/rebuild.sh [events]          # default 5000000
+#   DEDUP=off bash benches/rebuild.sh         # no dedup claims: the memory is the windows' own
 #   RACCORDO_BIN=/path/to/other/raccordo bash benches/rebuild.sh   # measure another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ data_dir = "data"
 durability = "fsync"
 [metrics]
 checkpoint_every = "1h"
+$([ "${DEDUP:-on}" = off ] && printf '[ingest.dedup]\ndelivery_id = false\nbusiness_key = false\n')
 [[admin.tokens]]
 name = "bench"
 token = "$token"

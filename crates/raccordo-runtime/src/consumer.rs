@@ -75,9 +75,11 @@ pub async fn tail_log(
     Ok(())
 }
 
-/// Like [`tail_log`], but each page is read and then `prepare`d on the blocking pool while
-/// the page before it is in `handle`: a consumer that is behind (a rebuild after a restart)
-/// keeps two cores busy. At most two prepared pages wait for `handle`.
+/// Like [`tail_log`], but pages are read ahead and each is `prepare`d on the blocking pool
+/// as soon as it is read, while earlier pages are still being prepared or in `handle`:
+/// reading, preparing and handling overlap, so a consumer that is behind (a rebuild after a
+/// restart) keeps every core busy. Pages reach `handle` in log order; at most
+/// `READ_AHEAD` pages are in the pipeline.
 pub async fn tail_log_pipelined<T: Send + 'static>(
     log: Arc<dyn EventLog>,
     from: LogPositions,
@@ -85,27 +87,27 @@ pub async fn tail_log_pipelined<T: Send + 'static>(
     prepare: Arc<dyn Fn(Vec<RawEvent>) -> T + Send + Sync>,
     mut handle: impl FnMut(T) -> anyhow::Result<()> + Send,
 ) -> anyhow::Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<T>>(2);
+    const READ_AHEAD: usize = 4;
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<anyhow::Result<tokio::task::JoinHandle<T>>>(READ_AHEAD);
     let reader_ctx = ctx.clone();
     let reader = tokio::spawn(async move {
         let mut from = from;
         let mut pages = Pages::new(log.as_ref());
         loop {
-            let page = match pages.next(log.as_ref(), &from, &reader_ctx).await {
+            let item = match pages.next(log.as_ref(), &from, &reader_ctx).await {
                 Ok(Some(events)) => {
                     for event in &events {
                         from.advance(event.position);
                     }
                     let prepare = prepare.clone();
-                    tokio::task::spawn_blocking(move || prepare(events))
-                        .await
-                        .map_err(anyhow::Error::from)
+                    Ok(tokio::task::spawn_blocking(move || prepare(events)))
                 }
                 Ok(None) => return,
                 Err(e) => Err(e),
             };
-            let failed = page.is_err();
-            if tx.send(page).await.is_err() || failed {
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
                 return;
             }
         }
@@ -118,8 +120,8 @@ pub async fn tail_log_pipelined<T: Send + 'static>(
         }
     }
     let _reader = AbortOnDrop(reader);
-    while let Some(page) = rx.recv().await {
-        handle(page?)?;
+    while let Some(item) = rx.recv().await {
+        handle(item?.await?)?;
     }
     Ok(())
 }

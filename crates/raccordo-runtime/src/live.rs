@@ -517,9 +517,9 @@ impl LiveMetrics {
                         Firing::Final | Firing::LateUpdate
                     ));
                     changed.push((emission.window, emission.key.clone()));
-                    // Fired results keep numbers, not the distinct sets: the operator holds
-                    // the live state while late updates can still come.
-                    fired.insert((emission.window, emission.key), emission.value.frozen());
+                    // Emissions carry numbers, not the distinct sets (`Aggregate::emitted`):
+                    // the operator holds the live state while late updates can still come.
+                    fired.insert((emission.window, emission.key), emission.value);
                 });
             }
             if placement == Placement::Late && !event.duplicate {
@@ -528,9 +528,30 @@ impl LiveMetrics {
                 }
             }
         }
+        // Forget results older than the horizon: every window has the same size, so "ends
+        // at or after the horizon" is "starts at or after horizon − size", a split point of
+        // maps ordered by window start.
         let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
-        fired.retain(|(window, _), _| window.end >= horizon);
-        late.retain(|start, _| start + self.spec.size_ms >= horizon);
+        let first_kept = horizon.saturating_sub(self.spec.size_ms);
+        if fired
+            .first_key_value()
+            .is_some_and(|((w, _), _)| w.start < first_kept)
+        {
+            let min_key = (Dimension::All, String::new());
+            *fired = fired.split_off(&(
+                Window {
+                    start: first_kept,
+                    end: i64::MIN,
+                },
+                min_key,
+            ));
+        }
+        if late
+            .first_key_value()
+            .is_some_and(|(start, _)| *start < first_kept)
+        {
+            *late = late.split_off(&first_kept);
+        }
         if !changed.is_empty() {
             changed.sort();
             changed.dedup();

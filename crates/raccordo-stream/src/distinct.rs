@@ -7,6 +7,8 @@
 //! crate because the switch point must be ours to configure and the algorithm is a few lines.
 
 use std::collections::HashSet;
+
+use rustc_hash::FxBuildHasher;
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,8 @@ const REGISTERS: usize = 1 << PRECISION;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DistinctCount {
     Exact {
-        hashes: HashSet<u64>,
+        /// The values are already hashes: a cheap hasher suffices.
+        hashes: HashSet<u64, FxBuildHasher>,
         limit: usize,
     },
     Sketch {
@@ -48,7 +51,7 @@ pub fn hash_of(value: &str) -> u64 {
 impl DistinctCount {
     pub fn with_limit(limit: usize) -> Self {
         Self::Exact {
-            hashes: HashSet::new(),
+            hashes: HashSet::default(),
             limit,
         }
     }

@@ -39,6 +39,11 @@ impl Aggregate for ConversionStats {
     fn add(&mut self, r: &ConversionRecord) {
         self.record(r);
     }
+
+    /// Emissions carry the counts, not the distinct sets (which can hold 10 000 hashes).
+    fn emitted(&self) -> Self {
+        self.frozen()
+    }
 }
 
 impl ConversionStats {

@@ -85,6 +85,13 @@ impl WindowSpec {
 pub trait Aggregate: Clone + Default {
     type Input<'a>: ?Sized;
     fn add(&mut self, input: &Self::Input<'_>);
+
+    /// What an emission carries: by default a copy. An aggregate whose state is larger than
+    /// its result (a distinct set behind a count) returns just the result, so that firing
+    /// and late updates do not copy the state.
+    fn emitted(&self) -> Self {
+        self.clone()
+    }
 }
 
 /// Why a window's value is emitted.
@@ -132,7 +139,14 @@ pub struct OperatorState<K, A> {
 pub struct WindowOperator<K, A> {
     spec: WindowSpec,
     max_event_time: Option<i64>,
-    windows: BTreeMap<Window, HashMap<K, A>>,
+    /// The watermark of the last `advance`, and whether a window that the watermark had
+    /// already passed got state since: unless one of the two changed, `advance` has nothing
+    /// to fire or forget and returns at once (it runs after every record).
+    advanced_to: i64,
+    passed_window_added: bool,
+    /// Per window, the value of each key. Fx hashing: several times cheaper than SipHash,
+    /// and the keys come from authenticated sources, into one small map per window.
+    windows: BTreeMap<Window, HashMap<K, A, rustc_hash::FxBuildHasher>>,
     fired: BTreeSet<Window>,
 }
 
@@ -141,6 +155,8 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
         Self {
             spec,
             max_event_time: None,
+            advanced_to: i64::MIN,
+            passed_window_added: false,
             windows: BTreeMap::new(),
             fired: BTreeSet::new(),
         }
@@ -175,6 +191,8 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
         (state.spec == spec).then(|| Self {
             spec,
             max_event_time: state.max_event_time,
+            advanced_to: i64::MIN,
+            passed_window_added: false,
             windows: state
                 .windows
                 .into_iter()
@@ -207,23 +225,29 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
             if watermark >= window.last().saturating_add(self.spec.allowed_lateness_ms) {
                 continue; // this window's state is gone
             }
-            let keys = self.windows.entry(window).or_default();
-            // Clone the key only when the window sees it for the first time.
-            if !keys.contains_key(key) {
-                keys.insert(key.clone(), A::default());
+            if watermark >= window.last() && !self.fired.contains(&window) {
+                self.passed_window_added = true;
             }
-            let Some(value) = keys.get_mut(key) else {
-                continue;
-            };
-            value.add(input);
+            let keys = self.windows.entry(window).or_default();
+            // One hash for a key the window already has; the key is cloned only the first
+            // time the window sees it.
+            if let Some(value) = keys.get_mut(key) {
+                value.add(input);
+            } else {
+                let mut value = A::default();
+                value.add(input);
+                keys.insert(key.clone(), value);
+            }
             if watermark >= window.last() {
                 added_late = true;
-                emit(Emission {
-                    window,
-                    key: key.clone(),
-                    firing: Firing::LateUpdate,
-                    value: value.clone(),
-                });
+                if let Some(value) = keys.get(key) {
+                    emit(Emission {
+                        window,
+                        key: key.clone(),
+                        firing: Firing::LateUpdate,
+                        value: value.emitted(),
+                    });
+                }
             } else {
                 added_on_time = true;
             }
@@ -240,6 +264,11 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
     /// Fires windows the watermark has passed and forgets those past their lateness.
     fn advance(&mut self, emit: &mut impl FnMut(Emission<K, A>)) {
         let watermark = self.watermark();
+        if watermark == self.advanced_to && !self.passed_window_added {
+            return;
+        }
+        self.advanced_to = watermark;
+        self.passed_window_added = false;
         let due: Vec<Window> = self
             .windows
             .keys()
@@ -255,7 +284,7 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
                         window,
                         key: key.clone(),
                         firing: Firing::Final,
-                        value: value.clone(),
+                        value: value.emitted(),
                     });
                 }
             }
