@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     full: AtomicBool,
     /// Live dedup claims and deliveries in memory, as of the last commit.
     dedup_keys: std::sync::atomic::AtomicUsize,
+    /// A zero-filled segment file (`next.ready`) waits for the next roll-over.
+    next_ready: AtomicBool,
 }
 
 impl Shared {
@@ -146,6 +148,19 @@ pub struct Recovery {
     pub claims: usize,
 }
 
+/// Writes zeros over `len` bytes from `at`.
+pub(crate) fn zero_fill(file: &File, at: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = zeros.len().min((len - done) as usize);
+        file.write_all_at(&zeros[..n], at + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 impl SegmentLog {
     /// Opens (creating if needed) the log in `options.dir` and starts its writer. The caller
     /// holds the data directory's lock.
@@ -168,6 +183,7 @@ impl SegmentLog {
             segments,
             active,
             active_file,
+            active_capacity,
             active_summary,
             index,
             leftover_sidecars,
@@ -185,6 +201,7 @@ impl SegmentLog {
             newest_received_at: AtomicI64::new(newest_received_at),
             full: AtomicBool::new(false),
             dedup_keys: std::sync::atomic::AtomicUsize::new(index.len()),
+            next_ready: AtomicBool::new(dir.join(segment::NEXT_READY).exists()),
         });
         let (committed_tx, committed) =
             tokio::sync::watch::channel(LogPositions::single(next_seq - 1));
@@ -194,6 +211,7 @@ impl SegmentLog {
             shared: shared.clone(),
             durability: options.durability,
             retention: options.retention,
+            segment_bytes: options.segment_bytes.max(format::SEGMENT_HEADER_LEN + 1),
             sidecars_only: leftover_sidecars,
             expiries: sealed_expiries,
             loaded_claims,
@@ -213,6 +231,7 @@ impl SegmentLog {
             index,
             active,
             active_file,
+            active_capacity,
             active_summary,
             next_seq,
             durability: options.durability,
@@ -316,6 +335,7 @@ struct Opened {
     segments: BTreeMap<i64, Arc<Segment>>,
     active: Arc<Segment>,
     active_file: File,
+    active_capacity: Option<u64>,
     active_summary: Summary,
     index: DedupIndex,
     leftover_sidecars: Vec<(i64, i64)>,
@@ -345,7 +365,7 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
     let mut recovery = Recovery::default();
     // The newest segment is the active one: scanned whole, torn tail cut off.
     let newest = segs.iter().rev().find(|(_, has)| **has).map(|(s, _)| *s);
-    let (active_seq, active_file, active_summary) = match newest {
+    let (active_seq, active_file, active_summary, active_capacity) = match newest {
         Some(first_seq) => {
             let path = segment::segment_path(dir, first_seq);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
@@ -356,11 +376,13 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
                     bytes = scanned.torn_bytes,
                     "cutting off an unacknowledged write torn by a crash"
                 );
-                file.set_len(scanned.summary.len)?;
+                // Zeroed rather than cut off: the space stays preallocated.
+                zero_fill(&file, scanned.summary.len, scanned.torn_bytes)?;
                 file.sync_data()?;
                 recovery.torn_bytes = scanned.torn_bytes;
             }
-            (first_seq, file, scanned.summary)
+            let capacity = (scanned.file_len > scanned.summary.len).then_some(scanned.file_len);
+            (first_seq, file, scanned.summary, capacity)
         }
         None => {
             let first_seq = segs.keys().next_back().map_or(1, |s| s + 1).max(1);
@@ -374,7 +396,7 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
             file.write_all_at(&format::segment_header(first_seq), 0)?;
             file.sync_data()?;
             segment::sync_dir(dir)?;
-            (first_seq, file, Summary::empty(first_seq))
+            (first_seq, file, Summary::empty(first_seq), None)
         }
     };
 
@@ -487,6 +509,7 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
         segments,
         active,
         active_file,
+        active_capacity,
         active_summary,
         index,
         leftover_sidecars,

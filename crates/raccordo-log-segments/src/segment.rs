@@ -21,6 +21,11 @@ pub const SPARSE_EVERY: u64 = 64 << 10;
 /// Reads go through a buffer of at least this size.
 const READ_CHUNK: usize = 256 << 10;
 
+/// A zero-filled segment file prepared in the background, renamed into place at roll-over.
+pub const NEXT_READY: &str = "next.ready";
+/// The same while it is being written (removed at start if a crash left it).
+pub const NEXT_TMP: &str = "next.tmp";
+
 pub fn segment_path(dir: &Path, first_seq: i64) -> PathBuf {
     dir.join(format!("{first_seq:020}.seg"))
 }
@@ -287,8 +292,10 @@ impl Summary {
 #[derive(Debug)]
 pub struct Scanned {
     pub summary: Summary,
-    /// Bytes after `summary.len` that are a torn, never-acknowledged write.
+    /// Bytes after `summary.len` that are a torn, never-acknowledged write (zeros after
+    /// them, up to the end of the file, are preallocated space).
     pub torn_bytes: u64,
+    pub file_len: u64,
 }
 
 /// Reads a whole segment: every frame's records into a summary. A bad or incomplete frame
@@ -301,6 +308,7 @@ pub fn scan(file: &File, first_seq: i64) -> io::Result<Scanned> {
         return Ok(Scanned {
             summary: Summary::empty(first_seq),
             torn_bytes: file_len,
+            file_len,
         });
     }
     file.read_exact_at(&mut header, 0)?;
@@ -329,12 +337,14 @@ pub fn scan(file: &File, first_seq: i64) -> io::Result<Scanned> {
                     return Ok(Scanned {
                         summary,
                         torn_bytes: 0,
+                        file_len,
                     });
                 }
                 Step::Torn { offset } | Step::Bad { offset, .. } => break offset,
             }
         };
-        match next_valid_frame(file, stopped_at + 1, file_len)? {
+        let (resume, garbage_end) = after_stop(file, stopped_at, file_len)?;
+        match resume {
             Some(resume) => {
                 tracing::error!(
                     segment = first_seq,
@@ -347,8 +357,10 @@ pub fn scan(file: &File, first_seq: i64) -> io::Result<Scanned> {
                 from = resume;
             }
             None => {
+                // Zeros after the last frame are preallocated space, not damage.
                 return Ok(Scanned {
-                    torn_bytes: file_len - stopped_at,
+                    torn_bytes: garbage_end.map_or(0, |end| end - stopped_at),
+                    file_len,
                     summary: Summary {
                         len: stopped_at,
                         ..summary
@@ -359,25 +371,34 @@ pub fn scan(file: &File, first_seq: i64) -> io::Result<Scanned> {
     }
 }
 
-/// The offset of the first whole, valid frame at or after `from`.
-fn next_valid_frame(file: &File, from: u64, file_len: u64) -> io::Result<Option<u64>> {
-    if from >= file_len {
-        return Ok(None);
+/// What follows a frame that does not read at `at`: the offset of the next whole, valid
+/// frame (damage in between), if any; and otherwise where the non-zero bytes after `at` end
+/// (a torn write; `None` if everything after `at` is zero, i.e. preallocated space).
+fn after_stop(file: &File, at: u64, file_len: u64) -> io::Result<(Option<u64>, Option<u64>)> {
+    if at >= file_len {
+        return Ok((None, None));
     }
-    let mut rest = vec![0u8; (file_len - from) as usize];
-    file.read_exact_at(&mut rest, from)?;
+    let mut rest = vec![0u8; (file_len - at) as usize];
+    file.read_exact_at(&mut rest, at)?;
     let magic = FRAME_MAGIC.to_le_bytes();
-    let mut at = 0;
-    while let Some(found) = rest[at..].windows(4).position(|w| w == magic) {
-        let start = at + found;
+    let mut from = 1;
+    while let Some(found) = rest
+        .get(from..)
+        .and_then(|r| r.windows(4).position(|w| w == magic))
+    {
+        let start = from + found;
         if let Parsed::Frame { body, .. } = format::parse_frame(&rest[start..])
             && format::records(body).all(|r| r.is_ok())
         {
-            return Ok(Some(from + start as u64));
+            return Ok((Some(at + start as u64), None));
         }
-        at = start + 1;
+        from = start + 1;
     }
-    Ok(None)
+    let garbage_end = rest
+        .iter()
+        .rposition(|b| *b != 0)
+        .map(|i| at + i as u64 + 1);
+    Ok((None, garbage_end))
 }
 
 const SIDECAR_MAGIC: [u8; 8] = *b"RCCIDX01";

@@ -38,6 +38,10 @@ pub struct Writer {
     pub index: DedupIndex,
     pub active: Arc<Segment>,
     pub active_file: File,
+    /// The zero-filled size of the active segment's file, when it was prepared: writes
+    /// below it overwrite allocated blocks, so their `fdatasync` commits no metadata (no
+    /// file-size change, no journal commit). `None`: the file grows with each write.
+    pub active_capacity: Option<u64>,
     /// The active segment's claims and sparse index, for its sidecar when it is sealed.
     pub active_summary: Summary,
     pub next_seq: i64,
@@ -174,8 +178,14 @@ impl Writer {
                 "the event log reached its size limit of {max} bytes"
             )));
         }
-        if self.active_summary.len + bytes > self.segment_bytes
-            && self.active_summary.len > SEGMENT_HEADER_LEN
+        let has_frames = self.active_summary.len > SEGMENT_HEADER_LEN;
+        let full =
+            self.active_summary.len + bytes > self.active_capacity.unwrap_or(self.segment_bytes);
+        // A growing (unprepared) segment is left as soon as a prepared one is ready.
+        let prepared_waits =
+            self.active_capacity.is_none() && self.shared.next_ready.load(Ordering::Acquire);
+        if has_frames
+            && (full || prepared_waits)
             && let Err(e) = self.roll_over(self.next_seq)
         {
             self.index.rollback_to(mark);
@@ -254,11 +264,21 @@ impl Writer {
     /// new one whose first event will be `first_seq`.
     fn roll_over(&mut self, first_seq: i64) -> io::Result<()> {
         let path = segment::segment_path(&self.shared.dir, first_seq);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let ready = self.shared.dir.join(segment::NEXT_READY);
+        let (file, capacity) = if self.shared.next_ready.swap(false, Ordering::AcqRel) {
+            // The prepared file: zero-filled and synced in the background.
+            std::fs::rename(&ready, &path)?;
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let capacity = file.metadata()?.len();
+            (file, Some(capacity))
+        } else {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            (file, None)
+        };
         file.write_all_at(&format::segment_header(first_seq), 0)?;
         file.sync_data()?;
         segment::sync_dir(&self.shared.dir)?;
@@ -275,6 +295,7 @@ impl Writer {
         let sealed = std::mem::replace(&mut self.active, segment);
         let sealed_summary = std::mem::replace(&mut self.active_summary, summary);
         self.active_file = file;
+        self.active_capacity = capacity.filter(|c| *c > SEGMENT_HEADER_LEN);
         metrics::counter!("raccordo_storage_segments_sealed_total").increment(1);
         let _ = self.sealer.send(Seal {
             segment: sealed,

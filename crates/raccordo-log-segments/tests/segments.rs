@@ -134,8 +134,21 @@ async fn segments_roll_over_and_reopen_from_their_sidecars() {
     );
 }
 
+/// The offsets of the frames of a segment file, read with the public format.
+fn frame_offsets(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut at = 16;
+    let mut frames = Vec::new();
+    while let raccordo_log_segments::format::Parsed::Frame { header, .. } =
+        raccordo_log_segments::format::parse_frame(&bytes[at..])
+    {
+        frames.push((at, header.total_len()));
+        at += header.total_len();
+    }
+    frames
+}
+
 #[tokio::test]
-async fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
+async fn a_torn_tail_is_zeroed_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = options(&dir);
     options.segment_bytes = 1 << 20;
@@ -143,23 +156,36 @@ async fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
     fill(&log, 0, 5, 1_000).await;
     log.close().await;
     // A crash in the middle of a write: the first part of a frame, as the next commit's
-    // write would have started it.
+    // write would have started it, right after the last whole frame (in a prepared,
+    // zero-filled segment or at the end of a growing one).
     let seg = files(&options.dir, "seg").pop().unwrap();
-    let whole = std::fs::read(&seg).unwrap();
-    let frame = (whole.len() - 16) / 5; // five frames of one event each, all the same size
-    let mut torn = whole.clone();
-    torn.extend_from_slice(&whole[whole.len() - frame..whole.len() - 100]);
-    std::fs::write(&seg, &torn).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let frames = frame_offsets(&bytes);
+    let (last, len) = *frames.last().unwrap();
+    let end = last + len;
+    let torn: Vec<u8> = bytes[last..last + len - 100].to_vec();
+    if bytes.len() < end + torn.len() {
+        bytes.resize(end + torn.len(), 0);
+    }
+    bytes[end..end + torn.len()].copy_from_slice(&torn);
+    std::fs::write(&seg, &bytes).unwrap();
 
     let (log, recovery) = open(&options);
-    assert_eq!(recovery.torn_bytes, frame as u64 - 100);
-    assert_eq!(
-        std::fs::metadata(&seg).unwrap().len(),
-        whole.len() as u64,
-        "cut back"
+    assert_eq!(recovery.torn_bytes, torn.len() as u64);
+    let after = std::fs::read(&seg).unwrap();
+    assert!(
+        after[end..].iter().all(|b| *b == 0),
+        "the torn write is zeroed"
     );
     assert_eq!(tail_all(&log).await.unwrap(), vec![1, 2, 3, 4, 5]);
     fill(&log, 10, 1, 1_000).await;
+    assert_eq!(tail_all(&log).await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
+    log.close().await;
+    let (log, recovery) = open(&options);
+    assert_eq!(
+        recovery.torn_bytes, 0,
+        "zeros after the frames are free space, not damage"
+    );
     assert_eq!(tail_all(&log).await.unwrap(), vec![1, 2, 3, 4, 5, 6]);
 }
 
@@ -173,9 +199,15 @@ async fn damage_with_valid_frames_after_it_is_kept_and_reported_not_cut_off() {
     log.close().await;
     let seg = files(&options.dir, "seg").pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
+    let frames = frame_offsets(&bytes);
+    assert!(
+        frames.len() >= 4,
+        "{} frames in the last segment",
+        frames.len()
+    );
     let len = bytes.len();
-    // Damage inside the third frame: a flipped byte in its payload.
-    bytes[16 + 2 * (len - 16) / 10 + 100] ^= 0xFF;
+    // Damage inside the second frame of the last segment: a flipped byte in its payload.
+    bytes[frames[1].0 + 100] ^= 0xFF;
     std::fs::write(&seg, &bytes).unwrap();
 
     let (log, recovery) = open(&options);
@@ -207,7 +239,7 @@ async fn retention_removes_the_oldest_segments_and_their_claims_outlive_them() {
     fill(&log, 0, 80, 1_000).await;
     // Retention runs on its own thread: wait (bounded) until it has caught up.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while log.total_bytes() > 12 * 1024 + 4096 {
+    while log.total_bytes() > 12 * 1024 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "retention did not run"
@@ -246,17 +278,19 @@ async fn claims_of_a_sealed_segment_are_forgotten_once_they_all_expired() {
     // An hour later (the fixtures' retention) every claim so far has expired; the sealed
     // segments' keys are handed to the writer, which forgets a chunk after each commit.
     let later = 1_000 + 3_600_000;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut k = 100u8;
-    while log.dedup_keys() > 10 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut ids = ulid::Generator::new();
+    while log.dedup_keys() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "expired claims were not forgotten: {}",
             log.dedup_keys()
         );
-        fill(&log, k, 1, later).await;
-        k = k.wrapping_add(1);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Events without keys: they take no claims, and they fill and seal segments.
+        log.append(batch(later, None, vec![event(&mut ids, None, "filler")]))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The expired keys are free again.
     assert!(!is_duplicate(&log, 0, later).await);
