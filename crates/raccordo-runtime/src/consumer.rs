@@ -80,12 +80,16 @@ pub async fn tail_log(
 /// reading, preparing and handling overlap, so a consumer that is behind (a rebuild after a
 /// restart) keeps every core busy. Pages reach `handle` in log order; at most
 /// `READ_AHEAD` pages are in the pipeline.
+///
+/// `prepare` and `handle` run on blocking-pool threads at background priority: a consumer
+/// catching up after a burst must not take the CPU from the request path (the async
+/// workers and the log writer), whose latency is what senders wait for.
 pub async fn tail_log_pipelined<T: Send + 'static>(
     log: Arc<dyn EventLog>,
     from: LogPositions,
     ctx: &TaskContext,
     prepare: Arc<dyn Fn(Vec<RawEvent>) -> T + Send + Sync>,
-    mut handle: impl FnMut(T) -> anyhow::Result<()> + Send,
+    handle: Arc<dyn Fn(T) -> anyhow::Result<()> + Send + Sync>,
 ) -> anyhow::Result<()> {
     const READ_AHEAD: usize = 4;
     let (tx, mut rx) =
@@ -101,7 +105,10 @@ pub async fn tail_log_pipelined<T: Send + 'static>(
                         from.advance(event.position);
                     }
                     let prepare = prepare.clone();
-                    Ok(tokio::task::spawn_blocking(move || prepare(events)))
+                    Ok(tokio::task::spawn_blocking(move || {
+                        crate::background_priority();
+                        prepare(events)
+                    }))
                 }
                 Ok(None) => return,
                 Err(e) => Err(e),
@@ -121,7 +128,13 @@ pub async fn tail_log_pipelined<T: Send + 'static>(
     }
     let _reader = AbortOnDrop(reader);
     while let Some(item) = rx.recv().await {
-        handle(item?.await?)?;
+        let page = item?.await?;
+        let handle = handle.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::background_priority();
+            handle(page)
+        })
+        .await??;
     }
     Ok(())
 }

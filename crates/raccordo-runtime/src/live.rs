@@ -372,10 +372,10 @@ impl LiveMetrics {
             from,
             &ctx,
             Arc::new(move |events: Vec<RawEvent>| preparer.prepare(&events)),
-            |page| {
+            Arc::new(move |page| {
                 self.ingest_prepared(&page);
                 Ok(())
-            },
+            }),
         )
         .await
     }
