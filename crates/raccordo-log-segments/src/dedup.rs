@@ -79,6 +79,20 @@ impl DedupIndex {
         self.undo.push(Undo::Claim(key, previous));
     }
 
+    /// Takes in a claim read back from disk at start: no undo entry (nothing to roll back).
+    pub fn load_claim(&mut self, key: DedupKey, event: u128, expires_at: i64) {
+        let claim = Claim {
+            event: event.to_le_bytes(),
+            expires_at,
+        };
+        self.claims.insert(key, claim);
+    }
+
+    /// The same for a delivery id.
+    pub fn load_delivery(&mut self, key: DedupKey, delivery: Delivery) {
+        self.deliveries.insert(key, delivery);
+    }
+
     pub fn delivery(&self, key: &DedupKey, now_ms: i64) -> Option<&Delivery> {
         self.deliveries.get(key).filter(|d| d.expires_at > now_ms)
     }

@@ -444,15 +444,15 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
     let mut leftover_sidecars = Vec::new();
     let mut sealed_expiries = std::collections::HashMap::new();
     let mut loaded_claims = BTreeMap::new();
-    let load = |summary: &Summary, index: &mut DedupIndex| {
-        for (key, event, expires_at) in &summary.claims {
-            if *expires_at > newest_received_at {
-                index.claim(*key, *event, *expires_at);
+    let load = |summary: &mut Summary, index: &mut DedupIndex| {
+        for (key, event, expires_at) in summary.claims.drain(..) {
+            if expires_at > newest_received_at {
+                index.load_claim(key, event, expires_at);
             }
         }
-        for (key, delivery) in &summary.deliveries {
+        for (key, delivery) in summary.deliveries.drain(..) {
             if delivery.expires_at > newest_received_at {
-                index.record_delivery(*key, delivery.clone());
+                index.load_delivery(key, delivery);
             }
         }
     };
@@ -478,7 +478,7 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
                 }
             }
         };
-        load(&summary, &mut index);
+        load(&mut summary, &mut index);
         if summary.max_expires_at > newest_received_at {
             loaded_claims.insert(first_seq, summary.max_expires_at);
         }
@@ -495,8 +495,17 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
             std::fs::remove_file(segment::sidecar_path(dir, first_seq))?;
         }
     }
-    load(&active_summary, &mut index);
-    index.commit();
+    // The active segment's claims stay in its summary too: they go into its sidecar.
+    for (key, event, expires_at) in &active_summary.claims {
+        if *expires_at > newest_received_at {
+            index.load_claim(*key, *event, *expires_at);
+        }
+    }
+    for (key, delivery) in &active_summary.deliveries {
+        if delivery.expires_at > newest_received_at {
+            index.load_delivery(*key, delivery.clone());
+        }
+    }
     let active = Segment::open(
         segment::segment_path(dir, active_seq),
         active_seq,
