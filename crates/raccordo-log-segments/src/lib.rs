@@ -456,45 +456,59 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
             }
         }
     };
-    for (first_seq, has_seg, scanned) in sealed {
-        let mut summary = match scanned {
-            Some(summary) => summary,
-            None => {
-                let bytes = std::fs::read(segment::sidecar_path(dir, first_seq))?;
-                match segment::decode_sidecar(&bytes) {
-                    Some((_, summary)) => summary,
-                    None => {
-                        tracing::warn!(
-                            segment = first_seq,
-                            "damaged sidecar: reading its segment instead"
-                        );
-                        if !has_seg {
-                            continue;
-                        }
-                        let file = File::open(segment::segment_path(dir, first_seq))?;
-                        recovery.rescanned += 1;
-                        segment::scan(&file, first_seq)?.summary
-                    }
+    // Sidecars are read and decoded on a second thread while this one fills the index, in
+    // segment order (later claims override earlier ones).
+    let (decoded_tx, decoded_rx) = std::sync::mpsc::sync_channel(2);
+    std::thread::scope(|scope| -> std::io::Result<()> {
+        scope.spawn(move || {
+            for (first_seq, has_seg, scanned) in sealed {
+                let decoded = scanned.or_else(|| {
+                    std::fs::read(segment::sidecar_path(dir, first_seq))
+                        .ok()
+                        .as_deref()
+                        .and_then(segment::decode_sidecar)
+                        .map(|(_, summary)| summary)
+                });
+                if decoded_tx.send((first_seq, has_seg, decoded)).is_err() {
+                    return;
                 }
             }
-        };
-        load(&mut summary, &mut index);
-        if summary.max_expires_at > newest_received_at {
-            loaded_claims.insert(first_seq, summary.max_expires_at);
+        });
+        for (first_seq, has_seg, decoded) in decoded_rx {
+            let mut summary = match decoded {
+                Some(summary) => summary,
+                None => {
+                    tracing::warn!(
+                        segment = first_seq,
+                        "damaged sidecar: reading its segment instead"
+                    );
+                    if !has_seg {
+                        continue;
+                    }
+                    let file = File::open(segment::segment_path(dir, first_seq))?;
+                    recovery.rescanned += 1;
+                    segment::scan(&file, first_seq)?.summary
+                }
+            };
+            load(&mut summary, &mut index);
+            if summary.max_expires_at > newest_received_at {
+                loaded_claims.insert(first_seq, summary.max_expires_at);
+            }
+            summary.claims = Vec::new();
+            summary.deliveries = Vec::new();
+            if has_seg {
+                sealed_expiries.insert(first_seq, summary.max_expires_at);
+                let segment =
+                    Segment::open(segment::segment_path(dir, first_seq), first_seq, &summary)?;
+                segments.insert(first_seq, segment);
+            } else if summary.max_expires_at > newest_received_at {
+                leftover_sidecars.push((first_seq, summary.max_expires_at));
+            } else {
+                std::fs::remove_file(segment::sidecar_path(dir, first_seq))?;
+            }
         }
-        summary.claims = Vec::new();
-        summary.deliveries = Vec::new();
-        if has_seg {
-            sealed_expiries.insert(first_seq, summary.max_expires_at);
-            let segment =
-                Segment::open(segment::segment_path(dir, first_seq), first_seq, &summary)?;
-            segments.insert(first_seq, segment);
-        } else if summary.max_expires_at > newest_received_at {
-            leftover_sidecars.push((first_seq, summary.max_expires_at));
-        } else {
-            std::fs::remove_file(segment::sidecar_path(dir, first_seq))?;
-        }
-    }
+        Ok(())
+    })?;
     // The active segment's claims stay in its summary too: they go into its sidecar.
     for (key, event, expires_at) in &active_summary.claims {
         if *expires_at > newest_received_at {
