@@ -200,8 +200,12 @@ impl Writer {
                 Durability::Buffered => Ok(()),
             });
         if let Err(e) = written {
-            // Cut the partial write off so the file ends at the last acknowledged frame.
-            let _ = self.active_file.set_len(at);
+            // Undo the partial write, so the last acknowledged frame is followed by free
+            // space again: zeros in a prepared file, the end of a growing one.
+            let _ = match self.active_capacity {
+                Some(_) => crate::zero_fill(&self.active_file, at, bytes),
+                None => self.active_file.set_len(at),
+            };
             self.index.rollback_to(mark);
             return Err(io_error("writing the event log", e));
         }
