@@ -307,28 +307,20 @@ impl SegmentLog {
     /// Stops accepting appends, lets the writer finish what is queued and waits for it and
     /// for the sidecars of sealed segments.
     pub async fn close(&self) {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let done = self
-            .writer_done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(done) = done {
+        take(&self.jobs);
+        if let Some(done) = take(&self.writer_done) {
             let _ = done.await;
         }
-        self.stop_maintenance
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let done = self
-            .maintenance_done
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(done) = done {
+        take(&self.stop_maintenance);
+        if let Some(done) = take(&self.maintenance_done) {
             let _ = done.await;
         }
     }
+}
+
+/// Empties a slot shared under a mutex (a poisoned lock still holds a valid value).
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 struct Opened {
