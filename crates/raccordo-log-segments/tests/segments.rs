@@ -195,6 +195,16 @@ async fn damage_with_valid_frames_after_it_is_kept_and_reported_not_cut_off() {
     let mut options = options(&dir);
     options.segment_bytes = 1 << 20;
     let (log, _) = open(&options);
+    // Once the prepared segment exists, the second append rolls over into it and the rest
+    // follow there: the last segment then holds nine frames whatever the timing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !options.dir.join("next.ready").exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no prepared segment"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     fill(&log, 0, 10, 1_000).await;
     log.close().await;
     let seg = files(&options.dir, "seg").pop().unwrap();
