@@ -1,0 +1,293 @@
+//! `[sync]`: which fields are synced, how records are matched, which Zoho records are "hot"
+//! enough for HubSpot, and what a deletion does.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fields::{FieldMapping, FieldType};
+
+/// `[sync]`: HubSpot ↔ Zoho CRM sync of contacts and companies. Zoho is the master of every
+/// record; HubSpot holds the "hot" contacts.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// `[sync.contacts]`: HubSpot contacts ↔ Zoho Contacts.
+    pub contacts: ObjectSync,
+    /// `[sync.companies]`: HubSpot companies ↔ Zoho Accounts.
+    pub companies: ObjectSync,
+    /// Let raccordo's writes to Zoho run Zoho workflows, approvals and blueprints. Off: writes
+    /// send `"trigger": []`, so a synced change does not fire automations a second time.
+    pub zoho_workflows: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            contacts: ObjectSync::default_contacts(),
+            companies: ObjectSync::default_companies(),
+            zoho_workflows: false,
+        }
+    }
+}
+
+/// How one kind of record is synced.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectSync {
+    /// The synced fields (`[[sync.contacts.fields]]`): HubSpot property, Zoho field, type.
+    pub fields: Vec<FieldMapping>,
+    /// The field (a mapping's HubSpot name) that identifies a record on both sides before an
+    /// id mapping exists: `email` for contacts, `domain` for companies. Creates are upserts
+    /// keyed by it, so a retried or repeated create never makes a second record.
+    pub match_on: String,
+    /// Which Zoho records are created in HubSpot when they have no counterpart there.
+    #[serde(default)]
+    pub hot: HotRule,
+    /// What a deletion on one side does to the counterpart on the other.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+/// When a Zoho record without a HubSpot counterpart is created in HubSpot. Records that
+/// already have a counterpart are always kept in sync.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotRule {
+    /// `when`: if any condition holds; `always`; `never`.
+    pub create: HotCreate,
+    /// Conditions on the Zoho record's mapped fields, by the mapping's HubSpot name, compared
+    /// with canonical values (for a picklist, HubSpot's option values). Any one suffices.
+    pub conditions: Vec<HotCondition>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HotCreate {
+    #[default]
+    When,
+    Always,
+    Never,
+}
+
+/// `field` holds one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HotCondition {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+/// What a deletion on one side does to the counterpart on the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDelete {
+    /// Nothing: the counterpart stays, and the id mapping too (a restore resumes the sync).
+    #[default]
+    Ignore,
+    /// The counterpart is archived: HubSpot archives it (restorable for 90 days), Zoho moves
+    /// it to the recycle bin (restorable for 60 days). The id mapping is removed.
+    Archive,
+}
+
+const LIFECYCLE: [(&str, &str); 8] = [
+    ("subscriber", "Subscriber"),
+    ("lead", "Lead"),
+    ("marketingqualifiedlead", "Marketing Qualified Lead"),
+    ("salesqualifiedlead", "Sales Qualified Lead"),
+    ("opportunity", "Opportunity"),
+    ("customer", "Customer"),
+    ("evangelist", "Evangelist"),
+    ("other", "Other"),
+];
+
+const LEAD_STATUS: [(&str, &str); 8] = [
+    ("NEW", "New"),
+    ("OPEN", "Open"),
+    ("IN_PROGRESS", "In Progress"),
+    ("OPEN_DEAL", "Open Deal"),
+    ("UNQUALIFIED", "Unqualified"),
+    ("ATTEMPTED_TO_CONTACT", "Attempted to Contact"),
+    ("CONNECTED", "Connected"),
+    ("BAD_TIMING", "Bad Timing"),
+];
+
+impl ObjectSync {
+    /// Contacts: the standard fields, plus lifecycle stage and lead status, which Zoho keeps
+    /// in the custom picklists `Lifecycle_Stage` and `Lead_Status` (add them in Zoho, or map
+    /// other fields). A contact is hot when it is a marketing- or sales-qualified lead or an
+    /// opportunity, or when its lead status shows someone is working on it.
+    pub fn default_contacts() -> Self {
+        Self {
+            fields: vec![
+                FieldMapping::new("email", "Email", FieldType::Email),
+                FieldMapping::new("firstname", "First_Name", FieldType::Text),
+                FieldMapping::new("lastname", "Last_Name", FieldType::Text),
+                FieldMapping::phone("phone", "Phone", Some("39")),
+                FieldMapping::phone("mobilephone", "Mobile", Some("39")),
+                FieldMapping::new("city", "Mailing_City", FieldType::Text),
+                FieldMapping::new("jobtitle", "Title", FieldType::Text),
+                FieldMapping::picklist("lifecyclestage", "Lifecycle_Stage", &LIFECYCLE),
+                FieldMapping::picklist("hs_lead_status", "Lead_Status", &LEAD_STATUS),
+            ],
+            match_on: "email".into(),
+            hot: HotRule {
+                create: HotCreate::When,
+                conditions: vec![
+                    HotCondition {
+                        field: "lifecyclestage".into(),
+                        values: vec![
+                            "marketingqualifiedlead".into(),
+                            "salesqualifiedlead".into(),
+                            "opportunity".into(),
+                        ],
+                    },
+                    HotCondition {
+                        field: "hs_lead_status".into(),
+                        values: vec![
+                            "OPEN".into(),
+                            "IN_PROGRESS".into(),
+                            "OPEN_DEAL".into(),
+                            "CONNECTED".into(),
+                        ],
+                    },
+                ],
+            },
+            on_delete: OnDelete::Ignore,
+        }
+    }
+
+    /// Companies: matched by web domain. Zoho accounts are not created in HubSpot on their
+    /// own (HubSpot holds the hot contacts; their companies follow them), only kept in sync
+    /// once they exist on both sides.
+    pub fn default_companies() -> Self {
+        Self {
+            fields: vec![
+                FieldMapping::new("domain", "Website", FieldType::Domain),
+                FieldMapping::new("name", "Account_Name", FieldType::Text),
+                FieldMapping::phone("phone", "Phone", Some("39")),
+                FieldMapping::new("city", "Billing_City", FieldType::Text),
+                FieldMapping::new("industry", "Industry", FieldType::Text),
+            ],
+            match_on: "domain".into(),
+            hot: HotRule {
+                create: HotCreate::Never,
+                conditions: Vec::new(),
+            },
+            on_delete: OnDelete::Ignore,
+        }
+    }
+
+    /// The mapping of the match field.
+    pub fn match_field(&self) -> Option<&FieldMapping> {
+        self.fields.iter().find(|f| f.hubspot == self.match_on)
+    }
+
+    /// Every problem with this object's settings, each as (key, message), for `raccordo
+    /// check`: duplicate fields on either side, a match field or hot-rule field that is not
+    /// mapped, hot-rule values that the picklist does not know.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut seen_h = std::collections::BTreeSet::new();
+        let mut seen_z = std::collections::BTreeSet::new();
+        for (i, f) in self.fields.iter().enumerate() {
+            if !seen_h.insert(&f.hubspot) {
+                out.push((
+                    format!("fields[{i}].hubspot"),
+                    format!("`{}` is mapped twice", f.hubspot),
+                ));
+            }
+            if !seen_z.insert(&f.zoho) {
+                out.push((
+                    format!("fields[{i}].zoho"),
+                    format!("`{}` is mapped twice", f.zoho),
+                ));
+            }
+            if f.hubspot.trim().is_empty() || f.zoho.trim().is_empty() {
+                out.push((format!("fields[{i}]"), "field names cannot be empty".into()));
+            }
+        }
+        if self.match_field().is_none() {
+            out.push((
+                "match_on".into(),
+                format!("`{}` is not one of the mapped fields", self.match_on),
+            ));
+        }
+        for (i, c) in self.hot.conditions.iter().enumerate() {
+            match self.fields.iter().find(|f| f.hubspot == c.field) {
+                None => out.push((
+                    format!("hot.conditions[{i}].field"),
+                    format!("`{}` is not one of the mapped fields", c.field),
+                )),
+                Some(f) if f.kind == FieldType::Picklist && !f.options.is_empty() => {
+                    for v in &c.values {
+                        if !f.options.iter().any(|o| &o.hubspot == v) {
+                            out.push((
+                                format!("hot.conditions[{i}].values"),
+                                format!("`{v}` is not an option of `{}`", c.field),
+                            ));
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        if self.hot.create == HotCreate::When && self.hot.conditions.is_empty() {
+            out.push((
+                "hot.conditions".into(),
+                "`create = \"when\"` needs at least one condition".into(),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_consistent() {
+        let c = SyncConfig::default();
+        assert_eq!(c.contacts.problems(), Vec::<(String, String)>::new());
+        assert_eq!(c.companies.problems(), Vec::<(String, String)>::new());
+    }
+
+    #[test]
+    fn problems_name_the_key() {
+        let mut c = ObjectSync::default_contacts();
+        c.match_on = "mail".into();
+        c.hot.conditions[0].values.push("hot".into());
+        c.fields.push(FieldMapping::new(
+            "email",
+            "Secondary_Email",
+            FieldType::Email,
+        ));
+        let keys: Vec<String> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            ["fields[9].hubspot", "match_on", "hot.conditions[0].values"]
+        );
+    }
+
+    #[test]
+    fn a_config_in_toml_reads_back() {
+        let c: SyncConfig = toml_like(
+            r#"{"contacts": {"match_on": "email", "fields": [
+                {"hubspot": "email", "zoho": "Email", "type": "email"},
+                {"hubspot": "phone", "zoho": "Phone", "type": "phone", "default_country_code": "39"},
+                {"hubspot": "x", "zoho": "X", "type": "picklist", "options": [{"hubspot": "a", "zoho": "A"}]}
+            ], "hot": {"create": "always"}, "on_delete": "archive"}}"#,
+        );
+        assert_eq!(c.contacts.fields.len(), 3);
+        assert_eq!(
+            c.contacts.fields[1],
+            FieldMapping::phone("phone", "Phone", Some("39"))
+        );
+        assert_eq!(c.contacts.hot.create, HotCreate::Always);
+        assert_eq!(c.contacts.on_delete, OnDelete::Archive);
+        assert_eq!(c.companies, ObjectSync::default_companies());
+    }
+
+    fn toml_like(json: &str) -> SyncConfig {
+        serde_json::from_str(json).unwrap()
+    }
+}

@@ -1,0 +1,21 @@
+//! HubSpot ↔ Zoho CRM sync (DESIGN §3 "CRM sync"): the semantics, as pure functions.
+//!
+//! - [`fields`]: field mappings and the conversions between each CRM's values and a
+//!   canonical form (phones in E.164, dates, numbers, picklist options, domains).
+//! - [`merge`]: the field-level merge of a mapped pair against its last synced snapshot.
+//! - [`plan`]: the decision for one changed record: create (as an upsert), update either
+//!   side, skip (not hot, echo), archive, or fail naming the field.
+//! - [`config`]: `[sync]`, with defaults for contacts and companies.
+//!
+//! Nothing here does I/O; the worker that reads records, calls [`plan::plan`] and performs
+//! the writes sits on top of the CRM clients and the stores.
+
+pub mod config;
+pub mod fields;
+pub mod merge;
+pub mod plan;
+
+pub use config::{HotCondition, HotCreate, HotRule, ObjectSync, OnDelete, SyncConfig};
+pub use fields::{Canonical, FieldMapping, FieldProblem, FieldType, PicklistOption};
+pub use merge::{MergePlan, SideValues, Snapshot, merge};
+pub use plan::{CrmRecord, Decision, FieldIssue, Plan, Quiet, Situation, System, Write, plan};
