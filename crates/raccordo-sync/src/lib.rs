@@ -18,4 +18,6 @@ pub mod plan;
 pub use config::{HotCondition, HotCreate, HotRule, ObjectSync, OnDelete, SyncConfig};
 pub use fields::{Canonical, FieldMapping, FieldProblem, FieldType, PicklistOption};
 pub use merge::{MergePlan, SideValues, Snapshot, merge};
-pub use plan::{CrmRecord, Decision, FieldIssue, Plan, Quiet, Situation, System, Write, plan};
+pub use plan::{
+    CrmRecord, Decision, FieldIssue, ObjectKind, Plan, Quiet, Situation, System, Write, plan,
+};

@@ -197,15 +197,19 @@ pub(super) async fn batch(
                     };
                     match outcome {
                         Ok(r) => results.push(r),
-                        Err(_) => errors.push(batch_error(
-                            if upsert {
+                        Err(_) => {
+                            // Invalid properties are reported as HubSpot does, naming each.
+                            let invalid =
+                                check_properties(kind, i.get("properties").unwrap_or(&Value::Null))
+                                    .err();
+                            let category = if invalid.is_some() || upsert {
                                 "VALIDATION_ERROR"
                             } else {
                                 "OBJECT_NOT_FOUND"
-                            },
-                            "Some inputs failed.",
-                            &[key],
-                        )),
+                            };
+                            let message = invalid.unwrap_or_else(|| "Some inputs failed.".into());
+                            errors.push(batch_error(category, &message, &[key]))
+                        }
                     }
                 }
                 let (status, body) = batch_envelope(results, errors, started);

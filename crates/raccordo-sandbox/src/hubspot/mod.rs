@@ -728,10 +728,17 @@ fn find(
 
 /// Checks and normalises a `properties` object: values become strings.
 fn clean_properties(kind: Kind, value: &Value) -> Result<BTreeMap<String, String>, Response> {
+    check_properties(kind, value).map_err(|message| validation(&message))
+}
+
+/// The properties as strings, or HubSpot's validation message (which lists each invalid
+/// property as JSON, the way batch errors and single calls both report it).
+pub(super) fn check_properties(
+    kind: Kind,
+    value: &Value,
+) -> Result<BTreeMap<String, String>, String> {
     let Some(map) = value.as_object() else {
-        return Err(validation(
-            "Invalid input JSON: `properties` must be an object of property values",
-        ));
+        return Err("Invalid input JSON: `properties` must be an object of property values".into());
     };
     let mut out = BTreeMap::new();
     let mut invalid = Vec::new();
@@ -768,10 +775,10 @@ fn clean_properties(kind: Kind, value: &Value) -> Result<BTreeMap<String, String
     if invalid.is_empty() {
         Ok(out)
     } else {
-        Err(validation(&format!(
+        Err(format!(
             "Property values were not valid: {}",
             Value::Array(invalid)
-        )))
+        ))
     }
 }
 

@@ -35,7 +35,7 @@ pub(super) async fn org(_: Admitted) -> Response {
 pub(super) fn field_json(module: Module, i: usize, f: &FieldSpec) -> Value {
     let mut v = json!({
         "api_name": f.api_name, "field_label": f.api_name.replace('_', " "), "data_type": f.data_type,
-        "json_type": f.json_type, "system_mandatory": f.mandatory, "custom_field": f.api_name.starts_with("AI_"),
+        "json_type": f.json_type, "system_mandatory": f.mandatory, "custom_field": f.api_name.starts_with("AI_") || ["Lifecycle_Stage", "Lead_Status"].contains(&f.api_name),
         "read_only": false, "length": if f.data_type == "textarea" { 32000 } else { 255 },
         "id": format!("{}{:03}", &module.module_id()[..16], i + 100),
         "unique": { "casesensitive": if f.unique { "false" } else { "" } },

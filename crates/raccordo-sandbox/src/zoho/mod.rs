@@ -84,7 +84,7 @@ const fn field(api_name: &'static str, data_type: &'static str) -> FieldSpec {
     }
 }
 
-const CONTACT_FIELDS: [FieldSpec; 12] = [
+const CONTACT_FIELDS: [FieldSpec; 14] = [
     FieldSpec {
         mandatory: true,
         ..field("Last_Name", "text")
@@ -104,6 +104,10 @@ const CONTACT_FIELDS: [FieldSpec; 12] = [
     field("Description", "textarea"),
     field("AI_Sentiment", "text"),
     field("AI_Summary", "textarea"),
+    // Custom picklists a HubSpot-synced org adds (raccordo's default contact mapping
+    // carries lifecycle stage and lead status in them).
+    field("Lifecycle_Stage", "picklist"),
+    field("Lead_Status", "picklist"),
 ];
 
 const ACCOUNT_FIELDS: [FieldSpec; 7] = [
@@ -638,6 +642,7 @@ pub fn router(zoho: Arc<Zoho>, controls: Arc<Controls>) -> Router {
     Router::new()
         .route("/oauth/v2/token", post(token))
         .route("/oauth/v2/token/revoke", post(revoke))
+        .route("/_sandbox/tokens/expire", post(oauth::expire_tokens))
         .route("/crm/v8/users", get(users))
         .route("/crm/v8/org", get(org))
         .route("/crm/v8/settings/fields", get(fields))

@@ -67,3 +67,19 @@ pub(super) async fn revoke(State(z): State<Arc<Zoho>>, RawQuery(q): RawQuery) ->
     }
     json_response(StatusCode::OK, JSON, &json!({ "status": "success" }))
 }
+
+/// Test control: every access token issued so far expires now (the next call with one gets
+/// Zoho's `INVALID_TOKEN`), as when a token outlives its hour mid-run.
+pub(super) async fn expire_tokens(State(z): State<Arc<Zoho>>) -> StatusCode {
+    let now = now_ms();
+    for expiry in z
+        .tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .access
+        .values_mut()
+    {
+        *expiry = (*expiry).min(now - 1000);
+    }
+    StatusCode::NO_CONTENT
+}
