@@ -3,6 +3,7 @@
 //! implement. Nothing here performs I/O.
 
 pub mod clock;
+pub mod crm;
 pub mod event;
 pub mod ids;
 pub mod store;

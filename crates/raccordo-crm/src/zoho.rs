@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raccordo_core::crm::{CrmRecord, ObjectKind};
 use raccordo_core::{Clock, RateLimitStore};
-use raccordo_sync::{CrmRecord, ObjectKind};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use raccordo_core::crm::ObjectKind;
 use raccordo_core::{BucketSpec, Clock, SystemClock};
 use raccordo_crm::tokens::TokenSource;
 use raccordo_crm::{
@@ -12,7 +13,6 @@ use raccordo_crm::{
 };
 use raccordo_sandbox::{Product, Running, SandboxConfig};
 use raccordo_storage_sqlite::{SqliteOptions, SqliteStore};
-use raccordo_sync::ObjectKind;
 use serde_json::{Value, json};
 
 async fn sandbox(product: Product) -> Running {

@@ -7,13 +7,18 @@
 //!   side, skip (not hot, echo), archive, or fail naming the field.
 //! - [`config`]: `[sync]`, with defaults for contacts and companies.
 //!
-//! Nothing here does I/O; the worker that reads records, calls [`plan::plan`] and performs
-//! the writes sits on top of the CRM clients and the stores.
+//! - [`jobs`] and [`worker`]: the thin I/O edge. Changes become work items keyed by pair;
+//!   the worker reads records in batches, calls [`plan::plan`] and performs the writes in
+//!   batches through the CRM clients.
+//!
+//! Everything but `jobs` and `worker` is free of I/O.
 
 pub mod config;
 pub mod fields;
+pub mod jobs;
 pub mod merge;
 pub mod plan;
+pub mod worker;
 
 pub use config::{HotCondition, HotCreate, HotRule, ObjectSync, OnDelete, SyncConfig};
 pub use fields::{Canonical, FieldMapping, FieldProblem, FieldType, PicklistOption};

@@ -1,0 +1,598 @@
+//! The sync worker: takes up to 100 [`SyncRecord`] items at a time, reads every record
+//! involved with batch calls, decides each with [`plan`], performs the writes with batch
+//! calls, and records each item's outcome.
+//!
+//! Exactly-once effect rests on three things: creates are upserts keyed by the match field
+//! (a retry after a crash updates the record it created instead of making another), the id
+//! mapping and snapshot are written only after the CRM acknowledged the write (a crash in
+//! between leads to a re-sync that finds both sides equal), and items of one pair never run
+//! at the same time (their group key).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use raccordo_core::crm::{CrmRecord, ObjectKind, System};
+use raccordo_core::{Clock, Completion, IdMappings, KeyValueStore, WorkItem};
+use raccordo_crm::{CrmError, HubSpotClient, ZohoClient};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{ObjectSync, SyncConfig};
+use crate::fields::FieldType;
+use crate::jobs::{SyncRecord, record_ref};
+use crate::merge::Snapshot;
+use crate::plan::{Decision, FieldIssue, Plan, Quiet, Situation, Write, canonical, plan};
+
+/// Items taken per round: one batch call's worth.
+pub const BATCH: usize = 100;
+
+/// What the worker needs.
+pub struct SyncWorker {
+    pub hubspot: Arc<HubSpotClient>,
+    pub zoho: Arc<ZohoClient>,
+    pub mappings: Arc<dyn IdMappings>,
+    pub kv: Arc<dyn KeyValueStore>,
+    pub config: Arc<SyncConfig>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The pair's state as last synced, with the ids it was synced between.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    zoho_id: String,
+    values: BTreeMap<String, crate::fields::Canonical>,
+}
+
+fn snapshot_key(kind: ObjectKind, hubspot_id: &str) -> String {
+    format!("sync:snapshot:{}:{hubspot_id}", kind.as_str())
+}
+
+/// One item on its way through a round.
+struct Task {
+    index: usize,
+    job: SyncRecord,
+    record: Option<CrmRecord>,
+    counterpart: Option<CrmRecord>,
+    snapshot: Option<Snapshot>,
+    decision: Option<Decision>,
+    outcome: Option<Completion>,
+    /// Ids once known (after a create, the new one).
+    hubspot_id: Option<String>,
+    zoho_id: Option<String>,
+}
+
+fn retryable(e: &CrmError) -> Completion {
+    match e {
+        CrmError::Retryable { retry_after_ms, .. } => Completion::Retryable {
+            error: e.to_string(),
+            retry_after_ms: *retry_after_ms,
+        },
+        // Refused credentials wait for a person: retried on the slow schedule, never
+        // dead-lettered for that alone.
+        CrmError::Unauthorized { .. } => Completion::Retryable {
+            error: e.to_string(),
+            retry_after_ms: Some(300_000),
+        },
+        CrmError::Permanent { .. } => Completion::Permanent { error: describe(e) },
+    }
+}
+
+fn describe(e: &CrmError) -> String {
+    match e.field() {
+        Some(field) => format!("field `{field}`: {e}"),
+        None => e.to_string(),
+    }
+}
+
+fn describe_issues(issues: &[FieldIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("field `{}` ({}): {}", i.field, i.system.as_str(), i.problem))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn store_failure(e: &raccordo_core::StoreError) -> Completion {
+    Completion::Retryable {
+        error: format!("state store: {e}"),
+        retry_after_ms: e.retry_after_ms().map(|ms| ms as i64),
+    }
+}
+
+impl SyncWorker {
+    fn object(&self, kind: ObjectKind) -> &ObjectSync {
+        match kind {
+            ObjectKind::Contact => &self.config.contacts,
+            ObjectKind::Company => &self.config.companies,
+        }
+    }
+
+    fn hubspot_properties(&self, kind: ObjectKind) -> Vec<String> {
+        self.object(kind)
+            .fields
+            .iter()
+            .map(|f| f.hubspot.clone())
+            .collect()
+    }
+
+    fn zoho_fields(&self, kind: ObjectKind) -> Vec<String> {
+        self.object(kind)
+            .fields
+            .iter()
+            .map(|f| f.zoho.clone())
+            .collect()
+    }
+
+    /// One round over claimed items; a completion per item, in order.
+    pub async fn process_batch(&self, items: &[WorkItem]) -> Vec<Completion> {
+        let mut tasks = Vec::with_capacity(items.len());
+        let mut out: Vec<Option<Completion>> = vec![None; items.len()];
+        for (index, item) in items.iter().enumerate() {
+            match item.payload_as::<SyncRecord>() {
+                Ok(job) => tasks.push(Task {
+                    index,
+                    hubspot_id: (job.origin == System::HubSpot).then(|| job.id.clone()),
+                    zoho_id: (job.origin == System::Zoho).then(|| job.id.clone()),
+                    job,
+                    record: None,
+                    counterpart: None,
+                    snapshot: None,
+                    decision: None,
+                    outcome: None,
+                }),
+                Err(error) => out[index] = Some(Completion::Permanent { error }),
+            }
+        }
+        for kind in ObjectKind::ALL {
+            let mut of_kind: Vec<&mut Task> =
+                tasks.iter_mut().filter(|t| t.job.kind == kind).collect();
+            if !of_kind.is_empty() {
+                self.round(kind, &mut of_kind).await;
+            }
+        }
+        for t in tasks {
+            out[t.index] = Some(t.outcome.unwrap_or(Completion::Done));
+        }
+        out.into_iter()
+            .map(|c| c.unwrap_or(Completion::Done))
+            .collect()
+    }
+
+    async fn round(&self, kind: ObjectKind, tasks: &mut [&mut Task]) {
+        // 1. Mapped counterparts.
+        for t in tasks.iter_mut() {
+            let origin = t.job.origin;
+            match self
+                .mappings
+                .find(
+                    &record_ref(origin, kind, &t.job.id),
+                    origin.other().as_str(),
+                )
+                .await
+            {
+                Ok(Some(other)) => match origin {
+                    System::HubSpot => t.zoho_id = Some(other),
+                    System::Zoho => t.hubspot_id = Some(other),
+                },
+                Ok(None) => {}
+                Err(e) => t.outcome = Some(store_failure(&e)),
+            }
+        }
+        // 2. Read every record involved, one batch call per side.
+        let hubspot_ids: Vec<String> = tasks
+            .iter()
+            .filter(|t| t.outcome.is_none())
+            .filter_map(|t| t.hubspot_id.clone())
+            .collect();
+        let zoho_ids: Vec<String> = tasks
+            .iter()
+            .filter(|t| t.outcome.is_none())
+            .filter_map(|t| t.zoho_id.clone())
+            .collect();
+        let hubspot_records = self.read_hubspot(kind, &hubspot_ids, None).await;
+        let zoho_records = self.read_zoho(kind, &zoho_ids).await;
+        for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+            let (origin_read, other_read) = match t.job.origin {
+                System::HubSpot => (&hubspot_records, &zoho_records),
+                System::Zoho => (&zoho_records, &hubspot_records),
+            };
+            let other_id = match t.job.origin {
+                System::HubSpot => t.zoho_id.clone(),
+                System::Zoho => t.hubspot_id.clone(),
+            };
+            match (origin_read, other_read) {
+                (Err(e), _) | (_, Err(e)) => t.outcome = Some(retryable(e)),
+                (Ok(origin), Ok(other)) => {
+                    t.record = origin.get(&t.job.id).cloned();
+                    t.counterpart = other_id.and_then(|id| other.get(&id).cloned());
+                }
+            }
+        }
+        // 3. Unmapped records: find the counterpart by the match field.
+        self.match_unmapped(kind, tasks).await;
+        // 4. Snapshots, decisions; one task per pair.
+        let mut seen_pairs = std::collections::HashSet::new();
+        for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+            let (h, z) = match t.job.origin {
+                System::HubSpot => (
+                    Some(t.job.id.clone()),
+                    t.counterpart.as_ref().map(|c| c.id.clone()),
+                ),
+                System::Zoho => (
+                    t.counterpart.as_ref().map(|c| c.id.clone()),
+                    Some(t.job.id.clone()),
+                ),
+            };
+            t.hubspot_id = h.clone();
+            t.zoho_id = z.clone();
+            // The first item of a pair reads both sides' current state: it covers the rest.
+            let sides = [
+                h.as_ref().map(|h| format!("h:{h}")),
+                z.as_ref().map(|z| format!("z:{z}")),
+            ];
+            let seen = sides.iter().flatten().any(|s| seen_pairs.contains(s));
+            seen_pairs.extend(sides.into_iter().flatten());
+            if seen {
+                t.outcome = Some(Completion::Done);
+                continue;
+            }
+            if let (Some(h), Some(z)) = (&h, &z) {
+                match self
+                    .kv
+                    .get(&snapshot_key(kind, h), self.clock.now_ms())
+                    .await
+                {
+                    Ok(Some(stored)) => {
+                        t.snapshot = serde_json::from_slice::<StoredSnapshot>(&stored.value)
+                            .ok()
+                            .filter(|s| &s.zoho_id == z)
+                            .map(|s| Snapshot { values: s.values });
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        t.outcome = Some(store_failure(&e));
+                        continue;
+                    }
+                }
+            }
+            let decision = plan(
+                self.object(kind),
+                Situation {
+                    origin: t.job.origin,
+                    record: t.record.as_ref(),
+                    counterpart: t.counterpart.as_ref(),
+                    snapshot: t.snapshot.as_ref(),
+                },
+            );
+            metrics::counter!("raccordo_sync_decisions_total", "kind" => kind.as_str(), "decision" => decision_name(&decision.plan)).increment(1);
+            t.decision = Some(decision);
+        }
+        // 5. Writes, one batch call per side and kind of write.
+        self.write(kind, tasks).await;
+        // 6. Mappings and snapshots of what was written.
+        for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+            let Some(decision) = t.decision.take() else {
+                continue;
+            };
+            let completion = self.settle(kind, t, decision).await;
+            t.outcome = Some(completion);
+        }
+    }
+
+    async fn read_hubspot(
+        &self,
+        kind: ObjectKind,
+        ids: &[String],
+        id_property: Option<&str>,
+    ) -> Result<HashMap<String, CrmRecord>, CrmError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let records = self
+            .hubspot
+            .read(kind, ids, id_property, &self.hubspot_properties(kind), true)
+            .await?;
+        Ok(records.into_iter().map(|r| (r.id.clone(), r)).collect())
+    }
+
+    async fn read_zoho(
+        &self,
+        kind: ObjectKind,
+        ids: &[String],
+    ) -> Result<HashMap<String, CrmRecord>, CrmError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let records = self.zoho.read(kind, ids, &self.zoho_fields(kind)).await?;
+        Ok(records.into_iter().map(|r| (r.id.clone(), r)).collect())
+    }
+
+    /// Finds counterparts of records that have none mapped, by the match field: a batch
+    /// read by unique property in HubSpot (for e-mail), a search otherwise.
+    async fn match_unmapped(&self, kind: ObjectKind, tasks: &mut [&mut Task]) {
+        let object = self.object(kind);
+        let Some(key) = object.match_field() else {
+            return;
+        };
+        let mut by_email: Vec<(usize, String)> = Vec::new();
+        for (i, t) in tasks.iter_mut().enumerate() {
+            if t.outcome.is_some() || t.counterpart.is_some() {
+                continue;
+            }
+            let Some(record) = &t.record else { continue };
+            let mut issues = Vec::new();
+            let values = canonical(object, t.job.origin, record, &mut issues);
+            let Some(Some(value)) = values.get(&key.hubspot).cloned() else {
+                continue; // the plan reports the missing match field
+            };
+            match t.job.origin {
+                System::HubSpot => {
+                    let lookup = key.to_zoho(Some(&value));
+                    let wanted = lookup.as_str().map_or(value.clone(), str::to_string);
+                    match self
+                        .zoho
+                        .find_by(kind, &key.zoho, &wanted, &self.zoho_fields(kind))
+                        .await
+                    {
+                        // The search matches text loosely: keep only a canonical match.
+                        Ok(found) => {
+                            t.counterpart = found.filter(|r| {
+                                key.from_zoho(r.values.get(&key.zoho).unwrap_or(&Value::Null))
+                                    .ok()
+                                    .flatten()
+                                    .as_deref()
+                                    == Some(value.as_str())
+                            })
+                        }
+                        Err(e) => t.outcome = Some(retryable(&e)),
+                    }
+                }
+                System::Zoho if key.kind == FieldType::Email => by_email.push((i, value)),
+                System::Zoho => match self
+                    .hubspot
+                    .find_by(kind, &key.hubspot, &value, &self.hubspot_properties(kind))
+                    .await
+                {
+                    Ok(found) => t.counterpart = found,
+                    Err(e) => t.outcome = Some(retryable(&e)),
+                },
+            }
+        }
+        if by_email.is_empty() {
+            return;
+        }
+        let emails: Vec<String> = by_email.iter().map(|(_, e)| e.clone()).collect();
+        match self
+            .hubspot
+            .read(
+                kind,
+                &emails,
+                Some(&key.hubspot),
+                &self.hubspot_properties(kind),
+                true,
+            )
+            .await
+        {
+            Ok(found) => {
+                let by_value: HashMap<String, CrmRecord> = found
+                    .into_iter()
+                    .filter_map(|r| {
+                        let v = r.values.get(&key.hubspot)?.as_str()?.to_lowercase();
+                        Some((v, r))
+                    })
+                    .collect();
+                for (i, email) in by_email {
+                    tasks[i].counterpart = by_value.get(&email).cloned();
+                }
+            }
+            Err(e) => {
+                for (i, _) in by_email {
+                    tasks[i].outcome = Some(retryable(&e));
+                }
+            }
+        }
+    }
+
+    async fn write(&self, kind: ObjectKind, tasks: &mut [&mut Task]) {
+        let object = self.object(kind);
+        // Gather by call.
+        let mut zoho_creates: Vec<(usize, BTreeMap<String, Value>)> = Vec::new();
+        let mut zoho_updates: Vec<(usize, String, BTreeMap<String, Value>)> = Vec::new();
+        let mut hubspot_creates: Vec<(usize, BTreeMap<String, Value>)> = Vec::new();
+        let mut hubspot_updates: Vec<(usize, String, BTreeMap<String, Value>)> = Vec::new();
+        let mut hubspot_archives: Vec<(usize, String)> = Vec::new();
+        let mut zoho_deletes: Vec<(usize, String)> = Vec::new();
+        for (i, t) in tasks.iter().enumerate() {
+            if t.outcome.is_some() {
+                continue;
+            }
+            let Some(Decision {
+                plan: Plan::Write { hubspot, zoho, .. },
+                ..
+            }) = &t.decision
+            else {
+                continue;
+            };
+            match hubspot {
+                Some(Write::Create { values, .. }) => hubspot_creates.push((i, values.clone())),
+                Some(Write::Update { id, values }) => {
+                    hubspot_updates.push((i, id.clone(), values.clone()))
+                }
+                Some(Write::Archive { id }) => hubspot_archives.push((i, id.clone())),
+                None => {}
+            }
+            match zoho {
+                Some(Write::Create { values, .. }) => zoho_creates.push((i, values.clone())),
+                Some(Write::Update { id, values }) => {
+                    zoho_updates.push((i, id.clone(), values.clone()))
+                }
+                Some(Write::Archive { id }) => zoho_deletes.push((i, id.clone())),
+                None => {}
+            }
+        }
+        let Some(key) = object.match_field() else {
+            return;
+        };
+
+        if !zoho_creates.is_empty() {
+            let records: Vec<_> = zoho_creates.iter().map(|(_, v)| v.clone()).collect();
+            match self.zoho.upsert(kind, &key.zoho, &records).await {
+                Ok(outcomes) => {
+                    for ((i, _), outcome) in zoho_creates.iter().zip(outcomes) {
+                        match outcome {
+                            Ok(w) => tasks[*i].zoho_id = Some(w.id),
+                            Err(e) => tasks[*i].outcome = Some(retryable(&e)),
+                        }
+                    }
+                }
+                Err(e) => fail_all(tasks, zoho_creates.iter().map(|(i, _)| *i), &e),
+            }
+        }
+        if !zoho_updates.is_empty() {
+            let records: Vec<_> = zoho_updates
+                .iter()
+                .map(|(_, id, v)| (id.clone(), v.clone()))
+                .collect();
+            match self.zoho.update(kind, &records).await {
+                Ok(outcomes) => {
+                    for ((i, _, _), outcome) in zoho_updates.iter().zip(outcomes) {
+                        if let Err(e) = outcome {
+                            tasks[*i].outcome = Some(retryable(&e));
+                        }
+                    }
+                }
+                Err(e) => fail_all(tasks, zoho_updates.iter().map(|(i, _, _)| *i), &e),
+            }
+        }
+        if !hubspot_creates.is_empty() {
+            let inputs: Vec<_> = hubspot_creates.iter().map(|(_, v)| v.clone()).collect();
+            match self.hubspot.upsert(kind, &key.hubspot, &inputs).await {
+                Ok(outcomes) => {
+                    for (i, values) in &hubspot_creates {
+                        let k = values
+                            .get(&key.hubspot)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_lowercase();
+                        match outcomes.get(&k) {
+                            Some(Ok(w)) => tasks[*i].hubspot_id = Some(w.id.clone()),
+                            Some(Err(e)) => tasks[*i].outcome = Some(retryable(e)),
+                            None => {
+                                tasks[*i].outcome = Some(Completion::Retryable {
+                                    error: "hubspot: no result for this record".into(),
+                                    retry_after_ms: None,
+                                })
+                            }
+                        }
+                    }
+                }
+                Err(e) => fail_all(tasks, hubspot_creates.iter().map(|(i, _)| *i), &e),
+            }
+        }
+        if !hubspot_updates.is_empty() {
+            let inputs: Vec<_> = hubspot_updates
+                .iter()
+                .map(|(_, id, v)| (id.clone(), v.clone()))
+                .collect();
+            match self.hubspot.update(kind, &inputs).await {
+                Ok(outcomes) => {
+                    for (i, id, _) in &hubspot_updates {
+                        if let Some(Err(e)) = outcomes.get(id) {
+                            tasks[*i].outcome = Some(retryable(e));
+                        }
+                    }
+                }
+                Err(e) => fail_all(tasks, hubspot_updates.iter().map(|(i, _, _)| *i), &e),
+            }
+        }
+        if !hubspot_archives.is_empty() {
+            let ids: Vec<_> = hubspot_archives.iter().map(|(_, id)| id.clone()).collect();
+            if let Err(e) = self.hubspot.archive(kind, &ids).await {
+                fail_all(tasks, hubspot_archives.iter().map(|(i, _)| *i), &e);
+            }
+        }
+        if !zoho_deletes.is_empty() {
+            let ids: Vec<_> = zoho_deletes.iter().map(|(_, id)| id.clone()).collect();
+            if let Err(e) = self.zoho.delete(kind, &ids).await {
+                fail_all(tasks, zoho_deletes.iter().map(|(i, _)| *i), &e);
+            }
+        }
+    }
+
+    /// After the writes: link the pair, keep its snapshot, and report field issues.
+    async fn settle(&self, kind: ObjectKind, t: &mut Task, decision: Decision) -> Completion {
+        let now = self.clock.now_ms();
+        match decision.plan {
+            Plan::Fail(issue) => {
+                return Completion::Permanent {
+                    error: describe_issues(&[issue]),
+                };
+            }
+            Plan::Quiet(Quiet::NotHot | Quiet::DeletionIgnored | Quiet::InSync) => {}
+            Plan::Write {
+                hubspot,
+                zoho,
+                snapshot,
+            } => {
+                let archived = matches!(hubspot, Some(Write::Archive { .. }))
+                    || matches!(zoho, Some(Write::Archive { .. }));
+                if archived {
+                    let origin = record_ref(t.job.origin, kind, &t.job.id);
+                    if let Err(e) = self.mappings.unlink(&origin).await {
+                        return store_failure(&e);
+                    }
+                    if let Some(h) = &t.hubspot_id {
+                        let _ = self.kv.delete(&snapshot_key(kind, h), now).await;
+                    }
+                } else if let (Some(h), Some(z)) = (&t.hubspot_id, &t.zoho_id) {
+                    let linked = self
+                        .mappings
+                        .link(
+                            &record_ref(System::HubSpot, kind, h),
+                            &record_ref(System::Zoho, kind, z),
+                            now,
+                        )
+                        .await;
+                    if let Err(e) = linked {
+                        return store_failure(&e);
+                    }
+                    if let Some(snapshot) = snapshot {
+                        let stored = StoredSnapshot {
+                            zoho_id: z.clone(),
+                            values: snapshot.values,
+                        };
+                        let bytes = serde_json::to_vec(&stored).unwrap_or_default();
+                        if let Err(e) = self.kv.put(&snapshot_key(kind, h), bytes, None, now).await
+                        {
+                            return store_failure(&e);
+                        }
+                    }
+                }
+            }
+        }
+        if decision.issues.is_empty() {
+            Completion::Done
+        } else {
+            // The other fields are synced; these go to the dead-letter queue and the digest.
+            Completion::Permanent {
+                error: describe_issues(&decision.issues),
+            }
+        }
+    }
+}
+
+fn fail_all(tasks: &mut [&mut Task], indices: impl Iterator<Item = usize>, e: &CrmError) {
+    for i in indices {
+        tasks[i].outcome = Some(retryable(e));
+    }
+}
+
+fn decision_name(plan: &Plan) -> &'static str {
+    match plan {
+        Plan::Quiet(Quiet::InSync) => "in_sync",
+        Plan::Quiet(Quiet::NotHot) => "not_hot",
+        Plan::Quiet(Quiet::DeletionIgnored) => "deletion_ignored",
+        Plan::Write { .. } => "write",
+        Plan::Fail(_) => "failed",
+    }
+}
