@@ -8,6 +8,7 @@
 //! - [`tokens`]: the OAuth token manager (refresh tokens sealed at rest by [`seal`], access
 //!   tokens refreshed ahead of expiry by one caller at a time).
 
+pub mod config;
 pub mod error;
 pub mod hubspot;
 pub mod limits;
@@ -15,6 +16,7 @@ pub mod seal;
 pub mod tokens;
 pub mod zoho;
 
+pub use config::{CrmConfig, HubSpotConfig, ZohoConfig};
 pub use error::CrmError;
 pub use hubspot::{HubSpotClient, HubSpotSettings};
 pub use seal::Sealer;

@@ -27,6 +27,21 @@ pub trait Worker: Send + Sync + 'static {
     /// One attempt at one item.
     async fn process(&self, item: &WorkItem) -> Completion;
 
+    /// Items claimed per round. A worker that batches its remote calls takes more.
+    fn batch_size(&self) -> usize {
+        CLAIM_BATCH
+    }
+
+    /// One attempt at each item, a completion per item in order; by default one at a time.
+    /// Items of one group never come together (the queue hands out one per group).
+    async fn process_batch(&self, items: &[WorkItem]) -> Vec<Completion> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(self.process(item).await);
+        }
+        out
+    }
+
     /// Called once the queue has recorded the attempt's outcome.
     async fn settled(
         &self,
@@ -49,10 +64,15 @@ pub async fn run_worker(
     let policy = worker.retry_policy();
     while !ctx.is_cancelled() {
         let items = queue
-            .claim(worker.queue(), CLAIM_BATCH, LEASE_MS, clock.now_ms())
+            .claim(
+                worker.queue(),
+                worker.batch_size(),
+                LEASE_MS,
+                clock.now_ms(),
+            )
             .await?;
-        for item in &items {
-            let completion = worker.process(item).await;
+        let completions = worker.process_batch(&items).await;
+        for (item, completion) in items.iter().zip(completions) {
             let outcome = queue
                 .complete(
                     item,

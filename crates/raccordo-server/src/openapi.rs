@@ -26,6 +26,7 @@ use crate::problem::{ParameterError, Problem};
         (name = "events", description = "Stored events"),
         (name = "metrics", description = "Live event-time window metrics and campaign spend"),
         (name = "alerts", description = "Alert history and the dead-letter queue"),
+        (name = "crm", description = "HubSpot and Zoho CRM change notifications for the sync"),
         (name = "operations", description = "Health, readiness, Prometheus, the dashboard"),
     ),
     modifiers(&SecuritySchemes)
@@ -69,6 +70,13 @@ impl utoipa::Modify for SecuritySchemes {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "webhook-signature",
                 "Standard Webhooks: `webhook-id`, `webhook-timestamp` and `webhook-signature` (v1, HMAC-SHA256)",
+            ))),
+        );
+        components.add_security_scheme(
+            "hubspot_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-HubSpot-Signature-v3",
+                "HubSpot's v3 signature (with `X-HubSpot-Request-Timestamp`), keyed by the app's client secret; v1/v2 `X-HubSpot-Signature` for older apps",
             ))),
         );
     }

@@ -31,6 +31,10 @@ pub const PROBLEM_TYPES: &[(&str, &str)] = &[
     ("unknown-source", "No source of that name is configured"),
     ("source-disabled", "The source is configured but disabled"),
     ("not-found", "No such route or resource"),
+    (
+        "not-configured",
+        "The route serves a feature that is not configured on this hub",
+    ),
     ("method-not-allowed", "The route does not take that method"),
     ("body-too-large", "The body is over the server's limit"),
     ("batch-too-large", "The batch holds more items than allowed"),

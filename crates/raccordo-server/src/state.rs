@@ -6,8 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use raccordo_core::{CampaignCosts, Clock, EventQuery, WorkQueue};
+use raccordo_core::{CampaignCosts, Clock, EventQuery, IdMappings, WorkQueue};
 use raccordo_ingest::Ingestor;
+use raccordo_ingest::auth::{HubSpotSignature, ZohoChannelToken};
 use raccordo_runtime::{AlertEngine, LiveMetrics, Supervisor};
 
 use crate::admin::AdminTokens;
@@ -33,4 +34,20 @@ pub struct AppState {
     /// (`metrics.provisional_coalesce`).
     pub provisional_coalesce: Duration,
     pub shutting_down: AtomicBool,
+    /// CRM change intake (`/webhooks/hubspot`, `/webhooks/zoho`); `None` without `[sync]`.
+    pub crm: Option<CrmIntake>,
+}
+
+/// What the CRM webhook routes need.
+pub struct CrmIntake {
+    /// Verifies HubSpot's signatures; `None` when only Zoho is connected.
+    pub hubspot: Option<HubSpotSignature>,
+    /// Checks Zoho's channel token; `None` when only HubSpot is connected.
+    pub zoho: Option<ZohoChannelToken>,
+    /// The hub's public base URL (what HubSpot calls, `https://hub.example.it`): HubSpot
+    /// signs the full URL. Without it, the URL is rebuilt from the `Host` header over http.
+    pub public_url: Option<String>,
+    pub mappings: Arc<dyn IdMappings>,
+    /// Wakes the sync worker when work arrives.
+    pub wake: Arc<tokio::sync::Notify>,
 }

@@ -17,6 +17,11 @@ pub struct SyncConfig {
     /// Let raccordo's writes to Zoho run Zoho workflows, approvals and blueprints. Off: writes
     /// send `"trigger": []`, so a synced change does not fire automations a second time.
     pub zoho_workflows: bool,
+    /// How often both CRMs are asked for records modified since the last poll, to catch
+    /// changes whose webhook or notification was lost.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub poll_every: std::time::Duration,
 }
 
 impl Default for SyncConfig {
@@ -25,6 +30,7 @@ impl Default for SyncConfig {
             contacts: ObjectSync::default_contacts(),
             companies: ObjectSync::default_companies(),
             zoho_workflows: false,
+            poll_every: std::time::Duration::from_secs(300),
         }
     }
 }

@@ -75,3 +75,35 @@ pub async fn enqueue_change(
     let item = NewWorkItem::job(&job, true).map_err(|e| StoreError::Backend(e.to_string()))?;
     queue.enqueue(item, now_ms).await
 }
+
+/// A HubSpot merge: the merged records are gone and `primary` survives. Their id mappings
+/// move to the survivor (when it has none of its own), so the Zoho record they were synced
+/// with is updated instead of a duplicate being created; then the survivor is synced.
+pub async fn apply_hubspot_merge(
+    queue: &dyn WorkQueue,
+    mappings: &dyn IdMappings,
+    kind: ObjectKind,
+    primary: &str,
+    merged: &[String],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let survivor = record_ref(System::HubSpot, kind, primary);
+    let mut has_counterpart = mappings
+        .find(&survivor, System::Zoho.as_str())
+        .await?
+        .is_some();
+    for gone in merged {
+        let gone_ref = record_ref(System::HubSpot, kind, gone);
+        if let Some(zoho_id) = mappings.find(&gone_ref, System::Zoho.as_str()).await? {
+            mappings.unlink(&gone_ref).await?;
+            if !has_counterpart {
+                mappings
+                    .link(&survivor, &record_ref(System::Zoho, kind, &zoho_id), now_ms)
+                    .await?;
+                has_counterpart = true;
+            }
+        }
+    }
+    enqueue_change(queue, mappings, kind, System::HubSpot, primary, now_ms).await?;
+    Ok(())
+}

@@ -11,10 +11,12 @@
 //!   the worker reads records in batches, calls [`plan::plan`] and performs the writes in
 //!   batches through the CRM clients.
 //!
-//! Everything but `jobs` and `worker` is free of I/O.
+//! Everything but `jobs` and `worker` is free of I/O; [`intake`] reads the CRMs'
+//! notifications strictly.
 
 pub mod config;
 pub mod fields;
+pub mod intake;
 pub mod jobs;
 pub mod merge;
 pub mod plan;

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raccordo_core::SourceName;
+use raccordo_crm::CrmConfig;
 use raccordo_ingest::{EventSchema, IngestSettings, Source, SourceConfig};
 use raccordo_runtime::{AlertsConfig, MetricsConfig};
 use raccordo_server::settings::{AdminConfig, LogConfig, ServerConfig};
+use raccordo_sync::SyncConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Default, Serialize, utoipa::ToSchema)]
@@ -26,6 +28,10 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub alerts: AlertsConfig,
+    /// `[crm]`: the HubSpot and Zoho connections. The sync runs when both are set.
+    pub crm: CrmConfig,
+    /// `[sync]`: what is synced between HubSpot and Zoho, and how.
+    pub sync: SyncConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
@@ -276,6 +282,17 @@ impl Config {
                 "storage.retention.max_age".into(),
                 "must be more than zero".into(),
             );
+        }
+        for (key, message) in self.crm.problems() {
+            report(key, message);
+        }
+        for (object, sync) in [
+            ("contacts", &self.sync.contacts),
+            ("companies", &self.sync.companies),
+        ] {
+            for (key, message) in sync.problems() {
+                report(format!("sync.{object}.{key}"), message);
+            }
         }
         if self.storage.queue_capacity == 0 {
             report("storage.queue_capacity".into(), "must be at least 1".into());

@@ -157,6 +157,7 @@ impl Hub {
             });
         }
 
+        let crm = crate::sync::start(&config, &stores, clock.clone(), &supervisor).await?;
         let state = Arc::new(AppState {
             clock,
             ingestor,
@@ -172,6 +173,7 @@ impl Hub {
             provisional_every: config.metrics.provisional_every,
             provisional_coalesce: config.metrics.provisional_coalesce,
             shutting_down: AtomicBool::new(false),
+            crm,
         });
         let addr = listen.unwrap_or(config.server.listen);
         let listener = TcpListener::bind(addr)

@@ -13,6 +13,7 @@ mod demo;
 mod hub;
 mod reference;
 mod sandbox_cmd;
+mod sync;
 
 // The request path allocates many small, short-lived buffers; mimalloc serves them with
 // less contention between threads than glibc malloc (measured in docs/benchmarks.md).

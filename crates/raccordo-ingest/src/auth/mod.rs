@@ -3,6 +3,7 @@
 //! a verifier once at start-up, so the per-request path only checks.
 
 pub mod api_key;
+pub mod crm;
 pub mod jwt;
 pub mod standard_webhooks;
 
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::IngestError;
 
 pub use api_key::{ApiKeyConfig, ApiKeyVerifier};
+pub use crm::{HubSpotSignature, ZohoChannelToken};
 pub use jwt::{JwksHandle, JwtConfig, JwtVerifier};
 pub use standard_webhooks::{StandardWebhooksConfig, StandardWebhooksVerifier, WebhookSecret};
 

@@ -11,6 +11,7 @@ use crate::state::AppState;
 
 mod alerts;
 mod campaigns;
+mod crm;
 mod events;
 mod ingest;
 mod metrics;
@@ -28,6 +29,7 @@ pub fn router(bench_routes: bool) -> (Router<Arc<AppState>>, Arc<serde_json::Val
         .merge(metrics::router())
         .merge(campaigns::router())
         .merge(alerts::router())
+        .merge(crm::router())
         .merge(ops::router(bench_routes))
         .routes(utoipa_axum::routes!(openapi_json))
         .split_for_parts();

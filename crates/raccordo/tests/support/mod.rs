@@ -50,9 +50,14 @@ fn drain(
 impl Server {
     /// Starts `raccordo serve` with `args` in `dir` and waits until it is listening.
     pub fn start(dir: &Path, args: &[&str]) -> Server {
+        Self::start_on(dir, "127.0.0.1:0", args)
+    }
+
+    /// [`Server::start`] on a given address (for tests whose peers must know it first).
+    pub fn start_on(dir: &Path, listen: &str, args: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "info")
@@ -231,6 +236,15 @@ pub fn start_configured(dir: &Path, extra: &str) -> Server {
     // SAFETY: tests set this variable to the same value before spawning children only.
     unsafe { std::env::set_var("TEST_HS_SECRET", HS_SECRET) };
     Server::start(dir, &["--config", config.to_str().unwrap()])
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn now_rfc3339(offset_ms: i64) -> String {

@@ -1,0 +1,229 @@
+//! CRM change notifications: `POST /webhooks/hubspot` (signed by the HubSpot app) and
+//! `POST /webhooks/zoho` (the channel token raccordo registered). Thin: verify, read the
+//! notification strictly, put one sync item per changed record on the durable queue,
+//! answer. The answer comes well within HubSpot's timeout: nothing here calls a CRM.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use raccordo_ingest::{FieldError, IngestError};
+use raccordo_sync::intake::{self, BodyError, Change};
+use raccordo_sync::jobs::{apply_hubspot_merge, enqueue_change};
+
+use crate::body::read_body;
+use crate::problem::Problem;
+use crate::state::{AppState, CrmIntake};
+
+pub fn router() -> super::ApiRouter {
+    super::ApiRouter::new()
+        .routes(utoipa_axum::routes!(hubspot_webhook))
+        .routes(utoipa_axum::routes!(zoho_webhook))
+}
+
+/// What a CRM notification is answered.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CrmIntakeAnswer {
+    /// Records queued for sync (repeated notifications of a pending record fold into it).
+    pub queued: usize,
+    /// Events about objects raccordo does not sync (deals, tickets, other modules).
+    pub ignored: usize,
+}
+
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents the answers; handlers build them as `Response`s
+pub enum CrmResponses {
+    /// Queued for sync
+    #[response(status = 200)]
+    Queued(CrmIntakeAnswer),
+    /// The signature or token is missing or wrong
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// The CRM is not connected on this hub
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotConfigured(Problem),
+    /// The notification is malformed; `errors` names each field by pointer
+    #[response(status = 422, content_type = "application/problem+json")]
+    Invalid(Problem),
+}
+
+fn not_configured(what: &str) -> Response {
+    Problem::new(
+        404,
+        "not-configured",
+        "Not configured",
+        format!("{what} is not connected on this hub (see `[sync]` in the configuration)"),
+    )
+    .into_response()
+}
+
+fn invalid(errors: Vec<BodyError>) -> Response {
+    Problem::from(IngestError::Validation {
+        total: errors.len(),
+        errors: errors
+            .into_iter()
+            .map(|(pointer, detail)| FieldError::new(pointer, detail))
+            .collect(),
+    })
+    .into_response()
+}
+
+async fn queue_changes(
+    state: &AppState,
+    crm: &CrmIntake,
+    changes: &[Change],
+    ignored: usize,
+) -> Response {
+    let now = state.clock.now_ms();
+    for change in changes {
+        let queued = if change.merged.is_empty() {
+            enqueue_change(
+                state.queue.as_ref(),
+                crm.mappings.as_ref(),
+                change.kind,
+                change.origin,
+                &change.id,
+                now,
+            )
+            .await
+            .map(|_| ())
+        } else {
+            apply_hubspot_merge(
+                state.queue.as_ref(),
+                crm.mappings.as_ref(),
+                change.kind,
+                &change.id,
+                &change.merged,
+                now,
+            )
+            .await
+        };
+        if let Err(e) = queued {
+            tracing::warn!(error = %e, "could not queue a CRM change");
+            let mut p = Problem::unavailable(
+                "the work queue cannot take the change now; the CRM will retry",
+            );
+            p.retry_after_s = Some(e.retry_after_ms().map_or(5, |ms| ms.div_ceil(1000).max(1)));
+            return p.into_response();
+        }
+    }
+    metrics::counter!("raccordo_crm_changes_total", "origin" => changes.first().map_or("none", |c| c.origin.as_str())).increment(changes.len() as u64);
+    crm.wake.notify_one();
+    (
+        StatusCode::OK,
+        Json(CrmIntakeAnswer {
+            queued: changes.len(),
+            ignored,
+        }),
+    )
+        .into_response()
+}
+
+/// HubSpot webhook events (a JSON array, up to 100 per request).
+///
+/// Verified with the app's v3 signature (`X-HubSpot-Signature-v3` over method, full URL,
+/// body and `X-HubSpot-Request-Timestamp`, at most 5 minutes old), or v1/v2 for older apps.
+/// Each contact or company event queues a sync of that record; a merge moves the merged
+/// records' id mappings to the survivor.
+#[utoipa::path(
+    post,
+    path = "/webhooks/hubspot",
+    tag = "crm",
+    request_body(content_type = "application/json", description = "HubSpot's array of webhook events"),
+    responses(CrmResponses),
+    security(("hubspot_signature" = []))
+)]
+pub async fn hubspot_webhook(
+    State(state): State<Arc<AppState>>,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(crm) = state.crm.as_ref() else {
+        return not_configured("HubSpot");
+    };
+    let Some(signature) = crm.hubspot.as_ref() else {
+        return not_configured("HubSpot");
+    };
+    let body = match read_body(&headers, body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    let path = uri
+        .path_and_query()
+        .map_or("/webhooks/hubspot", |p| p.as_str());
+    let full_url = match &crm.public_url {
+        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+        None => {
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}{path}")
+        }
+    };
+    if let Err(e) = signature.verify("POST", &full_url, &headers, &body, state.clock.now_ms()) {
+        metrics::counter!("raccordo_crm_rejected_total", "origin" => "hubspot").increment(1);
+        return Problem::from(e).into_response();
+    }
+    match intake::hubspot_events(&body) {
+        Ok((changes, ignored)) => queue_changes(&state, crm, &changes, ignored).await,
+        Err(errors) => invalid(errors),
+    }
+}
+
+/// Zoho CRM notifications (from the channel raccordo registers and renews).
+///
+/// Checked by the channel `token` echoed in the body. Each id of `Contacts` or `Accounts`
+/// queues a sync of that record.
+#[utoipa::path(
+    post,
+    path = "/webhooks/zoho",
+    tag = "crm",
+    request_body(content_type = "application/json", description = "A Zoho notification: `module`, `ids`, `operation`, `token`"),
+    responses(CrmResponses),
+    security(())
+)]
+pub async fn zoho_webhook(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(crm) = state.crm.as_ref() else {
+        return not_configured("Zoho CRM");
+    };
+    let Some(token) = crm.zoho.as_ref() else {
+        return not_configured("Zoho CRM");
+    };
+    let body = match read_body(&headers, body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    let notification = match intake::zoho_notification(&body) {
+        Ok(n) => n,
+        // A malformed body cannot be told from a forged one: answer 401 when the token is
+        // not there to check, so no one learns the schema without the token.
+        Err(errors) => {
+            return if serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["token"].as_str().map(|t| token.verify(Some(t)).is_ok()))
+                .unwrap_or(false)
+            {
+                invalid(errors)
+            } else {
+                Problem::from(IngestError::InvalidCredentials {
+                    reason: "the channel `token` is missing or wrong".into(),
+                })
+                .into_response()
+            };
+        }
+    };
+    if let Err(e) = token.verify(notification.token.as_deref()) {
+        metrics::counter!("raccordo_crm_rejected_total", "origin" => "zoho").increment(1);
+        return Problem::from(e).into_response();
+    }
+    queue_changes(&state, crm, &notification.changes, 0).await
+}

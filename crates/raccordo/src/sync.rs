@@ -1,0 +1,370 @@
+//! Wiring the CRM sync from `[crm]` and `[sync]`: token sources, clients, the worker on the
+//! `sync` queue, the poller that catches lost webhooks, and the Zoho notification channel
+//! kept registered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raccordo_core::crm::{ObjectKind, System};
+use raccordo_core::{BucketSpec, Clock, Completion, RetryPolicy, Stores, WorkItem};
+use raccordo_crm::tokens::TokenSource;
+use raccordo_crm::{
+    HubSpotClient, HubSpotSettings, OAuthGrant, OAuthTokens, Sealer, StaticToken, ZohoClient,
+    ZohoSettings,
+};
+use raccordo_ingest::auth::{HubSpotSignature, ZohoChannelToken};
+use raccordo_runtime::{Supervisor, Worker, run_worker};
+use raccordo_server::state::CrmIntake;
+use raccordo_sync::jobs::{self, enqueue_change};
+use raccordo_sync::worker::{BATCH, SyncWorker};
+
+use crate::config::Config;
+
+/// Refresh access tokens this long before they expire.
+const REFRESH_AHEAD_MS: i64 = 5 * 60_000;
+
+/// The sync worker as a queue worker: it takes a batch's worth of items per round.
+struct SyncQueueWorker(SyncWorker);
+
+#[async_trait]
+impl Worker for SyncQueueWorker {
+    fn queue(&self) -> &'static str {
+        jobs::QUEUE
+    }
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
+    }
+    async fn process(&self, item: &WorkItem) -> Completion {
+        self.0
+            .process_batch(std::slice::from_ref(item))
+            .await
+            .pop()
+            .unwrap_or(Completion::Done)
+    }
+    fn batch_size(&self) -> usize {
+        BATCH
+    }
+    async fn process_batch(&self, items: &[WorkItem]) -> Vec<Completion> {
+        self.0.process_batch(items).await
+    }
+}
+
+/// Builds what `[crm]` configures and starts the sync when both CRMs are connected.
+/// Returns what the webhook routes need, or `None` when no CRM is configured.
+pub async fn start(
+    config: &Config,
+    stores: &Stores,
+    clock: Arc<dyn Clock>,
+    supervisor: &Supervisor,
+) -> anyhow::Result<Option<CrmIntake>> {
+    let crm = &config.crm;
+    if crm.hubspot.is_none() && crm.zoho.is_none() {
+        return Ok(None);
+    }
+    let sealer = Arc::new(Sealer::from_env_or_file(
+        &config.server.data_dir.join("secret.key"),
+    )?);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+
+    let hubspot = match &crm.hubspot {
+        None => None,
+        Some(h) => {
+            let tokens: Arc<dyn TokenSource> = match &h.access_token {
+                Some(token) => Arc::new(StaticToken(token.clone())),
+                None => {
+                    let tokens = OAuthTokens::new(
+                        OAuthGrant {
+                            system: "hubspot",
+                            token_url: format!(
+                                "{}/oauth/v1/token",
+                                h.base_url.trim_end_matches('/')
+                            ),
+                            client_id: h.client_id.clone().unwrap_or_default(),
+                            client_secret: h.client_secret.clone(),
+                            refresh_ahead_ms: REFRESH_AHEAD_MS,
+                            refresh_budget: BucketSpec::per_interval(10, 60_000),
+                        },
+                        http.clone(),
+                        stores.secrets.clone(),
+                        stores.rate_limits.clone(),
+                        sealer.clone(),
+                        clock.clone(),
+                    );
+                    if let Some(refresh) = &h.refresh_token
+                        && !tokens.has_grant().await?
+                    {
+                        tokens.store_refresh_token(refresh).await?;
+                    }
+                    Arc::new(tokens)
+                }
+            };
+            let client = HubSpotClient::new(
+                &HubSpotSettings {
+                    base_url: h.base_url.clone(),
+                    burst_per_10s: h.burst_per_10s,
+                    daily: h.daily,
+                    search_per_s: h.search_per_s,
+                    ..HubSpotSettings::default()
+                },
+                tokens,
+                stores.rate_limits.clone(),
+                clock.clone(),
+            )?;
+            Some((
+                Arc::new(client),
+                HubSpotSignature::new(&h.client_secret).map_err(anyhow::Error::msg)?,
+            ))
+        }
+    };
+    let zoho = match &crm.zoho {
+        None => None,
+        Some(z) => {
+            let tokens = OAuthTokens::new(
+                OAuthGrant {
+                    system: "zoho",
+                    token_url: z.token_url.clone(),
+                    client_id: z.client_id.clone(),
+                    client_secret: z.client_secret.clone(),
+                    refresh_ahead_ms: REFRESH_AHEAD_MS,
+                    // Zoho: at most 10 refreshes per refresh token in 10 minutes.
+                    refresh_budget: BucketSpec::per_interval(10, 600_000),
+                },
+                http.clone(),
+                stores.secrets.clone(),
+                stores.rate_limits.clone(),
+                sealer.clone(),
+                clock.clone(),
+            );
+            if let Some(refresh) = &z.refresh_token
+                && !tokens.has_grant().await?
+            {
+                tokens.store_refresh_token(refresh).await?;
+            }
+            let client = ZohoClient::new(
+                &ZohoSettings {
+                    base_url: z.base_url.clone(),
+                    credits_per_day: z.credits_per_day,
+                    concurrency: z.concurrency,
+                    workflows: config.sync.zoho_workflows,
+                    ..ZohoSettings::default()
+                },
+                Arc::new(tokens),
+                stores.rate_limits.clone(),
+                clock.clone(),
+            )?;
+            Some((
+                Arc::new(client),
+                ZohoChannelToken::new(&z.channel_token).map_err(anyhow::Error::msg)?,
+                z.channel_id,
+            ))
+        }
+    };
+
+    if let (Some((hubspot, _)), Some((zoho, token, channel_id))) = (&hubspot, &zoho) {
+        let worker: Arc<dyn Worker> = Arc::new(SyncQueueWorker(SyncWorker {
+            hubspot: hubspot.clone(),
+            zoho: zoho.clone(),
+            mappings: stores.mappings.clone(),
+            kv: stores.kv.clone(),
+            config: Arc::new(config.sync.clone()),
+            clock: clock.clone(),
+        }));
+        {
+            let (queue, clock, wake) = (stores.queue.clone(), clock.clone(), wake.clone());
+            supervisor.spawn("sync-worker", move |ctx| {
+                run_worker(
+                    worker.clone(),
+                    queue.clone(),
+                    clock.clone(),
+                    wake.clone(),
+                    ctx,
+                )
+            });
+        }
+        {
+            let poller = Arc::new(Poller {
+                hubspot: hubspot.clone(),
+                zoho: zoho.clone(),
+                stores: stores.clone(),
+                clock: clock.clone(),
+                wake: wake.clone(),
+                every: config.sync.poll_every,
+                config: Arc::new(config.sync.clone()),
+            });
+            supervisor.spawn("sync-poller", move |ctx| poller.clone().run(ctx));
+        }
+        if let Some(public_url) = &crm.public_url {
+            let notify_url = format!("{}/webhooks/zoho", public_url.trim_end_matches('/'));
+            let (zoho, token, channel_id, clock) = (
+                zoho.clone(),
+                token.token().to_string(),
+                *channel_id,
+                clock.clone(),
+            );
+            supervisor.spawn("zoho-channel", move |ctx| {
+                keep_channel(
+                    zoho.clone(),
+                    notify_url.clone(),
+                    token.clone(),
+                    channel_id,
+                    clock.clone(),
+                    ctx,
+                )
+            });
+        } else {
+            tracing::warn!(
+                "no `crm.public_url`: Zoho notifications are not registered; changes there arrive through the poller only"
+            );
+        }
+    }
+    Ok(Some(CrmIntake {
+        hubspot: hubspot.map(|(_, signature)| signature),
+        zoho: zoho.map(|(_, token, _)| token),
+        public_url: crm.public_url.clone(),
+        mappings: stores.mappings.clone(),
+        wake,
+    }))
+}
+
+/// Keeps the Zoho notification channel registered: at start, then daily, each time for a
+/// week ahead (the longest Zoho allows; anything longer silently becomes one hour).
+async fn keep_channel(
+    zoho: Arc<ZohoClient>,
+    notify_url: String,
+    token: String,
+    channel_id: i64,
+    clock: Arc<dyn Clock>,
+    ctx: raccordo_runtime::supervisor::TaskContext,
+) -> anyhow::Result<()> {
+    const WEEK_MS: i64 = 7 * 24 * 3_600_000;
+    loop {
+        let expiry = clock.now_ms() + WEEK_MS - 60_000;
+        zoho.watch(channel_id, &notify_url, &token, expiry).await?;
+        tracing::info!(
+            channel_id,
+            "Zoho notification channel registered for a week"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = ctx.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Catches changes whose webhook or notification was lost: every `poll_every`, asks both
+/// CRMs for records modified since the last poll and queues them (a record already in
+/// sync costs a read and writes nothing).
+struct Poller {
+    hubspot: Arc<HubSpotClient>,
+    zoho: Arc<ZohoClient>,
+    stores: Stores,
+    clock: Arc<dyn Clock>,
+    wake: Arc<tokio::sync::Notify>,
+    every: Duration,
+    config: Arc<raccordo_sync::SyncConfig>,
+}
+
+impl Poller {
+    async fn run(
+        self: Arc<Self>,
+        ctx: raccordo_runtime::supervisor::TaskContext,
+    ) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.every) => {}
+                _ = ctx.cancelled() => return Ok(()),
+            }
+            for kind in ObjectKind::ALL {
+                self.poll(kind, System::HubSpot).await?;
+                self.poll(kind, System::Zoho).await?;
+            }
+        }
+    }
+
+    async fn poll(&self, kind: ObjectKind, system: System) -> anyhow::Result<()> {
+        let key = format!("sync:cursor:{}:{}", system.as_str(), kind.as_str());
+        let now = self.clock.now_ms();
+        let since = match self.stores.kv.get(&key, now).await? {
+            Some(v) => String::from_utf8_lossy(&v.value).parse().unwrap_or(now),
+            // First poll: from now on (copying what already exists is `raccordo sync backfill`).
+            None => now - self.every.as_millis() as i64,
+        };
+        let object = match kind {
+            ObjectKind::Contact => &self.config.contacts,
+            ObjectKind::Company => &self.config.companies,
+        };
+        let mut newest = since;
+        let mut queued = 0usize;
+        match system {
+            System::HubSpot => {
+                let properties: Vec<String> =
+                    object.fields.iter().map(|f| f.hubspot.clone()).collect();
+                let mut after: Option<String> = None;
+                loop {
+                    let (records, next) = self
+                        .hubspot
+                        .modified_since(kind, since, after.as_deref(), &properties)
+                        .await?;
+                    for r in &records {
+                        newest = newest.max(r.modified_at_ms);
+                        enqueue_change(
+                            self.stores.queue.as_ref(),
+                            self.stores.mappings.as_ref(),
+                            kind,
+                            system,
+                            &r.id,
+                            now,
+                        )
+                        .await?;
+                        queued += 1;
+                    }
+                    match next {
+                        Some(n) if !records.is_empty() => after = Some(n),
+                        _ => break,
+                    }
+                }
+            }
+            System::Zoho => {
+                let fields: Vec<String> = object.fields.iter().map(|f| f.zoho.clone()).collect();
+                for page in 1u32.. {
+                    let (records, more) =
+                        self.zoho.modified_since(kind, since, page, &fields).await?;
+                    for r in &records {
+                        newest = newest.max(r.modified_at_ms);
+                        enqueue_change(
+                            self.stores.queue.as_ref(),
+                            self.stores.mappings.as_ref(),
+                            kind,
+                            system,
+                            &r.id,
+                            now,
+                        )
+                        .await?;
+                        queued += 1;
+                    }
+                    if !more || page >= 50 {
+                        break;
+                    }
+                }
+            }
+        }
+        self.stores
+            .kv
+            .put(&key, newest.to_string().into_bytes(), None, now)
+            .await?;
+        if queued > 0 {
+            tracing::debug!(
+                system = system.as_str(),
+                kind = kind.as_str(),
+                queued,
+                "poller queued changes"
+            );
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
