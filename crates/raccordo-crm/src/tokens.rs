@@ -126,14 +126,16 @@ impl OAuthTokens {
         Ok(())
     }
 
-    /// Whether a refresh token is stored.
+    /// Whether a refresh token is stored that this key opens (one sealed under a lost
+    /// key counts as none, so a configured refresh token can take its place).
     pub async fn has_grant(&self) -> Result<bool, CrmError> {
+        let name = self.grant.refresh_name();
         Ok(self
             .secrets
-            .get_secret(&self.grant.refresh_name())
+            .get_secret(&name)
             .await
             .map_err(|e| store_error(self.grant.system, &e))?
-            .is_some())
+            .is_some_and(|s| self.sealer.open(&name, &s.value).is_ok()))
     }
 
     /// Refreshes done by this process.

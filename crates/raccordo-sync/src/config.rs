@@ -7,7 +7,7 @@ use crate::fields::{FieldMapping, FieldType};
 
 /// `[sync]`: HubSpot ↔ Zoho CRM sync of contacts and companies. Zoho is the master of every
 /// record; HubSpot holds the "hot" contacts.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
     /// `[sync.contacts]`: HubSpot contacts ↔ Zoho Contacts.
@@ -22,6 +22,8 @@ pub struct SyncConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub poll_every: std::time::Duration,
+    /// `[sync.digest]`: the e-mail digest of failed operations.
+    pub digest: crate::digest::DigestConfig,
 }
 
 impl Default for SyncConfig {
@@ -31,6 +33,7 @@ impl Default for SyncConfig {
             companies: ObjectSync::default_companies(),
             zoho_workflows: false,
             poll_every: std::time::Duration::from_secs(300),
+            digest: crate::digest::DigestConfig::default(),
         }
     }
 }

@@ -15,6 +15,7 @@
 //! notifications strictly.
 
 pub mod config;
+pub mod digest;
 pub mod fields;
 pub mod intake;
 pub mod jobs;

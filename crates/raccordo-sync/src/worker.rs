@@ -277,6 +277,17 @@ impl SyncWorker {
             let completion = self.settle(kind, t, decision).await;
             t.outcome = Some(completion);
         }
+        // Failures name the record, for the dead-letter queue and the digest.
+        for t in tasks.iter_mut() {
+            if let (Some(Completion::Permanent { error }), Some(name)) = (
+                t.outcome.as_mut(),
+                t.record
+                    .as_ref()
+                    .and_then(|r| display_name(kind, t.job.origin, r)),
+            ) {
+                error.push_str(&format!(" (record: {name})"));
+            }
+        }
     }
 
     async fn read_hubspot(
@@ -579,6 +590,24 @@ impl SyncWorker {
             }
         }
     }
+}
+
+/// A person's or company's name as the CRM holds it.
+fn display_name(kind: ObjectKind, system: System, record: &CrmRecord) -> Option<String> {
+    let fields: &[&str] = match (kind, system) {
+        (ObjectKind::Contact, System::HubSpot) => &["firstname", "lastname"],
+        (ObjectKind::Contact, System::Zoho) => &["First_Name", "Last_Name"],
+        (ObjectKind::Company, System::HubSpot) => &["name"],
+        (ObjectKind::Company, System::Zoho) => &["Account_Name"],
+    };
+    let name = fields
+        .iter()
+        .filter_map(|f| record.values.get(*f)?.as_str())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    (!name.is_empty()).then_some(name)
 }
 
 fn fail_all(tasks: &mut [&mut Task], indices: impl Iterator<Item = usize>, e: &CrmError) {

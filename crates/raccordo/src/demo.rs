@@ -3,9 +3,9 @@
 //! Everything runs in this process on loopback. The traffic: signed conversion events to the
 //! hub (with a few duplicates and invalid ones, so the dashboard has something to show),
 //! contact and company changes on both CRM sandboxes, and support-ticket texts classified by
-//! the AI sandbox. The CRM sandboxes' change notifications (HubSpot's signed webhooks, Zoho's
-//! watch callbacks) arrive at a small receiver here that checks and counts them; syncing them
-//! into the other CRM is the sync engine's job.
+//! the AI sandbox. The hub syncs the two CRM sandboxes: HubSpot's signed webhooks and the Zoho
+//! notification channel the hub registers itself arrive at `/webhooks/hubspot` and
+//! `/webhooks/zoho`, exactly as they would from the real services.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,10 +36,7 @@ pub struct DemoArgs {
 #[derive(Default)]
 struct Counters {
     hubspot_changes: AtomicU64,
-    hubspot_webhooks: AtomicU64,
-    hubspot_bad_signatures: AtomicU64,
     zoho_changes: AtomicU64,
-    zoho_notifications: AtomicU64,
     ai_answers: AtomicU64,
     errors: AtomicU64,
 }
@@ -64,6 +61,8 @@ async fn start_sandbox(
     let mut config = SandboxConfig::new(product, loopback(product.default_port()));
     config.webhook_url = webhook_url;
     config.seed = seed;
+    // The same grant on every run, so the one the hub stored in an earlier demo still works.
+    config.refresh_token = Some("1000.raccordo-demo-refresh-token".into());
     match raccordo_sandbox::start(config.clone()).await {
         Ok(r) => Ok(r),
         Err(_) => {
@@ -81,7 +80,27 @@ fn credential<'a>(r: &'a Running, name: &str) -> &'a str {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    // The hub, configured like a config-less `raccordo serve` in its own directory.
+    // The hub's address must be known before the sandboxes start: HubSpot's webhooks and
+    // the Zoho channel point at it.
+    let port = if args.port == 0 {
+        std::net::TcpListener::bind(("127.0.0.1", 0))?
+            .local_addr()?
+            .port()
+    } else {
+        args.port
+    };
+    let public_url = format!("http://127.0.0.1:{port}");
+    let hubspot = start_sandbox(
+        Product::HubSpot,
+        Some(format!("{public_url}/webhooks/hubspot")),
+        1,
+    )
+    .await?;
+    let zoho = start_sandbox(Product::Zoho, None, 2).await?;
+    let ai = start_sandbox(Product::Ai, None, 3).await?;
+
+    // The hub, configured like a config-less `raccordo serve` in its own directory, plus
+    // the two CRM sandboxes as its CRMs.
     let mut config = crate::config::Config::default();
     config.server.data_dir = args.data_dir.clone();
     config.log.level = "warn".into();
@@ -89,6 +108,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (credentials, _) =
         crate::credentials::Credentials::load_or_create(&config.server.data_dir)?;
     credentials.apply(&mut config);
+    config.crm = raccordo_crm::CrmConfig {
+        public_url: Some(public_url.clone()),
+        hubspot: Some(raccordo_crm::HubSpotConfig {
+            base_url: hubspot.base_url.clone(),
+            access_token: Some(credential(&hubspot, "token").to_string()),
+            client_id: None,
+            client_secret: credential(&hubspot, "client_secret").to_string(),
+            refresh_token: None,
+            burst_per_10s: 190,
+            daily: None,
+            search_per_s: 4,
+        }),
+        zoho: Some(raccordo_crm::ZohoConfig {
+            base_url: zoho.base_url.clone(),
+            token_url: format!("{}/oauth/v2/token", zoho.base_url),
+            client_id: credential(&zoho, "client_id").to_string(),
+            client_secret: credential(&zoho, "client_secret").to_string(),
+            refresh_token: Some(credential(&zoho, "refresh_token").to_string()),
+            channel_token: format!("demo-channel-{:016x}", rand::random::<u64>()),
+            channel_id: 1_000_000_001,
+            credits_per_day: 50_000,
+            concurrency: 10,
+        }),
+    };
+    config.sync.poll_every = Duration::from_secs(30);
     let mut problems = Vec::new();
     let sources = config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
     anyhow::ensure!(
@@ -98,7 +142,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     raccordo_server::telemetry::init_logging(&config.log);
     let hub = crate::hub::Hub::bind(
         crate::config::Built { config, sources },
-        Some(SocketAddr::from(([127, 0, 0, 1], args.port))),
+        Some(SocketAddr::from(([127, 0, 0, 1], port))),
     )
     .await?;
     let hub_addr = hub.local_addr()?;
@@ -106,84 +150,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let hub_task = tokio::spawn(hub.run(async {
         let _ = hub_stopped.await;
     }));
-
-    // The receiver of CRM change notifications.
     let counters = Arc::new(Counters::default());
-    let receiver = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let receiver_addr = receiver.local_addr()?;
-    let hubspot_secret = Arc::new(std::sync::OnceLock::<String>::new());
-    let zoho_channel_token = format!("demo-{:08x}", rand_u32());
-    {
-        let (counters, secret, token) = (
-            counters.clone(),
-            hubspot_secret.clone(),
-            zoho_channel_token.clone(),
-        );
-        let hook_url = format!("http://{receiver_addr}/hubspot");
-        let app = axum::Router::new()
-            .route(
-                "/hubspot",
-                axum::routing::post({
-                    let counters = counters.clone();
-                    move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
-                        let ts = headers
-                            .get("x-hubspot-request-timestamp")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<i64>().ok())
-                            .unwrap_or(0);
-                        let given = headers
-                            .get("x-hubspot-signature-v3")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("");
-                        let expected = raccordo_sandbox::hubspot::signature_v3(
-                            secret.get().map_or("", String::as_str),
-                            "POST",
-                            &hook_url,
-                            &body,
-                            ts,
-                        );
-                        if given != expected {
-                            counters
-                                .hubspot_bad_signatures
-                                .fetch_add(1, Ordering::Relaxed);
-                            return axum::http::StatusCode::UNAUTHORIZED;
-                        }
-                        let n = serde_json::from_slice::<Vec<Value>>(&body).map_or(0, |v| v.len());
-                        counters
-                            .hubspot_webhooks
-                            .fetch_add(n as u64, Ordering::Relaxed);
-                        axum::http::StatusCode::NO_CONTENT
-                    }
-                }),
-            )
-            .route(
-                "/zoho",
-                axum::routing::post(move |body: axum::body::Bytes| async move {
-                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-                    if v["token"].as_str() != Some(token.as_str()) {
-                        return axum::http::StatusCode::UNAUTHORIZED;
-                    }
-                    let n = v["ids"].as_array().map_or(0, Vec::len);
-                    counters
-                        .zoho_notifications
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    axum::http::StatusCode::NO_CONTENT
-                }),
-            );
-        tokio::spawn(async move {
-            let _ = axum::serve(receiver, app).await;
-        });
-    }
-
-    let hubspot = start_sandbox(
-        Product::HubSpot,
-        Some(format!("http://{receiver_addr}/hubspot")),
-        1,
-    )
-    .await?;
-    let _ = hubspot_secret.set(credential(&hubspot, "client_secret").to_string());
-    let zoho = start_sandbox(Product::Zoho, None, 2).await?;
-    let ai = start_sandbox(Product::Ai, None, 3).await?;
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -226,8 +193,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             credential(&zoho, "refresh_token"),
         ]
         .map(String::from),
-        format!("http://{receiver_addr}/zoho"),
-        zoho_channel_token,
         counters.clone(),
     ));
     traffic.spawn(ai_traffic(
@@ -308,20 +273,36 @@ async fn summary(
         Err(_) => Value::Null,
     };
     let source = &health["sources"][0];
+    let prometheus = match client.get(format!("http://{hub}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let decisions = |decision: &str| -> u64 {
+        prometheus
+            .lines()
+            .filter(|l| {
+                l.starts_with("raccordo_sync_decisions_total")
+                    && l.contains(&format!("decision=\"{decision}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "events accepted {} duplicates {} rejected {} | hubspot changes {} webhooks {} | zoho changes {} notifications {} | ai answers {}{}",
+        "events accepted {} duplicates {} rejected {} | crm changes: hubspot {}, zoho {} | sync: written {}, in sync {}, not hot {}, failed {} | ai answers {}{}",
         source["accepted"],
         source["duplicates"],
         source["rejected"],
         c(&counters.hubspot_changes),
-        c(&counters.hubspot_webhooks),
         c(&counters.zoho_changes),
-        c(&counters.zoho_notifications),
+        decisions("write"),
+        decisions("in_sync"),
+        decisions("not_hot"),
+        decisions("failed"),
         c(&counters.ai_answers),
-        match (c(&counters.errors), c(&counters.hubspot_bad_signatures)) {
-            (0, 0) => String::new(),
-            (e, b) => format!(" | errors {e}, bad signatures {b}"),
+        match c(&counters.errors) {
+            0 => String::new(),
+            e => format!(" | traffic errors {e}"),
         }
     )
 }
@@ -425,13 +406,12 @@ async fn hubspot_traffic(
     }
 }
 
-/// Gets a token like the SDK does, watches Contacts, then inserts and updates contacts.
+/// Gets a token like the SDK does, then inserts contacts (every other one hot enough for
+/// HubSpot) and edits them.
 async fn zoho_traffic(
     client: reqwest::Client,
     base: String,
     oauth: [String; 3],
-    notify_url: String,
-    channel_token: String,
     counters: Arc<Counters>,
 ) {
     let [client_id, client_secret, refresh_token] = oauth;
@@ -459,13 +439,6 @@ async fn zoho_traffic(
         return;
     };
     let auth = format!("Zoho-oauthtoken {token}");
-    let expiry = time::OffsetDateTime::now_utc() + time::Duration::days(1);
-    let expiry = expiry
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let _ = client.post(format!("{base}/crm/v8/actions/watch")).header("authorization", &auth)
-        .json(&json!({ "watch": [{ "channel_id": 1_000_001, "events": ["Contacts.all", "Accounts.all"], "channel_expiry": expiry, "token": channel_token, "notify_url": notify_url }] }))
-        .send().await;
     let run = rand_u32() as u64;
     let mut created: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1500));
@@ -473,13 +446,14 @@ async fn zoho_traffic(
         tick.tick().await;
         let request = if n % 3 == 2 && !created.is_empty() {
             let id = &created[(n as usize / 3) % created.len()];
-            let source = ["Advertisement", "Partner", "Trade Show", "Web Download"][n as usize % 4];
+            let city = raccordo_sandbox::seed::CITIES[(n as usize * 5) % 16];
             client
                 .put(format!("{base}/crm/v8/Contacts/{id}"))
-                .json(&json!({ "data": [{ "Lead_Source": source }] }))
+                .json(&json!({ "data": [{ "Mailing_City": city }] }))
         } else {
             let (first, last, email) = person(run * 1000 + n + 500);
-            client.post(format!("{base}/crm/v8/Contacts")).json(&json!({ "data": [{ "First_Name": first, "Last_Name": last, "Email": email }], "trigger": [] }))
+            let stage = ["Lead", "Sales Qualified Lead"][n as usize % 2];
+            client.post(format!("{base}/crm/v8/Contacts")).json(&json!({ "data": [{ "First_Name": first, "Last_Name": last, "Email": email, "Lifecycle_Stage": stage }], "trigger": [] }))
         };
         match request.header("authorization", &auth).send().await {
             Ok(r) if r.status().is_success() => {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod admin_cmd;
 mod config;
 mod credentials;
 mod demo;
@@ -73,6 +74,9 @@ enum Command {
     /// Manage campaign spend (used for cost per acquisition)
     #[command(subcommand)]
     Costs(CostsCommand),
+    /// Inspect and replay failed operations (the dead-letter queue) of a running hub
+    #[command(subcommand)]
+    Dlq(admin_cmd::DlqCommand),
     /// Run an emulator of HubSpot, Zoho CRM or an OpenAI-compatible API on loopback
     #[command(
         long_about = "Run an emulator of the HubSpot CRM API, the Zoho CRM API or an \
@@ -121,15 +125,8 @@ enum CostsCommand {
 struct CostsImportArgs {
     /// The CSV file
     file: PathBuf,
-    /// Base URL of the hub
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Admin token (default: the one in ./raccordo-data/credentials.toml)
-    #[arg(long, env = "RACCORDO_ADMIN_TOKEN")]
-    token: Option<String>,
-    /// credentials.toml to take the admin token from
-    #[arg(long, default_value = "raccordo-data/credentials.toml")]
-    credentials: PathBuf,
+    #[command(flatten)]
+    hub: admin_cmd::HubConnection,
 }
 
 #[derive(Args)]
@@ -238,6 +235,7 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Loadgen(args) => runtime.block_on(loadgen(args)),
         Command::Costs(CostsCommand::Import(args)) => runtime.block_on(import_costs(args)),
+        Command::Dlq(command) => runtime.block_on(admin_cmd::run(command)),
         Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::ConfigReference => {
@@ -437,18 +435,7 @@ struct CostRow {
 }
 
 async fn import_costs(args: CostsImportArgs) -> anyhow::Result<()> {
-    let token = match args.token {
-        Some(token) => token,
-        None => {
-            let text = std::fs::read_to_string(&args.credentials).map_err(|e| {
-                anyhow::anyhow!(
-                    "no --token and cannot read {}: {e}",
-                    args.credentials.display()
-                )
-            })?;
-            toml::from_str::<Credentials>(&text)?.admin_token
-        }
-    };
+    let token = args.hub.admin_token()?;
     let mut reader = csv::Reader::from_path(&args.file)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let mut by_campaign: std::collections::BTreeMap<String, Vec<(usize, serde_json::Value)>> =
@@ -466,11 +453,9 @@ async fn import_costs(args: CostsImportArgs) -> anyhow::Result<()> {
         .build()?;
     let mut failed = 0;
     for (campaign, rows) in &by_campaign {
-        let url = format!(
-            "{}/api/v1/campaigns/{}/costs",
-            args.url.trim_end_matches('/'),
-            urlencode(campaign)
-        );
+        let url = args
+            .hub
+            .endpoint(&format!("/api/v1/campaigns/{}/costs", urlencode(campaign)));
         let days: Vec<&serde_json::Value> = rows.iter().map(|(_, v)| v).collect();
         let response = client
             .put(url)

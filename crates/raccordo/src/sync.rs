@@ -197,6 +197,45 @@ pub async fn start(
             });
             supervisor.spawn("sync-poller", move |ctx| poller.clone().run(ctx));
         }
+        if let Some(email) = &config.sync.digest.email {
+            let channel = Arc::new(
+                raccordo_notify::EmailChannel::new(email)
+                    .map_err(|e| anyhow::anyhow!("sync.digest.email: {e}"))?,
+            );
+            let (queue, kv, clock) = (stores.queue.clone(), stores.kv.clone(), clock.clone());
+            let (every, hub_url) = (config.sync.digest.every, crm.public_url.clone());
+            supervisor.spawn("sync-digest", move |ctx| {
+                let (queue, kv, clock, channel, hub_url) = (
+                    queue.clone(),
+                    kv.clone(),
+                    clock.clone(),
+                    channel.clone(),
+                    hub_url.clone(),
+                );
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(every) => {}
+                            _ = ctx.cancelled() => return Ok(()),
+                        }
+                        match raccordo_sync::digest::send_once(
+                            queue.as_ref(),
+                            kv.as_ref(),
+                            &channel,
+                            hub_url.as_deref(),
+                            clock.now_ms(),
+                        )
+                        .await
+                        {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(failed = n, "sync failure digest sent"),
+                            // The same failures go out with the next digest.
+                            Err(e) => tracing::warn!(error = %e, "sync failure digest not sent"),
+                        }
+                    }
+                }
+            });
+        }
         if let Some(public_url) = &crm.public_url {
             let notify_url = format!("{}/webhooks/zoho", public_url.trim_end_matches('/'));
             let (zoho, token, channel_id, clock) = (

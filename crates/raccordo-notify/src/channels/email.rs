@@ -108,17 +108,25 @@ impl Channel for EmailChannel {
     }
 
     async fn send(&self, n: &Notification) -> Completion {
+        let body = format!(
+            "{}\n\nkind: {}\nsource: {}\nalert: {}\n",
+            n.message, n.kind, n.subject, n.id
+        );
+        self.send_text(&format!("[raccordo] {}: {}", n.kind, n.message), body)
+            .await
+    }
+}
+
+impl EmailChannel {
+    /// Sends a plain-text message to the configured recipients (alerts, digests).
+    pub async fn send_text(&self, subject: &str, body: String) -> Completion {
         let mut builder = lettre::Message::builder()
-            .subject(format!("[raccordo] {}: {}", n.kind, n.message))
+            .subject(subject)
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
             .from(self.from.clone());
         for to in &self.to {
             builder = builder.to(to.clone());
         }
-        let body = format!(
-            "{}\n\nkind: {}\nsource: {}\nalert: {}\n",
-            n.message, n.kind, n.subject, n.id
-        );
         let email = match builder.body(body) {
             Ok(email) => email,
             Err(e) => {
