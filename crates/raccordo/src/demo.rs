@@ -340,10 +340,16 @@ async fn hubspot_traffic(
         {
             // Now and then a company, associated with the newest contact.
             let name = format!("Cantine Demo {} S.r.l.", run * 1000 + n);
+            // Every third company lacks its web domain, the field companies are matched by:
+            // the sync refuses it, and it shows up in the dead-letter queue and the digest.
+            let mut properties = json!({ "name": name, "city": "Verona" });
+            if n % 3 != 0 {
+                properties["domain"] = json!(format!("cantine-demo-{}.it", run * 1000 + n));
+            }
             let company = client
                 .post(format!("{base}/crm/v3/objects/companies"))
                 .bearer_auth(&token)
-                .json(&json!({ "properties": { "name": name, "city": "Verona" } }))
+                .json(&json!({ "properties": properties }))
                 .send()
                 .await;
             let id = match company {

@@ -154,7 +154,7 @@ fn count(line: &str, label: &str) -> u64 {
     line.split(label)
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+        .and_then(|n| n.trim_end_matches(',').parse().ok())
         .unwrap_or_else(|| panic!("no `{label}` count in {line:?}"))
 }
 
@@ -181,18 +181,18 @@ fn the_demo_runs_everything_and_stops_cleanly() {
         .find(|l| l.starts_with("summary: "))
         .unwrap_or_else(|| panic!("no summary: {stdout}"));
     assert!(count(summary, "events accepted ") > 50, "{summary}");
-    assert!(count(summary, "hubspot changes ") >= 2, "{summary}");
+    assert!(count(summary, "hubspot ") >= 2, "{summary}");
+    assert!(count(summary, "zoho ") >= 2, "{summary}");
     assert!(
-        count(summary, "webhooks ") >= 1,
-        "signed HubSpot webhooks arrived: {summary}"
+        count(summary, "written ") >= 1,
+        "the hub synced changes between the CRM sandboxes: {summary}"
     );
-    assert!(count(summary, "zoho changes ") >= 2, "{summary}");
     assert!(
-        count(summary, "notifications ") >= 1,
-        "Zoho callbacks arrived: {summary}"
+        count(summary, "in sync ") >= 1,
+        "the echoes of its own writes changed nothing: {summary}"
     );
     assert!(count(summary, "ai answers ") >= 2, "{summary}");
-    assert!(!summary.contains("bad signatures"), "{summary}");
+    assert!(!summary.contains("traffic errors"), "{summary}");
     assert!(stdout.trim_end().ends_with("stopped"), "{stdout}");
     assert!(
         dir.path().join("raccordo-demo/raccordo.db").exists(),
