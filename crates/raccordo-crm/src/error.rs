@@ -85,6 +85,38 @@ impl CrmError {
     }
 }
 
+/// Calls one client call makes at most: a brief hiccup (a 5xx, a dropped connection, a
+/// short 429) is retried in place, so one bad call does not send a whole batch back to the
+/// queue. Longer waits go back to the queue, which schedules them without holding a worker.
+pub(crate) const QUICK_TRIES: u32 = 3;
+const QUICK_WAIT_MAX_MS: i64 = 2_000;
+
+/// How long to wait before trying the same call again after failure number `tries`
+/// (1-based), or `None` to give the error back.
+pub(crate) fn quick_retry_wait(e: &CrmError, tries: u32) -> Option<Duration> {
+    let CrmError::Retryable { retry_after_ms, .. } = e else {
+        return None;
+    };
+    if tries >= QUICK_TRIES {
+        return None;
+    }
+    let wait = retry_after_ms.unwrap_or(100 << tries.min(6));
+    (wait <= QUICK_WAIT_MAX_MS).then(|| Duration::from_millis(wait.max(0) as u64))
+}
+
+/// How one try of a call ended, when it did not succeed: a 401 (with the token it used, so
+/// the caller can refresh once), or any other failure.
+pub(crate) enum Attempt {
+    Unauthorized(String),
+    Failed(CrmError),
+}
+
+impl From<CrmError> for Attempt {
+    fn from(e: CrmError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
 /// `Retry-After` in seconds (the only form HubSpot and Zoho send), as milliseconds.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<i64> {
     let secs: f64 = headers

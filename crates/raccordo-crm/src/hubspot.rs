@@ -10,7 +10,7 @@ use raccordo_core::{Clock, RateLimitStore};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::error::{CrmError, body_message, from_status};
+use crate::error::{Attempt, CrmError, body_message, from_status, quick_retry_wait};
 use crate::limits::{Budget, Limit, rolling_window};
 use crate::tokens::TokenSource;
 
@@ -110,51 +110,79 @@ impl HubSpotClient {
         if search {
             limits.push(&self.search);
         }
-        for attempt in 0..2 {
-            self.budget.take(SYSTEM, &limits).await?;
-            let token = self.tokens.access_token().await?;
-            let mut request = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.base))
-                .bearer_auth(&token)
-                .query(query);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| CrmError::transport(SYSTEM, &e))?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| CrmError::transport(SYSTEM, &e))?;
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            if status.is_success() {
-                return Ok((status, value));
-            }
-            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
-                self.tokens.rejected(&token).await;
-                continue;
-            }
-            let policy_wait = match value["policyName"].as_str() {
-                Some("TEN_SECONDLY_ROLLING") => Some(10_000),
-                Some("DAILY") => Some(3_600_000),
-                _ if body_message(&value) == "You have reached your secondly limit." => Some(1_000),
-                _ => None,
+        let (mut refreshed, mut tries) = (false, 0);
+        loop {
+            let error = match self.attempt(&method, path, query, body, &limits).await {
+                Ok(done) => return Ok(done),
+                Err(Attempt::Unauthorized(token)) if !refreshed => {
+                    // Once per call: the token may have been revoked or expired early.
+                    self.tokens.rejected(&token).await;
+                    refreshed = true;
+                    continue;
+                }
+                Err(Attempt::Unauthorized(_)) => CrmError::Unauthorized {
+                    system: SYSTEM,
+                    message: "HTTP 401 with a fresh token".into(),
+                },
+                Err(Attempt::Failed(e)) => e,
             };
-            return Err(from_status(
-                SYSTEM,
-                status,
-                &headers,
-                body_message(&value),
-                invalid_property(&value),
-                policy_wait,
-            ));
+            tries += 1;
+            match quick_retry_wait(&error, tries) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(error),
+            }
         }
-        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        limits: &[&Limit],
+    ) -> Result<(StatusCode, Value), Attempt> {
+        self.budget.take(SYSTEM, limits).await?;
+        let token = self.tokens.access_token().await?;
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(&token)
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok((status, value));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(Attempt::Unauthorized(token));
+        }
+        let policy_wait = match value["policyName"].as_str() {
+            Some("TEN_SECONDLY_ROLLING") => Some(10_000),
+            Some("DAILY") => Some(3_600_000),
+            _ if body_message(&value) == "You have reached your secondly limit." => Some(1_000),
+            _ => None,
+        };
+        Err(Attempt::Failed(from_status(
+            SYSTEM,
+            status,
+            &headers,
+            body_message(&value),
+            invalid_property(&value),
+            policy_wait,
+        )))
     }
 
     /// Records by id, or by a unique property (`id_property = Some("email")`); missing and

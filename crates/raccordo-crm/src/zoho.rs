@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::error::{CrmError, body_message, from_status};
+use crate::error::{Attempt, CrmError, body_message, from_status, quick_retry_wait};
 use crate::hubspot::parse_time;
 use crate::limits::{Budget, Limit, rolling_window};
 use crate::tokens::TokenSource;
@@ -109,58 +109,82 @@ impl ZohoClient {
         } else {
             None
         };
-        for attempt in 0..2 {
-            self.budget.take(SYSTEM, &[&self.credits]).await?;
-            let token = self.tokens.access_token().await?;
-            let mut request = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.base))
-                .header("authorization", format!("Zoho-oauthtoken {token}"))
-                .query(query);
-            for (k, v) in headers {
-                request = request.header(*k, v);
+        let (mut refreshed, mut tries) = (false, 0);
+        loop {
+            let error = match self.attempt(&method, path, query, headers, body).await {
+                Ok(done) => return Ok(done),
+                Err(Attempt::Unauthorized(token)) if !refreshed => {
+                    self.tokens.rejected(&token).await;
+                    refreshed = true;
+                    continue;
+                }
+                Err(Attempt::Unauthorized(_)) => CrmError::Unauthorized {
+                    system: SYSTEM,
+                    message: "INVALID_TOKEN with a fresh token".into(),
+                },
+                Err(Attempt::Failed(e)) => e,
+            };
+            tries += 1;
+            match quick_retry_wait(&error, tries) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(error),
             }
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| CrmError::transport(SYSTEM, &e))?;
-            let status = response.status();
-            let response_headers = response.headers().clone();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| CrmError::transport(SYSTEM, &e))?;
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            // A write whose every record failed answers 400 with the per-record entries: the
-            // caller reads them like a 207's.
-            let per_record = status == StatusCode::BAD_REQUEST && value["data"].is_array();
-            if status.is_success() || status == StatusCode::NOT_MODIFIED || per_record {
-                return Ok((status, value));
-            }
-            if status == StatusCode::UNAUTHORIZED
-                && value["code"] == "INVALID_TOKEN"
-                && attempt == 0
-            {
-                self.tokens.rejected(&token).await;
-                continue;
-            }
-            let field = value["details"]["api_name"]
-                .as_str()
-                .or(value["details"]["param_name"].as_str())
-                .map(str::to_string);
-            return Err(from_status(
-                SYSTEM,
-                status,
-                &response_headers,
-                zoho_message(&value),
-                field,
-                None,
-            ));
         }
-        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), Attempt> {
+        self.budget.take(SYSTEM, &[&self.credits]).await?;
+        let token = self.tokens.access_token().await?;
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header("authorization", format!("Zoho-oauthtoken {token}"))
+            .query(query);
+        for (k, v) in headers {
+            request = request.header(*k, v);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
+        let status = response.status();
+        let response_headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        // A write whose every record failed answers 400 with the per-record entries: the
+        // caller reads them like a 207's.
+        let per_record = status == StatusCode::BAD_REQUEST && value["data"].is_array();
+        if status.is_success() || status == StatusCode::NOT_MODIFIED || per_record {
+            return Ok((status, value));
+        }
+        if status == StatusCode::UNAUTHORIZED && value["code"] == "INVALID_TOKEN" {
+            return Err(Attempt::Unauthorized(token));
+        }
+        let field = value["details"]["api_name"]
+            .as_str()
+            .or(value["details"]["param_name"].as_str())
+            .map(str::to_string);
+        Err(Attempt::Failed(from_status(
+            SYSTEM,
+            status,
+            &response_headers,
+            zoho_message(&value),
+            field,
+            None,
+        )))
     }
 
     /// Records by id, 100 per call; missing ones are left out.

@@ -24,6 +24,47 @@ pub struct SyncConfig {
     pub poll_every: std::time::Duration,
     /// `[sync.digest]`: the e-mail digest of failed operations.
     pub digest: crate::digest::DigestConfig,
+    /// `[sync.retry]`: how failed sync operations are retried.
+    pub retry: RetryConfig,
+}
+
+/// Retries of operations that failed for a reason that may pass (timeouts, 5xx, 429):
+/// exponential backoff with ±20 % jitter, never sooner than the CRM's `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Wait before the first retry; each next wait doubles.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub first_delay: std::time::Duration,
+    /// Longest wait between two attempts.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub max_delay: std::time::Duration,
+    /// Attempts in all, the first included; then the operation goes to the dead-letter queue.
+    pub attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        // The seed's schedule: first retry after 30 s, five attempts.
+        Self {
+            first_delay: std::time::Duration::from_secs(30),
+            max_delay: std::time::Duration::from_secs(3600),
+            attempts: 5,
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn policy(&self) -> raccordo_core::RetryPolicy {
+        raccordo_core::RetryPolicy {
+            first_delay_ms: self.first_delay.as_millis() as i64,
+            max_delay_ms: self.max_delay.as_millis() as i64,
+            max_attempts: self.attempts.max(1),
+            ..raccordo_core::RetryPolicy::default()
+        }
+    }
 }
 
 impl Default for SyncConfig {
@@ -34,6 +75,7 @@ impl Default for SyncConfig {
             zoho_workflows: false,
             poll_every: std::time::Duration::from_secs(300),
             digest: crate::digest::DigestConfig::default(),
+            retry: RetryConfig::default(),
         }
     }
 }

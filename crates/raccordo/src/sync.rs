@@ -25,7 +25,7 @@ use crate::config::Config;
 const REFRESH_AHEAD_MS: i64 = 5 * 60_000;
 
 /// The sync worker as a queue worker: it takes a batch's worth of items per round.
-struct SyncQueueWorker(SyncWorker);
+struct SyncQueueWorker(SyncWorker, RetryPolicy);
 
 #[async_trait]
 impl Worker for SyncQueueWorker {
@@ -33,7 +33,7 @@ impl Worker for SyncQueueWorker {
         jobs::QUEUE
     }
     fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy::default()
+        self.1
     }
     async fn process(&self, item: &WorkItem) -> Completion {
         self.0
@@ -165,14 +165,17 @@ pub async fn start(
     };
 
     if let (Some((hubspot, _)), Some((zoho, token, channel_id))) = (&hubspot, &zoho) {
-        let worker: Arc<dyn Worker> = Arc::new(SyncQueueWorker(SyncWorker {
-            hubspot: hubspot.clone(),
-            zoho: zoho.clone(),
-            mappings: stores.mappings.clone(),
-            kv: stores.kv.clone(),
-            config: Arc::new(config.sync.clone()),
-            clock: clock.clone(),
-        }));
+        let worker: Arc<dyn Worker> = Arc::new(SyncQueueWorker(
+            SyncWorker {
+                hubspot: hubspot.clone(),
+                zoho: zoho.clone(),
+                mappings: stores.mappings.clone(),
+                kv: stores.kv.clone(),
+                config: Arc::new(config.sync.clone()),
+                clock: clock.clone(),
+            },
+            config.sync.retry.policy(),
+        ));
         {
             let (queue, clock, wake) = (stores.queue.clone(), clock.clone(), wake.clone());
             supervisor.spawn("sync-worker", move |ctx| {

@@ -19,6 +19,10 @@ const CHANNEL_TOKEN: &str = "raccordo-test-channel-token-01";
 async fn sandbox(product: Product, webhook_url: Option<String>) -> Running {
     let mut config = SandboxConfig::new(product, "127.0.0.1:0".parse().unwrap());
     config.seed_size = (0, 0);
+    if product == Product::HubSpot {
+        // The test's own calls share the account's limit with the hub's.
+        config.rate_limit = Some(2000);
+    }
     config.webhook_url = webhook_url;
     raccordo_sandbox::start(config).await.unwrap()
 }
@@ -40,21 +44,27 @@ where
 }
 
 async fn zoho_token(z: &Running) -> String {
-    let answer: Value = client()
-        .post(format!("{}/oauth/v2/token", z.base_url))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", credential(z, "client_id")),
-            ("client_secret", credential(z, "client_secret")),
-            ("refresh_token", credential(z, "refresh_token")),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["access_token"].as_str().unwrap().to_string()
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("client_id", credential(z, "client_id")),
+        ("client_secret", credential(z, "client_secret")),
+        ("refresh_token", credential(z, "refresh_token")),
+    ];
+    for _ in 0..40 {
+        let answer: Value = match client()
+            .post(format!("{}/oauth/v2/token", z.base_url))
+            .form(&form)
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        if let Some(token) = answer["access_token"].as_str() {
+            return token.to_string();
+        }
+    }
+    panic!("no Zoho access token");
 }
 
 async fn zoho_contacts(z: &Running, token: &str) -> Vec<Value> {
@@ -90,15 +100,8 @@ async fn hubspot_search(hs: &Running, email: &str) -> Option<Value> {
     found["results"].as_array().and_then(|r| r.first().cloned())
 }
 
-#[tokio::test]
-async fn contacts_sync_both_ways_through_webhooks_exactly_once() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = free_port();
-    let public = format!("http://127.0.0.1:{port}");
-    let hs = sandbox(Product::HubSpot, Some(format!("{public}/webhooks/hubspot"))).await;
-    let z = sandbox(Product::Zoho, None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
+fn hub_config(public: &str, hs: &Running, z: &Running, extra: &str) -> String {
+    format!(
         r#"
 [server]
 data_dir = "data"
@@ -110,6 +113,7 @@ public_url = "{public}"
 base_url = "{hs_url}"
 access_token = "{hs_token}"
 client_secret = "{hs_secret}"
+burst_per_10s = 1000
 
 [crm.zoho]
 base_url = "{z_url}"
@@ -118,15 +122,27 @@ client_id = "{z_id}"
 client_secret = "{z_secret}"
 refresh_token = "{z_refresh}"
 channel_token = "{CHANNEL_TOKEN}"
+{extra}
 "#,
         hs_url = hs.base_url,
-        hs_token = credential(&hs, "token"),
-        hs_secret = credential(&hs, "client_secret"),
+        hs_token = credential(hs, "token"),
+        hs_secret = credential(hs, "client_secret"),
         z_url = z.base_url,
-        z_id = credential(&z, "client_id"),
-        z_secret = credential(&z, "client_secret"),
-        z_refresh = credential(&z, "refresh_token"),
-    );
+        z_id = credential(z, "client_id"),
+        z_secret = credential(z, "client_secret"),
+        z_refresh = credential(z, "refresh_token"),
+    )
+}
+
+#[tokio::test]
+async fn contacts_sync_both_ways_through_webhooks_exactly_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let hs = sandbox(Product::HubSpot, Some(format!("{public}/webhooks/hubspot"))).await;
+    let z = sandbox(Product::Zoho, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = hub_config(&public, &hs, &z, "");
     std::fs::write(dir.path().join("raccordo.toml"), config).unwrap();
     let server = Server::start_on(
         dir.path(),
@@ -227,4 +243,286 @@ channel_token = "{CHANNEL_TOKEN}"
         .await
         .unwrap();
     assert_eq!(all["results"].as_array().unwrap().len(), 21);
+}
+
+/// Sends a request until the sandbox answers 2xx (the sandboxes inject faults into the
+/// test's own calls too; an injected fault is answered before the call takes effect).
+async fn until_ok(request: impl Fn() -> reqwest::RequestBuilder) -> Value {
+    let mut last = String::new();
+    for attempt in 0..40u64 {
+        match request().send().await {
+            Ok(r) if r.status().is_success() => return r.json().await.unwrap_or(Value::Null),
+            Ok(r) => last = format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => last = e.to_string(),
+        }
+        // A bounded backoff between tries of a call the sandbox refused on purpose.
+        tokio::time::sleep(Duration::from_millis(20 * attempt.min(10))).await;
+    }
+    panic!("the sandbox kept failing: {last}");
+}
+
+async fn knobs(sandbox: &Running, knobs: Value) {
+    let r = client()
+        .patch(format!("{}/_sandbox/knobs", sandbox.base_url))
+        .json(&knobs)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+async fn all_hubspot_contacts(hs: &Running) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!(
+            "{}/crm/v3/objects/contacts?limit=100&properties=email,firstname,lastname,city",
+            hs.base_url
+        );
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page = until_ok(|| client().get(&url).bearer_auth(credential(hs, "token"))).await;
+        out.extend(page["results"].as_array().cloned().unwrap_or_default());
+        match page["paging"]["next"]["after"].as_str() {
+            Some(a) => after = Some(a.to_string()),
+            None => return out,
+        }
+    }
+}
+
+async fn all_zoho_contacts(z: &Running, token: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for page in 1.. {
+        let url = format!(
+            "{}/crm/v8/Contacts?fields=Email,First_Name,Last_Name,Mailing_City&per_page=200&page={page}",
+            z.base_url
+        );
+        let r = client()
+            .get(&url)
+            .header("authorization", format!("Zoho-oauthtoken {token}"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 204 {
+            return out;
+        }
+        let body: Value = r.json().await.unwrap();
+        out.extend(body["data"].as_array().cloned().unwrap_or_default());
+        if body["info"]["more_records"] != true {
+            return out;
+        }
+    }
+    out
+}
+
+/// HubSpot contacts by e-mail → (first, last, city), and the same for Zoho.
+type Fields = std::collections::BTreeMap<String, (String, String, String)>;
+
+fn hubspot_fields(contacts: &[Value]) -> Fields {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    contacts
+        .iter()
+        .map(|c| {
+            let p = &c["properties"];
+            (
+                s(&p["email"]),
+                (s(&p["firstname"]), s(&p["lastname"]), s(&p["city"])),
+            )
+        })
+        .collect()
+}
+
+fn zoho_fields(contacts: &[Value]) -> Fields {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    contacts
+        .iter()
+        .map(|c| {
+            (
+                s(&c["Email"]),
+                (
+                    s(&c["First_Name"]),
+                    s(&c["Last_Name"]),
+                    s(&c["Mailing_City"]),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_with_faults_expired_tokens_repeated_webhooks_and_a_kill_9_ends_in_agreement() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let hs = sandbox(Product::HubSpot, Some(format!("{public}/webhooks/hubspot"))).await;
+    let z = sandbox(Product::Zoho, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[admin.tokens]]
+name = "ops"
+token = "admin-token-0123456789abcdef"
+scopes = ["admin"]
+
+[sync]
+poll_every = "1s"
+[sync.retry]
+first_delay = "200ms"
+max_delay = "2s"
+attempts = 10
+"#;
+    std::fs::write(
+        dir.path().join("raccordo.toml"),
+        hub_config(&public, &hs, &z, extra),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--config", "raccordo.toml"];
+    let mut server = Server::start_on(dir.path(), &listen, &args);
+
+    // 20 % of the calls to each CRM fail: 5xx and 429s.
+    knobs(&hs, json!({"error_rate": 0.15, "throttle_rate": 0.05})).await;
+    knobs(&z, json!({"error_rate": 0.1, "throttle_rate": 0.1})).await;
+
+    const N: usize = 300;
+    let token = credential(&hs, "token").to_string();
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let created = until_ok(|| {
+            client()
+                .post(format!("{}/crm/v3/objects/contacts", hs.base_url))
+                .bearer_auth(&token)
+                .json(&json!({"properties": {"email": format!("raffica{i}@example.it"), "firstname": "Marco", "lastname": format!("Galli{i}"), "city": "Bari"}}))
+        })
+        .await;
+        ids.push(created["id"].as_str().unwrap().to_string());
+        if i == N / 2 {
+            // The hub dies mid-burst and comes back on the same address and data.
+            server.kill9();
+            server = Server::start_on(dir.path(), &listen, &args);
+            // Zoho's access tokens expire under it.
+            until_ok(|| client().post(format!("{}/_sandbox/tokens/expire", z.base_url))).await;
+        }
+    }
+    // Repeated and reordered webhooks: HubSpot retries, and may deliver out of order.
+    let events: Vec<Value> = ids
+        .iter()
+        .take(30)
+        .rev()
+        .flat_map(|id| {
+            let e = json!({"eventId": 1, "subscriptionType": "contact.propertyChange", "objectId": id.parse::<u64>().unwrap(), "propertyName": "city", "propertyValue": "Bari", "occurredAt": 1});
+            [e.clone(), e]
+        })
+        .collect();
+    let body = Value::Array(events).to_string();
+    let url = format!("{public}/webhooks/hubspot");
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let signature = raccordo_sandbox::hubspot::signature_v3(
+        credential(&hs, "client_secret"),
+        "POST",
+        &url,
+        body.as_bytes(),
+        ts,
+    );
+    let replayed = client()
+        .post(&url)
+        .header("x-hubspot-signature-v3", signature)
+        .header("x-hubspot-request-timestamp", ts.to_string())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 200);
+
+    // Edits in Zoho of records the sync created, while faults continue.
+    let zoho_token = zoho_token(&z).await;
+    let edited = eventually("the first contacts in Zoho", || async {
+        let c = all_zoho_contacts(&z, &zoho_token).await;
+        (c.len() >= 20).then_some(c)
+    })
+    .await;
+    for c in edited.iter().take(10) {
+        until_ok(|| {
+            client()
+                .put(format!("{}/crm/v8/Contacts", z.base_url))
+                .header("authorization", format!("Zoho-oauthtoken {zoho_token}"))
+                .json(&json!({"data": [{"id": c["id"], "Mailing_City": "Lecce"}]}))
+        })
+        .await;
+    }
+
+    // The faults were real: the hub's own calls met injected 5xx and 429 answers.
+    let injected = |log: Value| {
+        log["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["injected"] == "error" || c["injected"] == "throttle")
+            .count()
+    };
+    let zoho_log: Value = client()
+        .get(format!("{}/_sandbox/calls", z.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        injected(zoho_log) > 10,
+        "faults were injected into Zoho calls"
+    );
+    knobs(&hs, json!({"error_rate": 0.0, "throttle_rate": 0.0})).await;
+    knobs(&z, json!({"error_rate": 0.0, "throttle_rate": 0.0})).await;
+    let (hubspot_side, zoho_side) =
+        eventually_long("both CRMs agree on every mapped field", || async {
+            let h = hubspot_fields(&all_hubspot_contacts(&hs).await);
+            let zc = all_zoho_contacts(&z, &zoho_token).await;
+            let zf = zoho_fields(&zc);
+            (zc.len() == N && h == zf).then_some((h, zc))
+        })
+        .await;
+    assert_eq!(hubspot_side.len(), N);
+    // No contact exists twice in Zoho: one record per e-mail, and no more records than that.
+    let mut emails: Vec<String> = zoho_side
+        .iter()
+        .map(|c| c["Email"].as_str().unwrap().to_string())
+        .collect();
+    emails.sort();
+    emails.dedup();
+    assert_eq!(emails.len(), N);
+    let lecce = hubspot_side
+        .values()
+        .filter(|(_, _, city)| city == "Lecce")
+        .count();
+    assert_eq!(lecce, 10, "the Zoho edits reached HubSpot");
+    // Every failure was retried to success: nothing is left in the dead-letter queue.
+    let dlq: Value = client()
+        .get(server.url("/api/v1/dlq?queue=sync"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dlq["dead_letters"], json!([]), "{dlq}");
+    server.terminate();
+}
+
+/// [`eventually`] with a longer deadline, for convergence after retries.
+async fn eventually_long<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
