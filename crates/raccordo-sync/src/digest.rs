@@ -66,7 +66,7 @@ pub fn render(letters: &[DeadLetter], hub_url: Option<&str>) -> Option<(String, 
             None => ("?", "?", "?", l.group_key.as_str()),
         };
         body.push_str(&format!(
-            "\n#{id_dl}  {op}: {kind} {id}, {source} → {target}\n  \
+            "\n#{id_dl}  {op}: {kind} {id}, {source} -> {target}\n  \
              reason:   {reason}\n  \
              attempts: {attempts}, first queued {first}, failed {failed}\n  \
              replay:   raccordo dlq replay {id_dl}",
@@ -164,7 +164,7 @@ mod tests {
         let (subject, body) = render(&[letter], Some("https://hub.example.it/")).unwrap();
         assert_eq!(subject, "[raccordo] 1 failed sync operation(s)");
         for part in [
-            "#7  sync_record: contact 101, hubspot → zoho",
+            "#7  sync_record: contact 101, hubspot -> zoho",
             "field `email` (hubspot): missing (record: Anna Rossi)",
             "attempts: 1, first queued 2026-01-01T00:00:00Z, failed 2026-01-01T00:01:00Z",
             "raccordo dlq replay 7",

@@ -133,68 +133,13 @@ secret = "{secret}"
     assert_eq!(body["alerts"].as_array().unwrap().len(), 1);
 }
 
-/// Debian's python3 with aiosmtpd, or `None` on a laptop without it (in CI a missing one fails).
-fn aiosmtpd() -> Option<&'static str> {
-    let python = "/usr/bin/python3";
-    let ok = std::process::Command::new(python)
-        .args(["-c", "import aiosmtpd"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3-aiosmtpd is required in CI (.ci/run installs it)"
-        );
-        eprintln!(
-            "SKIPPED: aiosmtpd is not installed (apt-get install python3-aiosmtpd); this test runs in CI"
-        );
-    }
-    ok.then_some(python)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn alerts_reach_a_real_smtp_server_over_starttls() {
-    use std::io::BufRead;
-    let Some(python) = aiosmtpd() else { return };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut smtp = std::process::Command::new(python)
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-        .args([
-            "--tlscert",
-            &format!("{FIXTURES}/smtp_cert.pem"),
-            "--tlskey",
-            &format!("{FIXTURES}/smtp_key.pem"),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let received = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = received.clone();
-    let stdout = smtp.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let mut text = sink.lock().unwrap();
-            text.push_str(&line);
-            text.push('\n');
-        }
-    });
+    let Some(smtp) = support::SmtpSink::start().await else {
+        return;
+    };
+    let port = smtp.port;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "aiosmtpd did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
     let extra = format!(
         r#"
 [[alerts.channels]]
@@ -213,7 +158,7 @@ ca_file = "{FIXTURES}/smtp_cert.pem"
         assert_eq!(send_event(&server, 7).await, StatusCode::ACCEPTED);
     }
     loop {
-        let text = received.lock().unwrap().clone();
+        let text = smtp.text();
         if text.contains("Subject: [raccordo] duplicate_burst") {
             assert!(text.contains("4 duplicates from source `web`"), "{text}");
             assert!(
@@ -234,8 +179,6 @@ ca_file = "{FIXTURES}/smtp_cert.pem"
     })
     .await;
     assert_eq!(body["alerts"][0]["deliveries"][0]["kind"], "email");
-    let _ = smtp.kill();
-    let _ = smtp.wait();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -526,3 +526,124 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_missing_its_email_is_dead_lettered_mailed_in_the_digest_and_replayed() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(smtp) = support::SmtpSink::start().await else {
+        return;
+    };
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let hs = sandbox(Product::HubSpot, Some(format!("{public}/webhooks/hubspot"))).await;
+    let z = sandbox(Product::Zoho, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        r#"
+[[admin.tokens]]
+name = "ops"
+token = "{admin}"
+scopes = ["admin"]
+
+[sync.digest]
+every = "1s"
+email = {{ {email} }}
+"#,
+        admin = support::ADMIN_TOKEN,
+        email = smtp.email_settings()
+    );
+    std::fs::write(
+        dir.path().join("raccordo.toml"),
+        hub_config(&public, &hs, &z, &extra),
+    )
+    .unwrap();
+    let mut server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+
+    // A contact typed into HubSpot without an e-mail: it cannot be matched safely.
+    let created: Value = client()
+        .post(format!("{}/crm/v3/objects/contacts", hs.base_url))
+        .bearer_auth(credential(&hs, "token"))
+        .json(&json!({"properties": {"firstname": "Senza", "lastname": "Email"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // The digest names the operation, the systems, the record, the field and the replay.
+    let mail = eventually("the failure digest", || async {
+        let text = smtp.decoded_text();
+        text.contains("Subject: [raccordo] 1 failed sync operation(s)")
+            .then_some(text)
+    })
+    .await;
+    for part in [
+        format!("sync_record: contact {id}, hubspot -> zoho"),
+        "field `email` (hubspot): missing".to_string(),
+        "(record: Senza Email)".to_string(),
+        "raccordo dlq replay".to_string(),
+        format!("{public}/api/v1/dlq/"),
+    ] {
+        assert!(mail.contains(&part), "{part} not in the digest:\n{mail}");
+    }
+
+    // The CLI lists it.
+    let hub = ["--url", &public, "--token", support::ADMIN_TOKEN];
+    let list = std::process::Command::new(support::BIN)
+        .args(["dlq", "list", "--queue", "sync"])
+        .args(hub)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{listed}");
+    assert!(
+        listed.contains("`email`") && listed.contains("1 dead letter(s)"),
+        "{listed}"
+    );
+
+    // Someone adds the e-mail in HubSpot and replays the operation: the contact reaches
+    // Zoho once, though both the change's webhook and the replay sync it.
+    let fixed = client()
+        .patch(format!("{}/crm/v3/objects/contacts/{id}", hs.base_url))
+        .bearer_auth(credential(&hs, "token"))
+        .json(&json!({"properties": {"email": "senza.email@example.it"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(fixed.status().is_success());
+    let replay = std::process::Command::new(support::BIN)
+        .args([
+            "dlq",
+            "replay",
+            "--all",
+            "--queue",
+            "sync",
+            "--matching",
+            "`email`",
+        ])
+        .args(hub)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("queued again"));
+    let token = zoho_token(&z).await;
+    eventually("the fixed contact in Zoho", || async {
+        let c = zoho_contacts(&z, &token).await;
+        c.iter()
+            .any(|c| c["Email"] == "senza.email@example.it")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(zoho_contacts(&z, &token).await.len(), 1);
+    server.terminate();
+}

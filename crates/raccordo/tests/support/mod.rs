@@ -527,3 +527,114 @@ pub fn sdk_python() -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// A real SMTP server (aiosmtpd, with STARTTLS on the fixture certificate) that prints what
+/// it receives; stopped when dropped. `None` on a laptop without aiosmtpd (in CI a missing
+/// one fails).
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+    received: Arc<Mutex<String>>,
+}
+
+impl SmtpSink {
+    pub async fn start() -> Option<SmtpSink> {
+        let python = "/usr/bin/python3";
+        let ok = Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "python3-aiosmtpd is required in CI (.ci/run installs it)"
+            );
+            eprintln!(
+                "SKIPPED: aiosmtpd is not installed (apt-get install python3-aiosmtpd); this test runs in CI"
+            );
+            return None;
+        }
+        let port = free_port();
+        let mut child = Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args([
+                "--tlscert",
+                &format!("{FIXTURES}/smtp_cert.pem"),
+                "--tlskey",
+                &format!("{FIXTURES}/smtp_key.pem"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let received = Arc::new(Mutex::new(String::new()));
+        let sink = received.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "aiosmtpd did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(SmtpSink {
+            child,
+            port,
+            received,
+        })
+    }
+
+    /// Everything received so far (headers and bodies).
+    pub fn text(&self) -> String {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// [`SmtpSink::text`] with quoted-printable bodies decoded (soft line breaks joined,
+    /// `=XX` escapes turned back into bytes).
+    pub fn decoded_text(&self) -> String {
+        let raw = self.text().replace("=\n", "");
+        let bytes = raw.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'=', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The `[sync.digest]`/`[[alerts.channels]]` e-mail settings for this server.
+    pub fn email_settings(&self) -> String {
+        format!(
+            r#"host = "127.0.0.1", port = {}, tls = "starttls", from = "raccordo <sync@raccordo.test>", to = ["revops@raccordo.test"], ca_file = "{FIXTURES}/smtp_cert.pem""#,
+            self.port
+        )
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
