@@ -15,8 +15,8 @@ pub use event::{
 };
 pub use ids::{EventId, SourceName, SourceNameError};
 pub use store::queue::{
-    Completion, CompletionOutcome, DeadLetter, Enqueued, Job, NewWorkItem, RetryPolicy, WorkItem,
-    WorkQueue,
+    Completion, CompletionOutcome, DeadLetter, Enqueued, Job, NewWorkItem, QueueDepth, RetryPolicy,
+    WorkItem, WorkQueue,
 };
 pub use store::*;
 

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Attempt, CrmError, body_message, from_status, quick_retry_wait};
 use crate::limits::{Budget, Limit, rolling_window};
+use crate::stats::CallStats;
 use crate::tokens::TokenSource;
 
 const SYSTEM: &str = "hubspot";
@@ -60,6 +61,7 @@ pub struct HubSpotClient {
     base: String,
     tokens: Arc<dyn TokenSource>,
     budget: Budget,
+    stats: Arc<CallStats>,
     burst: Limit,
     daily: Option<Limit>,
     search: Limit,
@@ -81,6 +83,7 @@ impl HubSpotClient {
             base: settings.base_url.trim_end_matches('/').to_string(),
             tokens,
             budget: Budget::new(limits, clock),
+            stats: Arc::new(CallStats::new()),
             burst: Limit {
                 bucket: "hubspot:burst".into(),
                 spec: rolling_window(settings.burst_per_10s, 10_000, 0.05),
@@ -94,6 +97,11 @@ impl HubSpotClient {
                 spec: rolling_window(settings.search_per_s, 1_000, 0.05),
             },
         })
+    }
+
+    /// What this client did so far.
+    pub fn stats(&self) -> Arc<CallStats> {
+        self.stats.clone()
     }
 
     /// One API call: rate limits, token (refreshed once on a 401), error sorting.
@@ -113,7 +121,10 @@ impl HubSpotClient {
         let (mut refreshed, mut tries) = (false, 0);
         loop {
             let error = match self.attempt(&method, path, query, body, &limits).await {
-                Ok(done) => return Ok(done),
+                Ok(done) => {
+                    self.stats.record(SYSTEM, Ok(()));
+                    return Ok(done);
+                }
                 Err(Attempt::Unauthorized(token)) if !refreshed => {
                     // Once per call: the token may have been revoked or expired early.
                     self.tokens.rejected(&token).await;
@@ -126,6 +137,7 @@ impl HubSpotClient {
                 },
                 Err(Attempt::Failed(e)) => e,
             };
+            self.stats.record(SYSTEM, Err(&error));
             tries += 1;
             match quick_retry_wait(&error, tries) {
                 Some(wait) => tokio::time::sleep(wait).await,
@@ -158,6 +170,7 @@ impl HubSpotClient {
             .map_err(|e| CrmError::transport(SYSTEM, &e))?;
         let status = response.status();
         let headers = response.headers().clone();
+        self.stats.remaining(&headers);
         let bytes = response
             .bytes()
             .await

@@ -13,6 +13,7 @@ pub mod error;
 pub mod hubspot;
 pub mod limits;
 pub mod seal;
+pub mod stats;
 pub mod tokens;
 pub mod zoho;
 
@@ -20,5 +21,6 @@ pub use config::{CrmConfig, HubSpotConfig, ZohoConfig};
 pub use error::CrmError;
 pub use hubspot::{HubSpotClient, HubSpotSettings};
 pub use seal::Sealer;
+pub use stats::{CallCounts, CallStats};
 pub use tokens::{OAuthGrant, OAuthTokens, StaticToken, TokenSource};
 pub use zoho::{ZohoClient, ZohoSettings};

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use crate::error::{Attempt, CrmError, body_message, from_status, quick_retry_wait};
 use crate::hubspot::parse_time;
 use crate::limits::{Budget, Limit, rolling_window};
+use crate::stats::CallStats;
 use crate::tokens::TokenSource;
 
 const SYSTEM: &str = "zoho";
@@ -53,6 +54,7 @@ pub struct ZohoClient {
     base: String,
     tokens: Arc<dyn TokenSource>,
     budget: Budget,
+    stats: Arc<CallStats>,
     credits: Limit,
     concurrency: Semaphore,
     /// Writes of more than 10 records count against a separate sub-concurrency of 10.
@@ -83,6 +85,7 @@ impl ZohoClient {
             base: settings.base_url.trim_end_matches('/').to_string(),
             tokens,
             budget: Budget::new(limits, clock),
+            stats: Arc::new(CallStats::new()),
             credits: Limit {
                 bucket: "zoho:credits".into(),
                 spec: rolling_window(settings.credits_per_day, 86_400_000, 0.05),
@@ -91,6 +94,11 @@ impl ZohoClient {
             heavy: Semaphore::new(10),
             workflows: settings.workflows,
         })
+    }
+
+    /// What this client did so far.
+    pub fn stats(&self) -> Arc<CallStats> {
+        self.stats.clone()
     }
 
     async fn call(
@@ -112,7 +120,10 @@ impl ZohoClient {
         let (mut refreshed, mut tries) = (false, 0);
         loop {
             let error = match self.attempt(&method, path, query, headers, body).await {
-                Ok(done) => return Ok(done),
+                Ok(done) => {
+                    self.stats.record(SYSTEM, Ok(()));
+                    return Ok(done);
+                }
                 Err(Attempt::Unauthorized(token)) if !refreshed => {
                     self.tokens.rejected(&token).await;
                     refreshed = true;
@@ -124,6 +135,7 @@ impl ZohoClient {
                 },
                 Err(Attempt::Failed(e)) => e,
             };
+            self.stats.record(SYSTEM, Err(&error));
             tries += 1;
             match quick_retry_wait(&error, tries) {
                 Some(wait) => tokio::time::sleep(wait).await,

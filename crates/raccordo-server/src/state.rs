@@ -50,4 +50,6 @@ pub struct CrmIntake {
     pub mappings: Arc<dyn IdMappings>,
     /// Wakes the sync worker when work arrives.
     pub wake: Arc<tokio::sync::Notify>,
+    /// The sync's activity; `None` unless both CRMs are connected.
+    pub stats: Option<Arc<raccordo_sync::health::SyncStats>>,
 }

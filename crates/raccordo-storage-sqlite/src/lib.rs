@@ -106,18 +106,6 @@ impl SqliteStore {
             if !applied.is_empty() {
                 tracing::info!(?applied, path = %options.path.display(), "database migrated");
             }
-            // The data lock makes this process the only one using the store: any work item
-            // still leased was leased by a process that died. Free it now rather than when
-            // its lease runs out, so a restart resumes that work at once.
-            let freed = conn
-                .execute(
-                    "UPDATE work_items SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL",
-                    [],
-                )
-                .map_err(sqlite_err)?;
-            if freed > 0 {
-                tracing::info!(freed, "work items of the previous run queued again");
-            }
         }
         let (log, _recovery) = SegmentLog::open(SegmentLogOptions {
             dir: options.segments_dir(),

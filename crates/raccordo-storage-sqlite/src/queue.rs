@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use raccordo_core::{
-    Completion, CompletionOutcome, DeadLetter, Enqueued, NewWorkItem, RetryPolicy, StoreError,
-    WorkItem, WorkQueue,
+    Completion, CompletionOutcome, DeadLetter, Enqueued, NewWorkItem, QueueDepth, RetryPolicy,
+    StoreError, WorkItem, WorkQueue,
 };
 use rusqlite::{OptionalExtension, params};
 
@@ -166,6 +166,44 @@ impl WorkQueue for SqliteWorkQueue {
                     Ok(CompletionOutcome::DeadLettered(move_to_dead_letters(tx, id, &error, now_ms)?))
                 }
             }
+        })
+        .await
+    }
+
+    async fn release_all_leases(&self) -> Result<u64, StoreError> {
+        self.with_tx(|tx| {
+            tx.execute(
+                "UPDATE work_items SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL",
+                [],
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn depth(&self, queue: &str, now_ms: i64) -> Result<QueueDepth, StoreError> {
+        let queue = queue.to_string();
+        self.with_tx(move |tx| {
+            let (waiting, in_flight, retrying): (i64, i64, i64) = tx.query_row(
+                "SELECT
+                   coalesce(sum(lease_until IS NULL OR lease_until <= ?2), 0),
+                   coalesce(sum(lease_until > ?2), 0),
+                   coalesce(sum((lease_until IS NULL OR lease_until <= ?2) AND attempts > 0), 0)
+                 FROM work_items WHERE queue = ?1",
+                params![queue, now_ms],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let dead: i64 = tx.query_row(
+                "SELECT count(*) FROM dead_letters WHERE queue = ?1",
+                params![queue],
+                |r| r.get(0),
+            )?;
+            Ok(QueueDepth {
+                waiting: waiting as u64,
+                in_flight: in_flight as u64,
+                retrying: retrying as u64,
+                dead_letters: dead as u64,
+            })
         })
         .await
     }

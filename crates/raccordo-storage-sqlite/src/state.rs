@@ -210,6 +210,24 @@ impl IdMappings for SqliteIdMappings {
             })
             .await
     }
+
+    async fn count(&self, system: &str, object: &str, to_system: &str) -> Result<u64, StoreError> {
+        let (system, object, to_system) = (
+            system.to_string(),
+            object.to_string(),
+            to_system.to_string(),
+        );
+        self.db
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT count(*) FROM id_mappings WHERE object = ?1 AND from_system = ?2 AND to_system = ?3",
+                    params![object, system, to_system],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)
+            })
+            .await
+    }
 }
 
 pub struct SqliteSecrets {

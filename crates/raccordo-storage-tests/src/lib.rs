@@ -68,6 +68,7 @@ macro_rules! conformance {
             queue::two_workers_never_hold_the_same_item,
             queue::fifo_per_key_under_parallel_consumers,
             queue::typed_jobs,
+            queue::depth_and_released_leases,
             kv::put_get_expiry_and_delete,
             kv::compare_and_swap_race_has_one_winner,
             kv::entries_survive_a_restart,

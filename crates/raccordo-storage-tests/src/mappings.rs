@@ -34,7 +34,11 @@ pub async fn link_find_relink_unlink(backend: &dyn Backend) {
         None,
         "the old id no longer maps"
     );
+    assert_eq!(m.count("hubspot", "contacts", "zoho").await.unwrap(), 1);
+    assert_eq!(m.count("zoho", "contacts", "hubspot").await.unwrap(), 1);
+    assert_eq!(m.count("hubspot", "companies", "zoho").await.unwrap(), 0);
     assert_eq!(m.unlink(&survivor).await.unwrap(), 1);
+    assert_eq!(m.count("hubspot", "contacts", "zoho").await.unwrap(), 0);
     assert_eq!(m.find(&zo, "hubspot").await.unwrap(), None);
     opened.close().await;
 }

@@ -357,3 +357,55 @@ pub async fn typed_jobs(backend: &dyn Backend) {
     assert_eq!(held.group_key, "hubspot:contact:123");
     assert_eq!(held.payload_as::<SyncContact>().unwrap(), job);
 }
+
+/// What a queue holds, and the embedded hub's release of a dead run's leases.
+pub async fn depth_and_released_leases(backend: &dyn Backend) {
+    let opened = backend.open().await;
+    let q = opened.stores.queue.clone();
+    let policy = RetryPolicy::default();
+    for n in 0..4 {
+        q.enqueue(item(&format!("k{n}"), "op", n, false), 0)
+            .await
+            .unwrap();
+    }
+    let held = q.claim("sync", 2, LEASE, 0).await.unwrap();
+    assert_eq!(held.len(), 2);
+    q.complete(
+        &held[0],
+        Completion::Retryable {
+            error: "503".into(),
+            retry_after_ms: None,
+        },
+        &policy,
+        0.5,
+        1,
+    )
+    .await
+    .unwrap();
+    let depth = q.depth("sync", 2).await.unwrap();
+    assert_eq!(
+        (
+            depth.waiting,
+            depth.in_flight,
+            depth.retrying,
+            depth.dead_letters
+        ),
+        (3, 1, 1, 0)
+    );
+    assert_eq!(
+        q.depth("other", 2).await.unwrap(),
+        raccordo_core::QueueDepth::default()
+    );
+    // The run holding the lease died: release it, and the item is claimable at once.
+    assert_eq!(q.release_all_leases().await.unwrap(), 1);
+    let again = q.claim("sync", 10, LEASE, 3).await.unwrap();
+    assert!(
+        again.iter().any(|i| i.id == held[1].id),
+        "the released item is taken again"
+    );
+    assert_eq!(
+        q.depth("sync", 3).await.unwrap().in_flight,
+        again.len() as u64
+    );
+    opened.close().await;
+}

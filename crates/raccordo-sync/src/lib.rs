@@ -17,6 +17,7 @@
 pub mod config;
 pub mod digest;
 pub mod fields;
+pub mod health;
 pub mod intake;
 pub mod jobs;
 pub mod merge;

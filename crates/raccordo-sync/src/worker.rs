@@ -34,6 +34,7 @@ pub struct SyncWorker {
     pub kv: Arc<dyn KeyValueStore>,
     pub config: Arc<SyncConfig>,
     pub clock: Arc<dyn Clock>,
+    pub stats: Arc<crate::health::SyncStats>,
 }
 
 /// The pair's state as last synced, with the ids it was synced between.
@@ -50,6 +51,8 @@ fn snapshot_key(kind: ObjectKind, hubspot_id: &str) -> String {
 /// One item on its way through a round.
 struct Task {
     index: usize,
+    /// When the (oldest folded) change arrived.
+    enqueued_at_ms: i64,
     job: SyncRecord,
     record: Option<CrmRecord>,
     counterpart: Option<CrmRecord>,
@@ -131,6 +134,7 @@ impl SyncWorker {
             match item.payload_as::<SyncRecord>() {
                 Ok(job) => tasks.push(Task {
                     index,
+                    enqueued_at_ms: item.enqueued_at_ms,
                     hubspot_id: (job.origin == System::HubSpot).then(|| job.id.clone()),
                     zoho_id: (job.origin == System::Zoho).then(|| job.id.clone()),
                     job,
@@ -265,6 +269,8 @@ impl SyncWorker {
                 },
             );
             metrics::counter!("raccordo_sync_decisions_total", "kind" => kind.as_str(), "decision" => decision_name(&decision.plan)).increment(1);
+            self.stats
+                .decided(kind.as_str(), decision_name(&decision.plan));
             t.decision = Some(decision);
         }
         // 5. Writes, one batch call per side and kind of write.
@@ -274,7 +280,18 @@ impl SyncWorker {
             let Some(decision) = t.decision.take() else {
                 continue;
             };
+            let wrote = matches!(
+                decision.plan,
+                Plan::Write {
+                    hubspot: Some(_),
+                    ..
+                } | Plan::Write { zoho: Some(_), .. }
+            );
             let completion = self.settle(kind, t, decision).await;
+            if wrote && completion == Completion::Done {
+                self.stats
+                    .synced_after(self.clock.now_ms() - t.enqueued_at_ms);
+            }
             t.outcome = Some(completion);
         }
         // Failures name the record, for the dead-letter queue and the digest.

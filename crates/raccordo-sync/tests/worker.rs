@@ -95,6 +95,10 @@ async fn world() -> World {
         kv: stores.kv.clone(),
         config: Arc::new(SyncConfig::default()),
         clock,
+        stats: Arc::new(raccordo_sync::health::SyncStats::new(
+            hubspot.stats(),
+            zoho.stats(),
+        )),
     };
     World {
         hs,

@@ -62,6 +62,12 @@ impl Hub {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let prometheus = raccordo_server::telemetry::init_metrics();
         let (stores, backend) = open_backend(&built)?;
+        // Embedded: the data lock makes this process the only worker, so whatever is still
+        // leased was being worked on by a run that died. Take it up again now.
+        let freed = stores.queue.release_all_leases().await?;
+        if freed > 0 {
+            tracing::info!(freed, "work items of the previous run queued again");
+        }
         let Built { config, sources } = built;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ingestor = Ingestor::new(

@@ -164,7 +164,13 @@ pub async fn start(
         }
     };
 
+    let mut stats = None;
     if let (Some((hubspot, _)), Some((zoho, token, channel_id))) = (&hubspot, &zoho) {
+        let sync_stats = Arc::new(raccordo_sync::health::SyncStats::new(
+            hubspot.stats(),
+            zoho.stats(),
+        ));
+        stats = Some(sync_stats.clone());
         let worker: Arc<dyn Worker> = Arc::new(SyncQueueWorker(
             SyncWorker {
                 hubspot: hubspot.clone(),
@@ -173,6 +179,7 @@ pub async fn start(
                 kv: stores.kv.clone(),
                 config: Arc::new(config.sync.clone()),
                 clock: clock.clone(),
+                stats: sync_stats,
             },
             config.sync.retry.policy(),
         ));
@@ -269,6 +276,7 @@ pub async fn start(
         public_url: crm.public_url.clone(),
         mappings: stores.mappings.clone(),
         wake,
+        stats,
     }))
 }
 

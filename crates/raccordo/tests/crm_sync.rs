@@ -508,6 +508,32 @@ attempts = 10
         .await
         .unwrap();
     assert_eq!(dlq["dead_letters"], json!([]), "{dlq}");
+    // The health view agrees: every pair linked, nothing left, and the faults were seen.
+    let health: Value = client()
+        .get(server.url("/api/v1/sync/health"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["pairs"]["contact"], N, "{health}");
+    assert_eq!(health["queue"]["dead_letters"], 0, "{health}");
+    let zoho_calls = &health["activity"]["zoho_calls"];
+    assert!(zoho_calls["ok"].as_u64().unwrap() > 0, "{health}");
+    assert!(
+        zoho_calls["throttled"].as_u64().unwrap() + zoho_calls["retryable"].as_u64().unwrap() > 0,
+        "the injected faults show: {health}"
+    );
+    assert!(
+        health["activity"]["delay_ms"]["count"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    assert!(
+        health["activity"]["delay_ms"]["p99"].as_u64().is_some(),
+        "{health}"
+    );
     server.terminate();
 }
 
@@ -606,6 +632,25 @@ email = {{ {email} }}
         listed.contains("`email`") && listed.contains("1 dead letter(s)"),
         "{listed}"
     );
+
+    // The dashboard's sync page shows the failure and its reason (real headless Chromium).
+    if let Some(browser) = support::chromium() {
+        let url = server.url(&format!("/#token={}", support::ADMIN_TOKEN));
+        let dom =
+            String::from_utf8(support::headless(browser, &["--dump-dom"], &url).stdout).unwrap();
+        assert!(
+            dom.contains(r#"data-cell="sync-failed">1<"#),
+            "the sync page counts the failure: {dom}"
+        );
+        assert!(
+            dom.contains("field `email` (hubspot): missing"),
+            "and gives its reason"
+        );
+        assert!(
+            !dom.contains("Senza Email"),
+            "reasons leave the record's name out"
+        );
+    }
 
     // Someone adds the e-mail in HubSpot and replays the operation: the contact reaches
     // Zoho once, though both the change's webhook and the replay sync it.

@@ -40,4 +40,8 @@ pub trait IdMappings: Send + Sync + 'static {
 
     /// Forgets every mapping of `record` (deleted, erased); how many were removed.
     async fn unlink(&self, record: &RecordRef) -> Result<u64, StoreError>;
+
+    /// How many records of `system` of kind `object` are mapped to a record of `to_system`
+    /// (the pairs in sync, for the health view).
+    async fn count(&self, system: &str, object: &str, to_system: &str) -> Result<u64, StoreError>;
 }

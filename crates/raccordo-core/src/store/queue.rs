@@ -200,6 +200,28 @@ pub trait WorkQueue: Send + Sync + 'static {
 
     /// Puts a dead letter back on its queue as a new item; returns the new item's id.
     async fn replay(&self, dead_letter_id: i64, now_ms: i64) -> Result<Option<i64>, StoreError>;
+
+    /// What `queue` holds now.
+    async fn depth(&self, queue: &str, now_ms: i64) -> Result<QueueDepth, StoreError>;
+
+    /// Ends every lease at once; how many items were leased. Only for a caller that knows
+    /// no other worker is alive (an embedded hub at start, holding the data lock): the items
+    /// a crashed run was working on are taken again at once instead of when their leases
+    /// run out.
+    async fn release_all_leases(&self) -> Result<u64, StoreError>;
+}
+
+/// What a queue holds: items waiting (due now or later), items being worked on, and dead
+/// letters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct QueueDepth {
+    /// Not leased: due now, or waiting for a retry.
+    pub waiting: u64,
+    /// Leased by a worker.
+    pub in_flight: u64,
+    /// Of the waiting ones, those that wait for a retry.
+    pub retrying: u64,
+    pub dead_letters: u64,
 }
 
 #[cfg(test)]

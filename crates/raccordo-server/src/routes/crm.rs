@@ -15,6 +15,7 @@ use raccordo_sync::intake::{self, BodyError, Change};
 use raccordo_sync::jobs::{apply_hubspot_merge, enqueue_change};
 
 use crate::body::read_body;
+use crate::extract::Reader;
 use crate::problem::Problem;
 use crate::state::{AppState, CrmIntake};
 
@@ -22,6 +23,70 @@ pub fn router() -> super::ApiRouter {
     super::ApiRouter::new()
         .routes(utoipa_axum::routes!(hubspot_webhook))
         .routes(utoipa_axum::routes!(zoho_webhook))
+        .routes(utoipa_axum::routes!(sync_health))
+}
+
+/// How the HubSpot ↔ Zoho sync is doing.
+///
+/// Pairs in sync by kind, the `sync` queue (waiting, in flight, retrying, dead letters),
+/// failures grouped by reason, and since the hub started: the decisions taken (written, in
+/// sync, not hot, failed), the change-to-sync delay (p50, p99, max) and the CRM clients'
+/// calls by outcome with the limits the CRMs last said remain.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sync/health",
+    tag = "crm",
+    responses(
+        (status = 200, description = "The sync's state", body = raccordo_sync::health::SyncHealth),
+        (status = 404, description = "The sync is not configured", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn sync_health(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
+    let Some((crm, stats)) = state.crm.as_ref().and_then(|c| Some((c, c.stats.clone()?))) else {
+        return not_configured("The HubSpot ↔ Zoho sync");
+    };
+    let now = state.clock.now_ms();
+    let unavailable = |e: raccordo_core::StoreError| {
+        tracing::error!(error = %e, "reading the sync state failed");
+        Problem::unavailable("reading the sync state failed").into_response()
+    };
+    let mut pairs = std::collections::BTreeMap::new();
+    for kind in raccordo_core::crm::ObjectKind::ALL {
+        match crm.mappings.count("hubspot", kind.as_str(), "zoho").await {
+            Ok(n) => {
+                pairs.insert(kind.as_str().to_string(), n);
+            }
+            Err(e) => return unavailable(e),
+        }
+    }
+    let queue = match state.queue.depth(raccordo_sync::jobs::QUEUE, now).await {
+        Ok(q) => q,
+        Err(e) => return unavailable(e),
+    };
+    // The reasons of (at most) the last thousand failures.
+    let after = queue.dead_letters.saturating_sub(1000);
+    let letters = match state
+        .queue
+        .dead_letters(Some(raccordo_sync::jobs::QUEUE), None, 100_000)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return unavailable(e),
+    };
+    let failures = raccordo_sync::health::failure_reasons(
+        letters
+            .iter()
+            .skip(after as usize)
+            .map(|l| l.last_error.as_str()),
+    );
+    Json(raccordo_sync::health::SyncHealth {
+        pairs,
+        queue,
+        failures,
+        activity: stats.snapshot(),
+    })
+    .into_response()
 }
 
 /// What a CRM notification is answered.

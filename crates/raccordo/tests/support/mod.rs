@@ -638,3 +638,43 @@ impl Drop for SmtpSink {
         let _ = self.child.wait();
     }
 }
+
+/// Chromium, or `None` on a laptop without it. In CI (`CI` set) a missing browser fails.
+pub fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is required in CI (.ci/run installs it)"
+        );
+        eprintln!(
+            "SKIPPED: chromium is not installed (apt-get install chromium); this test runs in CI"
+        );
+    }
+    found
+}
+
+pub fn headless(browser: &str, extra: &[&str], url: &str) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+        ])
+        .args([
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=5000", "--window-size=1366,900"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap()
+}
