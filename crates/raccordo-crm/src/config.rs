@@ -43,6 +43,14 @@ pub struct HubSpotConfig {
     /// Search calls per second (default 4).
     #[serde(default = "default_search")]
     pub search_per_s: u32,
+    /// Where `raccordo connect hubspot` sends the browser (default
+    /// `https://app.hubspot.com/oauth/authorize`).
+    #[serde(default = "default_hubspot_authorize")]
+    pub authorize_url: String,
+    /// Scopes asked by `raccordo connect hubspot` (default: read and write contacts and
+    /// companies, and `oauth`).
+    #[serde(default = "default_hubspot_scopes")]
+    pub scopes: Vec<String>,
 }
 
 /// `[crm.zoho]`: an OAuth client (Zoho API console, "server-based" or "self client") and a
@@ -80,8 +88,43 @@ pub struct ZohoConfig {
     /// Enterprise 20).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Where `raccordo connect zoho` sends the browser (default
+    /// `https://accounts.zoho.com/oauth/v2/auth`; `.eu`, `.in`, … for other data centres).
+    #[serde(default = "default_zoho_authorize")]
+    pub authorize_url: String,
+    /// Scopes asked by `raccordo connect zoho` (default: CRM modules, field metadata,
+    /// notifications and search).
+    #[serde(default = "default_zoho_scopes")]
+    pub scopes: Vec<String>,
 }
 
+fn default_hubspot_authorize() -> String {
+    "https://app.hubspot.com/oauth/authorize".into()
+}
+pub fn default_hubspot_scopes() -> Vec<String> {
+    [
+        "crm.objects.contacts.read",
+        "crm.objects.contacts.write",
+        "crm.objects.companies.read",
+        "crm.objects.companies.write",
+        "oauth",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_zoho_authorize() -> String {
+    "https://accounts.zoho.com/oauth/v2/auth".into()
+}
+pub fn default_zoho_scopes() -> Vec<String> {
+    [
+        "ZohoCRM.modules.ALL",
+        "ZohoCRM.settings.fields.READ",
+        "ZohoCRM.notifications.ALL",
+        "ZohoSearch.securesearch.READ",
+    ]
+    .map(String::from)
+    .to_vec()
+}
 fn default_hubspot_url() -> String {
     "https://api.hubapi.com".into()
 }

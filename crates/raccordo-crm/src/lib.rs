@@ -9,6 +9,7 @@
 //!   tokens refreshed ahead of expiry by one caller at a time).
 
 pub mod config;
+pub mod connect;
 pub mod error;
 pub mod hubspot;
 pub mod limits;
@@ -18,6 +19,7 @@ pub mod tokens;
 pub mod zoho;
 
 pub use config::{CrmConfig, HubSpotConfig, ZohoConfig};
+pub use connect::Connector;
 pub use error::CrmError;
 pub use hubspot::{HubSpotClient, HubSpotSettings};
 pub use seal::Sealer;

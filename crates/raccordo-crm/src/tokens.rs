@@ -126,6 +126,73 @@ impl OAuthTokens {
         Ok(())
     }
 
+    /// Exchanges an authorization code (from `raccordo connect`) for a grant and stores it:
+    /// the refresh token sealed, the access token beside it. `code_verifier` is the PKCE
+    /// secret, for providers that take it.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: Option<&str>,
+    ) -> Result<(), CrmError> {
+        let system = self.grant.system;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("client_id", self.grant.client_id.as_str()),
+            ("client_secret", self.grant.client_secret.as_str()),
+        ];
+        if let Some(verifier) = code_verifier {
+            form.push(("code_verifier", verifier));
+        }
+        let response = self
+            .http
+            .post(&self.grant.token_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| CrmError::transport(system, &e))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let (Some(refresh), Some(access)) = (
+            body["refresh_token"].as_str(),
+            body["access_token"].as_str(),
+        ) else {
+            let reason = body["error"]
+                .as_str()
+                .or(body["status"].as_str())
+                .unwrap_or("no refresh token in the answer");
+            return Err(CrmError::Permanent {
+                system,
+                status: Some(status.as_u16()),
+                message: format!("the authorization code was refused ({reason})"),
+                field: None,
+            });
+        };
+        self.store_refresh_token(refresh).await?;
+        let expires_in_s = body["expires_in_sec"]
+            .as_i64()
+            .or_else(|| body["expires_in"].as_i64())
+            .unwrap_or(1800);
+        let name = self.grant.access_name();
+        let sealed = self
+            .sealer
+            .seal(&name, access.as_bytes())
+            .map_err(|e| CrmError::permanent(system, e.to_string()))?;
+        self.secrets
+            .put_secret(
+                &name,
+                sealed,
+                Some(self.clock.now_ms() + expires_in_s * 1000),
+            )
+            .await
+            .map_err(|e| store_error(system, &e))?;
+        *self.cached.lock().await = None;
+        tracing::info!(system, "new grant stored");
+        Ok(())
+    }
+
     /// Whether a refresh token is stored that this key opens (one sealed under a lost
     /// key counts as none, so a configured refresh token can take its place).
     pub async fn has_grant(&self) -> Result<bool, CrmError> {

@@ -32,6 +32,10 @@ pub const PROBLEM_TYPES: &[(&str, &str)] = &[
     ("source-disabled", "The source is configured but disabled"),
     ("not-found", "No such route or resource"),
     (
+        "grant-refused",
+        "The CRM refused the authorization code (expired, already used, or for another client)",
+    ),
+    (
         "not-configured",
         "The route serves a feature that is not configured on this hub",
     ),

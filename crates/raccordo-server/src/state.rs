@@ -52,4 +52,7 @@ pub struct CrmIntake {
     pub wake: Arc<tokio::sync::Notify>,
     /// The sync's activity; `None` unless both CRMs are connected.
     pub stats: Option<Arc<raccordo_sync::health::SyncStats>>,
+    /// The OAuth clients `raccordo connect` can get a grant for (Zoho; HubSpot when it is
+    /// configured as an OAuth app).
+    pub connectors: Vec<Arc<raccordo_crm::Connector>>,
 }

@@ -212,3 +212,131 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    /// The CRM to connect: `hubspot` or `zoho`
+    #[arg(value_parser = ["hubspot", "zoho"])]
+    system: String,
+    /// Local port for the CRM to send the browser back to (0: any free port). Register
+    /// `http://127.0.0.1:PORT/callback` as a redirect URL of your OAuth app.
+    #[arg(long, default_value_t = 8765)]
+    callback_port: u16,
+    /// How long to wait for the browser to come back
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    hub: HubConnection,
+}
+
+fn random_text() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The browser's return to the local callback: its query parameters.
+type Callback = std::collections::HashMap<String, String>;
+
+pub async fn connect(args: ConnectArgs) -> anyhow::Result<()> {
+    use axum::extract::Query;
+    let token = args.hub.admin_token()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.callback_port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on 127.0.0.1:{}: {e}", args.callback_port))?;
+    let redirect_uri = format!("http://{}/callback", listener.local_addr()?);
+    let state = random_text();
+    let verifier = random_text();
+    let challenge = raccordo_crm::connect::pkce_challenge(&verifier);
+
+    let response = client
+        .get(
+            args.hub
+                .endpoint(&format!("/api/v1/crm/{}/authorize-url", args.system)),
+        )
+        .bearer_auth(&token)
+        .query(&[
+            ("redirect_uri", redirect_uri.as_str()),
+            ("state", state.as_str()),
+            ("code_challenge", challenge.as_str()),
+        ])
+        .send()
+        .await?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "the hub answered {status}: {}",
+        answer["detail"].as_str().unwrap_or("")
+    );
+    let url = answer["url"].as_str().unwrap_or_default();
+    println!(
+        "Open this address in a browser and approve raccordo's access to {}:\n\n  {url}\n\n\
+         Waiting for the browser to come back to {redirect_uri} …",
+        args.system
+    );
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Callback>(1);
+    let app = axum::Router::new().route(
+        "/callback",
+        axum::routing::get(move |Query(q): Query<Callback>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(q).await;
+                axum::response::Html(
+                    "<p>raccordo has the answer; the terminal says whether the connection worked. \
+                     You can close this tab.</p>",
+                )
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut rx = rx;
+    let callback = tokio::time::timeout(args.timeout, rx.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the browser within {:?}", args.timeout))?
+        .ok_or_else(|| anyhow::anyhow!("the callback server stopped"))?;
+    server.abort();
+    if let Some(error) = callback.get("error") {
+        anyhow::bail!("the CRM refused the authorization: {error}");
+    }
+    let same_state = callback.get("state").is_some_and(|s| {
+        use subtle::ConstantTimeEq;
+        bool::from(s.as_bytes().ct_eq(state.as_bytes()))
+    });
+    anyhow::ensure!(
+        same_state,
+        "the callback's state does not match: refusing a code this command did not ask for"
+    );
+    let code = callback
+        .get("code")
+        .ok_or_else(|| anyhow::anyhow!("the callback carries no code"))?;
+    let mut grant = serde_json::json!({ "code": code, "redirect_uri": redirect_uri });
+    if answer["pkce"] == true {
+        grant["code_verifier"] = serde_json::json!(verifier);
+    }
+    let response = client
+        .post(
+            args.hub
+                .endpoint(&format!("/api/v1/crm/{}/grant", args.system)),
+        )
+        .bearer_auth(&token)
+        .json(&grant)
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "the hub could not store the grant ({status}): {}",
+        body["detail"].as_str().unwrap_or("")
+    );
+    println!(
+        "connected: raccordo holds a grant for {} (stored sealed)",
+        args.system
+    );
+    Ok(())
+}

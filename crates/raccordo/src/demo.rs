@@ -119,6 +119,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             burst_per_10s: 190,
             daily: None,
             search_per_s: 4,
+            authorize_url: format!("{}/oauth/authorize", hubspot.base_url),
+            scopes: raccordo_crm::config::default_hubspot_scopes(),
         }),
         zoho: Some(raccordo_crm::ZohoConfig {
             base_url: zoho.base_url.clone(),
@@ -130,6 +132,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             channel_id: 1_000_000_001,
             credits_per_day: 50_000,
             concurrency: 10,
+            authorize_url: format!("{}/oauth/v2/auth", zoho.base_url),
+            scopes: raccordo_crm::config::default_zoho_scopes(),
         }),
     };
     config.sync.poll_every = Duration::from_secs(30);

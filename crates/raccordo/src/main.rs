@@ -77,6 +77,17 @@ enum Command {
     /// Inspect and replay failed operations (the dead-letter queue) of a running hub
     #[command(subcommand)]
     Dlq(admin_cmd::DlqCommand),
+    /// Give a running hub access to HubSpot or Zoho CRM (OAuth authorization in a browser)
+    #[command(
+        long_about = "Connect a running hub to HubSpot or Zoho CRM with the OAuth \
+        authorization-code flow: prints the CRM's consent page address, waits for the browser \
+        to come back to a local callback (http://127.0.0.1:PORT/callback, which must be one of \
+        the OAuth app's redirect URLs), checks the state parameter, and has the hub exchange \
+        the code (with PKCE where the CRM takes it) and store the grant, sealed. Run it again \
+        to replace a grant that was revoked. The OAuth client itself (client id and secret) is \
+        in the hub's [crm.hubspot] or [crm.zoho] configuration. Needs an admin token."
+    )]
+    Connect(admin_cmd::ConnectArgs),
     /// Run an emulator of HubSpot, Zoho CRM or an OpenAI-compatible API on loopback
     #[command(
         long_about = "Run an emulator of the HubSpot CRM API, the Zoho CRM API or an \
@@ -236,6 +247,7 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => runtime.block_on(loadgen(args)),
         Command::Costs(CostsCommand::Import(args)) => runtime.block_on(import_costs(args)),
         Command::Dlq(command) => runtime.block_on(admin_cmd::run(command)),
+        Command::Connect(args) => runtime.block_on(admin_cmd::connect(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::ConfigReference => {

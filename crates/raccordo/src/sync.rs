@@ -70,6 +70,7 @@ pub async fn start(
         .build()?;
     let wake = Arc::new(tokio::sync::Notify::new());
 
+    let mut connectors = Vec::new();
     let hubspot = match &crm.hubspot {
         None => None,
         Some(h) => {
@@ -99,7 +100,15 @@ pub async fn start(
                     {
                         tokens.store_refresh_token(refresh).await?;
                     }
-                    Arc::new(tokens)
+                    let tokens = Arc::new(tokens);
+                    connectors.push(Arc::new(raccordo_crm::Connector {
+                        system: "hubspot",
+                        authorize_url: h.authorize_url.clone(),
+                        client_id: h.client_id.clone().unwrap_or_default(),
+                        scopes: h.scopes.clone(),
+                        tokens: tokens.clone(),
+                    }));
+                    tokens
                 }
             };
             let client = HubSpotClient::new(
@@ -144,6 +153,14 @@ pub async fn start(
             {
                 tokens.store_refresh_token(refresh).await?;
             }
+            let tokens = Arc::new(tokens);
+            connectors.push(Arc::new(raccordo_crm::Connector {
+                system: "zoho",
+                authorize_url: z.authorize_url.clone(),
+                client_id: z.client_id.clone(),
+                scopes: z.scopes.clone(),
+                tokens: tokens.clone(),
+            }));
             let client = ZohoClient::new(
                 &ZohoSettings {
                     base_url: z.base_url.clone(),
@@ -152,7 +169,7 @@ pub async fn start(
                     workflows: config.sync.zoho_workflows,
                     ..ZohoSettings::default()
                 },
-                Arc::new(tokens),
+                tokens,
                 stores.rate_limits.clone(),
                 clock.clone(),
             )?;
@@ -277,6 +294,7 @@ pub async fn start(
         mappings: stores.mappings.clone(),
         wake,
         stats,
+        connectors,
     }))
 }
 

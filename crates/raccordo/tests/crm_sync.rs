@@ -692,3 +692,160 @@ email = {{ {email} }}
     assert_eq!(zoho_contacts(&z, &token).await.len(), 1);
     server.terminate();
 }
+
+/// Runs `raccordo connect SYSTEM`, plays the browser (follows the consent page's redirect
+/// to the command's local callback) and returns the command's output.
+async fn connect(system: &str, hub: &str) -> std::process::Output {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(support::BIN)
+        .args(["connect", system, "--callback-port", "0", "--url", hub])
+        .args(["--token", support::ADMIN_TOKEN])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let url = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "no URL printed: {printed}"
+        );
+        printed.push_str(&line);
+        if let Some(url) = line.trim().strip_prefix("http") {
+            break format!("http{url}");
+        }
+    };
+    // The browser: the sandbox's consent page approves at once and redirects to the callback.
+    let page = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert!(page.status().is_success(), "{}", page.status());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let mut output = child.wait_with_output().unwrap();
+    output.stdout = format!("{printed}{rest}").into_bytes();
+    output
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raccordo_connect_gets_grants_for_both_crms_and_the_sync_then_works() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let hs = sandbox(Product::HubSpot, Some(format!("{public}/webhooks/hubspot"))).await;
+    let z = sandbox(Product::Zoho, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    // HubSpot as an OAuth app and Zoho, both without any grant yet.
+    let config = format!(
+        r#"
+[server]
+data_dir = "data"
+
+[[admin.tokens]]
+name = "ops"
+token = "{admin}"
+scopes = ["admin"]
+
+[crm]
+public_url = "{public}"
+
+[crm.hubspot]
+base_url = "{hs_url}"
+authorize_url = "{hs_url}/oauth/authorize"
+client_id = "{hs_id}"
+client_secret = "{hs_secret}"
+
+[crm.zoho]
+base_url = "{z_url}"
+token_url = "{z_url}/oauth/v2/token"
+authorize_url = "{z_url}/oauth/v2/auth"
+client_id = "{z_id}"
+client_secret = "{z_secret}"
+channel_token = "{CHANNEL_TOKEN}"
+
+[sync]
+poll_every = "1s"
+[sync.retry]
+first_delay = "200ms"
+max_delay = "1s"
+attempts = 20
+"#,
+        admin = support::ADMIN_TOKEN,
+        hs_url = hs.base_url,
+        hs_id = credential(&hs, "client_id"),
+        hs_secret = credential(&hs, "client_secret"),
+        z_url = z.base_url,
+        z_id = credential(&z, "client_id"),
+        z_secret = credential(&z, "client_secret"),
+    );
+    std::fs::write(dir.path().join("raccordo.toml"), config).unwrap();
+    let mut server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+
+    for system in ["hubspot", "zoho"] {
+        let out = connect(system, &public).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{system}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("connected: raccordo holds a grant for {system}")),
+            "{text}"
+        );
+        if system == "hubspot" {
+            assert!(
+                text.contains("code_challenge_method=S256"),
+                "HubSpot gets PKCE: {text}"
+            );
+        } else {
+            assert!(
+                text.contains("access_type=offline"),
+                "Zoho is asked for a refresh token: {text}"
+            );
+        }
+    }
+    // A code cannot be used twice, and a made-up one is refused.
+    let refused = client()
+        .post(server.url("/api/v1/crm/zoho/grant"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .json(&json!({"code": "1000.made-up", "redirect_uri": "http://127.0.0.1:1/callback"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:raccordo:problem:grant-refused");
+
+    // With the grants, the sync runs: a HubSpot contact reaches Zoho.
+    let created = client()
+        .post(format!("{}/crm/v3/objects/contacts", hs.base_url))
+        .bearer_auth(credential(&hs, "token"))
+        .json(&json!({"properties": {"email": "connesso@example.it", "lastname": "Marino"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let token = zoho_token(&z).await;
+    eventually("the contact in Zoho, through OAuth grants", || async {
+        let c = zoho_contacts(&z, &token).await;
+        c.iter()
+            .any(|c| c["Email"] == "connesso@example.it")
+            .then_some(())
+    })
+    .await;
+    // The grants are stored sealed: neither refresh token is in the database file.
+    let plain = credential(&z, "refresh_token").as_bytes();
+    for file in ["data/raccordo.db", "data/raccordo.db-wal"] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(plain.len()).any(|w| w == plain),
+            "Zoho's refresh token in clear in {file}"
+        );
+    }
+    server.terminate();
+}

@@ -188,6 +188,8 @@ pub struct Store {
 struct Tokens {
     /// access token → expiry
     access: HashMap<String, i64>,
+    /// one-use authorization codes → expiry
+    codes: HashMap<String, i64>,
     /// refresh grants in the last 10 minutes (Zoho allows 10)
     grants: crate::SlidingLimit,
     credits: crate::SlidingLimit,
@@ -642,6 +644,7 @@ pub fn router(zoho: Arc<Zoho>, controls: Arc<Controls>) -> Router {
     Router::new()
         .route("/oauth/v2/token", post(token))
         .route("/oauth/v2/token/revoke", post(revoke))
+        .route("/oauth/v2/auth", get(oauth::authorize))
         .route("/_sandbox/tokens/expire", post(oauth::expire_tokens))
         .route("/crm/v8/users", get(users))
         .route("/crm/v8/org", get(org))

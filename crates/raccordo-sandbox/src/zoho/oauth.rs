@@ -18,15 +18,24 @@ pub(super) async fn token(
     if get("client_secret") != z.options.client_secret {
         return answer(json!({ "error": "invalid_client_secret" }));
     }
-    match get("grant_type") {
-        "refresh_token" if get("refresh_token") == z.options.refresh_token => {}
+    let now = now_ms();
+    let mut tokens = z.tokens.lock().unwrap_or_else(|p| p.into_inner());
+    let code_grant = match get("grant_type") {
+        "refresh_token" if get("refresh_token") == z.options.refresh_token => false,
+        // A one-use code from the consent page; the answer carries the refresh token.
+        "authorization_code"
+            if tokens
+                .codes
+                .remove(get("code"))
+                .is_some_and(|expiry| expiry > now) =>
+        {
+            true
+        }
         "refresh_token" | "authorization_code" => {
             return answer(json!({ "error": "invalid_code" }));
         }
         _ => return answer(json!({ "error": "unsupported_grant_type" })),
-    }
-    let now = now_ms();
-    let mut tokens = z.tokens.lock().unwrap_or_else(|p| p.into_inner());
+    };
     if tokens.grants.try_take(now, 600_000, 10).is_err() {
         return answer(
             json!({ "error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time.", "status": "failure" }),
@@ -45,13 +54,17 @@ pub(super) async fn token(
     {
         tokens.access.remove(&oldest);
     }
-    answer(json!({
+    let mut body = json!({
         "access_token": access,
         "scope": "ZohoCRM.modules.ALL ZohoCRM.settings.ALL ZohoCRM.users.READ ZohoCRM.org.READ ZohoCRM.notifications.ALL ZohoSearch.securesearch.READ",
         "api_domain": z.options.api_domain,
         "token_type": "Bearer",
         "expires_in": ttl,
-    }))
+    });
+    if code_grant {
+        body["refresh_token"] = json!(z.options.refresh_token);
+    }
+    answer(body)
 }
 
 pub(super) async fn revoke(State(z): State<Arc<Zoho>>, RawQuery(q): RawQuery) -> Response {
@@ -82,4 +95,43 @@ pub(super) async fn expire_tokens(State(z): State<Arc<Zoho>>) -> StatusCode {
         *expiry = (*expiry).min(now - 1000);
     }
     StatusCode::NO_CONTENT
+}
+
+/// The accounts server's consent page, approved at once: redirects to `redirect_uri` with a
+/// one-use code (valid 2 minutes, as Zoho's grant codes), `location` and `accounts-server`.
+pub(super) async fn authorize(State(z): State<Arc<Zoho>>, RawQuery(q): RawQuery) -> Response {
+    let pairs = query_pairs(q.as_deref());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some(client_id), Some(redirect_uri), Some("code")) =
+        (get("client_id"), get("redirect_uri"), get("response_type"))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "client_id, redirect_uri and response_type=code are required",
+        )
+            .into_response();
+    };
+    if client_id != z.options.client_id {
+        return (StatusCode::BAD_REQUEST, "invalid client").into_response();
+    }
+    let code = format!("1000.{}", random_token("").get(..32).unwrap_or_default());
+    z.tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .codes
+        .insert(code.clone(), now_ms() + 120_000);
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let mut target = format!(
+        "{redirect_uri}{sep}code={code}&location=us&accounts-server={}",
+        crate::encode(&z.options.api_domain)
+    );
+    if let Some(state) = get("state") {
+        target.push_str(&format!("&state={}", crate::encode(state)));
+    }
+    axum::response::Redirect::to(&target).into_response()
 }

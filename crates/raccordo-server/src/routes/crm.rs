@@ -15,7 +15,7 @@ use raccordo_sync::intake::{self, BodyError, Change};
 use raccordo_sync::jobs::{apply_hubspot_merge, enqueue_change};
 
 use crate::body::read_body;
-use crate::extract::Reader;
+use crate::extract::{Admin, Reader, ValidQuery};
 use crate::problem::Problem;
 use crate::state::{AppState, CrmIntake};
 
@@ -24,6 +24,170 @@ pub fn router() -> super::ApiRouter {
         .routes(utoipa_axum::routes!(hubspot_webhook))
         .routes(utoipa_axum::routes!(zoho_webhook))
         .routes(utoipa_axum::routes!(sync_health))
+        .routes(utoipa_axum::routes!(authorize_url))
+        .routes(utoipa_axum::routes!(store_grant))
+}
+
+fn connector(state: &AppState, system: &str) -> Option<Arc<raccordo_crm::Connector>> {
+    state
+        .crm
+        .as_ref()?
+        .connectors
+        .iter()
+        .find(|c| c.system == system)
+        .cloned()
+}
+
+/// Query of `GET /api/v1/crm/{system}/authorize-url`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuthorizeQuery {
+    /// Where the CRM sends the browser back with the code (`raccordo connect`'s local
+    /// callback).
+    redirect_uri: String,
+    /// An unguessable value the callback must see again.
+    state: String,
+    /// The PKCE challenge (S256), for CRMs that take it.
+    code_challenge: Option<String>,
+}
+
+/// The consent page a browser opens to give raccordo a grant (`raccordo connect`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AuthorizeAnswer {
+    pub url: String,
+    /// Whether the CRM takes PKCE (then send the verifier with the code).
+    pub pkce: bool,
+}
+
+/// The authorization URL for a new grant (`raccordo connect hubspot|zoho` uses it).
+#[utoipa::path(
+    get,
+    path = "/api/v1/crm/{system}/authorize-url",
+    tag = "crm",
+    params(("system" = String, Path, description = "`hubspot` or `zoho`"), AuthorizeQuery),
+    responses(
+        (status = 200, description = "The consent page URL", body = AuthorizeAnswer),
+        (status = 404, description = "No OAuth client for that CRM", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn authorize_url(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    axum::extract::Path(system): axum::extract::Path<String>,
+    ValidQuery(q): ValidQuery<AuthorizeQuery>,
+) -> Response {
+    let Some(connector) = connector(&state, &system) else {
+        return not_configured("An OAuth client for that CRM");
+    };
+    if !(q.redirect_uri.starts_with("http://") || q.redirect_uri.starts_with("https://")) {
+        return Problem::bad_parameter("redirect_uri", "must be an http(s) URL").into_response();
+    }
+    if q.state.len() < 16 {
+        return Problem::bad_parameter("state", "must be at least 16 characters").into_response();
+    }
+    Json(AuthorizeAnswer {
+        url: connector.authorize_url(&q.redirect_uri, &q.state, q.code_challenge.as_deref()),
+        pkce: connector.uses_pkce(),
+    })
+    .into_response()
+}
+
+/// An authorization code to exchange for a grant.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    pub code: String,
+    /// The same `redirect_uri` the authorization used.
+    pub redirect_uri: String,
+    /// The PKCE verifier, when the authorization sent a challenge.
+    pub code_verifier: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct GrantStored {
+    pub system: String,
+    pub connected: bool,
+}
+
+/// Exchange an authorization code and store the grant, sealed (`raccordo connect`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/crm/{system}/grant",
+    tag = "crm",
+    params(("system" = String, Path, description = "`hubspot` or `zoho`")),
+    request_body = GrantRequest,
+    responses(
+        (status = 200, description = "The grant is stored", body = GrantStored),
+        (status = 400, description = "The CRM refused the code", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No OAuth client for that CRM", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn store_grant(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    axum::extract::Path(system): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(connector) = connector(&state, &system) else {
+        return not_configured("An OAuth client for that CRM");
+    };
+    let body = match read_body(&headers, body, 64 * 1024).await {
+        Ok(body) => body,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    let request: GrantRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return invalid(vec![(
+                String::new(),
+                format!(
+                    "expected {{code, redirect_uri, code_verifier?}}: {}",
+                    e.classify_text()
+                ),
+            )]);
+        }
+    };
+    match connector
+        .exchange(
+            &request.code,
+            &request.redirect_uri,
+            request.code_verifier.as_deref(),
+        )
+        .await
+    {
+        Ok(()) => Json(GrantStored {
+            system,
+            connected: true,
+        })
+        .into_response(),
+        Err(e) if e.is_retryable() => {
+            Problem::unavailable(format!("the CRM could not be reached: {e}")).into_response()
+        }
+        Err(e) => {
+            Problem::new(400, "grant-refused", "Grant refused", e.to_string()).into_response()
+        }
+    }
+}
+
+/// A serde error's category, without the input it quotes.
+trait ClassifyText {
+    fn classify_text(&self) -> &'static str;
+}
+
+impl ClassifyText for serde_json::Error {
+    fn classify_text(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "the body could not be read",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "the body is not valid JSON"
+            }
+            serde_json::error::Category::Data => "a field is missing, unknown or of the wrong type",
+        }
+    }
 }
 
 /// How the HubSpot ↔ Zoho sync is doing.
