@@ -205,6 +205,19 @@ impl OAuthTokens {
             .is_some_and(|s| self.sealer.open(&name, &s.value).is_ok()))
     }
 
+    /// Whether the last refresh was refused and no new grant came since: a person must
+    /// reconnect (`raccordo connect`).
+    pub fn refused(&self) -> bool {
+        self.clock.now_ms()
+            < self
+                .refused_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn system(&self) -> &'static str {
+        self.grant.system
+    }
+
     /// Refreshes done by this process.
     pub fn refreshes(&self) -> u64 {
         self.refreshes.load(std::sync::atomic::Ordering::Relaxed)

@@ -345,10 +345,12 @@ async fn a_refused_refresh_fails_fast_without_a_storm() {
         .filter(|c| c["path"] == "/oauth/v2/token")
         .count();
     assert_eq!(token_calls, 1, "one refused refresh, then no more attempts");
+    assert!(tokens.refused(), "the refusal is known, for the alert");
     // A new grant (`raccordo connect`) clears the refusal.
     tokens
         .store_refresh_token(credential(&z, "refresh_token"))
         .await
         .unwrap();
     assert!(tokens.access_token().await.is_ok());
+    assert!(!tokens.refused());
 }

@@ -300,6 +300,35 @@ impl AlertEngine {
         }))
     }
 
+    /// Raises an alert that another part of the hub detected (a CRM grant refused, …), at
+    /// most once per `cooldown` for the same kind and subject.
+    pub async fn raise(
+        &self,
+        kind: &str,
+        subject: &str,
+        message: String,
+        cooldown: Duration,
+    ) -> anyhow::Result<bool> {
+        let now = self.clock.now_ms();
+        let rule = ThresholdRule {
+            threshold: 0.0,
+            below: false,
+            min_samples: 0,
+            cooldown_ms: cooldown.as_millis() as i64,
+        };
+        let due = self.limits.lock().unwrap_or_else(|p| p.into_inner()).check(
+            &rule,
+            &format!("{kind}:{subject}"),
+            1.0,
+            1,
+            now,
+        );
+        if due {
+            self.fire(kind, subject, message, now).await?;
+        }
+        Ok(due)
+    }
+
     /// The latest alerts and their deliveries, newest first.
     pub async fn history(&self) -> Result<Vec<AlertRecord>, raccordo_core::StoreError> {
         self.history.recent_alerts(HISTORY).await

@@ -163,7 +163,8 @@ impl Hub {
             });
         }
 
-        let crm = crate::sync::start(&config, &stores, clock.clone(), &supervisor).await?;
+        let crm = crate::sync::start(&config, &stores, clock.clone(), &supervisor, alerts.clone())
+            .await?;
         let state = Arc::new(AppState {
             clock,
             ingestor,

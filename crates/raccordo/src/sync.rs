@@ -57,6 +57,7 @@ pub async fn start(
     stores: &Stores,
     clock: Arc<dyn Clock>,
     supervisor: &Supervisor,
+    alerts: Arc<raccordo_runtime::AlertEngine>,
 ) -> anyhow::Result<Option<CrmIntake>> {
     let crm = &config.crm;
     if crm.hubspot.is_none() && crm.zoho.is_none() {
@@ -286,6 +287,32 @@ pub async fn start(
                 "no `crm.public_url`: Zoho notifications are not registered; changes there arrive through the poller only"
             );
         }
+    }
+    if !connectors.is_empty() {
+        // A refused grant waits for a person: say so once an hour, instead of retrying.
+        let watched: Vec<Arc<OAuthTokens>> = connectors.iter().map(|c| c.tokens.clone()).collect();
+        supervisor.spawn("crm-grants", move |ctx| {
+            let (watched, alerts) = (watched.clone(), alerts.clone());
+            async move {
+                loop {
+                    for tokens in watched.iter().filter(|t| t.refused()) {
+                        let system = tokens.system();
+                        alerts
+                            .raise(
+                                "crm_grant_refused",
+                                system,
+                                format!("{system} refused raccordo's grant (revoked or expired): sync to and from {system} waits; reconnect with `raccordo connect {system}`"),
+                                Duration::from_secs(3600),
+                            )
+                            .await?;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = ctx.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        });
     }
     Ok(Some(CrmIntake {
         hubspot: hubspot.map(|(_, signature)| signature),

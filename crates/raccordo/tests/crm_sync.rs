@@ -849,3 +849,72 @@ attempts = 20
     }
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_grant_raises_one_alert_and_no_refresh_storm() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let hs = sandbox(Product::HubSpot, None).await;
+    let z = sandbox(Product::Zoho, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        r#"
+[[admin.tokens]]
+name = "ops"
+token = "{admin}"
+scopes = ["admin"]
+
+[sync]
+poll_every = "200ms"
+"#,
+        admin = support::ADMIN_TOKEN
+    );
+    // The user revoked the grant in Zoho: the configured refresh token no longer works.
+    let config = hub_config(&public, &hs, &z, &extra).replace(
+        &format!("refresh_token = \"{}\"", credential(&z, "refresh_token")),
+        "refresh_token = \"1000.revoked-by-the-user\"",
+    );
+    std::fs::write(dir.path().join("raccordo.toml"), config).unwrap();
+    let mut server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+    let alerts = support::poll_json(&server, "/api/v1/alerts", support::ADMIN_TOKEN, |b| {
+        b["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["kind"] == "crm_grant_refused"))
+    })
+    .await;
+    let alert = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "crm_grant_refused")
+        .unwrap();
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("raccordo connect zoho"),
+        "{alert}"
+    );
+    // The poller kept running meanwhile (every 200 ms); Zoho saw one refresh attempt.
+    let log: Value = client()
+        .get(format!("{}/_sandbox/calls", z.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refreshes = log["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["path"] == "/oauth/v2/token")
+        .count();
+    assert_eq!(refreshes, 1, "{log}");
+    server.terminate();
+}
