@@ -345,6 +345,27 @@ impl HubSpotClient {
         Ok(results(&found).first().map(|r| record(r, kind)))
     }
 
+    /// One page (100) of every record of `kind`; `after` is the previous page's cursor.
+    pub async fn list_page(
+        &self,
+        kind: ObjectKind,
+        properties: &[String],
+        after: Option<&str>,
+    ) -> Result<(Vec<CrmRecord>, Option<String>), CrmError> {
+        let properties = properties.join(",");
+        let mut query = vec![("limit", "100"), ("properties", properties.as_str())];
+        if let Some(after) = after {
+            query.push(("after", after));
+        }
+        let path = format!("/crm/v3/objects/{}", kind.hubspot_object());
+        let (_, page) = self.call(Method::GET, &path, &query, None, false).await?;
+        let next = page["paging"]["next"]["after"].as_str().map(str::to_string);
+        Ok((
+            results(&page).iter().map(|r| record(r, kind)).collect(),
+            next,
+        ))
+    }
+
     /// Records modified at or after `since_ms`, oldest first, a page at a time: what the
     /// poller uses to catch changes whose webhook was lost. `after` is the page cursor.
     pub async fn modified_since(

@@ -271,10 +271,10 @@ impl ZohoClient {
         Ok(matches.into_iter().next())
     }
 
-    fn write_body(&self, records: Vec<Value>, duplicate_check: Option<&str>) -> Value {
+    fn write_body(&self, records: Vec<Value>, duplicate_check: &[String]) -> Value {
         let mut body = json!({ "data": records });
-        if let Some(field) = duplicate_check {
-            body["duplicate_check_fields"] = json!([field]);
+        if !duplicate_check.is_empty() {
+            body["duplicate_check_fields"] = json!(duplicate_check);
         }
         if !self.workflows {
             body["trigger"] = json!([]);
@@ -282,20 +282,17 @@ impl ZohoClient {
         body
     }
 
-    /// Creates or updates by `duplicate_check` (e.g. `Email`), 100 per call; outcomes in
-    /// the order of `records`.
+    /// Creates or updates by `duplicate_check` (e.g. `Email`; Zoho checks the fields in
+    /// order), 100 per call; outcomes in the order of `records`.
     pub async fn upsert(
         &self,
         kind: ObjectKind,
-        duplicate_check: &str,
+        duplicate_check: &[String],
         records: &[BTreeMap<String, Value>],
     ) -> Result<Vec<Result<Written, CrmError>>, CrmError> {
         let mut out = Vec::with_capacity(records.len());
         for chunk in records.chunks(BATCH) {
-            let body = self.write_body(
-                chunk.iter().map(|r| json!(r)).collect(),
-                Some(duplicate_check),
-            );
+            let body = self.write_body(chunk.iter().map(|r| json!(r)).collect(), duplicate_check);
             let path = format!("/crm/v8/{}/upsert", kind.zoho_module());
             let answer = self
                 .call(Method::POST, &path, &[], &[], Some(&body), chunk.len() > 10)
@@ -322,7 +319,7 @@ impl ZohoClient {
                         r
                     })
                     .collect(),
-                None,
+                &[],
             );
             let path = format!("/crm/v8/{}", kind.zoho_module());
             let answer = self
@@ -390,6 +387,53 @@ impl ZohoClient {
         }
         let more = value["info"]["more_records"].as_bool().unwrap_or(false);
         Ok((data(&value).iter().map(record).collect(), more))
+    }
+
+    /// One page of every record of `kind` (200 per page), in id order: `cursor` is the
+    /// previous page's answer (`None` for the first). Past 2000 records Zoho wants its
+    /// `page_token`, which the cursor carries.
+    pub async fn list_page(
+        &self,
+        kind: ObjectKind,
+        fields: &[String],
+        cursor: Option<&str>,
+    ) -> Result<(Vec<CrmRecord>, Option<String>), CrmError> {
+        let fields = with_system_fields(fields);
+        let path = format!("/crm/v8/{}", kind.zoho_module());
+        let mut query: Vec<(&str, &str)> = vec![
+            ("fields", &fields),
+            ("sort_by", "id"),
+            ("sort_order", "asc"),
+            ("per_page", "200"),
+        ];
+        // The cursor is `page:N` or `token:T`.
+        let (page, token) = match cursor {
+            Some(c) if c.starts_with("token:") => (None, Some(&c[6..])),
+            Some(c) => (c.strip_prefix("page:"), None),
+            None => (Some("1"), None),
+        };
+        if let Some(p) = page {
+            query.push(("page", p));
+        }
+        if let Some(t) = token {
+            query.push(("page_token", t));
+        }
+        let (status, value) = self
+            .call(Method::GET, &path, &query, &[], None, false)
+            .await?;
+        if status != StatusCode::OK {
+            return Ok((Vec::new(), None));
+        }
+        let info = &value["info"];
+        let next = if info["more_records"] != true {
+            None
+        } else if let Some(t) = info["next_page_token"].as_str() {
+            Some(format!("token:{t}"))
+        } else {
+            let current: u64 = page.and_then(|p| p.parse().ok()).unwrap_or(1);
+            Some(format!("page:{}", current + 1))
+        };
+        Ok((data(&value).iter().map(record).collect(), next))
     }
 
     /// Subscribes `notify_url` to changes of contacts and accounts (or renews the channel:

@@ -247,7 +247,7 @@ async fn zoho_upserts_with_no_workflows_and_refreshes_an_expired_token_once() {
         })
         .collect();
     let first = client
-        .upsert(ObjectKind::Contact, "Email", &records)
+        .upsert(ObjectKind::Contact, &["Email".to_string()], &records)
         .await
         .unwrap();
     assert!(first.iter().all(|w| w.as_ref().unwrap().created));
@@ -260,7 +260,7 @@ async fn zoho_upserts_with_no_workflows_and_refreshes_an_expired_token_once() {
         .await
         .unwrap();
     let again = client
-        .upsert(ObjectKind::Contact, "Email", &records)
+        .upsert(ObjectKind::Contact, &["Email".to_string()], &records)
         .await
         .unwrap();
     for (a, b) in first.iter().zip(&again) {
@@ -274,7 +274,7 @@ async fn zoho_upserts_with_no_workflows_and_refreshes_an_expired_token_once() {
     let mixed = client
         .upsert(
             ObjectKind::Contact,
-            "Email",
+            &["Email".to_string()],
             &[
                 props(&[("Email", "senza.cognome@example.it")]),
                 props(&[("Email", "ok@example.it"), ("Last_Name", "Neri")]),

@@ -55,4 +55,8 @@ pub struct CrmIntake {
     /// The OAuth clients `raccordo connect` can get a grant for (Zoho; HubSpot when it is
     /// configured as an OAuth app).
     pub connectors: Vec<Arc<raccordo_crm::Connector>>,
+    /// Where the backfill keeps its progress.
+    pub kv: Arc<dyn raccordo_core::KeyValueStore>,
+    /// Wakes the backfill task when one is started.
+    pub backfill_wake: Arc<tokio::sync::Notify>,
 }

@@ -96,6 +96,12 @@ pub struct ObjectSync {
     /// What a deletion on one side does to the counterpart on the other.
     #[serde(default)]
     pub on_delete: OnDelete,
+    /// Zoho fields a create checks for an existing record, in order (Zoho's
+    /// `duplicate_check_fields`); empty: the match field's. Companies also check
+    /// `Account_Name`, Zoho's own unique field for accounts, so a company whose web site is
+    /// written differently in Zoho is updated rather than refused as a duplicate.
+    #[serde(default)]
+    pub zoho_duplicate_check: Vec<String>,
 }
 
 /// When a Zoho record without a HubSpot counterpart is created in HubSpot. Records that
@@ -203,6 +209,7 @@ impl ObjectSync {
                 ],
             },
             on_delete: OnDelete::Ignore,
+            zoho_duplicate_check: Vec::new(),
         }
     }
 
@@ -224,7 +231,18 @@ impl ObjectSync {
                 conditions: Vec::new(),
             },
             on_delete: OnDelete::Ignore,
+            zoho_duplicate_check: vec!["Website".into(), "Account_Name".into()],
         }
+    }
+
+    /// The Zoho fields a create checks for an existing record, in order.
+    pub fn zoho_duplicate_fields(&self) -> Vec<String> {
+        if !self.zoho_duplicate_check.is_empty() {
+            return self.zoho_duplicate_check.clone();
+        }
+        self.match_field()
+            .map(|f| vec![f.zoho.clone()])
+            .unwrap_or_default()
     }
 
     /// The mapping of the match field.

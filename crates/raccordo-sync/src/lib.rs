@@ -14,6 +14,7 @@
 //! Everything but `jobs` and `worker` is free of I/O; [`intake`] reads the CRMs'
 //! notifications strictly.
 
+pub mod backfill;
 pub mod config;
 pub mod digest;
 pub mod fields;

@@ -464,7 +464,11 @@ impl SyncWorker {
 
         if !zoho_creates.is_empty() {
             let records: Vec<_> = zoho_creates.iter().map(|(_, v)| v.clone()).collect();
-            match self.zoho.upsert(kind, &key.zoho, &records).await {
+            match self
+                .zoho
+                .upsert(kind, &object.zoho_duplicate_fields(), &records)
+                .await
+            {
                 Ok(outcomes) => {
                     for ((i, _), outcome) in zoho_creates.iter().zip(outcomes) {
                         match outcome {

@@ -33,10 +33,22 @@ fn credential<'a>(s: &'a Running, name: &str) -> &'a str {
 }
 
 async fn world() -> World {
+    world_seeded(0).await
+}
+
+/// Both sandboxes, HubSpot seeded with `contacts` contacts.
+async fn world_seeded(contacts: usize) -> World {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let start = |product| async move {
         let mut config = SandboxConfig::new(product, "127.0.0.1:0".parse().unwrap());
-        config.seed_size = (0, 0);
+        config.seed_size = (
+            0,
+            if product == Product::HubSpot {
+                contacts
+            } else {
+                0
+            },
+        );
         raccordo_sandbox::start(config).await.unwrap()
     };
     let hs = start(Product::HubSpot).await;
@@ -355,4 +367,61 @@ async fn a_contact_without_email_is_dead_lettered_naming_the_field_and_a_lost_ma
     let contacts = w.zoho_contacts().await;
     assert_eq!(contacts.len(), 1, "{contacts:?}");
     assert_eq!(contacts[0].values["Mailing_City"], "Torino");
+}
+
+#[tokio::test]
+async fn an_interrupted_backfill_resumes_at_its_page() {
+    let w = world_seeded(250).await;
+    let backfill = raccordo_sync::backfill::Backfill {
+        hubspot: w.hubspot.clone(),
+        zoho: w.zoho.clone(),
+        queue: w.stores.queue.clone(),
+        mappings: w.stores.mappings.clone(),
+        kv: w.stores.kv.clone(),
+        config: Arc::new(SyncConfig::default()),
+        clock: Arc::new(SystemClock),
+    };
+    let wake = tokio::sync::Notify::new();
+    raccordo_sync::backfill::start(w.stores.kv.as_ref(), 0)
+        .await
+        .unwrap();
+    // Zoho is down: HubSpot's contacts are paged (three pages), then Zoho's list fails.
+    let knobs = |on: bool| {
+        let url = format!("{}/_sandbox/knobs", w.z.base_url);
+        async move {
+            reqwest::Client::new()
+                .patch(url)
+                .json(&json!({"error_rate": if on { 1.0 } else { 0.0 }}))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    knobs(true).await;
+    assert!(backfill.run_pending(&wake).await.is_err());
+    let state = raccordo_sync::backfill::load(w.stores.kv.as_ref(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        state.lists[0].done && state.lists[0].queued == 250,
+        "{state:?}"
+    );
+    assert!(state.last_error.is_some());
+    // Zoho is back: the backfill goes on from Zoho's list, without paging HubSpot again.
+    knobs(false).await;
+    assert!(backfill.run_pending(&wake).await.unwrap());
+    let state = raccordo_sync::backfill::load(w.stores.kv.as_ref(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        state.finished_at_ms.is_some() && state.queued() == 250,
+        "{state:?}"
+    );
+    assert_eq!(w.calls(&w.hs, "GET", "/crm/v3/objects/contacts").await, 3);
+    // And the worker syncs what was queued.
+    let done = w.drain().await;
+    assert_eq!(done.len(), 250);
+    assert_eq!(w.zoho_contacts().await.len(), 250);
 }

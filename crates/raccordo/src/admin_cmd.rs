@@ -340,3 +340,88 @@ pub async fn connect(args: ConnectArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum SyncCommand {
+    /// Queue every existing contact and company of both CRMs for sync, and show the progress
+    #[command(
+        long_about = "Backfill: the hub pages through every contact and company of HubSpot and \
+        Zoho and queues each for sync (a record already in sync costs a read and writes \
+        nothing). Its progress is stored after every page, so a backfill interrupted by a \
+        restart resumes where it was; running this command again while one runs just shows its \
+        progress. The command shows the records queued per list and the sync queue draining, \
+        and ends when everything queued has been synced (or failed, see `raccordo dlq list`)."
+    )]
+    Backfill(SyncBackfillArgs),
+}
+
+#[derive(Args)]
+pub struct SyncBackfillArgs {
+    #[command(flatten)]
+    hub: HubConnection,
+}
+
+pub async fn sync(command: SyncCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+    let SyncCommand::Backfill(args) = command;
+    let token = args.hub.admin_token()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let started = client
+        .post(args.hub.endpoint("/api/v1/sync/backfill"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    let status = started.status();
+    let body: Value = started.json().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "the hub answered {status}: {}",
+        body["detail"].as_str().unwrap_or("")
+    );
+    let mut stdout = std::io::stdout();
+    loop {
+        let progress: Value = client
+            .get(args.hub.endpoint("/api/v1/sync/backfill"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let backfill = &progress["backfill"];
+        let queue = &progress["queue"];
+        let lists: Vec<String> = backfill["lists"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{} {}s {}{}",
+                    l["system"].as_str().unwrap_or(""),
+                    l["kind"].as_str().unwrap_or(""),
+                    l["queued"],
+                    if l["done"] == true { " ✓" } else { "" }
+                )
+            })
+            .collect();
+        let pending =
+            queue["waiting"].as_u64().unwrap_or(0) + queue["in_flight"].as_u64().unwrap_or(0);
+        let finished = !backfill["finished_at_ms"].is_null();
+        print!(
+            "\r\x1b[2Kqueued: {} · to sync: {pending} · failed: {}{}",
+            lists.join(", "),
+            queue["dead_letters"],
+            backfill["last_error"]
+                .as_str()
+                .map(|e| format!(" · retrying after: {e}"))
+                .unwrap_or_default()
+        );
+        stdout.flush()?;
+        if finished && pending == 0 {
+            println!("\nbackfill done");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

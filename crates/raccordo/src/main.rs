@@ -88,6 +88,9 @@ enum Command {
         in the hub's [crm.hubspot] or [crm.zoho] configuration. Needs an admin token."
     )]
     Connect(admin_cmd::ConnectArgs),
+    /// Operations on the HubSpot ↔ Zoho sync of a running hub (backfill)
+    #[command(subcommand)]
+    Sync(admin_cmd::SyncCommand),
     /// Run an emulator of HubSpot, Zoho CRM or an OpenAI-compatible API on loopback
     #[command(
         long_about = "Run an emulator of the HubSpot CRM API, the Zoho CRM API or an \
@@ -248,6 +251,7 @@ fn main() -> ExitCode {
         Command::Costs(CostsCommand::Import(args)) => runtime.block_on(import_costs(args)),
         Command::Dlq(command) => runtime.block_on(admin_cmd::run(command)),
         Command::Connect(args) => runtime.block_on(admin_cmd::connect(args)),
+        Command::Sync(command) => runtime.block_on(admin_cmd::sync(command)),
         Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::ConfigReference => {

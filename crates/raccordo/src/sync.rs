@@ -70,6 +70,7 @@ pub async fn start(
         .timeout(Duration::from_secs(30))
         .build()?;
     let wake = Arc::new(tokio::sync::Notify::new());
+    let backfill_wake = Arc::new(tokio::sync::Notify::new());
 
     let mut connectors = Vec::new();
     let hubspot = match &crm.hubspot {
@@ -225,6 +226,36 @@ pub async fn start(
             });
             supervisor.spawn("sync-poller", move |ctx| poller.clone().run(ctx));
         }
+        {
+            let backfill = Arc::new(raccordo_sync::backfill::Backfill {
+                hubspot: hubspot.clone(),
+                zoho: zoho.clone(),
+                queue: stores.queue.clone(),
+                mappings: stores.mappings.clone(),
+                kv: stores.kv.clone(),
+                config: Arc::new(config.sync.clone()),
+                clock: clock.clone(),
+            });
+            let (wake, backfill_wake) = (wake.clone(), backfill_wake.clone());
+            // Runs a started backfill to its end, and resumes one a restart interrupted.
+            supervisor.spawn("sync-backfill", move |ctx| {
+                let (backfill, wake, backfill_wake) =
+                    (backfill.clone(), wake.clone(), backfill_wake.clone());
+                async move {
+                    loop {
+                        tokio::select! {
+                            r = backfill.run_pending(&wake) => { r?; }
+                            _ = ctx.cancelled() => return Ok(()),
+                        }
+                        tokio::select! {
+                            _ = backfill_wake.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                            _ = ctx.cancelled() => return Ok(()),
+                        }
+                    }
+                }
+            });
+        }
         if let Some(email) = &config.sync.digest.email {
             let channel = Arc::new(
                 raccordo_notify::EmailChannel::new(email)
@@ -322,6 +353,8 @@ pub async fn start(
         wake,
         stats,
         connectors,
+        kv: stores.kv.clone(),
+        backfill_wake,
     }))
 }
 

@@ -918,3 +918,91 @@ poll_every = "200ms"
     assert_eq!(refreshes, 1, "{log}");
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_brings_both_seeded_crms_into_one_set_of_pairs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Both sandboxes seeded with the same 100 people and 20 companies (same seed), as when
+    // a team starts syncing two CRMs that already share their contacts.
+    let seeded = |product| async move {
+        let mut config = SandboxConfig::new(product, "127.0.0.1:0".parse().unwrap());
+        config.seed_size = (20, 100);
+        config.rate_limit = (product == Product::HubSpot).then_some(2000);
+        // The Zoho sandbox seeds from `seed ^ 0x5a`: this gives it HubSpot's people.
+        config.seed = if product == Product::Zoho {
+            1 ^ 0x5a
+        } else {
+            1
+        };
+        raccordo_sandbox::start(config).await.unwrap()
+    };
+    let hs = seeded(Product::HubSpot).await;
+    let z = seeded(Product::Zoho).await;
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\n[[admin.tokens]]\nname = \"ops\"\ntoken = \"{}\"\nscopes = [\"admin\"]\n",
+        support::ADMIN_TOKEN
+    );
+    std::fs::write(
+        dir.path().join("raccordo.toml"),
+        hub_config(&public, &hs, &z, &extra),
+    )
+    .unwrap();
+    let mut server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(support::BIN)
+            .args([
+                "sync",
+                "backfill",
+                "--url",
+                &public,
+                "--token",
+                support::ADMIN_TOKEN,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.trim_end().ends_with("backfill done"), "{text}");
+    assert!(text.contains("hubspot contacts 100 ✓"), "{text}");
+
+    let health: Value = client()
+        .get(server.url("/api/v1/sync/health"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["pairs"]["contact"], 100,
+        "every contact matched by e-mail: {health}"
+    );
+    assert_eq!(
+        health["pairs"]["company"], 20,
+        "every company matched by site or name: {health}"
+    );
+    assert_eq!(health["queue"]["dead_letters"], 0, "{health}");
+    let token = zoho_token(&z).await;
+    assert_eq!(
+        all_zoho_contacts(&z, &token).await.len(),
+        100,
+        "matched, not duplicated"
+    );
+    server.terminate();
+}

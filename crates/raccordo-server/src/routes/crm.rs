@@ -24,6 +24,7 @@ pub fn router() -> super::ApiRouter {
         .routes(utoipa_axum::routes!(hubspot_webhook))
         .routes(utoipa_axum::routes!(zoho_webhook))
         .routes(utoipa_axum::routes!(sync_health))
+        .routes(utoipa_axum::routes!(start_backfill, backfill_progress))
         .routes(utoipa_axum::routes!(authorize_url))
         .routes(utoipa_axum::routes!(store_grant))
 }
@@ -455,4 +456,74 @@ pub async fn zoho_webhook(
         return Problem::from(e).into_response();
     }
     queue_changes(&state, crm, &notification.changes, 0).await
+}
+
+/// A backfill's progress and the sync queue it fills.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct BackfillAnswer {
+    /// `None` before the first backfill.
+    pub backfill: Option<raccordo_sync::backfill::BackfillState>,
+    pub queue: raccordo_core::QueueDepth,
+}
+
+async fn backfill_answer(state: &AppState, crm: &CrmIntake, status: StatusCode) -> Response {
+    let now = state.clock.now_ms();
+    let backfill = match raccordo_sync::backfill::load(crm.kv.as_ref(), now).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the backfill state failed");
+            return Problem::unavailable("reading the backfill state failed").into_response();
+        }
+    };
+    match state.queue.depth(raccordo_sync::jobs::QUEUE, now).await {
+        Ok(queue) => (status, Json(BackfillAnswer { backfill, queue })).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the queue depth failed");
+            Problem::unavailable("reading the queue depth failed").into_response()
+        }
+    }
+}
+
+/// Start a backfill: every contact and company of both CRMs is queued for sync.
+///
+/// Resumes the running one instead when one is unfinished. `raccordo sync backfill` calls this
+/// and shows the progress.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sync/backfill",
+    tag = "crm",
+    responses(
+        (status = 202, description = "Started (or already running)", body = BackfillAnswer),
+        (status = 404, description = "The sync is not configured", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn start_backfill(State(state): State<Arc<AppState>>, _admin: Admin) -> Response {
+    let Some(crm) = state.crm.as_ref().filter(|c| c.stats.is_some()) else {
+        return not_configured("The HubSpot ↔ Zoho sync");
+    };
+    if let Err(e) = raccordo_sync::backfill::start(crm.kv.as_ref(), state.clock.now_ms()).await {
+        tracing::error!(error = %e, "starting a backfill failed");
+        return Problem::unavailable("starting the backfill failed").into_response();
+    }
+    crm.backfill_wake.notify_one();
+    backfill_answer(&state, crm, StatusCode::ACCEPTED).await
+}
+
+/// The backfill's progress: records queued per list, and the sync queue draining.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sync/backfill",
+    tag = "crm",
+    responses(
+        (status = 200, description = "Progress", body = BackfillAnswer),
+        (status = 404, description = "The sync is not configured", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn backfill_progress(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
+    let Some(crm) = state.crm.as_ref().filter(|c| c.stats.is_some()) else {
+        return not_configured("The HubSpot ↔ Zoho sync");
+    };
+    backfill_answer(&state, crm, StatusCode::OK).await
 }
