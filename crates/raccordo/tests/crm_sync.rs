@@ -452,27 +452,6 @@ attempts = 10
         .await;
     }
 
-    // The faults were real: the hub's own calls met injected 5xx and 429 answers.
-    let injected = |log: Value| {
-        log["calls"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["injected"] == "error" || c["injected"] == "throttle")
-            .count()
-    };
-    let zoho_log: Value = client()
-        .get(format!("{}/_sandbox/calls", z.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        injected(zoho_log) > 10,
-        "faults were injected into Zoho calls"
-    );
     knobs(&hs, json!({"error_rate": 0.0, "throttle_rate": 0.0})).await;
     knobs(&z, json!({"error_rate": 0.0, "throttle_rate": 0.0})).await;
     let (hubspot_side, zoho_side) =
