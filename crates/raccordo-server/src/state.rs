@@ -59,4 +59,8 @@ pub struct CrmIntake {
     pub kv: Arc<dyn raccordo_core::KeyValueStore>,
     /// Wakes the backfill task when one is started.
     pub backfill_wake: Arc<tokio::sync::Notify>,
+    /// Compares both CRMs; `None` unless both are connected.
+    pub reconciler: Option<Arc<raccordo_sync::reconcile::Reconciler>>,
+    /// Where integrity reports are written.
+    pub reports_dir: std::path::PathBuf,
 }

@@ -26,6 +26,11 @@ pub struct SyncConfig {
     pub digest: crate::digest::DigestConfig,
     /// `[sync.retry]`: how failed sync operations are retried.
     pub retry: RetryConfig,
+    /// How often both CRMs are compared in full and an integrity report written to
+    /// `<data_dir>/reports/` (an alert follows when they disagree); `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub reconcile_every: std::time::Duration,
 }
 
 /// Retries of operations that failed for a reason that may pass (timeouts, 5xx, 429):
@@ -76,6 +81,7 @@ impl Default for SyncConfig {
             poll_every: std::time::Duration::from_secs(300),
             digest: crate::digest::DigestConfig::default(),
             retry: RetryConfig::default(),
+            reconcile_every: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod intake;
 pub mod jobs;
 pub mod merge;
 pub mod plan;
+pub mod reconcile;
 pub mod worker;
 
 pub use config::{HotCondition, HotCreate, HotRule, ObjectSync, OnDelete, SyncConfig};

@@ -425,3 +425,60 @@ pub async fn sync(command: SyncCommand) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[derive(Args)]
+pub struct ReconcileArgs {
+    /// Print the whole report as JSON instead of the summary
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    hub: HubConnection,
+}
+
+pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
+    let token = args.hub.admin_token()?;
+    // Reading two whole CRMs takes a while.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3600))
+        .build()?;
+    let response = client
+        .post(args.hub.endpoint("/api/v1/sync/reconcile"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "the hub answered {status}: {}",
+        answer["detail"].as_str().unwrap_or("")
+    );
+    if args.json {
+        println!("{}", answer["report"]);
+        return Ok(());
+    }
+    for (name, key) in [("contacts", "contacts"), ("companies", "companies")] {
+        let r = &answer["report"][key];
+        let len = |k: &str| r[k].as_array().map_or(0, Vec::len);
+        println!(
+            "{name}: {} in HubSpot, {} in Zoho, {} linked pairs ({} in agreement); \
+             {} differ, {} missing in Zoho, {} hot missing in HubSpot, {} matching but unlinked, {} dangling links",
+            r["hubspot_records"],
+            r["zoho_records"],
+            r["pairs"],
+            r["pairs_equal"],
+            len("different"),
+            len("missing_in_zoho"),
+            len("missing_in_hubspot"),
+            len("unlinked_matches"),
+            len("dangling"),
+        );
+    }
+    println!(
+        "{} problem(s); report: {} and {}",
+        answer["problems"],
+        answer["json_path"].as_str().unwrap_or(""),
+        answer["html_path"].as_str().unwrap_or("")
+    );
+    Ok(())
+}

@@ -91,6 +91,16 @@ enum Command {
     /// Operations on the HubSpot ↔ Zoho sync of a running hub (backfill)
     #[command(subcommand)]
     Sync(admin_cmd::SyncCommand),
+    /// Compare HubSpot and Zoho record by record and write an integrity report
+    #[command(
+        long_about = "Have a running hub compare both CRMs now: every contact and company is \
+        read on both sides and the linked pairs are compared field by field (canonical values; \
+        the report gives field names and checksums, never values). Prints a summary and where \
+        the hub wrote the JSON and HTML reports (<data_dir>/reports/). The hub also does this \
+        on its own every [sync] reconcile_every (daily) and raises a sync_drift alert when the \
+        CRMs disagree. Needs an admin token."
+    )]
+    Reconcile(admin_cmd::ReconcileArgs),
     /// Run an emulator of HubSpot, Zoho CRM or an OpenAI-compatible API on loopback
     #[command(
         long_about = "Run an emulator of the HubSpot CRM API, the Zoho CRM API or an \
@@ -252,6 +262,7 @@ fn main() -> ExitCode {
         Command::Dlq(command) => runtime.block_on(admin_cmd::run(command)),
         Command::Connect(args) => runtime.block_on(admin_cmd::connect(args)),
         Command::Sync(command) => runtime.block_on(admin_cmd::sync(command)),
+        Command::Reconcile(args) => runtime.block_on(admin_cmd::reconcile(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::ConfigReference => {

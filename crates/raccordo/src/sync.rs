@@ -184,6 +184,8 @@ pub async fn start(
     };
 
     let mut stats = None;
+    let mut reconciler = None;
+    let reports_dir = config.server.data_dir.join("reports");
     if let (Some((hubspot, _)), Some((zoho, token, channel_id))) = (&hubspot, &zoho) {
         let sync_stats = Arc::new(raccordo_sync::health::SyncStats::new(
             hubspot.stats(),
@@ -251,6 +253,53 @@ pub async fn start(
                             _ = backfill_wake.notified() => {}
                             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                             _ = ctx.cancelled() => return Ok(()),
+                        }
+                    }
+                }
+            });
+        }
+        let r = Arc::new(raccordo_sync::reconcile::Reconciler {
+            hubspot: hubspot.clone(),
+            zoho: zoho.clone(),
+            mappings: stores.mappings.clone(),
+            config: Arc::new(config.sync.clone()),
+        });
+        reconciler = Some(r.clone());
+        if !config.sync.reconcile_every.is_zero() {
+            let (every, dir, clock, alerts) = (
+                config.sync.reconcile_every,
+                reports_dir.clone(),
+                clock.clone(),
+                alerts.clone(),
+            );
+            supervisor.spawn("sync-reconcile", move |ctx| {
+                let (r, dir, clock, alerts) = (r.clone(), dir.clone(), clock.clone(), alerts.clone());
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(every) => {}
+                            _ = ctx.cancelled() => return Ok(()),
+                        }
+                        let report = match r.run(clock.now_ms()).await {
+                            Ok(report) => report,
+                            // The next round tries again; the CRMs may be down for a while.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "scheduled reconciliation failed");
+                                continue;
+                            }
+                        };
+                        let problems = report.problems();
+                        metrics::gauge!("raccordo_sync_reconcile_problems").set(problems as f64);
+                        let (_, html) = raccordo_sync::reconcile::write(&report, &dir)?;
+                        if problems > 0 {
+                            alerts
+                                .raise(
+                                    "sync_drift",
+                                    "crm",
+                                    format!("the integrity report found {problems} disagreement(s) between HubSpot and Zoho: {}", html.display()),
+                                    every,
+                                )
+                                .await?;
                         }
                     }
                 }
@@ -355,6 +404,8 @@ pub async fn start(
         connectors,
         kv: stores.kv.clone(),
         backfill_wake,
+        reconciler,
+        reports_dir,
     }))
 }
 

@@ -935,13 +935,43 @@ async fn backfill_brings_both_seeded_crms_into_one_set_of_pairs() {
         &["--config", "raccordo.toml"],
     );
 
+    let reconcile = |public: String| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(support::BIN)
+                .args([
+                    "reconcile",
+                    "--url",
+                    &public,
+                    "--token",
+                    support::ADMIN_TOKEN,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    // Before: nothing is linked; every HubSpot contact matches a Zoho one, unlinked.
+    let before = reconcile(public.clone()).await.unwrap();
+    let text = String::from_utf8_lossy(&before.stdout).to_string();
+    assert!(before.status.success(), "{text}");
+    assert!(
+        text.contains("contacts: 100 in HubSpot, 100 in Zoho, 0 linked pairs (0 in agreement); 0 differ, 0 missing in Zoho, 0 hot missing in HubSpot, 100 matching but unlinked"),
+        "{text}"
+    );
+    let html = text.trim_end().rsplit(" and ").next().unwrap().to_string();
+    assert!(
+        std::fs::read_to_string(&html)
+            .unwrap()
+            .contains("Integrity report")
+    );
+
+    let backfill_url = public.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(support::BIN)
             .args([
                 "sync",
                 "backfill",
                 "--url",
-                &public,
+                &backfill_url,
                 "--token",
                 support::ADMIN_TOKEN,
             ])
@@ -983,5 +1013,13 @@ async fn backfill_brings_both_seeded_crms_into_one_set_of_pairs() {
         100,
         "matched, not duplicated"
     );
+    // After: every pair linked and in agreement.
+    let after = reconcile(public.clone()).await.unwrap();
+    let text = String::from_utf8_lossy(&after.stdout).to_string();
+    assert!(
+        text.contains("contacts: 100 in HubSpot, 100 in Zoho, 100 linked pairs (100 in agreement)"),
+        "{text}"
+    );
+    assert!(text.contains("0 problem(s)"), "{text}");
     server.terminate();
 }

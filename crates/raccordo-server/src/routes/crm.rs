@@ -25,6 +25,7 @@ pub fn router() -> super::ApiRouter {
         .routes(utoipa_axum::routes!(zoho_webhook))
         .routes(utoipa_axum::routes!(sync_health))
         .routes(utoipa_axum::routes!(start_backfill, backfill_progress))
+        .routes(utoipa_axum::routes!(reconcile))
         .routes(utoipa_axum::routes!(authorize_url))
         .routes(utoipa_axum::routes!(store_grant))
 }
@@ -526,4 +527,59 @@ pub async fn backfill_progress(State(state): State<Arc<AppState>>, _reader: Read
         return not_configured("The HubSpot ↔ Zoho sync");
     };
     backfill_answer(&state, crm, StatusCode::OK).await
+}
+
+/// An integrity report and where the hub wrote it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ReconcileAnswer {
+    pub report: raccordo_sync::reconcile::Report,
+    /// Problems found (0: the CRMs agree).
+    pub problems: u64,
+    pub json_path: String,
+    pub html_path: String,
+}
+
+/// Compare both CRMs now and write the integrity report (`raccordo reconcile`).
+///
+/// Reads every contact and company on both sides; lists pairs whose mapped fields differ
+/// (field names and checksums, never values), records missing on one side, matching
+/// records not yet linked, and links to records that are gone.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sync/reconcile",
+    tag = "crm",
+    responses(
+        (status = 200, description = "The report", body = ReconcileAnswer),
+        (status = 404, description = "The sync is not configured", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn reconcile(State(state): State<Arc<AppState>>, _admin: Admin) -> Response {
+    let Some((crm, reconciler)) = state
+        .crm
+        .as_ref()
+        .and_then(|c| Some((c, c.reconciler.clone()?)))
+    else {
+        return not_configured("The HubSpot ↔ Zoho sync");
+    };
+    let report = match reconciler.run(state.clock.now_ms()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "reconciliation failed");
+            return Problem::unavailable(format!("reading the CRMs failed: {e}")).into_response();
+        }
+    };
+    match raccordo_sync::reconcile::write(&report, &crm.reports_dir) {
+        Ok((json_path, html_path)) => Json(ReconcileAnswer {
+            problems: report.problems(),
+            report,
+            json_path: json_path.display().to_string(),
+            html_path: html_path.display().to_string(),
+        })
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "writing the integrity report failed");
+            Problem::unavailable("writing the integrity report failed").into_response()
+        }
+    }
 }
