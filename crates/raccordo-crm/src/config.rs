@@ -121,6 +121,7 @@ pub fn default_zoho_scopes() -> Vec<String> {
         "ZohoCRM.settings.fields.READ",
         "ZohoCRM.notifications.ALL",
         "ZohoSearch.securesearch.READ",
+        "ZohoCRM.coql.READ",
     ]
     .map(String::from)
     .to_vec()

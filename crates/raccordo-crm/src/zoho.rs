@@ -271,6 +271,52 @@ impl ZohoClient {
         Ok(matches.into_iter().next())
     }
 
+    /// Records whose `field` equals one of `values` (case aside), by the lower-cased value,
+    /// 50 values per COQL query: the bulk form of [`ZohoClient::find_by`].
+    pub async fn find_many(
+        &self,
+        kind: ObjectKind,
+        field: &str,
+        values: &[String],
+        fields: &[String],
+    ) -> Result<std::collections::HashMap<String, CrmRecord>, CrmError> {
+        let select = with_system_fields(fields);
+        let mut found = std::collections::HashMap::new();
+        for chunk in values.chunks(50) {
+            let list = chunk
+                .iter()
+                .map(|v| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let query = format!(
+                "select {select} from {} where {field} in ({list}) limit 2000",
+                kind.zoho_module()
+            );
+            let body = json!({ "select_query": query });
+            let (status, answer) = self
+                .call(Method::POST, "/crm/v8/coql", &[], &[], Some(&body), false)
+                .await?;
+            if status == StatusCode::NO_CONTENT {
+                continue;
+            }
+            for r in data(&answer) {
+                if let Some(v) = r[field].as_str() {
+                    // The oldest record wins when several match (ids grow with time).
+                    let record = record(r);
+                    let key = v.trim().to_lowercase();
+                    let older = found.get(&key).is_some_and(|existing: &CrmRecord| {
+                        existing.id.parse::<u128>().unwrap_or(u128::MAX)
+                            <= record.id.parse::<u128>().unwrap_or(u128::MAX)
+                    });
+                    if !older {
+                        found.insert(key, record);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     fn write_body(&self, records: Vec<Value>, duplicate_check: &[String]) -> Value {
         let mut body = json!({ "data": records });
         if !duplicate_check.is_empty() {

@@ -270,6 +270,32 @@ async fn zoho_upserts_with_no_workflows_and_refreshes_an_expired_token_once() {
     }
     assert_eq!(tokens.refreshes(), 2);
 
+    // Bulk lookup by e-mail (COQL, 50 values per query), whatever the case.
+    let wanted: Vec<String> = (0..60)
+        .map(|i| format!("Cliente{i}@Example.it"))
+        .chain(["nessuno@example.it".to_string()])
+        .collect();
+    let found = client
+        .find_many(
+            ObjectKind::Contact,
+            "Email",
+            &wanted,
+            &["Email".to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 60);
+    assert_eq!(
+        found["cliente7@example.it"].id,
+        first[7].as_ref().unwrap().id
+    );
+    let coql = calls(&z)
+        .await
+        .iter()
+        .filter(|c| c["path"] == "/crm/v8/coql")
+        .count();
+    assert_eq!(coql, 2, "61 values in two queries");
+
     // A missing mandatory field fails that record only, naming the field.
     let mixed = client
         .upsert(

@@ -343,6 +343,8 @@ impl SyncWorker {
             return;
         };
         let mut by_email: Vec<(usize, String)> = Vec::new();
+        // HubSpot records whose e-mail is looked up in Zoho in bulk (COQL).
+        let mut in_zoho: Vec<(usize, String)> = Vec::new();
         for (i, t) in tasks.iter_mut().enumerate() {
             if t.outcome.is_some() || t.counterpart.is_some() {
                 continue;
@@ -354,6 +356,7 @@ impl SyncWorker {
                 continue; // the plan reports the missing match field
             };
             match t.job.origin {
+                System::HubSpot if key.kind == FieldType::Email => in_zoho.push((i, value)),
                 System::HubSpot => {
                     let lookup = key.to_zoho(Some(&value));
                     let wanted = lookup.as_str().map_or(value.clone(), str::to_string);
@@ -384,6 +387,25 @@ impl SyncWorker {
                     Ok(found) => t.counterpart = found,
                     Err(e) => t.outcome = Some(retryable(&e)),
                 },
+            }
+        }
+        if !in_zoho.is_empty() {
+            let values: Vec<String> = in_zoho.iter().map(|(_, v)| v.clone()).collect();
+            match self
+                .zoho
+                .find_many(kind, &key.zoho, &values, &self.zoho_fields(kind))
+                .await
+            {
+                Ok(found) => {
+                    for (i, value) in &in_zoho {
+                        tasks[*i].counterpart = found.get(value).cloned();
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in &in_zoho {
+                        tasks[*i].outcome = Some(retryable(&e));
+                    }
+                }
             }
         }
         if by_email.is_empty() {

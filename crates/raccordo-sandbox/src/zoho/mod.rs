@@ -21,6 +21,7 @@ use serde_json::{Map, Value, json};
 use crate::knobs::{Controls, FaultStyle, json_response, now_ms};
 use crate::{Persist, list_param, query_pairs, random_token};
 
+mod coql;
 mod criteria;
 mod metadata;
 mod notifications;
@@ -647,6 +648,7 @@ pub fn router(zoho: Arc<Zoho>, controls: Arc<Controls>) -> Router {
         .route("/oauth/v2/auth", get(oauth::authorize))
         .route("/_sandbox/tokens/expire", post(oauth::expire_tokens))
         .route("/crm/v8/users", get(users))
+        .route("/crm/v8/coql", post(coql::coql))
         .route("/crm/v8/org", get(org))
         .route("/crm/v8/settings/fields", get(fields))
         .route("/crm/v8/settings/modules", get(modules))
