@@ -122,6 +122,29 @@ impl Controls {
     }
 }
 
+/// Query parameters whose values are secrets (Zoho takes the token request's parameters in
+/// the query string too): the call log shows that they were sent, never what.
+const SECRET_PARAMS: [&str; 7] = [
+    "refresh_token",
+    "client_secret",
+    "code",
+    "code_verifier",
+    "access_token",
+    "token",
+    "password",
+];
+
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if SECRET_PARAMS.contains(&k) => format!("{k}=<redacted>"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Middleware: logs every call and injects the configured faults into API calls (not into
 /// `/_sandbox/` admin calls, so tests can always turn the faults off again).
 pub async fn inject(
@@ -131,7 +154,7 @@ pub async fn inject(
 ) -> Response {
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
-    let query = request.uri().query().map(str::to_string);
+    let query = request.uri().query().map(redact_query);
     let admin = path.starts_with("/_sandbox/");
     let knobs = controls.knobs();
     let mut injected = None;
@@ -247,6 +270,16 @@ pub fn json_response(status: StatusCode, content_type: &'static str, body: &Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_query_strings_are_not_logged() {
+        assert_eq!(
+            redact_query(
+                "grant_type=refresh_token&refresh_token=1000.abc&client_id=x&client_secret=s3"
+            ),
+            "grant_type=refresh_token&refresh_token=<redacted>&client_id=x&client_secret=<redacted>"
+        );
+    }
 
     #[test]
     fn knobs_are_checked() {

@@ -71,16 +71,28 @@ pub(super) async fn batch(
                 let id_property = input["idProperty"].as_str();
                 let archived = bool_param(&pairs, "archived");
                 let (mut results, mut missing) = (Vec::new(), Vec::new());
+                let with_history: Option<Vec<String>> =
+                    input["propertiesWithHistory"].as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    });
+                if with_history.is_some() && inputs.len() > 50 {
+                    return validation(
+                        "Batch read with propertiesWithHistory is limited to 50 inputs",
+                    );
+                }
                 for i in inputs {
                     let key = input_id(i);
                     match find(&store, kind, &key, id_property, archived) {
-                        Some(id) => results.push(render(
-                            &store,
-                            kind,
-                            &store.objects[&kind][&id],
-                            properties.as_deref(),
-                            None,
-                        )),
+                        Some(id) => {
+                            let o = &store.objects[&kind][&id];
+                            let mut r = render(&store, kind, o, properties.as_deref(), None);
+                            if let Some(names) = &with_history {
+                                r["propertiesWithHistory"] = o.history_json(names);
+                            }
+                            results.push(r)
+                        }
                         None => missing.push(key),
                     }
                 }

@@ -24,6 +24,7 @@ use crate::{Persist, iso_ms, list_param, query_pairs, random_token};
 
 mod associations;
 mod batch;
+mod metadata;
 mod oauth;
 mod objects;
 mod search;
@@ -173,6 +174,39 @@ pub struct Object {
     pub created_at: i64,
     pub updated_at: i64,
     pub archived_at: Option<i64>,
+    /// Each property's values with the time they were set, oldest first (what
+    /// `propertiesWithHistory` answers, newest first).
+    #[serde(default)]
+    pub history: BTreeMap<String, Vec<(String, i64)>>,
+}
+
+impl Object {
+    /// Sets a property, recording it in the property's history.
+    pub(crate) fn set(&mut self, name: String, value: String, at_ms: i64) {
+        self.history
+            .entry(name.clone())
+            .or_default()
+            .push((value.clone(), at_ms));
+        self.properties.insert(name, value);
+    }
+
+    /// `{"<property>": [{"value", "timestamp", "sourceType"}…]}`, newest first, for the
+    /// properties asked.
+    pub(crate) fn history_json(&self, names: &[String]) -> Value {
+        let mut out = Map::new();
+        for name in names {
+            let entries: Vec<Value> = self
+                .history
+                .get(name)
+                .into_iter()
+                .flatten()
+                .rev()
+                .map(|(value, at)| json!({ "value": value, "timestamp": iso_ms(*at), "sourceType": "API", "sourceId": "sandbox", "updatedByUserId": null }))
+                .collect();
+            out.insert(name.clone(), Value::Array(entries));
+        }
+        Value::Object(out)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -481,8 +515,8 @@ impl HubSpot {
 
 fn seed_store(store: &mut Store, options: &HubSpotOptions) {
     let data = crate::seed::generate(options.seed, options.seed_companies, options.seed_contacts);
-    let now = now_ms();
     let mut company_ids = Vec::new();
+    let mut n = 0;
     for c in &data.companies {
         let props = [
             ("name", &c.name),
@@ -491,14 +525,17 @@ fn seed_store(store: &mut Store, options: &HubSpotOptions) {
             ("industry", &c.industry),
             ("phone", &c.phone),
         ];
-        let id = insert(
+        let (created, modified) = seeded_times(n);
+        n += 1;
+        let id = insert_at(
             store,
             Kind::Companies,
             props
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            now,
+            created,
+            modified,
         );
         company_ids.push(id);
     }
@@ -517,11 +554,14 @@ fn seed_store(store: &mut Store, options: &HubSpotOptions) {
             ("company", company),
             ("lifecyclestage", "lead".to_string()),
         ];
-        let id = insert(
+        let (created, modified) = seeded_times(n);
+        n += 1;
+        let id = insert_at(
             store,
             Kind::Contacts,
             props.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            now,
+            created,
+            modified,
         );
         if let Some(company_id) = company_ids.get(p.company) {
             store.associations.insert((id, *company_id));
@@ -529,25 +569,43 @@ fn seed_store(store: &mut Store, options: &HubSpotOptions) {
     }
 }
 
-fn insert(
+fn insert(store: &mut Store, kind: Kind, properties: BTreeMap<String, String>, now: i64) -> u64 {
+    insert_at(store, kind, properties, now, now)
+}
+
+/// Seeded records get distinct creation and modification times, a month back: clients
+/// that page or merge by time see a realistic spread, not one instant.
+fn seeded_times(i: usize) -> (i64, i64) {
+    let base = now_ms() - 30 * 86_400_000;
+    let created = base + i as i64 * 60_000;
+    (created, created + (1 + (i as i64 % 48)) * 3_600_000)
+}
+
+fn insert_at(
     store: &mut Store,
     kind: Kind,
     mut properties: BTreeMap<String, String>,
+    created: i64,
     now: i64,
 ) -> u64 {
     store.next_id = store.next_id.max(100) + 1 + (rand::random::<u8>() % 7) as u64;
     let id = store.next_id;
     properties.insert("hs_object_id".into(), id.to_string());
-    properties.insert("createdate".into(), iso_ms(now));
+    properties.insert("createdate".into(), iso_ms(created));
     properties.insert(kind.modified_property().into(), iso_ms(now));
+    let history = properties
+        .iter()
+        .map(|(k, v)| (k.clone(), vec![(v.clone(), now)]))
+        .collect();
     store.objects.entry(kind).or_default().insert(
         id,
         Object {
             id,
             properties,
-            created_at: now,
+            created_at: created,
             updated_at: now,
             archived_at: None,
+            history,
         },
     );
     id
@@ -578,6 +636,28 @@ pub fn router(hubspot: Arc<HubSpot>, controls: Arc<Controls>) -> Router {
         .route(
             "/crm/v4/objects/{kind}/{id}/associations/{to}/{to_id}",
             put(associate_labelled).delete(dissociate),
+        )
+        .route("/crm/v3/properties/{kind}", get(metadata::list_properties))
+        .route(
+            "/crm/v3/properties/{kind}/{name}",
+            get(metadata::read_property),
+        )
+        .route(
+            "/properties/v2/{kind}/properties",
+            get(metadata::legacy_properties),
+        )
+        .route("/crm/v3/schemas", get(metadata::schemas))
+        .route("/crm/v3/owners", get(metadata::owners))
+        .route("/crm/v3/owners/", get(metadata::owners))
+        .route("/crm/v3/pipelines/{object}", get(metadata::pipelines))
+        .route("/account-info/v3/details", get(metadata::account_details))
+        .route(
+            "/oauth/v1/access-tokens/{token}",
+            get(metadata::access_token_info),
+        )
+        .route(
+            "/crm/v4/associations/{from}/{to}/batch/read",
+            post(metadata::batch_read_associations),
         )
         .route("/_sandbox/state", get(dump_state))
         .route("/_sandbox/tokens/expire", post(expire_tokens))
@@ -840,6 +920,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             archived_at: None,
+            history: BTreeMap::new(),
         }
     }
 

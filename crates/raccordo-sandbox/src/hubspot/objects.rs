@@ -80,17 +80,17 @@ pub(super) async fn read(
         return not_found();
     };
     let o = &store.objects[&kind][&found];
-    ok(
-        StatusCode::OK,
-        &render(
-            &store,
-            kind,
-            o,
-            list_param(&pairs, "properties").as_deref(),
-            list_param(&pairs, "associations").as_deref(),
-        ),
-        h,
-    )
+    let mut rendered = render(
+        &store,
+        kind,
+        o,
+        list_param(&pairs, "properties").as_deref(),
+        list_param(&pairs, "associations").as_deref(),
+    );
+    if let Some(names) = list_param(&pairs, "propertiesWithHistory") {
+        rendered["propertiesWithHistory"] = o.history_json(&names);
+    }
+    ok(StatusCode::OK, &rendered, h)
 }
 
 pub(super) async fn create(
@@ -230,13 +230,12 @@ pub(super) fn update_one(
     for (k, v) in props {
         if o.properties.get(&k) != Some(&v) {
             changed.push((k.clone(), v.clone()));
-            o.properties.insert(k, v);
+            o.set(k, v, now);
         }
     }
     if !changed.is_empty() {
         o.updated_at = now;
-        o.properties
-            .insert(kind.modified_property().into(), iso_ms(now));
+        o.set(kind.modified_property().into(), iso_ms(now), now);
     }
     let wanted: Vec<String> = o.properties.keys().cloned().collect();
     let o = &store.objects[&kind][&id];

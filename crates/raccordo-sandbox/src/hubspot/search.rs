@@ -178,6 +178,22 @@ pub(super) async fn search(
         .flat_map(|m| m.values())
         .filter(|o| o.archived_at.is_none())
     {
+        // Top-level `filters` (older clients send them outside `filterGroups`) must all
+        // hold too: ignoring them would answer records the client did not ask for.
+        let mut top_ok = true;
+        for f in input["filters"].as_array().into_iter().flatten() {
+            match matches(o, f) {
+                Ok(true) => {}
+                Ok(false) => {
+                    top_ok = false;
+                    break;
+                }
+                Err(e) => return validation(&e),
+            }
+        }
+        if !top_ok {
+            continue;
+        }
         let mut group_ok = groups.is_empty();
         for g in &groups {
             let mut all = true;

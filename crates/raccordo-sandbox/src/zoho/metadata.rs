@@ -26,20 +26,77 @@ pub(super) async fn org(_: Admitted) -> Response {
             "org": [{
                 "id": "4876876000000225011", "company_name": "raccordo sandbox S.r.l.", "zgid": "20091234",
                 "primary_email": "admin@raccordo-sandbox.it", "country_code": "IT", "time_zone": "UTC",
-                "currency": "Euro - EUR", "iso_code": "EUR", "type": "production"
+                "currency": "Euro - EUR", "iso_code": "EUR", "type": "production",
+                "license_details": {
+                    "paid_expiry": null, "users_license_purchased": 10, "trial_type": null,
+                    "trial_expiry": null, "paid": true, "paid_type": "enterprise",
+                }
             }]
         }),
     )
 }
 
 pub(super) fn field_json(module: Module, i: usize, f: &FieldSpec) -> Value {
+    let label = f.api_name.replace('_', " ");
     let mut v = json!({
-        "api_name": f.api_name, "field_label": f.api_name.replace('_', " "), "data_type": f.data_type,
+        "api_name": f.api_name, "field_label": label, "display_label": label, "data_type": f.data_type,
+        "decimal_place": if f.data_type == "currency" || f.data_type == "double" { json!(2) } else { Value::Null },
+        "visible": true, "field_read_only": false, "column_name": f.api_name.to_uppercase(),
         "json_type": f.json_type, "system_mandatory": f.mandatory, "custom_field": f.api_name.starts_with("AI_") || ["Lifecycle_Stage", "Lead_Status"].contains(&f.api_name),
         "read_only": false, "length": if f.data_type == "textarea" { 32000 } else { 255 },
         "id": format!("{}{:03}", &module.module_id()[..16], i + 100),
         "unique": { "casesensitive": if f.unique { "false" } else { "" } },
     });
+    if f.data_type == "picklist" {
+        let options: &[&str] = match f.api_name {
+            "Lifecycle_Stage" => &[
+                "Subscriber",
+                "Lead",
+                "Marketing Qualified Lead",
+                "Sales Qualified Lead",
+                "Opportunity",
+                "Customer",
+                "Evangelist",
+                "Other",
+            ],
+            "Lead_Status" => &[
+                "New",
+                "Open",
+                "In Progress",
+                "Open Deal",
+                "Unqualified",
+                "Attempted to Contact",
+                "Connected",
+                "Bad Timing",
+            ],
+            "Lead_Source" => &[
+                "Advertisement",
+                "Cold Call",
+                "Partner",
+                "Trade Show",
+                "Web Download",
+                "Web Research",
+            ],
+            "Industry" => &[
+                "Agricoltura",
+                "Alimentare",
+                "Edilizia",
+                "Informatica",
+                "Manifattura",
+                "Moda",
+                "Servizi",
+                "Turismo",
+            ],
+            _ => &[],
+        };
+        v["pick_list_values"] = Value::Array(
+            std::iter::once("-None-")
+                .chain(options.iter().copied())
+                .enumerate()
+                .map(|(i, o)| json!({ "display_value": o, "actual_value": o, "sequence_number": i, "type": "used", "id": format!("{}{:03}", &module.module_id()[..16], 500 + i) }))
+                .collect(),
+        );
+    }
     if f.data_type == "lookup" {
         v["lookup"] = json!({ "module": { "api_name": "Accounts", "id": Module::Accounts.module_id() }, "display_label": "Account Name", "api_name": "Account_Name" });
     }
@@ -94,5 +151,31 @@ pub(super) async fn modules(_: Admitted) -> Response {
         StatusCode::OK,
         JSON,
         &json!({ "modules": [m(Module::Contacts, "Contact"), m(Module::Accounts, "Account")] }),
+    )
+}
+
+/// `GET /crm/v8/settings/modules/{module}`: one module's metadata.
+pub(super) async fn module(Path(name): Path<String>, _: Admitted) -> Response {
+    let Some(m) = Module::parse(&name) else {
+        return zoho_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_MODULE",
+            "the module name given seems to be invalid",
+            json!({ "resource_path_index": 0 }),
+        );
+    };
+    let singular = match m {
+        Module::Contacts => "Contact",
+        Module::Accounts => "Account",
+    };
+    json_response(
+        StatusCode::OK,
+        JSON,
+        &json!({ "modules": [{
+            "api_name": m.name(), "module_name": m.name(), "id": m.module_id(), "plural_label": m.name(),
+            "singular_label": singular, "api_supported": true, "generated_type": "default", "creatable": true,
+            "editable": true, "deletable": true, "viewable": true, "status": "visible",
+            "fields": m.fields().iter().enumerate().map(|(i, f)| field_json(m, i, f)).collect::<Vec<_>>(),
+        }] }),
     )
 }

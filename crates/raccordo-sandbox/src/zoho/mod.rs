@@ -415,7 +415,14 @@ fn seed_store(store: &mut Store, options: &ZohoOptions) {
         options.seed_accounts,
         options.seed_contacts,
     );
-    let now = now_ms();
+    // Distinct creation and modification times, a month back (as the HubSpot sandbox).
+    let base = now_ms() - 30 * 86_400_000;
+    let mut n: i64 = 0;
+    let mut at = move || {
+        n += 1;
+        let created = base + n * 60_000;
+        (created, created + (1 + n % 48) * 3_600_000)
+    };
     let mut account_ids = Vec::new();
     for c in &data.companies {
         let mut f = Map::new();
@@ -424,7 +431,13 @@ fn seed_store(store: &mut Store, options: &ZohoOptions) {
         f.insert("Phone".into(), json!(c.phone));
         f.insert("Billing_City".into(), json!(c.city));
         f.insert("Industry".into(), json!(c.industry));
-        account_ids.push((insert(store, Module::Accounts, f, now), c.name.clone()));
+        account_ids.push((
+            {
+                let (c, m) = at();
+                insert_at(store, Module::Accounts, f, c, m)
+            },
+            c.name.clone(),
+        ));
     }
     for p in &data.contacts {
         let mut f = Map::new();
@@ -440,11 +453,24 @@ fn seed_store(store: &mut Store, options: &ZohoOptions) {
                 json!({ "id": id.to_string(), "name": name }),
             );
         }
-        insert(store, Module::Contacts, f, now);
+        {
+            let (c, m) = at();
+            insert_at(store, Module::Contacts, f, c, m);
+        }
     }
 }
 
 fn insert(store: &mut Store, module: Module, fields: Map<String, Value>, now: i64) -> u64 {
+    insert_at(store, module, fields, now, now)
+}
+
+fn insert_at(
+    store: &mut Store,
+    module: Module,
+    fields: Map<String, Value>,
+    created: i64,
+    now: i64,
+) -> u64 {
     store.next_id = store.next_id.max(FIRST_ID - 1) + 1;
     let id = store.next_id;
     store.records.entry(module).or_default().insert(
@@ -452,7 +478,7 @@ fn insert(store: &mut Store, module: Module, fields: Map<String, Value>, now: i6
         Record {
             id,
             fields,
-            created_ms: now,
+            created_ms: created,
             modified_ms: now,
             deleted_ms: None,
         },
@@ -641,19 +667,17 @@ impl axum::extract::FromRequestParts<Arc<Zoho>> for Admitted {
     }
 }
 
-pub fn router(zoho: Arc<Zoho>, controls: Arc<Controls>) -> Router {
+fn api_routes(version: &str) -> Router<Arc<Zoho>> {
+    let at = |path: &str| format!("/crm/{version}{path}");
     Router::new()
-        .route("/oauth/v2/token", post(token))
-        .route("/oauth/v2/token/revoke", post(revoke))
-        .route("/oauth/v2/auth", get(oauth::authorize))
-        .route("/_sandbox/tokens/expire", post(oauth::expire_tokens))
-        .route("/crm/v8/users", get(users))
-        .route("/crm/v8/coql", post(coql::coql))
-        .route("/crm/v8/org", get(org))
-        .route("/crm/v8/settings/fields", get(fields))
-        .route("/crm/v8/settings/modules", get(modules))
+        .route(&at("/users"), get(users))
+        .route(&at("/coql"), post(coql::coql))
+        .route(&at("/org"), get(org))
+        .route(&at("/settings/fields"), get(fields))
+        .route(&at("/settings/modules"), get(modules))
+        .route(&at("/settings/modules/{module}"), get(metadata::module))
         .route(
-            "/crm/v8/actions/watch",
+            &at("/actions/watch"),
             get(list_watch)
                 .post(enable_watch)
                 .put(enable_watch)
@@ -661,16 +685,28 @@ pub fn router(zoho: Arc<Zoho>, controls: Arc<Controls>) -> Router {
                 .delete(disable_watch),
         )
         .route(
-            "/crm/v8/{module}",
+            &at("/{module}"),
             get(list).post(create).put(update_many).delete(delete_many),
         )
-        .route("/crm/v8/{module}/upsert", post(upsert))
-        .route("/crm/v8/{module}/search", get(search))
-        .route("/crm/v8/{module}/deleted", get(deleted))
+        .route(&at("/{module}/upsert"), post(upsert))
+        .route(&at("/{module}/search"), get(search))
+        .route(&at("/{module}/deleted"), get(deleted))
         .route(
-            "/crm/v8/{module}/{id}",
+            &at("/{module}/{id}"),
             get(read).put(update_one).delete(delete_one),
         )
+}
+
+pub fn router(zoho: Arc<Zoho>, controls: Arc<Controls>) -> Router {
+    Router::new()
+        .route("/oauth/v2/token", post(token))
+        .route("/oauth/v2/token/revoke", post(revoke))
+        .route("/oauth/v2/auth", get(oauth::authorize))
+        .route("/_sandbox/tokens/expire", post(oauth::expire_tokens))
+        .merge(api_routes("v8"))
+        // The v2 API, which many clients still call: the same calls and answers (`fields`
+        // is optional when listing there).
+        .merge(api_routes("v2"))
         .with_state(zoho)
         .merge(crate::knobs::admin_routes(controls.clone()))
         .layer(axum::middleware::from_fn_with_state(

@@ -530,10 +530,22 @@ pub(super) async fn list(
     call: ModuleCall,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> Response {
     let module = call.module;
     let pairs = query_pairs(q.as_deref());
-    let Some(only) = fields_param(q.as_deref()).filter(|f| !f.is_empty()) else {
+    // v2 lists every field when none are named; v3 and later require `fields`.
+    let v2_all = uri.path().starts_with("/crm/v2/").then(|| {
+        module
+            .fields()
+            .iter()
+            .map(|f| f.api_name.to_string())
+            .collect::<Vec<_>>()
+    });
+    let Some(only) = fields_param(q.as_deref())
+        .filter(|f| !f.is_empty())
+        .or(v2_all)
+    else {
         return required_param_missing("fields");
     };
     if only.len() > 50 {
