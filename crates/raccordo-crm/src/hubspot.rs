@@ -311,6 +311,72 @@ impl HubSpotClient {
         Ok(out)
     }
 
+    /// The company each contact is associated with (the lowest company id when several:
+    /// HubSpot lists the primary one among them, and a stable choice keeps the sync from
+    /// flapping), 1000 contacts per call.
+    pub async fn companies_of(
+        &self,
+        contact_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, CrmError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in contact_ids.chunks(1000) {
+            let body =
+                json!({ "inputs": chunk.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>() });
+            let (_, value) = self
+                .call(
+                    Method::POST,
+                    "/crm/v4/associations/contacts/companies/batch/read",
+                    &[],
+                    Some(&body),
+                    false,
+                )
+                .await?;
+            for r in results(&value) {
+                let Some(from) = r["from"]["id"].as_str() else {
+                    continue;
+                };
+                let company = r["to"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| match &t["toObjectId"] {
+                        Value::String(s) => s.parse::<u64>().ok(),
+                        v => v.as_u64(),
+                    })
+                    .min();
+                if let Some(company) = company {
+                    out.insert(from.to_string(), company.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Associates a contact with a company (HubSpot's default, unlabelled association).
+    pub async fn associate_company(
+        &self,
+        contact_id: &str,
+        company_id: &str,
+    ) -> Result<(), CrmError> {
+        let path = format!(
+            "/crm/v4/objects/contacts/{contact_id}/associations/default/companies/{company_id}"
+        );
+        self.call(Method::PUT, &path, &[], None, false).await?;
+        Ok(())
+    }
+
+    /// Removes a contact's association with a company.
+    pub async fn dissociate_company(
+        &self,
+        contact_id: &str,
+        company_id: &str,
+    ) -> Result<(), CrmError> {
+        let path =
+            format!("/crm/v4/objects/contacts/{contact_id}/associations/companies/{company_id}");
+        self.call(Method::DELETE, &path, &[], None, false).await?;
+        Ok(())
+    }
+
     /// Archives records (restorable for 90 days), 100 per call.
     pub async fn archive(&self, kind: ObjectKind, ids: &[String]) -> Result<(), CrmError> {
         for chunk in ids.chunks(BATCH) {

@@ -22,6 +22,9 @@ pub struct SyncConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub poll_every: std::time::Duration,
+    /// Contacts follow their company: HubSpot's company association and Zoho's
+    /// `Account_Name` are synced like a field (once the company itself is synced).
+    pub contact_companies: bool,
     /// `[sync.digest]`: the e-mail digest of failed operations.
     pub digest: crate::digest::DigestConfig,
     /// `[sync.retry]`: how failed sync operations are retried.
@@ -79,6 +82,7 @@ impl Default for SyncConfig {
             companies: ObjectSync::default_companies(),
             zoho_workflows: false,
             poll_every: std::time::Duration::from_secs(300),
+            contact_companies: true,
             digest: crate::digest::DigestConfig::default(),
             retry: RetryConfig::default(),
             reconcile_every: std::time::Duration::from_secs(24 * 3600),

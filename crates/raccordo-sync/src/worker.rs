@@ -62,6 +62,25 @@ struct Task {
     /// Ids once known (after a create, the new one).
     hubspot_id: Option<String>,
     zoho_id: Option<String>,
+    /// The company to associate the HubSpot contact with, after its write.
+    company_for_hubspot: Option<String>,
+    /// The company could not be written (its counterpart is not synced yet): the snapshot
+    /// keeps the old value, so a later sync tries again.
+    company_unsynced: bool,
+}
+
+impl Task {
+    /// The records read for this task, each with its CRM.
+    fn records(&self) -> Vec<(System, &CrmRecord)> {
+        let origin = self.job.origin;
+        [
+            self.record.as_ref().map(|r| (origin, r)),
+            self.counterpart.as_ref().map(|r| (origin.other(), r)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 fn retryable(e: &CrmError) -> Completion {
@@ -102,28 +121,121 @@ fn store_failure(e: &raccordo_core::StoreError) -> Completion {
     }
 }
 
+/// A contact's company, merged like a field: HubSpot's associated company id on one side,
+/// the HubSpot id of the company Zoho's `Account_Name` points at on the other.
+const COMPANY: &str = "__company";
+
+fn with_companies(kind: ObjectKind, config: &SyncConfig) -> bool {
+    kind == ObjectKind::Contact && config.contact_companies
+}
+
 impl SyncWorker {
-    fn object(&self, kind: ObjectKind) -> &ObjectSync {
-        match kind {
-            ObjectKind::Contact => &self.config.contacts,
-            ObjectKind::Company => &self.config.companies,
+    /// The object's settings, with the company association as a field for contacts.
+    fn object(&self, kind: ObjectKind) -> ObjectSync {
+        let mut object = match kind {
+            ObjectKind::Contact => self.config.contacts.clone(),
+            ObjectKind::Company => self.config.companies.clone(),
+        };
+        if with_companies(kind, &self.config) {
+            object.fields.push(crate::fields::FieldMapping::new(
+                COMPANY,
+                COMPANY,
+                FieldType::Text,
+            ));
         }
+        object
     }
 
     fn hubspot_properties(&self, kind: ObjectKind) -> Vec<String> {
         self.object(kind)
             .fields
             .iter()
+            .filter(|f| f.hubspot != COMPANY)
             .map(|f| f.hubspot.clone())
             .collect()
     }
 
     fn zoho_fields(&self, kind: ObjectKind) -> Vec<String> {
-        self.object(kind)
+        let mut fields: Vec<String> = self
+            .object(kind)
             .fields
             .iter()
+            .filter(|f| f.zoho != COMPANY)
             .map(|f| f.zoho.clone())
-            .collect()
+            .collect();
+        if with_companies(kind, &self.config) && !fields.iter().any(|f| f == "Account_Name") {
+            fields.push("Account_Name".into());
+        }
+        fields
+    }
+
+    /// Puts each contact's company, as a HubSpot company id, in the records' values.
+    async fn attach_companies(&self, tasks: &mut [&mut Task]) {
+        let mut hubspot_ids = Vec::new();
+        let mut zoho_accounts = Vec::new();
+        for t in tasks.iter().filter(|t| t.outcome.is_none()) {
+            for (system, r) in t.records() {
+                match system {
+                    System::HubSpot => hubspot_ids.push(r.id.clone()),
+                    System::Zoho => {
+                        if let Some(a) = r.values.get("Account_Name").and_then(|v| v["id"].as_str())
+                        {
+                            zoho_accounts.push(a.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        let companies = if hubspot_ids.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            self.hubspot.companies_of(&hubspot_ids).await
+        };
+        let companies = match companies {
+            Ok(c) => c,
+            Err(e) => {
+                for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+                    t.outcome = Some(retryable(&e));
+                }
+                return;
+            }
+        };
+        let mut accounts: HashMap<String, Option<String>> = HashMap::new();
+        for a in zoho_accounts {
+            if accounts.contains_key(&a) {
+                continue;
+            }
+            let found = self
+                .mappings
+                .find(
+                    &record_ref(System::Zoho, ObjectKind::Company, &a),
+                    System::HubSpot.as_str(),
+                )
+                .await
+                .ok()
+                .flatten();
+            accounts.insert(a, found);
+        }
+        for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+            let origin = t.job.origin;
+            for (system, r) in [
+                (origin, t.record.as_mut()),
+                (origin.other(), t.counterpart.as_mut()),
+            ] {
+                let Some(r) = r else { continue };
+                let company = match system {
+                    System::HubSpot => companies.get(&r.id).cloned(),
+                    // A Zoho contact: the HubSpot id of its account, if that one is synced.
+                    System::Zoho => r
+                        .values
+                        .get("Account_Name")
+                        .and_then(|v| v["id"].as_str())
+                        .and_then(|a| accounts.get(a).cloned().flatten()),
+                };
+                r.values
+                    .insert(COMPANY.into(), company.map_or(Value::Null, Value::String));
+            }
+        }
     }
 
     /// One round over claimed items; a completion per item, in order.
@@ -143,6 +255,8 @@ impl SyncWorker {
                     snapshot: None,
                     decision: None,
                     outcome: None,
+                    company_for_hubspot: None,
+                    company_unsynced: false,
                 }),
                 Err(error) => out[index] = Some(Completion::Permanent { error }),
             }
@@ -214,6 +328,11 @@ impl SyncWorker {
         }
         // 3. Unmapped records: find the counterpart by the match field.
         self.match_unmapped(kind, tasks).await;
+        // The contacts' companies, as a field.
+        if with_companies(kind, &self.config) {
+            self.attach_companies(tasks).await;
+        }
+        let object = self.object(kind);
         // 4. Snapshots, decisions; one task per pair.
         let mut seen_pairs = std::collections::HashSet::new();
         for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
@@ -260,7 +379,7 @@ impl SyncWorker {
                 }
             }
             let decision = plan(
-                self.object(kind),
+                &object,
                 Situation {
                     origin: t.job.origin,
                     record: t.record.as_ref(),
@@ -351,7 +470,7 @@ impl SyncWorker {
             }
             let Some(record) = &t.record else { continue };
             let mut issues = Vec::new();
-            let values = canonical(object, t.job.origin, record, &mut issues);
+            let values = canonical(&object, t.job.origin, record, &mut issues);
             let Some(Some(value)) = values.get(&key.hubspot).cloned() else {
                 continue; // the plan reports the missing match field
             };
@@ -483,6 +602,44 @@ impl SyncWorker {
         let Some(key) = object.match_field() else {
             return;
         };
+        // The company travels as its own call: Zoho's `Account_Name` lookup needs the
+        // account's Zoho id, HubSpot an association after the contact is written.
+        for (i, values) in zoho_creates
+            .iter_mut()
+            .map(|(i, v)| (*i, v))
+            .chain(zoho_updates.iter_mut().map(|(i, _, v)| (*i, v)))
+        {
+            if let Some(Value::String(company)) = values.remove(COMPANY) {
+                let account = self
+                    .mappings
+                    .find(
+                        &record_ref(System::HubSpot, ObjectKind::Company, &company),
+                        System::Zoho.as_str(),
+                    )
+                    .await
+                    .ok()
+                    .flatten();
+                match account {
+                    Some(a) => {
+                        values.insert("Account_Name".into(), serde_json::json!({ "id": a }));
+                    }
+                    None => tasks[i].company_unsynced = true,
+                }
+            }
+        }
+        for (i, values) in hubspot_creates
+            .iter_mut()
+            .map(|(i, v)| (*i, v))
+            .chain(hubspot_updates.iter_mut().map(|(i, _, v)| (*i, v)))
+        {
+            if let Some(Value::String(company)) = values.remove(COMPANY)
+                && !company.is_empty()
+            {
+                tasks[i].company_for_hubspot = Some(company);
+            }
+        }
+        zoho_updates.retain(|(_, _, v)| !v.is_empty());
+        hubspot_updates.retain(|(_, _, v)| !v.is_empty());
 
         if !zoho_creates.is_empty() {
             let records: Vec<_> = zoho_creates.iter().map(|(_, v)| v.clone()).collect();
@@ -559,6 +716,29 @@ impl SyncWorker {
                 Err(e) => fail_all(tasks, hubspot_updates.iter().map(|(i, _, _)| *i), &e),
             }
         }
+        for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+            let (Some(company), Some(contact)) =
+                (t.company_for_hubspot.clone(), t.hubspot_id.clone())
+            else {
+                continue;
+            };
+            // A contact has one company, as in Zoho: the new association replaces the old.
+            let previous = t
+                .records()
+                .into_iter()
+                .find(|(system, _)| *system == System::HubSpot)
+                .and_then(|(_, r)| r.values.get(COMPANY)?.as_str().map(str::to_string))
+                .filter(|old| *old != company);
+            let mut done = self.hubspot.associate_company(&contact, &company).await;
+            if done.is_ok()
+                && let Some(old) = previous
+            {
+                done = self.hubspot.dissociate_company(&contact, &old).await;
+            }
+            if let Err(e) = done {
+                t.outcome = Some(retryable(&e));
+            }
+        }
         if !hubspot_archives.is_empty() {
             let ids: Vec<_> = hubspot_archives.iter().map(|(_, id)| id.clone()).collect();
             if let Err(e) = self.hubspot.archive(kind, &ids).await {
@@ -610,7 +790,13 @@ impl SyncWorker {
                     if let Err(e) = linked {
                         return store_failure(&e);
                     }
-                    if let Some(snapshot) = snapshot {
+                    if let Some(mut snapshot) = snapshot {
+                        if t.company_unsynced {
+                            match t.snapshot.as_ref().and_then(|s| s.values.get(COMPANY)) {
+                                Some(old) => snapshot.values.insert(COMPANY.into(), old.clone()),
+                                None => snapshot.values.remove(COMPANY),
+                            };
+                        }
                         let stored = StoredSnapshot {
                             zoho_id: z.clone(),
                             values: snapshot.values,

@@ -425,3 +425,106 @@ async fn an_interrupted_backfill_resumes_at_its_page() {
     assert_eq!(done.len(), 250);
     assert_eq!(w.zoho_contacts().await.len(), 250);
 }
+
+async fn create_company(w: &World, name: &str, domain: &str) -> String {
+    let r: Value = reqwest::Client::new()
+        .post(format!("{}/crm/v3/objects/companies", w.hs.base_url))
+        .bearer_auth(credential(&w.hs, "token"))
+        .json(&json!({"properties": {"name": name, "domain": domain}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_contacts_company_follows_it_both_ways() {
+    let w = world().await;
+    let one = create_company(&w, "Uno S.r.l.", "uno.it").await;
+    let two = create_company(&w, "Due S.r.l.", "due.it").await;
+    let contact: Value = reqwest::Client::new()
+        .post(format!("{}/crm/v3/objects/contacts", w.hs.base_url))
+        .bearer_auth(credential(&w.hs, "token"))
+        .json(&json!({"properties": {"email": "socio@uno.it", "lastname": "Socio"},
+            "associations": [{"to": {"id": one}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 279}]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let contact = contact["id"].as_str().unwrap().to_string();
+    for company in [&one, &two] {
+        enqueue_change(
+            w.stores.queue.as_ref(),
+            w.stores.mappings.as_ref(),
+            ObjectKind::Company,
+            System::HubSpot,
+            company,
+            SystemClock.now_ms(),
+        )
+        .await
+        .unwrap();
+    }
+    w.drain().await;
+    let account = |hubspot_id: String| {
+        let mappings = w.stores.mappings.clone();
+        async move {
+            mappings
+                .find(
+                    &record_ref(System::HubSpot, ObjectKind::Company, &hubspot_id),
+                    "zoho",
+                )
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let (account_one, account_two) = (account(one.clone()).await, account(two.clone()).await);
+    // HubSpot → Zoho: the contact lands in Zoho with its company's account.
+    w.change(System::HubSpot, &contact).await;
+    w.drain().await;
+    let zoho_contact = w
+        .zoho
+        .find_by(
+            ObjectKind::Contact,
+            "Email",
+            "socio@uno.it",
+            &["Email".into(), "Account_Name".into()],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(zoho_contact.values["Account_Name"]["id"], account_one);
+    // Zoho → HubSpot: the contact moves to the other account; in HubSpot it now belongs to
+    // that company only.
+    w.zoho
+        .update(
+            ObjectKind::Contact,
+            &[(
+                zoho_contact.id.clone(),
+                [("Account_Name".to_string(), json!({"id": account_two}))].into(),
+            )],
+        )
+        .await
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    w.change(System::Zoho, &zoho_contact.id).await;
+    w.drain().await;
+    let companies = w
+        .hubspot
+        .companies_of(std::slice::from_ref(&contact))
+        .await
+        .unwrap();
+    // `companies_of` gives the lowest associated id: `two` only if `one` was dissociated.
+    assert_eq!(companies.get(&contact), Some(&two));
+    // And nothing ping-pongs: the echo of the HubSpot association writes nothing to Zoho.
+    let zoho_writes = w.calls(&w.z, "PUT", "/crm/v8/Contacts").await;
+    w.change(System::HubSpot, &contact).await;
+    w.drain().await;
+    assert_eq!(w.calls(&w.z, "PUT", "/crm/v8/Contacts").await, zoho_writes);
+}
