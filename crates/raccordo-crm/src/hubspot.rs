@@ -365,6 +365,31 @@ impl HubSpotClient {
         Ok(())
     }
 
+    /// The object's properties: (name, type, picklist option values).
+    pub async fn properties(
+        &self,
+        kind: ObjectKind,
+    ) -> Result<Vec<(String, String, Vec<String>)>, CrmError> {
+        let path = format!("/crm/v3/properties/{}", kind.hubspot_object());
+        let (_, value) = self.call(Method::GET, &path, &[], None, false).await?;
+        Ok(results(&value)
+            .iter()
+            .filter_map(|p| {
+                let options = p["options"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o["value"].as_str().map(str::to_string))
+                    .collect();
+                Some((
+                    p["name"].as_str()?.to_string(),
+                    p["type"].as_str().unwrap_or_default().to_string(),
+                    options,
+                ))
+            })
+            .collect())
+    }
+
     /// Removes a contact's association with a company.
     pub async fn dissociate_company(
         &self,

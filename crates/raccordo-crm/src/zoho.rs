@@ -482,6 +482,42 @@ impl ZohoClient {
         Ok((data(&value).iter().map(record).collect(), next))
     }
 
+    /// The module's fields: (API name, data type, picklist values).
+    pub async fn fields(
+        &self,
+        kind: ObjectKind,
+    ) -> Result<Vec<(String, String, Vec<String>)>, CrmError> {
+        let (_, value) = self
+            .call(
+                Method::GET,
+                "/crm/v8/settings/fields",
+                &[("module", kind.zoho_module())],
+                &[],
+                None,
+                false,
+            )
+            .await?;
+        Ok(value["fields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                let options = f["pick_list_values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o["actual_value"].as_str().map(str::to_string))
+                    .filter(|o| o != "-None-")
+                    .collect();
+                Some((
+                    f["api_name"].as_str()?.to_string(),
+                    f["data_type"].as_str().unwrap_or_default().to_string(),
+                    options,
+                ))
+            })
+            .collect())
+    }
+
     /// Subscribes `notify_url` to changes of contacts and accounts (or renews the channel:
     /// enabling an existing channel id replaces its details), until `expiry_ms` (at most a
     /// week ahead: Zoho silently shortens anything longer to an hour).

@@ -16,6 +16,7 @@ pub struct SyncStats {
     delay_ms: Mutex<hdrhistogram::Histogram<u64>>,
     hubspot: Arc<CallStats>,
     zoho: Arc<CallStats>,
+    mapping_problems: Mutex<Vec<String>>,
 }
 
 impl SyncStats {
@@ -28,7 +29,16 @@ impl SyncStats {
             ),
             hubspot,
             zoho,
+            mapping_problems: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What checking the mappings against the CRMs' field metadata found.
+    pub fn set_mapping_problems(&self, problems: Vec<String>) {
+        *self
+            .mapping_problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problems;
     }
 
     pub(crate) fn decided(&self, kind: &str, decision: &str) {
@@ -73,6 +83,11 @@ impl SyncStats {
             },
             hubspot_calls: self.hubspot.counts(),
             zoho_calls: self.zoho.counts(),
+            mapping_problems: self
+                .mapping_problems
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -86,6 +101,9 @@ pub struct SyncActivity {
     pub delay_ms: Delay,
     pub hubspot_calls: CallCounts,
     pub zoho_calls: CallCounts,
+    /// Mapped fields or picklist options one of the CRMs does not have, and mapping types
+    /// that do not suit the CRM's (checked at start against the CRMs' field metadata).
+    pub mapping_problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

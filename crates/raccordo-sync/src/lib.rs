@@ -22,6 +22,7 @@ pub mod health;
 pub mod intake;
 pub mod jobs;
 pub mod merge;
+pub mod metadata;
 pub mod plan;
 pub mod reconcile;
 pub mod worker;

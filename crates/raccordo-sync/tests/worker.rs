@@ -528,3 +528,37 @@ async fn a_contacts_company_follows_it_both_ways() {
     w.drain().await;
     assert_eq!(w.calls(&w.z, "PUT", "/crm/v8/Contacts").await, zoho_writes);
 }
+
+#[tokio::test]
+async fn mappings_are_checked_against_the_crms_field_metadata() {
+    let w = world().await;
+    let clean =
+        raccordo_sync::metadata::check_against_crms(&SyncConfig::default(), &w.hubspot, &w.zoho)
+            .await
+            .unwrap();
+    assert_eq!(
+        clean,
+        Vec::<String>::new(),
+        "the defaults fit the sandboxes"
+    );
+    let mut config = SyncConfig::default();
+    config
+        .contacts
+        .fields
+        .push(raccordo_sync::FieldMapping::picklist(
+            "hs_lead_status",
+            "Lead_Status_Old",
+            &[("HOT", "Caldo")],
+        ));
+    let problems = raccordo_sync::metadata::check_against_crms(&config, &w.hubspot, &w.zoho)
+        .await
+        .unwrap();
+    assert!(
+        problems.contains(&"contacts: Zoho has no field `Lead_Status_Old`".to_string()),
+        "{problems:?}"
+    );
+    assert!(
+        problems.contains(&"contacts: `hs_lead_status`: HubSpot has no option `HOT`".to_string()),
+        "{problems:?}"
+    );
+}

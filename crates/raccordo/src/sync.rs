@@ -192,6 +192,38 @@ pub async fn start(
             zoho.stats(),
         ));
         stats = Some(sync_stats.clone());
+        {
+            // Once at start: are the mapped fields and options there on both sides?
+            let (hubspot, zoho, sync_config, sync_stats) = (
+                hubspot.clone(),
+                zoho.clone(),
+                config.sync.clone(),
+                sync_stats.clone(),
+            );
+            supervisor.spawn("sync-mapping-check", move |_ctx| {
+                let (hubspot, zoho, sync_config, sync_stats) =
+                    (hubspot.clone(), zoho.clone(), sync_config.clone(), sync_stats.clone());
+                async move {
+                    // A CRM that is down is waited for here: its outage must not make the
+                    // hub look unready (ingestion does not depend on it).
+                    loop {
+                        match raccordo_sync::metadata::check_against_crms(&sync_config, &hubspot, &zoho).await {
+                            Ok(problems) => {
+                                for p in &problems {
+                                    tracing::warn!(problem = %p, "sync mapping does not match the CRM");
+                                }
+                                sync_stats.set_mapping_problems(problems);
+                                return Ok(());
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the CRMs' field metadata yet");
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
         let worker: Arc<dyn Worker> = Arc::new(SyncQueueWorker(
             SyncWorker {
                 hubspot: hubspot.clone(),
@@ -245,9 +277,23 @@ pub async fn start(
                     (backfill.clone(), wake.clone(), backfill_wake.clone());
                 async move {
                     loop {
-                        tokio::select! {
-                            r = backfill.run_pending(&wake) => { r?; }
+                        let pause = tokio::select! {
+                            r = backfill.run_pending(&wake) => match r {
+                                Ok(_) => None,
+                                // The CRM is waited for; the page is asked again.
+                                Err(raccordo_sync::backfill::BackfillError::Crm(e)) => {
+                                    tracing::warn!(error = %e, "backfill paused: a CRM call failed");
+                                    Some(Duration::from_secs(10))
+                                }
+                                Err(e) => return Err(e.into()),
+                            },
                             _ = ctx.cancelled() => return Ok(()),
+                        };
+                        if let Some(pause) = pause {
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => continue,
+                                _ = ctx.cancelled() => return Ok(()),
+                            }
                         }
                         tokio::select! {
                             _ = backfill_wake.notified() => {}
@@ -422,13 +468,23 @@ async fn keep_channel(
     const WEEK_MS: i64 = 7 * 24 * 3_600_000;
     loop {
         let expiry = clock.now_ms() + WEEK_MS - 60_000;
-        zoho.watch(channel_id, &notify_url, &token, expiry).await?;
-        tracing::info!(
-            channel_id,
-            "Zoho notification channel registered for a week"
-        );
+        // Zoho being down is waited out here (the poller covers the gap): it must not make
+        // the hub look unready.
+        let next = match zoho.watch(channel_id, &notify_url, &token, expiry).await {
+            Ok(()) => {
+                tracing::info!(
+                    channel_id,
+                    "Zoho notification channel registered for a week"
+                );
+                Duration::from_secs(24 * 3600)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "registering the Zoho notification channel failed; retrying in 5 minutes");
+                Duration::from_secs(300)
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = tokio::time::sleep(next) => {}
             _ = ctx.cancelled() => return Ok(()),
         }
     }
@@ -458,8 +514,13 @@ impl Poller {
                 _ = ctx.cancelled() => return Ok(()),
             }
             for kind in ObjectKind::ALL {
-                self.poll(kind, System::HubSpot).await?;
-                self.poll(kind, System::Zoho).await?;
+                for system in [System::HubSpot, System::Zoho] {
+                    // A CRM that fails now is asked again at the next poll, from the same
+                    // cursor: nothing is missed, and the hub stays ready meanwhile.
+                    if let Err(e) = self.poll(kind, system).await {
+                        tracing::warn!(error = %e, system = system.as_str(), kind = kind.as_str(), "poll failed");
+                    }
+                }
             }
         }
     }

@@ -1003,6 +1003,11 @@ async fn backfill_brings_both_seeded_crms_into_one_set_of_pairs() {
         "every contact matched by e-mail: {health}"
     );
     assert_eq!(
+        health["activity"]["mapping_problems"],
+        json!([]),
+        "the default mappings match both sandboxes' field metadata: {health}"
+    );
+    assert_eq!(
         health["pairs"]["company"], 20,
         "every company matched by site or name: {health}"
     );
