@@ -76,6 +76,38 @@ pub fn check(object: &ObjectSync, hubspot: &[FieldMeta], zoho: &[FieldMeta]) -> 
     out
 }
 
+/// Fetches both CRMs' field metadata and checks every object's mappings.
+pub async fn check_against_crms(
+    config: &crate::config::SyncConfig,
+    hubspot: &raccordo_crm::HubSpotClient,
+    zoho: &raccordo_crm::ZohoClient,
+) -> Result<Vec<String>, raccordo_crm::CrmError> {
+    use raccordo_core::crm::ObjectKind;
+    let meta = |list: Vec<(String, String, Vec<String>)>| -> Vec<FieldMeta> {
+        list.into_iter()
+            .map(|(name, kind, options)| FieldMeta {
+                name,
+                kind,
+                options,
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (kind, object) in [
+        (ObjectKind::Contact, &config.contacts),
+        (ObjectKind::Company, &config.companies),
+    ] {
+        let h = meta(hubspot.properties(kind).await?);
+        let z = meta(zoho.fields(kind).await?);
+        out.extend(
+            check(object, &h, &z)
+                .into_iter()
+                .map(|p| format!("{}s: {p}", kind.as_str())),
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,36 +155,4 @@ mod tests {
             "{problems:#?}"
         );
     }
-}
-
-/// Fetches both CRMs' field metadata and checks every object's mappings.
-pub async fn check_against_crms(
-    config: &crate::config::SyncConfig,
-    hubspot: &raccordo_crm::HubSpotClient,
-    zoho: &raccordo_crm::ZohoClient,
-) -> Result<Vec<String>, raccordo_crm::CrmError> {
-    use raccordo_core::crm::ObjectKind;
-    let meta = |list: Vec<(String, String, Vec<String>)>| -> Vec<FieldMeta> {
-        list.into_iter()
-            .map(|(name, kind, options)| FieldMeta {
-                name,
-                kind,
-                options,
-            })
-            .collect()
-    };
-    let mut out = Vec::new();
-    for (kind, object) in [
-        (ObjectKind::Contact, &config.contacts),
-        (ObjectKind::Company, &config.companies),
-    ] {
-        let h = meta(hubspot.properties(kind).await?);
-        let z = meta(zoho.fields(kind).await?);
-        out.extend(
-            check(object, &h, &z)
-                .into_iter()
-                .map(|p| format!("{}s: {p}", kind.as_str())),
-        );
-    }
-    Ok(out)
 }
