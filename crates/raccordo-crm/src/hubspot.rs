@@ -457,6 +457,33 @@ impl HubSpotClient {
         ))
     }
 
+    /// How many records have `property` = `value` and `date_property` within
+    /// [`from_ms`, `to_ms`) (the search answer's `total`; one call).
+    pub async fn count(
+        &self,
+        kind: ObjectKind,
+        property: &str,
+        value: &str,
+        date_property: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<u64, CrmError> {
+        let body = json!({
+            "filterGroups": [{ "filters": [
+                { "propertyName": property, "operator": "EQ", "value": value },
+                { "propertyName": date_property, "operator": "GTE", "value": from_ms.to_string() },
+                { "propertyName": date_property, "operator": "LT", "value": to_ms.to_string() },
+            ] }],
+            "properties": ["hs_object_id"],
+            "limit": 1,
+        });
+        let path = format!("/crm/v3/objects/{}/search", kind.hubspot_object());
+        let (_, found) = self
+            .call(Method::POST, &path, &[], Some(&body), true)
+            .await?;
+        Ok(found["total"].as_u64().unwrap_or(0))
+    }
+
     /// Records modified at or after `since_ms`, oldest first, a page at a time: what the
     /// poller uses to catch changes whose webhook was lost. `after` is the page cursor.
     pub async fn modified_since(

@@ -482,6 +482,75 @@ impl ZohoClient {
         Ok((data(&value).iter().map(record).collect(), next))
     }
 
+    /// How many records have `field` = `value` and `date_field` within [`from_ms`, `to_ms`)
+    /// (a search, counted page by page).
+    pub async fn count(
+        &self,
+        kind: ObjectKind,
+        field: &str,
+        value: &str,
+        date_field: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<u64, CrmError> {
+        let iso = |ms: i64| {
+            time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let escape = |v: &str| -> String {
+            v.chars()
+                .flat_map(|c| match c {
+                    '(' | ')' | ',' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect()
+        };
+        let criteria = format!(
+            "(({field}:equals:{})and({date_field}:greater_equal:{})and({date_field}:less_than:{}))",
+            escape(value),
+            escape(&iso(from_ms)),
+            escape(&iso(to_ms))
+        );
+        let path = format!("/crm/v8/{}/search", kind.zoho_module());
+        let mut total = 0u64;
+        for page in 1u32..=50 {
+            let page_text = page.to_string();
+            let (status, found) = self
+                .call(
+                    Method::GET,
+                    &path,
+                    &[
+                        ("criteria", criteria.as_str()),
+                        ("fields", field),
+                        ("per_page", "200"),
+                        ("page", page_text.as_str()),
+                    ],
+                    &[],
+                    None,
+                    false,
+                )
+                .await?;
+            if status == StatusCode::NO_CONTENT {
+                break;
+            }
+            // `equals` matches text loosely: count exact values only.
+            total += data(&found)
+                .iter()
+                .filter(|r| {
+                    r[field]
+                        .as_str()
+                        .is_some_and(|v| v.trim().eq_ignore_ascii_case(value.trim()))
+                })
+                .count() as u64;
+            if found["info"]["more_records"] != true {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
     /// The module's fields: (API name, data type, picklist values).
     pub async fn fields(
         &self,

@@ -29,11 +29,57 @@ pub struct SyncConfig {
     pub digest: crate::digest::DigestConfig,
     /// `[sync.retry]`: how failed sync operations are retried.
     pub retry: RetryConfig,
+    /// `[[sync.conversion_checks]]`: the daily integrity check of conversions: the hub's
+    /// count of a day's conversion events against a count the CRM gives for that day.
+    pub conversion_checks: Vec<ConversionCheck>,
     /// How often both CRMs are compared in full and an integrity report written to
     /// `<data_dir>/reports/` (an alert follows when they disagree); `0s` turns it off.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub reconcile_every: std::time::Duration,
+}
+
+/// One daily conversion count compared between the hub and a CRM.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConversionCheck {
+    /// The check's name in the report.
+    pub name: String,
+    /// The hub source whose events are counted.
+    pub source: String,
+    /// Payload fields the counted events have (default: `evento = "acquisto_concluso"` and
+    /// `stato = "completato"`, the default conversion).
+    #[serde(default = "default_conversion_fields")]
+    pub event_fields: std::collections::BTreeMap<String, String>,
+    /// Which CRM counts: `hubspot` or `zoho`.
+    #[schema(value_type = String)]
+    pub crm: raccordo_core::crm::System,
+    /// `contact` or `company`.
+    #[schema(value_type = String)]
+    #[serde(default = "default_contact")]
+    pub object: raccordo_core::crm::ObjectKind,
+    /// The CRM field (HubSpot property, Zoho field) a converted record has…
+    pub field: String,
+    /// …with this value (e.g. `lifecyclestage` = `customer`).
+    pub value: String,
+    /// The CRM date-time field that places a record in a day (e.g. `createdate`, or
+    /// `hs_lifecyclestage_customer_date`; in Zoho `Created_Time`, `Modified_Time`).
+    pub date_field: String,
+    /// Largest difference accepted, as a share of the hub's count (0: equal).
+    #[serde(default)]
+    pub tolerance: f64,
+}
+
+fn default_conversion_fields() -> std::collections::BTreeMap<String, String> {
+    [
+        ("evento".to_string(), "acquisto_concluso".to_string()),
+        ("stato".to_string(), "completato".to_string()),
+    ]
+    .into()
+}
+
+fn default_contact() -> raccordo_core::crm::ObjectKind {
+    raccordo_core::crm::ObjectKind::Contact
 }
 
 /// Retries of operations that failed for a reason that may pass (timeouts, 5xx, 429):
@@ -86,6 +132,7 @@ impl Default for SyncConfig {
             digest: crate::digest::DigestConfig::default(),
             retry: RetryConfig::default(),
             reconcile_every: std::time::Duration::from_secs(24 * 3600),
+            conversion_checks: Vec::new(),
         }
     }
 }

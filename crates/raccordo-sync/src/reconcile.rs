@@ -60,18 +60,39 @@ impl ObjectReport {
     }
 }
 
+/// One day's conversions counted by the hub and by a CRM.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ConversionCount {
+    pub name: String,
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    pub hub: u64,
+    pub crm: u64,
+    pub agrees: bool,
+}
+
 /// The integrity report.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub generated_at_ms: i64,
     pub contacts: ObjectReport,
     pub companies: ObjectReport,
+    /// The daily conversion checks (`[[sync.conversion_checks]]`).
+    pub conversions: Vec<ConversionCount>,
 }
 
 impl Report {
     pub fn problems(&self) -> u64 {
-        self.contacts.problems() + self.companies.problems()
+        self.contacts.problems()
+            + self.companies.problems()
+            + self.conversions.iter().filter(|c| !c.agrees).count() as u64
     }
+}
+
+/// Whether two counts agree within `tolerance` (a share of the hub's count).
+pub fn counts_agree(hub: u64, crm: u64, tolerance: f64) -> bool {
+    let allowed = (hub as f64 * tolerance.max(0.0)).floor() as u64;
+    hub.abs_diff(crm) <= allowed
 }
 
 fn checksum(values: &BTreeMap<String, Canonical>) -> String {
@@ -253,6 +274,19 @@ pub fn html(report: &Report) -> String {
     out
 }
 
+/// The start (epoch ms) of the UTC day before the one `now_ms` is in: the day a daily
+/// check looks at, once it is over.
+pub fn yesterday_start_ms(now_ms: i64) -> i64 {
+    now_ms.div_euclid(86_400_000) * 86_400_000 - 86_400_000
+}
+
+/// The start (epoch ms) of a UTC day given as `YYYY-MM-DD`.
+pub fn day_start_ms(day: &str) -> Option<i64> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(day, &format).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
 /// Writes the report as `reconcile-<time>.json` and `.html` into `dir`; their paths.
 pub fn write(
     report: &Report,
@@ -284,6 +318,7 @@ pub struct Reconciler {
     pub hubspot: Arc<HubSpotClient>,
     pub zoho: Arc<ZohoClient>,
     pub mappings: Arc<dyn IdMappings>,
+    pub events: Arc<dyn raccordo_core::EventQuery>,
     pub config: Arc<SyncConfig>,
 }
 
@@ -326,7 +361,91 @@ impl Reconciler {
         }
     }
 
-    pub async fn run(&self, now_ms: i64) -> Result<Report, ReconcileError> {
+    /// Counts one day's conversions in the hub (stored events of the source with the
+    /// check's fields, by event time) and in the CRM.
+    async fn conversions(&self, day_start_ms: i64) -> Result<Vec<ConversionCount>, ReconcileError> {
+        let day_end_ms = day_start_ms + 86_400_000;
+        let day = time::OffsetDateTime::from_unix_timestamp(day_start_ms / 1000)
+            .map(|t| t.date().to_string())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for check in &self.config.conversion_checks {
+            let Ok(source) = raccordo_core::SourceName::new(check.source.clone()) else {
+                continue;
+            };
+            let mut hub = 0u64;
+            let mut after = None;
+            loop {
+                let page = self
+                    .events
+                    .read(raccordo_core::EventFilter {
+                        after_seq: after,
+                        source: Some(source.clone()),
+                        fields: check
+                            .event_fields
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                        event_time_from_ms: Some(day_start_ms),
+                        event_time_to_ms: Some(day_end_ms),
+                        limit: 1000,
+                    })
+                    .await?;
+                hub += page.events.len() as u64;
+                match page.next_after_seq {
+                    Some(next) if !page.events.is_empty() => after = Some(next),
+                    _ => break,
+                }
+            }
+            let crm = match check.crm {
+                System::HubSpot => {
+                    self.hubspot
+                        .count(
+                            check.object,
+                            &check.field,
+                            &check.value,
+                            &check.date_field,
+                            day_start_ms,
+                            day_end_ms,
+                        )
+                        .await?
+                }
+                System::Zoho => {
+                    self.zoho
+                        .count(
+                            check.object,
+                            &check.field,
+                            &check.value,
+                            &check.date_field,
+                            day_start_ms,
+                            day_end_ms,
+                        )
+                        .await?
+                }
+            };
+            out.push(ConversionCount {
+                name: check.name.clone(),
+                day: day.clone(),
+                hub,
+                crm,
+                agrees: counts_agree(hub, crm, check.tolerance),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Compares both CRMs, and the conversions of the UTC day starting at `day_start_ms`.
+    pub async fn run_for_day(
+        &self,
+        now_ms: i64,
+        day_start_ms: i64,
+    ) -> Result<Report, ReconcileError> {
+        let mut report = self.run(now_ms).await?;
+        report.conversions = self.conversions(day_start_ms).await?;
+        Ok(report)
+    }
+
+    async fn run(&self, now_ms: i64) -> Result<Report, ReconcileError> {
         let mut reports = Vec::new();
         for kind in ObjectKind::ALL {
             let hubspot = self.all(kind, System::HubSpot).await?;
@@ -352,6 +471,7 @@ impl Reconciler {
             generated_at_ms: now_ms,
             contacts,
             companies,
+            conversions: Vec::new(),
         })
     }
 }
@@ -360,6 +480,16 @@ impl Reconciler {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn counts_agree_within_the_tolerance() {
+        assert!(counts_agree(100, 100, 0.0));
+        assert!(!counts_agree(100, 99, 0.0));
+        assert!(counts_agree(100, 98, 0.02));
+        assert!(!counts_agree(100, 97, 0.02));
+        assert!(counts_agree(0, 0, 0.0));
+        assert!(!counts_agree(0, 1, 0.5));
+    }
 
     fn record(id: &str, values: serde_json::Value) -> CrmRecord {
         CrmRecord {
@@ -411,8 +541,16 @@ mod tests {
             generated_at_ms: 0,
             contacts: r,
             companies: ObjectReport::default(),
+            conversions: vec![ConversionCount {
+                name: "acquisti".into(),
+                day: "2026-11-25".into(),
+                hub: 3,
+                crm: 2,
+                agrees: false,
+            }],
         });
-        assert!(page.contains("5 problem(s)") && page.contains("<td>city</td>"));
+        assert!(page.contains("<td>acquisti</td><td>2026-11-25</td><td>3</td><td>2</td>"));
+        assert!(page.contains("6 problem(s)") && page.contains("<td>city</td>"));
         assert!(!page.contains("Lecce"), "values are never in the report");
     }
 }

@@ -431,6 +431,10 @@ pub struct ReconcileArgs {
     /// Print the whole report as JSON instead of the summary
     #[arg(long)]
     json: bool,
+    /// The UTC day whose conversions are checked (`[[sync.conversion_checks]]`), as
+    /// YYYY-MM-DD (default: yesterday)
+    #[arg(long)]
+    day: Option<String>,
     #[command(flatten)]
     hub: HubConnection,
 }
@@ -441,11 +445,13 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3600))
         .build()?;
-    let response = client
+    let mut request = client
         .post(args.hub.endpoint("/api/v1/sync/reconcile"))
-        .bearer_auth(&token)
-        .send()
-        .await?;
+        .bearer_auth(&token);
+    if let Some(day) = &args.day {
+        request = request.query(&[("day", day)]);
+    }
+    let response = request.send().await?;
     let status = response.status();
     let answer: Value = response.json().await.unwrap_or_default();
     anyhow::ensure!(
@@ -472,6 +478,24 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
             len("missing_in_hubspot"),
             len("unlinked_matches"),
             len("dangling"),
+        );
+    }
+    for c in answer["report"]["conversions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "conversions `{}` on {}: {} in the hub, {} in the CRM: {}",
+            c["name"].as_str().unwrap_or(""),
+            c["day"].as_str().unwrap_or(""),
+            c["hub"],
+            c["crm"],
+            if c["agrees"] == true {
+                "agree"
+            } else {
+                "DIFFER"
+            }
         );
     }
     println!(

@@ -308,6 +308,7 @@ pub async fn start(
             hubspot: hubspot.clone(),
             zoho: zoho.clone(),
             mappings: stores.mappings.clone(),
+            events: stores.query.clone(),
             config: Arc::new(config.sync.clone()),
         });
         reconciler = Some(r.clone());
@@ -326,7 +327,9 @@ pub async fn start(
                             _ = tokio::time::sleep(every) => {}
                             _ = ctx.cancelled() => return Ok(()),
                         }
-                        let report = match r.run(clock.now_ms()).await {
+                        let now = clock.now_ms();
+                        let yesterday = raccordo_sync::reconcile::yesterday_start_ms(now);
+                        let report = match r.run_for_day(now, yesterday).await {
                             Ok(report) => report,
                             // The next round tries again; the CRMs may be down for a while.
                             Err(e) => {

@@ -1028,3 +1028,83 @@ async fn backfill_brings_both_seeded_crms_into_one_set_of_pairs() {
     assert!(text.contains("0 problem(s)"), "{text}");
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_integrity_report_compares_the_days_conversions_with_the_crms_count() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let hs = sandbox(Product::HubSpot, None).await;
+    let z = sandbox(Product::Zoho, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let crm = hub_config("http://127.0.0.1:1", &hs, &z, "");
+    // Everything after `[server]`'s own lines: the CRM sections of the standard hub config.
+    let crm = &crm[crm.find("[crm]").unwrap()..];
+    let extra = format!(
+        r#"
+{crm}
+[sync]
+poll_every = "1h"
+
+[[sync.conversion_checks]]
+name = "acquisti"
+source = "web"
+crm = "hubspot"
+field = "lifecyclestage"
+value = "customer"
+date_field = "createdate"
+"#
+    );
+    let server = support::start_configured(dir.path(), &extra);
+    for n in 0..3 {
+        assert_eq!(support::send_event(&server, n).await, 202);
+    }
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let customer = |i: u32| {
+        client()
+            .post(format!("{}/crm/v3/objects/contacts", hs.base_url))
+            .bearer_auth(credential(&hs, "token"))
+            .json(&json!({"properties": {"email": format!("cliente{i}@acquisti.it"), "lifecyclestage": "customer"}}))
+            .send()
+    };
+    for i in 0..2 {
+        assert_eq!(customer(i).await.unwrap().status(), 201);
+    }
+    let reconcile = || {
+        let (url, day) = (server.url(""), today.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(support::BIN)
+                .args([
+                    "reconcile",
+                    "--day",
+                    &day,
+                    "--url",
+                    &url,
+                    "--token",
+                    support::ADMIN_TOKEN,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = reconcile().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "conversions `acquisti` on {today}: 3 in the hub, 2 in the CRM: DIFFER"
+        )),
+        "{text}"
+    );
+    assert_eq!(customer(2).await.unwrap().status(), 201);
+    let out = reconcile().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains(&format!(
+            "conversions `acquisti` on {today}: 3 in the hub, 3 in the CRM: agree"
+        )),
+        "{text}"
+    );
+}

@@ -539,6 +539,15 @@ pub struct ReconcileAnswer {
     pub html_path: String,
 }
 
+/// Query of `POST /api/v1/sync/reconcile`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReconcileQuery {
+    /// The UTC day whose conversions are checked, `YYYY-MM-DD` (default: yesterday).
+    day: Option<String>,
+}
+
 /// Compare both CRMs now and write the integrity report (`raccordo reconcile`).
 ///
 /// Reads every contact and company on both sides; lists pairs whose mapped fields differ
@@ -548,13 +557,18 @@ pub struct ReconcileAnswer {
     post,
     path = "/api/v1/sync/reconcile",
     tag = "crm",
+    params(ReconcileQuery),
     responses(
         (status = 200, description = "The report", body = ReconcileAnswer),
         (status = 404, description = "The sync is not configured", body = Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = []))
 )]
-pub async fn reconcile(State(state): State<Arc<AppState>>, _admin: Admin) -> Response {
+pub async fn reconcile(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    ValidQuery(q): ValidQuery<ReconcileQuery>,
+) -> Response {
     let Some((crm, reconciler)) = state
         .crm
         .as_ref()
@@ -562,7 +576,17 @@ pub async fn reconcile(State(state): State<Arc<AppState>>, _admin: Admin) -> Res
     else {
         return not_configured("The HubSpot ↔ Zoho sync");
     };
-    let report = match reconciler.run(state.clock.now_ms()).await {
+    let now = state.clock.now_ms();
+    let day = match q.day.as_deref() {
+        None => raccordo_sync::reconcile::yesterday_start_ms(now),
+        Some(text) => match raccordo_sync::reconcile::day_start_ms(text) {
+            Some(ms) => ms,
+            None => {
+                return Problem::bad_parameter("day", "a UTC day as YYYY-MM-DD").into_response();
+            }
+        },
+    };
+    let report = match reconciler.run_for_day(now, day).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "reconciliation failed");
