@@ -326,6 +326,8 @@ impl SyncWorker {
                 }
             }
         }
+        // A Zoho record gone while its HubSpot counterpart lives: merged in Zoho?
+        self.find_merge_survivors(kind, tasks).await;
         // 3. Unmapped records: find the counterpart by the match field.
         self.match_unmapped(kind, tasks).await;
         // The contacts' companies, as a field.
@@ -336,14 +338,20 @@ impl SyncWorker {
         // 4. Snapshots, decisions; one task per pair.
         let mut seen_pairs = std::collections::HashSet::new();
         for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+            // The origin's id is the record read (a merge survivor may stand in for the
+            // record the change named).
+            let origin_id = t
+                .record
+                .as_ref()
+                .map_or_else(|| t.job.id.clone(), |r| r.id.clone());
             let (h, z) = match t.job.origin {
                 System::HubSpot => (
-                    Some(t.job.id.clone()),
+                    Some(origin_id),
                     t.counterpart.as_ref().map(|c| c.id.clone()),
                 ),
                 System::Zoho => (
                     t.counterpart.as_ref().map(|c| c.id.clone()),
-                    Some(t.job.id.clone()),
+                    Some(origin_id),
                 ),
             };
             t.hubspot_id = h.clone();
@@ -452,6 +460,46 @@ impl SyncWorker {
         }
         let records = self.zoho.read(kind, ids, &self.zoho_fields(kind)).await?;
         Ok(records.into_iter().map(|r| (r.id.clone(), r)).collect())
+    }
+
+    /// Zoho merges records by deleting all but one: a Zoho record that is gone while its
+    /// HubSpot counterpart lives is looked up again by the match field, and a different
+    /// live Zoho record that matches is taken as the survivor: the pair is relinked to it
+    /// (instead of the deletion reaching HubSpot, or a duplicate being created later).
+    async fn find_merge_survivors(&self, kind: ObjectKind, tasks: &mut [&mut Task]) {
+        let object = self.object(kind);
+        let Some(key) = object.match_field() else {
+            return;
+        };
+        for t in tasks.iter_mut() {
+            if t.outcome.is_some() || t.job.origin != System::Zoho || t.record.is_some() {
+                continue;
+            }
+            let Some(hubspot) = &t.counterpart else {
+                continue;
+            };
+            let mut issues = Vec::new();
+            let values = canonical(&object, System::HubSpot, hubspot, &mut issues);
+            let Some(Some(value)) = values.get(&key.hubspot).cloned() else {
+                continue;
+            };
+            let wanted = key
+                .to_zoho(Some(&value))
+                .as_str()
+                .map_or(value.clone(), str::to_string);
+            match self
+                .zoho
+                .find_by(kind, &key.zoho, &wanted, &self.zoho_fields(kind))
+                .await
+            {
+                Ok(Some(survivor)) if survivor.id != t.job.id => {
+                    tracing::info!(gone = %t.job.id, survivor = %survivor.id, "Zoho record merged: relinking its pair");
+                    t.record = Some(survivor);
+                }
+                Ok(_) => {}
+                Err(e) => t.outcome = Some(retryable(&e)),
+            }
+        }
     }
 
     /// Finds counterparts of records that have none mapped, by the match field: a batch

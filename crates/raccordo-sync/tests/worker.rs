@@ -562,3 +562,86 @@ async fn mappings_are_checked_against_the_crms_field_metadata() {
         "{problems:?}"
     );
 }
+
+#[tokio::test]
+async fn a_zoho_merge_relinks_the_pair_instead_of_deleting_in_hubspot() {
+    let mut w = world().await;
+    // Deletions would archive in HubSpot: the merge must not look like one.
+    let mut config = SyncConfig::default();
+    config.contacts.on_delete = raccordo_sync::OnDelete::Archive;
+    w.worker.config = Arc::new(config);
+    let created = w
+        .hubspot
+        .upsert(
+            ObjectKind::Contact,
+            "email",
+            &[props(&[
+                ("email", "unito@example.it"),
+                ("lastname", "Unito"),
+            ])],
+        )
+        .await
+        .unwrap();
+    let hubspot_id = created["unito@example.it"].as_ref().unwrap().id.clone();
+    w.change(System::HubSpot, &hubspot_id).await;
+    w.drain().await;
+    let first = w.zoho_contacts().await.remove(0).id;
+    let other = w
+        .zoho
+        .upsert(
+            ObjectKind::Contact,
+            &["Email".to_string()],
+            &[props(&[
+                ("Email", "altro@example.it"),
+                ("Last_Name", "Unito"),
+            ])],
+        )
+        .await
+        .unwrap()[0]
+        .clone()
+        .unwrap()
+        .id;
+    // Zoho merges `first` into `other`: `first` is deleted, `other` keeps its e-mail.
+    w.zoho
+        .delete(ObjectKind::Contact, std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    w.zoho
+        .update(
+            ObjectKind::Contact,
+            &[(other.clone(), props(&[("Email", "unito@example.it")]))],
+        )
+        .await
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    w.change(System::Zoho, &first).await;
+    let done = w.drain().await;
+    assert!(done.iter().all(|(_, c)| *c == Completion::Done), "{done:?}");
+    let linked = w
+        .stores
+        .mappings
+        .find(
+            &record_ref(System::HubSpot, ObjectKind::Contact, &hubspot_id),
+            "zoho",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        linked.as_deref(),
+        Some(other.as_str()),
+        "relinked to the survivor"
+    );
+    let still_there = w
+        .hubspot
+        .read(
+            ObjectKind::Contact,
+            std::slice::from_ref(&hubspot_id),
+            None,
+            &["email".into()],
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(still_there.len(), 1, "not archived in HubSpot");
+}
