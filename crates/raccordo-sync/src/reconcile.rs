@@ -223,6 +223,21 @@ pub fn html(report: &Report) -> String {
         if report.problems() == 0 { "ok" } else { "bad" },
         report.problems()
     ));
+    if !report.conversions.is_empty() {
+        out.push_str("<h2>Daily conversions</h2><table><tr><th>Check</th><th>Day</th><th>Hub</th><th>CRM</th><th></th></tr>");
+        for c in &report.conversions {
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                esc(&c.name),
+                c.day,
+                c.hub,
+                c.crm,
+                if c.agrees { "ok" } else { "bad" },
+                if c.agrees { "agree" } else { "differ" }
+            ));
+        }
+        out.push_str("</table>");
+    }
     for (name, r) in [
         ("Contacts", &report.contacts),
         ("Companies", &report.companies),

@@ -91,6 +91,13 @@ async fn windows_go_provisional_then_final_and_survive_kill_9() {
         "rebuilt from the log, counted once"
     );
     assert_eq!(row(&rows, "sms").unwrap(), &sms);
+    // The restarted tailer reaches the sixth event a moment after the windows are back:
+    // wait for the live view to have read everything the log holds.
+    poll_json(&server, "/api/v1/ingest/health", READ_TOKEN, |h| {
+        h["live"]["processed_seq"].as_i64() >= h["live"]["committed_seq"].as_i64()
+            && h["live"]["committed_seq"].as_i64() >= Some(6)
+    })
+    .await;
     let all = metrics_until(&server, "dimension=all", |rows| rows.len() >= 2).await;
     assert_eq!(
         all.iter()
@@ -352,6 +359,13 @@ async fn a_restart_resumes_from_the_checkpoint_and_counts_what_came_after_it() {
         health["live"]["restored_from_seq"].as_i64() >= Some(saved),
         "resumed from the checkpoint, not from the start: {health}"
     );
+    // The restarted tailer reaches the sixth event a moment after the windows are back:
+    // wait for the live view to have read everything the log holds.
+    poll_json(&server, "/api/v1/ingest/health", READ_TOKEN, |h| {
+        h["live"]["processed_seq"].as_i64() >= h["live"]["committed_seq"].as_i64()
+            && h["live"]["committed_seq"].as_i64() >= Some(6)
+    })
+    .await;
     let all = metrics_until(&server, "dimension=all", |rows| rows.len() >= 2).await;
     assert_eq!(
         all.iter()
