@@ -16,7 +16,6 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Number;
 
 use crate::dedup::write_string;
-use crate::pipeline::parse_time_ms;
 
 const EVENTS: [&str; 4] = [
     "richiesta_demo",
@@ -230,6 +229,13 @@ fn valid_amount(n: &Number) -> bool {
         Some(dot) => text.len() - dot - 1 <= 2,
         None => true,
     }
+}
+
+/// Epoch ms of an RFC 3339 date-time (sub-millisecond digits are truncated).
+pub fn parse_time_ms(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 #[cfg(test)]

@@ -10,10 +10,9 @@ use raccordo_core::{
     SourceName, StoreError,
 };
 use serde_json::Value;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::auth::{Verified, verify_any};
+use crate::conversion::parse_time_ms;
 use crate::error::{FieldError, IngestError};
 use crate::schema::MAX_REPORTED_ERRORS;
 use crate::source::{IngestSettings, Source};
@@ -428,12 +427,6 @@ fn push_capped(errors: &mut Vec<FieldError>, pointer: String, detail: &str) {
     if errors.len() < MAX_REPORTED_ERRORS {
         errors.push(FieldError::new(pointer, detail));
     }
-}
-
-/// Epoch ms of an RFC 3339 date-time (sub-millisecond digits are truncated).
-pub fn parse_time_ms(text: &str) -> Option<i64> {
-    let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), IngestError> {

@@ -83,7 +83,7 @@ fn parameter_of(text: &str) -> (String, String) {
 pub fn time_param(name: &str, value: Option<&str>) -> Result<Option<i64>, Problem> {
     value
         .map(|v| {
-            raccordo_ingest::pipeline::parse_time_ms(v)
+            raccordo_ingest::conversion::parse_time_ms(v)
                 .ok_or_else(|| Problem::bad_parameter(name, "must be an RFC 3339 date-time"))
         })
         .transpose()
