@@ -8,7 +8,7 @@ pub mod event;
 pub mod ids;
 pub mod store;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, rfc3339};
 pub use event::{
     AppendBatch, AppendOutcome, DedupKey, DeliveryClaim, EventFilter, EventPage, ItemOutcome,
     NewEvent, RawEvent, StoredEvent,

@@ -235,14 +235,7 @@ impl ZohoClient {
         value: &str,
         fields: &[String],
     ) -> Result<Option<CrmRecord>, CrmError> {
-        let escaped: String = value
-            .chars()
-            .flat_map(|c| match c {
-                '(' | ')' | ',' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        let criteria = format!("({field}:equals:{escaped})");
+        let criteria = format!("({field}:equals:{})", criteria_value(value));
         let fields = with_system_fields(fields);
         let path = format!("/crm/v8/{}/search", kind.zoho_module());
         let (status, found) = self
@@ -405,10 +398,7 @@ impl ZohoClient {
         page: u32,
         fields: &[String],
     ) -> Result<(Vec<CrmRecord>, bool), CrmError> {
-        let since = time::OffsetDateTime::from_unix_timestamp(since_ms.div_euclid(1000))
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let since = raccordo_core::rfc3339(since_ms.max(0));
         let fields = with_system_fields(fields);
         let page = page.max(1).to_string();
         let path = format!("/crm/v8/{}", kind.zoho_module());
@@ -493,25 +483,11 @@ impl ZohoClient {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<u64, CrmError> {
-        let iso = |ms: i64| {
-            time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default()
-        };
-        let escape = |v: &str| -> String {
-            v.chars()
-                .flat_map(|c| match c {
-                    '(' | ')' | ',' | '\\' => vec!['\\', c],
-                    c => vec![c],
-                })
-                .collect()
-        };
         let criteria = format!(
             "(({field}:equals:{})and({date_field}:greater_equal:{})and({date_field}:less_than:{}))",
-            escape(value),
-            escape(&iso(from_ms)),
-            escape(&iso(to_ms))
+            criteria_value(value),
+            criteria_value(&raccordo_core::rfc3339(from_ms)),
+            criteria_value(&raccordo_core::rfc3339(to_ms))
         );
         let path = format!("/crm/v8/{}/search", kind.zoho_module());
         let mut total = 0u64;
@@ -597,10 +573,7 @@ impl ZohoClient {
         token: &str,
         expiry_ms: i64,
     ) -> Result<(), CrmError> {
-        let expiry = time::OffsetDateTime::from_unix_timestamp(expiry_ms.div_euclid(1000))
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let expiry = raccordo_core::rfc3339(expiry_ms);
         let body = json!({ "watch": [{
             "channel_id": channel_id,
             "events": ["Contacts.all", "Accounts.all"],
@@ -626,6 +599,17 @@ impl ZohoClient {
             )),
         }
     }
+}
+
+/// A value inside a search `criteria`: Zoho wants `(`, `)`, `,` and `\` escaped.
+fn criteria_value(value: &str) -> String {
+    value
+        .chars()
+        .flat_map(|c| match c {
+            '(' | ')' | ',' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
 }
 
 /// Reads always ask for the modification time too (the merge needs it).

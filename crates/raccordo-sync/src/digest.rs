@@ -32,16 +32,6 @@ impl Default for DigestConfig {
     }
 }
 
-fn time_text(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
-
 /// The digest's subject and body for these dead letters (`None` when there are none).
 /// `hub_url` makes each entry's replay link.
 pub fn render(letters: &[DeadLetter], hub_url: Option<&str>) -> Option<(String, String)> {
@@ -74,8 +64,8 @@ pub fn render(letters: &[DeadLetter], hub_url: Option<&str>) -> Option<(String, 
             op = l.operation,
             reason = l.last_error,
             attempts = l.attempts,
-            first = time_text(l.first_enqueued_at_ms),
-            failed = time_text(l.failed_at_ms),
+            first = raccordo_core::rfc3339(l.first_enqueued_at_ms),
+            failed = raccordo_core::rfc3339(l.failed_at_ms),
         ));
         if let Some(url) = hub_url {
             body.push_str(&format!(

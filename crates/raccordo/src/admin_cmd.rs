@@ -127,16 +127,6 @@ async fn all_letters(
     }
 }
 
-fn time_text(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
-
 pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -167,7 +157,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
                     l["operation"].as_str().unwrap_or(""),
                     l["group_key"].as_str().unwrap_or(""),
                     l["attempts"],
-                    time_text(l["failed_at_ms"].as_i64().unwrap_or(0)),
+                    raccordo_core::rfc3339(l["failed_at_ms"].as_i64().unwrap_or(0)),
                     l["last_error"].as_str().unwrap_or("")
                 );
             }
