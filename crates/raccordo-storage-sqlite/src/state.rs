@@ -92,6 +92,23 @@ impl KeyValueStore for SqliteKeyValue {
             .await
     }
 
+    async fn put_many(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        ttl_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.db
+            .tx(move |tx| {
+                for (key, value) in &entries {
+                    write_entry(tx, key, value, ttl_ms, now_ms)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn compare_and_swap(
         &self,
         key: &str,
@@ -153,26 +170,36 @@ impl SqliteIdMappings {
 #[async_trait]
 impl IdMappings for SqliteIdMappings {
     async fn link(&self, a: &RecordRef, b: &RecordRef, now_ms: i64) -> Result<(), StoreError> {
-        let (a, b) = (a.clone(), b.clone());
+        self.link_many(&[(a.clone(), b.clone())], now_ms).await
+    }
+
+    async fn link_many(
+        &self,
+        pairs: &[(RecordRef, RecordRef)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let pairs = pairs.to_vec();
         self.db
             .tx(move |tx| {
-                // Another record of `from`'s system that pointed at `to` no longer does
-                // (after a merge, the survivor takes the mapping over).
-                for (from, to) in [(&a, &b), (&b, &a)] {
-                    tx.execute(
-                        "DELETE FROM id_mappings WHERE object = ?1 AND from_system = ?2
-                           AND to_system = ?3 AND to_id = ?4 AND from_id <> ?5",
-                        params![from.object, from.system, to.system, to.id, from.id],
-                    )?;
-                }
-                for (from, to) in [(&a, &b), (&b, &a)] {
-                    tx.execute(
-                        "INSERT INTO id_mappings (object, from_system, from_id, to_system, to_id, linked_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (object, from_system, from_id, to_system)
-                         DO UPDATE SET to_id = excluded.to_id, linked_at = excluded.linked_at",
-                        params![from.object, from.system, from.id, to.system, to.id, now_ms],
-                    )?;
+                for (a, b) in &pairs {
+                    // Another record of `from`'s system that pointed at `to` no longer does
+                    // (after a merge, the survivor takes the mapping over).
+                    for (from, to) in [(a, b), (b, a)] {
+                        tx.execute(
+                            "DELETE FROM id_mappings WHERE object = ?1 AND from_system = ?2
+                               AND to_system = ?3 AND to_id = ?4 AND from_id <> ?5",
+                            params![from.object, from.system, to.system, to.id, from.id],
+                        )?;
+                    }
+                    for (from, to) in [(a, b), (b, a)] {
+                        tx.execute(
+                            "INSERT INTO id_mappings (object, from_system, from_id, to_system, to_id, linked_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                             ON CONFLICT (object, from_system, from_id, to_system)
+                             DO UPDATE SET to_id = excluded.to_id, linked_at = excluded.linked_at",
+                            params![from.object, from.system, from.id, to.system, to.id, now_ms],
+                        )?;
+                    }
                 }
                 Ok(())
             })

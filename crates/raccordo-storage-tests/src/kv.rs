@@ -24,6 +24,19 @@ pub async fn put_get_expiry_and_delete(backend: &dyn Backend) {
     assert_eq!(kv.get("a", 2_003).await.unwrap(), None);
     kv.put("b", b"x".to_vec(), Some(10), 0).await.unwrap();
     assert!(kv.purge_expired(100).await.unwrap() >= 1);
+    // Several entries at once; a later write of one of them replaces it.
+    let entries: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("many:{i}"), format!("v{i}").into_bytes()))
+        .collect();
+    kv.put_many(&entries, None, 3_000).await.unwrap();
+    assert_eq!(
+        kv.get("many:13", 3_001).await.unwrap().unwrap().value,
+        b"v13"
+    );
+    kv.put_many(&[("many:13".into(), b"w".to_vec())], None, 3_002)
+        .await
+        .unwrap();
+    assert_eq!(kv.get("many:13", 3_003).await.unwrap().unwrap().value, b"w");
 }
 
 pub async fn compare_and_swap_race_has_one_winner(backend: &dyn Backend) {

@@ -39,6 +39,24 @@ pub async fn link_find_relink_unlink(backend: &dyn Backend) {
     assert_eq!(m.count("hubspot", "companies", "zoho").await.unwrap(), 0);
     assert_eq!(m.unlink(&survivor).await.unwrap(), 1);
     assert_eq!(m.count("hubspot", "contacts", "zoho").await.unwrap(), 0);
+    // Many pairs at once, as a sync round links them.
+    let pairs: Vec<(RecordRef, RecordRef)> = (0..50)
+        .map(|i| {
+            (
+                RecordRef::new("hubspot", "contacts", format!("h{i}")),
+                RecordRef::new("zoho", "contacts", format!("z{i}")),
+            )
+        })
+        .collect();
+    m.link_many(&pairs, 2).await.unwrap();
+    assert_eq!(m.count("hubspot", "contacts", "zoho").await.unwrap(), 50);
+    assert_eq!(
+        m.find(&RecordRef::new("zoho", "contacts", "z7"), "hubspot")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("h7")
+    );
     assert_eq!(m.find(&zo, "hubspot").await.unwrap(), None);
     opened.close().await;
 }

@@ -402,8 +402,15 @@ impl SyncWorker {
         }
         // 5. Writes, one batch call per side and kind of write.
         self.write(kind, tasks).await;
-        // 6. Mappings and snapshots of what was written.
-        for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+        // 6. Mappings and snapshots of what was written: one transaction each for the round
+        // (a durable commit per record would cost more than the CRM calls).
+        let mut links = Vec::new();
+        let mut snapshots = Vec::new();
+        let mut settled: Vec<(usize, bool)> = Vec::new();
+        for (i, t) in tasks.iter_mut().enumerate() {
+            if t.outcome.is_some() {
+                continue;
+            }
             let Some(decision) = t.decision.take() else {
                 continue;
             };
@@ -414,12 +421,35 @@ impl SyncWorker {
                     ..
                 } | Plan::Write { zoho: Some(_), .. }
             );
-            let completion = self.settle(kind, t, decision).await;
-            if wrote && completion == Completion::Done {
-                self.stats
-                    .synced_after(self.clock.now_ms() - t.enqueued_at_ms);
+            let (completion, pending) = self.settle(kind, t, decision).await;
+            if let Some((link, snapshot)) = pending {
+                links.push(link);
+                snapshots.extend(snapshot);
             }
             t.outcome = Some(completion);
+            settled.push((i, wrote));
+        }
+        let now = self.clock.now_ms();
+        let stored = async {
+            if !links.is_empty() {
+                self.mappings.link_many(&links, now).await?;
+            }
+            if !snapshots.is_empty() {
+                self.kv.put_many(&snapshots, None, now).await?;
+            }
+            Ok::<(), raccordo_core::StoreError>(())
+        }
+        .await;
+        for (i, wrote) in settled {
+            let t = &mut tasks[i];
+            match &stored {
+                // Written to the CRM, not yet recorded: the retry finds both sides equal.
+                Err(e) => t.outcome = Some(store_failure(e)),
+                Ok(()) if wrote && t.outcome == Some(Completion::Done) => {
+                    self.stats.synced_after(now - t.enqueued_at_ms)
+                }
+                Ok(()) => {}
+            }
         }
         // Failures name the record, for the dead-letter queue and the digest.
         for t in tasks.iter_mut() {
@@ -801,14 +831,20 @@ impl SyncWorker {
         }
     }
 
-    /// After the writes: link the pair, keep its snapshot, and report field issues.
-    async fn settle(&self, kind: ObjectKind, t: &mut Task, decision: Decision) -> Completion {
+    /// After the writes: what to link and keep as the pair's snapshot (written for the whole
+    /// round by the caller), and the item's outcome, with field issues reported.
+    async fn settle(
+        &self,
+        kind: ObjectKind,
+        t: &mut Task,
+        decision: Decision,
+    ) -> (Completion, Option<PendingRecord>) {
         let now = self.clock.now_ms();
+        let mut pending = None;
         match decision.plan {
             Plan::Fail(issue) => {
-                return Completion::Permanent {
-                    error: describe_issues(&[issue]),
-                };
+                let error = describe_issues(&[issue]);
+                return (Completion::Permanent { error }, None);
             }
             Plan::Quiet(Quiet::NotHot | Quiet::DeletionIgnored | Quiet::InSync) => {}
             Plan::Write {
@@ -821,24 +857,17 @@ impl SyncWorker {
                 if archived {
                     let origin = record_ref(t.job.origin, kind, &t.job.id);
                     if let Err(e) = self.mappings.unlink(&origin).await {
-                        return store_failure(&e);
+                        return (store_failure(&e), None);
                     }
                     if let Some(h) = &t.hubspot_id {
                         let _ = self.kv.delete(&snapshot_key(kind, h), now).await;
                     }
                 } else if let (Some(h), Some(z)) = (&t.hubspot_id, &t.zoho_id) {
-                    let linked = self
-                        .mappings
-                        .link(
-                            &record_ref(System::HubSpot, kind, h),
-                            &record_ref(System::Zoho, kind, z),
-                            now,
-                        )
-                        .await;
-                    if let Err(e) = linked {
-                        return store_failure(&e);
-                    }
-                    if let Some(mut snapshot) = snapshot {
+                    let link = (
+                        record_ref(System::HubSpot, kind, h),
+                        record_ref(System::Zoho, kind, z),
+                    );
+                    let stored = snapshot.map(|mut snapshot| {
                         if t.company_unsynced {
                             match t.snapshot.as_ref().and_then(|s| s.values.get(COMPANY)) {
                                 Some(old) => snapshot.values.insert(COMPANY.into(), old.clone()),
@@ -849,25 +878,32 @@ impl SyncWorker {
                             zoho_id: z.clone(),
                             values: snapshot.values,
                         };
-                        let bytes = serde_json::to_vec(&stored).unwrap_or_default();
-                        if let Err(e) = self.kv.put(&snapshot_key(kind, h), bytes, None, now).await
-                        {
-                            return store_failure(&e);
-                        }
-                    }
+                        (
+                            snapshot_key(kind, h),
+                            serde_json::to_vec(&stored).unwrap_or_default(),
+                        )
+                    });
+                    pending = Some((link, stored));
                 }
             }
         }
-        if decision.issues.is_empty() {
+        let completion = if decision.issues.is_empty() {
             Completion::Done
         } else {
             // The other fields are synced; these go to the dead-letter queue and the digest.
             Completion::Permanent {
                 error: describe_issues(&decision.issues),
             }
-        }
+        };
+        (completion, pending)
     }
 }
+
+/// A pair to link and its snapshot to keep, once the round's writes are done.
+type PendingRecord = (
+    (raccordo_core::RecordRef, raccordo_core::RecordRef),
+    Option<(String, Vec<u8>)>,
+);
 
 /// A person's or company's name as the CRM holds it.
 fn display_name(kind: ObjectKind, system: System, record: &CrmRecord) -> Option<String> {

@@ -29,6 +29,19 @@ pub trait KeyValueStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<u64, StoreError>;
 
+    /// Writes several entries at once (in one transaction, where the backend has them).
+    async fn put_many(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        ttl_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        for (key, value) in entries {
+            self.put(key, value.clone(), ttl_ms, now_ms).await?;
+        }
+        Ok(())
+    }
+
     /// Writes `value` only if the entry is still at `expected` (`None`: absent or expired).
     /// Returns the new version, or `None` when another writer got there first.
     async fn compare_and_swap(

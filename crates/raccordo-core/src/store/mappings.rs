@@ -35,6 +35,19 @@ pub trait IdMappings: Send + Sync + 'static {
     /// side to that system is replaced (after a merge, the survivor takes over).
     async fn link(&self, a: &RecordRef, b: &RecordRef, now_ms: i64) -> Result<(), StoreError>;
 
+    /// Links several pairs at once (in one transaction, where the backend has them): what a
+    /// sync round that created many records needs.
+    async fn link_many(
+        &self,
+        pairs: &[(RecordRef, RecordRef)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        for (a, b) in pairs {
+            self.link(a, b, now_ms).await?;
+        }
+        Ok(())
+    }
+
     /// The id of `from`'s counterpart in `to_system`, if mapped.
     async fn find(&self, from: &RecordRef, to_system: &str) -> Result<Option<String>, StoreError>;
 
