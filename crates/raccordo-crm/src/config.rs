@@ -43,6 +43,10 @@ pub struct HubSpotConfig {
     /// Search calls per second (default 4).
     #[serde(default = "default_search")]
     pub search_per_s: u32,
+    /// How long one call may take before it is abandoned and retried (default 30 s).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub timeout: std::time::Duration,
     /// Where `raccordo connect hubspot` sends the browser (default
     /// `https://app.hubspot.com/oauth/authorize`).
     #[serde(default = "default_hubspot_authorize")]
@@ -88,6 +92,10 @@ pub struct ZohoConfig {
     /// Enterprise 20).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// How long one call may take before it is abandoned and retried (default 30 s).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub timeout: std::time::Duration,
     /// Where `raccordo connect zoho` sends the browser (default
     /// `https://accounts.zoho.com/oauth/v2/auth`; `.eu`, `.in`, … for other data centres).
     #[serde(default = "default_zoho_authorize")]
@@ -98,6 +106,9 @@ pub struct ZohoConfig {
     pub scopes: Vec<String>,
 }
 
+fn default_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
 fn default_hubspot_authorize() -> String {
     "https://app.hubspot.com/oauth/authorize".into()
 }
@@ -165,6 +176,12 @@ impl CrmConfig {
             if h.client_secret.trim().is_empty() {
                 out.push(("crm.hubspot.client_secret".into(), "cannot be empty".into()));
             }
+            if h.timeout.is_zero() {
+                out.push((
+                    "crm.hubspot.timeout".into(),
+                    "must be longer than zero".into(),
+                ));
+            }
             if h.burst_per_10s == 0 || h.search_per_s == 0 {
                 out.push((
                     "crm.hubspot.burst_per_10s".into(),
@@ -179,6 +196,9 @@ impl CrmConfig {
                     "crm.zoho.channel_token".into(),
                     "must be 16 to 50 characters".into(),
                 ));
+            }
+            if z.timeout.is_zero() {
+                out.push(("crm.zoho.timeout".into(), "must be longer than zero".into()));
             }
             if z.concurrency == 0 || z.credits_per_day == 0 {
                 out.push((

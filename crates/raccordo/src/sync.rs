@@ -119,7 +119,7 @@ pub async fn start(
                     burst_per_10s: h.burst_per_10s,
                     daily: h.daily,
                     search_per_s: h.search_per_s,
-                    ..HubSpotSettings::default()
+                    timeout: h.timeout,
                 },
                 tokens,
                 stores.rate_limits.clone(),
@@ -169,7 +169,7 @@ pub async fn start(
                     credits_per_day: z.credits_per_day,
                     concurrency: z.concurrency,
                     workflows: config.sync.zoho_workflows,
-                    ..ZohoSettings::default()
+                    timeout: z.timeout,
                 },
                 tokens,
                 stores.rate_limits.clone(),

@@ -1127,3 +1127,64 @@ date_field = "createdate"
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_that_time_out_are_retried_until_the_crm_answers_again() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let hs = sandbox(Product::HubSpot, Some(format!("{public}/webhooks/hubspot"))).await;
+    let z = sandbox(Product::Zoho, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        r#"
+[[admin.tokens]]
+name = "ops"
+token = "{admin}"
+scopes = ["admin"]
+
+[sync]
+poll_every = "1h"
+[sync.retry]
+first_delay = "200ms"
+max_delay = "1s"
+attempts = 30
+"#,
+        admin = support::ADMIN_TOKEN
+    );
+    // Calls to Zoho are abandoned after 300 ms; Zoho answers after 600 ms for now.
+    let config = hub_config(&public, &hs, &z, &extra).replace(
+        &format!("channel_token = \"{CHANNEL_TOKEN}\""),
+        &format!("channel_token = \"{CHANNEL_TOKEN}\"\ntimeout = \"300ms\""),
+    );
+    std::fs::write(dir.path().join("raccordo.toml"), config).unwrap();
+    let mut server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+    knobs(&z, json!({"latency_ms": 600})).await;
+    for i in 0..5 {
+        let r = client()
+            .post(format!("{}/crm/v3/objects/contacts", hs.base_url))
+            .bearer_auth(credential(&hs, "token"))
+            .json(&json!({"properties": {"email": format!("lento{i}@example.it"), "lastname": "Lento"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // The hub's calls to Zoho time out (and are counted as retryable) …
+    support::poll_json(&server, "/api/v1/sync/health", support::ADMIN_TOKEN, |h| {
+        h["activity"]["zoho_calls"]["retryable"].as_u64() >= Some(3)
+    })
+    .await;
+    // … and once Zoho is quick again, the retries get the contacts across.
+    knobs(&z, json!({"latency_ms": 0})).await;
+    let token = zoho_token(&z).await;
+    eventually("the contacts in Zoho after the timeouts", || async {
+        (zoho_contacts(&z, &token).await.len() == 5).then_some(())
+    })
+    .await;
+    server.terminate();
+}
