@@ -78,6 +78,19 @@ check(contacts.basic_api.get_by_id(email, id_property="email").id == created.id,
 updated = contacts.basic_api.update(created.id, SimplePublicObjectInput(properties={"firstname": "Maria", "lifecyclestage": "customer"}))
 check(updated.properties["firstname"] == "Maria" and updated.updated_at >= created.updated_at, "PATCH update")
 
+# What connectors read before any record: properties with their options, owners,
+# pipelines, schemas; property history; the v4 batch read of associations.
+stage = next(p for p in api.crm.properties.core_api.get_all("contacts").results if p.name == "lifecyclestage")
+check(stage.type == "enumeration" and any(o.value == "customer" for o in stage.options), "properties API with options")
+check(api.crm.owners.owners_api.get_page().results[0].email, "owners API")
+check(api.crm.pipelines.pipelines_api.get_all("deals").results[0].id == "default", "pipelines API")
+check(api.crm.schemas.core_api.get_all().results == [], "schemas API")
+history = contacts.basic_api.get_by_id(created.id, properties_with_history=["firstname"]).properties_with_history["firstname"]
+check([h.value for h in history] == ["Maria", "Giulia"], f"property history, newest first: {history}")
+from hubspot.crm.associations.v4 import BatchInputPublicFetchAssociationsBatchRequest, PublicFetchAssociationsBatchRequest
+read = api.crm.associations.v4.batch_api.get_page("contacts", "companies", BatchInputPublicFetchAssociationsBatchRequest(inputs=[PublicFetchAssociationsBatchRequest(id=created.id)]))
+check(read.status == "COMPLETE", "v4 batch read of associations")
+
 try:
     contacts.basic_api.create(SimplePublicObjectInputForCreate(properties={"email": email, "firstname": "Copia"}))
     check(False, "a duplicate email is refused")

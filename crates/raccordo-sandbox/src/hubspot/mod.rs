@@ -647,6 +647,8 @@ pub fn router(hubspot: Arc<HubSpot>, controls: Arc<Controls>) -> Router {
             get(metadata::legacy_properties),
         )
         .route("/crm/v3/schemas", get(metadata::schemas))
+        // The path the official SDK calls.
+        .route("/crm-object-schemas/v3/schemas", get(metadata::schemas))
         .route("/crm/v3/owners", get(metadata::owners))
         .route("/crm/v3/owners/", get(metadata::owners))
         .route("/crm/v3/pipelines/{object}", get(metadata::pipelines))
