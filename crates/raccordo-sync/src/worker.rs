@@ -175,6 +175,9 @@ impl SyncWorker {
         let mut zoho_accounts = Vec::new();
         for t in tasks.iter().filter(|t| t.outcome.is_none()) {
             for (system, r) in t.records() {
+                if r.values.contains_key(COMPANY) {
+                    continue;
+                }
                 match system {
                     System::HubSpot => hubspot_ids.push(r.id.clone()),
                     System::Zoho => {
@@ -223,6 +226,9 @@ impl SyncWorker {
                 (origin.other(), t.counterpart.as_mut()),
             ] {
                 let Some(r) = r else { continue };
+                if r.values.contains_key(COMPANY) {
+                    continue;
+                }
                 let company = match system {
                     System::HubSpot => companies.get(&r.id).cloned(),
                     // A Zoho contact: the HubSpot id of its account, if that one is synced.
@@ -296,34 +302,53 @@ impl SyncWorker {
                 Err(e) => t.outcome = Some(store_failure(&e)),
             }
         }
-        // 2. Read every record involved, one batch call per side.
-        let hubspot_ids: Vec<String> = tasks
-            .iter()
-            .filter(|t| t.outcome.is_none())
-            .filter_map(|t| t.hubspot_id.clone())
-            .collect();
-        let zoho_ids: Vec<String> = tasks
-            .iter()
-            .filter(|t| t.outcome.is_none())
-            .filter_map(|t| t.zoho_id.clone())
-            .collect();
-        let hubspot_records = self.read_hubspot(kind, &hubspot_ids, None).await;
-        let zoho_records = self.read_zoho(kind, &zoho_ids).await;
+        // 2. Read the changed records, one batch call per side.
+        let origin_ids = |system: System| -> Vec<String> {
+            tasks
+                .iter()
+                .filter(|t| t.outcome.is_none() && t.job.origin == system)
+                .map(|t| t.job.id.clone())
+                .collect()
+        };
+        let (hubspot_origin, zoho_origin) = (origin_ids(System::HubSpot), origin_ids(System::Zoho));
+        let hubspot_records = self.read_hubspot(kind, &hubspot_origin, None).await;
+        let zoho_records = self.read_zoho(kind, &zoho_origin).await;
         for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
-            let (origin_read, other_read) = match t.job.origin {
-                System::HubSpot => (&hubspot_records, &zoho_records),
-                System::Zoho => (&zoho_records, &hubspot_records),
+            let read = match t.job.origin {
+                System::HubSpot => &hubspot_records,
+                System::Zoho => &zoho_records,
             };
-            let other_id = match t.job.origin {
-                System::HubSpot => t.zoho_id.clone(),
-                System::Zoho => t.hubspot_id.clone(),
+            match read {
+                Err(e) => t.outcome = Some(retryable(e)),
+                Ok(records) => t.record = records.get(&t.job.id).cloned(),
+            }
+        }
+        // A record equal to its pair's snapshot did not change since the last sync: typically
+        // the notification of raccordo's own write. Nothing to do, and no need to read the
+        // other side (a change there comes with its own notification, or the poller).
+        self.skip_unchanged(kind, tasks).await;
+        // Their counterparts, one batch call per side.
+        let other_ids = |system: System| -> Vec<String> {
+            tasks
+                .iter()
+                .filter(|t| t.outcome.is_none() && t.job.origin != system)
+                .filter_map(|t| match system {
+                    System::HubSpot => t.hubspot_id.clone(),
+                    System::Zoho => t.zoho_id.clone(),
+                })
+                .collect()
+        };
+        let (hubspot_other, zoho_other) = (other_ids(System::HubSpot), other_ids(System::Zoho));
+        let hubspot_records = self.read_hubspot(kind, &hubspot_other, None).await;
+        let zoho_records = self.read_zoho(kind, &zoho_other).await;
+        for t in tasks.iter_mut().filter(|t| t.outcome.is_none()) {
+            let (read, id) = match t.job.origin {
+                System::HubSpot => (&zoho_records, t.zoho_id.clone()),
+                System::Zoho => (&hubspot_records, t.hubspot_id.clone()),
             };
-            match (origin_read, other_read) {
-                (Err(e), _) | (_, Err(e)) => t.outcome = Some(retryable(e)),
-                (Ok(origin), Ok(other)) => {
-                    t.record = origin.get(&t.job.id).cloned();
-                    t.counterpart = other_id.and_then(|id| other.get(&id).cloned());
-                }
+            match read {
+                Err(e) => t.outcome = Some(retryable(e)),
+                Ok(records) => t.counterpart = id.and_then(|id| records.get(&id).cloned()),
             }
         }
         // A Zoho record gone while its HubSpot counterpart lives: merged in Zoho?
@@ -367,7 +392,7 @@ impl SyncWorker {
                 t.outcome = Some(Completion::Done);
                 continue;
             }
-            if let (Some(h), Some(z)) = (&h, &z) {
+            if let (Some(h), Some(z), None) = (&h, &z, &t.snapshot) {
                 match self
                     .kv
                     .get(&snapshot_key(kind, h), self.clock.now_ms())
@@ -490,6 +515,55 @@ impl SyncWorker {
         }
         let records = self.zoho.read(kind, ids, &self.zoho_fields(kind)).await?;
         Ok(records.into_iter().map(|r| (r.id.clone(), r)).collect())
+    }
+
+    /// Finishes, as in sync, the items whose record equals its pair's snapshot.
+    async fn skip_unchanged(&self, kind: ObjectKind, tasks: &mut [&mut Task]) {
+        let now = self.clock.now_ms();
+        for t in tasks.iter_mut() {
+            if t.outcome.is_some() || t.record.is_none() {
+                continue;
+            }
+            let (Some(h), Some(z)) = (&t.hubspot_id, &t.zoho_id) else {
+                continue;
+            };
+            match self.kv.get(&snapshot_key(kind, h), now).await {
+                Ok(stored) => {
+                    t.snapshot = stored
+                        .and_then(|s| serde_json::from_slice::<StoredSnapshot>(&s.value).ok())
+                        .filter(|s| &s.zoho_id == z)
+                        .map(|s| Snapshot { values: s.values });
+                }
+                Err(e) => t.outcome = Some(store_failure(&e)),
+            }
+        }
+        if with_companies(kind, &self.config)
+            && tasks
+                .iter()
+                .any(|t| t.outcome.is_none() && t.snapshot.is_some())
+        {
+            self.attach_companies(tasks).await;
+        }
+        let object = self.object(kind);
+        for t in tasks.iter_mut() {
+            let (Some(record), Some(snapshot), None) = (&t.record, &t.snapshot, &t.outcome) else {
+                continue;
+            };
+            let mut issues = Vec::new();
+            let values = canonical(&object, t.job.origin, record, &mut issues);
+            let unchanged = issues.is_empty()
+                && object.fields.iter().all(|f| {
+                    snapshot
+                        .values
+                        .get(&f.hubspot)
+                        .is_some_and(|s| values.get(&f.hubspot) == Some(s))
+                });
+            if unchanged {
+                metrics::counter!("raccordo_sync_decisions_total", "kind" => kind.as_str(), "decision" => "in_sync").increment(1);
+                self.stats.decided(kind.as_str(), "in_sync");
+                t.outcome = Some(Completion::Done);
+            }
+        }
     }
 
     /// Zoho merges records by deleting all but one: a Zoho record that is gone while its
