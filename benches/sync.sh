@@ -73,8 +73,21 @@ start_hub
 curl -s -X DELETE "http://127.0.0.1:$hs_port/_sandbox/calls" >/dev/null
 curl -s -X DELETE "http://127.0.0.1:$z_port/_sandbox/calls" >/dev/null
 
+# Started as `raccordo sync backfill` starts it; done when every list is read and the sync
+# queue is empty, polled every 20 ms (the command's own progress line refreshes slower).
 t0=$(date +%s.%N)
-"$bin" sync backfill --url "$hub" --token $admin >backfill.out
+curl -sf -X POST "$hub/api/v1/sync/backfill" -H "authorization: Bearer $admin" >/dev/null
+python3 - "$hub" "$admin" <<'PY'
+import json, sys, time, urllib.request
+hub, token = sys.argv[1], sys.argv[2]
+while True:
+    req = urllib.request.Request(hub + "/api/v1/sync/backfill", headers={"authorization": "Bearer " + token})
+    p = json.load(urllib.request.urlopen(req))
+    q = p["queue"]
+    if p["backfill"]["finished_at_ms"] and q["waiting"] + q["in_flight"] == 0:
+        break
+    time.sleep(0.02)
+PY
 t1=$(date +%s.%N)
 calls "$hs_port" >hs-calls.json; calls "$z_port" >z-calls.json
 python3 - "$t0" "$t1" "$records" <<'PY'
