@@ -402,6 +402,20 @@ impl HubSpotClient {
         Ok(())
     }
 
+    /// Deletes a contact for good (HubSpot's GDPR deletion; its e-mail is then blocked).
+    pub async fn gdpr_delete(&self, contact_id: &str) -> Result<(), CrmError> {
+        let body = json!({ "objectId": contact_id });
+        self.call(
+            Method::POST,
+            "/crm/v3/objects/contacts/gdpr-delete",
+            &[],
+            Some(&body),
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Archives records (restorable for 90 days), 100 per call.
     pub async fn archive(&self, kind: ObjectKind, ids: &[String]) -> Result<(), CrmError> {
         for chunk in ids.chunks(BATCH) {

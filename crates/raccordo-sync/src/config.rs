@@ -200,6 +200,11 @@ pub enum OnDelete {
     /// The counterpart is archived: HubSpot archives it (restorable for 90 days), Zoho moves
     /// it to the recycle bin (restorable for 60 days). The id mapping is removed.
     Archive,
+    /// The counterpart is deleted for good where the CRM's API allows it: a HubSpot contact
+    /// gets HubSpot's GDPR deletion (permanent, and its e-mail is blocked from coming back);
+    /// HubSpot companies and Zoho records, which the APIs cannot delete for good, are
+    /// archived as with `archive`. The id mapping is removed.
+    Delete,
 }
 
 const LIFECYCLE: [(&str, &str); 8] = [

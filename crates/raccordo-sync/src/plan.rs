@@ -46,9 +46,8 @@ pub enum Write {
         id: String,
         values: BTreeMap<String, Value>,
     },
-    Archive {
-        id: String,
-    },
+    /// Archive (restorable), or, with `permanent`, delete for good where the CRM allows it.
+    Archive { id: String, permanent: bool },
 }
 
 /// Why nothing is written.
@@ -188,9 +187,10 @@ pub fn plan(config: &ObjectSync, situation: Situation<'_>) -> Decision {
 
 fn deletion(config: &ObjectSync, situation: Situation<'_>) -> Plan {
     match (config.on_delete, situation.counterpart) {
-        (OnDelete::Archive, Some(counterpart)) => {
+        (OnDelete::Archive | OnDelete::Delete, Some(counterpart)) => {
             let archive = Some(Write::Archive {
                 id: counterpart.id.clone(),
+                permanent: config.on_delete == OnDelete::Delete,
             });
             let (hubspot, zoho) = match situation.origin {
                 System::HubSpot => (None, archive),
@@ -532,7 +532,10 @@ mod tests {
             plan(&c, gone).plan,
             Plan::Write {
                 hubspot: None,
-                zoho: Some(Write::Archive { id: "9001".into() }),
+                zoho: Some(Write::Archive {
+                    id: "9001".into(),
+                    permanent: false
+                }),
                 snapshot: None
             }
         );

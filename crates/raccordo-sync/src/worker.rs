@@ -722,6 +722,7 @@ impl SyncWorker {
         let mut hubspot_creates: Vec<(usize, BTreeMap<String, Value>)> = Vec::new();
         let mut hubspot_updates: Vec<(usize, String, BTreeMap<String, Value>)> = Vec::new();
         let mut hubspot_archives: Vec<(usize, String)> = Vec::new();
+        let mut hubspot_deletes: Vec<(usize, String)> = Vec::new();
         let mut zoho_deletes: Vec<(usize, String)> = Vec::new();
         for (i, t) in tasks.iter().enumerate() {
             if t.outcome.is_some() {
@@ -739,7 +740,13 @@ impl SyncWorker {
                 Some(Write::Update { id, values }) => {
                     hubspot_updates.push((i, id.clone(), values.clone()))
                 }
-                Some(Write::Archive { id }) => hubspot_archives.push((i, id.clone())),
+                // Only contacts can be deleted for good in HubSpot (GDPR deletion).
+                Some(Write::Archive { id, permanent })
+                    if *permanent && kind == ObjectKind::Contact =>
+                {
+                    hubspot_deletes.push((i, id.clone()))
+                }
+                Some(Write::Archive { id, .. }) => hubspot_archives.push((i, id.clone())),
                 None => {}
             }
             match zoho {
@@ -747,7 +754,7 @@ impl SyncWorker {
                 Some(Write::Update { id, values }) => {
                     zoho_updates.push((i, id.clone(), values.clone()))
                 }
-                Some(Write::Archive { id }) => zoho_deletes.push((i, id.clone())),
+                Some(Write::Archive { id, .. }) => zoho_deletes.push((i, id.clone())),
                 None => {}
             }
         }
@@ -889,6 +896,11 @@ impl SyncWorker {
             }
             if let Err(e) = done {
                 t.outcome = Some(retryable(&e));
+            }
+        }
+        for (i, id) in &hubspot_deletes {
+            if let Err(e) = self.hubspot.gdpr_delete(id).await {
+                tasks[*i].outcome = Some(retryable(&e));
             }
         }
         if !hubspot_archives.is_empty() {

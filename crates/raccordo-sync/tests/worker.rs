@@ -645,3 +645,57 @@ async fn a_zoho_merge_relinks_the_pair_instead_of_deleting_in_hubspot() {
         .unwrap();
     assert_eq!(still_there.len(), 1, "not archived in HubSpot");
 }
+
+#[tokio::test]
+async fn on_delete_delete_removes_a_hubspot_contact_for_good() {
+    let mut w = world().await;
+    let mut config = SyncConfig::default();
+    config.contacts.on_delete = raccordo_sync::OnDelete::Delete;
+    w.worker.config = Arc::new(config);
+    let created = w
+        .hubspot
+        .upsert(
+            ObjectKind::Contact,
+            "email",
+            &[props(&[
+                ("email", "oblio@example.it"),
+                ("lastname", "Oblio"),
+            ])],
+        )
+        .await
+        .unwrap();
+    let hubspot_id = created["oblio@example.it"].as_ref().unwrap().id.clone();
+    w.change(System::HubSpot, &hubspot_id).await;
+    w.drain().await;
+    let zoho_id = w.zoho_contacts().await.remove(0).id;
+    // Erased in Zoho: HubSpot forgets the contact too, beyond its 90-day restore.
+    w.zoho
+        .delete(ObjectKind::Contact, std::slice::from_ref(&zoho_id))
+        .await
+        .unwrap();
+    w.change(System::Zoho, &zoho_id).await;
+    let done = w.drain().await;
+    assert!(done.iter().all(|(_, c)| *c == Completion::Done), "{done:?}");
+    let status = reqwest::Client::new()
+        .get(format!(
+            "{}/crm/v3/objects/contacts/{hubspot_id}?archived=true",
+            w.hs.base_url
+        ))
+        .bearer_auth(credential(&w.hs, "token"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "not even archived");
+    assert_eq!(w.calls(&w.hs, "POST", "/gdpr-delete").await, 1);
+    let linked = w
+        .stores
+        .mappings
+        .find(
+            &record_ref(System::HubSpot, ObjectKind::Contact, &hubspot_id),
+            "zoho",
+        )
+        .await
+        .unwrap();
+    assert_eq!(linked, None, "the pair is unlinked");
+}

@@ -620,6 +620,7 @@ pub fn router(hubspot: Arc<HubSpot>, controls: Arc<Controls>) -> Router {
         .route("/oauth/v1/token", post(token))
         .route("/crm/v3/objects/{kind}", get(list).post(create))
         .route("/crm/v3/objects/{kind}/search", post(search))
+        .route("/crm/v3/objects/{kind}/gdpr-delete", post(gdpr_delete))
         .route("/crm/v3/objects/{kind}/batch/{op}", post(batch))
         .route(
             "/crm/v3/objects/{kind}/{id}",

@@ -269,3 +269,43 @@ pub(super) fn archive_one(store: &mut Store, kind: Kind, id: &str) -> Option<u64
     o.archived_at = Some(now_ms());
     Some(id)
 }
+
+/// `POST /crm/v3/objects/contacts/gdpr-delete`: deletes a contact for good (it cannot be
+/// read, even with `archived=true`, or restored), with its associations.
+pub(super) async fn gdpr_delete(
+    State(hs): State<Arc<HubSpot>>,
+    Admitted(h): Admitted,
+    ObjectKind(kind): ObjectKind,
+    body: Bytes,
+) -> Response {
+    if kind != Kind::Contacts {
+        return not_found();
+    }
+    let input = attempt!(parse_json(&body));
+    let Some(key) = input["objectId"].as_str().map(str::to_string) else {
+        return validation("objectId is required");
+    };
+    let removed = {
+        let mut store = hs.store.lock().unwrap_or_else(|p| p.into_inner());
+        // Live or archived: a GDPR deletion takes both.
+        let id_property = input["idProperty"].as_str();
+        let found = find(&store, kind, &key, id_property, false)
+            .or_else(|| find(&store, kind, &key, id_property, true));
+        match found {
+            Some(id) => {
+                store.objects.entry(kind).or_default().remove(&id);
+                store.associations.retain(|(contact, _)| *contact != id);
+                Some(id)
+            }
+            None => None,
+        }
+    };
+    match removed {
+        Some(id) => {
+            hs.save();
+            hs.emit(kind, "privacyDeletion", id, None);
+            with_headers(StatusCode::NO_CONTENT.into_response(), h)
+        }
+        None => not_found(),
+    }
+}
