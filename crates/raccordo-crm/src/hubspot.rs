@@ -10,7 +10,7 @@ use raccordo_core::{Clock, RateLimitStore};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::error::{Attempt, CrmError, body_message, from_status, quick_retry_wait};
+use crate::error::{Attempt, CrmError, body_message, from_status, run_call};
 use crate::limits::{Budget, Limit, rolling_window};
 use crate::stats::CallStats;
 use crate::tokens::TokenSource;
@@ -118,32 +118,10 @@ impl HubSpotClient {
         if search {
             limits.push(&self.search);
         }
-        let (mut refreshed, mut tries) = (false, 0);
-        loop {
-            let error = match self.attempt(&method, path, query, body, &limits).await {
-                Ok(done) => {
-                    self.stats.record(SYSTEM, Ok(()));
-                    return Ok(done);
-                }
-                Err(Attempt::Unauthorized(token)) if !refreshed => {
-                    // Once per call: the token may have been revoked or expired early.
-                    self.tokens.rejected(&token).await;
-                    refreshed = true;
-                    continue;
-                }
-                Err(Attempt::Unauthorized(_)) => CrmError::Unauthorized {
-                    system: SYSTEM,
-                    message: "HTTP 401 with a fresh token".into(),
-                },
-                Err(Attempt::Failed(e)) => e,
-            };
-            self.stats.record(SYSTEM, Err(&error));
-            tries += 1;
-            match quick_retry_wait(&error, tries) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(error),
-            }
-        }
+        run_call(SYSTEM, self.tokens.as_ref(), &self.stats, || {
+            self.attempt(&method, path, query, body, &limits)
+        })
+        .await
     }
 
     async fn attempt(

@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::error::{Attempt, CrmError, body_message, from_status, quick_retry_wait};
+use crate::error::{Attempt, CrmError, body_message, from_status, run_call};
 use crate::hubspot::parse_time;
 use crate::limits::{Budget, Limit, rolling_window};
 use crate::stats::CallStats;
@@ -117,31 +117,10 @@ impl ZohoClient {
         } else {
             None
         };
-        let (mut refreshed, mut tries) = (false, 0);
-        loop {
-            let error = match self.attempt(&method, path, query, headers, body).await {
-                Ok(done) => {
-                    self.stats.record(SYSTEM, Ok(()));
-                    return Ok(done);
-                }
-                Err(Attempt::Unauthorized(token)) if !refreshed => {
-                    self.tokens.rejected(&token).await;
-                    refreshed = true;
-                    continue;
-                }
-                Err(Attempt::Unauthorized(_)) => CrmError::Unauthorized {
-                    system: SYSTEM,
-                    message: "INVALID_TOKEN with a fresh token".into(),
-                },
-                Err(Attempt::Failed(e)) => e,
-            };
-            self.stats.record(SYSTEM, Err(&error));
-            tries += 1;
-            match quick_retry_wait(&error, tries) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(error),
-            }
-        }
+        run_call(SYSTEM, self.tokens.as_ref(), &self.stats, || {
+            self.attempt(&method, path, query, headers, body)
+        })
+        .await
     }
 
     async fn attempt(

@@ -69,6 +69,12 @@ pub async fn start(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    let shared = GrantContext {
+        http: http.clone(),
+        stores: stores.clone(),
+        sealer: sealer.clone(),
+        clock: clock.clone(),
+    };
     let wake = Arc::new(tokio::sync::Notify::new());
     let backfill_wake = Arc::new(tokio::sync::Notify::new());
 
@@ -79,7 +85,7 @@ pub async fn start(
             let tokens: Arc<dyn TokenSource> = match &h.access_token {
                 Some(token) => Arc::new(StaticToken(token.clone())),
                 None => {
-                    let tokens = OAuthTokens::new(
+                    let (tokens, connector) = grant(
                         OAuthGrant {
                             system: "hubspot",
                             token_url: format!(
@@ -91,25 +97,13 @@ pub async fn start(
                             refresh_ahead_ms: REFRESH_AHEAD_MS,
                             refresh_budget: BucketSpec::per_interval(10, 60_000),
                         },
-                        http.clone(),
-                        stores.secrets.clone(),
-                        stores.rate_limits.clone(),
-                        sealer.clone(),
-                        clock.clone(),
-                    );
-                    if let Some(refresh) = &h.refresh_token
-                        && !tokens.has_grant().await?
-                    {
-                        tokens.store_refresh_token(refresh).await?;
-                    }
-                    let tokens = Arc::new(tokens);
-                    connectors.push(Arc::new(raccordo_crm::Connector {
-                        system: "hubspot",
-                        authorize_url: h.authorize_url.clone(),
-                        client_id: h.client_id.clone().unwrap_or_default(),
-                        scopes: h.scopes.clone(),
-                        tokens: tokens.clone(),
-                    }));
+                        h.refresh_token.as_deref(),
+                        &h.authorize_url,
+                        &h.scopes,
+                        &shared,
+                    )
+                    .await?;
+                    connectors.push(connector);
                     tokens
                 }
             };
@@ -134,7 +128,7 @@ pub async fn start(
     let zoho = match &crm.zoho {
         None => None,
         Some(z) => {
-            let tokens = OAuthTokens::new(
+            let (tokens, connector) = grant(
                 OAuthGrant {
                     system: "zoho",
                     token_url: z.token_url.clone(),
@@ -144,25 +138,13 @@ pub async fn start(
                     // Zoho: at most 10 refreshes per refresh token in 10 minutes.
                     refresh_budget: BucketSpec::per_interval(10, 600_000),
                 },
-                http.clone(),
-                stores.secrets.clone(),
-                stores.rate_limits.clone(),
-                sealer.clone(),
-                clock.clone(),
-            );
-            if let Some(refresh) = &z.refresh_token
-                && !tokens.has_grant().await?
-            {
-                tokens.store_refresh_token(refresh).await?;
-            }
-            let tokens = Arc::new(tokens);
-            connectors.push(Arc::new(raccordo_crm::Connector {
-                system: "zoho",
-                authorize_url: z.authorize_url.clone(),
-                client_id: z.client_id.clone(),
-                scopes: z.scopes.clone(),
-                tokens: tokens.clone(),
-            }));
+                z.refresh_token.as_deref(),
+                &z.authorize_url,
+                &z.scopes,
+                &shared,
+            )
+            .await?;
+            connectors.push(connector);
             let client = ZohoClient::new(
                 &ZohoSettings {
                     base_url: z.base_url.clone(),
@@ -456,6 +438,48 @@ pub async fn start(
         reconciler,
         reports_dir,
     }))
+}
+
+/// What every OAuth grant is built with.
+struct GrantContext {
+    http: reqwest::Client,
+    stores: Stores,
+    sealer: Arc<Sealer>,
+    clock: Arc<dyn Clock>,
+}
+
+/// One OAuth grant's token manager (storing the configured refresh token when no grant is
+/// stored yet) and the connector `raccordo connect` uses to renew it.
+async fn grant(
+    grant: OAuthGrant,
+    refresh_token: Option<&str>,
+    authorize_url: &str,
+    scopes: &[String],
+    shared: &GrantContext,
+) -> anyhow::Result<(Arc<OAuthTokens>, Arc<raccordo_crm::Connector>)> {
+    let (system, client_id) = (grant.system, grant.client_id.clone());
+    let tokens = OAuthTokens::new(
+        grant,
+        shared.http.clone(),
+        shared.stores.secrets.clone(),
+        shared.stores.rate_limits.clone(),
+        shared.sealer.clone(),
+        shared.clock.clone(),
+    );
+    if let Some(refresh) = refresh_token
+        && !tokens.has_grant().await?
+    {
+        tokens.store_refresh_token(refresh).await?;
+    }
+    let tokens = Arc::new(tokens);
+    let connector = Arc::new(raccordo_crm::Connector {
+        system,
+        authorize_url: authorize_url.to_string(),
+        client_id,
+        scopes: scopes.to_vec(),
+        tokens: tokens.clone(),
+    });
+    Ok((tokens, connector))
 }
 
 /// Keeps the Zoho notification channel registered: at start, then daily, each time for a
