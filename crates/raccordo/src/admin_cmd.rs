@@ -42,6 +42,20 @@ impl HubConnection {
     }
 }
 
+/// Sends an admin request and reads its JSON answer; a refusal becomes an error carrying the
+/// hub's problem detail.
+async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "the hub answered {status}: {}",
+        body["detail"].as_str().unwrap_or("")
+    );
+    Ok(body)
+}
+
 #[derive(Subcommand)]
 pub enum DlqCommand {
     /// List failed operations (oldest first)
@@ -106,19 +120,13 @@ async fn all_letters(
         if let Some(c) = cursor {
             query.push(("cursor", c.to_string()));
         }
-        let response = client
-            .get(hub.endpoint("/api/v1/dlq"))
-            .bearer_auth(token)
-            .query(&query)
-            .send()
-            .await?;
-        let status = response.status();
-        let page: Value = response.json().await.unwrap_or_default();
-        anyhow::ensure!(
-            status.is_success(),
-            "the hub answered {status}: {}",
-            page["detail"].as_str().unwrap_or("")
-        );
+        let page = answer(
+            client
+                .get(hub.endpoint("/api/v1/dlq"))
+                .bearer_auth(token)
+                .query(&query),
+        )
+        .await?;
         letters.extend(page["dead_letters"].as_array().cloned().unwrap_or_default());
         match page["next_cursor"].as_i64() {
             Some(next) => cursor = Some(next),
@@ -242,27 +250,21 @@ pub async fn connect(args: ConnectArgs) -> anyhow::Result<()> {
     let verifier = random_text();
     let challenge = raccordo_crm::connect::pkce_challenge(&verifier);
 
-    let response = client
-        .get(
-            args.hub
-                .endpoint(&format!("/api/v1/crm/{}/authorize-url", args.system)),
-        )
-        .bearer_auth(&token)
-        .query(&[
-            ("redirect_uri", redirect_uri.as_str()),
-            ("state", state.as_str()),
-            ("code_challenge", challenge.as_str()),
-        ])
-        .send()
-        .await?;
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or_default();
-    anyhow::ensure!(
-        status.is_success(),
-        "the hub answered {status}: {}",
-        answer["detail"].as_str().unwrap_or("")
-    );
-    let url = answer["url"].as_str().unwrap_or_default();
+    let authorize = answer(
+        client
+            .get(
+                args.hub
+                    .endpoint(&format!("/api/v1/crm/{}/authorize-url", args.system)),
+            )
+            .bearer_auth(&token)
+            .query(&[
+                ("redirect_uri", redirect_uri.as_str()),
+                ("state", state.as_str()),
+                ("code_challenge", challenge.as_str()),
+            ]),
+    )
+    .await?;
+    let url = authorize["url"].as_str().unwrap_or_default();
     println!(
         "Open this address in a browser and approve raccordo's access to {}:\n\n  {url}\n\n\
          Waiting for the browser to come back to {redirect_uri} …",
@@ -305,25 +307,20 @@ pub async fn connect(args: ConnectArgs) -> anyhow::Result<()> {
         .get("code")
         .ok_or_else(|| anyhow::anyhow!("the callback carries no code"))?;
     let mut grant = serde_json::json!({ "code": code, "redirect_uri": redirect_uri });
-    if answer["pkce"] == true {
+    if authorize["pkce"] == true {
         grant["code_verifier"] = serde_json::json!(verifier);
     }
-    let response = client
-        .post(
-            args.hub
-                .endpoint(&format!("/api/v1/crm/{}/grant", args.system)),
-        )
-        .bearer_auth(&token)
-        .json(&grant)
-        .send()
-        .await?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or_default();
-    anyhow::ensure!(
-        status.is_success(),
-        "the hub could not store the grant ({status}): {}",
-        body["detail"].as_str().unwrap_or("")
-    );
+    answer(
+        client
+            .post(
+                args.hub
+                    .endpoint(&format!("/api/v1/crm/{}/grant", args.system)),
+            )
+            .bearer_auth(&token)
+            .json(&grant),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("the hub could not store the grant: {e}"))?;
     println!(
         "connected: raccordo holds a grant for {} (stored sealed)",
         args.system
@@ -358,27 +355,20 @@ pub async fn sync(command: SyncCommand) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let started = client
-        .post(args.hub.endpoint("/api/v1/sync/backfill"))
-        .bearer_auth(&token)
-        .send()
-        .await?;
-    let status = started.status();
-    let body: Value = started.json().await.unwrap_or_default();
-    anyhow::ensure!(
-        status.is_success(),
-        "the hub answered {status}: {}",
-        body["detail"].as_str().unwrap_or("")
-    );
+    answer(
+        client
+            .post(args.hub.endpoint("/api/v1/sync/backfill"))
+            .bearer_auth(&token),
+    )
+    .await?;
     let mut stdout = std::io::stdout();
     loop {
-        let progress: Value = client
-            .get(args.hub.endpoint("/api/v1/sync/backfill"))
-            .bearer_auth(&token)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let progress = answer(
+            client
+                .get(args.hub.endpoint("/api/v1/sync/backfill"))
+                .bearer_auth(&token),
+        )
+        .await?;
         let backfill = &progress["backfill"];
         let queue = &progress["queue"];
         let lists: Vec<String> = backfill["lists"]
@@ -441,14 +431,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     if let Some(day) = &args.day {
         request = request.query(&[("day", day)]);
     }
-    let response = request.send().await?;
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap_or_default();
-    anyhow::ensure!(
-        status.is_success(),
-        "the hub answered {status}: {}",
-        answer["detail"].as_str().unwrap_or("")
-    );
+    let answer = answer(request).await?;
     if args.json {
         println!("{}", answer["report"]);
         return Ok(());
