@@ -10,10 +10,12 @@ use raccordo_core::{Clock, RateLimitStore};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::error::{Attempt, CrmError, body_message, from_status, run_call};
-use crate::limits::{Budget, Limit, rolling_window};
+use crate::error::{Attempt, CrmError, body_message, from_status};
+use crate::limits::{Limit, rolling_window};
 use crate::stats::CallStats;
 use crate::tokens::TokenSource;
+pub use crate::transport::Written;
+use crate::transport::{Answer, Request, Transport};
 
 const SYSTEM: &str = "hubspot";
 /// Inputs per batch call (HubSpot's limit).
@@ -48,20 +50,8 @@ impl Default for HubSpotSettings {
     }
 }
 
-/// One input's outcome in a batch write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Written {
-    pub id: String,
-    /// A create (as opposed to an update of an existing record).
-    pub created: bool,
-}
-
 pub struct HubSpotClient {
-    http: reqwest::Client,
-    base: String,
-    tokens: Arc<dyn TokenSource>,
-    budget: Budget,
-    stats: Arc<CallStats>,
+    transport: Transport,
     burst: Limit,
     daily: Option<Limit>,
     search: Limit,
@@ -74,16 +64,15 @@ impl HubSpotClient {
         limits: Arc<dyn RateLimitStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CrmError> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
         Ok(Self {
-            http,
-            base: settings.base_url.trim_end_matches('/').to_string(),
-            tokens,
-            budget: Budget::new(limits, clock),
-            stats: Arc::new(CallStats::new()),
+            transport: Transport::new(
+                SYSTEM,
+                &settings.base_url,
+                settings.timeout,
+                tokens,
+                limits,
+                clock,
+            )?,
             burst: Limit {
                 bucket: "hubspot:burst".into(),
                 spec: rolling_window(settings.burst_per_10s, 10_000, 0.05),
@@ -101,7 +90,7 @@ impl HubSpotClient {
 
     /// What this client did so far.
     pub fn stats(&self) -> Arc<CallStats> {
-        self.stats.clone()
+        self.transport.stats.clone()
     }
 
     /// One API call: rate limits, token (refreshed once on a 401), error sorting.
@@ -118,10 +107,9 @@ impl HubSpotClient {
         if search {
             limits.push(&self.search);
         }
-        run_call(SYSTEM, self.tokens.as_ref(), &self.stats, || {
-            self.attempt(&method, path, query, body, &limits)
-        })
-        .await
+        self.transport
+            .run(|| self.attempt(&method, path, query, body, &limits))
+            .await
     }
 
     async fn attempt(
@@ -132,28 +120,23 @@ impl HubSpotClient {
         body: Option<&Value>,
         limits: &[&Limit],
     ) -> Result<(StatusCode, Value), Attempt> {
-        self.budget.take(SYSTEM, limits).await?;
-        let token = self.tokens.access_token().await?;
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base))
-            .bearer_auth(&token)
-            .query(query);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        self.stats.remaining(&headers);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let request = Request {
+            method,
+            path,
+            query,
+            body,
+        };
+        let answer = self
+            .transport
+            .send(request, limits, |request, token| request.bearer_auth(token))
+            .await?;
+        self.transport.stats.remaining(&answer.headers);
+        let Answer {
+            status,
+            headers,
+            body: value,
+            token,
+        } = answer;
         if status.is_success() {
             return Ok((status, value));
         }

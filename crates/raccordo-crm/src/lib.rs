@@ -16,6 +16,7 @@ pub mod limits;
 pub mod seal;
 pub mod stats;
 pub mod tokens;
+mod transport;
 pub mod zoho;
 
 pub use config::{CrmConfig, HubSpotConfig, ZohoConfig};

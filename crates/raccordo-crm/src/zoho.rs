@@ -12,11 +12,13 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::error::{Attempt, CrmError, body_message, from_status, run_call};
+use crate::error::{Attempt, CrmError, body_message, from_status};
 use crate::hubspot::parse_time;
-use crate::limits::{Budget, Limit, rolling_window};
+use crate::limits::{Limit, rolling_window};
 use crate::stats::CallStats;
 use crate::tokens::TokenSource;
+pub use crate::transport::Written;
+use crate::transport::{Answer, Request, Transport};
 
 const SYSTEM: &str = "zoho";
 /// Records per insert, update, upsert or read call (Zoho's limit).
@@ -50,23 +52,12 @@ impl Default for ZohoSettings {
 }
 
 pub struct ZohoClient {
-    http: reqwest::Client,
-    base: String,
-    tokens: Arc<dyn TokenSource>,
-    budget: Budget,
-    stats: Arc<CallStats>,
+    transport: Transport,
     credits: Limit,
     concurrency: Semaphore,
     /// Writes of more than 10 records count against a separate sub-concurrency of 10.
     heavy: Semaphore,
     workflows: bool,
-}
-
-/// One record's outcome in a batch write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Written {
-    pub id: String,
-    pub created: bool,
 }
 
 impl ZohoClient {
@@ -76,16 +67,15 @@ impl ZohoClient {
         limits: Arc<dyn RateLimitStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CrmError> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
         Ok(Self {
-            http,
-            base: settings.base_url.trim_end_matches('/').to_string(),
-            tokens,
-            budget: Budget::new(limits, clock),
-            stats: Arc::new(CallStats::new()),
+            transport: Transport::new(
+                SYSTEM,
+                &settings.base_url,
+                settings.timeout,
+                tokens,
+                limits,
+                clock,
+            )?,
             credits: Limit {
                 bucket: "zoho:credits".into(),
                 spec: rolling_window(settings.credits_per_day, 86_400_000, 0.05),
@@ -98,7 +88,7 @@ impl ZohoClient {
 
     /// What this client did so far.
     pub fn stats(&self) -> Arc<CallStats> {
-        self.stats.clone()
+        self.transport.stats.clone()
     }
 
     async fn call(
@@ -117,10 +107,9 @@ impl ZohoClient {
         } else {
             None
         };
-        run_call(SYSTEM, self.tokens.as_ref(), &self.stats, || {
-            self.attempt(&method, path, query, headers, body)
-        })
-        .await
+        self.transport
+            .run(|| self.attempt(&method, path, query, headers, body))
+            .await
     }
 
     async fn attempt(
@@ -131,30 +120,27 @@ impl ZohoClient {
         headers: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), Attempt> {
-        self.budget.take(SYSTEM, &[&self.credits]).await?;
-        let token = self.tokens.access_token().await?;
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header("authorization", format!("Zoho-oauthtoken {token}"))
-            .query(query);
-        for (k, v) in headers {
-            request = request.header(*k, v);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
-        let status = response.status();
-        let response_headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| CrmError::transport(SYSTEM, &e))?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let request = Request {
+            method,
+            path,
+            query,
+            body,
+        };
+        let Answer {
+            status,
+            headers: response_headers,
+            body: value,
+            token,
+        } = self
+            .transport
+            .send(request, &[&self.credits], |mut request, token| {
+                request = request.header("authorization", format!("Zoho-oauthtoken {token}"));
+                for (k, v) in headers {
+                    request = request.header(*k, v);
+                }
+                request
+            })
+            .await?;
         // A write whose every record failed answers 400 with the per-record entries: the
         // caller reads them like a 207's.
         let per_record = status == StatusCode::BAD_REQUEST && value["data"].is_array();
