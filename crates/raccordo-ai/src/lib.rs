@@ -17,11 +17,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+pub mod offline;
+
+/// What answers: a chat-completions API, or the built-in offline classifier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI's API or any server that speaks it (`base_url`).
+    #[default]
+    OpenaiCompatible,
+    /// [`offline::classify`]: sentiment and intent by lexicon, no call, no key, no cost.
+    Offline,
+}
+
 /// One OpenAI-compatible endpoint and what it costs.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Provider {
     /// A name for metrics and answers (`openai`, `sandbox`, …).
     pub name: String,
+    pub kind: ProviderKind,
     /// The API root including `/v1` (`https://api.openai.com/v1`).
     pub base_url: String,
     pub api_key: String,
@@ -42,6 +56,9 @@ pub struct Prompt {
     pub system: Option<String>,
     /// The rendered user message.
     pub user: String,
+    /// The text under analysis, when the prompt names one: what the offline provider reads
+    /// (a model reads the whole prompt).
+    pub subject: Option<String>,
     /// The answer must be JSON valid against this schema (`response_format` `json_schema`).
     pub schema: Option<Value>,
     /// Label of the flow asking, for the accounting.
@@ -129,6 +146,7 @@ impl AiClient {
             provider.model.as_str(),
             prompt.system.as_deref().unwrap_or(""),
             prompt.user.as_str(),
+            prompt.subject.as_deref().unwrap_or(""),
         ] {
             h.update(part.as_bytes());
             h.update([0]);
@@ -198,6 +216,9 @@ impl AiClient {
         prompt: &Prompt,
         validator: Option<&jsonschema::Validator>,
     ) -> Result<Answer, AiError> {
+        if provider.kind == ProviderKind::Offline {
+            return Self::offline(provider, prompt, validator);
+        }
         let mut messages = Vec::new();
         if let Some(system) = &prompt.system {
             messages.push(json!({ "role": "system", "content": system }));
@@ -246,6 +267,36 @@ impl AiClient {
             ) }));
         }
         unreachable!("the loop returns on its second attempt")
+    }
+
+    /// The offline classifier's answer, checked like a model's (it cannot repair one).
+    fn offline(
+        provider: &Provider,
+        prompt: &Prompt,
+        validator: Option<&jsonschema::Validator>,
+    ) -> Result<Answer, AiError> {
+        let text = prompt.subject.as_deref().unwrap_or(&prompt.user);
+        let content = serde_json::to_value(offline::classify(text)).unwrap_or_default();
+        if let Some(e) = validator.and_then(|v| v.iter_errors(&content).next()) {
+            return Err(AiError::InvalidOutput {
+                pointer: e.instance_path().to_string(),
+                reason: format!(
+                    "{e} (the offline provider answers sentiment, intent, language and confidence)"
+                ),
+            });
+        }
+        metrics::counter!("raccordo_ai_calls_total", "provider" => provider.name.clone(), "flow" => prompt.flow.clone())
+            .increment(1);
+        Ok(Answer {
+            content,
+            provider: provider.name.clone(),
+            model: "offline-lexicon".into(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost: 0.0,
+            cached: false,
+            calls: 1,
+        })
     }
 
     /// One chat completion, retried; adds its tokens and cost to `answer`.

@@ -18,6 +18,7 @@ async fn sandbox() -> Running {
 
 fn provider(s: &Running, name: &str) -> Provider {
     Provider {
+        kind: raccordo_ai::ProviderKind::OpenaiCompatible,
         name: name.into(),
         base_url: format!("{}/v1", s.base_url),
         api_key: s
@@ -64,6 +65,7 @@ fn ticket(text: &str) -> Prompt {
     Prompt {
         system: Some("Classify the support ticket.".into()),
         user: text.into(),
+        subject: None,
         schema: Some(json!({
             "type": "object", "additionalProperties": false, "required": ["sentiment", "summary"],
             "properties": {

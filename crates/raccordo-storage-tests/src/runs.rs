@@ -26,6 +26,7 @@ fn step(index: u32, status: StepStatus) -> StepRecord {
         started_at_ms: 10,
         finished_at_ms: Some(20),
         tokens: Some(42),
+        cost: Some(0.0042),
     }
 }
 

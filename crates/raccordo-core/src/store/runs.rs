@@ -47,6 +47,9 @@ pub struct StepRecord {
     pub finished_at_ms: Option<i64>,
     /// Model tokens spent by the step, if it called one.
     pub tokens: Option<u64>,
+    /// What those tokens cost, in the provider's currency.
+    #[serde(default)]
+    pub cost: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

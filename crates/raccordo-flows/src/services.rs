@@ -1,0 +1,117 @@
+//! What steps use from the hub: the AI client, the CRM clients, one HTTP client, the notify
+//! channels' context and the clock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use raccordo_ai::AiClient;
+use raccordo_core::Clock;
+use raccordo_notify::ChannelContext;
+use tokio::sync::Mutex;
+
+use crate::steps::{CrmGateway, StepError};
+
+pub struct Services {
+    /// `None` when `[ai]` configures no provider: an `ai` step then fails with that reason.
+    pub ai: Option<Arc<AiClient>>,
+    pub crm: Arc<dyn CrmGateway>,
+    pub http: reqwest::Client,
+    pub channels: ChannelContext,
+    pub clock: Arc<dyn Clock>,
+    /// OAuth2 client-credentials tokens by token URL and client, with their expiry.
+    tokens: Mutex<HashMap<(String, String), (String, i64)>>,
+}
+
+impl Services {
+    pub fn new(
+        ai: Option<Arc<AiClient>>,
+        crm: Arc<dyn CrmGateway>,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            ai,
+            crm,
+            channels: ChannelContext {
+                http: http.clone(),
+                clock: clock.clone(),
+            },
+            http,
+            clock,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A client-credentials access token, fetched once and reused until a minute before
+    /// it expires.
+    pub async fn client_credentials_token(
+        &self,
+        token_url: &str,
+        client_id: &str,
+        client_secret: &str,
+        scope: Option<&str>,
+    ) -> Result<String, StepError> {
+        let key = (token_url.to_string(), client_id.to_string());
+        let mut tokens = self.tokens.lock().await;
+        let now = self.clock.now_ms();
+        if let Some((token, until)) = tokens.get(&key)
+            && *until > now
+        {
+            return Ok(token.clone());
+        }
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("client_secret", client_secret),
+        ];
+        if let Some(scope) = scope {
+            form.push(("scope", scope));
+        }
+        let response = self
+            .http
+            .post(token_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|_| StepError::retryable("the OAuth2 token endpoint could not be reached"))?;
+        let status = response.status();
+        let retry_after_ms = retry_after_ms(response.headers());
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = format!(
+                "the OAuth2 token endpoint answered HTTP {}",
+                status.as_u16()
+            );
+            return Err(if status.as_u16() == 429 || status.is_server_error() {
+                StepError::Retryable {
+                    message,
+                    retry_after_ms,
+                }
+            } else {
+                StepError::at("auth", message)
+            });
+        }
+        let token = body["access_token"]
+            .as_str()
+            .ok_or_else(|| StepError::at("auth", "the token endpoint sent no access_token"))?
+            .to_string();
+        let expires_in_s = body["expires_in"].as_i64().unwrap_or(3600);
+        tokens.insert(
+            key,
+            (token.clone(), now + (expires_in_s - 60).max(0) * 1000),
+        );
+        Ok(token)
+    }
+}
+
+/// `Retry-After` in seconds (the form APIs use), as milliseconds.
+pub fn retry_after_ms(headers: &reqwest::header::HeaderMap) -> Option<i64> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|s| (s * 1000.0) as i64)
+}
