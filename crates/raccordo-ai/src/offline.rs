@@ -553,3 +553,105 @@ mod tests {
         }
     }
 }
+
+/// Precision and recall of one class on a labelled set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassScore {
+    pub class: &'static str,
+    /// Messages labelled with the class.
+    pub support: usize,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// How the classifier does on a labelled set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evaluation {
+    pub messages: usize,
+    pub sentiment_accuracy: f64,
+    pub intent_accuracy: f64,
+    pub sentiment: Vec<ClassScore>,
+    pub intent: Vec<ClassScore>,
+}
+
+/// One labelled message (a line of `data/support-messages.jsonl`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Labelled {
+    pub text: String,
+    pub sentiment: String,
+    pub intent: String,
+}
+
+/// Classifies every message and scores the answers against the labels.
+pub fn evaluate(set: &[Labelled]) -> Evaluation {
+    let answers: Vec<Classification> = set.iter().map(|m| classify(&m.text)).collect();
+    let score = |class: &'static str, label: &dyn Fn(usize) -> bool, said: &dyn Fn(usize) -> bool| {
+        let (mut tp, mut labelled, mut predicted) = (0, 0, 0);
+        for i in 0..set.len() {
+            tp += (label(i) && said(i)) as usize;
+            labelled += label(i) as usize;
+            predicted += said(i) as usize;
+        }
+        ClassScore {
+            class,
+            support: labelled,
+            precision: if predicted == 0 { 0.0 } else { tp as f64 / predicted as f64 },
+            recall: if labelled == 0 { 0.0 } else { tp as f64 / labelled as f64 },
+        }
+    };
+    let share = |hits: usize| if set.is_empty() { 0.0 } else { hits as f64 / set.len() as f64 };
+    Evaluation {
+        messages: set.len(),
+        sentiment_accuracy: share(
+            (0..set.len())
+                .filter(|&i| set[i].sentiment == answers[i].sentiment.as_str())
+                .count(),
+        ),
+        intent_accuracy: share(
+            (0..set.len())
+                .filter(|&i| set[i].intent == answers[i].intent.as_str())
+                .count(),
+        ),
+        sentiment: Sentiment::ALL
+            .iter()
+            .map(|s| {
+                score(
+                    s.as_str(),
+                    &|i| set[i].sentiment == s.as_str(),
+                    &|i| answers[i].sentiment == *s,
+                )
+            })
+            .collect(),
+        intent: Intent::ALL
+            .iter()
+            .map(|c| {
+                score(
+                    c.as_str(),
+                    &|i| set[i].intent == c.as_str(),
+                    &|i| answers[i].intent == *c,
+                )
+            })
+            .collect(),
+    }
+}
+
+impl Evaluation {
+    /// The scores as a Markdown table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} messages; sentiment accuracy {:.1} %, intent accuracy {:.1} %\n\n| task | class | messages | precision | recall |\n| --- | --- | --- | --- | --- |\n",
+            self.messages,
+            self.sentiment_accuracy * 100.0,
+            self.intent_accuracy * 100.0
+        );
+        for (task, scores) in [("sentiment", &self.sentiment), ("intent", &self.intent)] {
+            for s in scores {
+                out.push_str(&format!(
+                    "| {task} | {} | {} | {:.2} | {:.2} |\n",
+                    s.class, s.support, s.precision, s.recall
+                ));
+            }
+        }
+        out
+    }
+}
