@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+pub mod config;
 pub mod offline;
+
+pub use config::{AiConfig, ProviderConfig};
 
 /// What answers: a chat-completions API, or the built-in offline classifier.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -585,21 +585,36 @@ pub struct Labelled {
 /// Classifies every message and scores the answers against the labels.
 pub fn evaluate(set: &[Labelled]) -> Evaluation {
     let answers: Vec<Classification> = set.iter().map(|m| classify(&m.text)).collect();
-    let score = |class: &'static str, label: &dyn Fn(usize) -> bool, said: &dyn Fn(usize) -> bool| {
-        let (mut tp, mut labelled, mut predicted) = (0, 0, 0);
-        for i in 0..set.len() {
-            tp += (label(i) && said(i)) as usize;
-            labelled += label(i) as usize;
-            predicted += said(i) as usize;
-        }
-        ClassScore {
-            class,
-            support: labelled,
-            precision: if predicted == 0 { 0.0 } else { tp as f64 / predicted as f64 },
-            recall: if labelled == 0 { 0.0 } else { tp as f64 / labelled as f64 },
+    let score =
+        |class: &'static str, label: &dyn Fn(usize) -> bool, said: &dyn Fn(usize) -> bool| {
+            let (mut tp, mut labelled, mut predicted) = (0, 0, 0);
+            for i in 0..set.len() {
+                tp += (label(i) && said(i)) as usize;
+                labelled += label(i) as usize;
+                predicted += said(i) as usize;
+            }
+            ClassScore {
+                class,
+                support: labelled,
+                precision: if predicted == 0 {
+                    0.0
+                } else {
+                    tp as f64 / predicted as f64
+                },
+                recall: if labelled == 0 {
+                    0.0
+                } else {
+                    tp as f64 / labelled as f64
+                },
+            }
+        };
+    let share = |hits: usize| {
+        if set.is_empty() {
+            0.0
+        } else {
+            hits as f64 / set.len() as f64
         }
     };
-    let share = |hits: usize| if set.is_empty() { 0.0 } else { hits as f64 / set.len() as f64 };
     Evaluation {
         messages: set.len(),
         sentiment_accuracy: share(
@@ -615,21 +630,17 @@ pub fn evaluate(set: &[Labelled]) -> Evaluation {
         sentiment: Sentiment::ALL
             .iter()
             .map(|s| {
-                score(
-                    s.as_str(),
-                    &|i| set[i].sentiment == s.as_str(),
-                    &|i| answers[i].sentiment == *s,
-                )
+                score(s.as_str(), &|i| set[i].sentiment == s.as_str(), &|i| {
+                    answers[i].sentiment == *s
+                })
             })
             .collect(),
         intent: Intent::ALL
             .iter()
             .map(|c| {
-                score(
-                    c.as_str(),
-                    &|i| set[i].intent == c.as_str(),
-                    &|i| answers[i].intent == *c,
-                )
+                score(c.as_str(), &|i| set[i].intent == c.as_str(), &|i| {
+                    answers[i].intent == *c
+                })
             })
             .collect(),
     }

@@ -38,7 +38,8 @@ impl Flow {
             None => Ok(()),
             Some(v) => match v.iter_errors(input).next() {
                 None => Ok(()),
-                Some(e) => Err((e.instance_path().to_string(), e.to_string())),
+                // Masked: the rule that failed, never the value sent.
+                Some(e) => Err((e.instance_path().to_string(), e.masked().to_string())),
             },
         }
     }

@@ -24,6 +24,12 @@ pub trait Worker: Send + Sync + 'static {
 
     fn retry_policy(&self) -> RetryPolicy;
 
+    /// The policy of one item, for workers whose items retry differently (flow steps
+    /// each have their own); by default [`Worker::retry_policy`].
+    fn retry_policy_for(&self, _item: &WorkItem) -> RetryPolicy {
+        self.retry_policy()
+    }
+
     /// One attempt at one item.
     async fn process(&self, item: &WorkItem) -> Completion;
 
@@ -61,7 +67,6 @@ pub async fn run_worker(
     wake: Arc<Notify>,
     ctx: TaskContext,
 ) -> anyhow::Result<()> {
-    let policy = worker.retry_policy();
     while !ctx.is_cancelled() {
         let items = queue
             .claim(
@@ -77,7 +82,7 @@ pub async fn run_worker(
                 .complete(
                     item,
                     completion.clone(),
-                    &policy,
+                    &worker.retry_policy_for(item),
                     rand::random(),
                     clock.now_ms(),
                 )

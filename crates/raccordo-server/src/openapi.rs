@@ -27,6 +27,7 @@ use crate::problem::{ParameterError, Problem};
         (name = "metrics", description = "Live event-time window metrics and campaign spend"),
         (name = "alerts", description = "Alert history and the dead-letter queue"),
         (name = "crm", description = "HubSpot and Zoho CRM change notifications for the sync"),
+        (name = "flows", description = "AI flows: runs, run history, replay and async jobs"),
         (name = "operations", description = "Health, readiness, Prometheus, the dashboard"),
     ),
     modifiers(&SecuritySchemes)

@@ -36,6 +36,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// CRM change intake (`/webhooks/hubspot`, `/webhooks/zoho`); `None` without `[sync]`.
     pub crm: Option<CrmIntake>,
+    /// The flow runner; `None` without `[[flows]]`.
+    pub flows: Option<Arc<raccordo_flows::FlowRunner>>,
 }
 
 /// What the CRM webhook routes need.

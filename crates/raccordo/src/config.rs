@@ -32,6 +32,12 @@ pub struct Config {
     pub crm: CrmConfig,
     /// `[sync]`: what is synced between HubSpot and Zoho, and how.
     pub sync: SyncConfig,
+    /// `[ai]`: the model providers of AI steps (the first, then the fallbacks).
+    #[schema(value_type = Object)]
+    pub ai: raccordo_ai::AiConfig,
+    /// `[[flows]]`: a trigger and steps each (see docs/flows.md).
+    #[schema(value_type = Vec<Object>)]
+    pub flows: Vec<raccordo_flows::FlowConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
@@ -130,6 +136,7 @@ impl std::fmt::Display for ConfigProblem {
 pub struct Built {
     pub config: Config,
     pub sources: Vec<Source>,
+    pub flows: raccordo_flows::Flows,
 }
 
 impl Config {
@@ -209,11 +216,12 @@ impl Config {
                 message,
             });
         };
-        let built = config.build(&mut report);
+        let (sources, flows) = config.build(&mut report);
         if problems.is_empty() {
             Ok(Built {
                 config,
-                sources: built,
+                sources,
+                flows,
             })
         } else {
             Err(problems)
@@ -221,7 +229,10 @@ impl Config {
     }
 
     /// Builds the sources and checks cross-field rules, reporting each problem by key path.
-    pub fn build(&self, report: &mut dyn FnMut(String, String)) -> Vec<Source> {
+    pub fn build(
+        &self,
+        report: &mut dyn FnMut(String, String),
+    ) -> (Vec<Source>, raccordo_flows::Flows) {
         let conversion = Arc::new(EventSchema::conversion());
         let mut sources = Vec::new();
         for (name, source_config) in &self.sources {
@@ -346,7 +357,38 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             report("log.level".into(), format!("not a valid filter: {e}"));
         }
-        sources
+        for (key, message) in self.ai.problems() {
+            report(format!("ai.{key}"), message);
+        }
+        let source_names: Vec<String> = self.sources.keys().cloned().collect();
+        let flows = match raccordo_flows::Flows::load(&self.flows, &source_names) {
+            Ok(flows) => flows,
+            Err(problems) => {
+                for p in problems {
+                    let mut key = format!("flows.{}", p.flow);
+                    if let Some(step) = &p.step {
+                        key.push_str(&format!(".steps.{step}"));
+                    }
+                    if !p.field.is_empty() {
+                        key.push_str(&format!(".{}", p.field));
+                    }
+                    report(key, p.message);
+                }
+                raccordo_flows::Flows::default()
+            }
+        };
+        if self
+            .flows
+            .iter()
+            .any(|f| f.steps.iter().any(|s| s.kind == "ai"))
+            && self.ai.providers.is_empty()
+        {
+            report(
+                "ai.providers".into(),
+                "a flow has an `ai` step: configure at least one provider (`kind = \"offline\"` needs no key)".into(),
+            );
+        }
+        (sources, flows)
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -140,14 +140,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     config.sync.poll_every = Duration::from_secs(30);
     let mut problems = Vec::new();
-    let sources = config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
+    let (sources, flows) =
+        config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
     anyhow::ensure!(
         problems.is_empty(),
         "built-in defaults are invalid: {problems:?}"
     );
     raccordo_server::telemetry::init_logging(&config.log);
     let hub = crate::hub::Hub::bind(
-        crate::config::Built { config, sources },
+        crate::config::Built {
+            config,
+            sources,
+            flows,
+        },
         Some(SocketAddr::from(([127, 0, 0, 1], port))),
     )
     .await?;

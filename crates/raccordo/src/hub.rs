@@ -68,7 +68,11 @@ impl Hub {
         if freed > 0 {
             tracing::info!(freed, "work items of the previous run queued again");
         }
-        let Built { config, sources } = built;
+        let Built {
+            config,
+            sources,
+            flows,
+        } = built;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ingestor = Ingestor::new(
             sources,
@@ -163,8 +167,18 @@ impl Hub {
             });
         }
 
-        let crm = crate::sync::start(&config, &stores, clock.clone(), &supervisor, alerts.clone())
-            .await?;
+        let (crm, crm_clients) =
+            crate::sync::start(&config, &stores, clock.clone(), &supervisor, alerts.clone())
+                .await?;
+        let flows = crate::flows::start(
+            &config,
+            flows,
+            &stores,
+            clock.clone(),
+            &supervisor,
+            crm_clients,
+        )
+        .await?;
         let state = Arc::new(AppState {
             clock,
             ingestor,
@@ -181,6 +195,7 @@ impl Hub {
             provisional_coalesce: config.metrics.provisional_coalesce,
             shutting_down: AtomicBool::new(false),
             crm,
+            flows,
         });
         let addr = listen.unwrap_or(config.server.listen);
         let listener = TcpListener::bind(addr)

@@ -11,6 +11,7 @@ mod admin_cmd;
 mod config;
 mod credentials;
 mod demo;
+mod flows;
 mod hub;
 mod reference;
 mod sandbox_cmd;
@@ -321,13 +322,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let listen = args.listen.unwrap_or(config.server.listen);
             announce_credentials(&credentials, created, &config.server.data_dir, listen);
             let mut problems = Vec::new();
-            let sources =
+            let (sources, flows) =
                 config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
             anyhow::ensure!(
                 problems.is_empty(),
                 "built-in defaults are invalid: {problems:?}"
             );
-            config::Built { config, sources }
+            config::Built {
+                config,
+                sources,
+                flows,
+            }
         }
     };
     if args.bench_routes {

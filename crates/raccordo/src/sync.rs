@@ -13,6 +13,7 @@ use raccordo_crm::{
     HubSpotClient, HubSpotSettings, OAuthGrant, OAuthTokens, Sealer, StaticToken, ZohoClient,
     ZohoSettings,
 };
+use raccordo_flows::CrmClients;
 use raccordo_ingest::auth::{HubSpotSignature, ZohoChannelToken};
 use raccordo_runtime::{Supervisor, Worker, run_worker};
 use raccordo_server::state::CrmIntake;
@@ -51,17 +52,17 @@ impl Worker for SyncQueueWorker {
 }
 
 /// Builds what `[crm]` configures and starts the sync when both CRMs are connected.
-/// Returns what the webhook routes need, or `None` when no CRM is configured.
+/// Returns what the webhook routes need (`None` when no CRM is configured) and the clients.
 pub async fn start(
     config: &Config,
     stores: &Stores,
     clock: Arc<dyn Clock>,
     supervisor: &Supervisor,
     alerts: Arc<raccordo_runtime::AlertEngine>,
-) -> anyhow::Result<Option<CrmIntake>> {
+) -> anyhow::Result<(Option<CrmIntake>, CrmClients)> {
     let crm = &config.crm;
     if crm.hubspot.is_none() && crm.zoho.is_none() {
-        return Ok(None);
+        return Ok((None, CrmClients::default()));
     }
     let sealer = Arc::new(Sealer::from_env_or_file(
         &config.server.data_dir.join("secret.key"),
@@ -425,7 +426,12 @@ pub async fn start(
             }
         });
     }
-    Ok(Some(CrmIntake {
+    // Flows reach the CRMs through the same clients: one rate-limit budget, one token.
+    let clients = CrmClients {
+        hubspot: hubspot.as_ref().map(|(c, _)| c.clone()),
+        zoho: zoho.as_ref().map(|(c, _, _)| c.clone()),
+    };
+    let intake = Some(CrmIntake {
         hubspot: hubspot.map(|(_, signature)| signature),
         zoho: zoho.map(|(_, token, _)| token),
         public_url: crm.public_url.clone(),
@@ -437,7 +443,8 @@ pub async fn start(
         backfill_wake,
         reconciler,
         reports_dir,
-    }))
+    });
+    Ok((intake, clients))
 }
 
 /// What every OAuth grant is built with.

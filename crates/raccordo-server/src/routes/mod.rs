@@ -13,6 +13,7 @@ mod alerts;
 mod campaigns;
 mod crm;
 mod events;
+mod flows;
 mod ingest;
 mod metrics;
 mod ops;
@@ -30,6 +31,7 @@ pub fn router(bench_routes: bool) -> (Router<Arc<AppState>>, Arc<serde_json::Val
         .merge(campaigns::router())
         .merge(alerts::router())
         .merge(crm::router())
+        .merge(flows::router())
         .merge(ops::router(bench_routes))
         .routes(utoipa_axum::routes!(openapi_json))
         .split_for_parts();

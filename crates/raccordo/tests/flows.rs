@@ -1,0 +1,479 @@
+//! AI flows on the real binary, against the HubSpot and AI sandboxes: a support ticket
+//! arrives on a webhook source, is classified by the model, written to the HubSpot contact,
+//! and a negative one is announced on a channel. Runs are inspected, replayed and started as
+//! async jobs through the API; a `kill -9` mid-flow resumes at the step it was in.
+
+mod support;
+
+use raccordo_sandbox::{Product, Running, SandboxConfig};
+use serde_json::{Value, json};
+use support::{
+    ADMIN_TOKEN, READ_TOKEN, Server, capture_http, client, get_json, poll_json, wait_for_requests,
+};
+
+const TICKETS_KEY: &str = "tickets-api-key-0123456789";
+
+fn credential<'a>(s: &'a Running, name: &str) -> &'a str {
+    &s.credentials.iter().find(|(k, _)| *k == name).unwrap().1
+}
+
+async fn sandbox(product: Product) -> Running {
+    let mut config = SandboxConfig::new(product, "127.0.0.1:0".parse().unwrap());
+    config.seed_size = (0, 0);
+    raccordo_sandbox::start(config).await.unwrap()
+}
+
+async fn create_contact(hs: &Running, email: &str) -> String {
+    let created: Value = client()
+        .post(format!("{}/crm/v3/objects/contacts", hs.base_url))
+        .bearer_auth(credential(hs, "token"))
+        .json(&json!({"properties": {"email": email, "firstname": "Anna", "lastname": "Ricci"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_str().unwrap().to_string()
+}
+
+async fn contact(hs: &Running, id: &str) -> Value {
+    client()
+        .get(format!(
+            "{}/crm/v3/objects/contacts/{id}?properties=ai_sentiment,ai_intent,ai_summary",
+            hs.base_url
+        ))
+        .bearer_auth(credential(hs, "token"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn ai_calls(ai: &Running) -> usize {
+    let calls: Value = client()
+        .get(format!("{}/_sandbox/calls", ai.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["path"] == "/v1/chat/completions")
+        .count()
+}
+
+/// Writes the hub's config into `dir`: a ticket source, the AI sandbox as provider, and
+/// `flows`.
+fn write_config(dir: &std::path::Path, hs: &Running, ai: &Running, flows: &str) {
+    std::fs::write(
+        dir.join("ticket.schema.json"),
+        r#"{"type":"object","required":["ticket_id","email","message"],"properties":{"ticket_id":{"type":"string"},"email":{"type":"string"},"message":{"type":"string"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("raccordo.toml"), config(hs, ai, flows)).unwrap();
+}
+
+fn config(hs: &Running, ai: &Running, flows: &str) -> String {
+    format!(
+        r#"
+[server]
+data_dir = "data"
+
+[sources.tickets]
+schema = "ticket.schema.json"
+key_fields = ["/ticket_id"]
+auth = [{{ type = "api_key", keys = ["{TICKETS_KEY}"] }}]
+
+[[admin.tokens]]
+name = "dashboard"
+token = "{READ_TOKEN}"
+scopes = ["read"]
+
+[[admin.tokens]]
+name = "ops"
+token = "{ADMIN_TOKEN}"
+scopes = ["admin"]
+
+[crm.hubspot]
+base_url = "{hs_url}"
+access_token = "{hs_token}"
+client_secret = "{hs_secret}"
+
+[[ai.providers]]
+name = "sandbox"
+base_url = "{ai_url}/v1"
+api_key = "{ai_key}"
+model = "raccordo-sandbox-1"
+input_price_per_mtok = 0.15
+output_price_per_mtok = 0.6
+{flows}
+"#,
+        hs_url = hs.base_url,
+        hs_token = credential(hs, "token"),
+        hs_secret = credential(hs, "client_secret"),
+        ai_url = ai.base_url,
+        ai_key = credential(ai, "api_key"),
+    )
+}
+
+fn ticket_flow(notify_url: &str) -> String {
+    format!(
+        r#"
+[[flows]]
+name = "ticket-triage"
+description = "Classify a support ticket, write it to the HubSpot contact, announce negative ones"
+trigger = {{ type = "webhook", source = "tickets" }}
+input_schema = {{ type = "object", required = ["email", "message"], properties = {{ email = {{ type = "string" }}, message = {{ type = "string", minLength = 1 }} }} }}
+
+[[flows.steps]]
+name = "classify"
+type = "ai"
+system = "You classify customer support tickets."
+input = "{{{{ trigger.message }}}}"
+prompt = "Classify this ticket: {{{{ input }}}}"
+schema = {{ type = "object", additionalProperties = false, required = ["sentiment", "intent", "summary"], properties = {{ sentiment = {{ type = "string", enum = ["positive", "neutral", "negative"] }}, intent = {{ type = "string", enum = ["billing", "technical", "cancellation", "purchase", "information"] }}, summary = {{ type = "string", maxLength = 200 }} }} }}
+
+[[flows.steps]]
+name = "update-contact"
+type = "crm_update"
+system = "hubspot"
+match = {{ email = "{{{{ trigger.email }}}}" }}
+properties = {{ ai_sentiment = "{{{{ steps.classify.sentiment }}}}", ai_intent = "{{{{ steps.classify.intent }}}}", ai_summary = "{{{{ steps.classify.summary }}}}" }}
+
+[[flows.steps]]
+name = "only-negative"
+type = "filter"
+condition = "steps.classify.sentiment == 'negative'"
+
+[[flows.steps]]
+name = "alert-team"
+type = "notify"
+channel = {{ type = "webhook", url = "{notify_url}", secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }}
+message = "Negative ticket from {{{{ trigger.email }}}}: {{{{ steps.classify.summary }}}}"
+"#
+    )
+}
+
+async fn post_ticket(server: &Server, email: &str, message: &str) -> reqwest::StatusCode {
+    client()
+        .post(server.url("/webhooks/in/tickets"))
+        .header("x-api-key", TICKETS_KEY)
+        .json(&json!({"ticket_id": format!("T-{}", message.len()), "email": email, "message": message}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn runs(server: &Server, flow: &str) -> Vec<Value> {
+    get_json(
+        server,
+        &format!("/api/v1/flows/runs?flow={flow}"),
+        READ_TOKEN,
+    )
+    .await["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn finished_run(server: &Server, id: &str) -> Value {
+    poll_json(
+        server,
+        &format!("/api/v1/flows/runs/{id}"),
+        READ_TOKEN,
+        |r| r["status"] != "running" && r["status"].is_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_ticket_is_classified_written_to_hubspot_announced_replayed_and_run_as_a_job() {
+    let hs = sandbox(Product::HubSpot).await;
+    let ai = sandbox(Product::Ai).await;
+    let (notify, notified) = capture_http(vec![]);
+    let contact_id = create_contact(&hs, "anna.ricci@example.it").await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &hs,
+        &ai,
+        &ticket_flow(&format!("http://{notify}/hook")),
+    );
+    let server = Server::start(dir.path(), &["--config", "raccordo.toml"]);
+
+    // A complaint arrives on the webhook source and runs the whole flow.
+    let status = post_ticket(
+        &server,
+        "anna.ricci@example.it",
+        "Servizio pessimo: l'app è bloccata e non funziona, voglio un rimborso.",
+    )
+    .await;
+    assert_eq!(status, 202);
+    let run_id = poll_json(
+        &server,
+        "/api/v1/flows/runs?flow=ticket-triage",
+        READ_TOKEN,
+        |b| b["runs"].as_array().is_some_and(|r| r.len() == 1),
+    )
+    .await["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = finished_run(&server, &run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4);
+    let classify = &steps[0];
+    assert_eq!(classify["name"], "classify");
+    assert_eq!(
+        classify["input"]["input"],
+        "Servizio pessimo: l'app è bloccata e non funziona, voglio un rimborso."
+    );
+    assert!(classify["tokens"].as_u64().unwrap() > 0, "{classify}");
+    assert!(classify["cost"].as_f64().unwrap() > 0.0, "{classify}");
+    let sentiment = classify["output"]["sentiment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        sentiment, "negative",
+        "the sandbox reads a complaint as negative"
+    );
+    assert_eq!(steps[1]["output"]["id"], contact_id.as_str());
+    assert_eq!(steps[2]["output"]["passed"], true);
+    assert_eq!(steps[3]["status"], "succeeded");
+
+    // HubSpot holds the classification; the team got one signed notification.
+    let record = contact(&hs, &contact_id).await;
+    assert_eq!(record["properties"]["ai_sentiment"], "negative");
+    assert_eq!(
+        record["properties"]["ai_intent"],
+        classify["output"]["intent"]
+    );
+    let got = wait_for_requests(&notified, 1).await;
+    assert!(got[0].header("webhook-signature").is_some());
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert!(body.to_string().contains("anna.ricci@example.it"), "{body}");
+
+    // A payload failing the flow's input schema starts nothing via the API, and the
+    // problem names the field without echoing it.
+    let refused = client()
+        .post(server.url("/api/v1/flows/ticket-triage/runs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"message": "secret-looking text 12345"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/input");
+    assert!(!problem.to_string().contains("12345"));
+    assert_eq!(
+        runs(&server, "ticket-triage").await.len(),
+        1,
+        "nothing was started"
+    );
+
+    // Replay from the model step: the cache answers (no new call reaches the sandbox) and
+    // HubSpot ends in the same state.
+    let calls_before = ai_calls(&ai).await;
+    let replay = client()
+        .post(server.url(&format!("/api/v1/flows/runs/{run_id}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"from": "classify"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    let replayed_id = replay.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(replayed_id, run_id);
+    let replayed = finished_run(&server, &replayed_id).await;
+    assert_eq!(replayed["status"], "succeeded", "{replayed}");
+    assert_eq!(replayed["steps"][0]["output"], classify["output"]);
+    assert_eq!(
+        ai_calls(&ai).await,
+        calls_before,
+        "the replay's model answer came from the cache"
+    );
+    assert_eq!(
+        contact(&hs, &contact_id).await["properties"],
+        record["properties"]
+    );
+
+    // Replay from the CRM step with an edited input: only what the edit says changes.
+    let mut edited = steps[1]["input"].clone();
+    edited["properties"]["ai_sentiment"] = json!("neutral");
+    let replay = client()
+        .post(server.url(&format!("/api/v1/flows/runs/{run_id}/replay")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"from": "update-contact", "input": edited}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    let id = replay.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let edited_run = finished_run(&server, &id).await;
+    assert_eq!(
+        edited_run["steps"][0]["status"], "succeeded",
+        "the earlier step is carried over"
+    );
+    assert_eq!(
+        contact(&hs, &contact_id).await["properties"]["ai_sentiment"],
+        "neutral"
+    );
+
+    // Both replays ran the later steps again, the alert among them (a replay is a new run).
+    let alerts_before_job = wait_for_requests(&notified, 3).await.len();
+    assert_eq!(alerts_before_job, 3);
+
+    // An async job: the same Idempotency-Key gives the same job; it ends with the result.
+    let job = |key: &'static str| {
+        let url = server.url("/api/v1/jobs");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .header("idempotency-key", key)
+                .json(&json!({"flow": "ticket-triage", "input": {"email": "anna.ricci@example.it", "message": "Grazie, ora l'esportazione funziona: ottimo lavoro!"}}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = job("job-key-1").await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let second: Value = job("job-key-1").await.json().await.unwrap();
+    assert_eq!(first["job_id"], second["job_id"]);
+    let done = poll_json(
+        &server,
+        &format!("/api/v1/jobs/{}", first["job_id"].as_str().unwrap()),
+        READ_TOKEN,
+        |j| j["state"] != "running",
+    )
+    .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    // A positive ticket stops at the filter: the last output is the filter's.
+    assert_eq!(done["result"]["passed"], false, "{done}");
+    assert_eq!(
+        notified.lock().unwrap().len(),
+        alerts_before_job,
+        "no alert for a positive ticket"
+    );
+
+    // The flow as a graph with each step's recent status.
+    let graph = get_json(&server, "/api/v1/flows", READ_TOKEN).await;
+    let flow = &graph["flows"][0];
+    assert_eq!(flow["name"], "ticket-triage");
+    assert_eq!(flow["steps"].as_array().unwrap().len(), 4);
+    assert_eq!(flow["steps"][3]["skipped"], 1, "{flow}");
+    assert!(flow["steps"][0]["p50_ms"].is_number());
+}
+
+#[tokio::test]
+async fn a_flow_killed_mid_step_resumes_there_without_redoing_earlier_steps() {
+    let hs = sandbox(Product::HubSpot).await;
+    let ai = sandbox(Product::Ai).await;
+    let (hook, hooked) = capture_http(vec![]);
+    let contact_id = create_contact(&hs, "marco@example.it").await;
+    let flows = format!(
+        r#"
+[[flows]]
+name = "slow"
+trigger = {{ type = "api" }}
+
+[[flows.steps]]
+name = "record"
+type = "http"
+method = "POST"
+url = "http://{hook}/record"
+body = {{ email = "{{{{ trigger.email }}}}" }}
+
+[[flows.steps]]
+name = "classify"
+type = "ai"
+prompt = "Classify: {{{{ trigger.message }}}}"
+schema = {{ type = "object", required = ["sentiment"], properties = {{ sentiment = {{ type = "string", enum = ["positive", "neutral", "negative"] }} }} }}
+timeout = "20s"
+
+[[flows.steps]]
+name = "write"
+type = "crm_update"
+system = "hubspot"
+match = {{ id = "{contact_id}" }}
+properties = {{ ai_sentiment = "{{{{ steps.classify.sentiment }}}}" }}
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &hs, &ai, &flows);
+    let mut server = Server::start(dir.path(), &["--config", "raccordo.toml"]);
+
+    // The model answers slowly, so the hub is killed while the `classify` step is in flight.
+    client()
+        .patch(format!("{}/_sandbox/knobs", ai.base_url))
+        .json(&json!({"latency_ms": 4000}))
+        .send()
+        .await
+        .unwrap();
+    let started: Value = client()
+        .post(server.url("/api/v1/flows/slow/runs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"email": "marco@example.it", "message": "L'app è bloccata e non funziona"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["run_id"].as_str().unwrap().to_string();
+    poll_json(
+        &server,
+        &format!("/api/v1/flows/runs/{id}"),
+        READ_TOKEN,
+        |r| {
+            r["steps"]
+                .as_array()
+                .is_some_and(|s| s.len() == 2 && s[1]["status"] == "running")
+        },
+    )
+    .await;
+    server.kill9();
+    client()
+        .patch(format!("{}/_sandbox/knobs", ai.base_url))
+        .json(&json!({"latency_ms": 0}))
+        .send()
+        .await
+        .unwrap();
+
+    let server = Server::start(dir.path(), &["--config", "raccordo.toml"]);
+    let run = finished_run(&server, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        hooked.lock().unwrap().len(),
+        1,
+        "the step done before the kill was not done again"
+    );
+    assert_eq!(run["steps"][0]["attempts"], 1);
+    assert_eq!(
+        run["steps"][1]["attempts"], 2,
+        "the step cut off was attempted again"
+    );
+    assert_eq!(
+        contact(&hs, &contact_id).await["properties"]["ai_sentiment"],
+        run["steps"][1]["output"]["sentiment"]
+    );
+}
