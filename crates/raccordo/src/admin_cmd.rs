@@ -44,7 +44,7 @@ impl HubConnection {
 
 /// Sends an admin request and reads its JSON answer; a refusal becomes an error carrying the
 /// hub's problem detail.
-async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+pub(crate) async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let response = request.send().await?;
     let status = response.status();
     let body: Value = response.json().await.unwrap_or_default();

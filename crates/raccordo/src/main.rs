@@ -12,6 +12,7 @@ mod config;
 mod credentials;
 mod demo;
 mod flows;
+mod flows_cmd;
 mod hub;
 mod reference;
 mod sandbox_cmd;
@@ -89,6 +90,15 @@ enum Command {
         in the hub's [crm.hubspot] or [crm.zoho] configuration. Needs an admin token."
     )]
     Connect(admin_cmd::ConnectArgs),
+    /// AI flows of a running hub: list them, read runs, start and replay runs
+    #[command(
+        subcommand,
+        long_about = "Work with the flows of a running hub ([[flows]] in its config, see \
+        docs/flows.md): list them with each step's recent status and latency, read the run \
+        history, start a run on an input, and replay a run from any step with its recorded or \
+        an edited input. Needs an admin token."
+    )]
+    Flows(flows_cmd::FlowsCommand),
     /// Operations on the HubSpot ↔ Zoho sync of a running hub (backfill)
     #[command(subcommand)]
     Sync(admin_cmd::SyncCommand),
@@ -263,6 +273,7 @@ fn main() -> ExitCode {
         Command::Dlq(command) => runtime.block_on(admin_cmd::run(command)),
         Command::Connect(args) => runtime.block_on(admin_cmd::connect(args)),
         Command::Sync(command) => runtime.block_on(admin_cmd::sync(command)),
+        Command::Flows(command) => runtime.block_on(flows_cmd::run(command)),
         Command::Reconcile(args) => runtime.block_on(admin_cmd::reconcile(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),

@@ -477,3 +477,210 @@ properties = {{ ai_sentiment = "{{{{ steps.classify.sentiment }}}}" }}
         run["steps"][1]["output"]["sentiment"]
     );
 }
+
+#[test]
+fn check_names_the_flow_step_and_field_of_every_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ticket.schema.json"),
+        r#"{"type":"object"}"#,
+    )
+    .unwrap();
+    let config = r#"
+[sources.tickets]
+schema = "ticket.schema.json"
+auth = [{ type = "api_key", keys = ["tickets-api-key-0123456789"] }]
+
+[[ai.providers]]
+name = "offline"
+kind = "offline"
+
+[[flows]]
+name = "broken"
+trigger = { type = "webhook", source = "nowhere" }
+
+[[flows.steps]]
+name = "classify"
+type = "ai"
+prompt = "Classify {{ trigger.message "
+schema = { type = "objekt" }
+
+[[flows.steps]]
+name = "write"
+type = "crm_update"
+system = "hubspot"
+match = { email = "{{ steps.later.email }}" }
+properties = { a = "{{ trigerr.x }}" }
+
+[[flows.steps]]
+name = "jump"
+type = "branch"
+condition = "true"
+then = "classify"
+
+[[flows.steps]]
+name = "mystery"
+type = "teleport"
+
+[[flows.steps]]
+name = "call"
+type = "http"
+url = "ftp://example.com"
+colour = "blue"
+"#;
+    let path = dir.path().join("raccordo.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "flows.broken.trigger.source: no `[[sources]]` entry is named `nowhere`",
+        "flows.broken.steps.classify.schema: not a valid JSON Schema",
+        "flows.broken.steps.write.match.email: `steps.later` is not a step that runs before this one",
+        "flows.broken.steps.jump.then: `classify` does not come after this step",
+        "flows.broken.steps.mystery.type: unknown step type `teleport`",
+        "flows.broken.steps.call.colour: unknown field `colour`",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
+async fn knobs(ai: &Running, knobs: Value) {
+    let r = client()
+        .patch(format!("{}/_sandbox/knobs", ai.base_url))
+        .json(&knobs)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+async fn start(server: &Server, flow: &str, input: Value) -> String {
+    let r: Value = client()
+        .post(server.url(&format!("/api/v1/flows/{flow}/runs")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&input)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["run_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn model_429s_timeouts_and_answers_that_break_the_schema() {
+    let hs = sandbox(Product::HubSpot).await;
+    let ai = sandbox(Product::Ai).await;
+    let flows = r#"
+[[flows]]
+name = "throttled"
+trigger = { type = "api" }
+[[flows.steps]]
+name = "classify"
+type = "ai"
+prompt = "Classifica: {{ trigger.text }}"
+timeout = "20s"
+retry = { attempts = 5, backoff = "100ms" }
+
+[[flows]]
+name = "slow"
+trigger = { type = "api" }
+[[flows.steps]]
+name = "classify"
+type = "ai"
+prompt = "Riassumi: {{ trigger.text }}"
+timeout = "1s"
+retry = { attempts = 5, backoff = "100ms" }
+
+[[flows]]
+name = "strict"
+trigger = { type = "api" }
+[[flows.steps]]
+name = "score"
+type = "ai"
+prompt = "Dai un punteggio: {{ trigger.text }}"
+schema = { type = "object", required = ["score"], properties = { score = { type = "integer", minimum = 5, maximum = 1 } } }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &hs, &ai, flows);
+    let server = Server::start(dir.path(), &["--config", "raccordo.toml"]);
+
+    // Every call answered 429 with `Retry-After: 1`: the client waits it out between calls,
+    // then the step is retried on its policy; once the limit lifts, the run succeeds.
+    knobs(&ai, json!({"throttle_rate": 1.0})).await;
+    let id = start(
+        &server,
+        "throttled",
+        json!({"text": "Il pagamento non funziona"}),
+    )
+    .await;
+    poll_json(
+        &server,
+        &format!("/api/v1/flows/runs/{id}"),
+        READ_TOKEN,
+        |r| {
+            r["steps"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("429"))
+        },
+    )
+    .await;
+    knobs(&ai, json!({"throttle_rate": 0.0})).await;
+    let run = finished_run(&server, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(run["steps"][0]["attempts"].as_u64().unwrap() >= 2, "{run}");
+    let calls: Value = client()
+        .get(format!("{}/_sandbox/calls", ai.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let throttled: Vec<i64> = calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == 429)
+        .map(|c| c["at_ms"].as_i64().unwrap())
+        .collect();
+    assert!(throttled.len() >= 4, "{calls}");
+    // Within one attempt the client's calls are `Retry-After` (1 s) apart.
+    assert!(throttled[1] - throttled[0] >= 900, "{throttled:?}");
+
+    // A model slower than the step's timeout: the attempt is cut off, recorded, retried.
+    knobs(&ai, json!({"latency_ms": 3000})).await;
+    let id = start(&server, "slow", json!({"text": "Ordine in ritardo"})).await;
+    poll_json(
+        &server,
+        &format!("/api/v1/flows/runs/{id}"),
+        READ_TOKEN,
+        |r| {
+            r["steps"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out after 1000 ms"))
+        },
+    )
+    .await;
+    knobs(&ai, json!({"latency_ms": 0})).await;
+    let run = finished_run(&server, &id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    // An answer that cannot fit the schema: one repair, then the run fails for good,
+    // naming the field; the step is not retried.
+    let id = start(&server, "strict", json!({"text": "Ottimo servizio"})).await;
+    let run = finished_run(&server, &id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let step = &run["steps"][0];
+    assert_eq!(step["attempts"], 1);
+    assert!(
+        step["error"].as_str().unwrap().contains("`/score`"),
+        "{step}"
+    );
+}
