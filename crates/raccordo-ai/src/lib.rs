@@ -320,7 +320,8 @@ impl AiClient {
         for attempt in 0..ATTEMPTS {
             self.take(provider, estimate).await?;
             answer.calls += 1;
-            let outcome = self.send(provider, &body).await;
+            let outcome =
+                raccordo_core::calls::attempt_scope(attempt + 1, self.send(provider, &body)).await;
             match outcome {
                 Ok(v) => {
                     let usage = &v["usage"];
@@ -376,7 +377,8 @@ impl AiClient {
     }
 
     async fn send(&self, provider: &Provider, body: &Value) -> Result<Value, Failure> {
-        let response = self
+        let started = std::time::Instant::now();
+        let sent = self
             .http
             .post(format!(
                 "{}/chat/completions",
@@ -386,17 +388,28 @@ impl AiClient {
             .timeout(provider.timeout)
             .json(body)
             .send()
-            .await
-            .map_err(|e| {
-                Failure::Retry(
-                    if e.is_timeout() {
-                        "timed out".into()
-                    } else {
-                        "could not connect".into()
-                    },
-                    None,
-                )
-            })?;
+            .await;
+        let (status, timed_out) = match &sent {
+            Ok(r) => (Some(r.status().as_u16()), false),
+            Err(e) => (None, e.is_timeout()),
+        };
+        raccordo_core::calls::record(
+            &format!("ai:{}", provider.name),
+            "POST /chat/completions".into(),
+            status,
+            started.elapsed(),
+            raccordo_core::calls::reason(status, timed_out),
+        );
+        let response = sent.map_err(|e| {
+            Failure::Retry(
+                if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    "could not connect".into()
+                },
+                None,
+            )
+        })?;
         let status = response.status();
         let retry_after = response
             .headers()

@@ -2,6 +2,7 @@
 //! and the storage traits that backends (embedded now; PostgreSQL, Redis, Kafka/NATS later)
 //! implement. Nothing here performs I/O.
 
+pub mod calls;
 pub mod clock;
 pub mod crm;
 pub mod event;

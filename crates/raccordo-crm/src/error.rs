@@ -131,7 +131,12 @@ where
 {
     let (mut refreshed, mut tries) = (false, 0);
     loop {
-        let error = match attempt().await {
+        let error = match raccordo_core::calls::attempt_scope(
+            tries + 1 + refreshed as u32,
+            attempt(),
+        )
+        .await
+        {
             Ok(done) => {
                 stats.record(system, Ok(()));
                 return Ok(done);

@@ -104,7 +104,21 @@ impl Transport {
             builder = builder.json(body);
         }
         let transport = |e: reqwest::Error| CrmError::transport(self.system, &e);
-        let response = builder.send().await.map_err(transport)?;
+        let endpoint = raccordo_core::calls::endpoint(request.method.as_str(), request.path);
+        let started = std::time::Instant::now();
+        let sent = builder.send().await;
+        let (status, timed_out) = match &sent {
+            Ok(r) => (Some(r.status().as_u16()), false),
+            Err(e) => (None, e.is_timeout()),
+        };
+        raccordo_core::calls::record(
+            self.system,
+            endpoint,
+            status,
+            started.elapsed(),
+            raccordo_core::calls::reason(status, timed_out),
+        );
+        let response = sent.map_err(transport)?;
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(transport)?;

@@ -339,7 +339,9 @@ impl FlowRunner {
             step: &step.name,
         };
         let attempt_started = std::time::Instant::now();
-        let result = match tokio::time::timeout(step.timeout, step.step.run(&input, &env)).await {
+        let attempt =
+            raccordo_core::calls::attempt_scope(item.attempts, step.step.run(&input, &env));
+        let result = match tokio::time::timeout(step.timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(StepError::retryable(format!(
                 "timed out after {} ms",

@@ -104,8 +104,29 @@ fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// Reads an HTTP answer the way every HTTP channel does.
-async fn completion_of(result: Result<reqwest::Response, reqwest::Error>) -> Completion {
+/// Reads an HTTP answer the way every HTTP channel does, and records the call (by host
+/// only: a Slack webhook's path is its secret).
+async fn completion_of(
+    kind: &str,
+    url: &str,
+    started: std::time::Instant,
+    result: Result<reqwest::Response, reqwest::Error>,
+) -> Completion {
+    let (status, timed_out) = match &result {
+        Ok(r) => (Some(r.status().as_u16()), false),
+        Err(e) => (None, e.is_timeout()),
+    };
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    raccordo_core::calls::record(
+        &format!("notify:{kind}"),
+        format!("POST {host}"),
+        status,
+        started.elapsed(),
+        raccordo_core::calls::reason(status, timed_out),
+    );
     match result {
         Ok(r) if r.status().is_success() => Completion::Done,
         Ok(r)

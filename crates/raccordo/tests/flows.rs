@@ -382,6 +382,42 @@ async fn a_ticket_is_classified_written_to_hubspot_announced_replayed_and_run_as
     assert_eq!(flow["steps"].as_array().unwrap().len(), 4);
     assert_eq!(flow["steps"][3]["skipped"], 1, "{flow}");
     assert!(flow["steps"][0]["p50_ms"].is_number());
+
+    // The call log: every integration the flow used, with error rates and latencies, and
+    // no secret, e-mail address or record id in it.
+    let log = get_json(&server, "/api/v1/calls?limit=1000", READ_TOKEN).await;
+    for service in ["hubspot", "ai:sandbox", "notify:webhook"] {
+        let s = log["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == service)
+            .unwrap_or_else(|| panic!("no {service} in {log}"));
+        assert!(s["calls_total"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["p95_ms"].is_u64(), "{s}");
+    }
+    let text = log.to_string();
+    let record_path = format!("/{contact_id}");
+    for secret in [
+        credential(&hs, "token"),
+        credential(&ai, "api_key"),
+        "anna.ricci",
+        &record_path,
+    ] {
+        assert!(!text.contains(secret), "the call log leaks `{secret}`");
+    }
+    let prometheus = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        prometheus.contains("raccordo_outbound_calls_total{"),
+        "no call counter in /metrics"
+    );
 }
 
 #[tokio::test]

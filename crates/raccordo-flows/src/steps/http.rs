@@ -195,7 +195,7 @@ impl Step for HttpStep {
         let mut request = env
             .services
             .http
-            .request(method.clone(), url)
+            .request(method.clone(), url.clone())
             .header("Idempotency-Key", env.idempotency_key());
         for (k, v) in &input.headers {
             request = request.header(k, v);
@@ -204,7 +204,22 @@ impl Step for HttpStep {
             request = request.json(body);
         }
         let request = self.authorize(request, env).await?;
-        let response = request.send().await.map_err(|e| {
+        let service = format!("http:{}", url.host_str().unwrap_or_default());
+        let endpoint = raccordo_core::calls::endpoint(method.as_str(), url.path());
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        let (status, timed_out) = match &sent {
+            Ok(r) => (Some(r.status().as_u16()), false),
+            Err(e) => (None, e.is_timeout()),
+        };
+        raccordo_core::calls::record(
+            &service,
+            endpoint,
+            status,
+            started.elapsed(),
+            raccordo_core::calls::reason(status, timed_out),
+        );
+        let response = sent.map_err(|e| {
             StepError::retryable(if e.is_timeout() {
                 "the call timed out"
             } else {

@@ -135,7 +135,22 @@ impl EmailChannel {
                 };
             }
         };
-        match self.transport.send(email).await {
+        let started = std::time::Instant::now();
+        let sent = self.transport.send(email).await;
+        raccordo_core::calls::record(
+            "notify:email",
+            "SMTP send".into(),
+            None,
+            started.elapsed(),
+            sent.as_ref().err().map(|e| {
+                if e.is_permanent() {
+                    "refused by the SMTP server".to_string()
+                } else {
+                    "SMTP server unavailable".to_string()
+                }
+            }),
+        );
+        match sent {
             Ok(_) => Completion::Done,
             Err(e) if e.is_permanent() => Completion::Permanent {
                 error: format!("SMTP: {e}"),

@@ -44,6 +44,8 @@ impl Channel for SlackChannel {
                 { "type": "context", "elements": [ { "type": "mrkdwn", "text": format!("source `{}`", n.subject) } ] }
             ]
         });
-        completion_of(self.http.post(&self.url).json(&body).send().await).await
+        let started = std::time::Instant::now();
+        let sent = self.http.post(&self.url).json(&body).send().await;
+        completion_of("slack", &self.url, started, sent).await
     }
 }

@@ -62,6 +62,8 @@ impl Channel for WebhookChannel {
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", self.secret.sign(&id, ts, &body))
             .body(body);
-        completion_of(request.send().await).await
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        completion_of("webhook", &self.url, started, sent).await
     }
 }

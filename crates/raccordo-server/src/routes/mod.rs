@@ -10,6 +10,7 @@ use crate::problem::Problem;
 use crate::state::AppState;
 
 mod alerts;
+mod calls;
 mod campaigns;
 mod crm;
 mod events;
@@ -32,6 +33,7 @@ pub fn router(bench_routes: bool) -> (Router<Arc<AppState>>, Arc<serde_json::Val
         .merge(alerts::router())
         .merge(crm::router())
         .merge(flows::router())
+        .merge(calls::router())
         .merge(ops::router(bench_routes))
         .routes(utoipa_axum::routes!(openapi_json))
         .split_for_parts();
