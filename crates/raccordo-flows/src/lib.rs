@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod flow;
+pub mod jobs;
 pub mod runner;
 pub mod services;
 pub mod steps;
@@ -18,6 +19,7 @@ pub mod template;
 
 pub use config::{ConfigProblem, FlowConfig, StepConfig, TriggerConfig};
 pub use flow::{Flow, Flows};
+pub use jobs::{Job, JobsConfig};
 pub use runner::{FlowRunner, QUEUE, StartError, StepTask, derived_run_id, new_run_id};
 pub use services::Services;
 pub use steps::{CrmClients, CrmGateway};

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use raccordo_core::{
-    Clock, Completion, NewRun, NewWorkItem, RetryPolicy, Run, RunStatus, RunStore, StepRecord,
+    Clock, Completion, KeyValueStore, NewRun, NewWorkItem, RetryPolicy, Run, RunStatus, RunStore, StepRecord,
     StepStatus, StoreError, WorkItem, WorkQueue,
 };
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,7 @@ pub struct FlowRunner {
     services: Arc<Services>,
     runs: Arc<dyn RunStore>,
     queue: Arc<dyn WorkQueue>,
+    kv: Arc<dyn KeyValueStore>,
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
 }
@@ -94,19 +95,23 @@ impl FlowRunner {
     pub fn new(
         flows: Flows,
         services: Arc<Services>,
-        runs: Arc<dyn RunStore>,
-        queue: Arc<dyn WorkQueue>,
+        stores: &raccordo_core::Stores,
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
     ) -> Self {
         Self {
             flows,
             services,
-            runs,
-            queue,
+            runs: stores.runs.clone(),
+            queue: stores.queue.clone(),
+            kv: stores.kv.clone(),
             clock,
             wake,
         }
+    }
+
+    pub fn kv(&self) -> &Arc<dyn KeyValueStore> {
+        &self.kv
     }
 
     pub fn flows(&self) -> &Flows {
@@ -252,6 +257,9 @@ impl FlowRunner {
             });
         };
         if run.summary.status != RunStatus::Running {
+            // The run ended before a crash let this item be completed; make sure its job's
+            // callback was queued (a repeat has the same `webhook-id`).
+            crate::jobs::on_finished(self.kv.as_ref(), self.queue.as_ref(), &run.summary.id, self.clock.now_ms()).await?;
             return Ok(Completion::Done);
         }
         let now = self.clock.now_ms();
@@ -490,7 +498,9 @@ impl FlowRunner {
             };
             metrics::counter!("raccordo_flow_runs_total", "flow" => flow.to_string(), "status" => status).increment(1);
         }
-        Ok(())
+        // Also after a crash between ending the run and queuing its callback: the callback
+        // item coalesces with one already queued.
+        crate::jobs::on_finished(self.kv.as_ref(), self.queue.as_ref(), &run.summary.id, self.clock.now_ms()).await
     }
 }
 

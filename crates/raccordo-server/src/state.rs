@@ -38,6 +38,8 @@ pub struct AppState {
     pub crm: Option<CrmIntake>,
     /// The flow runner; `None` without `[[flows]]`.
     pub flows: Option<Arc<raccordo_flows::FlowRunner>>,
+    /// Whether jobs may ask for a completion webhook (`[jobs] callback_secret` is set).
+    pub job_callbacks: bool,
 }
 
 /// What the CRM webhook routes need.

@@ -38,6 +38,9 @@ pub struct Config {
     /// `[[flows]]`: a trigger and steps each (see docs/flows.md).
     #[schema(value_type = Vec<Object>)]
     pub flows: Vec<raccordo_flows::FlowConfig>,
+    /// `[jobs]`: async jobs' completion webhooks.
+    #[schema(value_type = Object)]
+    pub jobs: raccordo_flows::JobsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
@@ -356,6 +359,9 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             report("log.level".into(), format!("not a valid filter: {e}"));
+        }
+        for (key, message) in self.jobs.problems() {
+            report(format!("jobs.{key}"), message);
         }
         for (key, message) in self.ai.problems() {
             report(format!("ai.{key}"), message);

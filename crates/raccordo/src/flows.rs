@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use raccordo_ai::AiClient;
 use raccordo_core::{Clock, Completion, RawEvent, RetryPolicy, Stores, WorkItem};
+use raccordo_flows::jobs::CallbackSender;
 use raccordo_flows::{CrmClients, FlowRunner, Flows, Services, TriggerConfig, derived_run_id};
 use raccordo_runtime::consumer::{LogConsumer, run_consumer};
 use raccordo_runtime::{Supervisor, Worker, run_worker};
@@ -39,6 +40,23 @@ impl Worker for FlowWorker {
     // time), so they can run concurrently: a slow model call does not hold up other runs.
     async fn process_batch(&self, items: &[WorkItem]) -> Vec<Completion> {
         futures_util::future::join_all(items.iter().map(|item| self.0.process(item))).await
+    }
+}
+
+/// Sends jobs' completion webhooks (signed, retried on the queue; redirects not followed,
+/// so a signed body never goes to another host).
+struct CallbackWorker(Arc<CallbackSender>);
+
+#[async_trait]
+impl Worker for CallbackWorker {
+    fn queue(&self) -> &'static str {
+        raccordo_flows::jobs::CALLBACK_QUEUE
+    }
+    fn retry_policy(&self) -> RetryPolicy {
+        CallbackSender::retry_policy()
+    }
+    async fn process(&self, item: &WorkItem) -> Completion {
+        self.0.deliver(item).await
     }
 }
 
@@ -112,11 +130,27 @@ pub async fn start(
     let runner = Arc::new(FlowRunner::new(
         flows.clone(),
         services,
-        stores.runs.clone(),
-        stores.queue.clone(),
+        stores,
         clock.clone(),
         wake.clone(),
     ));
+    if let Some(secret) = &config.jobs.callback_secret {
+        let sender = Arc::new(CallbackSender {
+            runs: stores.runs.clone(),
+            secret: raccordo_notify::signer::WebhookSecret::parse(secret).map_err(anyhow::Error::msg)?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            clock: clock.clone(),
+        });
+        let worker: Arc<dyn Worker> = Arc::new(CallbackWorker(sender));
+        let (queue, clock) = (stores.queue.clone(), clock.clone());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        supervisor.spawn("job-callbacks", move |ctx| {
+            run_worker(worker.clone(), queue.clone(), clock.clone(), wake.clone(), ctx)
+        });
+    }
     {
         let worker: Arc<dyn Worker> = Arc::new(FlowWorker(runner.clone()));
         let (queue, clock) = (stores.queue.clone(), clock.clone());

@@ -196,6 +196,7 @@ impl Hub {
             shutting_down: AtomicBool::new(false),
             crm,
             flows,
+            job_callbacks: config.jobs.callback_secret.is_some(),
         });
         let addr = listen.unwrap_or(config.server.listen);
         let listener = TcpListener::bind(addr)

@@ -12,6 +12,7 @@ use support::{
 };
 
 const TICKETS_KEY: &str = "tickets-api-key-0123456789";
+const JOB_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn credential<'a>(s: &'a Running, name: &str) -> &'a str {
     &s.credentials.iter().find(|(k, _)| *k == name).unwrap().1
@@ -105,6 +106,9 @@ scopes = ["admin"]
 base_url = "{hs_url}"
 access_token = "{hs_token}"
 client_secret = "{hs_secret}"
+
+[jobs]
+callback_secret = "{JOB_SECRET}"
 
 [[ai.providers]]
 name = "sandbox"
@@ -340,15 +344,18 @@ async fn a_ticket_is_classified_written_to_hubspot_announced_replayed_and_run_as
     let alerts_before_job = wait_for_requests(&notified, 3).await.len();
     assert_eq!(alerts_before_job, 3);
 
-    // An async job: the same Idempotency-Key gives the same job; it ends with the result.
+    // An async job: the same Idempotency-Key gives the same job; it ends with the result,
+    // announced by a signed completion webhook that is retried after a 503.
+    let (callback, called) = capture_http(vec![503]);
     let job = |key: &'static str| {
         let url = server.url("/api/v1/jobs");
+        let callback_url = format!("http://{callback}/done");
         async move {
             client()
                 .post(url)
                 .bearer_auth(ADMIN_TOKEN)
                 .header("idempotency-key", key)
-                .json(&json!({"flow": "ticket-triage", "input": {"email": "anna.ricci@example.it", "message": "Grazie, ora l'esportazione funziona: ottimo lavoro!"}}))
+                .json(&json!({"flow": "ticket-triage", "callback_url": callback_url, "input": {"email": "anna.ricci@example.it", "message": "Grazie, ora l'esportazione funziona: ottimo lavoro!"}}))
                 .send()
                 .await
                 .unwrap()

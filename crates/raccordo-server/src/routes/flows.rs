@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use raccordo_core::{Run, RunStatus, RunSummary, StepStatus};
-use raccordo_flows::{FlowRunner, StartError};
+use raccordo_flows::{FlowRunner, Job, StartError};
 use raccordo_ingest::FieldError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -456,56 +456,10 @@ pub struct JobRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub input: Value,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Job {
-    pub job_id: String,
-    pub flow: String,
-    /// `running`, `succeeded` or `failed`.
-    pub state: String,
-    /// The output of the last step that succeeded, once the job has ended.
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<Value>,
-    /// Why it failed: the failing step and its error.
-    pub error: Option<String>,
-    pub started_at_ms: i64,
-    pub finished_at_ms: Option<i64>,
-    /// The run behind the job, with every step.
-    pub run_url: String,
-}
-
-fn job_of(run: &Run) -> Job {
-    let ended = run.summary.status != RunStatus::Running;
-    let result = ended
-        .then(|| {
-            run.steps
-                .iter()
-                .filter(|s| s.status == StepStatus::Succeeded)
-                .max_by_key(|s| s.index)
-                .and_then(|s| s.output.clone())
-        })
-        .flatten();
-    let error = run
-        .steps
-        .iter()
-        .find(|s| s.status == StepStatus::Failed)
-        .map(|s| format!("step `{}`: {}", s.name, s.error.clone().unwrap_or_default()));
-    Job {
-        job_id: run.summary.id.clone(),
-        flow: run.summary.kind.clone(),
-        state: match run.summary.status {
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-        }
-        .into(),
-        result,
-        error,
-        started_at_ms: run.summary.started_at_ms,
-        finished_at_ms: run.summary.finished_at_ms,
-        run_url: format!("/api/v1/flows/runs/{}", run.summary.id),
-    }
+    /// Where to announce the end: a `POST` of the job, signed like Standard Webhooks with
+    /// `[jobs] callback_secret`, retried until it is answered 2xx.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 /// Run a flow as an async job: answers `202` with the job's id at once; poll
@@ -559,14 +513,45 @@ pub async fn create_job(
             );
         }
     };
+    if let Some(url) = &request.callback_url {
+        let ok = url.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
+        if !ok {
+            return invalid(
+                vec![FieldError::new("/callback_url", "must be an http(s) URL")],
+                "nothing was started",
+            );
+        }
+        if !state.job_callbacks {
+            return invalid(
+                vec![FieldError::new(
+                    "/callback_url",
+                    "this hub has no `[jobs] callback_secret` to sign callbacks with",
+                )],
+                "nothing was started",
+            );
+        }
+    }
     // The key decides the job's id: a repeated key finds the job it made.
     let run_id = key.map(|k| raccordo_flows::derived_run_id("jobs", &k));
+    let run_id = match (run_id, &request.callback_url) {
+        (Some(id), _) => Some(id),
+        // The callback is stored before the run exists, so a fast run cannot end first.
+        (None, Some(_)) => Some(raccordo_flows::new_run_id()),
+        (None, None) => None,
+    };
+    if let (Some(id), Some(url)) = (&run_id, &request.callback_url)
+        && let Err(e) = raccordo_flows::jobs::set_callback(runner.kv().as_ref(), id, url, state.clock.now_ms()).await
+    {
+        return store_failed(e, "storing the callback");
+    }
     let id = match runner.start(&request.flow, request.input, run_id).await {
         Ok((id, _)) => id,
         Err(e) => return start_failed(e),
     };
     match runner.runs().run(&id).await {
-        Ok(Some(run)) => (StatusCode::ACCEPTED, Json(job_of(&run))).into_response(),
+        Ok(Some(run)) => (StatusCode::ACCEPTED, Json(Job::of(&run))).into_response(),
         Ok(None) => store_failed("the run just stored is missing", "reading the job"),
         Err(e) => store_failed(e, "reading the job"),
     }
@@ -594,7 +579,7 @@ pub async fn get_job(
         Err(r) => return r,
     };
     match runner.runs().run(&id).await {
-        Ok(Some(run)) => Json(job_of(&run)).into_response(),
+        Ok(Some(run)) => Json(Job::of(&run)).into_response(),
         Ok(None) => Problem::not_found("no job has this id").into_response(),
         Err(e) => store_failed(e, "reading the job"),
     }
