@@ -160,7 +160,8 @@ impl CallbackSender {
     }
 
     pub async fn deliver(&self, item: &WorkItem) -> Completion {
-        let (Some(run_id), Some(url)) = (item.payload["run"].as_str(), item.payload["url"].as_str())
+        let (Some(run_id), Some(url)) =
+            (item.payload["run"].as_str(), item.payload["url"].as_str())
         else {
             return Completion::Permanent {
                 error: "not a job callback".into(),
@@ -215,7 +216,11 @@ impl CallbackSender {
         );
         match sent {
             Ok(r) if r.status().is_success() => Completion::Done,
-            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() || r.status().as_u16() == 408 => {
+            Ok(r)
+                if r.status().as_u16() == 429
+                    || r.status().is_server_error()
+                    || r.status().as_u16() == 408 =>
+            {
                 Completion::Retryable {
                     error: format!("HTTP {}", r.status().as_u16()),
                     retry_after_ms: crate::services::retry_after_ms(r.headers()),

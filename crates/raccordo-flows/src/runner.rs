@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use raccordo_core::{
-    Clock, Completion, KeyValueStore, NewRun, NewWorkItem, RetryPolicy, Run, RunStatus, RunStore, StepRecord,
-    StepStatus, StoreError, WorkItem, WorkQueue,
+    Clock, Completion, KeyValueStore, NewRun, NewWorkItem, RetryPolicy, Run, RunStatus, RunStore,
+    StepRecord, StepStatus, StoreError, WorkItem, WorkQueue,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -162,6 +162,52 @@ impl FlowRunner {
         Ok((id, created))
     }
 
+    /// Starts the flows whose trigger is a change of this kind of record in `system`, with
+    /// `{ "system", "object", "id" }` as input. Changes of one record within the same second
+    /// start one run (CRMs send bursts of notifications for one edit); a change of a record
+    /// a flow wrote in the last minute starts none (it is that write's echo).
+    pub async fn crm_changed(
+        &self,
+        system: raccordo_core::crm::System,
+        object: raccordo_core::crm::ObjectKind,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<usize, StartError> {
+        let flows: Vec<String> = self
+            .flows
+            .iter()
+            .filter(|f| {
+                matches!(&f.trigger, crate::TriggerConfig::CrmChange { system: s, object: o } if *s == system && *o == object)
+            })
+            .map(|f| f.name.clone())
+            .collect();
+        if flows.is_empty() {
+            return Ok(0);
+        }
+        let echo = crate::services::echo_key(system, object, id);
+        if self.kv.get(&echo, now_ms).await?.is_some() {
+            metrics::counter!("raccordo_flow_echoes_ignored_total").increment(1);
+            return Ok(0);
+        }
+        for flow in &flows {
+            let cause = format!(
+                "{}:{}:{id}:{}",
+                system.as_str(),
+                object.as_str(),
+                now_ms / 1000
+            );
+            let input = json!({ "system": system, "object": object, "id": id });
+            match self
+                .start(flow, input, Some(derived_run_id(flow, &cause)))
+                .await
+            {
+                Ok(_) | Err(StartError::InvalidInput { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(flows.len())
+    }
+
     /// Starts a new run of `run_id`'s flow at step `from`, with the steps before it as they
     /// were recorded and `from`'s recorded input, or `input` when given (an edited input).
     pub async fn replay(
@@ -259,7 +305,13 @@ impl FlowRunner {
         if run.summary.status != RunStatus::Running {
             // The run ended before a crash let this item be completed; make sure its job's
             // callback was queued (a repeat has the same `webhook-id`).
-            crate::jobs::on_finished(self.kv.as_ref(), self.queue.as_ref(), &run.summary.id, self.clock.now_ms()).await?;
+            crate::jobs::on_finished(
+                self.kv.as_ref(),
+                self.queue.as_ref(),
+                &run.summary.id,
+                self.clock.now_ms(),
+            )
+            .await?;
             return Ok(Completion::Done);
         }
         let now = self.clock.now_ms();
@@ -500,7 +552,13 @@ impl FlowRunner {
         }
         // Also after a crash between ending the run and queuing its callback: the callback
         // item coalesces with one already queued.
-        crate::jobs::on_finished(self.kv.as_ref(), self.queue.as_ref(), &run.summary.id, self.clock.now_ms()).await
+        crate::jobs::on_finished(
+            self.kv.as_ref(),
+            self.queue.as_ref(),
+            &run.summary.id,
+            self.clock.now_ms(),
+        )
+        .await
     }
 }
 

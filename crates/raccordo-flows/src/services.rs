@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use raccordo_ai::AiClient;
-use raccordo_core::Clock;
+use raccordo_core::{Clock, KeyValueStore};
 use raccordo_notify::ChannelContext;
 use tokio::sync::Mutex;
 
@@ -18,6 +18,8 @@ pub struct Services {
     pub http: reqwest::Client,
     pub channels: ChannelContext,
     pub clock: Arc<dyn Clock>,
+    /// Marks the records flows wrote (see [`echo_key`]).
+    pub kv: Arc<dyn KeyValueStore>,
     /// OAuth2 client-credentials tokens by token URL and client, with their expiry.
     tokens: Mutex<HashMap<(String, String), (String, i64)>>,
 }
@@ -28,10 +30,12 @@ impl Services {
         crm: Arc<dyn CrmGateway>,
         http: reqwest::Client,
         clock: Arc<dyn Clock>,
+        kv: Arc<dyn KeyValueStore>,
     ) -> Self {
         Self {
             ai,
             crm,
+            kv,
             channels: ChannelContext {
                 http: http.clone(),
                 clock: clock.clone(),
@@ -102,6 +106,19 @@ impl Services {
         );
         Ok(token)
     }
+}
+
+/// How long a record a flow wrote is marked: a CRM notification of it within this time is
+/// the echo of the flow's own write and starts no `crm_change` flow (which could loop).
+pub const ECHO_MS: i64 = 60_000;
+
+/// The mark of a record a flow wrote.
+pub fn echo_key(
+    system: raccordo_core::crm::System,
+    object: raccordo_core::crm::ObjectKind,
+    id: &str,
+) -> String {
+    format!("flows:echo:{}:{}:{id}", system.as_str(), object.as_str())
 }
 
 /// `Retry-After` in seconds (the form APIs use), as milliseconds.

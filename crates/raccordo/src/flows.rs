@@ -125,7 +125,13 @@ pub async fn start(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(45))
         .build()?;
-    let services = Arc::new(Services::new(ai, Arc::new(crm), http, clock.clone()));
+    let services = Arc::new(Services::new(
+        ai,
+        Arc::new(crm),
+        http,
+        clock.clone(),
+        stores.kv.clone(),
+    ));
     let wake = Arc::new(tokio::sync::Notify::new());
     let runner = Arc::new(FlowRunner::new(
         flows.clone(),
@@ -137,7 +143,8 @@ pub async fn start(
     if let Some(secret) = &config.jobs.callback_secret {
         let sender = Arc::new(CallbackSender {
             runs: stores.runs.clone(),
-            secret: raccordo_notify::signer::WebhookSecret::parse(secret).map_err(anyhow::Error::msg)?,
+            secret: raccordo_notify::signer::WebhookSecret::parse(secret)
+                .map_err(anyhow::Error::msg)?,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .redirect(reqwest::redirect::Policy::none())
@@ -148,7 +155,13 @@ pub async fn start(
         let (queue, clock) = (stores.queue.clone(), clock.clone());
         let wake = Arc::new(tokio::sync::Notify::new());
         supervisor.spawn("job-callbacks", move |ctx| {
-            run_worker(worker.clone(), queue.clone(), clock.clone(), wake.clone(), ctx)
+            run_worker(
+                worker.clone(),
+                queue.clone(),
+                clock.clone(),
+                wake.clone(),
+                ctx,
+            )
         });
     }
     {

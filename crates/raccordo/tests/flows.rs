@@ -727,3 +727,70 @@ schema = { type = "object", required = ["score"], properties = { score = { type 
         "{step}"
     );
 }
+
+#[tokio::test]
+async fn a_crm_change_starts_its_flow_and_the_flows_own_write_does_not_loop() {
+    let port = support::free_port();
+    let mut hs_config = SandboxConfig::new(Product::HubSpot, "127.0.0.1:0".parse().unwrap());
+    hs_config.seed_size = (0, 0);
+    hs_config.webhook_url = Some(format!("http://127.0.0.1:{port}/webhooks/hubspot"));
+    let hs = raccordo_sandbox::start(hs_config).await.unwrap();
+    let ai = sandbox(Product::Ai).await;
+    let flows = r#"
+[[flows]]
+name = "welcome"
+trigger = { type = "crm_change", system = "hubspot", object = "contact" }
+
+[[flows.steps]]
+name = "mark"
+type = "crm_update"
+system = "hubspot"
+match = { id = "{{ trigger.id }}" }
+properties = { ai_intent = "welcome" }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &hs, &ai, flows);
+    let server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+    let id = create_contact(&hs, "nuovo@example.it").await;
+    let run = poll_json(
+        &server,
+        "/api/v1/flows/runs?flow=welcome",
+        READ_TOKEN,
+        |b| b["runs"][0]["status"] == "succeeded",
+    )
+    .await;
+    assert_eq!(
+        contact(&hs, &id).await["properties"]["ai_intent"],
+        "welcome"
+    );
+    let first = get_json(
+        &server,
+        &format!(
+            "/api/v1/flows/runs/{}",
+            run["runs"][0]["id"].as_str().unwrap()
+        ),
+        READ_TOKEN,
+    )
+    .await;
+    assert_eq!(first["trigger"]["id"], id.as_str());
+    assert_eq!(first["trigger"]["system"], "hubspot");
+    // The flow's write comes back as a HubSpot notification; it starts nothing. The echo
+    // counter says the notification arrived and was recognised.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while support::metric(&server, "raccordo_flow_echoes_ignored_total")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the echo never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(runs(&server, "welcome").await.len(), 1, "no loop");
+}

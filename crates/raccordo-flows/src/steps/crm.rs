@@ -263,6 +263,14 @@ impl Step for CrmUpdateStep {
             }
         };
         // CRM fields are strings in HubSpot; Zoho takes JSON types. Values are sent as given.
+        // Marked first: the CRM may notify the change before the update call returns.
+        let echo = crate::services::echo_key(self.system, self.object, &id);
+        let now = env.services.clock.now_ms();
+        env.services
+            .kv
+            .put(&echo, Vec::new(), Some(crate::services::ECHO_MS), now)
+            .await
+            .map_err(|e| StepError::retryable(format!("marking the write: {e}")))?;
         crm.update(self.system, self.object, &id, &input.properties)
             .await
             .map_err(step_error)?;

@@ -341,6 +341,21 @@ async fn queue_changes(
             return p.into_response();
         }
     }
+    if let Some(flows) = &state.flows {
+        for change in changes {
+            if let Err(e) = flows
+                .crm_changed(change.origin, change.kind, &change.id, now)
+                .await
+            {
+                tracing::warn!(error = %e, "could not start the flows of a CRM change");
+                let mut p = Problem::unavailable(
+                    "the flows cannot take the change now; the CRM will retry",
+                );
+                p.retry_after_s = Some(5);
+                return p.into_response();
+            }
+        }
+    }
     metrics::counter!("raccordo_crm_changes_total", "origin" => changes.first().map_or("none", |c| c.origin.as_str())).increment(changes.len() as u64);
     crm.wake.notify_one();
     (

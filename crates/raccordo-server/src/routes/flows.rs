@@ -514,9 +514,9 @@ pub async fn create_job(
         }
     };
     if let Some(url) = &request.callback_url {
-        let ok = url.parse::<http::Uri>().is_ok_and(|u| {
-            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-        });
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
         if !ok {
             return invalid(
                 vec![FieldError::new("/callback_url", "must be an http(s) URL")],
@@ -542,7 +542,9 @@ pub async fn create_job(
         (None, None) => None,
     };
     if let (Some(id), Some(url)) = (&run_id, &request.callback_url)
-        && let Err(e) = raccordo_flows::jobs::set_callback(runner.kv().as_ref(), id, url, state.clock.now_ms()).await
+        && let Err(e) =
+            raccordo_flows::jobs::set_callback(runner.kv().as_ref(), id, url, state.clock.now_ms())
+                .await
     {
         return store_failed(e, "storing the callback");
     }
