@@ -11,7 +11,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
 /// The names a template may start from.
-pub const ROOTS: [&str; 4] = ["trigger", "steps", "run", "input"];
+pub const ROOTS: [&str; 5] = ["trigger", "steps", "run", "input", "record"];
 
 /// The one template environment: strict about undefined values, with the JSON filters.
 pub fn environment() -> &'static Environment<'static> {
@@ -28,7 +28,10 @@ pub fn environment() -> &'static Environment<'static> {
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
     pub earlier_steps: Vec<String>,
+    /// An `ai` step's `input`, seen by its prompt.
     pub has_input: bool,
+    /// One of a `crm_update`'s `records`, seen by its per-record `properties`.
+    pub has_record: bool,
 }
 
 /// A template that parsed and refers only to what exists.
@@ -58,14 +61,20 @@ impl Template {
         for name in names {
             let mut parts = name.split('.');
             let root = parts.next().unwrap_or_default();
-            if !ROOTS.contains(&root) || (root == "input" && !scope.has_input) {
+            if !ROOTS.contains(&root)
+                || (root == "input" && !scope.has_input)
+                || (root == "record" && !scope.has_record)
+            {
+                let mut seen = vec!["`trigger`", "`steps`", "`run`"];
+                if scope.has_input {
+                    seen.push("`input`");
+                }
+                if scope.has_record {
+                    seen.push("`record`");
+                }
                 return Err(format!(
-                    "unknown variable `{root}` (a template sees {})",
-                    if scope.has_input {
-                        "`trigger`, `steps`, `run` and `input`"
-                    } else {
-                        "`trigger`, `steps` and `run`"
-                    }
+                    "unknown variable `{root}` (a template here sees {})",
+                    seen.join(", ")
                 ));
             }
             if root == "steps"
@@ -228,6 +237,7 @@ mod tests {
         Scope {
             earlier_steps: steps.iter().map(|s| s.to_string()).collect(),
             has_input: false,
+            has_record: false,
         }
     }
 

@@ -2,8 +2,10 @@
 //!
 //! Everything runs in this process on loopback. The traffic: signed conversion events to the
 //! hub (with a few duplicates and invalid ones, so the dashboard has something to show),
-//! contact and company changes on both CRM sandboxes, and support-ticket texts classified by
-//! the AI sandbox. The hub syncs the two CRM sandboxes: HubSpot's signed webhooks and the Zoho
+//! contact and company changes on both CRM sandboxes, and support tickets that run the
+//! shipped ticket flow (`examples/support-tickets`): the AI sandbox classifies each, the hub
+//! writes the result on the HubSpot contact and tells a loopback "team inbox" about unhappy
+//! customers. The hub syncs the two CRM sandboxes: HubSpot's signed webhooks and the Zoho
 //! notification channel the hub registers itself arrive at `/webhooks/hubspot` and
 //! `/webhooks/zoho`, exactly as they would from the real services.
 
@@ -37,8 +39,91 @@ pub struct DemoArgs {
 struct Counters {
     hubspot_changes: AtomicU64,
     zoho_changes: AtomicU64,
-    ai_answers: AtomicU64,
+    tickets: AtomicU64,
+    team_alerts: AtomicU64,
     errors: AtomicU64,
+}
+
+/// The shipped ticket flow, run by the demo as a user would run it.
+const TICKET_EXAMPLE: &str = include_str!("../../../examples/support-tickets/raccordo.toml");
+const TICKET_SCHEMA: &str = include_str!("../../../examples/support-tickets/ticket.schema.json");
+const TICKETS_API_KEY: &str = "demo-tickets-api-key-0001";
+
+/// Customers who write tickets; the demo creates them in HubSpot first.
+const CUSTOMERS: [(&str, &str, &str); 4] = [
+    ("Chiara", "Ferrari", "chiara.ferrari@cantinedemo.it"),
+    ("Luca", "Esposito", "luca.esposito@oleificiodemo.it"),
+    ("Giulia", "Romano", "giulia.romano@pastificiodemo.it"),
+    ("Marco", "Colombo", "marco.colombo@ceramichedemo.it"),
+];
+
+/// Reads the ticket example with the sandboxes' addresses and credentials for its `${…}`,
+/// and takes its source, AI providers and flow into `config`.
+fn add_ticket_flow(
+    config: &mut crate::config::Config,
+    hubspot: &Running,
+    ai: &Running,
+    team_inbox: &str,
+    admin_token: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.server.data_dir)?;
+    std::fs::write(
+        config.server.data_dir.join("ticket.schema.json"),
+        TICKET_SCHEMA,
+    )?;
+    let env = |name: &str| -> Option<String> {
+        Some(match name {
+            "TICKETS_API_KEY" => TICKETS_API_KEY.into(),
+            "ADMIN_TOKEN" => admin_token.into(),
+            "HUBSPOT_URL" => hubspot.base_url.clone(),
+            "HUBSPOT_TOKEN" => credential(hubspot, "token").into(),
+            "HUBSPOT_CLIENT_SECRET" => credential(hubspot, "client_secret").into(),
+            "AI_BASE_URL" => format!("{}/v1", ai.base_url),
+            "AI_API_KEY" => credential(ai, "api_key").into(),
+            "AI_MODEL" => "raccordo-sandbox-1".into(),
+            "SLACK_WEBHOOK_URL" => team_inbox.into(),
+            _ => return None,
+        })
+    };
+    let example = crate::config::Config::from_toml(
+        TICKET_EXAMPLE,
+        "examples/support-tickets/raccordo.toml",
+        &config.server.data_dir,
+        env,
+    )
+    .map_err(|problems| {
+        anyhow::anyhow!(
+            "the ticket example does not load: {}",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?
+    .config;
+    config.sources.extend(example.sources);
+    config.ai = example.ai;
+    config.flows = example.flows;
+    Ok(())
+}
+
+/// A loopback stand-in for the team's Slack channel: it counts what the flow posts.
+async fn team_inbox(counters: Arc<Counters>) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/slack",
+        axum::routing::post(move || {
+            let counters = counters.clone();
+            async move {
+                counters.team_alerts.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
 }
 
 const TICKETS: [&str; 8] = [
@@ -139,6 +224,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }),
     };
     config.sync.poll_every = Duration::from_secs(30);
+    let counters = Arc::new(Counters::default());
+    let inbox = team_inbox(counters.clone()).await?;
+    add_ticket_flow(
+        &mut config,
+        &hubspot,
+        &ai,
+        &format!("http://{inbox}/slack"),
+        &credentials.admin_token,
+    )?;
     let mut problems = Vec::new();
     let (sources, flows) =
         config.build(&mut |key, message| problems.push(format!("{key}: {message}")));
@@ -161,7 +255,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let hub_task = tokio::spawn(hub.run(async {
         let _ = hub_stopped.await;
     }));
-    let counters = Arc::new(Counters::default());
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -206,10 +299,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(String::from),
         counters.clone(),
     ));
-    traffic.spawn(ai_traffic(
+    traffic.spawn(ticket_traffic(
         client.clone(),
-        ai.base_url.clone(),
-        credential(&ai, "api_key").to_string(),
+        hubspot.base_url.clone(),
+        credential(&hubspot, "token").to_string(),
+        format!("http://{hub_addr}/webhooks/in/tickets"),
         counters.clone(),
     ));
 
@@ -218,6 +312,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
          Dashboard:     http://{hub_addr}/#token={admin}\n\
          Events API:    curl -s 'http://{hub_addr}/api/v1/events?limit=5' -H 'authorization: Bearer {admin}'\n\
          Metrics API:   curl -s 'http://{hub_addr}/api/v1/metrics?dimension=canale' -H 'authorization: Bearer {admin}'\n\
+         Ticket flow:   raccordo flows runs --url http://{hub_addr} --token {admin}\n\
          Data:          {data} (SQLite)\n\n{hs}\n{zo}\n{ai}",
         admin = credentials.admin_token,
         data = args.data_dir.display(),
@@ -298,9 +393,19 @@ async fn summary(
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     };
+    let runs = |status: &str| -> u64 {
+        prometheus
+            .lines()
+            .filter(|l| {
+                l.starts_with("raccordo_flow_runs_total")
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "events accepted {} duplicates {} rejected {} | crm changes: hubspot {}, zoho {} | sync: written {}, in sync {}, not hot {}, failed {} | ai answers {}{}",
+        "events accepted {} duplicates {} rejected {} | crm changes: hubspot {}, zoho {} | sync: written {}, in sync {}, not hot {}, failed {} | tickets {}: flows succeeded {}, failed {}, team alerts {}{}",
         source["accepted"],
         source["duplicates"],
         source["rejected"],
@@ -310,7 +415,10 @@ async fn summary(
         decisions("in_sync"),
         decisions("not_hot"),
         decisions("failed"),
-        c(&counters.ai_answers),
+        c(&counters.tickets),
+        runs("succeeded"),
+        runs("failed"),
+        c(&counters.team_alerts),
         match c(&counters.errors) {
             0 => String::new(),
             e => format!(" | traffic errors {e}"),
@@ -489,31 +597,49 @@ async fn zoho_traffic(
     }
 }
 
-/// Classifies a support ticket every two seconds with a JSON-schema answer.
-async fn ai_traffic(client: reqwest::Client, base: String, key: String, counters: Arc<Counters>) {
-    let schema = json!({ "type": "json_schema", "json_schema": { "name": "ticket", "strict": true, "schema": {
-        "type": "object", "additionalProperties": false, "required": ["sentiment", "priority", "summary"],
-        "properties": {
-            "sentiment": { "type": "string", "enum": ["positive", "neutral", "negative"] },
-            "priority": { "type": "string", "enum": ["bassa", "media", "alta"] },
-            "summary": { "type": "string", "maxLength": 120 }
-        } } } });
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+/// Creates the ticket writers in HubSpot, then posts a support ticket from one of them to
+/// the hub every three seconds.
+async fn ticket_traffic(
+    client: reqwest::Client,
+    hubspot: String,
+    token: String,
+    tickets_url: String,
+    counters: Arc<Counters>,
+) {
+    for (first, last, email) in CUSTOMERS {
+        let created = client
+            .post(format!("{hubspot}/crm/v3/objects/contacts"))
+            .bearer_auth(&token)
+            .json(
+                &json!({ "properties": { "email": email, "firstname": first, "lastname": last } }),
+            )
+            .send()
+            .await;
+        if !created
+            .is_ok_and(|r| r.status().is_success() || r.status() == reqwest::StatusCode::CONFLICT)
+        {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let run = rand_u32();
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
     for n in 0usize.. {
         tick.tick().await;
-        let body = json!({ "model": "raccordo-sandbox-1", "messages": [
-            { "role": "system", "content": "Classifica il ticket di assistenza: sentiment, priorità e una sintesi." },
-            { "role": "user", "content": TICKETS[n % TICKETS.len()] }
-        ], "response_format": schema });
+        let (_, _, email) = CUSTOMERS[n % CUSTOMERS.len()];
+        let ticket = json!({
+            "ticket_id": format!("T-{run}-{n}"),
+            "email": email,
+            "message": TICKETS[n % TICKETS.len()],
+        });
         match client
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&body)
+            .post(&tickets_url)
+            .header("x-api-key", TICKETS_API_KEY)
+            .json(&ticket)
             .send()
             .await
         {
             Ok(r) if r.status().is_success() => {
-                counters.ai_answers.fetch_add(1, Ordering::Relaxed);
+                counters.tickets.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);

@@ -794,3 +794,42 @@ properties = { ai_intent = "welcome" }
     }
     assert_eq!(runs(&server, "welcome").await.len(), 1, "no loop");
 }
+
+#[test]
+fn the_shipped_examples_pass_check() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    for example in ["support-tickets", "nightly-lead-scoring"] {
+        let out = std::process::Command::new(support::BIN)
+            .args([
+                "check",
+                "--config",
+                &format!("{examples}/{example}/raccordo.toml"),
+            ])
+            .envs([
+                ("TICKETS_API_KEY", "tickets-api-key-0123456789"),
+                ("ADMIN_TOKEN", ADMIN_TOKEN),
+                (
+                    "HUBSPOT_TOKEN",
+                    "pat-eu1-00000000-0000-0000-0000-000000000000",
+                ),
+                ("HUBSPOT_CLIENT_SECRET", "hubspot-client-secret-0000"),
+                ("AI_API_KEY", "sk-test"),
+                (
+                    "SLACK_WEBHOOK_URL",
+                    "https://hooks.slack.com/services/T0/B0/X",
+                ),
+                ("ZOHO_CLIENT_ID", "1000.CLIENT"),
+                ("ZOHO_CLIENT_SECRET", "zoho-client-secret"),
+                ("ZOHO_REFRESH_TOKEN", "1000.refresh"),
+                ("ZOHO_CHANNEL_TOKEN", "zoho-channel-token-000000"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{example}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

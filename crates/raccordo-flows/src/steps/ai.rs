@@ -87,21 +87,10 @@ impl Step for AiStep {
             .map(|t| render_field("input", t, context))
             .transpose()?;
         // The prompt sees `input` beside the run's context.
-        let mut scope: std::collections::BTreeMap<String, minijinja::Value> = context
-            .try_iter()
-            .map(|keys| {
-                keys.filter_map(|k| {
-                    let name = k.as_str()?.to_string();
-                    let value = context.get_item(&k).ok()?;
-                    Some((name, value))
-                })
-                .collect()
-            })
-            .unwrap_or_default();
-        if let Some(text) = &input {
-            scope.insert("input".into(), minijinja::Value::from(text.as_str()));
-        }
-        let scope = minijinja::Value::from(scope);
+        let scope = match &input {
+            Some(text) => super::with_var(context, "input", minijinja::Value::from(text.as_str())),
+            None => context.clone(),
+        };
         Ok(json!(AiInput {
             system: self
                 .system

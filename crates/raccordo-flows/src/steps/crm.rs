@@ -37,6 +37,24 @@ pub trait CrmGateway: Send + Sync {
         id: &str,
         properties: &BTreeMap<String, Value>,
     ) -> Result<(), CrmError>;
+
+    /// Sets properties on many records in batch calls; an outcome per record, in order.
+    async fn update_many(
+        &self,
+        system: System,
+        kind: ObjectKind,
+        records: &[(String, BTreeMap<String, Value>)],
+    ) -> Result<Vec<Result<(), CrmError>>, CrmError>;
+
+    /// Up to `limit` records changed since `since_ms`, oldest change first.
+    async fn modified_since(
+        &self,
+        system: System,
+        kind: ObjectKind,
+        since_ms: i64,
+        properties: &[String],
+        limit: usize,
+    ) -> Result<Vec<CrmRecord>, CrmError>;
 }
 
 /// The hub's configured CRM clients.
@@ -91,23 +109,84 @@ impl CrmGateway for CrmClients {
         id: &str,
         properties: &BTreeMap<String, Value>,
     ) -> Result<(), CrmError> {
-        let inputs = [(id.to_string(), properties.clone())];
+        self.update_many(system, kind, &[(id.to_string(), properties.clone())])
+            .await?
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    async fn update_many(
+        &self,
+        system: System,
+        kind: ObjectKind,
+        records: &[(String, BTreeMap<String, Value>)],
+    ) -> Result<Vec<Result<(), CrmError>>, CrmError> {
         match system {
             System::HubSpot => {
                 let c = self
                     .hubspot
                     .as_ref()
                     .ok_or_else(|| not_configured(system))?;
-                c.update(kind, &inputs).await?.remove(id).unwrap_or(Ok(()))
+                let mut outcomes = c.update(kind, records).await?;
+                Ok(records
+                    .iter()
+                    .map(|(id, _)| outcomes.remove(id).unwrap_or(Ok(())))
+                    .collect())
             }
             System::Zoho => {
                 let c = self.zoho.as_ref().ok_or_else(|| not_configured(system))?;
-                c.update(kind, &inputs)
+                Ok(c.update(kind, records)
                     .await?
-                    .pop()
-                    .map_or(Ok(()), |r| r.map(|_| ()))
+                    .into_iter()
+                    .map(|r| r.map(|_| ()))
+                    .collect())
             }
         }
+    }
+
+    async fn modified_since(
+        &self,
+        system: System,
+        kind: ObjectKind,
+        since_ms: i64,
+        properties: &[String],
+        limit: usize,
+    ) -> Result<Vec<CrmRecord>, CrmError> {
+        let mut out = Vec::new();
+        match system {
+            System::HubSpot => {
+                let c = self
+                    .hubspot
+                    .as_ref()
+                    .ok_or_else(|| not_configured(system))?;
+                let mut after = None;
+                loop {
+                    let (page, next) = c
+                        .modified_since(kind, since_ms, after.as_deref(), properties)
+                        .await?;
+                    out.extend(page);
+                    match next {
+                        Some(n) if out.len() < limit => after = Some(n),
+                        _ => break,
+                    }
+                }
+            }
+            System::Zoho => {
+                let c = self.zoho.as_ref().ok_or_else(|| not_configured(system))?;
+                let mut page = 1;
+                loop {
+                    let (records, more) =
+                        c.modified_since(kind, since_ms, page, properties).await?;
+                    out.extend(records);
+                    if !more || out.len() >= limit {
+                        break;
+                    }
+                    page += 1;
+                }
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
     }
 }
 
@@ -154,10 +233,16 @@ pub struct CrmUpdateSettings {
     #[serde(default = "contact")]
     object: ObjectKind,
     /// How to find the record: `{ id = "…" }` or `{ email = "…" }` (templates).
-    #[serde(rename = "match")]
-    matching: MatchSettings,
+    #[serde(rename = "match", default)]
+    matching: Option<MatchSettings>,
     /// The properties to set, in the CRM's own field names (templates).
-    properties: Value,
+    #[serde(default)]
+    properties: Option<Value>,
+    /// Instead of `match`: an expression giving a list of records to update in batch
+    /// calls, each `{ "id", "properties" }` — or with `properties` given, each any object
+    /// with an `id`, and `properties` templates over it as `record` (one write per item).
+    #[serde(default)]
+    records: Option<String>,
 }
 
 fn contact() -> ObjectKind {
@@ -169,12 +254,26 @@ enum Matcher {
     Email(Template),
 }
 
+enum Target {
+    One {
+        matcher: Matcher,
+        properties: TemplateValue,
+    },
+    Many {
+        records: Template,
+        /// Per record, over `record`.
+        properties: Option<TemplateValue>,
+    },
+}
+
 pub struct CrmUpdateStep {
     system: System,
     object: ObjectKind,
-    matcher: Matcher,
-    properties: TemplateValue,
+    target: Target,
 }
+
+/// Records per batch-mode step: one or two batch calls, well inside a step's timeout.
+const MAX_RECORDS: usize = 200;
 
 #[derive(Serialize, Deserialize)]
 struct UpdateInput {
@@ -188,7 +287,44 @@ struct UpdateInput {
 impl CrmUpdateStep {
     pub fn build(s: CrmUpdateSettings, cx: &BuildContext<'_>) -> Result<Self, BuildError> {
         let scope = cx.scope(false);
-        let matcher = match (s.matching.id, s.matching.email) {
+        let (matching, properties) = match (s.matching, s.properties, s.records) {
+            (None, properties, Some(records)) => {
+                let records = crate::template::condition(&records, &scope)
+                    .map_err(|e| ("records".to_string(), e))?;
+                let per_record = crate::template::Scope {
+                    has_record: true,
+                    ..scope.clone()
+                };
+                let properties = match properties {
+                    Some(p) if p.is_object() => {
+                        Some(template_value("properties", &p, &per_record)?)
+                    }
+                    Some(_) => {
+                        return Err(("properties".into(), "must be a table of properties".into()));
+                    }
+                    None => None,
+                };
+                return Ok(Self {
+                    system: s.system,
+                    object: s.object,
+                    target: Target::Many {
+                        records,
+                        properties,
+                    },
+                });
+            }
+            (Some(m), Some(p), None) => (m, p),
+            (Some(_), _, Some(_)) => {
+                return Err(("records".into(), "give either `records` or `match`".into()));
+            }
+            (None, _, None) => {
+                return Err(("match".into(), "missing: which record to update".into()));
+            }
+            (Some(_), None, None) => {
+                return Err(("properties".into(), "missing: what to set".into()));
+            }
+        };
+        let matcher = match (matching.id, matching.email) {
             (Some(id), None) => Matcher::Id(template("match.id", &id, &scope)?),
             (None, Some(email)) => {
                 if s.object == ObjectKind::Company {
@@ -206,14 +342,16 @@ impl CrmUpdateStep {
                 ));
             }
         };
-        if !s.properties.is_object() {
+        if !properties.is_object() {
             return Err(("properties".into(), "must be a table of properties".into()));
         }
         Ok(Self {
             system: s.system,
             object: s.object,
-            matcher,
-            properties: template_value("properties", &s.properties, &scope)?,
+            target: Target::One {
+                matcher,
+                properties: template_value("properties", &properties, &scope)?,
+            },
         })
     }
 }
@@ -225,8 +363,38 @@ impl Step for CrmUpdateStep {
     }
 
     fn input(&self, context: &minijinja::Value) -> Result<Value, StepError> {
-        let properties = eval_field("properties", &self.properties, context)?;
-        let (id, email) = match &self.matcher {
+        let (matcher, properties) = match &self.target {
+            Target::Many {
+                records,
+                properties,
+            } => {
+                let records = records
+                    .eval(context)
+                    .map_err(|e| StepError::at("records", e))?;
+                let Some(properties) = properties else {
+                    return Ok(json!({ "records": records }));
+                };
+                let items = records
+                    .as_array()
+                    .ok_or_else(|| StepError::at("records", "must be a list"))?;
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let scope =
+                        super::with_var(context, "record", minijinja::Value::from_serialize(item));
+                    let props = properties.eval(&scope).map_err(|(p, e)| {
+                        StepError::at(format!("properties{p} (record {i})"), e)
+                    })?;
+                    out.push(json!({ "id": item["id"], "properties": props }));
+                }
+                return Ok(json!({ "records": out }));
+            }
+            Target::One {
+                matcher,
+                properties,
+            } => (matcher, properties),
+        };
+        let properties = eval_field("properties", properties, context)?;
+        let (id, email) = match matcher {
             Matcher::Id(t) => (Some(render_field("match.id", t, context)?), None),
             Matcher::Email(t) => (None, Some(render_field("match.email", t, context)?)),
         };
@@ -234,6 +402,9 @@ impl Step for CrmUpdateStep {
     }
 
     async fn run(&self, input: &Value, env: &StepEnv<'_>) -> Result<StepOutput, StepError> {
+        if let Target::Many { .. } = &self.target {
+            return self.run_many(input, env).await;
+        }
         let input: UpdateInput = read_input(input)?;
         let crm = &env.services.crm;
         let id = match (input.id, input.email) {
@@ -284,38 +455,142 @@ impl Step for CrmUpdateStep {
 }
 
 #[derive(Deserialize)]
+struct BatchRecord {
+    id: Value,
+    properties: BTreeMap<String, Value>,
+}
+
+impl CrmUpdateStep {
+    async fn run_many(&self, input: &Value, env: &StepEnv<'_>) -> Result<StepOutput, StepError> {
+        let records: Vec<BatchRecord> =
+            serde_json::from_value(input["records"].clone()).map_err(|e| {
+                StepError::at(
+                    "records",
+                    format!("must be a list of {{ \"id\", \"properties\" }}: {e}"),
+                )
+            })?;
+        if records.len() > MAX_RECORDS {
+            return Err(StepError::at(
+                "records",
+                format!("at most {MAX_RECORDS} records per step"),
+            ));
+        }
+        let records: Vec<(String, BTreeMap<String, Value>)> = records
+            .into_iter()
+            .map(|r| {
+                let id = match r.id {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (id, r.properties)
+            })
+            .collect();
+        let now = env.services.clock.now_ms();
+        for (id, _) in &records {
+            let echo = crate::services::echo_key(self.system, self.object, id);
+            env.services
+                .kv
+                .put(&echo, Vec::new(), Some(crate::services::ECHO_MS), now)
+                .await
+                .map_err(|e| StepError::retryable(format!("marking the write: {e}")))?;
+        }
+        let outcomes = env
+            .services
+            .crm
+            .update_many(self.system, self.object, &records)
+            .await
+            .map_err(step_error)?;
+        let failed: Vec<Value> = records
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|((id, _), r)| {
+                r.as_ref()
+                    .err()
+                    .map(|e| json!({ "id": id, "error": e.to_string() }))
+            })
+            .collect();
+        // A retry would write the ones that worked again; the failures are in the output
+        // for a later step (or a person) to look at.
+        Ok(StepOutput::of(json!({
+            "system": self.system,
+            "object": self.object,
+            "updated": records.len() - failed.len(),
+            "failed": failed,
+        })))
+    }
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrmSearchSettings {
     system: System,
     #[serde(default = "contact")]
     object: ObjectKind,
     /// The property to match, in the CRM's own naming (`email`, `Email`, `domain`, …).
-    property: String,
+    #[serde(default)]
+    property: Option<String>,
     /// The value it must equal (a template).
-    value: String,
+    #[serde(default)]
+    value: Option<String>,
+    /// Instead of `property` and `value`: every record changed within this time (`24h`),
+    /// oldest change first, up to `limit`.
+    #[serde(default, with = "humantime_serde")]
+    modified_within: Option<std::time::Duration>,
+    #[serde(default = "default_limit")]
+    limit: usize,
     /// Properties to read back.
     #[serde(default)]
     properties: Vec<String>,
 }
 
+fn default_limit() -> usize {
+    100
+}
+
+enum Query {
+    Equals { property: String, value: Template },
+    ModifiedWithin(std::time::Duration),
+}
+
 pub struct CrmSearchStep {
     system: System,
     object: ObjectKind,
-    property: String,
-    value: Template,
+    query: Query,
+    limit: usize,
     properties: Vec<String>,
 }
 
 impl CrmSearchStep {
     pub fn build(s: CrmSearchSettings, cx: &BuildContext<'_>) -> Result<Self, BuildError> {
-        if s.property.trim().is_empty() {
-            return Err(("property".into(), "must name a property".into()));
+        let query = match (s.property, s.value, s.modified_within) {
+            (Some(property), Some(value), None) => {
+                if property.trim().is_empty() {
+                    return Err(("property".into(), "must name a property".into()));
+                }
+                Query::Equals {
+                    property,
+                    value: template("value", &value, &cx.scope(false))?,
+                }
+            }
+            (None, None, Some(within)) if !within.is_zero() => Query::ModifiedWithin(within),
+            (None, None, Some(_)) => {
+                return Err(("modified_within".into(), "must be longer than zero".into()));
+            }
+            _ => {
+                return Err((
+                    "property".into(),
+                    "give `property` and `value`, or `modified_within`".into(),
+                ));
+            }
+        };
+        if !(1..=MAX_RECORDS).contains(&s.limit) {
+            return Err(("limit".into(), format!("between 1 and {MAX_RECORDS}")));
         }
         Ok(Self {
             system: s.system,
             object: s.object,
-            property: s.property,
-            value: template("value", &s.value, &cx.scope(false))?,
+            query,
+            limit: s.limit,
             properties: s.properties,
         })
     }
@@ -327,9 +602,40 @@ impl Step for CrmSearchStep {
         "crm_search"
     }
     fn input(&self, context: &minijinja::Value) -> Result<Value, StepError> {
-        Ok(json!({ "value": render_field("value", &self.value, context)? }))
+        match &self.query {
+            Query::Equals { value, .. } => {
+                Ok(json!({ "value": render_field("value", value, context)? }))
+            }
+            Query::ModifiedWithin(within) => Ok(json!({ "within_ms": within.as_millis() as i64 })),
+        }
     }
     async fn run(&self, input: &Value, env: &StepEnv<'_>) -> Result<StepOutput, StepError> {
+        let property = match &self.query {
+            Query::Equals { property, .. } => property,
+            Query::ModifiedWithin(_) => {
+                let within = input["within_ms"].as_i64().ok_or_else(|| {
+                    StepError::at("within_ms", "must be a number of milliseconds")
+                })?;
+                let since = env.services.clock.now_ms() - within;
+                let records = env
+                    .services
+                    .crm
+                    .modified_since(
+                        self.system,
+                        self.object,
+                        since,
+                        &self.properties,
+                        self.limit,
+                    )
+                    .await
+                    .map_err(step_error)?;
+                return Ok(StepOutput::of(json!({
+                    "found": !records.is_empty(),
+                    "count": records.len(),
+                    "records": records.iter().map(|r| json!({ "id": r.id, "properties": r.values })).collect::<Vec<_>>(),
+                })));
+            }
+        };
         let value = input["value"]
             .as_str()
             .ok_or_else(|| StepError::at("value", "must be text"))?;
@@ -339,7 +645,7 @@ impl Step for CrmSearchStep {
             .find(
                 self.system,
                 self.object,
-                &self.property,
+                property,
                 value.trim(),
                 &self.properties,
             )

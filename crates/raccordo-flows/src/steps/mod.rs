@@ -140,6 +140,7 @@ impl BuildContext<'_> {
         Scope {
             earlier_steps: self.step_names[..self.index].to_vec(),
             has_input,
+            has_record: false,
         }
     }
 
@@ -243,6 +244,23 @@ fn eval_field(
     value
         .eval(context)
         .map_err(|(p, e)| StepError::at(format!("{field}{p}"), e))
+}
+
+/// The run's context with one more variable (`input` for a prompt, `record` per record).
+fn with_var(context: &minijinja::Value, name: &str, value: minijinja::Value) -> minijinja::Value {
+    let mut scope: std::collections::BTreeMap<String, minijinja::Value> = context
+        .try_iter()
+        .map(|keys| {
+            keys.filter_map(|k| {
+                let key = k.as_str()?.to_string();
+                let v = context.get_item(&k).ok()?;
+                Some((key, v))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    scope.insert(name.to_string(), value);
+    minijinja::Value::from(scope)
 }
 
 /// Reads a step's recorded input back; a replay's edited input that lacks a field fails here.
