@@ -26,6 +26,9 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Routes served beside the API that keep their own protocol (the MCP endpoint): no
+    /// request timeout or problem rewriting, but a token with the `read` scope is required.
+    pub extra_routes: Option<Router>,
 }
 
 /// Serves until `shutdown` resolves, then stops taking new connections and drains in-flight
@@ -36,7 +39,13 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let router = router(state.clone(), &options);
+    let mut router = router(state.clone(), &options);
+    if let Some(extra) = options.extra_routes.clone() {
+        router = router.merge(extra.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_reader,
+        )));
+    }
     let draining = state.clone();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -74,6 +83,21 @@ pub fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
         }).on_request(()).on_response(()).on_failure(()))
         .layer(SetRequestIdLayer::x_request_id(UlidRequestId))
         .with_state(state)
+}
+
+/// Refuses a request without a token holding the `read` scope (or `admin`).
+async fn require_reader(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state
+        .admin
+        .require(request.headers(), crate::settings::Scope::Read)
+    {
+        Ok(_) => next.run(request).await,
+        Err(problem) => problem.into_response(),
+    }
 }
 
 /// Every error leaves as `application/problem+json`: answers that axum or a layer produced

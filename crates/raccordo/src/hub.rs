@@ -21,6 +21,8 @@ pub struct Hub {
     stores: Stores,
     listener: TcpListener,
     options: ServeOptions,
+    /// Ends the MCP endpoint's open streams at shutdown.
+    mcp_cancel: tokio_util::sync::CancellationToken,
     /// Keeps the backend (and its lock on the data) alive until the hub stops.
     _backend: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -202,6 +204,13 @@ impl Hub {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        // MCP tools call the admin API of this very hub, with the caller's token.
+        let mut own = listener.local_addr()?;
+        if own.ip().is_unspecified() {
+            own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let mcp_cancel = tokio_util::sync::CancellationToken::new();
+        let mcp = raccordo_mcp::http_service(&format!("http://{own}"), mcp_cancel.clone())?;
         Ok(Self {
             state,
             stores,
@@ -210,7 +219,9 @@ impl Hub {
                 bench_routes: config.server.bench_routes,
                 request_timeout: config.server.request_timeout,
                 shutdown_grace: config.server.shutdown_grace,
+                extra_routes: Some(axum::Router::new().nest_service("/mcp", mcp)),
             },
+            mcp_cancel,
             _backend: backend,
         })
     }
@@ -230,9 +241,15 @@ impl Hub {
             stores,
             listener,
             options,
+            mcp_cancel,
             _backend,
         } = self;
         let grace = options.shutdown_grace;
+        // Open MCP streams end with the shutdown instead of holding the drain.
+        let shutdown = async move {
+            shutdown.await;
+            mcp_cancel.cancel();
+        };
         let served = raccordo_server::serve(listener, state.clone(), options, shutdown).await;
         state.supervisor.shutdown(grace).await;
         stores.log.close().await;

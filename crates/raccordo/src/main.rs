@@ -41,6 +41,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct McpArgs {
+    #[command(flatten)]
+    hub: admin_cmd::HubConnection,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub (embedded SQLite by default; no config needed)
@@ -99,6 +105,16 @@ enum Command {
         an edited input. Needs an admin token."
     )]
     Flows(flows_cmd::FlowsCommand),
+    /// Serve the hub's MCP tools over stdin/stdout, for AI agents that start a local process
+    #[command(
+        long_about = "Serve the Model Context Protocol over stdio for an AI agent (Claude \
+        Desktop, an IDE, any MCP client that starts a command). The tools — conversion metrics \
+        and events, a record's sync state and failures, flows and their runs — call the admin \
+        API of the running hub at --url with the token given (its scope decides what the agent \
+        may do: `read`, or `admin` to start flows). The hub itself serves the same tools over \
+        streamable HTTP at /mcp. See docs/mcp.md."
+    )]
+    Mcp(McpArgs),
     /// Operations on the HubSpot ↔ Zoho sync of a running hub (backfill)
     #[command(subcommand)]
     Sync(admin_cmd::SyncCommand),
@@ -274,6 +290,20 @@ fn main() -> ExitCode {
         Command::Connect(args) => runtime.block_on(admin_cmd::connect(args)),
         Command::Sync(command) => runtime.block_on(admin_cmd::sync(command)),
         Command::Flows(command) => runtime.block_on(flows_cmd::run(command)),
+        Command::Mcp(args) => runtime.block_on(async move {
+            // Stdout carries the protocol: the audit lines (and any other log) go to stderr.
+            tracing_subscriber::fmt()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    "warn,raccordo::audit=info",
+                ))
+                .init();
+            let api = raccordo_mcp::HubApi::new(&args.hub.url, Some(args.hub.admin_token()?))?;
+            raccordo_mcp::serve_stdio(api)
+                .await
+                .map_err(|e| anyhow::anyhow!("mcp: {e}"))
+        }),
         Command::Reconcile(args) => runtime.block_on(admin_cmd::reconcile(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),

@@ -833,3 +833,121 @@ fn the_shipped_examples_pass_check() {
         );
     }
 }
+
+/// Runs `sdk-tests/mcp_client.py` with the official MCP client; its JSON report.
+fn mcp_client(python: &std::path::Path, args: &[&str]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../sdk-tests/mcp_client.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mcp client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn an_mcp_client_queries_the_hub_and_starts_flows_within_its_tokens_scope() {
+    let Some(python) = support::sdk_python() else {
+        return;
+    };
+    let hs = sandbox(Product::HubSpot).await;
+    let ai = sandbox(Product::Ai).await;
+    let flows = r#"
+[[flows]]
+name = "echo"
+trigger = { type = "api" }
+[[flows.steps]]
+name = "shape"
+type = "map"
+fields = { said = "{{ trigger.text }}" }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &hs, &ai, flows);
+    let server = Server::start(dir.path(), &["--config", "raccordo.toml"]);
+
+    // Without a token, the endpoint is closed.
+    let anonymous = client()
+        .post(server.url("/mcp"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let url = server.url("/mcp");
+    let seen = mcp_client(&python, &["http", &url, ADMIN_TOKEN, "echo"]);
+    assert_eq!(seen["server"], "raccordo", "{seen}");
+    for tool in [
+        "query_metrics",
+        "query_events",
+        "sync_record_state",
+        "list_flows",
+        "start_flow",
+        "list_flow_runs",
+        "get_flow_run",
+    ] {
+        assert!(
+            seen["tools"].as_array().unwrap().iter().any(|t| t == tool),
+            "{tool} missing: {seen}"
+        );
+    }
+    assert_eq!(seen["flows"], json!(["echo"]));
+    assert_eq!(seen["start_error"], false, "{seen}");
+    assert_eq!(seen["run_status"], "succeeded", "{seen}");
+    assert_eq!(seen["metrics_error"], false, "{seen}");
+    assert_eq!(seen["missing_flow"]["error"], true);
+    assert!(
+        seen["missing_flow"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("404"),
+        "{seen}"
+    );
+    let run = get_json(
+        &server,
+        &format!("/api/v1/flows/runs/{}", seen["run_id"].as_str().unwrap()),
+        READ_TOKEN,
+    )
+    .await;
+    assert_eq!(
+        run["steps"][0]["output"]["said"],
+        "Il servizio è ottimo, grazie!"
+    );
+
+    // Over stdio, with a read-only token: reads work, starting a flow is refused.
+    let hub = server.url("");
+    let seen = mcp_client(
+        &python,
+        &["stdio", support::BIN, hub.trim_end_matches('/'), READ_TOKEN],
+    );
+    assert_eq!(seen["runs_error"], false, "{seen}");
+    assert_eq!(seen["runs"], 1, "{seen}");
+    assert_eq!(seen["start_refused"]["error"], true, "{seen}");
+    assert!(
+        seen["start_refused"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("403"),
+        "{seen}"
+    );
+    assert_eq!(
+        runs(&server, "echo").await.len(),
+        1,
+        "nothing was started by the read-only agent"
+    );
+
+    // Every tool call over HTTP was audited in the hub's log (the stdio ones went through
+    // the API as the read-only token's requests).
+    let audit = server.log_line(|v| {
+        v["target"] == "raccordo::audit"
+            && v.to_string().contains("start_flow")
+            && v.to_string().contains("refused")
+    });
+    assert!(audit.to_string().contains("mcp tool call"), "{audit}");
+}

@@ -28,6 +28,109 @@ pub fn router() -> super::ApiRouter {
         .routes(utoipa_axum::routes!(reconcile))
         .routes(utoipa_axum::routes!(authorize_url))
         .routes(utoipa_axum::routes!(store_grant))
+        .routes(utoipa_axum::routes!(record_state))
+}
+
+/// One record's place in the sync.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RecordState {
+    pub system: String,
+    pub object: String,
+    pub id: String,
+    /// The linked record in the other CRM, when the sync has linked one.
+    pub linked: Option<RecordLink>,
+    /// Failed sync operations of this record (the dead-letter queue), oldest first.
+    pub failures: Vec<raccordo_core::DeadLetter>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RecordLink {
+    pub system: String,
+    pub id: String,
+}
+
+/// A record's sync state: which record it is linked to in the other CRM, and its failed
+/// sync operations with their reasons.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sync/records/{system}/{object}/{id}",
+    tag = "crm",
+    params(
+        ("system" = String, Path, description = "`hubspot` or `zoho`"),
+        ("object" = String, Path, description = "`contact` or `company`"),
+        ("id" = String, Path, description = "The record's id in that CRM"),
+    ),
+    responses(
+        (status = 200, description = "The record's sync state", body = RecordState),
+        (status = 404, description = "Unknown system or object, or no CRM configured", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn record_state(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    axum::extract::Path((system, object, id)): axum::extract::Path<(String, String, String)>,
+) -> Response {
+    use raccordo_core::crm::{ObjectKind, System};
+    let Some(crm) = state.crm.as_ref() else {
+        return not_configured("No CRM");
+    };
+    let system = match system.as_str() {
+        "hubspot" => System::HubSpot,
+        "zoho" => System::Zoho,
+        _ => return Problem::not_found("the system is `hubspot` or `zoho`").into_response(),
+    };
+    let kind = match object.as_str() {
+        "contact" => ObjectKind::Contact,
+        "company" => ObjectKind::Company,
+        _ => return Problem::not_found("the object is `contact` or `company`").into_response(),
+    };
+    let reference = raccordo_sync::jobs::record_ref(system, kind, &id);
+    let linked = match crm.mappings.find(&reference, system.other().as_str()).await {
+        Ok(linked) => linked,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the id mapping failed");
+            return Problem::unavailable("reading the id mapping failed").into_response();
+        }
+    };
+    // Sync work is grouped by the HubSpot id of the pair (the Zoho id before a link).
+    let mut groups = vec![raccordo_sync::jobs::pair_group(kind, system, &id)];
+    if let Some(other) = &linked {
+        groups.push(raccordo_sync::jobs::pair_group(kind, system.other(), other));
+    }
+    let mut failures = Vec::new();
+    let mut after = None;
+    loop {
+        let page = match state
+            .queue
+            .dead_letters(Some(raccordo_sync::jobs::QUEUE), after, 1000)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the dead-letter queue failed");
+                return Problem::unavailable("reading the dead-letter queue failed")
+                    .into_response();
+            }
+        };
+        after = page.last().map(|d| d.id);
+        let done = page.len() < 1000;
+        failures.extend(page.into_iter().filter(|d| groups.contains(&d.group_key)));
+        if done {
+            break;
+        }
+    }
+    Json(RecordState {
+        system: system.as_str().into(),
+        object: kind.as_str().into(),
+        linked: linked.map(|id| RecordLink {
+            system: system.other().as_str().into(),
+            id,
+        }),
+        id,
+        failures,
+    })
+    .into_response()
 }
 
 fn connector(state: &AppState, system: &str) -> Option<Arc<raccordo_crm::Connector>> {
