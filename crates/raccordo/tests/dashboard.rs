@@ -84,3 +84,80 @@ async fn the_dashboard_draws_the_events_sent_during_the_test() {
     );
     eprintln!("dashboard screenshot: {}", shot.display());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_draws_each_flow_as_its_steps_and_the_integrations_calls() {
+    let Some(browser) = chromium() else { return };
+    let (hook, _hooked) = capture_http(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let flows = format!(
+        r#"
+[[flows]]
+name = "leads"
+description = "VIP leads are announced"
+trigger = {{ type = "api" }}
+
+[[flows.steps]]
+name = "shape"
+type = "map"
+fields = {{ who = "{{{{ trigger.name }}}}", vip = "{{{{ trigger.vip }}}}" }}
+
+[[flows.steps]]
+name = "route"
+type = "branch"
+condition = "steps.shape.vip"
+then = "announce"
+
+[[flows.steps]]
+name = "ordinary"
+type = "filter"
+condition = "false"
+
+[[flows.steps]]
+name = "announce"
+type = "http"
+method = "POST"
+url = "http://{hook}/vip"
+body = {{ who = "{{{{ steps.shape.who }}}}" }}
+"#
+    );
+    let server = start_configured(dir.path(), &flows);
+    for (name, vip) in [("Anna", true), ("Bruno", false)] {
+        let r = client()
+            .post(server.url("/api/v1/flows/leads/runs"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": name, "vip": vip}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    poll_json(&server, "/api/v1/flows/runs?flow=leads", READ_TOKEN, |b| {
+        b["runs"].as_array().is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["status"] == "succeeded"))
+    })
+    .await;
+
+    let url = server.url(&format!("/#token={READ_TOKEN}"));
+    let dom = String::from_utf8(headless(browser, &["--dump-dom"], &url).stdout).unwrap();
+    assert!(
+        dom.contains(r#"data-step="leads/shape" data-last="succeeded" data-ok="2""#),
+        "the first step ran in both runs: {dom}"
+    );
+    assert!(dom.contains("↪ announce"), "the branch shows where it jumps");
+    assert!(
+        dom.contains(r#"data-step="leads/announce" data-last="skipped" data-ok="1""#)
+            || dom.contains(r#"data-step="leads/announce" data-last="succeeded" data-ok="1""#),
+        "the VIP run called out, the other did not: {dom}"
+    );
+    assert!(
+        dom.contains(r#"data-cell="http:127.0.0.1-calls">1<"#),
+        "the integrations table counts the one outbound call: {dom}"
+    );
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-flows.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(browser, &[&format!("--screenshot={}", shot.display()), "--window-size=1400,2400"], &url);
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 20_000, "a screenshot was saved at {} ({size} bytes)", shot.display());
+    eprintln!("dashboard screenshot: {}", shot.display());
+}

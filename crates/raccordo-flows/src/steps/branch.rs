@@ -57,6 +57,9 @@ impl Step for BranchStep {
             .ok_or_else(|| StepError::at("condition", "must be true or false"))?;
         Ok(StepOutput::of(json!({ "condition": holds })))
     }
+    fn jumps(&self) -> Vec<usize> {
+        std::iter::once(self.then).chain(self.otherwise).collect()
+    }
     fn next(&self, output: &Value) -> Next {
         match (output["condition"].as_bool() == Some(true), self.otherwise) {
             (true, _) => Next::Goto(self.then),

@@ -126,6 +126,11 @@ pub trait Step: Send + Sync {
     fn next(&self, _output: &Value) -> Next {
         Next::Continue
     }
+
+    /// The later steps it may jump to (a `branch`'s `then` and `else`), for drawing the flow.
+    fn jumps(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 /// What building a step needs: the names of the flow's steps (a `branch` names later ones)

@@ -115,6 +115,11 @@ pub struct FlowStepView {
     pub max_ms: Option<i64>,
     /// The status of the step in the newest run that reached it.
     pub last_status: Option<String>,
+    /// The later steps a `branch` may jump to (the next step is always a way on).
+    pub jumps: Vec<String>,
+    /// Tokens and cost the step spent in those runs (an `ai` step).
+    pub tokens: u64,
+    pub cost: f64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -165,7 +170,16 @@ pub async fn list_flows(State(state): State<Arc<AppState>>, _reader: Reader) -> 
             .steps
             .iter()
             .enumerate()
-            .map(|(i, step)| step_view(i, &step.name, step.kind, &runs))
+            .map(|(i, step)| {
+                let mut view = step_view(i, &step.name, step.kind, &runs);
+                view.jumps = step
+                    .step
+                    .jumps()
+                    .into_iter()
+                    .filter_map(|j| flow.steps.get(j).map(|s| s.name.clone()))
+                    .collect();
+                view
+            })
             .collect();
         flows.push(FlowView {
             name: flow.name.clone(),
@@ -193,6 +207,9 @@ fn step_view(index: usize, name: &str, kind: &str, runs: &[Run]) -> FlowStepView
         p50_ms: None,
         max_ms: None,
         last_status: None,
+        jumps: Vec::new(),
+        tokens: 0,
+        cost: 0.0,
     };
     let mut latencies = Vec::new();
     // Runs come newest first.
@@ -221,6 +238,8 @@ fn step_view(index: usize, name: &str, kind: &str, runs: &[Run]) -> FlowStepView
         if view.last_status.is_none() {
             view.last_status = Some(status.to_string());
         }
+        view.tokens += record.tokens.unwrap_or(0);
+        view.cost += record.cost.unwrap_or(0.0);
         if record.status != StepStatus::Skipped
             && let Some(end) = record.finished_at_ms
         {
