@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Provider, ProviderKind};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AiConfig {
     /// The first is asked; the next ones are the fallbacks when it cannot answer (429, 5xx,
@@ -14,6 +14,7 @@ pub struct AiConfig {
     pub providers: Vec<ProviderConfig>,
     /// How long an answer stays in the cache (same model, prompt and input: no call).
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub cache_ttl: Duration,
 }
 
@@ -26,7 +27,8 @@ impl Default for AiConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One model provider (`[[ai.providers]]`).
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Names the provider in metrics and run records.
@@ -35,21 +37,30 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub kind: ProviderKind,
     /// The API root including `/v1`, e.g. `https://api.openai.com/v1`.
+    /// Required for `openai_compatible`.
     #[serde(default)]
     pub base_url: String,
-    #[serde(default)]
+    /// Sent as the bearer token; keep it out of the file with `${ENV}`. Not needed for
+    /// `offline`.
+    #[serde(default, serialize_with = "raccordo_core::redacted")]
     pub api_key: String,
+    /// The model name, e.g. `gpt-4o-mini` (required for `openai_compatible`).
     #[serde(default)]
     pub model: String,
+    /// How long one call may take.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
     pub timeout: Duration,
+    /// Requests per minute the account allows (the hub stays under it).
     #[serde(default = "default_rpm")]
     pub requests_per_minute: u32,
+    /// Tokens per minute the account allows, prompt and completion.
     #[serde(default = "default_tpm")]
     pub tokens_per_minute: u32,
     /// Price per million prompt tokens, for the cost accounting.
     #[serde(default)]
     pub input_price_per_mtok: f64,
+    /// Price per million completion tokens.
     #[serde(default)]
     pub output_price_per_mtok: f64,
 }

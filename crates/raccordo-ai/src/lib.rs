@@ -23,7 +23,7 @@ pub mod offline;
 pub use config::{AiConfig, ProviderConfig};
 
 /// What answers: a chat-completions API, or the built-in offline classifier.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// OpenAI's API or any server that speaks it (`base_url`).

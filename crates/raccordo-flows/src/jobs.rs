@@ -15,8 +15,8 @@ use serde_json::Value;
 /// The work-queue name of completion webhooks.
 pub const CALLBACK_QUEUE: &str = "job-callbacks";
 
-/// `[jobs]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// `[jobs]`: async jobs' completion webhooks.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsConfig {
     /// Signs completion webhooks (`whsec_…`, Standard Webhooks); a job may name a

@@ -33,13 +33,12 @@ pub struct Config {
     /// `[sync]`: what is synced between HubSpot and Zoho, and how.
     pub sync: SyncConfig,
     /// `[ai]`: the model providers of AI steps (the first, then the fallbacks).
-    #[schema(value_type = Object)]
     pub ai: raccordo_ai::AiConfig,
-    /// `[[flows]]`: a trigger and steps each (see docs/flows.md).
+    /// `[[flows]]`: a trigger and its steps each; the keys of flows, triggers and every step
+    /// type are in [flows.md](flows.md).
     #[schema(value_type = Vec<Object>)]
     pub flows: Vec<raccordo_flows::FlowConfig>,
     /// `[jobs]`: async jobs' completion webhooks.
-    #[schema(value_type = Object)]
     pub jobs: raccordo_flows::JobsConfig,
 }
 
@@ -485,7 +484,8 @@ fn span_of(text: &str, key: &str) -> Option<usize> {
     let root = DeTable::parse(text).ok()?;
     let mut best = None;
     let mut table = Some(root.get_ref());
-    for segment in key.split('.') {
+    let mut segments = key.split('.').peekable();
+    while let Some(segment) = segments.next() {
         let (name, index) = match segment.split_once('[') {
             Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
             None => (segment, None),
@@ -497,6 +497,22 @@ fn span_of(text: &str, key: &str) -> Option<usize> {
             let Some(item) = items.get(i) else { break };
             value = item;
             best = Some(value.span().start);
+        } else if let (None, DeValue::Array(items)) = (index, value.get_ref()) {
+            // An array of named tables (`[[flows]]`, `[[flows.steps]]`) is addressed by name:
+            // `flows.<flow>.steps.<step>`.
+            let named = segments.peek().and_then(|wanted| {
+                items.iter().find(|item| match item.get_ref() {
+                    DeValue::Table(t) => t.iter().any(|(k, v)| {
+                        k.get_ref() == "name" && matches!(v.get_ref(), DeValue::String(s) if s == wanted)
+                    }),
+                    _ => false,
+                })
+            });
+            if let Some(item) = named {
+                segments.next();
+                value = item;
+                best = Some(value.span().start);
+            }
         }
         table = match value.get_ref() {
             DeValue::Table(t) => Some(t),

@@ -65,6 +65,7 @@ fn defaults_of(name: &str, schema: &Value) -> Value {
         "WebhookConfig" => via::<raccordo_notify::WebhookConfig>(input),
         "EmailConfig" => via::<raccordo_notify::EmailConfig>(input),
         "AdminTokenConfig" => via::<raccordo_server::settings::AdminTokenConfig>(input),
+        "ProviderConfig" => via::<raccordo_ai::ProviderConfig>(input),
         _ => Value::Null,
     };
     // What was required has no default.
@@ -175,6 +176,10 @@ impl Reference {
         let about = Self::describe(&schema);
         if !about.is_empty() {
             let _ = writeln!(self.out, "{about}\n");
+        }
+        if schema["properties"].as_object().is_none_or(|p| p.is_empty()) {
+            // Documented by hand (flows: their keys depend on the step type).
+            return;
         }
         let _ = writeln!(self.out, "| key | type | default | meaning |");
         let _ = writeln!(self.out, "| --- | --- | --- | --- |");
