@@ -171,7 +171,7 @@ impl CallLog {
             .filter(|(name, _)| service.is_none_or(|s| s == name.as_str()))
             .flat_map(|(_, s)| s.recent.iter().cloned())
             .collect();
-        out.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        out.sort_by_key(|c| std::cmp::Reverse(c.at_ms));
         out.truncate(limit);
         out
     }

@@ -503,7 +503,8 @@ fn span_of(text: &str, key: &str) -> Option<usize> {
             let named = segments.peek().and_then(|wanted| {
                 items.iter().find(|item| match item.get_ref() {
                     DeValue::Table(t) => t.iter().any(|(k, v)| {
-                        k.get_ref() == "name" && matches!(v.get_ref(), DeValue::String(s) if s == wanted)
+                        k.get_ref() == "name"
+                            && matches!(v.get_ref(), DeValue::String(s) if s == wanted)
                     }),
                     _ => false,
                 })

@@ -177,7 +177,10 @@ impl Reference {
         if !about.is_empty() {
             let _ = writeln!(self.out, "{about}\n");
         }
-        if schema["properties"].as_object().is_none_or(|p| p.is_empty()) {
+        if schema["properties"]
+            .as_object()
+            .is_none_or(|p| p.is_empty())
+        {
             // Documented by hand (flows: their keys depend on the step type).
             return;
         }

@@ -133,7 +133,9 @@ body = {{ who = "{{{{ steps.shape.who }}}}" }}
         assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
     poll_json(&server, "/api/v1/flows/runs?flow=leads", READ_TOKEN, |b| {
-        b["runs"].as_array().is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["status"] == "succeeded"))
+        b["runs"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["status"] == "succeeded"))
     })
     .await;
 
@@ -143,7 +145,10 @@ body = {{ who = "{{{{ steps.shape.who }}}}" }}
         dom.contains(r#"data-step="leads/shape" data-last="succeeded" data-ok="2""#),
         "the first step ran in both runs: {dom}"
     );
-    assert!(dom.contains("↪ announce"), "the branch shows where it jumps");
+    assert!(
+        dom.contains("↪ announce"),
+        "the branch shows where it jumps"
+    );
     assert!(
         dom.contains(r#"data-step="leads/announce" data-last="skipped" data-ok="1""#)
             || dom.contains(r#"data-step="leads/announce" data-last="succeeded" data-ok="1""#),
@@ -156,8 +161,19 @@ body = {{ who = "{{{{ steps.shape.who }}}}" }}
 
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-flows.png");
     let _ = std::fs::remove_file(&shot);
-    headless(browser, &[&format!("--screenshot={}", shot.display()), "--window-size=1400,2400"], &url);
+    headless(
+        browser,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,2400",
+        ],
+        &url,
+    );
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 20_000, "a screenshot was saved at {} ({size} bytes)", shot.display());
+    assert!(
+        size > 20_000,
+        "a screenshot was saved at {} ({size} bytes)",
+        shot.display()
+    );
     eprintln!("dashboard screenshot: {}", shot.display());
 }

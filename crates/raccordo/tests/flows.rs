@@ -381,6 +381,48 @@ async fn a_ticket_is_classified_written_to_hubspot_announced_replayed_and_run_as
         alerts_before_job,
         "no alert for a positive ticket"
     );
+    let deliveries = wait_for_requests(&called, 2).await;
+    let secret = raccordo_notify::signer::WebhookSecret::parse(JOB_SECRET).unwrap();
+    for d in &deliveries {
+        let id = d.header("webhook-id").unwrap();
+        assert_eq!(
+            id,
+            format!("job_{}", first["job_id"].as_str().unwrap()),
+            "the same id on every retry"
+        );
+        use base64::Engine;
+        let signature = d
+            .header("webhook-signature")
+            .unwrap()
+            .strip_prefix("v1,")
+            .unwrap();
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(signature)
+            .unwrap();
+        assert!(secret.verify(
+            id,
+            d.header("webhook-timestamp").unwrap(),
+            &d.body,
+            &signature
+        ));
+    }
+    let announced: Value = serde_json::from_slice(&deliveries[1].body).unwrap();
+    assert_eq!(announced["type"], "job.succeeded");
+    assert_eq!(announced["data"]["result"], done["result"]);
+
+    // A callback to nowhere is refused and starts nothing.
+    let refused = client()
+        .post(server.url("/api/v1/jobs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"flow": "ticket-triage", "callback_url": "ftp://x", "input": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["errors"][0]["pointer"],
+        "/callback_url"
+    );
 
     // The flow as a graph with each step's recent status.
     let graph = get_json(&server, "/api/v1/flows", READ_TOKEN).await;
