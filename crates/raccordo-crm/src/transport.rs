@@ -11,7 +11,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 
-use crate::error::{Attempt, CrmError, run_call};
+use crate::error::{Attempt, CrmError, quick_retry_wait};
 use crate::limits::{Budget, Limit};
 use crate::stats::CallStats;
 use crate::tokens::TokenSource;
@@ -128,5 +128,50 @@ impl Transport {
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             token,
         })
+    }
+}
+
+/// Runs one client call: tries `attempt`, refreshes the token once on a 401, retries a
+/// brief hiccup in place ([`quick_retry_wait`](crate::error::quick_retry_wait)), and records every outcome in `stats`.
+async fn run_call<T, F, Fut>(
+    system: &'static str,
+    tokens: &dyn crate::tokens::TokenSource,
+    stats: &crate::stats::CallStats,
+    mut attempt: F,
+) -> Result<T, CrmError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Attempt>>,
+{
+    let (mut refreshed, mut tries) = (false, 0);
+    loop {
+        let error = match raccordo_core::calls::attempt_scope(
+            tries + 1 + refreshed as u32,
+            attempt(),
+        )
+        .await
+        {
+            Ok(done) => {
+                stats.record(system, Ok(()));
+                return Ok(done);
+            }
+            Err(Attempt::Unauthorized(token)) if !refreshed => {
+                // Once per call: the token may have been revoked or expired early.
+                tokens.rejected(&token).await;
+                refreshed = true;
+                continue;
+            }
+            Err(Attempt::Unauthorized(_)) => CrmError::Unauthorized {
+                system,
+                message: "refused a freshly issued token".into(),
+            },
+            Err(Attempt::Failed(e)) => e,
+        };
+        stats.record(system, Err(&error));
+        tries += 1;
+        match quick_retry_wait(&error, tries) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return Err(error),
+        }
     }
 }

@@ -10,7 +10,9 @@
 //! - [`runner`]: starting, running, resuming and replaying runs on the queue.
 
 pub mod config;
+pub mod error;
 pub mod flow;
+pub mod gateway;
 pub mod jobs;
 pub mod runner;
 pub mod services;
@@ -18,8 +20,9 @@ pub mod steps;
 pub mod template;
 
 pub use config::{ConfigProblem, FlowConfig, StepConfig, TriggerConfig};
+pub use error::StepError;
 pub use flow::{Flow, Flows};
+pub use gateway::{CrmClients, CrmGateway};
 pub use jobs::{Job, JobsConfig};
 pub use runner::{FlowRunner, QUEUE, StartError, StepTask, derived_run_id, new_run_id};
 pub use services::Services;
-pub use steps::{CrmClients, CrmGateway};

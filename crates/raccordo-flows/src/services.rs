@@ -9,7 +9,8 @@ use raccordo_core::{Clock, KeyValueStore};
 use raccordo_notify::ChannelContext;
 use tokio::sync::Mutex;
 
-use crate::steps::{CrmGateway, StepError};
+use crate::error::StepError;
+use crate::gateway::CrmGateway;
 
 pub struct Services {
     /// `None` when `[ai]` configures no provider: an `ai` step then fails with that reason.
