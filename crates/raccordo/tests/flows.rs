@@ -993,3 +993,84 @@ fields = { said = "{{ trigger.text }}" }
     });
     assert!(audit.to_string().contains("mcp tool call"), "{audit}");
 }
+
+#[tokio::test]
+async fn a_scheduled_flow_fires_once_per_firing_and_the_cli_reads_and_replays_runs() {
+    let hs = sandbox(Product::HubSpot).await;
+    let ai = sandbox(Product::Ai).await;
+    let flows = r#"
+[[flows]]
+name = "tick"
+trigger = { type = "schedule", cron = "* * * * * *", payload = { source = "clock" } }
+[[flows.steps]]
+name = "stamp"
+type = "map"
+fields = { from = "{{ trigger.source }}", run = "{{ run.id }}" }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &hs, &ai, flows);
+    let server = Server::start(dir.path(), &["--config", "raccordo.toml"]);
+    // Every second: wait (bounded) for three firings.
+    let page = poll_json(&server, "/api/v1/flows/runs?flow=tick", READ_TOKEN, |b| {
+        b["runs"].as_array().is_some_and(|r| r.len() >= 3)
+    })
+    .await;
+    let runs = page["runs"].as_array().unwrap();
+    let mut starts: Vec<i64> = runs
+        .iter()
+        .map(|r| r["started_at_ms"].as_i64().unwrap())
+        .collect();
+    starts.sort();
+    assert!(
+        starts.windows(2).all(|w| w[1] - w[0] >= 500),
+        "one run per firing: {starts:?}"
+    );
+    let id = runs.iter().find(|r| r["status"] == "succeeded").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The CLI shows the run, and replays it with an edited input.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(support::BIN)
+            .args(args)
+            .args([
+                "--url",
+                server.url("").trim_end_matches('/'),
+                "--token",
+                ADMIN_TOKEN,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shown = cli(&["flows", "show", &id]);
+    assert!(
+        shown.contains("stamp") && shown.contains("\"from\":\"clock\""),
+        "{shown}"
+    );
+    let replayed = cli(&[
+        "flows",
+        "replay",
+        &id,
+        "--from",
+        "stamp",
+        "--input",
+        r#"{"from":"edited"}"#,
+        "--wait",
+    ]);
+    assert!(
+        replayed.contains("succeeded") && replayed.contains("\"from\":\"edited\""),
+        "{replayed}"
+    );
+    let listed = cli(&["flows", "list"]);
+    assert!(
+        listed.contains("tick") && listed.contains("stamp"),
+        "{listed}"
+    );
+}
