@@ -21,8 +21,9 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     /// Marks the records flows wrote (see [`echo_key`]).
     pub kv: Arc<dyn KeyValueStore>,
-    /// OAuth2 client-credentials tokens by token URL and client, with their expiry.
-    tokens: Mutex<HashMap<(String, String), (String, i64)>>,
+    /// OAuth2 client-credentials tokens by token URL, client, secret (hashed) and scope, with
+    /// their expiry: a step with other credentials never borrows another's token.
+    tokens: Mutex<HashMap<(String, String, u64), (String, i64)>>,
 }
 
 impl Services {
@@ -56,7 +57,12 @@ impl Services {
         client_secret: &str,
         scope: Option<&str>,
     ) -> Result<String, StepError> {
-        let key = (token_url.to_string(), client_id.to_string());
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (client_secret, scope).hash(&mut h);
+            (token_url.to_string(), client_id.to_string(), h.finish())
+        };
         let mut tokens = self.tokens.lock().await;
         let now = self.clock.now_ms();
         if let Some((token, until)) = tokens.get(&key)
