@@ -12,6 +12,9 @@ use tokio::sync::Mutex;
 use crate::error::StepError;
 use crate::gateway::CrmGateway;
 
+/// Token URL, client id, and a hash of the secret and scope.
+type TokenKey = (String, String, u64);
+
 pub struct Services {
     /// `None` when `[ai]` configures no provider: an `ai` step then fails with that reason.
     pub ai: Option<Arc<AiClient>>,
@@ -23,7 +26,7 @@ pub struct Services {
     pub kv: Arc<dyn KeyValueStore>,
     /// OAuth2 client-credentials tokens by token URL, client, secret (hashed) and scope, with
     /// their expiry: a step with other credentials never borrows another's token.
-    tokens: Mutex<HashMap<(String, String, u64), (String, i64)>>,
+    tokens: Mutex<HashMap<TokenKey, (String, i64)>>,
 }
 
 impl Services {
