@@ -23,6 +23,42 @@ pub fn environment() -> &'static Environment<'static> {
     })
 }
 
+/// The environment of the load-time probe: undefined values pass silently, so rendering a
+/// template over an empty context reaches its filters and functions.
+fn probe_environment() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        env
+    })
+}
+
+/// Unknown filters, tests and functions are found by minijinja only when a template is
+/// rendered: render it once over nothing, and report those (other errors need real data).
+fn probe(source: &str, expression: Option<&str>) -> Result<(), String> {
+    use minijinja::ErrorKind;
+    let env = probe_environment();
+    let rendered = match expression {
+        Some(expr) => env
+            .compile_expression(expr)
+            .and_then(|e| e.eval(minijinja::context! {}))
+            .map(|_| ()),
+        None => env.render_str(source, minijinja::context! {}).map(|_| ()),
+    };
+    match rendered {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction
+            ) =>
+        {
+            Err(describe(&e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What a template may refer to when it is checked: the steps before it, and whether the
 /// step has a rendered `input` of its own.
 #[derive(Debug, Clone, Default)]
@@ -86,6 +122,7 @@ impl Template {
                 ));
             }
         }
+        probe(source, expression)?;
         Ok(Self {
             source: source.into(),
             expression: expression.map(Into::into),
@@ -267,6 +304,15 @@ mod tests {
         Template::parse("{{ steps.classify.x }}", &scope(&["classify"])).unwrap();
         let e = Template::parse("{{ input }}", &scope(&[])).unwrap_err();
         assert!(e.contains("unknown variable `input`"), "{e}");
+        let e = Template::parse("Hi {{ trigger.name | truncate(5) }}", &scope(&[])).unwrap_err();
+        assert!(e.contains("unknown filter"), "{e}");
+        let e = Template::parse("{{ trigger.name is shiny }}", &scope(&[])).unwrap_err();
+        assert!(e.contains("unknown test"), "{e}");
+        Template::parse(
+            "{% for r in trigger.items %}{{ r.id | upper }}{% endfor %}",
+            &scope(&[]),
+        )
+        .unwrap();
     }
 
     #[test]
