@@ -61,36 +61,41 @@ impl EventSchema {
     }
 
     /// Validates one item; errors carry pointers prefixed by `prefix` (e.g. `/3`).
-    /// Messages are masked: they name the rule that failed, never the submitted value.
+    /// Messages are masked: they name the rule that failed, never the submitted value. A
+    /// field that breaks several rules gets one message naming them all; an enum lists every
+    /// allowed value.
     pub fn validate(&self, item: &Value, prefix: &str, errors: &mut Vec<FieldError>) -> usize {
-        let mut count = 0;
+        let mut located: Vec<FieldError> = Vec::new();
         for error in self.validator.iter_errors(item) {
             let at = format!("{prefix}{}", error.instance_path().as_str());
             // Point at the field itself, not at the object that lacks or has it.
-            let located: Vec<FieldError> = match error.kind() {
+            match error.kind() {
                 ValidationErrorKind::Required { property } => {
                     let name = property.as_str().unwrap_or_default();
-                    vec![FieldError::new(
+                    located.push(FieldError::new(
                         format!("{at}/{}", escape_pointer(name)),
                         "is required",
-                    )]
+                    ));
                 }
-                ValidationErrorKind::AdditionalProperties { unexpected } => unexpected
-                    .iter()
-                    .map(|name| {
+                ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    located.extend(unexpected.iter().map(|name| {
                         FieldError::new(
                             format!("{at}/{}", escape_pointer(name)),
                             "is not an allowed property",
                         )
-                    })
-                    .collect(),
-                _ => vec![FieldError::new(at, error.masked().to_string())],
-            };
-            for e in located {
-                count += 1;
-                if errors.len() < MAX_REPORTED_ERRORS {
-                    errors.push(e);
+                    }))
                 }
+                ValidationErrorKind::Enum { options } => {
+                    located.push(FieldError::new(at, one_of(options)));
+                }
+                _ => located.push(FieldError::new(at, error.masked().to_string())),
+            }
+        }
+        let mut count = 0;
+        for e in merge_by_field(located) {
+            count += 1;
+            if errors.len() < MAX_REPORTED_ERRORS {
+                errors.push(e);
             }
         }
         if count == 0 && self.builtin_conversion {
@@ -102,6 +107,36 @@ impl EventSchema {
     pub fn is_valid(&self, item: &Value) -> bool {
         self.validator.is_valid(item)
     }
+}
+
+/// `must be one of "email", "social_media", "webform" or "sms"`: every allowed value (they
+/// come from the schema, not from the request).
+fn one_of(options: &Value) -> String {
+    let values: Vec<String> = options
+        .as_array()
+        .map(|o| o.iter().map(Value::to_string).collect())
+        .unwrap_or_default();
+    match values.as_slice() {
+        [] => "is not an allowed value".into(),
+        [one] => format!("must be {one}"),
+        [init @ .., last] => format!("must be one of {} or {last}", init.join(", ")),
+    }
+}
+
+/// One message per field, in the order the fields first failed.
+fn merge_by_field(errors: Vec<FieldError>) -> Vec<FieldError> {
+    let mut merged: Vec<FieldError> = Vec::with_capacity(errors.len());
+    for e in errors {
+        match merged.iter_mut().find(|m| m.pointer == e.pointer) {
+            Some(m) if !m.detail.contains(&e.detail) => {
+                m.detail.push_str("; ");
+                m.detail.push_str(&e.detail);
+            }
+            Some(_) => {}
+            None => merged.push(e),
+        }
+    }
+    merged
 }
 
 fn escape_pointer(name: &str) -> String {
@@ -151,6 +186,40 @@ mod tests {
         let mut errors = Vec::new();
         schema.validate(v, "/0", &mut errors);
         errors.into_iter().map(|e| e.pointer).collect()
+    }
+
+    #[test]
+    fn an_enum_error_lists_every_allowed_value_and_a_field_gets_one_message() {
+        let schema = EventSchema::conversion();
+        let mut v = valid();
+        v["canale"] = json!("fax");
+        let mut errors = Vec::new();
+        schema.validate(&v, "/0", &mut errors);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].pointer, "/0/canale");
+        assert_eq!(
+            errors[0].detail,
+            r#"must be one of "email", "social_media", "webform" or "sms""#
+        );
+        assert!(
+            !errors[0].detail.contains("fax"),
+            "the value is never echoed"
+        );
+
+        let schema = EventSchema::from_value(&json!({
+            "type": "object",
+            "properties": { "code": { "type": "string", "minLength": 5, "pattern": "^[A-Z]+$" } }
+        }))
+        .unwrap();
+        let mut errors = Vec::new();
+        let count = schema.validate(&json!({ "code": "ab" }), "", &mut errors);
+        assert_eq!(count, 1, "{errors:?}");
+        assert_eq!(errors[0].pointer, "/code");
+        assert!(
+            errors[0].detail.contains("; "),
+            "both rules in one message: {errors:?}"
+        );
+        assert!(!errors[0].detail.contains("\"ab\""), "{errors:?}");
     }
 
     #[test]

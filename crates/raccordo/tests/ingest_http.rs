@@ -428,6 +428,10 @@ async fn a_batch_is_checked_whole_and_every_failing_item_is_named() {
         ["/1/valore", "/3/canale", "/4/stato", "/5/timestamp"],
         "{p}"
     );
+    assert_eq!(
+        p["errors"][1]["detail"], r#"must be one of "email", "social_media", "webform" or "sms""#,
+        "an enum error lists every allowed value"
+    );
     assert!(
         all_events(&server).await.is_empty(),
         "nothing of a rejected batch is stored"
