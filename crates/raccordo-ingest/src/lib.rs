@@ -5,6 +5,7 @@
 //! [`raccordo_core::EventLog`] trait, so the same pipeline runs on the embedded or a cluster backend.
 
 pub mod auth;
+pub mod browser;
 pub mod conversion;
 pub mod dedup;
 pub mod error;

@@ -200,7 +200,27 @@ impl Ingestor {
         body: Bytes,
         now_ms: i64,
     ) -> Result<IngestResponse, IngestError> {
-        check_content_type(headers)?;
+        // An HTML form's body, for a source that takes forms, is read as a JSON object; the
+        // signature (if any) was checked on the body as sent.
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let body = match &source.forms {
+            Some(forms) if crate::browser::is_form(content_type) => {
+                let value = crate::browser::form_to_json(&body, &forms.numbers).map_err(
+                    |(pointer, detail)| IngestError::Validation {
+                        total: 1,
+                        errors: vec![FieldError::new(pointer, detail)],
+                    },
+                )?;
+                Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+            }
+            _ => {
+                check_content_type(headers)?;
+                body
+            }
+        };
         let dedup_settings = &self.settings.dedup;
         let fast = source
             .fast_conversion

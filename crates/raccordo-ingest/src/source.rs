@@ -33,6 +33,12 @@ pub struct SourceConfig {
     /// JSON pointer of the event-time field (RFC 3339). Events without it use arrival time.
     #[serde(default = "default_time_field")]
     pub time_field: String,
+    /// Web origins that may post to the source from a browser (`fetch`, with preflight).
+    #[serde(default)]
+    pub cors: Option<crate::browser::CorsConfig>,
+    /// Accept HTML form bodies (`application/x-www-form-urlencoded`), read as JSON objects.
+    #[serde(default)]
+    pub forms: Option<crate::browser::FormsConfig>,
 }
 
 fn yes() -> bool {
@@ -115,6 +121,8 @@ pub struct Source {
     pub fast_conversion: bool,
     /// What this source has sent since the process started (for the dashboard).
     pub health: SourceHealth,
+    pub cors: Option<crate::browser::CorsConfig>,
+    pub forms: Option<crate::browser::FormsConfig>,
 }
 
 /// Live counters of one source; Prometheus has the same figures with history, this is the
@@ -239,6 +247,14 @@ impl Source {
                 ));
             }
         }
+        for (key, problems) in [
+            ("cors", config.cors.as_ref().map(|c| c.problems())),
+            ("forms", config.forms.as_ref().map(|f| f.problems())),
+        ] {
+            for (field, message) in problems.into_iter().flatten() {
+                errors.push((format!("{key}.{field}"), message));
+            }
+        }
         if !config.time_field.starts_with('/') {
             errors.push((
                 "time_field".into(),
@@ -261,6 +277,8 @@ impl Source {
                     bucket_ms: settings.dedup.bucket.as_millis().max(1) as i64,
                 },
                 health: SourceHealth::default(),
+                cors: config.cors.clone(),
+                forms: config.forms.clone(),
             }),
             _ => Err(errors),
         }

@@ -29,6 +29,10 @@ pub const PROBLEM_TYPES: &[(&str, &str)] = &[
         "The admin token lacks the scope this route needs",
     ),
     ("unknown-source", "No source of that name is configured"),
+    (
+        "origin-not-allowed",
+        "A browser preflight from an origin the source's `cors` does not list",
+    ),
     ("source-disabled", "The source is configured but disabled"),
     ("not-found", "No such route or resource"),
     (

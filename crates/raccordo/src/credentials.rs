@@ -101,6 +101,8 @@ impl Credentials {
                 conversions: None,
                 key_fields: vec!["/id_cliente".into(), "/evento".into()],
                 time_field: "/timestamp".into(),
+                cors: None,
+                forms: None,
             },
         );
         config.admin.tokens.push(AdminTokenConfig {

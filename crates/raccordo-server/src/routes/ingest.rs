@@ -19,7 +19,7 @@ use crate::problem::Problem;
 pub fn router() -> super::ApiRouter {
     super::ApiRouter::new()
         .routes(utoipa_axum::routes!(ingest_conversion))
-        .routes(utoipa_axum::routes!(ingest_source))
+        .routes(utoipa_axum::routes!(ingest_source, source_preflight))
 }
 
 /// What an ingest route answers, besides the problems every route may give.
@@ -90,10 +90,121 @@ pub async fn ingest_conversion(
 pub async fn ingest_source(
     State(state): State<Arc<AppState>>,
     Path(source): Path<String>,
-    headers: HeaderMap,
+    uri: http::Uri,
+    mut headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(&state, Target::Source(&source), headers, body).await
+    let configured = state
+        .ingestor
+        .sources()
+        .find(|s| s.name.as_str() == source)
+        .cloned();
+    let forms = configured.as_ref().and_then(|s| s.forms.as_ref());
+    // A form the browser navigates with (not a `fetch` from a script, which reads the JSON).
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let navigation = match header("sec-fetch-mode") {
+        "" => header("accept").contains("text/html"),
+        mode => mode == "navigate",
+    };
+    let form_post =
+        forms.is_some() && navigation && raccordo_ingest::browser::is_form(header("content-type"));
+    // A plain HTML form cannot set headers: a form source takes its API key from the query
+    // (`?api_key=`), which the page shows anyway.
+    if forms.is_some()
+        && !headers.contains_key("x-api-key")
+        && let Some(key) = uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("api_key="))
+                .map(str::to_string)
+        })
+        && let Ok(value) = http::HeaderValue::from_str(&key)
+    {
+        headers.insert("x-api-key", value);
+    }
+    let origin = allowed_origin(configured.as_deref(), &headers);
+    let mut response = ingest(&state, Target::Source(&source), headers, body).await;
+    if form_post
+        && response.status() == StatusCode::ACCEPTED
+        && let Some(url) = forms.and_then(|f| f.redirect.as_deref())
+        && let Ok(location) = http::HeaderValue::from_str(url)
+    {
+        response = (StatusCode::SEE_OTHER, [(http::header::LOCATION, location)]).into_response();
+    }
+    if let Some(origin) = origin {
+        let h = response.headers_mut();
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.append(http::header::VARY, http::HeaderValue::from_static("origin"));
+    }
+    response
+}
+
+/// The request's `Origin`, when the source's `cors` lets it call.
+fn allowed_origin(
+    source: Option<&raccordo_ingest::Source>,
+    headers: &HeaderMap,
+) -> Option<http::HeaderValue> {
+    let cors = source?.cors.as_ref()?;
+    let origin = headers.get(http::header::ORIGIN)?;
+    cors.allows(origin.to_str().ok()?).then(|| origin.clone())
+}
+
+/// The browser's preflight for a source with `cors`: which origin, methods and headers may
+/// post to it, and for how long the answer holds. A refused origin gets `403`.
+#[utoipa::path(
+    options,
+    path = "/webhooks/in/{source}",
+    tag = "ingest",
+    params(("source" = String, Path, description = "A source from `[sources.<name>]`")),
+    responses(
+        (status = 204, description = "The origin may post to the source"),
+        (status = 403, description = "The source takes no calls from this origin", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn source_preflight(
+    State(state): State<Arc<AppState>>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let configured = state.ingestor.sources().find(|s| s.name.as_str() == source);
+    let Some(origin) = allowed_origin(configured.map(|s| s.as_ref()), &headers) else {
+        return Problem::new(
+            403,
+            "origin-not-allowed",
+            "Origin not allowed",
+            "this source takes no browser calls from this origin (`cors.allowed_origins`)",
+        )
+        .into_response();
+    };
+    let max_age = configured
+        .and_then(|s| s.cors.as_ref())
+        .map_or(3600, |c| c.max_age.as_secs());
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+            (
+                http::header::ACCESS_CONTROL_ALLOW_METHODS,
+                http::HeaderValue::from_static("POST"),
+            ),
+            (
+                http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+                http::HeaderValue::from_static(
+                    "content-type, x-api-key, authorization, idempotency-key, webhook-id, webhook-timestamp, webhook-signature",
+                ),
+            ),
+            (
+                http::header::ACCESS_CONTROL_MAX_AGE,
+                http::HeaderValue::from(max_age),
+            ),
+            (http::header::VARY, http::HeaderValue::from_static("origin")),
+        ],
+    )
+        .into_response()
 }
 
 async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: Body) -> Response {
