@@ -180,11 +180,27 @@ impl Config {
                 .span()
                 .map(|s| format!("{file}:{}", line_of(&interpolated, s.start)))
                 .unwrap_or_else(|| file.to_string());
-            vec![ConfigProblem {
+            let first = ConfigProblem {
                 location,
                 key: String::new(),
                 message: e.message().trim().to_string(),
-            }]
+            };
+            // serde stops at the first mistake: read each section on its own to report the
+            // mistakes of the others in the same run.
+            let mut problems = vec![first.clone()];
+            problems.extend(
+                section_problems(&interpolated, file)
+                    .into_iter()
+                    .filter(|p| p.message != first.message),
+            );
+            problems.sort_by_key(|p| {
+                p.location
+                    .rsplit(':')
+                    .next()
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .unwrap_or(0)
+            });
+            problems
         })?;
         for source in config.sources.values_mut() {
             if let Some(schema) = &source.schema
@@ -356,6 +372,25 @@ impl Config {
                 "name at least one `evento` that counts as a conversion".into(),
             );
         }
+        if let Some(known) = self.known_event_types() {
+            for (i, goal) in self.metrics.goals.iter().enumerate() {
+                if !known.contains(goal) {
+                    let mut names: Vec<&String> = known.iter().collect();
+                    names.sort();
+                    report(
+                        format!("metrics.goals[{i}]"),
+                        format!(
+                            "`{goal}` is no `evento` any source can send, so it would never count; the schemas allow {}",
+                            names
+                                .iter()
+                                .map(|n| format!("`{n}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             report("log.level".into(), format!("not a valid filter: {e}"));
         }
@@ -394,6 +429,35 @@ impl Config {
             );
         }
         (sources, flows)
+    }
+
+    /// The `evento` values the sources' schemas allow, or `None` when some schema leaves
+    /// `evento` open (then any goal may be right).
+    fn known_event_types(&self) -> Option<std::collections::BTreeSet<String>> {
+        let mut known = std::collections::BTreeSet::new();
+        for source in self.sources.values() {
+            let schema: serde_json::Value = match &source.schema {
+                None => serde_json::from_str(raccordo_ingest::CONVERSION_SCHEMA).ok()?,
+                Some(path) => serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?,
+            };
+            let evento = &schema["properties"]["evento"];
+            if evento.is_null() {
+                continue; // this source sends no `evento`
+            }
+            for value in evento["enum"].as_array()? {
+                known.insert(value.as_str()?.to_string());
+            }
+        }
+        (!known.is_empty()).then_some(known)
+    }
+
+    /// What works but is probably not meant: printed by `raccordo check`, which still passes.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.admin.tokens.is_empty() {
+            out.push("no `[[admin.tokens]]`: the read APIs, the dashboard, flows and MCP cannot be used (ingestion and the sync still run)".to_string());
+        }
+        out
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -479,6 +543,30 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Byte offset of the value at a dotted key path such as `sources.web.auth[0].secrets`,
 /// or of its nearest existing parent.
+/// The mistakes of each top-level section, read alone (the others left at their defaults), so
+/// that one bad section does not hide the next. Empty when the text is not TOML at all.
+fn section_problems(text: &str, file: &str) -> Vec<ConfigProblem> {
+    let Ok(root) = toml::from_str::<toml::Table>(text) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for (key, value) in root {
+        let mut alone = toml::Table::new();
+        alone.insert(key.clone(), value);
+        if let Err(e) = alone.try_into::<Config>() {
+            let location = span_of(text, &key)
+                .map(|offset| format!("{file}:{}", line_of(text, offset)))
+                .unwrap_or_else(|| file.to_string());
+            problems.push(ConfigProblem {
+                location,
+                key: key.clone(),
+                message: e.message().trim().to_string(),
+            });
+        }
+    }
+    problems
+}
+
 fn span_of(text: &str, key: &str) -> Option<usize> {
     use toml::de::{DeTable, DeValue};
     let root = DeTable::parse(text).ok()?;

@@ -331,6 +331,9 @@ fn print_problems(problems: &[config::ConfigProblem]) {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(built) => {
+            for warning in built.config.warnings() {
+                println!("{}: warning: {warning}", path.display());
+            }
             println!(
                 "{}: ok ({} source(s), {} admin token(s), listening on {})",
                 path.display(),

@@ -91,6 +91,63 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
         stderr.contains("odd.toml:5: alerts.failure_rate.threshold: must be between 0 and 1"),
         "{stderr}"
     );
+
+    // Type mistakes in several sections are all reported in one run, each with its line.
+    let many = dir.path().join("many.toml");
+    std::fs::write(
+        &many,
+        "[server]\nrequest_timeout = \"forever\"\n\n[storage]\ndurability = \"sometimes\"\n\n[metrics]\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", many.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for expected in [
+        "many.toml:1: server: invalid value",
+        "many.toml:4: storage: unknown variant `sometimes`",
+        "many.toml:8: unknown field `bogus`",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in {stderr}"
+        );
+    }
+
+    // A goal no source can send would never count; a hub without admin tokens is warned of.
+    let goals = dir.path().join("goals.toml");
+    let source =
+        "[sources.web]\nauth = [{ type = \"api_key\", keys = [\"0123456789abcdef0123\"] }]\n";
+    std::fs::write(
+        &goals,
+        format!("[metrics]\ngoals = [\"acquisto\"]\n{source}"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", goals.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "goals.toml:2: metrics.goals[0]: `acquisto` is no `evento` any source can send"
+        ),
+        "{stderr}"
+    );
+    std::fs::write(&goals, source).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", goals.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("warning: no `[[admin.tokens]]`"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
