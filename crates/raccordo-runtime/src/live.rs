@@ -109,11 +109,11 @@ impl State {
             average_conversion_value: stats.average_conversion_value_cents().map(|c| c / 100.0),
             failures: stats.failures,
             duplicates: stats.duplicates,
-            late: if key.0 == Dimension::All {
-                self.late.get(&window.start).copied().unwrap_or(0)
-            } else {
-                0
-            },
+            late: self
+                .late
+                .get(&(window.start, key.clone()))
+                .copied()
+                .unwrap_or(0),
             exact_distinct: stats.active_customers.is_exact(),
             spend: None,
             cpa: None,
@@ -126,8 +126,9 @@ struct State {
     operator: Option<WindowOperator<DimKey, ConversionStats>>,
     /// Last emitted value of every fired window and key.
     fired: BTreeMap<(Window, DimKey), ConversionStats>,
-    /// Events too late for their window, per window start.
-    late: BTreeMap<i64, u64>,
+    /// Events too late for their window, per window start and dimension key (the overall row
+    /// and each channel, campaign, … the event belongs to).
+    late: BTreeMap<(i64, DimKey), u64>,
     processed: LogPositions,
 }
 
@@ -163,7 +164,11 @@ enum PersistJob {
 #[derive(Serialize, serde::Deserialize)]
 struct Checkpoint {
     operator: OperatorState<DimKey, ConversionStats>,
+    /// Late counts of the overall row only (checkpoints written before `late_by_key`).
+    #[serde(default)]
     late: Vec<(i64, u64)>,
+    #[serde(default)]
+    late_by_key: Vec<((i64, DimKey), u64)>,
 }
 
 /// How far the windows trail the log.
@@ -252,7 +257,14 @@ impl LiveMetrics {
         let restored = saved.and_then(|saved| {
             let checkpoint: Checkpoint = serde_json::from_str(&saved.state).ok()?;
             let operator = WindowOperator::restore(self.spec, checkpoint.operator)?;
-            Some((saved.positions, operator, checkpoint.late))
+            let mut late = checkpoint.late_by_key;
+            late.extend(
+                checkpoint
+                    .late
+                    .into_iter()
+                    .map(|(start, n)| ((start, (Dimension::All, String::new())), n)),
+            );
+            Some((saved.positions, operator, late))
         });
         let Some((positions, operator, late)) = restored else {
             store.clear(SCOPE).await?;
@@ -343,7 +355,8 @@ impl LiveMetrics {
             let operator = state.operator.as_ref()?;
             let checkpoint = Checkpoint {
                 operator: operator.checkpoint(),
-                late: state.late.iter().map(|(k, v)| (*k, *v)).collect(),
+                late: Vec::new(),
+                late_by_key: state.late.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             };
             let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
             (state.processed.clone(), checkpoint, horizon)
@@ -523,8 +536,11 @@ impl LiveMetrics {
                 });
             }
             if placement == Placement::Late && !event.duplicate {
+                metrics::counter!("raccordo_live_late_events_total").increment(1);
                 for window in self.spec.windows_for(event.event_time_ms) {
-                    *late.entry(window.start).or_default() += 1;
+                    for key in keys {
+                        *late.entry((window.start, key.clone())).or_default() += 1;
+                    }
                 }
             }
         }
@@ -548,9 +564,9 @@ impl LiveMetrics {
         }
         if late
             .first_key_value()
-            .is_some_and(|(start, _)| *start < first_kept)
+            .is_some_and(|((start, _), _)| *start < first_kept)
         {
-            *late = late.split_off(&first_kept);
+            *late = late.split_off(&(first_kept, (Dimension::All, String::new())));
         }
         if !changed.is_empty() {
             changed.sort();

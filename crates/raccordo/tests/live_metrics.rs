@@ -379,4 +379,24 @@ async fn a_restart_resumes_from_the_checkpoint_and_counts_what_came_after_it() {
         1,
         "and the sixth reported late, once: {all:?}"
     );
+    // The late event shows on its channel's row too, not only on the overall one.
+    let channels = metrics_until(&server, "dimension=canale", |rows| !rows.is_empty()).await;
+    assert_eq!(
+        channels
+            .iter()
+            .filter(|r| r["value"] == "email")
+            .map(|r| r["late"].as_u64().unwrap())
+            .sum::<u64>(),
+        1,
+        "{channels:?}"
+    );
+    assert_eq!(
+        channels
+            .iter()
+            .filter(|r| r["value"] != "email")
+            .map(|r| r["late"].as_u64().unwrap())
+            .sum::<u64>(),
+        0,
+        "{channels:?}"
+    );
 }
