@@ -46,6 +46,8 @@ pub struct IngestResponse {
     pub replayed: bool,
     /// The sender's clock minus ours, as this request showed it.
     pub clock_skew_ms: i64,
+    /// Each item's event time, in order (whether it is late is the windows' to say).
+    pub event_times_ms: Vec<i64>,
 }
 
 pub struct Ingestor {
@@ -271,6 +273,7 @@ impl Ingestor {
             now_ms,
         );
         source.health.set_clock_skew(clock_skew_ms);
+        let event_times_ms: Vec<i64> = prepared.iter().map(|p| p.event_time_ms).collect();
 
         let events = {
             let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
@@ -315,6 +318,7 @@ impl Ingestor {
             items,
             replayed,
             clock_skew_ms,
+            event_times_ms,
         })
     }
 

@@ -134,6 +134,9 @@ struct State {
 
 pub struct LiveMetrics {
     spec: WindowSpec,
+    /// The operator's watermark after the last page, readable without the state lock: the
+    /// ingest answer says whether an event is already too late for its windows.
+    watermark: std::sync::atomic::AtomicI64,
     goals: HashSet<String>,
     state: Mutex<State>,
     /// Final and late-update rows, as the operator emits them (for the SSE stream).
@@ -232,6 +235,7 @@ impl LiveMetrics {
         let (persist, persist_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             spec,
+            watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             goals: goals.into_iter().collect(),
             state: Mutex::new(State {
                 operator: Some(WindowOperator::new(spec)),
@@ -248,6 +252,15 @@ impl LiveMetrics {
             checkpoint_seq: Default::default(),
             restored_from_seq: Default::default(),
         })
+    }
+
+    /// Whether an event at `event_time_ms` is already too late for every window holding it
+    /// (it will be counted as late, not in a window), as of the windows' last page.
+    pub fn is_too_late(&self, event_time_ms: i64) -> bool {
+        self.spec.is_too_late(
+            event_time_ms,
+            self.watermark.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Continues from the saved checkpoint and results, if they were taken with the same
@@ -289,6 +302,10 @@ impl LiveMetrics {
         state.operator = Some(operator);
         state.fired = fired;
         state.late = late.into_iter().collect();
+        if let Some(operator) = &state.operator {
+            self.watermark
+                .store(operator.watermark(), std::sync::atomic::Ordering::Relaxed);
+        }
         state.processed = positions;
         self.progress.send_replace(seq);
         self.restored_from_seq
@@ -544,6 +561,8 @@ impl LiveMetrics {
                 }
             }
         }
+        self.watermark
+            .store(operator.watermark(), std::sync::atomic::Ordering::Relaxed);
         // Forget results older than the horizon: every window has the same size, so "ends
         // at or after the horizon" is "starts at or after horizon − size", a split point of
         // maps ordered by window start.

@@ -63,6 +63,18 @@ impl WindowSpec {
         Ok(())
     }
 
+    /// Whether `window`'s state is gone at `watermark`: past its end and its lateness, a
+    /// record for it is counted nowhere but as late.
+    pub fn is_gone(&self, window: Window, watermark: i64) -> bool {
+        watermark >= window.last().saturating_add(self.allowed_lateness_ms)
+    }
+
+    /// Whether a record at time `t` is too late for every window holding it, at `watermark`
+    /// (what the operator answers [`Placement::Late`] for).
+    pub fn is_too_late(&self, t: i64, watermark: i64) -> bool {
+        self.windows_for(t).all(|w| self.is_gone(w, watermark))
+    }
+
     /// Every window holding time `t`, earliest first.
     pub fn windows_for(&self, t: i64) -> impl Iterator<Item = Window> + use<> {
         let (size, slide) = (self.size_ms, self.slide_ms);
@@ -222,7 +234,7 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
         let mut added_on_time = false;
         let mut added_late = false;
         for window in self.spec.windows_for(time) {
-            if watermark >= window.last().saturating_add(self.spec.allowed_lateness_ms) {
+            if self.spec.is_gone(window, watermark) {
                 continue; // this window's state is gone
             }
             if watermark >= window.last() && !self.fired.contains(&window) {
@@ -478,6 +490,24 @@ mod tests {
             op.process(i64::MAX / 4, &(), &(), &mut |e| emitted.push(e));
             let counted: u64 = finals(&emitted).iter().filter(|(w, _)| w.start < i64::MAX / 8).map(|(_, c)| *c).sum();
             prop_assert_eq!(counted + late, times.len() as u64);
+        }
+
+        /// `is_too_late` over the watermark before a record answers what the operator
+        /// decides for it, so an ingest answer can say `late` before the windows see it.
+        #[test]
+        fn is_too_late_predicts_the_operators_placement(
+            times in prop::collection::vec(0i64..7_200_000, 1..300),
+            lateness in 0i64..600_000,
+            sliding in any::<bool>(),
+        ) {
+            let mut spec = if sliding { WindowSpec::sliding(5 * MIN, MIN) } else { WindowSpec::tumbling(5 * MIN) };
+            spec.allowed_lateness_ms = lateness;
+            let mut op = WindowOperator::<(), Count>::new(spec);
+            for t in &times {
+                let predicted = spec.is_too_late(*t, op.watermark());
+                let placed = op.process(*t, &(), &(), &mut |_| {});
+                prop_assert_eq!(predicted, placed == Placement::Late, "t {}", t);
+            }
         }
 
         /// Stopping at any point, saving the state and going on from the saved copy gives

@@ -322,13 +322,19 @@ async fn a_restart_resumes_from_the_checkpoint_and_counts_what_came_after_it() {
     let saved = health["live"]["checkpoint_seq"].as_i64().unwrap();
     // An event too late for the fired window, then kill -9 at once: the restart must count
     // it as late whether or not a checkpoint caught it.
+    let answer = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&json!([at(6, old, "acquisto_concluso", "email", 20.0)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer[0]["status"], "accepted");
     assert_eq!(
-        send_batch(
-            &server,
-            &json!([at(6, old, "acquisto_concluso", "email", 20.0)])
-        )
-        .await,
-        StatusCode::ACCEPTED
+        answer[0]["late"], true,
+        "the answer says the event is already too late for its window: {answer}"
     );
     server.kill9();
 

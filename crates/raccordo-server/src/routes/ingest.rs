@@ -48,8 +48,21 @@ pub enum IngestResponses {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum IngestAnswer {
-    One(raccordo_core::ItemOutcome),
-    Batch(Vec<raccordo_core::ItemOutcome>),
+    One(ItemAnswer),
+    Batch(Vec<ItemAnswer>),
+}
+
+/// What became of one event.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ItemAnswer {
+    /// `accepted` (stored now) or `duplicate` (stored before, under `id`).
+    pub status: &'static str,
+    #[schema(value_type = String, example = "evt_01M82EZVFYW6MQM129E35YSRM0")]
+    pub id: raccordo_core::EventId,
+    /// Present and true when the event is stored but too late for every window holding it
+    /// (past the watermark and the allowed lateness): it counts as late, not in a window.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// Send one conversion event, or an array of up to 1000.
@@ -220,10 +233,30 @@ async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: 
         // Duplicates and clock skew reach the alert engine through the source's counters,
         // which it reads on its own schedule: nothing here waits for it.
         Ok(response) => {
+            let mut items = response
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| ItemAnswer {
+                    status: if item.is_duplicate() {
+                        "duplicate"
+                    } else {
+                        "accepted"
+                    },
+                    id: item.id(),
+                    late: !item.is_duplicate()
+                        && response
+                            .event_times_ms
+                            .get(i)
+                            .is_some_and(|t| state.live.is_too_late(*t)),
+                });
             let answer = if response.single {
-                IngestAnswer::One(response.items[0])
+                match items.next() {
+                    Some(one) => IngestAnswer::One(one),
+                    None => IngestAnswer::Batch(Vec::new()),
+                }
             } else {
-                IngestAnswer::Batch(response.items)
+                IngestAnswer::Batch(items.collect())
             };
             (StatusCode::ACCEPTED, Json(answer)).into_response()
         }
