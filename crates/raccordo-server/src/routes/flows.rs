@@ -29,16 +29,24 @@ pub fn router() -> super::ApiRouter {
         .routes(utoipa_axum::routes!(get_job))
 }
 
-fn runner(state: &AppState) -> Result<&Arc<FlowRunner>, Response> {
-    state.flows.as_ref().ok_or_else(|| {
-        Problem::new(
-            404,
-            "not-configured",
-            "Not configured",
-            "no flow is configured on this hub (`[[flows]]`)",
-        )
-        .into_response()
-    })
+/// The flow runner, or `404 not-configured` on a hub without flows.
+pub struct Flows(Arc<FlowRunner>);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for Flows {
+    type Rejection = Problem;
+    async fn from_request_parts(
+        _parts: &mut http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Problem> {
+        state.flows.clone().map(Flows).ok_or_else(|| {
+            Problem::new(
+                404,
+                "not-configured",
+                "Not configured",
+                "no flow is configured on this hub (`[[flows]]`)",
+            )
+        })
+    }
 }
 
 fn store_failed(e: impl std::fmt::Display, what: &str) -> Response {
@@ -73,6 +81,34 @@ fn start_failed(e: StartError) -> Response {
         ),
         StartError::Store(e) => store_failed(e, "starting the run"),
     }
+}
+
+/// `202` with the new run's id and where to follow it.
+fn started(run_id: String) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(RunStarted {
+            status_url: format!("/api/v1/flows/runs/{run_id}"),
+            run_id,
+        }),
+    )
+        .into_response()
+}
+
+/// A JSON body read into `T` (unknown fields refused); `what` names it in the problem.
+async fn json_request<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    what: &str,
+) -> Result<T, Response> {
+    let value = json_body(state, headers, body).await?;
+    serde_json::from_value(value).map_err(|e| {
+        invalid(
+            vec![FieldError::new("", masked_serde(&e))],
+            format!("the {what} is malformed; nothing was started"),
+        )
+    })
 }
 
 /// The body as JSON, under the server's limit.
@@ -147,11 +183,7 @@ pub struct FlowsPage {
     responses((status = 200, description = "The flows", body = FlowsPage)),
     security(("admin_token" = []))
 )]
-pub async fn list_flows(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
-    let runner = match runner(&state) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+pub async fn list_flows(_reader: Reader, Flows(runner): Flows) -> Response {
     let mut flows = Vec::new();
     for flow in runner.flows().iter() {
         let summaries = match runner.runs().list_runs(Some(&flow.name), None, 50).await {
@@ -277,27 +309,17 @@ pub struct RunStarted {
 pub async fn start_run(
     State(state): State<Arc<AppState>>,
     _admin: Admin,
+    Flows(runner): Flows,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let runner = match runner(&state) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
     let input = match json_body(&state, &headers, body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     match runner.start(&name, input, None).await {
-        Ok((run_id, _)) => (
-            StatusCode::ACCEPTED,
-            Json(RunStarted {
-                status_url: format!("/api/v1/flows/runs/{run_id}"),
-                run_id,
-            }),
-        )
-            .into_response(),
+        Ok((run_id, _)) => started(run_id),
         Err(e) => start_failed(e),
     }
 }
@@ -333,14 +355,10 @@ pub struct RunsPage {
     security(("admin_token" = []))
 )]
 pub async fn list_runs(
-    State(state): State<Arc<AppState>>,
     _reader: Reader,
+    Flows(runner): Flows,
     ValidQuery(q): ValidQuery<RunsQuery>,
 ) -> Response {
-    let runner = match runner(&state) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     match runner
         .runs()
@@ -371,15 +389,7 @@ pub async fn list_runs(
     ),
     security(("admin_token" = []))
 )]
-pub async fn get_run(
-    State(state): State<Arc<AppState>>,
-    _reader: Reader,
-    Path(id): Path<String>,
-) -> Response {
-    let runner = match runner(&state) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+pub async fn get_run(_reader: Reader, Flows(runner): Flows, Path(id): Path<String>) -> Response {
     match runner.runs().run(&id).await {
         Ok(Some(run)) => Json(run).into_response(),
         Ok(None) => Problem::not_found("no run has this id").into_response(),
@@ -416,36 +426,18 @@ pub struct ReplayRequest {
 pub async fn replay_run(
     State(state): State<Arc<AppState>>,
     _admin: Admin,
+    Flows(runner): Flows,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let runner = match runner(&state) {
+    let request: ReplayRequest = match json_request(&state, &headers, body, "replay request").await
+    {
         Ok(r) => r,
         Err(r) => return r,
-    };
-    let body = match json_body(&state, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let request: ReplayRequest = match serde_json::from_value(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return invalid(
-                vec![FieldError::new("", masked_serde(&e))],
-                "the replay request is malformed; nothing was started",
-            );
-        }
     };
     match runner.replay(&id, &request.from, request.input).await {
-        Ok(run_id) => (
-            StatusCode::ACCEPTED,
-            Json(RunStarted {
-                status_url: format!("/api/v1/flows/runs/{run_id}"),
-                run_id,
-            }),
-        )
-            .into_response(),
+        Ok(run_id) => started(run_id),
         Err(e) => start_failed(e),
     }
 }
@@ -499,13 +491,10 @@ pub struct JobRequest {
 pub async fn create_job(
     State(state): State<Arc<AppState>>,
     _admin: Admin,
+    Flows(runner): Flows,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let runner = match runner(&state) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => Some(k.to_string()),
@@ -519,18 +508,9 @@ pub async fn create_job(
             .into_response();
         }
     };
-    let body = match json_body(&state, &headers, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let request: JobRequest = match serde_json::from_value(body) {
+    let request: JobRequest = match json_request(&state, &headers, body, "job request").await {
         Ok(r) => r,
-        Err(e) => {
-            return invalid(
-                vec![FieldError::new("", masked_serde(&e))],
-                "the job request is malformed; nothing was started",
-            );
-        }
+        Err(r) => return r,
     };
     if let Some(url) = &request.callback_url {
         let ok = url
@@ -590,15 +570,7 @@ pub async fn create_job(
     ),
     security(("admin_token" = []))
 )]
-pub async fn get_job(
-    State(state): State<Arc<AppState>>,
-    _reader: Reader,
-    Path(id): Path<String>,
-) -> Response {
-    let runner = match runner(&state) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+pub async fn get_job(_reader: Reader, Flows(runner): Flows, Path(id): Path<String>) -> Response {
     match runner.runs().run(&id).await {
         Ok(Some(run)) => Json(Job::of(&run)).into_response(),
         Ok(None) => Problem::not_found("no job has this id").into_response(),
