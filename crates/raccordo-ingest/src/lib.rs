@@ -14,6 +14,6 @@ pub mod schema;
 pub mod source;
 
 pub use error::{FieldError, IngestError};
-pub use pipeline::{IngestResponse, Ingestor, Target};
+pub use pipeline::{DryRunEvent, IngestResponse, Ingestor, Target};
 pub use schema::{CONVERSION_SCHEMA, EventSchema};
 pub use source::{DedupSettings, IngestSettings, Source, SourceConfig};

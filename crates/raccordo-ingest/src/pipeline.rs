@@ -25,6 +25,16 @@ struct Prepared {
     business_key: Option<raccordo_core::DedupKey>,
 }
 
+/// One event of a dry run, as it would be stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunEvent {
+    /// The canonical JSON stored (sorted keys).
+    pub payload: String,
+    pub event_time_ms: i64,
+    /// The business key for dedup, in hex (`None` with business-key dedup off).
+    pub business_key: Option<String>,
+}
+
 /// Where a request was sent.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
@@ -259,7 +269,7 @@ impl Ingestor {
                     .collect::<Vec<_>>();
                 (single, prepared)
             }
-            None => self.prepare_generic(source, &body, now_ms)?,
+            None => Self::prepare_generic(&self.settings, source, &body, now_ms)?,
         };
         let newest_event_ms = prepared
             .iter()
@@ -323,8 +333,30 @@ impl Ingestor {
     }
 
     /// The generic path: any schema, located errors for every failing item.
+    /// What `body` would become on `source`, without authentication and without storing
+    /// anything: each event's canonical payload, event time and business key, or the problem
+    /// the request would be answered with. For `raccordo check --event`.
+    pub fn dry_run(
+        source: &Source,
+        settings: &IngestSettings,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<Vec<DryRunEvent>, IngestError> {
+        let (_, prepared) = Self::prepare_generic(settings, source, body, now_ms)?;
+        Ok(prepared
+            .into_iter()
+            .map(|p| DryRunEvent {
+                payload: p.payload,
+                event_time_ms: p.event_time_ms,
+                business_key: p
+                    .business_key
+                    .map(|k| k.0.iter().map(|b| format!("{b:02x}")).collect()),
+            })
+            .collect())
+    }
+
     fn prepare_generic(
-        &self,
+        settings: &IngestSettings,
         source: &Source,
         body: &[u8],
         now_ms: i64,
@@ -353,14 +385,14 @@ impl Ingestor {
         if items.is_empty() {
             return Err(IngestError::EmptyBatch);
         }
-        if items.len() > self.settings.max_batch_items {
+        if items.len() > settings.max_batch_items {
             return Err(IngestError::BatchTooLarge {
                 count: items.len(),
-                limit: self.settings.max_batch_items,
+                limit: settings.max_batch_items,
             });
         }
-        let (_, event_times) = self.validate_items(source, &items, single, now_ms)?;
-        let with_keys = self.settings.dedup.business_key;
+        let (_, event_times) = Self::validate_items(settings, source, &items, single, now_ms)?;
+        let with_keys = settings.dedup.business_key;
         let prepared = items
             .iter()
             .zip(event_times)
@@ -378,13 +410,13 @@ impl Ingestor {
     /// Validates every item (so the error lists every failing one) and extracts event times.
     /// Returns the newest event time and the per-item times.
     fn validate_items(
-        &self,
+        settings: &IngestSettings,
         source: &Source,
         items: &[Value],
         single: bool,
         now_ms: i64,
     ) -> Result<(i64, Vec<i64>), IngestError> {
-        let max_future_ms = self.settings.max_future_skew.as_millis() as i64;
+        let max_future_ms = settings.max_future_skew.as_millis() as i64;
         let mut errors = Vec::new();
         let mut total = 0;
         let mut times = Vec::with_capacity(items.len());

@@ -66,6 +66,13 @@ enum Command {
         /// The TOML config file to check
         #[arg(long, short)]
         config: PathBuf,
+        /// A sample payload (JSON) to run through a source's checks: schema, event time,
+        /// dedup key and the windows it lands in; nothing is sent or stored
+        #[arg(long, requires = "source")]
+        event: Option<PathBuf>,
+        /// The source the sample payload is for (`[sources.<name>]`)
+        #[arg(long, requires = "event")]
+        source: Option<String>,
     },
     /// Send realistic, signed conversion traffic to a hub and report latency
     #[command(
@@ -283,7 +290,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Check { config } => return check(&config),
+        Command::Check {
+            config,
+            event,
+            source,
+        } => return check(&config, event.as_deref().zip(source.as_deref())),
         Command::Loadgen(args) => runtime.block_on(loadgen(args)),
         Command::Costs(CostsCommand::Import(args)) => runtime.block_on(import_costs(args)),
         Command::Dlq(command) => runtime.block_on(admin_cmd::run(command)),
@@ -328,8 +339,12 @@ fn print_problems(problems: &[config::ConfigProblem]) {
     eprintln!("{} problem(s) found", problems.len());
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, sample: Option<(&std::path::Path, &str)>) -> ExitCode {
     match Config::load(path) {
+        Ok(built) if sample.is_some() => {
+            let (event, source) = sample.unwrap_or((path, ""));
+            check_event(&built, event, source)
+        }
         Ok(built) => {
             for warning in built.config.warnings() {
                 println!("{}: warning: {warning}", path.display());
@@ -345,6 +360,84 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(problems) => {
             print_problems(&problems);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `raccordo check --event FILE --source NAME`: what the source would store from the sample,
+/// and where the live metrics would count it.
+fn check_event(built: &config::Built, event: &std::path::Path, source: &str) -> ExitCode {
+    let Some(found) = built.sources.iter().find(|s| s.name.as_str() == source) else {
+        eprintln!("no source is named `{source}` in the config");
+        return ExitCode::FAILURE;
+    };
+    let body = match std::fs::read(event) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", event.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = raccordo_core::Clock::now_ms(&raccordo_core::SystemClock);
+    match raccordo_ingest::Ingestor::dry_run(found, &built.config.ingest, &body, now) {
+        Ok(events) => {
+            let spec = built.config.metrics.window_spec();
+            let goals = &built.config.metrics.goals;
+            for (i, e) in events.iter().enumerate() {
+                let payload: serde_json::Value =
+                    serde_json::from_str(&e.payload).unwrap_or_default();
+                let evento = payload["evento"].as_str();
+                let windows: Vec<String> = spec
+                    .windows_for(e.event_time_ms)
+                    .map(|w| {
+                        format!(
+                            "[{}, {})",
+                            raccordo_core::rfc3339(w.start),
+                            raccordo_core::rfc3339(w.end)
+                        )
+                    })
+                    .collect();
+                println!("event {i}: would be stored on source `{source}`");
+                println!("  payload:      {}", e.payload);
+                println!(
+                    "  event time:   {}",
+                    raccordo_core::rfc3339(e.event_time_ms)
+                );
+                println!(
+                    "  dedup key:    {}",
+                    e.business_key
+                        .as_deref()
+                        .unwrap_or("(business-key dedup is off)")
+                );
+                println!("  windows:      {}", windows.join(", "));
+                println!(
+                    "  conversion:   {}",
+                    match evento {
+                        Some(ev) if goals.iter().any(|g| g == ev) =>
+                            format!("yes (`{ev}` is a goal)"),
+                        Some(ev) => format!("no (`{ev}` is not among metrics.goals)"),
+                        None => "no (`evento` is missing)".into(),
+                    }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: would be refused: {e}", event.display());
+            if let raccordo_ingest::IngestError::Validation { errors, .. } = &e {
+                for f in errors {
+                    eprintln!(
+                        "  {}: {}",
+                        if f.pointer.is_empty() {
+                            "(body)"
+                        } else {
+                            &f.pointer
+                        },
+                        f.detail
+                    );
+                }
+            }
             ExitCode::FAILURE
         }
     }

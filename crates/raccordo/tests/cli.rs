@@ -148,6 +148,38 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
         stdout.contains("warning: no `[[admin.tokens]]`"),
         "{stdout}"
     );
+
+    // A sample payload runs through the source's checks without a hub.
+    let sample = dir.path().join("sample.json");
+    let mut e = event(1);
+    e["timestamp"] = serde_json::json!("2026-11-22T10:15:30.123+01:00");
+    std::fs::write(&sample, e.to_string()).unwrap();
+    let run = |sample: &std::path::Path| {
+        Command::new(BIN)
+            .args(["check", "--config", goals.to_str().unwrap(), "--event"])
+            .arg(sample)
+            .args(["--source", "web"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&sample);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("event time:   2026-11-22T09:15:30"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("windows:      [2026-11-22T09:15:00Z, 2026-11-22T09:20:00Z)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("conversion:   yes"), "{stdout}");
+    e["canale"] = serde_json::json!("fax");
+    std::fs::write(&sample, e.to_string()).unwrap();
+    let out = run(&sample);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("/canale: must be one of"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
