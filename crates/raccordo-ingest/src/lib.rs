@@ -9,11 +9,13 @@ pub mod browser;
 pub mod conversion;
 pub mod dedup;
 pub mod error;
+pub mod mapping;
 pub mod pipeline;
 pub mod schema;
 pub mod source;
 
 pub use error::{FieldError, IngestError};
-pub use pipeline::{DryRunEvent, IngestResponse, Ingestor, Target};
+pub use mapping::{ConversionMapping, MappedConversion, MappingConfig};
+pub use pipeline::{DryRunEvent, IngestResponse, Ingestor, Rejection, Target};
 pub use schema::{CONVERSION_SCHEMA, EventSchema};
-pub use source::{DedupSettings, IngestSettings, Source, SourceConfig};
+pub use source::{DedupSettings, IngestSettings, InspectorSettings, Source, SourceConfig};

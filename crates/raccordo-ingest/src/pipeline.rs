@@ -12,7 +12,6 @@ use raccordo_core::{
 use serde_json::Value;
 
 use crate::auth::{Verified, verify_any};
-use crate::conversion::parse_time_ms;
 use crate::error::{FieldError, IngestError};
 use crate::schema::MAX_REPORTED_ERRORS;
 use crate::source::{IngestSettings, Source};
@@ -33,6 +32,16 @@ pub struct DryRunEvent {
     pub event_time_ms: i64,
     /// The business key for dedup, in hex (`None` with business-key dedup off).
     pub business_key: Option<String>,
+}
+
+/// A refused request: why, and what the pipeline knew of it by then.
+#[derive(Debug)]
+pub struct Rejection {
+    pub error: IngestError,
+    /// The source: named in the path or header, or found by its credentials.
+    pub source: Option<String>,
+    /// It passed the source's authentication (refused afterwards).
+    pub authenticated: bool,
 }
 
 /// Where a request was sent.
@@ -112,11 +121,56 @@ impl Ingestor {
         target: Target<'_>,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<IngestResponse, IngestError> {
+    ) -> Result<IngestResponse, Rejection> {
         let now_ms = self.clock.now_ms();
-        let (source, verified) = self.authenticate(target, headers, &body, now_ms)?;
+        let (source, verified) =
+            self.authenticate(target, headers, &body, now_ms)
+                .map_err(|error| Rejection {
+                    source: match target {
+                        Target::Source(name) => Some(name.to_string()),
+                        Target::Conversion => None,
+                    },
+                    authenticated: false,
+                    error,
+                })?;
+        self.ingest_as(&source, &verified, headers, body, now_ms)
+            .await
+            .map_err(|error| Rejection {
+                source: Some(source.name.to_string()),
+                authenticated: true,
+                error,
+            })
+    }
+
+    /// Runs a request that was refused after authentication through the named source again
+    /// (an admin replaying it from the request inspector: the admin's token stands in for
+    /// the sender's credentials, which were never stored).
+    pub async fn replay(
+        &self,
+        source: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<IngestResponse, IngestError> {
+        let source = self
+            .sources
+            .get(source)
+            .cloned()
+            .ok_or_else(|| IngestError::UnknownSource(source.chars().take(64).collect()))?;
+        let now_ms = self.clock.now_ms();
+        self.ingest_as(&source, &Verified::default(), headers, body, now_ms)
+            .await
+    }
+
+    async fn ingest_as(
+        &self,
+        source: &Arc<Source>,
+        verified: &Verified,
+        headers: &HeaderMap,
+        body: Bytes,
+        now_ms: i64,
+    ) -> Result<IngestResponse, IngestError> {
         let result = self
-            .ingest_authenticated(&source, &verified, headers, body, now_ms)
+            .ingest_authenticated(source, verified, headers, body, now_ms)
             .await;
         record_outcome(&source.name, &result);
         match &result {
@@ -433,35 +487,35 @@ impl Ingestor {
                 times.push(now_ms);
                 continue;
             }
-            let event_time_ms = match item.pointer(&source.key_spec.time_field) {
-                None => now_ms,
-                Some(Value::String(text)) => match parse_time_ms(text) {
-                    Some(ms) => ms,
-                    None => {
+            // A mapped source must yield a conversion: refused here, never accepted and then
+            // left out of the metrics.
+            if let Some(mapping) = &source.mapping
+                && let Err(problems) = mapping.apply(item)
+            {
+                total += problems.len();
+                for (pointer, detail) in problems {
+                    push_capped(&mut errors, format!("{prefix}{pointer}"), &detail);
+                }
+                times.push(now_ms);
+                continue;
+            }
+            let time = &source.time;
+            let event_time_ms = match item.pointer(&time.pointer) {
+                None | Some(Value::Null) => now_ms,
+                Some(value) => match crate::mapping::read_time(value, time.format) {
+                    Ok(ms) => ms,
+                    Err(detail) => {
                         total += 1;
-                        push_capped(
-                            &mut errors,
-                            format!("{prefix}{}", source.key_spec.time_field),
-                            "is not an RFC 3339 date-time",
-                        );
+                        push_capped(&mut errors, format!("{prefix}{}", time.pointer), detail);
                         now_ms
                     }
                 },
-                Some(_) => {
-                    total += 1;
-                    push_capped(
-                        &mut errors,
-                        format!("{prefix}{}", source.key_spec.time_field),
-                        "must be an RFC 3339 date-time string",
-                    );
-                    now_ms
-                }
             };
             if event_time_ms - now_ms > max_future_ms {
                 total += 1;
                 push_capped(
                     &mut errors,
-                    format!("{prefix}{}", source.key_spec.time_field),
+                    format!("{prefix}{}", source.time.pointer),
                     &format!(
                         "is {} s ahead of the server clock; at most {} s is allowed",
                         (event_time_ms - now_ms) / 1000,

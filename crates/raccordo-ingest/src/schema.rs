@@ -24,6 +24,9 @@ pub enum SchemaError {
 /// A compiled schema. Formats (`date-time`, …) are asserted, not just annotated.
 pub struct EventSchema {
     validator: Validator,
+    /// The schema as written, for questions the validator cannot answer (which pointers
+    /// an event can have).
+    document: Value,
     /// Whether this is the built-in conversion schema (which implies extra checks).
     builtin_conversion: bool,
 }
@@ -56,6 +59,7 @@ impl EventSchema {
             .map_err(|e| SchemaError::Invalid(e.to_string()))?;
         Ok(Self {
             validator,
+            document: schema.clone(),
             builtin_conversion: false,
         })
     }
@@ -106,6 +110,107 @@ impl EventSchema {
 
     pub fn is_valid(&self, item: &Value) -> bool {
         self.validator.is_valid(item)
+    }
+
+    /// Why no valid event can have a value at `pointer`, or `None` when one can (or the
+    /// schema does not say). Reads `properties`, `additionalProperties: false`, `items`,
+    /// local `$ref`s and the `allOf`/`anyOf`/`oneOf` branches.
+    pub fn cannot_produce(&self, pointer: &str) -> Option<String> {
+        let segments: Vec<String> = pointer
+            .split('/')
+            .skip(1)
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        match reach(&self.document, &self.document, &segments, 0) {
+            Reach::Impossible(at) => Some(if at.is_empty() {
+                "the schema allows no event at all".into()
+            } else {
+                format!("the source's schema allows no `{at}`")
+            }),
+            Reach::Possible => None,
+        }
+    }
+}
+
+enum Reach {
+    Possible,
+    /// The pointer prefix the schema rules out.
+    Impossible(String),
+}
+
+/// Walks `segments` through `schema`; depth-limited so that recursive `$ref`s end.
+fn reach(root: &Value, schema: &Value, segments: &[String], depth: usize) -> Reach {
+    let possible = || Reach::Possible;
+    if depth > 32 {
+        return possible();
+    }
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => match r.strip_prefix('#').and_then(|p| root.pointer(p)) {
+            Some(target) => target,
+            None => return possible(),
+        },
+        None => schema,
+    };
+    if schema == &Value::Bool(false) {
+        return Reach::Impossible(String::new());
+    }
+    let Some((first, rest)) = segments.split_first() else {
+        return possible();
+    };
+    let prefix = |tail: Reach| match tail {
+        Reach::Impossible(at) => Reach::Impossible(format!("/{}{at}", escape_pointer(first))),
+        p => p,
+    };
+    // Branches: all of `allOf` must allow it, one of `anyOf`/`oneOf` must.
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for branch in all {
+            if let Reach::Impossible(at) = reach(root, branch, segments, depth + 1) {
+                return Reach::Impossible(at);
+            }
+        }
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(branches) = schema.get(key).and_then(Value::as_array) {
+            let mut first_impossible = None;
+            let any = branches
+                .iter()
+                .any(|b| match reach(root, b, segments, depth + 1) {
+                    Reach::Possible => true,
+                    Reach::Impossible(at) => {
+                        first_impossible.get_or_insert(at);
+                        false
+                    }
+                });
+            if !any && let Some(at) = first_impossible {
+                return Reach::Impossible(at);
+            }
+        }
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let can_be = |t: &str| types.is_empty() || types.contains(&t);
+    if !can_be("object") && !can_be("array") {
+        return Reach::Impossible(format!("/{}", escape_pointer(first)));
+    }
+    if let Some(sub) = schema.get("properties").and_then(|p| p.get(first.as_str())) {
+        return prefix(reach(root, sub, rest, depth + 1));
+    }
+    let is_index = !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit());
+    if is_index && can_be("array") {
+        if let Some(items) = schema.get("items") {
+            return prefix(reach(root, items, rest, depth + 1));
+        }
+        return possible();
+    }
+    match schema.get("additionalProperties") {
+        Some(Value::Bool(false)) if schema.get("patternProperties").is_none() => {
+            Reach::Impossible(format!("/{}", escape_pointer(first)))
+        }
+        Some(sub @ Value::Object(_)) => prefix(reach(root, sub, rest, depth + 1)),
+        _ => possible(),
     }
 }
 
@@ -220,6 +325,45 @@ mod tests {
             "both rules in one message: {errors:?}"
         );
         assert!(!errors[0].detail.contains("\"ab\""), "{errors:?}");
+    }
+
+    #[test]
+    fn pointers_a_schema_cannot_produce_are_named() {
+        let schema = EventSchema::from_value(&json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "email": { "type": "string" },
+                "props": { "$ref": "#/$defs/props" },
+                "lines": { "type": "array", "items": { "type": "object", "properties": { "sku": {} }, "additionalProperties": false } }
+            },
+            "$defs": { "props": { "type": "object", "properties": { "amount": {} } } }
+        }))
+        .unwrap();
+        assert_eq!(schema.cannot_produce("/email"), None);
+        assert_eq!(schema.cannot_produce("/props/amount"), None);
+        assert_eq!(
+            schema.cannot_produce("/props/anything"),
+            None,
+            "props is open"
+        );
+        assert_eq!(schema.cannot_produce("/lines/0/sku"), None);
+        assert!(schema.cannot_produce("/mail").unwrap().contains("`/mail`"));
+        assert!(
+            schema
+                .cannot_produce("/email/x")
+                .unwrap()
+                .contains("`/email/x`")
+        );
+        assert!(
+            schema
+                .cannot_produce("/lines/0/qty")
+                .unwrap()
+                .contains("`/lines/0/qty`")
+        );
+        let builtin = EventSchema::conversion();
+        assert_eq!(builtin.cannot_produce("/metadati/campagna"), None);
+        assert!(builtin.cannot_produce("/email").is_some());
     }
 
     #[test]

@@ -27,12 +27,17 @@ pub struct SourceConfig {
     /// Whether this source may post to `POST /api/v1/eventi/conversione` (default: when it
     /// uses the built-in conversion schema). It can always post to `/webhooks/in/<name>`.
     pub conversions: Option<bool>,
-    /// JSON pointers of the fields that identify an event for business-key dedup.
-    #[serde(default = "default_key_fields")]
-    pub key_fields: Vec<String>,
-    /// JSON pointer of the event-time field (RFC 3339). Events without it use arrival time.
+    /// JSON pointers of the fields that identify an event for business-key dedup (default:
+    /// the mapping's customer and event pointers, or `/id_cliente` and `/evento`).
+    pub key_fields: Option<Vec<String>>,
+    /// JSON pointer of the event-time field: an RFC 3339 string, or epoch seconds or
+    /// milliseconds. Events without it use arrival time. A mapping's `time` replaces it.
     #[serde(default = "default_time_field")]
     pub time_field: String,
+    /// How this source's payloads become conversions (customer, event type, time, value,
+    /// channel, status, campaign and extra dimensions). Sources on the built-in schema need
+    /// none; a source with its own schema and no mapping is stored but not counted.
+    pub mapping: Option<crate::mapping::MappingConfig>,
     /// Web origins that may post to the source from a browser (`fetch`, with preflight).
     #[serde(default)]
     pub cors: Option<crate::browser::CorsConfig>,
@@ -63,6 +68,36 @@ pub struct IngestSettings {
     pub max_future_skew: Duration,
     /// The two dedup layers (`[ingest.dedup]`).
     pub dedup: DedupSettings,
+    /// Refused requests kept for inspection and replay (`[ingest.inspector]`).
+    pub inspector: InspectorSettings,
+}
+
+/// `[ingest.inspector]`: what the request inspector keeps of refused ingest requests.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectorSettings {
+    /// Keep refused requests (headers with credentials redacted, the body up to
+    /// `max_body_bytes`, the problem answered).
+    pub enabled: bool,
+    /// How long a refused request is kept.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub retention: Duration,
+    /// Most requests kept; the oldest go first.
+    pub max_requests: usize,
+    /// Most body bytes kept per request (the rest is cut; the full size is recorded).
+    pub max_body_bytes: usize,
+}
+
+impl Default for InspectorSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_requests: 10_000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
 }
 
 impl Default for IngestSettings {
@@ -71,6 +106,7 @@ impl Default for IngestSettings {
             max_batch_items: 1000,
             max_future_skew: Duration::from_secs(300),
             dedup: DedupSettings::default(),
+            inspector: InspectorSettings::default(),
         }
     }
 }
@@ -123,6 +159,17 @@ pub struct Source {
     pub health: SourceHealth,
     pub cors: Option<crate::browser::CorsConfig>,
     pub forms: Option<crate::browser::FormsConfig>,
+    /// Where the event time is and how it is written.
+    pub time: TimeSpec,
+    /// How payloads become conversions (`None`: the built-in schema's own fields).
+    pub mapping: Option<Arc<crate::mapping::ConversionMapping>>,
+}
+
+/// The event-time field of a source.
+#[derive(Debug, Clone)]
+pub struct TimeSpec {
+    pub pointer: String,
+    pub format: crate::mapping::Format,
 }
 
 /// Live counters of one source; Prometheus has the same figures with history, this is the
@@ -239,7 +286,42 @@ impl Source {
                 }
             },
         };
-        for (i, pointer) in config.key_fields.iter().enumerate() {
+        let mapping = match config.mapping.as_ref().map(|m| m.build()) {
+            None => None,
+            Some(Ok(m)) => Some(Arc::new(m)),
+            Some(Err(problems)) => {
+                errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(k, m)| (format!("mapping.{k}"), m)),
+                );
+                None
+            }
+        };
+        let key_fields = match (&config.key_fields, &mapping) {
+            (Some(fields), _) => fields.clone(),
+            (None, Some(m)) => m.key_pointers(),
+            (None, None) => default_key_fields(),
+        };
+        let time = match mapping.as_ref().and_then(|m| m.time()) {
+            Some((pointer, format)) => {
+                if config.time_field != default_time_field() && config.time_field != pointer {
+                    errors.push((
+                        "time_field".into(),
+                        "the mapping's `time` already names the event time; remove one".into(),
+                    ));
+                }
+                TimeSpec {
+                    pointer: pointer.to_string(),
+                    format,
+                }
+            }
+            None => TimeSpec {
+                pointer: config.time_field.clone(),
+                format: crate::mapping::Format::Auto,
+            },
+        };
+        for (i, pointer) in key_fields.iter().enumerate() {
             if !pointer.starts_with('/') {
                 errors.push((
                     format!("key_fields[{i}]"),
@@ -261,24 +343,44 @@ impl Source {
                 "must be a JSON pointer such as `/timestamp`".into(),
             ));
         }
+        // Pointers no valid event can have: the field would never be there.
+        if let Some(schema) = &schema {
+            let mapped = mapping.iter().flat_map(|m| {
+                m.pointers()
+                    .into_iter()
+                    .map(|(key, p)| (format!("mapping.{key}"), p.to_string()))
+            });
+            let keys = key_fields
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("key_fields[{i}]"), p.clone()));
+            for (key, pointer) in mapped.chain(keys) {
+                if let Some(why) = schema.cannot_produce(&pointer) {
+                    errors.push((key, format!("`{pointer}` never holds a value: {why}")));
+                }
+            }
+        }
         match schema {
             Some(schema) if errors.is_empty() => Ok(Self {
                 fast_conversion: config.schema.is_none()
-                    && config.key_fields == default_key_fields()
-                    && config.time_field == default_time_field(),
+                    && key_fields == default_key_fields()
+                    && time.pointer == default_time_field()
+                    && mapping.is_none(),
                 name,
                 enabled: config.enabled,
                 verifiers,
                 schema,
                 accepts_conversions: config.conversions.unwrap_or(config.schema.is_none()),
                 key_spec: BusinessKeySpec {
-                    key_fields: config.key_fields.clone(),
-                    time_field: config.time_field.clone(),
+                    key_fields,
+                    time_field: time.pointer.clone(),
                     bucket_ms: settings.dedup.bucket.as_millis().max(1) as i64,
                 },
                 health: SourceHealth::default(),
                 cors: config.cors.clone(),
                 forms: config.forms.clone(),
+                time,
+                mapping,
             }),
             _ => Err(errors),
         }

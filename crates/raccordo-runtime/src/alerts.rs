@@ -462,12 +462,23 @@ impl AlertEngine {
             let now = self.clock.now_ms();
             let found: Vec<WindowAlert> = {
                 let mut evaluator = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+                // A source that sent all of a window's events is that window's overall row:
+                // its own alert would only repeat the overall one.
+                let overall: std::collections::HashMap<i64, u64> = rows
+                    .iter()
+                    .filter(|r| r.dimension == Dimension::All)
+                    .map(|r| (r.window_start_ms, r.events))
+                    .collect();
                 rows.iter()
-                    .filter(|r| matches!(r.dimension, Dimension::All | Dimension::Canale))
+                    .filter(|r| match r.dimension {
+                        Dimension::All | Dimension::Canale => true,
+                        Dimension::Source => overall.get(&r.window_start_ms) != Some(&r.events),
+                        _ => false,
+                    })
                     .flat_map(|r| {
                         let subject = match r.dimension {
                             Dimension::All => "all".to_string(),
-                            _ => format!("canale={}", r.value),
+                            _ => format!("{}={}", r.dimension.as_str(), r.value),
                         };
                         // Windows rebuilt from the log at start only feed baselines.
                         let recent = r.window_end_ms >= now - 2 * window_ms;

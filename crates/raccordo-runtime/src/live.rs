@@ -6,13 +6,15 @@
 //! every commit (`EventLog::committed`). Results of windows that fired are kept in memory for
 //! `RESULT_RETENTION_MS` and saved to the `WindowStore` as they fire.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use raccordo_ingest::{ConversionMapping, MappedConversion};
 use std::sync::{Arc, Mutex};
 
 use std::borrow::Cow;
 
 use raccordo_core::{
-    Clock, EventLog, LogPositions, RawEvent, WindowCheckpoint, WindowResult, WindowStore,
+    Clock, EventId, EventLog, LogPositions, RawEvent, WindowCheckpoint, WindowResult, WindowStore,
 };
 use raccordo_stream::{
     ConversionRecord, ConversionStats, DailySpend, Firing, OperatorState, Placement, Window,
@@ -53,6 +55,8 @@ pub struct PreparedPage {
 
 struct PreparedEvent {
     position: raccordo_core::LogPosition,
+    id: EventId,
+    received_at_ms: i64,
     event_time_ms: i64,
     duplicate: bool,
     /// What the windows count, and under which dimension keys; `None` for an event
@@ -60,30 +64,156 @@ struct PreparedEvent {
     record: Option<(ConversionRecord, Vec<DimKey>)>,
 }
 
+/// Most late events listed by id (the newest are kept); their counts stay exact beyond it.
+const MAX_LATE_EVENTS: usize = 10_000;
+
+/// An accepted event that came too late for every window holding it: counted in the late
+/// table, not in a window, until an admin re-aggregates it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct LateEvent {
+    id: EventId,
+    event_time_ms: i64,
+    received_at_ms: i64,
+    record: ConversionRecord,
+    keys: Vec<DimKey>,
+}
+
+impl LateEvent {
+    fn source(&self) -> &str {
+        self.keys
+            .iter()
+            .find(|(d, _)| *d == Dimension::Source)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// `GET /api/v1/metrics/late`: late counts per window and dimension, and the late events.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LateTable {
+    /// Late events per window and dimension row (what the metric rows' `late` says).
+    pub counts: Vec<LateCount>,
+    /// The late events (newest first), with the original event ids.
+    pub events: Vec<LateEventRow>,
+    /// Late events matching the filter; `events` lists at most `limit` of them.
+    pub total_events: usize,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LateCount {
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub dimension: Dimension,
+    pub value: String,
+    pub late: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LateEventRow {
+    /// The stored event (`GET /api/v1/events?…` has its payload).
+    #[schema(value_type = String)]
+    pub id: EventId,
+    pub source: String,
+    pub event_time_ms: i64,
+    pub received_at_ms: i64,
+    /// Start of each window it would have counted in.
+    pub windows: Vec<i64>,
+    /// Its dimension values (`canale`, `evento`, `campagna`, extra dimensions).
+    pub dimensions: BTreeMap<String, String>,
+}
+
+/// What to list or re-aggregate from the late table.
+#[derive(Debug, Clone, Default)]
+pub struct LateFilter {
+    pub source: Option<String>,
+    pub key: Option<DimKey>,
+    /// Only these events (re-aggregation of chosen events).
+    pub ids: Option<HashSet<EventId>>,
+}
+
+impl LateFilter {
+    fn matches(&self, event: &LateEvent) -> bool {
+        self.source.as_deref().is_none_or(|s| event.source() == s)
+            && self.key.as_ref().is_none_or(|k| event.keys.contains(k))
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(&event.id))
+    }
+}
+
+/// What a re-aggregation changed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Reaggregated {
+    /// Late events now counted in their windows (and gone from the late table).
+    pub events: usize,
+    /// Window rows updated (each window × dimension value).
+    pub rows: usize,
+}
+
 /// Fired windows older than this (by window end) are forgotten.
 const RESULT_RETENTION_MS: i64 = 48 * 3_600_000;
 /// The window store scope of the live conversion windows.
 const SCOPE: &str = "live";
 
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
+/// What a metric row is broken down by: the overall row, the conversion model's channel,
+/// event type and campaign, the source, or an extra dimension a source's mapping names.
+/// Written as its name (`all`, `canale`, …, `source`, or the extra dimension's name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dimension {
     All,
     Canale,
     Evento,
     Campagna,
+    Source,
+    /// An extra dimension from `[sources.<name>.mapping.dimensions]`.
+    Field(Arc<str>),
 }
+
+impl Dimension {
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "all" => Dimension::All,
+            "canale" => Dimension::Canale,
+            "evento" => Dimension::Evento,
+            "campagna" => Dimension::Campagna,
+            "source" => Dimension::Source,
+            other => Dimension::Field(Arc::from(other)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Dimension::All => "all",
+            Dimension::Canale => "canale",
+            Dimension::Evento => "evento",
+            Dimension::Campagna => "campagna",
+            Dimension::Source => "source",
+            Dimension::Field(name) => name,
+        }
+    }
+}
+
+impl Serialize for Dimension {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dimension {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Dimension::parse(&Cow::<'de, str>::deserialize(d)?))
+    }
+}
+
+impl utoipa::PartialSchema for Dimension {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "`all`, `canale`, `evento`, `campagna`, `source`, or an extra dimension named by a source's mapping",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Dimension {}
 
 pub type DimKey = (Dimension, String);
 
@@ -129,11 +259,16 @@ struct State {
     /// Events too late for their window, per window start and dimension key (the overall row
     /// and each channel, campaign, … the event belongs to).
     late: BTreeMap<(i64, DimKey), u64>,
+    /// The late events themselves, oldest first (at most `MAX_LATE_EVENTS`).
+    late_events: std::collections::VecDeque<LateEvent>,
     processed: LogPositions,
 }
 
 pub struct LiveMetrics {
     spec: WindowSpec,
+    /// Sources whose payloads are read through a mapping (the others use the built-in
+    /// conversion fields).
+    mappings: std::sync::RwLock<Arc<HashMap<String, Arc<ConversionMapping>>>>,
     /// The operator's watermark after the last page, readable without the state lock: the
     /// ingest answer says whether an event is already too late for its windows.
     watermark: std::sync::atomic::AtomicI64,
@@ -172,6 +307,8 @@ struct Checkpoint {
     late: Vec<(i64, u64)>,
     #[serde(default)]
     late_by_key: Vec<((i64, DimKey), u64)>,
+    #[serde(default)]
+    late_events: Vec<LateEvent>,
 }
 
 /// How far the windows trail the log.
@@ -235,6 +372,7 @@ impl LiveMetrics {
         let (persist, persist_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             spec,
+            mappings: Default::default(),
             watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             goals: goals.into_iter().collect(),
             state: Mutex::new(State {
@@ -252,6 +390,35 @@ impl LiveMetrics {
             checkpoint_seq: Default::default(),
             restored_from_seq: Default::default(),
         })
+    }
+
+    /// Reads the named sources' events through their mappings (set before the tailer starts).
+    pub fn set_mappings(&self, mappings: HashMap<String, Arc<ConversionMapping>>) {
+        *self.mappings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(mappings);
+    }
+
+    /// Every dimension the rows can have: the built-in ones and the mappings' extras.
+    pub fn dimensions(&self) -> Vec<Dimension> {
+        let mut out = vec![
+            Dimension::All,
+            Dimension::Canale,
+            Dimension::Evento,
+            Dimension::Campagna,
+            Dimension::Source,
+        ];
+        let mappings = self
+            .mappings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut extra: Vec<Dimension> = mappings
+            .values()
+            .flat_map(|m| m.dimension_names().map(|n| Dimension::Field(n.clone())))
+            .collect();
+        extra.sort();
+        extra.dedup();
+        out.extend(extra);
+        out
     }
 
     /// Whether an event at `event_time_ms` is already too late for every window holding it
@@ -277,9 +444,9 @@ impl LiveMetrics {
                     .into_iter()
                     .map(|(start, n)| ((start, (Dimension::All, String::new())), n)),
             );
-            Some((saved.positions, operator, late))
+            Some((saved.positions, operator, late, checkpoint.late_events))
         });
-        let Some((positions, operator, late)) = restored else {
+        let Some((positions, operator, late, late_events)) = restored else {
             store.clear(SCOPE).await?;
             return Ok(());
         };
@@ -302,6 +469,7 @@ impl LiveMetrics {
         state.operator = Some(operator);
         state.fired = fired;
         state.late = late.into_iter().collect();
+        state.late_events = late_events.into();
         if let Some(operator) = &state.operator {
             self.watermark
                 .store(operator.watermark(), std::sync::atomic::Ordering::Relaxed);
@@ -374,6 +542,7 @@ impl LiveMetrics {
                 operator: operator.checkpoint(),
                 late: Vec::new(),
                 late_by_key: state.late.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                late_events: state.late_events.iter().cloned().collect(),
             };
             let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
             (state.processed.clone(), checkpoint, horizon)
@@ -475,32 +644,22 @@ impl LiveMetrics {
     /// dimension keys. Runs beside the windowing of the previous page.
     pub fn prepare(&self, events: &[RawEvent]) -> PreparedPage {
         let oldest_received_ms = events.iter().map(|e| e.received_at_ms).min();
+        let mappings = self
+            .mappings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let events = events
             .iter()
             .map(|event| {
-                // Only the fields the windows need, borrowed from the stored text.
-                let record = serde_json::from_str::<LiveFields<'_>>(&event.payload)
-                    .ok()
-                    .and_then(|fields| {
-                        let record = self.record_of(&fields, event.duplicate)?;
-                        let mut keys = Vec::with_capacity(4);
-                        keys.push((Dimension::All, String::new()));
-                        for (dimension, value) in [
-                            (Dimension::Canale, fields.canale.as_deref()),
-                            (Dimension::Evento, fields.evento.as_deref()),
-                            (
-                                Dimension::Campagna,
-                                fields.metadati.as_ref().and_then(|m| m.campagna.as_deref()),
-                            ),
-                        ] {
-                            if let Some(v) = value {
-                                keys.push((dimension, v.to_string()));
-                            }
-                        }
-                        Some((record, keys))
-                    });
+                let record = match mappings.get(event.source.as_str()) {
+                    Some(mapping) => self.mapped_record(mapping, event),
+                    None => self.builtin_record(event),
+                };
                 PreparedEvent {
                     position: event.position,
+                    id: event.id,
+                    received_at_ms: event.received_at_ms,
                     event_time_ms: event.event_time_ms,
                     duplicate: event.duplicate,
                     record,
@@ -529,6 +688,7 @@ impl LiveMetrics {
             operator,
             fired,
             late,
+            late_events,
             processed,
         } = &mut *state;
         let Some(operator) = operator.as_mut() else {
@@ -553,12 +713,24 @@ impl LiveMetrics {
                 });
             }
             if placement == Placement::Late && !event.duplicate {
-                metrics::counter!("raccordo_live_late_events_total").increment(1);
+                let late_event = LateEvent {
+                    id: event.id,
+                    event_time_ms: event.event_time_ms,
+                    received_at_ms: event.received_at_ms,
+                    record: *record,
+                    keys: keys.clone(),
+                };
+                metrics::counter!("raccordo_live_late_events_total", "source" => late_event.source().to_string())
+                    .increment(1);
                 for window in self.spec.windows_for(event.event_time_ms) {
                     for key in keys {
                         *late.entry((window.start, key.clone())).or_default() += 1;
                     }
                 }
+                if late_events.len() == MAX_LATE_EVENTS {
+                    late_events.pop_front();
+                }
+                late_events.push_back(late_event);
             }
         }
         self.watermark
@@ -586,6 +758,12 @@ impl LiveMetrics {
             .is_some_and(|((start, _), _)| *start < first_kept)
         {
             *late = late.split_off(&(first_kept, (Dimension::All, String::new())));
+            // Log order is not event-time order: keep the events whose windows are kept.
+            let spec = self.spec;
+            late_events.retain(|e| {
+                spec.windows_for(e.event_time_ms)
+                    .any(|w| w.start >= first_kept)
+            });
         }
         if !changed.is_empty() {
             changed.sort();
@@ -631,18 +809,207 @@ impl LiveMetrics {
         });
     }
 
-    fn record_of(&self, p: &LiveFields<'_>, duplicate: bool) -> Option<ConversionRecord> {
-        let customer = p.id_cliente.as_deref()?;
-        let evento = p.evento.as_deref()?;
-        let stato = p.stato.as_deref().unwrap_or("");
-        let value_cents = p.valore.map_or(0, |v| (v * 100.0).round() as i64);
-        Some(ConversionRecord {
+    /// An event of the built-in conversion schema: only the fields the windows need,
+    /// borrowed from the stored text.
+    fn builtin_record(&self, event: &RawEvent) -> Option<(ConversionRecord, Vec<DimKey>)> {
+        let fields = serde_json::from_str::<LiveFields<'_>>(&event.payload).ok()?;
+        let record = self.record_of(
+            fields.id_cliente.as_deref()?,
+            fields.evento.as_deref()?,
+            fields.stato.as_deref().unwrap_or(""),
+            fields.valore.map_or(0, |v| (v * 100.0).round() as i64),
+            event.duplicate,
+        );
+        let mut keys = Vec::with_capacity(5);
+        keys.push((Dimension::All, String::new()));
+        keys.push((Dimension::Source, event.source.as_str().to_string()));
+        for (dimension, value) in [
+            (Dimension::Canale, fields.canale.as_deref()),
+            (Dimension::Evento, fields.evento.as_deref()),
+            (
+                Dimension::Campagna,
+                fields.metadati.as_ref().and_then(|m| m.campagna.as_deref()),
+            ),
+        ] {
+            if let Some(v) = value {
+                keys.push((dimension, v.to_string()));
+            }
+        }
+        Some((record, keys))
+    }
+
+    /// An event of a mapped source, read through its mapping (the same function that let
+    /// it in, so every accepted event yields a record).
+    fn mapped_record(
+        &self,
+        mapping: &ConversionMapping,
+        event: &RawEvent,
+    ) -> Option<(ConversionRecord, Vec<DimKey>)> {
+        let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
+        let MappedConversion {
+            customer,
+            event: evento,
+            value_cents,
+            channel,
+            status,
+            campaign,
+            dimensions,
+            ..
+        } = mapping.apply(&payload).ok()?;
+        let record = self.record_of(&customer, &evento, &status, value_cents, event.duplicate);
+        let mut keys = Vec::with_capacity(5 + dimensions.len());
+        keys.push((Dimension::All, String::new()));
+        keys.push((Dimension::Source, event.source.as_str().to_string()));
+        keys.extend(channel.map(|c| (Dimension::Canale, c)));
+        keys.push((Dimension::Evento, evento));
+        keys.extend(campaign.map(|c| (Dimension::Campagna, c)));
+        keys.extend(
+            dimensions
+                .into_iter()
+                .map(|(name, value)| (Dimension::Field(Arc::from(name)), value)),
+        );
+        Some((record, keys))
+    }
+
+    fn record_of(
+        &self,
+        customer: &str,
+        evento: &str,
+        stato: &str,
+        value_cents: i64,
+        duplicate: bool,
+    ) -> ConversionRecord {
+        ConversionRecord {
             customer_hash: raccordo_stream::distinct::hash_of(customer),
             is_conversion: self.goals.contains(evento) && stato == "completato",
             is_failure: stato == "fallito",
             value_cents,
             is_duplicate: duplicate,
-        })
+        }
+    }
+
+    /// The late table: counts per window and dimension row, and the newest `limit` late
+    /// events matching the filter.
+    pub fn late(&self, filter: &LateFilter, limit: usize) -> LateTable {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = state
+            .late
+            .iter()
+            .filter(|((_, key), _)| {
+                filter.key.as_ref().is_none_or(|k| k == key)
+                    && filter
+                        .source
+                        .as_deref()
+                        .is_none_or(|s| key.0 == Dimension::Source && key.1 == s)
+            })
+            .map(|((start, key), late)| LateCount {
+                window_start_ms: *start,
+                window_end_ms: start + self.spec.size_ms,
+                dimension: key.0.clone(),
+                value: key.1.clone(),
+                late: *late,
+            })
+            .collect();
+        let matching: Vec<&LateEvent> = state
+            .late_events
+            .iter()
+            .rev()
+            .filter(|e| filter.matches(e))
+            .collect();
+        let events = matching
+            .iter()
+            .take(limit)
+            .map(|e| LateEventRow {
+                id: e.id,
+                source: e.source().to_string(),
+                event_time_ms: e.event_time_ms,
+                received_at_ms: e.received_at_ms,
+                windows: self
+                    .spec
+                    .windows_for(e.event_time_ms)
+                    .map(|w| w.start)
+                    .collect(),
+                dimensions: e
+                    .keys
+                    .iter()
+                    .filter(|(d, _)| !matches!(d, Dimension::All | Dimension::Source))
+                    .map(|(d, v)| (d.as_str().to_string(), v.clone()))
+                    .collect(),
+            })
+            .collect();
+        LateTable {
+            counts,
+            events,
+            total_events: matching.len(),
+        }
+    }
+
+    /// Counts the matching late events into the windows they were late for (an admin's
+    /// decision: the final results change), and removes them from the late table. The
+    /// changed rows are saved and streamed like late updates; the next checkpoint keeps the
+    /// change. Windows older than the results' retention are gone and cannot take them.
+    pub fn reaggregate(&self, filter: &LateFilter) -> Reaggregated {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (taken, kept): (Vec<LateEvent>, Vec<LateEvent>) =
+            std::mem::take(&mut state.late_events)
+                .into_iter()
+                .partition(|e| filter.matches(e));
+        state.late_events = kept.into();
+        let mut groups: BTreeMap<(Window, DimKey), Vec<ConversionRecord>> = BTreeMap::new();
+        for event in &taken {
+            for window in self.spec.windows_for(event.event_time_ms) {
+                for key in &event.keys {
+                    groups
+                        .entry((window, key.clone()))
+                        .or_default()
+                        .push(event.record);
+                    let slot = (window.start, key.clone());
+                    if let Some(n) = state.late.get_mut(&slot) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            state.late.remove(&slot);
+                        }
+                    }
+                }
+            }
+        }
+        let rows = groups.len();
+        let mut results = Vec::with_capacity(rows);
+        let mut streamed = Vec::with_capacity(rows);
+        for ((window, key), records) in groups {
+            let stats = state
+                .fired
+                .entry((window, key.clone()))
+                .or_insert_with(|| ConversionStats::default().frozen());
+            stats.absorb_late(&records);
+            let stats = stats.clone();
+            if let Ok(text) = serde_json::to_string(&stats) {
+                results.push(WindowResult {
+                    window_start_ms: window.start,
+                    window_end_ms: window.end,
+                    dimension: key.0.as_str().to_string(),
+                    value: key.1.clone(),
+                    stats: text,
+                });
+            }
+            streamed
+                .push(self.with_cpa(state.row(window, &key, &stats, "final"), stats.conversions));
+        }
+        if !results.is_empty() {
+            let _ = self.persist.send(PersistJob::Results(results));
+            // The log did not move, but the state did: make the next checkpoint save it.
+            self.checkpoint_seq
+                .store(-1, std::sync::atomic::Ordering::Relaxed);
+        }
+        drop(state);
+        if !streamed.is_empty() {
+            let _ = self.fired_rows.send(streamed);
+        }
+        metrics::counter!("raccordo_live_late_reaggregated_total").increment(taken.len() as u64);
+        Reaggregated {
+            events: taken.len(),
+            rows,
+        }
     }
 
     /// Rows of the windows that are still open (provisional results), and the `seq` of the
@@ -767,7 +1134,8 @@ pub struct MetricsConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub allowed_lateness: Duration,
-    /// `evento` values that count as conversions (with `stato = completato`).
+    /// Event types (`evento`, or a mapping's `event`) that count as conversions when their
+    /// status is `completato`.
     pub goals: Vec<String>,
     /// How often the SSE stream publishes provisional results of open windows when nothing
     /// new was counted (a heartbeat); new events are published sooner (`provisional_coalesce`).

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod extract;
+pub mod inspector;
 pub mod openapi;
 pub mod problem;
 pub mod routes;

@@ -33,6 +33,10 @@ pub const PROBLEM_TYPES: &[(&str, &str)] = &[
         "origin-not-allowed",
         "A browser preflight from an origin the source's `cors` does not list",
     ),
+    (
+        "not-replayable",
+        "The refused request cannot be replayed (it failed authentication, its body was cut, or a replay was accepted already)",
+    ),
     ("source-disabled", "The source is configured but disabled"),
     ("not-found", "No such route or resource"),
     (

@@ -40,6 +40,8 @@ pub struct AppState {
     pub flows: Option<Arc<raccordo_flows::FlowRunner>>,
     /// Whether jobs may ask for a completion webhook (`[jobs] callback_secret` is set).
     pub job_callbacks: bool,
+    /// Keeps refused ingest requests for inspection and replay.
+    pub inspector: Arc<crate::inspector::Inspector>,
 }
 
 /// What the CRM webhook routes need.

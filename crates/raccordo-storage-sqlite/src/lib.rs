@@ -12,6 +12,7 @@ mod import;
 mod lock;
 pub mod migrations;
 mod queue;
+mod requests;
 mod state;
 mod windows;
 
@@ -28,6 +29,7 @@ pub use history::{SqliteAlertHistory, SqliteRuns};
 pub use lock::{DataLock, LockError};
 pub use queue::SqliteWorkQueue;
 pub use raccordo_log_segments::{Durability, RetentionPolicy};
+pub use requests::SqliteRejectedRequests;
 pub use state::{
     SqliteConsumerOffsets, SqliteIdMappings, SqliteKeyValue, SqliteRateLimits, SqliteSecrets,
 };
@@ -138,6 +140,7 @@ impl SqliteStore {
             offsets: Arc::new(SqliteConsumerOffsets::new(side("consumer offsets")?)),
             alerts: Arc::new(SqliteAlertHistory::new(side("alert history")?)),
             costs: Arc::new(SqliteCampaignCosts::new(side("campaign costs")?)),
+            requests: Arc::new(SqliteRejectedRequests::new(side("request inspector")?)),
         };
         Ok(Self {
             log,

@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, Step)] = &[
         "events and dedup claims move to the segment log",
         events_to_segments,
     ),
+    (
+        8,
+        "refused ingest requests (request inspector)",
+        rejected_requests,
+    ),
 ];
 
 /// Applies every migration the database has not seen; returns the versions applied.
@@ -235,6 +240,17 @@ fn state_stores(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     )
 }
 
+fn rejected_requests(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE rejected_requests (
+            id TEXT PRIMARY KEY, source TEXT, target TEXT NOT NULL,
+            received_at INTEGER NOT NULL, status INTEGER NOT NULL, problem TEXT NOT NULL,
+            headers TEXT NOT NULL, body BLOB NOT NULL, body_bytes INTEGER NOT NULL,
+            authenticated INTEGER NOT NULL, replay TEXT);
+        CREATE INDEX rejected_requests_by_time ON rejected_requests (received_at);",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,7 +267,7 @@ mod tests {
              INSERT INTO live_checkpoint VALUES (1, 42, '{}');",
         )
         .unwrap();
-        assert_eq!(run(&mut conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(run(&mut conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
         assert!(run(&mut conn).unwrap().is_empty(), "nothing twice");
         let positions: String = conn
             .query_row(
@@ -261,6 +277,6 @@ mod tests {
             )
             .unwrap();
         assert_eq!(positions, r#"{"0":42}"#);
-        assert_eq!(latest(), 7);
+        assert_eq!(latest(), 8);
     }
 }

@@ -21,6 +21,7 @@ pub mod mappings;
 pub mod offsets;
 pub mod queue;
 pub mod ratelimit;
+pub mod requests;
 pub mod runs;
 pub mod secrets;
 pub mod windows;
@@ -82,6 +83,7 @@ macro_rules! conformance {
             windows::results_checkpoints_and_scopes,
             offsets::offsets_never_move_back_and_survive_a_restart,
             alerts::history_is_durable_and_newest_first,
+            requests::refused_requests_are_durable_filtered_paged_and_purged,
             costs::costs_replace_per_day,
             log::append_tail_and_query,
             log::dedup_claims_survive_a_restart,

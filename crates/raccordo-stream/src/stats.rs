@@ -6,7 +6,7 @@ use crate::distinct::DistinctCount;
 use crate::window::Aggregate;
 
 /// What the windows need to know of one event.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ConversionRecord {
     /// `distinct::hash_of(customer)`, computed once per event rather than once per window
     /// and dimension it is counted in: the customer is counted by this hash only.
@@ -73,6 +73,40 @@ impl ConversionStats {
             converting_customers: self.converting_customers.frozen(),
             ..*self
         }
+    }
+
+    /// Adds records to a window that has already fired and whose distinct sets were frozen
+    /// (an admin re-aggregating late events): counts and values stay exact; the customers
+    /// among the records are added to the frozen counts as an upper bound (whether they were
+    /// already counted is no longer known), so the counts are marked inexact.
+    pub fn absorb_late(&mut self, records: &[ConversionRecord]) {
+        let mut active = DistinctCount::default();
+        let mut converting = DistinctCount::default();
+        for r in records {
+            if r.is_duplicate {
+                self.duplicates += 1;
+                continue;
+            }
+            self.events += 1;
+            self.total_value_cents += r.value_cents;
+            active.insert_hash(r.customer_hash);
+            self.failures += u64::from(r.is_failure);
+            if r.is_conversion {
+                self.conversions += 1;
+                self.conversion_value_cents += r.value_cents;
+                converting.insert_hash(r.customer_hash);
+            }
+        }
+        let grow = |count: &mut DistinctCount, more: &DistinctCount| {
+            if more.count() > 0 {
+                *count = DistinctCount::Counted {
+                    count: count.count() + more.count(),
+                    exact: false,
+                };
+            }
+        };
+        grow(&mut self.active_customers, &active);
+        grow(&mut self.converting_customers, &converting);
     }
 
     /// Distinct converting customers / distinct active customers.
@@ -146,6 +180,29 @@ mod tests {
             (3, 3)
         );
         assert_eq!(all.value.conversion_rate(), Some(2.0 / 3.0));
+    }
+
+    #[test]
+    fn late_records_absorbed_after_firing_count_exactly_and_customers_as_a_bound() {
+        let mut s = ConversionStats::default();
+        s.record(&rec("a", true, 1_000));
+        s.record(&rec("b", false, 0));
+        let mut s = s.frozen();
+        s.absorb_late(&[rec("a", true, 500), rec("c", false, 0), rec("c", true, 200)]);
+        assert_eq!((s.events, s.conversions), (5, 3));
+        assert_eq!(
+            (s.total_value_cents, s.conversion_value_cents),
+            (1_700, 1_700)
+        );
+        assert_eq!(
+            s.active_customers.count(),
+            4,
+            "2 + the 2 distinct late ones"
+        );
+        assert!(!s.active_customers.is_exact());
+        let before = s.clone();
+        s.absorb_late(&[]);
+        assert_eq!(s, before, "nothing to absorb changes nothing");
     }
 
     #[test]

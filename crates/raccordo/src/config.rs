@@ -380,7 +380,7 @@ impl Config {
                     report(
                         format!("metrics.goals[{i}]"),
                         format!(
-                            "`{goal}` is no `evento` any source can send, so it would never count; the schemas allow {}",
+                            "`{goal}` is no event type any source can send, so it would never count; the sources send {}",
                             names
                                 .iter()
                                 .map(|n| format!("`{n}`"))
@@ -431,8 +431,9 @@ impl Config {
         (sources, flows)
     }
 
-    /// The `evento` values the sources' schemas allow, or `None` when some schema leaves
-    /// `evento` open (then any goal may be right).
+    /// The event types the sources can send (their schemas' `evento` values, their mappings'
+    /// fixed event types), or `None` when some source leaves them open (then any goal may be
+    /// right).
     fn known_event_types(&self) -> Option<std::collections::BTreeSet<String>> {
         let mut known = std::collections::BTreeSet::new();
         for source in self.sources.values() {
@@ -440,6 +441,19 @@ impl Config {
                 None => serde_json::from_str(raccordo_ingest::CONVERSION_SCHEMA).ok()?,
                 Some(path) => serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?,
             };
+            if let Some(mapping) = &source.mapping {
+                // A constant, or a lookup with a default, fixes the event types; anything
+                // else passes the payload's own values through.
+                let closed = mapping.event.constant.is_some()
+                    || (!mapping.event.map.is_empty() && mapping.event.default.is_some());
+                if !closed {
+                    return None;
+                }
+                known.extend(mapping.event.map.values().cloned());
+                known.extend(mapping.event.constant.clone());
+                known.extend(mapping.event.default.clone());
+                continue;
+            }
             let evento = &schema["properties"]["evento"];
             if evento.is_null() {
                 continue; // this source sends no `evento`
@@ -454,6 +468,11 @@ impl Config {
     /// What works but is probably not meant: printed by `raccordo check`, which still passes.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for (name, source) in &self.sources {
+            if source.schema.is_some() && source.mapping.is_none() {
+                out.push(format!("sources.{name}: its own schema and no `mapping`: its events are stored but counted in the metrics only if they carry the built-in fields (`id_cliente`, `evento`, …)"));
+            }
+        }
         if self.admin.tokens.is_empty() {
             out.push("no `[[admin.tokens]]`: the read APIs, the dashboard, flows and MCP cannot be used (ingestion and the sync still run)".to_string());
         }

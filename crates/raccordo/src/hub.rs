@@ -90,6 +90,12 @@ impl Hub {
             config.metrics.goals.clone(),
             clock.clone(),
         );
+        live.set_mappings(
+            sources
+                .iter()
+                .filter_map(|s| Some((s.name.to_string(), s.mapping.clone()?)))
+                .collect(),
+        );
         for (campaign, day, cents) in stores.costs.all_costs().await? {
             live.set_costs(&campaign, &[(day, cents)]);
         }
@@ -181,6 +187,15 @@ impl Hub {
             crm_clients,
         )
         .await?;
+        let inspector = raccordo_server::inspector::Inspector::new(
+            config.ingest.inspector.clone(),
+            stores.requests.clone(),
+            clock.clone(),
+        );
+        {
+            let inspector = inspector.clone();
+            supervisor.spawn("request-inspector", move |ctx| inspector.clone().run(ctx));
+        }
         let state = Arc::new(AppState {
             clock,
             ingestor,
@@ -199,6 +214,7 @@ impl Hub {
             crm,
             flows,
             job_callbacks: config.jobs.callback_secret.is_some(),
+            inspector,
         });
         let addr = listen.unwrap_or(config.server.listen);
         let listener = TcpListener::bind(addr)

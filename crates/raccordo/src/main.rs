@@ -14,6 +14,7 @@ mod demo;
 mod flows;
 mod flows_cmd;
 mod hub;
+mod late_cmd;
 mod reference;
 mod sandbox_cmd;
 mod sync;
@@ -112,6 +113,15 @@ enum Command {
         an edited input. Needs an admin token."
     )]
     Flows(flows_cmd::FlowsCommand),
+    /// Late events of a running hub: list them, count them into their windows
+    #[command(
+        subcommand,
+        long_about = "Events that arrive after their window closed (past metrics.allowed_lateness) \
+        are accepted, stored and kept in the late table rather than counted in a window. List \
+        them with their ids, source and windows, or re-aggregate them into their windows. See \
+        docs/windows.md."
+    )]
+    Late(late_cmd::LateCommand),
     /// Serve the hub's MCP tools over stdin/stdout, for AI agents that start a local process
     #[command(
         long_about = "Serve the Model Context Protocol over stdio for an AI agent (Claude \
@@ -301,6 +311,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => runtime.block_on(admin_cmd::connect(args)),
         Command::Sync(command) => runtime.block_on(admin_cmd::sync(command)),
         Command::Flows(command) => runtime.block_on(flows_cmd::run(command)),
+        Command::Late(command) => runtime.block_on(late_cmd::run(command)),
         Command::Mcp(args) => runtime.block_on(async move {
             // Stdout carries the protocol: the audit lines (and any other log) go to stderr.
             tracing_subscriber::fmt()
@@ -387,7 +398,12 @@ fn check_event(built: &config::Built, event: &std::path::Path, source: &str) -> 
             for (i, e) in events.iter().enumerate() {
                 let payload: serde_json::Value =
                     serde_json::from_str(&e.payload).unwrap_or_default();
-                let evento = payload["evento"].as_str();
+                // What the windows read: the mapping's fields, or the built-in ones.
+                let mapped = found.mapping.as_ref().and_then(|m| m.apply(&payload).ok());
+                let (evento, stato) = match &mapped {
+                    Some(m) => (Some(m.event.as_str()), Some(m.status.as_str())),
+                    None => (payload["evento"].as_str(), payload["stato"].as_str()),
+                };
                 let windows: Vec<String> = spec
                     .windows_for(e.event_time_ms)
                     .map(|w| {
@@ -411,13 +427,31 @@ fn check_event(built: &config::Built, event: &std::path::Path, source: &str) -> 
                         .unwrap_or("(business-key dedup is off)")
                 );
                 println!("  windows:      {}", windows.join(", "));
+                if let Some(m) = &mapped {
+                    println!("  customer:     {}", m.customer);
+                    println!("  event type:   {}", m.event);
+                    println!("  value:        {:.2}", m.value_cents as f64 / 100.0);
+                    println!(
+                        "  channel:      {}",
+                        m.channel.as_deref().unwrap_or("(none)")
+                    );
+                    println!(
+                        "  campaign:     {}",
+                        m.campaign.as_deref().unwrap_or("(none)")
+                    );
+                    for (name, value) in &m.dimensions {
+                        println!("  {:<13} {value}", format!("{name}:"));
+                    }
+                }
                 println!(
                     "  conversion:   {}",
-                    match evento {
-                        Some(ev) if goals.iter().any(|g| g == ev) =>
-                            format!("yes (`{ev}` is a goal)"),
-                        Some(ev) => format!("no (`{ev}` is not among metrics.goals)"),
-                        None => "no (`evento` is missing)".into(),
+                    match (evento, stato) {
+                        (Some(ev), Some("completato")) if goals.iter().any(|g| g == ev) =>
+                            format!("yes (`{ev}` is a goal and its status is `completato`)"),
+                        (Some(ev), _) if goals.iter().any(|g| g == ev) =>
+                            format!("no (`{ev}` is a goal but its status is not `completato`)"),
+                        (Some(ev), _) => format!("no (`{ev}` is not among metrics.goals)"),
+                        (None, _) => "no (no event type: the metrics do not count it)".into(),
                     }
                 );
             }

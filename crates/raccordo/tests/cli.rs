@@ -133,7 +133,7 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
         stderr.contains(
-            "goals.toml:2: metrics.goals[0]: `acquisto` is no `evento` any source can send"
+            "goals.toml:2: metrics.goals[0]: `acquisto` is no event type any source can send"
         ),
         "{stderr}"
     );

@@ -406,3 +406,155 @@ async fn a_restart_resumes_from_the_checkpoint_and_counts_what_came_after_it() {
         "{channels:?}"
     );
 }
+
+/// Runs `raccordo late …` against the server; (success, stdout + stderr).
+fn late_cli(server: &Server, token: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("late")
+        .args(args)
+        .args(["--url", &server.url(""), "--token", token])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_event_is_listed_by_id_counted_in_prometheus_and_reaggregated_by_an_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_configured(
+        dir.path(),
+        "[metrics]\ncheckpoint_every = \"100ms\"\nallowed_lateness = \"0s\"\n",
+    );
+    let old = -20 * 60_000;
+    let batch = json!([
+        at(1, old, "acquisto_concluso", "email", 100.0),
+        at(2, old, "richiesta_demo", "email", 0.0),
+    ]);
+    assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
+    assert_eq!(send_event(&server, 3).await, StatusCode::ACCEPTED);
+    metrics_until(&server, "dimension=canale&value=email", |rows| {
+        rows.iter()
+            .any(|r| r["status"] == "final" && r["events"] == 2)
+    })
+    .await;
+
+    // Too late for its (fired, purged) window: accepted, stored, and said to be late.
+    let answer: Value = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&at(4, old, "acquisto_concluso", "email", 20.0))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["late"], true, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_string();
+
+    let table = poll_json(&server, "/api/v1/metrics/late", READ_TOKEN, |t| {
+        t["total_events"] == 1
+    })
+    .await;
+    let listed = &table["events"][0];
+    assert_eq!(listed["id"], id.as_str(), "{table}");
+    assert_eq!(listed["source"], "web");
+    assert_eq!(listed["dimensions"]["canale"], "email");
+    let counted: Vec<(String, String)> = table["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["dimension"].as_str().unwrap().to_string(),
+                c["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for wanted in [("all", ""), ("source", "web"), ("canale", "email")] {
+        assert!(
+            counted.contains(&(wanted.0.to_string(), wanted.1.to_string())),
+            "{wanted:?} missing from {counted:?}"
+        );
+    }
+    // Filters: another source or another channel has none.
+    let other = get_json(&server, "/api/v1/metrics/late?source=leads", READ_TOKEN).await;
+    assert_eq!(other["total_events"], 0, "{other}");
+    let sms = get_json(
+        &server,
+        "/api/v1/metrics/late?dimension=canale&value=sms",
+        READ_TOKEN,
+    )
+    .await;
+    assert_eq!(sms["total_events"], 0, "{sms}");
+    assert_eq!(
+        metric(&server, "raccordo_live_late_events_total{source=\"web\"}").await,
+        Some(1.0)
+    );
+
+    // The CLI lists it; re-aggregation needs the admin scope.
+    let (ok, text) = late_cli(&server, READ_TOKEN, &["list"]);
+    assert!(ok && text.contains(&id), "{text}");
+    let (ok, text) = late_cli(&server, READ_TOKEN, &["reaggregate"]);
+    assert!(!ok, "a read token cannot change results: {text}");
+    let (ok, text) = late_cli(&server, ADMIN_TOKEN, &["reaggregate", "--source", "web"]);
+    assert!(ok, "{text}");
+    assert!(text.starts_with("1 late event(s)"), "{text}");
+
+    // Counted in its window now, and no longer late.
+    let email = |rows: &[Value]| {
+        rows.iter()
+            .find(|r| r["value"] == "email" && r["status"] == "final")
+            .cloned()
+    };
+    let rows = metrics_until(&server, "dimension=canale&value=email", |rows| {
+        email(rows).is_some_and(|r| r["events"] == 3)
+    })
+    .await;
+    let row = email(&rows).unwrap();
+    assert_eq!(
+        (row["conversions"].as_u64(), row["late"].as_u64()),
+        (Some(2), Some(0)),
+        "{row}"
+    );
+    assert_eq!(row["total_value"], 120.0);
+    assert_eq!(
+        row["exact_distinct"], false,
+        "the customers of a re-aggregated window are an upper bound"
+    );
+    let table = get_json(&server, "/api/v1/metrics/late", READ_TOKEN).await;
+    assert_eq!(table["total_events"], 0, "{table}");
+
+    // The change is saved: after a checkpoint, kill -9 and restart keep it, once.
+    poll_json(&server, "/api/v1/ingest/health", READ_TOKEN, |h| {
+        h["live"]["checkpoint_seq"].as_i64() >= Some(4)
+    })
+    .await;
+    server.kill9();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--config",
+            dir.path().join("raccordo.toml").to_str().unwrap(),
+        ],
+    );
+    let rows = metrics_until(&server, "dimension=canale&value=email", |rows| {
+        email(rows).is_some()
+    })
+    .await;
+    let row = email(&rows).unwrap();
+    assert_eq!(
+        (row["events"].as_u64(), row["late"].as_u64()),
+        (Some(3), Some(0)),
+        "{row}"
+    );
+    let table = get_json(&server, "/api/v1/metrics/late", READ_TOKEN).await;
+    assert_eq!(table["total_events"], 0, "{table}");
+}

@@ -14,6 +14,7 @@ mod mappings;
 mod offsets;
 pub mod queue;
 mod ratelimit;
+mod requests;
 mod runs;
 mod secrets;
 mod windows;
@@ -27,6 +28,7 @@ pub use log::{EventLog, EventQuery, LogPosition, LogPositions};
 pub use mappings::{IdMappings, RecordRef};
 pub use offsets::ConsumerOffsets;
 pub use ratelimit::{Admission, BucketSpec, BucketState, RateLimitStore};
+pub use requests::{RejectedFilter, RejectedRequest, RejectedRequests, ReplayRecord};
 pub use runs::{NewRun, Run, RunStatus, RunStore, RunSummary, StepRecord, StepStatus};
 pub use secrets::{SecretStore, StoredSecret};
 pub use windows::{WindowCheckpoint, WindowResult, WindowStore};
@@ -88,4 +90,5 @@ pub struct Stores {
     pub offsets: Arc<dyn ConsumerOffsets>,
     pub alerts: Arc<dyn AlertHistory>,
     pub costs: Arc<dyn CampaignCosts>,
+    pub requests: Arc<dyn RejectedRequests>,
 }

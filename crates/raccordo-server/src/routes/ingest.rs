@@ -82,10 +82,11 @@ pub struct ItemAnswer {
 )]
 pub async fn ingest_conversion(
     State(state): State<Arc<AppState>>,
+    uri: http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(&state, Target::Conversion, headers, body).await
+    ingest(&state, Target::Conversion, &uri, headers, body).await
 }
 
 /// Send an event (or an array) to a configured source.
@@ -140,7 +141,7 @@ pub async fn ingest_source(
         headers.insert("x-api-key", value);
     }
     let origin = allowed_origin(configured.as_deref(), &headers);
-    let mut response = ingest(&state, Target::Source(&source), headers, body).await;
+    let mut response = ingest(&state, Target::Source(&source), &uri, headers, body).await;
     if form_post
         && response.status() == StatusCode::ACCEPTED
         && let Some(url) = forms.and_then(|f| f.redirect.as_deref())
@@ -220,46 +221,83 @@ pub async fn source_preflight(
         .into_response()
 }
 
-async fn ingest(state: &AppState, target: Target<'_>, headers: HeaderMap, body: Body) -> Response {
+async fn ingest(
+    state: &AppState,
+    target: Target<'_>,
+    uri: &http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let _in_flight = InFlight::enter();
     if state.shutting_down.load(Ordering::Relaxed) {
         return Problem::unavailable("the server is shutting down").into_response();
     }
+    let refused = |problem: Problem, source: Option<String>, authenticated: bool, body: &[u8]| {
+        // What the sender can fix; not the hub's own state (overload, shutdown) nor a path
+        // that names no source (scanners).
+        let inspect = (400..500).contains(&problem.status) && ![404, 429].contains(&problem.status);
+        if inspect {
+            state.inspector.record(crate::inspector::Refused {
+                source,
+                target: uri.path(),
+                query: uri.query(),
+                headers: &headers,
+                body,
+                authenticated,
+                problem: &problem,
+            });
+        }
+        problem.into_response()
+    };
+    let named = match target {
+        Target::Source(name) => Some(name.to_string()),
+        Target::Conversion => None,
+    };
     let body = match read_body(&headers, body, state.max_body_bytes).await {
         Ok(body) => body,
-        Err(e) => return Problem::from(e).into_response(),
+        Err(e) => return refused(Problem::from(e), named, false, &[]),
     };
-    match state.ingestor.ingest(target, &headers, body).await {
+    match state.ingestor.ingest(target, &headers, body.clone()).await {
         // Duplicates and clock skew reach the alert engine through the source's counters,
         // which it reads on its own schedule: nothing here waits for it.
-        Ok(response) => {
-            let mut items = response
-                .items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| ItemAnswer {
-                    status: if item.is_duplicate() {
-                        "duplicate"
-                    } else {
-                        "accepted"
-                    },
-                    id: item.id(),
-                    late: !item.is_duplicate()
-                        && response
-                            .event_times_ms
-                            .get(i)
-                            .is_some_and(|t| state.live.is_too_late(*t)),
-                });
-            let answer = if response.single {
-                match items.next() {
-                    Some(one) => IngestAnswer::One(one),
-                    None => IngestAnswer::Batch(Vec::new()),
-                }
+        Ok(response) => (StatusCode::ACCEPTED, Json(answer_of(state, &response))).into_response(),
+        Err(rejection) => refused(
+            Problem::from(rejection.error),
+            rejection.source,
+            rejection.authenticated,
+            &body,
+        ),
+    }
+}
+
+/// The `202` answer: each item's outcome, and whether it is already late.
+pub(super) fn answer_of(
+    state: &AppState,
+    response: &raccordo_ingest::IngestResponse,
+) -> IngestAnswer {
+    let mut items = response
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| ItemAnswer {
+            status: if item.is_duplicate() {
+                "duplicate"
             } else {
-                IngestAnswer::Batch(items.collect())
-            };
-            (StatusCode::ACCEPTED, Json(answer)).into_response()
+                "accepted"
+            },
+            id: item.id(),
+            late: !item.is_duplicate()
+                && response
+                    .event_times_ms
+                    .get(i)
+                    .is_some_and(|t| state.live.is_too_late(*t)),
+        });
+    if response.single {
+        match items.next() {
+            Some(one) => IngestAnswer::One(one),
+            None => IngestAnswer::Batch(Vec::new()),
         }
-        Err(e) => Problem::from(e).into_response(),
+    } else {
+        IngestAnswer::Batch(items.collect())
     }
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use http::header;
 use serde::Deserialize;
 
-use crate::extract::{Reader, ValidQuery, time_param};
+use crate::extract::{Admin, Reader, ValidQuery, time_param};
 use crate::problem::Problem;
 use crate::state::AppState;
 use raccordo_runtime::live::MetricRow;
@@ -17,6 +17,8 @@ pub fn router() -> super::ApiRouter {
     super::ApiRouter::new()
         .routes(utoipa_axum::routes!(metrics_api))
         .routes(utoipa_axum::routes!(metrics_stream))
+        .routes(utoipa_axum::routes!(late_table))
+        .routes(utoipa_axum::routes!(reaggregate_late))
 }
 
 /// One message of the SSE stream: `provisional` (open windows, with the log position they
@@ -47,8 +49,7 @@ pub struct MetricsQuery {
     /// Windows starting before this (RFC 3339); default: now + 1 hour.
     #[param(format = DateTime)]
     to: Option<String>,
-    /// `all`, `canale`, `evento` or `campagna`.
-    #[param(pattern = "^(all|canale|evento|campagna)$")]
+    /// `all`, `canale`, `evento`, `campagna`, `source`, or an extra dimension of a mapping.
     dimension: Option<String>,
     /// Only this value of the dimension (e.g. `email`).
     value: Option<String>,
@@ -87,7 +88,7 @@ pub async fn metrics_api(
         ),
         (Err(p), _) | (_, Err(p)) => return p.into_response(),
     };
-    let dimension = match parse_dimension(q.dimension.as_deref()) {
+    let dimension = match parse_dimension(&state.live, q.dimension.as_deref()) {
         Ok(d) => d,
         Err(p) => return p.into_response(),
     };
@@ -119,27 +120,29 @@ pub async fn metrics_api(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StreamQuery {
-    /// `all`, `canale`, `evento` or `campagna`.
-    #[param(pattern = "^(all|canale|evento|campagna)$")]
+    /// `all`, `canale`, `evento`, `campagna`, `source`, or an extra dimension of a mapping.
     dimension: Option<String>,
     /// Only this value of the dimension.
     value: Option<String>,
 }
 
 fn parse_dimension(
+    live: &raccordo_runtime::LiveMetrics,
     text: Option<&str>,
 ) -> Result<Option<raccordo_runtime::live::Dimension>, Problem> {
-    use raccordo_runtime::live::Dimension;
-    match text {
-        None => Ok(None),
-        Some("all") => Ok(Some(Dimension::All)),
-        Some("canale") => Ok(Some(Dimension::Canale)),
-        Some("evento") => Ok(Some(Dimension::Evento)),
-        Some("campagna") => Ok(Some(Dimension::Campagna)),
-        Some(_) => Err(Problem::bad_parameter(
-            "dimension",
-            "one of `all`, `canale`, `evento`, `campagna`",
-        )),
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let known = live.dimensions();
+    match known.iter().find(|d| d.as_str() == text) {
+        Some(d) => Ok(Some(d.clone())),
+        None => {
+            let names: Vec<String> = known.iter().map(|d| format!("`{}`", d.as_str())).collect();
+            Err(Problem::bad_parameter(
+                "dimension",
+                format!("one of {}", names.join(", ")),
+            ))
+        }
     }
 }
 
@@ -164,7 +167,7 @@ pub async fn metrics_stream(
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    let dimension = match parse_dimension(q.dimension.as_deref()) {
+    let dimension = match parse_dimension(&state.live, q.dimension.as_deref()) {
         Ok(d) => d,
         Err(p) => return p.into_response(),
     };
@@ -226,4 +229,111 @@ pub async fn metrics_stream(
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// Query of `GET /api/v1/metrics/late` and `POST /api/v1/metrics/late/reaggregate`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LateQuery {
+    /// Only this source's late events.
+    source: Option<String>,
+    /// Only rows of this dimension (with `value`: only events with that value).
+    dimension: Option<String>,
+    /// Only this value of the dimension.
+    value: Option<String>,
+    /// Only these events: comma-separated ids (`evt_…`).
+    ids: Option<String>,
+    /// How many late events to list, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+fn late_filter(
+    live: &raccordo_runtime::LiveMetrics,
+    q: &LateQuery,
+) -> Result<raccordo_runtime::live::LateFilter, Problem> {
+    let dimension = parse_dimension(live, q.dimension.as_deref())?;
+    let key = match (dimension, &q.value) {
+        (Some(d), Some(v)) => Some((d, v.clone())),
+        (None, Some(_)) => {
+            return Err(Problem::bad_parameter(
+                "value",
+                "needs a `dimension` to belong to",
+            ));
+        }
+        _ => None,
+    };
+    let ids = match &q.ids {
+        None => None,
+        Some(text) => Some(
+            text.split(',')
+                .map(|id| id.trim().parse::<raccordo_core::EventId>())
+                .collect::<Result<std::collections::HashSet<_>, _>>()
+                .map_err(|_| {
+                    Problem::bad_parameter("ids", "comma-separated event ids such as `evt_01J…`")
+                })?,
+        ),
+    };
+    Ok(raccordo_runtime::live::LateFilter {
+        source: q.source.clone(),
+        key,
+        ids,
+    })
+}
+
+/// The late table: accepted events that came after their windows closed (past the allowed
+/// lateness), counted per window and dimension row, and listed with their event ids.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics/late",
+    tag = "metrics",
+    params(LateQuery),
+    responses((status = 200, description = "Late counts and events", body = raccordo_runtime::live::LateTable)),
+    security(("admin_token" = []))
+)]
+pub async fn late_table(
+    State(state): State<Arc<AppState>>,
+    _reader: Reader,
+    ValidQuery(q): ValidQuery<LateQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Problem::bad_parameter("limit", "between 1 and 1000").into_response();
+    }
+    match late_filter(&state.live, &q) {
+        Ok(filter) => Json(state.live.late(&filter, limit)).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// Count late events into the windows they were late for: the windows' final results
+/// change (their distinct-customer counts become upper bounds), the events leave the late
+/// table, and the changed rows are streamed as `final` again. Filters as for the late table;
+/// without any, every late event is re-aggregated.
+#[utoipa::path(
+    post,
+    path = "/api/v1/metrics/late/reaggregate",
+    tag = "metrics",
+    params(LateQuery),
+    responses((status = 200, description = "What changed", body = raccordo_runtime::live::Reaggregated)),
+    security(("admin_token" = []))
+)]
+pub async fn reaggregate_late(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    ValidQuery(q): ValidQuery<LateQuery>,
+) -> Response {
+    match late_filter(&state.live, &q) {
+        Ok(filter) => {
+            let done = state.live.reaggregate(&filter);
+            tracing::info!(
+                events = done.events,
+                rows = done.rows,
+                "late events re-aggregated into their windows"
+            );
+            Json(done).into_response()
+        }
+        Err(p) => p.into_response(),
+    }
 }

@@ -18,6 +18,7 @@ mod flows;
 mod ingest;
 mod metrics;
 mod ops;
+mod requests;
 
 /// A router whose routes are registered with their OpenAPI operations (`utoipa_axum::routes!`),
 /// so that a route cannot exist without its entry in `/openapi.json`.
@@ -34,6 +35,7 @@ pub fn router(bench_routes: bool) -> (Router<Arc<AppState>>, Arc<serde_json::Val
         .merge(crm::router())
         .merge(flows::router())
         .merge(calls::router())
+        .merge(requests::router())
         .merge(ops::router(bench_routes))
         .routes(utoipa_axum::routes!(openapi_json))
         .split_for_parts();
