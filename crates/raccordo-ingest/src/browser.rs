@@ -83,23 +83,45 @@ impl FormsConfig {
     }
 }
 
-/// Whether the body is an HTML form's.
-pub fn is_form(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+/// The two bodies an HTML form sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormKind {
+    /// `application/x-www-form-urlencoded` (the default `enctype`).
+    UrlEncoded,
+    /// `multipart/form-data`, with its boundary.
+    Multipart(String),
 }
 
-/// An urlencoded form as a JSON object: text fields, `numbers` as numbers (or an error naming
-/// the field), a repeated field as a list.
-pub fn form_to_json(body: &[u8], numbers: &[String]) -> Result<Value, (String, String)> {
-    let mut object = Map::new();
-    for (key, value) in form_urlencoded::parse(body) {
-        let value = if numbers.iter().any(|n| n == key.as_ref()) {
-            let n: f64 = value
+/// What kind of form body a `Content-Type` announces, if any.
+pub fn form_kind(content_type: &str) -> Option<FormKind> {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Some(FormKind::UrlEncoded)
+    } else if essence.eq_ignore_ascii_case("multipart/form-data") {
+        multer::parse_boundary(content_type)
+            .ok()
+            .map(FormKind::Multipart)
+    } else {
+        None
+    }
+}
+
+/// Whether the body is an HTML form's.
+pub fn is_form(content_type: &str) -> bool {
+    form_kind(content_type).is_some()
+}
+
+/// Adds one form field: `numbers` as numbers (or an error naming the field), text
+/// otherwise, a repeated field as a list.
+fn put(
+    object: &mut Map<String, Value>,
+    key: &str,
+    value: Value,
+    numbers: &[String],
+) -> Result<(), (String, String)> {
+    let value = match value {
+        Value::String(text) if numbers.iter().any(|n| n == key) => {
+            let n: f64 = text
                 .trim()
                 .replace(',', ".")
                 .parse()
@@ -107,19 +129,78 @@ pub fn form_to_json(body: &[u8], numbers: &[String]) -> Result<Value, (String, S
             serde_json::Number::from_f64(n)
                 .map(Value::Number)
                 .ok_or_else(|| (format!("/{key}"), "must be a finite number".to_string()))?
-        } else {
-            Value::String(value.into_owned())
-        };
-        match object.get_mut(key.as_ref()) {
-            None => {
-                object.insert(key.into_owned(), value);
-            }
-            Some(Value::Array(items)) => items.push(value),
-            Some(first) => {
-                let first = first.take();
-                object.insert(key.into_owned(), Value::Array(vec![first, value]));
-            }
         }
+        other => other,
+    };
+    match object.get_mut(key) {
+        None => {
+            object.insert(key.to_string(), value);
+        }
+        Some(Value::Array(items)) => items.push(value),
+        Some(first) => {
+            let first = first.take();
+            object.insert(key.to_string(), Value::Array(vec![first, value]));
+        }
+    }
+    Ok(())
+}
+
+/// An urlencoded form as a JSON object: text fields, `numbers` as numbers (or an error naming
+/// the field), a repeated field as a list.
+pub fn form_to_json(body: &[u8], numbers: &[String]) -> Result<Value, (String, String)> {
+    let mut object = Map::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        put(
+            &mut object,
+            &key,
+            Value::String(value.into_owned()),
+            numbers,
+        )?;
+    }
+    Ok(Value::Object(object))
+}
+
+/// A `multipart/form-data` body as a JSON object, like [`form_to_json`]. A file part is
+/// described, not kept: `{"filename", "content_type", "bytes"}` — an event store is no place
+/// for uploads, and the description still says the file came.
+pub async fn multipart_to_json(
+    body: bytes::Bytes,
+    boundary: &str,
+    numbers: &[String],
+) -> Result<Value, (String, String)> {
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let mut object = Map::new();
+    let malformed = |_| {
+        (
+            String::new(),
+            "is not a well-formed multipart/form-data body".to_string(),
+        )
+    };
+    while let Some(field) = parts.next_field().await.map_err(malformed)? {
+        let Some(key) = field.name().map(str::to_string) else {
+            return Err((String::new(), "a part has no field name".into()));
+        };
+        let file = field
+            .file_name()
+            .map(|f| (f.to_string(), field.content_type().map(|m| m.to_string())));
+        let value = match file {
+            Some((filename, content_type)) => {
+                let bytes = field.bytes().await.map_err(malformed)?;
+                serde_json::json!({
+                    "filename": filename,
+                    "content_type": content_type,
+                    "bytes": bytes.len(),
+                })
+            }
+            None => Value::String(
+                field
+                    .text()
+                    .await
+                    .map_err(|_| (format!("/{key}"), "is not UTF-8 text".to_string()))?,
+            ),
+        };
+        put(&mut object, &key, value, numbers)?;
     }
     Ok(Value::Object(object))
 }
@@ -143,6 +224,37 @@ mod tests {
         let e = form_to_json(b"valore=dodici", &["valore".into()]).unwrap_err();
         assert_eq!(e.0, "/valore");
         assert!(!e.1.contains("dodici"));
+    }
+
+    #[tokio::test]
+    async fn multipart_forms_become_objects_and_files_are_described() {
+        let body = "--XyZ\r\n\
+            Content-Disposition: form-data; name=\"email\"\r\n\r\n\
+            anna@example.it\r\n\
+            --XyZ\r\n\
+            Content-Disposition: form-data; name=\"valore\"\r\n\r\n\
+            12,50\r\n\
+            --XyZ\r\n\
+            Content-Disposition: form-data; name=\"cv\"; filename=\"cv.pdf\"\r\n\
+            Content-Type: application/pdf\r\n\r\n\
+            %PDF-1.7\r\n\
+            --XyZ--\r\n";
+        let kind = form_kind("multipart/form-data; boundary=XyZ").unwrap();
+        assert_eq!(kind, FormKind::Multipart("XyZ".into()));
+        let v = multipart_to_json(body.into(), "XyZ", &["valore".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            json!({"email": "anna@example.it", "valore": 12.5,
+                   "cv": {"filename": "cv.pdf", "content_type": "application/pdf", "bytes": 8}})
+        );
+        let e = multipart_to_json("--XyZ\r\nno headers".into(), "XyZ", &[])
+            .await
+            .unwrap_err();
+        assert!(e.1.contains("multipart"), "{e:?}");
+        assert_eq!(form_kind("multipart/form-data"), None, "no boundary");
+        assert_eq!(form_kind("application/json"), None);
     }
 
     #[test]

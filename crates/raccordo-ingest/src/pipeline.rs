@@ -272,17 +272,26 @@ impl Ingestor {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let body = match &source.forms {
-            Some(forms) if crate::browser::is_form(content_type) => {
-                let value = crate::browser::form_to_json(&body, &forms.numbers).map_err(
-                    |(pointer, detail)| IngestError::Validation {
-                        total: 1,
-                        errors: vec![FieldError::new(pointer, detail)],
-                    },
-                )?;
+        use crate::browser::FormKind;
+        let form = source
+            .forms
+            .as_ref()
+            .and_then(|f| Some((f, crate::browser::form_kind(content_type)?)));
+        let body = match form {
+            Some((forms, kind)) => {
+                let value = match kind {
+                    FormKind::UrlEncoded => crate::browser::form_to_json(&body, &forms.numbers),
+                    FormKind::Multipart(boundary) => {
+                        crate::browser::multipart_to_json(body, &boundary, &forms.numbers).await
+                    }
+                }
+                .map_err(|(pointer, detail)| IngestError::Validation {
+                    total: 1,
+                    errors: vec![FieldError::new(pointer, detail)],
+                })?;
                 Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
             }
-            _ => {
+            None => {
                 check_content_type(headers)?;
                 body
             }

@@ -1,7 +1,7 @@
 //! A website posts straight to a source, in real headless Chromium: `fetch` from an allowed
 //! origin passes the CORS preflight and its form-encoded body is stored as JSON; another
 //! origin is refused by the preflight; a plain HTML form post is accepted and the browser is
-//! sent back to the site's thank-you page.
+//! sent back to the site's thank-you page, with an urlencoded and a multipart body.
 
 mod support;
 
@@ -54,6 +54,14 @@ async fn a_website_posts_through_cors_and_a_plain_form_is_redirected_back() {
             format!(
                 r#"<!doctype html><body><form id="f" method="post" action="{hub}/webhooks/in/website?api_key={KEY}">
 <input name="email" value="luca@example.it"><input name="valore" value="30"></form>
+<script>document.getElementById("f").submit()</script></body>"#
+            ),
+        ),
+        (
+            "/iscrizione",
+            format!(
+                r#"<!doctype html><body><form id="f" method="post" enctype="multipart/form-data" action="{hub}/webhooks/in/website?api_key={KEY}">
+<input name="email" value="sara@example.it"><input name="valore" value="45,90"><input name="campagna" value="primavera"></form>
 <script>document.getElementById("f").submit()</script></body>"#
             ),
         ),
@@ -148,9 +156,27 @@ scopes = ["admin"]
     .unwrap();
     assert!(dom.contains(r#"data-page="grazie""#), "{dom}");
 
+    // The same with `enctype="multipart/form-data"`.
+    let dom = String::from_utf8(
+        headless(
+            browser,
+            &["--dump-dom"],
+            &format!("http://{allowed}/iscrizione"),
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(dom.contains(r#"data-page="grazie""#), "{dom}");
+
     let events = all_events(&server).await;
     let payloads: Vec<&Value> = events.iter().map(|e| &e["payload"]).collect();
-    assert_eq!(payloads.len(), 2, "{payloads:?}");
+    assert_eq!(payloads.len(), 3, "{payloads:?}");
+    assert!(
+        payloads.iter().any(|p| p["email"] == "sara@example.it"
+            && p["valore"] == 45.9
+            && p["campagna"] == "primavera"),
+        "{payloads:?}"
+    );
     assert!(
         payloads.iter().any(|p| p["email"] == "anna@example.it"
             && p["valore"] == 12.5
