@@ -266,6 +266,8 @@ struct State {
 
 pub struct LiveMetrics {
     spec: WindowSpec,
+    /// How long the store keeps fired results (`metrics.history`).
+    history_ms: std::sync::atomic::AtomicI64,
     /// Sources whose payloads are read through a mapping (the others use the built-in
     /// conversion fields).
     mappings: std::sync::RwLock<Arc<HashMap<String, Arc<ConversionMapping>>>>,
@@ -372,6 +374,7 @@ impl LiveMetrics {
         let (persist, persist_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             spec,
+            history_ms: std::sync::atomic::AtomicI64::new(RESULT_RETENTION_MS),
             mappings: Default::default(),
             watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             goals: goals.into_iter().collect(),
@@ -390,6 +393,47 @@ impl LiveMetrics {
             checkpoint_seq: Default::default(),
             restored_from_seq: Default::default(),
         })
+    }
+
+    /// How long the store keeps fired results; never less than what memory keeps.
+    pub fn set_history(&self, history: Duration) {
+        self.history_ms.store(
+            (history.as_millis() as i64).max(RESULT_RETENTION_MS),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Windows ending before this are no longer in memory: `GET /api/v1/metrics` reads them
+    /// from the store.
+    pub fn memory_horizon_ms(&self) -> i64 {
+        self.watermark
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(RESULT_RETENTION_MS)
+    }
+
+    /// Metric rows of stored results (older windows, read back from the `WindowStore`).
+    pub fn rows_from_results(
+        &self,
+        results: Vec<WindowResult>,
+        dimension: Option<&Dimension>,
+        value: Option<&str>,
+    ) -> Vec<MetricRow> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        results
+            .into_iter()
+            .filter_map(|r| {
+                let key = (Dimension::parse(&r.dimension), r.value);
+                if dimension.is_some_and(|d| *d != key.0) || value.is_some_and(|v| v != key.1) {
+                    return None;
+                }
+                let stats: ConversionStats = serde_json::from_str(&r.stats).ok()?;
+                let window = Window {
+                    start: r.window_start_ms,
+                    end: r.window_end_ms,
+                };
+                Some(self.with_cpa(state.row(window, &key, &stats, "final"), stats.conversions))
+            })
+            .collect()
     }
 
     /// Reads the named sources' events through their mappings (set before the tailer starts).
@@ -451,8 +495,12 @@ impl LiveMetrics {
             return Ok(());
         };
         let seq = positions.total();
+        // Memory holds the last 48 h; older results stay in the store for range queries.
+        let since = operator
+            .watermark()
+            .saturating_sub(RESULT_RETENTION_MS + self.spec.size_ms);
         let mut fired = BTreeMap::new();
-        for row in store.results(SCOPE).await? {
+        for row in store.results_between(SCOPE, since, i64::MAX).await? {
             let (Ok(dimension), Ok(stats)) = (
                 serde_json::from_value::<Dimension>(serde_json::Value::String(row.dimension)),
                 serde_json::from_str::<ConversionStats>(&row.stats),
@@ -544,7 +592,8 @@ impl LiveMetrics {
                 late_by_key: state.late.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 late_events: state.late_events.iter().cloned().collect(),
             };
-            let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
+            let history = self.history_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let horizon = operator.watermark().saturating_sub(history);
             (state.processed.clone(), checkpoint, horizon)
         };
         let text = serde_json::to_string(&checkpoint).ok()?;
@@ -735,36 +784,6 @@ impl LiveMetrics {
         }
         self.watermark
             .store(operator.watermark(), std::sync::atomic::Ordering::Relaxed);
-        // Forget results older than the horizon: every window has the same size, so "ends
-        // at or after the horizon" is "starts at or after horizon − size", a split point of
-        // maps ordered by window start.
-        let horizon = operator.watermark().saturating_sub(RESULT_RETENTION_MS);
-        let first_kept = horizon.saturating_sub(self.spec.size_ms);
-        if fired
-            .first_key_value()
-            .is_some_and(|((w, _), _)| w.start < first_kept)
-        {
-            let min_key = (Dimension::All, String::new());
-            *fired = fired.split_off(&(
-                Window {
-                    start: first_kept,
-                    end: i64::MIN,
-                },
-                min_key,
-            ));
-        }
-        if late
-            .first_key_value()
-            .is_some_and(|((start, _), _)| *start < first_kept)
-        {
-            *late = late.split_off(&(first_kept, (Dimension::All, String::new())));
-            // Log order is not event-time order: keep the events whose windows are kept.
-            let spec = self.spec;
-            late_events.retain(|e| {
-                spec.windows_for(e.event_time_ms)
-                    .any(|w| w.start >= first_kept)
-            });
-        }
         if !changed.is_empty() {
             changed.sort();
             changed.dedup();
@@ -799,6 +818,49 @@ impl LiveMetrics {
                 })
                 .collect();
             let _ = self.fired_rows.send(rows);
+        }
+        // Only now, after what fired was handed to the persister and the stream: a window
+        // that fires already older than the horizon is still saved.
+        {
+            let State {
+                fired,
+                late,
+                late_events,
+                ..
+            } = &mut *state;
+            // Forget results older than the horizon: every window has the same size, so "ends
+            // at or after the horizon" is "starts at or after horizon − size", a split point of
+            // maps ordered by window start.
+            let horizon = self
+                .watermark
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(RESULT_RETENTION_MS);
+            let first_kept = horizon.saturating_sub(self.spec.size_ms);
+            if fired
+                .first_key_value()
+                .is_some_and(|((w, _), _)| w.start < first_kept)
+            {
+                let min_key = (Dimension::All, String::new());
+                *fired = fired.split_off(&(
+                    Window {
+                        start: first_kept,
+                        end: i64::MIN,
+                    },
+                    min_key,
+                ));
+            }
+            if late
+                .first_key_value()
+                .is_some_and(|((start, _), _)| *start < first_kept)
+            {
+                *late = late.split_off(&(first_kept, (Dimension::All, String::new())));
+                // Log order is not event-time order: keep the events whose windows are kept.
+                let spec = self.spec;
+                late_events.retain(|e| {
+                    spec.windows_for(e.event_time_ms)
+                        .any(|w| w.start >= first_kept)
+                });
+            }
         }
         let counted = state.processed.total();
         drop(state);
@@ -1152,6 +1214,11 @@ pub struct MetricsConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub checkpoint_every: Duration,
+    /// How long fired windows' results are kept in the store, for the dashboard's time
+    /// ranges and `GET /api/v1/metrics?from=…` (the last 48 h are also kept in memory).
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub history: Duration,
 }
 
 impl Default for MetricsConfig {
@@ -1165,6 +1232,7 @@ impl Default for MetricsConfig {
             provisional_every: Duration::from_millis(500),
             provisional_coalesce: Duration::from_millis(25),
             checkpoint_every: Duration::from_secs(10),
+            history: Duration::from_secs(8 * 24 * 3600),
         }
     }
 }

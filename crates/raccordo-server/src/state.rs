@@ -21,6 +21,8 @@ pub struct AppState {
     pub events: Arc<dyn EventQuery>,
     pub queue: Arc<dyn WorkQueue>,
     pub costs: Arc<dyn CampaignCosts>,
+    /// Fired windows' results beyond what the live view keeps in memory.
+    pub windows: Arc<dyn raccordo_core::WindowStore>,
     pub live: Arc<LiveMetrics>,
     pub alerts: Arc<AlertEngine>,
     /// Background tasks' health, for `/readyz` and the health API.

@@ -90,14 +90,26 @@ impl WindowStore for SqliteWindowStore {
     }
 
     async fn results(&self, scope: &str) -> Result<Vec<WindowResult>, StoreError> {
+        self.results_between(scope, i64::MIN, i64::MAX).await
+    }
+
+    async fn results_between(
+        &self,
+        scope: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<WindowResult>, StoreError> {
         let scope = scope.to_string();
         self.db
             .call(move |conn| {
-                let mut stmt = conn.prepare(
+                // Every window has the same size, so the range on `window_start` (the key)
+                // bounds the scan; `window_end` then trims its first rows.
+                let mut stmt = conn.prepare_cached(
                     "SELECT window_start, window_end, dimension, value, stats FROM window_results
-                     WHERE scope = ?1 ORDER BY window_start, dimension, value",
+                     WHERE scope = ?1 AND window_start < ?3 AND window_end > ?2
+                     ORDER BY window_start, dimension, value",
                 )?;
-                let rows = stmt.query_map(params![scope], |r| {
+                let rows = stmt.query_map(params![scope, from_ms, to_ms], |r| {
                     Ok(WindowResult {
                         window_start_ms: r.get(0)?,
                         window_end_ms: r.get(1)?,

@@ -68,6 +68,30 @@ pub async fn results_checkpoints_and_scopes(backend: &dyn Backend) {
         1,
         "scopes are apart"
     );
+    // Ranges: windows overlapping [from, to), in the scope only.
+    w.put_results(
+        "live",
+        vec![result(600_000, "sms", "{}"), result(900_000, "email", "{}")],
+    )
+    .await
+    .unwrap();
+    let starts =
+        |rows: Vec<WindowResult>| rows.iter().map(|r| r.window_start_ms).collect::<Vec<_>>();
+    assert_eq!(
+        starts(w.results_between("live", 600_000, 900_000).await.unwrap()),
+        vec![600_000],
+        "the window ending at `from` is out, the one starting at `to` too"
+    );
+    assert_eq!(
+        starts(w.results_between("live", 600_001, 900_001).await.unwrap()),
+        vec![600_000, 900_000]
+    );
+    assert!(
+        w.results_between("other", 600_000, 900_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     w.clear("live").await.unwrap();
     assert_eq!(w.checkpoint("live").await.unwrap(), None);
     assert!(w.results("live").await.unwrap().is_empty());

@@ -90,6 +90,7 @@ impl Hub {
             config.metrics.goals.clone(),
             clock.clone(),
         );
+        live.set_history(config.metrics.history);
         live.set_mappings(
             sources
                 .iter()
@@ -202,6 +203,7 @@ impl Hub {
             events: stores.query.clone(),
             queue: stores.queue.clone(),
             costs: stores.costs.clone(),
+            windows: stores.windows.clone(),
             live,
             alerts,
             supervisor,

@@ -558,3 +558,48 @@ async fn a_late_event_is_listed_by_id_counted_in_prometheus_and_reaggregated_by_
     let table = get_json(&server, "/api/v1/metrics/late", READ_TOKEN).await;
     assert_eq!(table["total_events"], 0, "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn windows_older_than_memory_keeps_are_read_back_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    // Three days ago, then now: the old window fires, is saved, and leaves memory (48 h).
+    let old = -3 * 24 * 3_600_000;
+    assert_eq!(
+        send_batch(
+            &server,
+            &json!([
+                at(1, old, "acquisto_concluso", "sms", 42.0),
+                at(2, old, "richiesta_demo", "sms", 0.0)
+            ])
+        )
+        .await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(send_event(&server, 3).await, StatusCode::ACCEPTED);
+    let from = time::OffsetDateTime::now_utc() - time::Duration::days(4);
+    let from = from
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .replace('+', "%2B");
+    let rows = metrics_until(
+        &server,
+        &format!("from={from}&dimension=canale&value=sms"),
+        |rows| !rows.is_empty(),
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0]["events"].as_u64(), rows[0]["conversions"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(rows[0]["status"], "final");
+    // The default range (6 h) does not reach it.
+    let recent = get_json(
+        &server,
+        "/api/v1/metrics?dimension=canale&value=sms",
+        READ_TOKEN,
+    )
+    .await;
+    assert!(recent["rows"].as_array().unwrap().is_empty(), "{recent}");
+}

@@ -43,6 +43,15 @@ pub trait WindowStore: Send + Sync + 'static {
 
     async fn results(&self, scope: &str) -> Result<Vec<WindowResult>, StoreError>;
 
+    /// Results of windows overlapping `[from_ms, to_ms)` (ending after `from_ms`, starting
+    /// before `to_ms`), by window start: the history behind a time-range picker.
+    async fn results_between(
+        &self,
+        scope: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<WindowResult>, StoreError>;
+
     /// Drops the scope's results and checkpoint (its window settings changed).
     async fn clear(&self, scope: &str) -> Result<(), StoreError>;
 }

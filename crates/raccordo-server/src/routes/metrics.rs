@@ -92,9 +92,56 @@ pub async fn metrics_api(
         Ok(d) => d,
         Err(p) => return p.into_response(),
     };
-    let (rows, processed_seq) = state
-        .live
-        .query(from, to, dimension.as_ref(), q.value.as_deref());
+    let (mut rows, processed_seq) =
+        state
+            .live
+            .query(from, to, dimension.as_ref(), q.value.as_deref());
+    // Older windows than memory keeps come from the store (the dashboard's 7 days).
+    let horizon = state.live.memory_horizon_ms();
+    if from < horizon {
+        match state
+            .windows
+            .results_between("live", from, to.min(horizon))
+            .await
+        {
+            Ok(stored) => {
+                let known: std::collections::HashSet<(i64, String, String)> = rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.window_start_ms,
+                            r.dimension.as_str().to_string(),
+                            r.value.clone(),
+                        )
+                    })
+                    .collect();
+                let older = state
+                    .live
+                    .rows_from_results(stored, dimension.as_ref(), q.value.as_deref())
+                    .into_iter()
+                    .filter(|r| {
+                        !known.contains(&(
+                            r.window_start_ms,
+                            r.dimension.as_str().to_string(),
+                            r.value.clone(),
+                        ))
+                    });
+                rows.extend(older);
+                rows.sort_by(|a, b| {
+                    (a.window_start_ms, &a.dimension, &a.value).cmp(&(
+                        b.window_start_ms,
+                        &b.dimension,
+                        &b.value,
+                    ))
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading stored window results failed");
+                return Problem::unavailable("reading stored window results failed")
+                    .into_response();
+            }
+        }
+    }
     match q.format.as_deref() {
         None | Some("json") => Json(MetricsPage {
             processed_seq,
