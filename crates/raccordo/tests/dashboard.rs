@@ -49,8 +49,8 @@ async fn the_dashboard_draws_the_events_sent_during_the_test() {
         "the table shows the 7 email events: {dom}"
     );
     assert!(
-        dom.contains(r#"data-series="email" data-last="7""#),
-        "the channel chart's email line ends at 7 conversions"
+        dom.contains(r#"data-open-series="email" data-open-last="7""#),
+        "the channel chart's email line ends at 7 conversions, dashed: the window is open"
     );
     assert!(
         dom.contains(r#"data-cell="web-accepted">7<"#),
@@ -61,7 +61,7 @@ async fn the_dashboard_draws_the_events_sent_during_the_test() {
         "the alert history shows the duplicate burst"
     );
     assert!(
-        dom.contains(r#"data-series="duplicati" data-last="4""#),
+        dom.contains(r#"data-open-series="duplicates" data-open-last="4""#),
         "the problems chart shows the 4 duplicates"
     );
     assert!(
@@ -176,4 +176,166 @@ body = {{ who = "{{{{ steps.shape.who }}}}" }}
         shot.display()
     );
     eprintln!("dashboard screenshot: {}", shot.display());
+}
+
+/// The page without its script (which holds both languages' texts): what a reader sees.
+fn without_script(dom: &str) -> String {
+    match (dom.find("<script>"), dom.rfind("</script>")) {
+        (Some(start), Some(end)) if end > start => format!("{}{}", &dom[..start], &dom[end..]),
+        _ => dom.to_string(),
+    }
+}
+
+/// Saves a screenshot at `size` (`W,H`) and checks it is a real picture.
+fn screenshot(browser: &str, url: &str, name: &str, size: &str) {
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_file(&shot);
+    headless(
+        browser,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            &format!("--window-size={size}"),
+        ],
+        url,
+    );
+    let bytes = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        bytes > 15_000,
+        "a screenshot was saved at {} ({bytes} bytes)",
+        shot.display()
+    );
+    eprintln!("dashboard screenshot ({size}): {}", shot.display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manager_reads_closed_and_open_windows_late_events_and_refusals_in_one_language() {
+    let Some(browser) = chromium() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "[metrics]\nallowed_lateness = \"0s\"\n");
+    let at = |n: u32, offset_ms: i64| {
+        let mut e = event(n);
+        e["timestamp"] = json!(now_rfc3339(offset_ms));
+        e["canale"] = json!("email");
+        e
+    };
+    // A closed window 20 minutes ago, then the open one now.
+    let old = -20 * 60_000;
+    assert_eq!(
+        send_batch(&server, &json!([at(1, old), at(2, old), at(3, old)])).await,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        send_batch(&server, &json!([at(4, 0), at(5, 0)])).await,
+        StatusCode::ACCEPTED
+    );
+    metrics_until(&server, "dimension=canale&value=email", |rows| {
+        rows.iter()
+            .any(|r| r["status"] == "final" && r["events"] == 3)
+    })
+    .await;
+    // Too late for its closed window, and a refused request.
+    let late: serde_json::Value = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&at(6, old))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(late["late"], true, "{late}");
+    let mut bad = at(7, 0);
+    bad["canale"] = json!("fax");
+    assert_eq!(
+        send_batch(&server, &json!([bad])).await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    poll_json(&server, "/api/v1/requests", READ_TOKEN, |p| {
+        p["requests"].as_array().is_some_and(|r| !r.is_empty())
+    })
+    .await;
+    poll_json(&server, "/api/v1/metrics/late", READ_TOKEN, |t| {
+        t["total_events"] == 1
+    })
+    .await;
+
+    let italian = server.url(&format!("/#token={READ_TOKEN}&lang=it&range=1h"));
+    let dom = without_script(
+        &String::from_utf8(headless(browser, &["--dump-dom"], &italian).stdout).unwrap(),
+    );
+    assert!(dom.contains(r#"data-lang="it""#), "{dom}");
+    assert!(dom.contains("Conversioni per canale"));
+    assert!(
+        !dom.contains("Conversions by channel"),
+        "one language per page"
+    );
+    assert!(
+        dom.contains(r#"data-series="email" data-last="3""#),
+        "the closed window is a solid line ending at 3: {dom}"
+    );
+    assert!(
+        dom.contains(r#"data-open-series="email" data-open-last="2""#),
+        "the open window is drawn apart (dashed), not as a drop: {dom}"
+    );
+    assert!(dom.contains(r#"data-open-band="1""#), "and shaded");
+    assert!(
+        dom.contains(r#"data-series="rate-email""#)
+            || dom.contains(r#"data-open-series="rate-email""#),
+        "conversion rate per channel"
+    );
+    assert!(dom.contains(r#"id="chart-cpa""#) && dom.contains(r#"id="chart-avg""#));
+    assert!(
+        dom.contains(&format!(r#"data-late="{}""#, late["id"].as_str().unwrap())),
+        "the late event is listed by id"
+    );
+    assert!(
+        dom.contains(r#"data-request-status="422""#),
+        "the refused request is listed"
+    );
+    assert!(dom.contains(r#"id="kpi-late">1<"#), "{dom}");
+
+    let english = server.url(&format!("/#token={READ_TOKEN}&lang=en&range=7d"));
+    let dom = without_script(
+        &String::from_utf8(headless(browser, &["--dump-dom"], &english).stdout).unwrap(),
+    );
+    assert!(dom.contains(r#"data-lang="en""#) && dom.contains(r#"lang="en""#));
+    assert!(dom.contains("Conversions by channel") && dom.contains(">Channel<"));
+    for italian_word in [
+        "Conversioni per canale",
+        ">Canale<",
+        "Eventi in ritardo",
+        "Richieste rifiutate",
+    ] {
+        assert!(
+            !dom.contains(italian_word),
+            "`{italian_word}` on the English page"
+        );
+    }
+    assert!(
+        dom.contains(r#"data-range="7d" aria-pressed="true""#),
+        "the 7-day range is selected"
+    );
+
+    // A source without events: its figures, not the hub's.
+    let leads = server.url(&format!("/#token={READ_TOKEN}&source=leads"));
+    let dom = String::from_utf8(headless(browser, &["--dump-dom"], &leads).stdout).unwrap();
+    assert!(dom.contains(r#"id="kpi-events">0<"#), "{dom}");
+
+    // Readable on a phone: nothing wider than the screen.
+    let dom = String::from_utf8(
+        headless(browser, &["--dump-dom", "--window-size=390,844"], &italian).stdout,
+    )
+    .unwrap();
+    assert!(
+        dom.contains(r#"data-overflow="0""#),
+        "wider than a phone: {dom}"
+    );
+    let dom = String::from_utf8(
+        headless(browser, &["--dump-dom", "--window-size=1366,768"], &english).stdout,
+    )
+    .unwrap();
+    assert!(dom.contains(r#"data-overflow="0""#));
+    screenshot(browser, &italian, "dashboard-1366x768-it.png", "1366,768");
+    screenshot(browser, &english, "dashboard-390x844-en.png", "390,844");
 }
