@@ -622,12 +622,17 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
             }),
     })
     .await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print!("{}", report.render());
+        report.render()
+    };
+    // A reader that went away (`| head`) is no error: the report was for it alone.
+    use std::io::Write;
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 #[derive(serde::Deserialize)]
