@@ -165,34 +165,21 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Built, Vec<ConfigProblem>> {
         let at = |offset: usize| format!("{file}:{}", line_of(text, offset));
-        let interpolated = interpolate(text, &env).map_err(|problems| {
-            problems
-                .into_iter()
-                .map(|(offset, message)| ConfigProblem {
-                    location: at(offset),
-                    key: String::new(),
-                    message,
-                })
-                .collect::<Vec<_>>()
-        })?;
-        let mut config: Config = toml::from_str(&interpolated).map_err(|e| {
-            let location = e
-                .span()
-                .map(|s| format!("{file}:{}", line_of(&interpolated, s.start)))
-                .unwrap_or_else(|| file.to_string());
-            let first = ConfigProblem {
-                location,
+        // A missing variable is reported, and a placeholder stands in for it, so that the
+        // rest of the file is still checked in the same run.
+        let (interpolated, unset) = interpolate_lenient(text, &env);
+        let unset: Vec<ConfigProblem> = unset
+            .into_iter()
+            .map(|(offset, message)| ConfigProblem {
+                location: at(offset),
                 key: String::new(),
-                message: e.message().trim().to_string(),
-            };
-            // serde stops at the first mistake: read each section on its own to report the
-            // mistakes of the others in the same run.
-            let mut problems = vec![first.clone()];
-            problems.extend(
-                section_problems(&interpolated, file)
-                    .into_iter()
-                    .filter(|p| p.message != first.message),
-            );
+                message,
+            })
+            .collect();
+        let with_unset = |mut problems: Vec<ConfigProblem>| {
+            // What a placeholder caused on the same line is the same mistake.
+            problems.retain(|p| !unset.iter().any(|u| u.location == p.location));
+            problems.extend(unset.iter().cloned());
             problems.sort_by_key(|p| {
                 p.location
                     .rsplit(':')
@@ -201,7 +188,30 @@ impl Config {
                     .unwrap_or(0)
             });
             problems
-        })?;
+        };
+        // serde stops at the first mistake: each section is then read on its own, leaving out
+        // each key at fault in turn, and what remains is checked further (schemas, goals,
+        // mappings) so that one run reports every mistake it can find.
+        let (mut config, mut problems) = match toml::from_str::<Config>(&interpolated) {
+            Ok(config) => (config, Vec::new()),
+            Err(e) => {
+                let (mut problems, cleaned) = section_problems(&interpolated, file);
+                if problems.is_empty() {
+                    problems.push(ConfigProblem {
+                        location: e
+                            .span()
+                            .map(|s| format!("{file}:{}", line_of(&interpolated, s.start)))
+                            .unwrap_or_else(|| file.to_string()),
+                        key: String::new(),
+                        message: e.message().trim().to_string(),
+                    });
+                }
+                match toml::Value::Table(cleaned).try_into::<Config>() {
+                    Ok(rest) => (rest, problems),
+                    Err(_) => return Err(with_unset(problems)),
+                }
+            }
+        };
         for source in config.sources.values_mut() {
             if let Some(schema) = &source.schema
                 && schema.is_relative()
@@ -222,7 +232,6 @@ impl Config {
             }
         }
         config.alerts.resolve_paths(base);
-        let mut problems = Vec::new();
         let mut report = |key: String, message: String| {
             // Interpolated values hold no newlines, so line numbers match the original file.
             let location = span_of(&interpolated, &key)
@@ -235,6 +244,7 @@ impl Config {
             });
         };
         let (sources, flows) = config.build(&mut report);
+        let problems = with_unset(problems);
         if problems.is_empty() {
             Ok(Built {
                 config,
@@ -490,10 +500,26 @@ impl Config {
 /// Replaces `${NAME}` and `${NAME:-default}`; `$${` stays a literal `${`. Values are pasted
 /// as they are, so values that would change the TOML around them (quotes, backslashes,
 /// newlines) are refused rather than silently mangled. Errors carry the byte offset.
+#[cfg(test)]
 pub fn interpolate(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, Vec<(usize, String)>> {
+    let (out, problems) = interpolate_lenient(text, env);
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// [`interpolate`] that goes on past a problem: a reference it cannot fill becomes a
+/// placeholder (`unset-NAME-…`, long enough for key-length checks), and the problems are
+/// returned beside the text.
+fn interpolate_lenient(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (String, Vec<(usize, String)>) {
     let mut out = String::with_capacity(text.len());
     let mut problems = Vec::new();
     let mut rest = text;
@@ -526,30 +552,43 @@ pub fn interpolate(
         };
         let valid_name =
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let placeholder = |name: &str| {
+            let safe: String = name
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            format!("unset-{safe}-placeholder-0000000000")
+        };
         if !valid_name {
             problems.push((
                 offset + pos,
                 format!("`${{{inner}}}` is not a valid variable reference"),
             ));
+            out.push_str(&placeholder(name));
         } else {
             match env(name).or_else(|| default.map(str::to_string)) {
-                Some(value) if value.contains(['"', '\\', '\'', '\n', '\r']) => problems.push((
-                    offset + pos,
-                    format!("environment variable {name} contains quotes, backslashes or newlines, which cannot be pasted into TOML"),
-                )),
+                Some(value) if value.contains(['"', '\\', '\'', '\n', '\r']) => {
+                    problems.push((
+                        offset + pos,
+                        format!("environment variable {name} contains quotes, backslashes or newlines, which cannot be pasted into TOML"),
+                    ));
+                    out.push_str(&placeholder(name));
+                }
                 Some(value) => out.push_str(&value),
-                None => problems.push((offset + pos, format!("environment variable {name} is not set"))),
+                None => {
+                    problems.push((
+                        offset + pos,
+                        format!("environment variable {name} is not set"),
+                    ));
+                    out.push_str(&placeholder(name));
+                }
             }
         }
         rest = &after[end + 1..];
         offset += pos + end + 1;
     }
     out.push_str(rest);
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
-    }
+    (out, problems)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -563,27 +602,143 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Byte offset of the value at a dotted key path such as `sources.web.auth[0].secrets`,
 /// or of its nearest existing parent.
 /// The mistakes of each top-level section, read alone (the others left at their defaults), so
-/// that one bad section does not hide the next. Empty when the text is not TOML at all.
-fn section_problems(text: &str, file: &str) -> Vec<ConfigProblem> {
+/// that one bad section does not hide the next; within a section, after each mistake the key
+/// at fault is left out and the section read again, so that one bad key does not hide the
+/// next. Empty when the text is not TOML at all.
+/// Also returns what remains readable: every section without its keys at fault (a section
+/// that stays unreadable is left out).
+fn section_problems(text: &str, file: &str) -> (Vec<ConfigProblem>, toml::Table) {
+    let mut readable = toml::Table::new();
     let Ok(root) = toml::from_str::<toml::Table>(text) else {
-        return Vec::new();
+        return (Vec::new(), readable);
     };
     let mut problems = Vec::new();
-    for (key, value) in root {
+    for (section, value) in root {
         let mut alone = toml::Table::new();
-        alone.insert(key.clone(), value);
-        if let Err(e) = alone.try_into::<Config>() {
+        alone.insert(section.clone(), value);
+        let mut reads = false;
+        for round in 0..50 {
+            let Ok(probe) = toml::to_string(&alone) else {
+                break;
+            };
+            let Err(e) = toml::from_str::<Config>(&probe) else {
+                reads = true;
+                break;
+            };
+            let message = e.message().trim().to_string();
+            let path = e.span().and_then(|span| key_path_at(&probe, span.start));
+            let key = path.as_ref().map_or(section.clone(), |p| dotted(p));
             let location = span_of(text, &key)
                 .map(|offset| format!("{file}:{}", line_of(text, offset)))
                 .unwrap_or_else(|| file.to_string());
+            // A missing field is reported when it is the section's first mistake; later it
+            // may be the consequence of a key left out.
+            if round > 0 && message.starts_with("missing field") {
+                break;
+            }
             problems.push(ConfigProblem {
                 location,
-                key: key.clone(),
-                message: e.message().trim().to_string(),
+                key,
+                message,
             });
+            match path {
+                Some(p) if p.len() > 1 && remove_path(&mut alone, &p) => {}
+                _ => break,
+            }
+        }
+        if reads {
+            readable.extend(alone);
         }
     }
-    problems
+    (problems, readable)
+}
+
+/// One step of a key path: a table key or an array index.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn dotted(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// The path of the innermost key whose key or value holds byte `offset`. Children are
+/// searched first: a `[table]`'s own span is only its header.
+fn key_path_at(text: &str, offset: usize) -> Option<Vec<Step>> {
+    use toml::de::{DeTable, DeValue};
+    fn in_table(table: &DeTable<'_>, offset: usize) -> Option<Vec<Step>> {
+        for (k, v) in table.iter() {
+            let step = Step::Key(k.get_ref().to_string());
+            if let Some(mut inner) = in_value(v.get_ref(), offset) {
+                inner.insert(0, step);
+                return Some(inner);
+            }
+            if k.span().contains(&offset) || v.span().contains(&offset) {
+                return Some(vec![step]);
+            }
+        }
+        None
+    }
+    fn in_value(value: &DeValue<'_>, offset: usize) -> Option<Vec<Step>> {
+        match value {
+            DeValue::Table(table) => in_table(table, offset),
+            DeValue::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| match in_value(item.get_ref(), offset) {
+                    Some(mut inner) => {
+                        inner.insert(0, Step::Index(i));
+                        Some(inner)
+                    }
+                    None => item.span().contains(&offset).then(|| vec![Step::Index(i)]),
+                }),
+            _ => None,
+        }
+    }
+    in_table(DeTable::parse(text).ok()?.get_ref(), offset)
+}
+
+/// Removes the value at `path`; whether there was one.
+fn remove_path(table: &mut toml::Table, path: &[Step]) -> bool {
+    fn in_value(value: &mut toml::Value, path: &[Step]) -> bool {
+        match (value, path) {
+            (toml::Value::Table(t), [Step::Key(k), rest @ ..]) => {
+                if rest.is_empty() {
+                    t.remove(k).is_some()
+                } else {
+                    t.get_mut(k).is_some_and(|v| in_value(v, rest))
+                }
+            }
+            (toml::Value::Array(items), [Step::Index(i), rest @ ..]) => {
+                if rest.is_empty() {
+                    (*i < items.len()).then(|| items.remove(*i)).is_some()
+                } else {
+                    items.get_mut(*i).is_some_and(|v| in_value(v, rest))
+                }
+            }
+            _ => false,
+        }
+    }
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let removed = in_value(&mut root, path);
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    removed
 }
 
 fn span_of(text: &str, key: &str) -> Option<usize> {

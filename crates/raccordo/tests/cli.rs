@@ -96,7 +96,10 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
     let many = dir.path().join("many.toml");
     std::fs::write(
         &many,
-        "[server]\nrequest_timeout = \"forever\"\n\n[storage]\ndurability = \"sometimes\"\n\n[metrics]\nbogus = 1\n",
+        "[server]\nrequest_timeout = \"forever\"\ncolour = \"blue\"\n\n[storage]\ndurability = \"sometimes\"\n\n[metrics]\nbogus = 1\n\n\
+         [sources.web]\nauth = [{ type = \"api_key\", keys = [\"${UNSET_WEB_KEY}\"] }]\ntime_feld = \"/at\"\n\
+         [sources.shop]\nauth = [{ type = \"api_key\", keys = [\"${UNSET_SHOP_KEY}\"] }]\n\
+         [sources.shop.mapping]\ncustomer = \"/email\"\nevent = { pointer = \"/type\", format = \"cents\" }\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -105,10 +108,18 @@ fn check_reports_every_problem_with_its_line_and_exits_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
+    // Two mistakes in one section, a bad variant, an unknown key, two unset variables, a
+    // misspelt key in a source and a mapping mistake found past all of them.
     for expected in [
-        "many.toml:1: server: invalid value",
-        "many.toml:4: storage: unknown variant `sometimes`",
-        "many.toml:8: unknown field `bogus`",
+        "many.toml:2: server.request_timeout: invalid value",
+        "many.toml:3: server.colour: unknown field `colour`",
+        "many.toml:6: storage.durability: unknown variant `sometimes`",
+        "many.toml:9: metrics.bogus: unknown field `bogus`",
+        "many.toml:12: environment variable UNSET_WEB_KEY is not set",
+        "many.toml:13: sources.web.time_feld: unknown field `time_feld`",
+        "many.toml:15: environment variable UNSET_SHOP_KEY is not set",
+        "many.toml:18: sources.shop.mapping.event.format: must be one of `text`, `lowercase`",
+        "8 problem(s) found",
     ] {
         assert!(
             stderr.contains(expected),
