@@ -210,6 +210,30 @@ async fn hubspot_and_zoho_payloads_become_metrics_per_source_channel_and_dimensi
         3
     );
 
+    // The live stream follows an extra dimension too: its open windows, provisional.
+    let mut stream = client()
+        .get(server.url("/api/v1/metrics/stream?dimension=portal"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !text.contains(r#""dimension":"portal","value":"62515""#) {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("a provisional message with the portal row")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !text.contains(r#""dimension":"canale""#),
+        "only the asked dimension: {text}"
+    );
+    drop(stream);
+
     // An unknown dimension is refused with the ones that exist.
     let answer = client()
         .get(server.url("/api/v1/metrics?dimension=country"))
