@@ -29,6 +29,8 @@ pub struct ServeOptions {
     /// Routes served beside the API that keep their own protocol (the MCP endpoint): no
     /// request timeout or problem rewriting, but a token with the `read` scope is required.
     pub extra_routes: Option<Router>,
+    /// Header-read timeout and connection caps.
+    pub limits: crate::connections::ConnectionLimits,
 }
 
 /// Serves until `shutdown` resolves, then stops taking new connections and drains in-flight
@@ -54,8 +56,11 @@ pub async fn serve(
         tracing::info!("shutdown requested; draining in-flight requests");
         let _ = drained_tx.send(());
     };
-    let serve = axum::serve(listener, router).with_graceful_shutdown(signal);
-    let mut serve = tokio::spawn(async move { serve.await });
+    let limits = options.limits;
+    let mut serve =
+        tokio::spawn(
+            async move { crate::connections::serve(listener, router, limits, signal).await },
+        );
     let grace = options.shutdown_grace;
     // Wait for the server; once shutdown starts, give it at most `grace` to drain.
     let result = tokio::select! {

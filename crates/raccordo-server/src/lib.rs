@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod connections;
 pub mod extract;
 pub mod inspector;
 pub mod openapi;

@@ -27,6 +27,26 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Expose `POST /_bench/noop` (a do-nothing route used as a benchmark baseline).
     pub bench_routes: bool,
+    /// How long a client may take to send a request's headers; an idle keep-alive
+    /// connection is closed after the same time.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub header_read_timeout: Duration,
+    /// Most connections open at once; past it a connection is answered `503` and closed
+    /// (0: the process's file limit minus a reserve for the store and outbound calls).
+    pub max_connections: usize,
+    /// Most connections open at once from one client address.
+    pub max_connections_per_address: usize,
+}
+
+impl ServerConfig {
+    pub fn connection_limits(&self) -> crate::connections::ConnectionLimits {
+        crate::connections::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -38,6 +58,11 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
             bench_routes: false,
+            header_read_timeout: crate::connections::ConnectionLimits::default()
+                .header_read_timeout,
+            max_connections: 0,
+            max_connections_per_address: crate::connections::ConnectionLimits::default()
+                .max_connections_per_address,
         }
     }
 }

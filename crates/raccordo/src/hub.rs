@@ -238,6 +238,7 @@ impl Hub {
                 request_timeout: config.server.request_timeout,
                 shutdown_grace: config.server.shutdown_grace,
                 extra_routes: Some(axum::Router::new().nest_service("/mcp", mcp)),
+                limits: config.server.connection_limits(),
             },
             mcp_cancel,
             _backend: backend,

@@ -1,0 +1,308 @@
+//! The accept loop: what the server allows a connection before a request handler ever sees
+//! it. Slow or idle clients cannot hold connections forever, and one address cannot take the
+//! whole file-descriptor budget from everybody else.
+//!
+//! - **Header-read timeout**: a request's headers must arrive within `header_read_timeout`
+//!   (HTTP/1), and an idle keep-alive connection waiting for its next request is closed
+//!   after the same time: hyper starts the timer as soon as the connection waits for a
+//!   request head. HTTP/2 connections are pinged and closed when they stop answering.
+//! - **Connection caps**: at most `max_connections` open at once (by default what the
+//!   process's file limit leaves after a reserve for the store and outbound calls) and at most
+//!   `max_connections_per_address` from one client address. A connection past a cap gets a
+//!   `503` problem with `Retry-After` and is closed, so the refusal is clear rather than a
+//!   hang, and counted in `raccordo_http_connections_refused_total{reason}`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// `[server]` connection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection is kept open waiting for the next request.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub header_read_timeout: Duration,
+    /// Most connections open at once (0: the process's file limit minus a reserve).
+    pub max_connections: usize,
+    /// Most connections open at once from one client address.
+    pub max_connections_per_address: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 0,
+            max_connections_per_address: 256,
+        }
+    }
+}
+
+/// File descriptors kept for everything but client connections: the store's files, the
+/// segment log, outbound HTTP and SMTP connections.
+const FD_RESERVE: usize = 128;
+
+impl ConnectionLimits {
+    /// The global cap in effect: the configured one, or the file limit minus the reserve.
+    pub fn effective_max(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+        } else {
+            1024
+        };
+        soft.saturating_sub(FD_RESERVE).clamp(16, 1_000_000)
+    }
+}
+
+/// Open connections, in all and per client address.
+struct Open {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// Holds a connection's place until the connection ends.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    address: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_address.remove(&self.address);
+            }
+        }
+        metrics::gauge!("raccordo_http_connections_open").set(open.total as f64);
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Total,
+    Address,
+}
+
+fn admit(
+    open: &Arc<Mutex<Open>>,
+    address: IpAddr,
+    max: usize,
+    per_address: usize,
+) -> Result<Slot, Refusal> {
+    let mut state = open.lock().unwrap_or_else(|p| p.into_inner());
+    if state.total >= max {
+        return Err(Refusal::Total);
+    }
+    let mine = state.per_address.entry(address).or_default();
+    if *mine >= per_address {
+        return Err(Refusal::Address);
+    }
+    *mine += 1;
+    state.total += 1;
+    metrics::gauge!("raccordo_http_connections_open").set(state.total as f64);
+    Ok(Slot {
+        open: open.clone(),
+        address,
+    })
+}
+
+/// Answers a refused connection with a `503` problem and closes it, without reading the
+/// request (the client may not have sent it yet; it learns why all the same).
+async fn refuse(mut stream: TcpStream, why: Refusal) {
+    let (reason, detail) = match why {
+        Refusal::Total => (
+            "total",
+            "the server has as many connections open as it allows",
+        ),
+        Refusal::Address => (
+            "address",
+            "this client address has as many connections open as the server allows one address",
+        ),
+    };
+    metrics::counter!("raccordo_http_connections_refused_total", "reason" => reason).increment(1);
+    let body = serde_json::json!({
+        "type": "urn:raccordo:problem:unavailable",
+        "title": "Service unavailable",
+        "status": 503,
+        "detail": detail,
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// The HTTP/2 connection preface: what the protocol sniffing waits for.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits (at most `timeout`) until the first bytes tell HTTP/1 from HTTP/2: a byte that
+/// departs from the HTTP/2 preface, or the whole preface. `false`: the client sent nothing
+/// telling in time, or closed.
+async fn protocol_known(stream: &TcpStream, timeout: Duration) -> bool {
+    let wait = async {
+        let mut seen = 0;
+        let mut buffer = [0u8; 24];
+        loop {
+            let n = match stream.peek(&mut buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if n >= H2_PREFACE.len() || buffer[..n] != H2_PREFACE[..n] {
+                return true;
+            }
+            // A partial preface: `peek` would return the same bytes at once, so wait a
+            // little for more instead of spinning.
+            if n == seen {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen = n;
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+}
+
+/// Serves `router` on `listener` until `stop` resolves, then stops accepting and waits for
+/// open connections to finish their requests (the caller bounds the wait).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let max = limits.effective_max();
+    let per_address = limits.max_connections_per_address.max(1);
+    tracing::info!(
+        max_connections = max,
+        max_connections_per_address = per_address,
+        header_read_timeout_s = limits.header_read_timeout.as_secs_f64(),
+        "accepting connections"
+    );
+    let open = Arc::new(Mutex::new(Open {
+        total: 0,
+        per_address: HashMap::new(),
+    }));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors (or a connection reset before accept): the
+                    // listener stays, and the next accept is tried after a breath.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let slot = match admit(&open, peer.ip(), max, per_address) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tokio::spawn(refuse(stream, why));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            // Until the protocol is known, hyper's own header timer is not running: bound
+            // that first wait here.
+            if !protocol_known(&stream, timeout).await {
+                metrics::counter!("raccordo_http_connections_timed_out_total").increment(1);
+                drop(slot);
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            // Errors here are the client's (a reset, a header timeout): nothing to report.
+            let _ = watcher.watch(connection).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_hold_in_all_and_per_address_and_free_on_drop() {
+        let open = Arc::new(Mutex::new(Open {
+            total: 0,
+            per_address: HashMap::new(),
+        }));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = admit(&open, a, 3, 2).unwrap();
+        let _second = admit(&open, a, 3, 2).unwrap();
+        assert_eq!(admit(&open, a, 3, 2).err(), Some(Refusal::Address));
+        let _third = admit(&open, b, 3, 2).unwrap();
+        assert_eq!(admit(&open, b, 3, 2).err(), Some(Refusal::Total));
+        drop(first);
+        assert!(
+            admit(&open, a, 3, 2).is_ok(),
+            "a freed place is usable again"
+        );
+    }
+
+    #[test]
+    fn the_default_cap_leaves_a_reserve_under_the_file_limit() {
+        let max = ConnectionLimits::default().effective_max();
+        assert!(max >= 16);
+        let explicit = ConnectionLimits {
+            max_connections: 50,
+            ..ConnectionLimits::default()
+        };
+        assert_eq!(explicit.effective_max(), 50);
+    }
+}

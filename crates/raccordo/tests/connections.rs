@@ -1,0 +1,138 @@
+//! Connection abuse against the real binary: a normal client stays served while an idle
+//! flood and a slowloris run from other addresses; the flood past the per-address cap is
+//! refused with a clear `503`, and idle and slow connections are closed by the header-read
+//! timeout.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+async fn connect_from(local: &str, server: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(local.parse::<IpAddr>().unwrap(), 0))
+        .unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// Reads until the server closes the connection (or `limit` passes); what it sent.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.ok()?;
+    Some(String::from_utf8_lossy(&seen).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_stays_served_while_an_idle_flood_and_a_slowloris_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("raccordo.toml"),
+        "[server]\ndata_dir = \"data\"\nheader_read_timeout = \"1s\"\nmax_connections_per_address = 20\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // The idle flood: 60 connections from 127.0.0.3 that never send a byte.
+    let mut flood = Vec::new();
+    for _ in 0..60 {
+        flood.push(connect_from("127.0.0.3", target).await);
+    }
+    // The slowloris: 10 connections from 127.0.0.4 sending headers a byte every 200 ms.
+    let slow: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut stream = connect_from("127.0.0.4", target).await;
+                let started = tokio::time::Instant::now();
+                let _ = stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nX-Slow: ")
+                    .await;
+                for _ in 0..100 {
+                    if stream.write_all(b"a").await.is_err() {
+                        break;
+                    }
+                    let mut probe = [0u8; 256];
+                    // The server's close shows as a read of 0 bytes (or its timeout answer).
+                    if let Ok(Ok(_)) =
+                        tokio::time::timeout(Duration::from_millis(200), stream.read(&mut probe))
+                            .await
+                    {
+                        break;
+                    }
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+
+    // Meanwhile a normal client from 127.0.0.2 is served every time.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let normal = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    for _ in 0..15 {
+        let answer = normal
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .expect("the normal client is answered during the flood");
+        assert_eq!(answer.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Past the per-address cap, the flood was refused at once, with a reason.
+    let mut refused = 0;
+    let mut timed_out = 0;
+    for stream in &mut flood {
+        match read_until_closed(stream, Duration::from_secs(5)).await {
+            Some(text) if text.starts_with("HTTP/1.1 503") => {
+                assert!(text.contains("connections open"), "{text}");
+                assert!(
+                    text.to_ascii_lowercase().contains("retry-after: 1"),
+                    "{text}"
+                );
+                refused += 1;
+            }
+            // Admitted, then closed by the header-read timeout without an answer.
+            Some(_) => timed_out += 1,
+            None => panic!("an idle connection was still open after 5 s"),
+        }
+    }
+    assert_eq!((refused, timed_out), (40, 20), "20 admitted per address");
+
+    // Every slow sender was cut off by the header-read timeout (1 s), not left hanging.
+    for task in slow {
+        let held = task.await.unwrap();
+        assert!(
+            held < Duration::from_secs(5),
+            "a slowloris connection was held {held:?}"
+        );
+    }
+    let refusals = metric(
+        &server,
+        "raccordo_http_connections_refused_total{reason=\"address\"}",
+    )
+    .await;
+    assert_eq!(refusals, Some(40.0));
+}
