@@ -36,6 +36,9 @@ pub enum IngestError {
     UnknownSource(String),
     #[error("source `{0}` is disabled")]
     SourceDisabled(String),
+    /// The client's address is not in the source's `allow_from`.
+    #[error("source `{0}` takes no requests from this address")]
+    AddressNotAllowed(String),
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the batch has {count} items; at most {limit} are allowed")]
@@ -69,7 +72,7 @@ impl IngestError {
             MissingCredentials { .. } | InvalidCredentials { .. } | TokenExpired => 401,
             TimestampOutsideTolerance { .. } => 401,
             UnknownSource(_) => 404,
-            SourceDisabled(_) => 403,
+            SourceDisabled(_) | AddressNotAllowed(_) => 403,
             BodyTooLarge { .. } | BatchTooLarge { .. } => 413,
             UnsupportedMediaType { .. } => 415,
             InvalidJson { .. } | EmptyBatch => 400,
@@ -90,6 +93,7 @@ impl IngestError {
             TimestampOutsideTolerance { .. } => "timestamp-outside-tolerance",
             UnknownSource(_) => "unknown-source",
             SourceDisabled(_) => "source-disabled",
+            AddressNotAllowed(_) => "address-not-allowed",
             BodyTooLarge { .. } => "body-too-large",
             BatchTooLarge { .. } => "batch-too-large",
             EmptyBatch => "empty-batch",
@@ -112,6 +116,7 @@ impl IngestError {
             TimestampOutsideTolerance { .. } => "Signature timestamp out of tolerance",
             UnknownSource(_) => "Unknown source",
             SourceDisabled(_) => "Source disabled",
+            AddressNotAllowed(_) => "Address not allowed",
             BodyTooLarge { .. } => "Body too large",
             BatchTooLarge { .. } => "Batch too large",
             EmptyBatch => "Empty batch",

@@ -10,6 +10,7 @@ pub mod conversion;
 pub mod dedup;
 pub mod error;
 pub mod mapping;
+pub mod network;
 pub mod pipeline;
 pub mod schema;
 pub mod source;

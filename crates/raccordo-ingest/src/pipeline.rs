@@ -116,23 +116,43 @@ impl Ingestor {
     }
 
     /// Runs the whole pipeline. On `Err`, nothing was stored.
+    /// `client` is the caller's address (behind trusted proxies, the forwarded one); `None`
+    /// when unknown, which only a source without `allow_from` accepts.
     pub async fn ingest(
         &self,
         target: Target<'_>,
         headers: &HeaderMap,
         body: Bytes,
+        client: Option<std::net::IpAddr>,
     ) -> Result<IngestResponse, Rejection> {
         let now_ms = self.clock.now_ms();
-        let (source, verified) =
-            self.authenticate(target, headers, &body, now_ms)
-                .map_err(|error| Rejection {
-                    source: match target {
-                        Target::Source(name) => Some(name.to_string()),
-                        Target::Conversion => None,
-                    },
-                    authenticated: false,
-                    error,
-                })?;
+        let refused = |error| Rejection {
+            source: match target {
+                Target::Source(name) => Some(name.to_string()),
+                Target::Conversion => None,
+            },
+            authenticated: false,
+            error,
+        };
+        let allowed = |source: &Source| {
+            source.allow_from.is_empty() || client.is_some_and(|c| source.allow_from.contains(c))
+        };
+        // A named source's allowlist is checked before its credentials are even looked at.
+        let named = match target {
+            Target::Source(name) => Some(name),
+            Target::Conversion => headers.get(SOURCE_HEADER).and_then(|v| v.to_str().ok()),
+        };
+        if let Some(source) = named.and_then(|name| self.sources.get(name))
+            && !allowed(source)
+        {
+            return Err(refused(self.not_allowed(source)));
+        }
+        let (source, verified) = self
+            .authenticate(target, headers, &body, now_ms)
+            .map_err(refused)?;
+        if !allowed(&source) {
+            return Err(refused(self.not_allowed(&source)));
+        }
         self.ingest_as(&source, &verified, headers, body, now_ms)
             .await
             .map_err(|error| Rejection {
@@ -140,6 +160,12 @@ impl Ingestor {
                 authenticated: true,
                 error,
             })
+    }
+
+    fn not_allowed(&self, source: &Source) -> IngestError {
+        metrics::counter!("raccordo_ingest_rejected_total", "source" => source.name.to_string(), "reason" => "address-not-allowed").increment(1);
+        source.health.record(0, 0, 1, self.clock.now_ms());
+        IngestError::AddressNotAllowed(source.name.to_string())
     }
 
     /// Runs a request that was refused after authentication through the named source again

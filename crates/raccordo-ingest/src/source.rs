@@ -44,6 +44,10 @@ pub struct SourceConfig {
     /// Accept HTML form bodies (`application/x-www-form-urlencoded`), read as JSON objects.
     #[serde(default)]
     pub forms: Option<crate::browser::FormsConfig>,
+    /// Client addresses allowed to post (`203.0.113.0/24`, `2001:db8::/32`, a bare address);
+    /// empty: any. Behind a proxy, see `server.trusted_proxies`.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -163,6 +167,8 @@ pub struct Source {
     pub time: TimeSpec,
     /// How payloads become conversions (`None`: the built-in schema's own fields).
     pub mapping: Option<Arc<crate::mapping::ConversionMapping>>,
+    /// Who may post (empty: anyone).
+    pub allow_from: crate::network::Networks,
 }
 
 /// The event-time field of a source.
@@ -321,6 +327,14 @@ impl Source {
                 format: crate::mapping::Format::Auto,
             },
         };
+        let allow_from =
+            crate::network::Networks::parse(&config.allow_from).unwrap_or_else(|bad| {
+                errors.extend(
+                    bad.into_iter()
+                        .map(|(i, m)| (format!("allow_from[{i}]"), m)),
+                );
+                crate::network::Networks::default()
+            });
         for (i, pointer) in key_fields.iter().enumerate() {
             if !pointer.starts_with('/') {
                 errors.push((
@@ -381,6 +395,7 @@ impl Source {
                 forms: config.forms.clone(),
                 time,
                 mapping,
+                allow_from,
             }),
             _ => Err(errors),
         }

@@ -38,6 +38,10 @@ pub const PROBLEM_TYPES: &[(&str, &str)] = &[
         "The refused request cannot be replayed (it failed authentication, its body was cut, or a replay was accepted already)",
     ),
     ("source-disabled", "The source is configured but disabled"),
+    (
+        "address-not-allowed",
+        "The client's address is not in the source's `allow_from`",
+    ),
     ("not-found", "No such route or resource"),
     (
         "grant-refused",

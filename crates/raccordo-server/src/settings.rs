@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most connections open at once from one client address.
     pub max_connections_per_address: usize,
+    /// Proxies (load balancers) whose `Forwarded` / `X-Forwarded-For` headers are believed,
+    /// as addresses or networks; empty (the default): those headers are never read.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ServerConfig {
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             header_read_timeout: crate::connections::ConnectionLimits::default()
                 .header_read_timeout,
             max_connections: 0,
+            trusted_proxies: Vec::new(),
             max_connections_per_address: crate::connections::ConnectionLimits::default()
                 .max_connections_per_address,
         }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub flows: Option<Arc<raccordo_flows::FlowRunner>>,
     /// Whether jobs may ask for a completion webhook (`[jobs] callback_secret` is set).
     pub job_callbacks: bool,
+    /// Proxies whose forwarding headers name the client (`server.trusted_proxies`).
+    pub trusted_proxies: raccordo_ingest::network::Networks,
     /// Keeps refused ingest requests for inspection and replay.
     pub inspector: Arc<crate::inspector::Inspector>,
 }

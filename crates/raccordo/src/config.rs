@@ -342,6 +342,11 @@ impl Config {
                 "must be at least 1024".into(),
             );
         }
+        if let Err(bad) = raccordo_ingest::network::Networks::parse(&self.server.trusted_proxies) {
+            for (i, message) in bad {
+                report(format!("server.trusted_proxies[{i}]"), message);
+            }
+        }
         if let Err(e) = self.metrics.window_spec().validate() {
             report("metrics".into(), e);
         }

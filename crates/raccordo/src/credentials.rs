@@ -104,6 +104,7 @@ impl Credentials {
                 mapping: None,
                 cors: None,
                 forms: None,
+                allow_from: Vec::new(),
             },
         );
         config.admin.tokens.push(AdminTokenConfig {

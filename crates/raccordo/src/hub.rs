@@ -217,6 +217,10 @@ impl Hub {
             flows,
             job_callbacks: config.jobs.callback_secret.is_some(),
             inspector,
+            trusted_proxies: raccordo_ingest::network::Networks::parse(
+                &config.server.trusted_proxies,
+            )
+            .unwrap_or_default(),
         });
         let addr = listen.unwrap_or(config.server.listen);
         let listener = TcpListener::bind(addr)

@@ -136,3 +136,67 @@ async fn a_client_stays_served_while_an_idle_flood_and_a_slowloris_run() {
     .await;
     assert_eq!(refusals, Some(40.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_takes_only_its_allowed_addresses_and_believes_only_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "allowlisted-api-key-0123456789";
+    std::fs::write(
+        dir.path().join("raccordo.toml"),
+        format!(
+            "[server]\ndata_dir = \"data\"\ntrusted_proxies = [\"127.0.0.5\"]\n\n\
+             [sources.crm]\nauth = [{{ type = \"api_key\", keys = [\"{key}\"] }}]\n\
+             allow_from = [\"127.0.0.2/32\", \"2001:db8::/32\"]\n\n\
+             [[admin.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN_TOKEN}\"\nscopes = [\"admin\"]\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let post = |from: &'static str, forwarded: Option<&'static str>, credentials: &'static str| async move {
+        let client = reqwest::Client::builder()
+            .local_address(from.parse::<IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let mut request = client
+            .post(format!("http://127.0.0.1:{port}/api/v1/eventi/conversione"))
+            .header("x-api-key", credentials)
+            .header("x-raccordo-source", "crm")
+            .json(&event(1));
+        if let Some(f) = forwarded {
+            request = request.header("x-forwarded-for", f);
+        }
+        let answer = request.send().await.unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.text().await.unwrap())
+    };
+    // From the allowed address: stored. From another: refused before its key is looked at.
+    assert_eq!(post("127.0.0.2", None, key).await.0, 202);
+    let (status, body) = post("127.0.0.3", None, key).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("address-not-allowed"), "{body}");
+    assert_eq!(
+        post("127.0.0.3", None, "a-wrong-key-0123456789").await.0,
+        403
+    );
+    // A trusted proxy forwarding for the allowed address: believed. The same header from
+    // anyone else: ignored.
+    assert_eq!(post("127.0.0.5", Some("127.0.0.2"), key).await.0, 202);
+    assert_eq!(post("127.0.0.3", Some("127.0.0.2"), key).await.0, 403);
+    assert_eq!(
+        post("127.0.0.5", Some("127.0.0.2, 127.0.0.9"), key).await.0,
+        403,
+        "the right-most untrusted hop is the client"
+    );
+    let refused = metric(
+        &server,
+        "raccordo_ingest_rejected_total{source=\"crm\",reason=\"address-not-allowed\"}",
+    )
+    .await;
+    assert_eq!(refused, Some(4.0));
+}

@@ -82,11 +82,27 @@ pub struct ItemAnswer {
 )]
 pub async fn ingest_conversion(
     State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::connections::PeerAddr>>,
     uri: http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(&state, Target::Conversion, &uri, headers, body).await
+    let client = client_of(&state, peer, &headers);
+    ingest(&state, Target::Conversion, &uri, client, headers, body).await
+}
+
+/// The caller's address: the peer's, or the forwarded one behind a trusted proxy.
+fn client_of(
+    state: &AppState,
+    peer: Option<axum::Extension<crate::connections::PeerAddr>>,
+    headers: &HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let peer = peer?.0.0.ip();
+    Some(raccordo_ingest::network::client_address(
+        peer,
+        headers,
+        &state.trusted_proxies,
+    ))
 }
 
 /// Send an event (or an array) to a configured source.
@@ -103,6 +119,7 @@ pub async fn ingest_conversion(
 )]
 pub async fn ingest_source(
     State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::connections::PeerAddr>>,
     Path(source): Path<String>,
     uri: http::Uri,
     mut headers: HeaderMap,
@@ -141,7 +158,8 @@ pub async fn ingest_source(
         headers.insert("x-api-key", value);
     }
     let origin = allowed_origin(configured.as_deref(), &headers);
-    let mut response = ingest(&state, Target::Source(&source), &uri, headers, body).await;
+    let client = client_of(&state, peer, &headers);
+    let mut response = ingest(&state, Target::Source(&source), &uri, client, headers, body).await;
     if form_post
         && response.status() == StatusCode::ACCEPTED
         && let Some(url) = forms.and_then(|f| f.redirect.as_deref())
@@ -225,6 +243,7 @@ async fn ingest(
     state: &AppState,
     target: Target<'_>,
     uri: &http::Uri,
+    client: Option<std::net::IpAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -257,7 +276,11 @@ async fn ingest(
         Ok(body) => body,
         Err(e) => return refused(Problem::from(e), named, false, &[]),
     };
-    match state.ingestor.ingest(target, &headers, body.clone()).await {
+    match state
+        .ingestor
+        .ingest(target, &headers, body.clone(), client)
+        .await
+    {
         // Duplicates and clock skew reach the alert engine through the source's counters,
         // which it reads on its own schedule: nothing here waits for it.
         Ok(response) => (StatusCode::ACCEPTED, Json(answer_of(state, &response))).into_response(),
