@@ -8,7 +8,7 @@
 //!   request head. HTTP/2 connections are pinged and closed when they stop answering.
 //! - **Connection caps**: at most `max_connections` open at once (by default what the
 //!   process's file limit leaves after a reserve for the store and outbound calls) and at most
-//!   `max_connections_per_address` from one client address. A connection past a cap gets a
+//!   `max_connections_per_address` from one client address (by default a quarter of that). A connection past a cap gets a
 //!   `503` problem with `Retry-After` and is closed, so the refusal is clear rather than a
 //!   hang, and counted in `raccordo_http_connections_refused_total{reason}`.
 
@@ -39,7 +39,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Most connections open at once (0: the process's file limit minus a reserve).
     pub max_connections: usize,
-    /// Most connections open at once from one client address.
+    /// Most connections open at once from one client address (0: a quarter of the global
+    /// cap, at least 64).
     pub max_connections_per_address: usize,
 }
 
@@ -48,7 +49,7 @@ impl Default for ConnectionLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 0,
-            max_connections_per_address: 256,
+            max_connections_per_address: 0,
         }
     }
 }
@@ -74,6 +75,16 @@ impl ConnectionLimits {
             1024
         };
         soft.saturating_sub(FD_RESERVE).clamp(16, 1_000_000)
+    }
+
+    /// The per-address cap in effect: the configured one, or a quarter of the global cap
+    /// (at least 64): one address — a scanner, a runaway client — cannot take more than that
+    /// share, while a busy sender or a load generator with hundreds of connections fits.
+    pub fn effective_per_address(&self) -> usize {
+        if self.max_connections_per_address > 0 {
+            return self.max_connections_per_address;
+        }
+        (self.effective_max() / 4).max(64)
     }
 }
 
@@ -203,7 +214,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let max = limits.effective_max();
-    let per_address = limits.max_connections_per_address.max(1);
+    let per_address = limits.effective_per_address();
     tracing::info!(
         max_connections = max,
         max_connections_per_address = per_address,
@@ -316,5 +327,16 @@ mod tests {
             ..ConnectionLimits::default()
         };
         assert_eq!(explicit.effective_max(), 50);
+        assert_eq!(
+            explicit.effective_per_address(),
+            64,
+            "a quarter, at least 64"
+        );
+        let per = ConnectionLimits {
+            max_connections: 4000,
+            max_connections_per_address: 0,
+            ..ConnectionLimits::default()
+        };
+        assert_eq!(per.effective_per_address(), 1000);
     }
 }

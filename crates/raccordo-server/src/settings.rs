@@ -35,7 +35,8 @@ pub struct ServerConfig {
     /// Most connections open at once; past it a connection is answered `503` and closed
     /// (0: the process's file limit minus a reserve for the store and outbound calls).
     pub max_connections: usize,
-    /// Most connections open at once from one client address.
+    /// Most connections open at once from one client address (0: a quarter of the global
+    /// cap, at least 64).
     pub max_connections_per_address: usize,
     /// Proxies (load balancers) whose `Forwarded` / `X-Forwarded-For` headers are believed,
     /// as addresses or networks; empty (the default): those headers are never read.
