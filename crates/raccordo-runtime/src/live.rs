@@ -291,6 +291,9 @@ pub struct LiveMetrics {
     persist_rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<PersistJob>>>,
     /// Log position of the last saved checkpoint (0: none yet).
     checkpoint_seq: std::sync::atomic::AtomicI64,
+    /// The state changed without the log moving (a re-aggregation): the next checkpoint is
+    /// due even at the same position.
+    changed_off_log: std::sync::atomic::AtomicBool,
     /// Log position the windows were restored from at start (0: replayed from the start).
     restored_from_seq: std::sync::atomic::AtomicI64,
 }
@@ -298,6 +301,8 @@ pub struct LiveMetrics {
 /// Work for the task that saves results and checkpoints, in order.
 enum PersistJob {
     Results(Vec<WindowResult>),
+    /// Save a checkpoint now (after the results queued before it) and say when it is done.
+    Checkpoint(tokio::sync::oneshot::Sender<()>),
 }
 
 /// What a checkpoint holds besides the log position.
@@ -391,6 +396,7 @@ impl LiveMetrics {
             persist,
             persist_rx: Arc::new(tokio::sync::Mutex::new(persist_rx)),
             checkpoint_seq: Default::default(),
+            changed_off_log: Default::default(),
             restored_from_seq: Default::default(),
         })
     }
@@ -554,23 +560,66 @@ impl LiveMetrics {
             tokio::select! {
                 job = rx.recv() => match job {
                     Some(PersistJob::Results(rows)) => store.put_results(SCOPE, rows).await?,
+                    Some(PersistJob::Checkpoint(done)) => {
+                        self.save_checkpoint(store.as_ref(), &mut rx).await?;
+                        let _ = done.send(());
+                    }
                     None => return Ok(()),
                 },
-                _ = tick.tick() => {
-                    let Some((positions, text, horizon)) = self.snapshot() else { continue };
-                    // Everything queued so far covers at least this snapshot: save it first.
-                    while let Ok(PersistJob::Results(rows)) = rx.try_recv() {
-                        store.put_results(SCOPE, rows).await?;
-                    }
-                    let seq = positions.total();
-                    store
-                        .put_checkpoint(SCOPE, WindowCheckpoint { positions, state: text }, horizon)
-                        .await?;
-                    self.checkpoint_seq.store(seq, std::sync::atomic::Ordering::Relaxed);
-                }
+                _ = tick.tick() => self.save_checkpoint(store.as_ref(), &mut rx).await?,
                 _ = ctx.cancelled() => return Ok(()),
             }
         }
+    }
+
+    /// Saves a checkpoint if anything changed, after every result queued before it (they
+    /// cover at least this snapshot). A checkpoint request met in the queue is answered
+    /// by this same save.
+    async fn save_checkpoint(
+        &self,
+        store: &dyn WindowStore,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<PersistJob>,
+    ) -> anyhow::Result<()> {
+        let snapshot = self.snapshot();
+        let mut answered = Vec::new();
+        while let Ok(job) = rx.try_recv() {
+            match job {
+                PersistJob::Results(rows) => store.put_results(SCOPE, rows).await?,
+                PersistJob::Checkpoint(done) => answered.push(done),
+            }
+        }
+        if let Some((positions, text, horizon)) = snapshot {
+            let seq = positions.total();
+            store
+                .put_checkpoint(
+                    SCOPE,
+                    WindowCheckpoint {
+                        positions,
+                        state: text,
+                    },
+                    horizon,
+                )
+                .await?;
+            self.checkpoint_seq
+                .store(seq, std::sync::atomic::Ordering::Relaxed);
+        }
+        for done in answered {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+
+    /// [`Self::reaggregate`], answered once the change is durable (saved in a checkpoint),
+    /// or after `wait` at most.
+    pub async fn reaggregate_durably(&self, filter: &LateFilter, wait: Duration) -> Reaggregated {
+        let done = self.reaggregate(filter);
+        if done.events > 0 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.persist.send(PersistJob::Checkpoint(tx)).is_ok() {
+                let _ = tokio::time::timeout(wait, rx).await;
+            }
+        }
+        done
     }
 
     /// The state to save, if anything changed since the last checkpoint: (seq, JSON,
@@ -578,10 +627,14 @@ impl LiveMetrics {
     fn snapshot(&self) -> Option<(LogPositions, String, i64)> {
         let (positions, checkpoint, horizon) = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.processed.total()
-                == self
-                    .checkpoint_seq
-                    .load(std::sync::atomic::Ordering::Relaxed)
+            let changed_off_log = self
+                .changed_off_log
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+            if !changed_off_log
+                && state.processed.total()
+                    == self
+                        .checkpoint_seq
+                        .load(std::sync::atomic::Ordering::Relaxed)
             {
                 return None;
             }
@@ -1060,8 +1113,8 @@ impl LiveMetrics {
         if !results.is_empty() {
             let _ = self.persist.send(PersistJob::Results(results));
             // The log did not move, but the state did: make the next checkpoint save it.
-            self.checkpoint_seq
-                .store(-1, std::sync::atomic::Ordering::Relaxed);
+            self.changed_off_log
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         drop(state);
         if !streamed.is_empty() {

@@ -356,8 +356,9 @@ pub async fn late_table(
 
 /// Count late events into the windows they were late for: the windows' final results
 /// change (their distinct-customer counts become upper bounds), the events leave the late
-/// table, and the changed rows are streamed as `final` again. Filters as for the late table;
-/// without any, every late event is re-aggregated.
+/// table, and the changed rows are streamed as `final` again; the answer comes once the
+/// change is saved. Filters as for the late table; without any, every late event is
+/// re-aggregated.
 #[utoipa::path(
     post,
     path = "/api/v1/metrics/late/reaggregate",
@@ -373,7 +374,11 @@ pub async fn reaggregate_late(
 ) -> Response {
     match late_filter(&state.live, &q) {
         Ok(filter) => {
-            let done = state.live.reaggregate(&filter);
+            // Answered once the change is saved, so that it survives a crash right after.
+            let done = state
+                .live
+                .reaggregate_durably(&filter, std::time::Duration::from_secs(10))
+                .await;
             tracing::info!(
                 events = done.events,
                 rows = done.rows,
