@@ -211,7 +211,15 @@ fn screenshot(browser: &str, url: &str, name: &str, size: &str) {
 async fn a_manager_reads_closed_and_open_windows_late_events_and_refusals_in_one_language() {
     let Some(browser) = chromium() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let server = start_configured(dir.path(), "[metrics]\nallowed_lateness = \"0s\"\n");
+    // A second source on the built-in schema, read through a mapping with an extra
+    // dimension (the device in `metadati`).
+    let server = start_configured(
+        dir.path(),
+        "[metrics]\nallowed_lateness = \"0s\"\n\n\
+         [sources.shop]\nauth = [{ type = \"api_key\", keys = [\"shop-api-key-0123456789\"] }]\n\
+         [sources.shop.mapping]\ncustomer = \"/id_cliente\"\nevent = \"/evento\"\nstatus = \"/stato\"\n\
+         value = \"/valore\"\nchannel = \"/canale\"\ndimensions = { device = \"/metadati/dispositivo\" }\n",
+    );
     let at = |n: u32, offset_ms: i64| {
         let mut e = event(n);
         e["timestamp"] = json!(now_rfc3339(offset_ms));
@@ -251,6 +259,19 @@ async fn a_manager_reads_closed_and_open_windows_late_events_and_refusals_in_one
         send_batch(&server, &json!([bad])).await,
         StatusCode::UNPROCESSABLE_ENTITY
     );
+    let mut from_shop = at(8, 0);
+    from_shop["metadati"] = json!({"dispositivo": "mobile"});
+    from_shop["canale"] = json!("sms");
+    let answer = client()
+        .post(server.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", "shop-api-key-0123456789")
+        .header("x-raccordo-source", "shop")
+        .json(&from_shop)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    metrics_until(&server, "dimension=device", |rows| !rows.is_empty()).await;
     poll_json(&server, "/api/v1/requests", READ_TOKEN, |p| {
         p["requests"].as_array().is_some_and(|r| !r.is_empty())
     })
@@ -294,6 +315,10 @@ async fn a_manager_reads_closed_and_open_windows_late_events_and_refusals_in_one
         "the refused request is listed"
     );
     assert!(dom.contains(r#"id="kpi-late">1<"#), "{dom}");
+    assert!(
+        dom.contains(r#"data-dim-value="device=mobile""#),
+        "the extra dimension has its own table: {dom}"
+    );
 
     let english = server.url(&format!("/#token={READ_TOKEN}&lang=en&range=7d"));
     let dom = without_script(

@@ -17,6 +17,7 @@ pub fn router() -> super::ApiRouter {
     super::ApiRouter::new()
         .routes(utoipa_axum::routes!(metrics_api))
         .routes(utoipa_axum::routes!(metrics_stream))
+        .routes(utoipa_axum::routes!(list_dimensions))
         .routes(utoipa_axum::routes!(late_table))
         .routes(utoipa_axum::routes!(reaggregate_late))
 }
@@ -388,4 +389,26 @@ pub async fn reaggregate_late(
         }
         Err(p) => p.into_response(),
     }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Dimensions {
+    /// `all`, `canale`, `evento`, `campagna`, `source`, then the mappings' extra dimensions.
+    pub dimensions: Vec<raccordo_runtime::live::Dimension>,
+}
+
+/// The dimensions metric rows can have: the built-in ones and every extra dimension the
+/// sources' mappings name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics/dimensions",
+    tag = "metrics",
+    responses((status = 200, description = "The dimensions", body = Dimensions)),
+    security(("admin_token" = []))
+)]
+pub async fn list_dimensions(State(state): State<Arc<AppState>>, _reader: Reader) -> Response {
+    Json(Dimensions {
+        dimensions: state.live.dimensions(),
+    })
+    .into_response()
 }
