@@ -58,6 +58,12 @@ pub enum IngestError {
     DeliveryConflict,
     #[error("the store is saturated")]
     Overloaded { retry_after_ms: u64 },
+    /// Over one of the source's `limits` (`limit`: `source`, `address` or `bytes`).
+    #[error("over the source's {limit} rate limit; retry after {retry_after_ms} ms")]
+    RateLimited {
+        limit: &'static str,
+        retry_after_ms: u64,
+    },
     /// The store cannot take the write now (stopped, unreachable, disk full); nothing was
     /// stored and the client should try again after `retry_after_ms`.
     #[error("{reason}")]
@@ -78,7 +84,7 @@ impl IngestError {
             InvalidJson { .. } | EmptyBatch => 400,
             Validation { .. } => 422,
             DeliveryConflict => 409,
-            Overloaded { .. } => 429,
+            Overloaded { .. } | RateLimited { .. } => 429,
             Unavailable { .. } => 503,
         }
     }
@@ -102,6 +108,7 @@ impl IngestError {
             Validation { .. } => "validation-failed",
             DeliveryConflict => "delivery-id-conflict",
             Overloaded { .. } => "overloaded",
+            RateLimited { .. } => "rate-limited",
             Unavailable { .. } => "unavailable",
         }
     }
@@ -125,6 +132,7 @@ impl IngestError {
             Validation { .. } => "Validation failed",
             DeliveryConflict => "Delivery id reused with a different body",
             Overloaded { .. } => "Too many requests",
+            RateLimited { .. } => "Rate limited",
             Unavailable { .. } => "Service unavailable",
         }
     }

@@ -9,6 +9,7 @@ pub mod browser;
 pub mod conversion;
 pub mod dedup;
 pub mod error;
+pub mod limits;
 pub mod mapping;
 pub mod network;
 pub mod pipeline;

@@ -142,16 +142,24 @@ impl Ingestor {
             Target::Source(name) => Some(name),
             Target::Conversion => headers.get(SOURCE_HEADER).and_then(|v| v.to_str().ok()),
         };
-        if let Some(source) = named.and_then(|name| self.sources.get(name))
-            && !allowed(source)
-        {
-            return Err(refused(self.not_allowed(source)));
+        // So is its rate limit: a flood is turned away before signatures are computed.
+        let early = named.and_then(|name| self.sources.get(name));
+        if let Some(source) = early {
+            if !allowed(source) {
+                return Err(refused(self.not_allowed(source)));
+            }
+            self.within_limits(source, client, body.len())
+                .map_err(refused)?;
         }
         let (source, verified) = self
             .authenticate(target, headers, &body, now_ms)
             .map_err(refused)?;
-        if !allowed(&source) {
-            return Err(refused(self.not_allowed(&source)));
+        if early.is_none() {
+            if !allowed(&source) {
+                return Err(refused(self.not_allowed(&source)));
+            }
+            self.within_limits(&source, client, body.len())
+                .map_err(refused)?;
         }
         self.ingest_as(&source, &verified, headers, body, now_ms)
             .await
@@ -160,6 +168,22 @@ impl Ingestor {
                 authenticated: true,
                 error,
             })
+    }
+
+    fn within_limits(
+        &self,
+        source: &Source,
+        client: Option<std::net::IpAddr>,
+        body_bytes: usize,
+    ) -> Result<(), IngestError> {
+        source.limiter.check(client, body_bytes).map_err(|(limit, wait)| {
+            metrics::counter!("raccordo_ingest_rate_limited_total", "source" => source.name.to_string(), "limit" => limit.label()).increment(1);
+            source.health.record(0, 0, 1, self.clock.now_ms());
+            IngestError::RateLimited {
+                limit: limit.label(),
+                retry_after_ms: (wait.as_millis() as u64).max(1),
+            }
+        })
     }
 
     fn not_allowed(&self, source: &Source) -> IngestError {

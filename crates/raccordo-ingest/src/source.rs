@@ -48,6 +48,9 @@ pub struct SourceConfig {
     /// empty: any. Behind a proxy, see `server.trusted_proxies`.
     #[serde(default)]
     pub allow_from: Vec<String>,
+    /// Rate limits: requests for the whole source, per client address, and body bytes
+    /// (each allows a burst of twice its rate). Default: none.
+    pub limits: Option<crate::limits::LimitsConfig>,
 }
 
 fn yes() -> bool {
@@ -169,6 +172,8 @@ pub struct Source {
     pub mapping: Option<Arc<crate::mapping::ConversionMapping>>,
     /// Who may post (empty: anyone).
     pub allow_from: crate::network::Networks,
+    /// How fast (unlimited without `limits`).
+    pub limiter: crate::limits::SourceLimiter,
 }
 
 /// The event-time field of a source.
@@ -335,6 +340,9 @@ impl Source {
                 );
                 crate::network::Networks::default()
             });
+        for (field, message) in config.limits.iter().flat_map(|l| l.problems()) {
+            errors.push((format!("limits.{field}"), message));
+        }
         for (i, pointer) in key_fields.iter().enumerate() {
             if !pointer.starts_with('/') {
                 errors.push((
@@ -396,6 +404,11 @@ impl Source {
                 time,
                 mapping,
                 allow_from,
+                limiter: config
+                    .limits
+                    .clone()
+                    .unwrap_or_default()
+                    .build(4 * 1024 * 1024),
             }),
             _ => Err(errors),
         }

@@ -39,6 +39,10 @@ pub const PROBLEM_TYPES: &[(&str, &str)] = &[
     ),
     ("source-disabled", "The source is configured but disabled"),
     (
+        "rate-limited",
+        "Over one of the source's `limits` (requests, per address, bytes); see `Retry-After`",
+    ),
+    (
         "address-not-allowed",
         "The client's address is not in the source's `allow_from`",
     ),
@@ -177,6 +181,7 @@ impl From<IngestError> for Problem {
                 p.www_authenticate = Some("Bearer")
             }
             IngestError::Overloaded { retry_after_ms }
+            | IngestError::RateLimited { retry_after_ms, .. }
             | IngestError::Unavailable { retry_after_ms, .. } => {
                 p.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1))
             }

@@ -273,7 +273,13 @@ impl Config {
                 }
             };
             match Source::build(name, source_config, &self.ingest, &conversion) {
-                Ok(source) => sources.push(source),
+                Ok(mut source) => {
+                    // A bytes limit lets one body of the largest size the server takes through.
+                    if let Some(limits) = &source_config.limits {
+                        source.limiter = limits.build(self.server.max_body_bytes);
+                    }
+                    sources.push(source)
+                }
                 Err(errors) => errors
                     .into_iter()
                     .for_each(|(field, message)| report(format!("{key}.{field}"), message)),

@@ -105,6 +105,7 @@ impl Credentials {
                 cors: None,
                 forms: None,
                 allow_from: Vec::new(),
+                limits: None,
             },
         );
         config.admin.tokens.push(AdminTokenConfig {

@@ -200,3 +200,69 @@ async fn a_source_takes_only_its_allowed_addresses_and_believes_only_trusted_pro
     .await;
     assert_eq!(refused, Some(4.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "limited-api-key-0123456789";
+    std::fs::write(
+        dir.path().join("raccordo.toml"),
+        format!(
+            "[server]\ndata_dir = \"data\"\n\n\
+             [sources.crm]\nauth = [{{ type = \"api_key\", keys = [\"{key}\"] }}]\n\
+             limits = {{ per_address_per_second = 1 }}\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let server = Server::start_on(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let post = |from: &'static str, n: u32| async move {
+        let client = reqwest::Client::builder()
+            .local_address(from.parse::<IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        client
+            .post(format!("http://127.0.0.1:{port}/webhooks/in/crm"))
+            .header("x-api-key", key)
+            .json(&event(n))
+            .send()
+            .await
+            .unwrap()
+    };
+    // A burst of two from one address passes; six in a row cannot all pass unless they
+    // took four seconds, so one is turned away, with the wait.
+    assert_eq!(post("127.0.0.2", 1).await.status(), 202);
+    let mut limited = None;
+    for n in 2..7 {
+        let answer = post("127.0.0.2", n).await;
+        if answer.status() == 429 {
+            limited = Some(answer);
+            break;
+        }
+        assert_eq!(answer.status(), 202);
+    }
+    let limited = limited.expect("one of six quick requests over 1/s is limited");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let problem: serde_json::Value = limited.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:raccordo:problem:rate-limited");
+    // Another address has its own allowance.
+    assert_eq!(post("127.0.0.3", 4).await.status(), 202);
+    assert_eq!(
+        metric(
+            &server,
+            "raccordo_ingest_rate_limited_total{source=\"crm\",limit=\"address\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+}
