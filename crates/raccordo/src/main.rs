@@ -299,7 +299,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => {
+            owner_only_files();
+            runtime.block_on(serve(args))
+        }
         Command::Check {
             config,
             event,
@@ -328,7 +331,10 @@ fn main() -> ExitCode {
         }),
         Command::Reconcile(args) => runtime.block_on(admin_cmd::reconcile(args)),
         Command::Sandbox(args) => runtime.block_on(sandbox_cmd::run(args)),
-        Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Demo(args) => {
+            owner_only_files();
+            runtime.block_on(demo::run(args))
+        }
         Command::ConfigReference => {
             print!("{}", reference::body());
             return ExitCode::SUCCESS;
@@ -474,6 +480,17 @@ fn check_event(built: &config::Built, event: &std::path::Path, source: &str) -> 
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The hub keeps personal data and credentials: everything it creates from here on (the data
+/// directory, the database and its journal, the event-log segments, the lock) is readable
+/// by its own user only, whatever the umask it was started with.
+fn owner_only_files() {
+    // SAFETY: umask only sets the process's file-creation mask; called before any thread
+    // that creates files is started.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

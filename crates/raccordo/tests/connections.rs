@@ -266,3 +266,33 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_do_no
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_directory_and_everything_in_it_are_readable_by_the_hub_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    assert_eq!(send_event(&server, 1).await, reqwest::StatusCode::ACCEPTED);
+    assert_eq!(all_events(&server).await.len(), 1);
+    let data = dir.path().join("data");
+    let mut seen = 0;
+    let mut pending = vec![data.clone()];
+    while let Some(path) = pending.pop() {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} is {:o}: group or others can read it",
+            path.display(),
+            mode & 0o777
+        );
+        seen += 1;
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(
+        server.database().exists() && seen >= 4,
+        "the database and the log's files were checked ({seen} paths)"
+    );
+}
