@@ -36,19 +36,36 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<St
     Some(String::from_utf8_lossy(&seen).into_owned())
 }
 
+/// Starts the hub on `config` (the file's text) at a free loopback port; the server and
+/// its port.
+fn start_with(dir: &std::path::Path, config: &str) -> (Server, u16) {
+    std::fs::write(dir.join("raccordo.toml"), config).unwrap();
+    let port = free_port();
+    let server = Server::start_on(
+        dir,
+        &format!("127.0.0.1:{port}"),
+        &["--config", "raccordo.toml"],
+    );
+    (server, port)
+}
+
+/// An HTTP client whose connections come from `local` (another loopback address: another
+/// client, as far as the hub can tell).
+fn client_from(local: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .local_address(local.parse::<IpAddr>().unwrap())
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_stays_served_while_an_idle_flood_and_a_slowloris_run() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("raccordo.toml"),
-        "[server]\ndata_dir = \"data\"\nheader_read_timeout = \"1s\"\nmax_connections_per_address = 20\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let server = Server::start_on(
+    let (server, port) = start_with(
         dir.path(),
-        &format!("127.0.0.1:{port}"),
-        &["--config", "raccordo.toml"],
+        "[server]\ndata_dir = \"data\"\nheader_read_timeout = \"1s\"\nmax_connections_per_address = 20\n",
     );
     let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
@@ -85,12 +102,7 @@ async fn a_client_stays_served_while_an_idle_flood_and_a_slowloris_run() {
         .collect();
 
     // Meanwhile a normal client from 127.0.0.2 is served every time.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let normal = reqwest::Client::builder()
-        .local_address("127.0.0.2".parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let normal = client_from("127.0.0.2");
     for _ in 0..15 {
         let answer = normal
             .get(format!("http://127.0.0.1:{port}/healthz"))
@@ -141,28 +153,17 @@ async fn a_client_stays_served_while_an_idle_flood_and_a_slowloris_run() {
 async fn a_source_takes_only_its_allowed_addresses_and_believes_only_trusted_proxies() {
     let dir = tempfile::tempdir().unwrap();
     let key = "allowlisted-api-key-0123456789";
-    std::fs::write(
-        dir.path().join("raccordo.toml"),
-        format!(
+    let (server, port) = start_with(
+        dir.path(),
+        &format!(
             "[server]\ndata_dir = \"data\"\ntrusted_proxies = [\"127.0.0.5\"]\n\n\
              [sources.crm]\nauth = [{{ type = \"api_key\", keys = [\"{key}\"] }}]\n\
              allow_from = [\"127.0.0.2/32\", \"2001:db8::/32\"]\n\n\
              [[admin.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN_TOKEN}\"\nscopes = [\"admin\"]\n"
         ),
-    )
-    .unwrap();
-    let port = free_port();
-    let server = Server::start_on(
-        dir.path(),
-        &format!("127.0.0.1:{port}"),
-        &["--config", "raccordo.toml"],
     );
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let post = |from: &'static str, forwarded: Option<&'static str>, credentials: &'static str| async move {
-        let client = reqwest::Client::builder()
-            .local_address(from.parse::<IpAddr>().unwrap())
-            .build()
-            .unwrap();
+        let client = client_from(from);
         let mut request = client
             .post(format!("http://127.0.0.1:{port}/api/v1/eventi/conversione"))
             .header("x-api-key", credentials)
@@ -205,27 +206,16 @@ async fn a_source_takes_only_its_allowed_addresses_and_believes_only_trusted_pro
 async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let key = "limited-api-key-0123456789";
-    std::fs::write(
-        dir.path().join("raccordo.toml"),
-        format!(
+    let (server, port) = start_with(
+        dir.path(),
+        &format!(
             "[server]\ndata_dir = \"data\"\n\n\
              [sources.crm]\nauth = [{{ type = \"api_key\", keys = [\"{key}\"] }}]\n\
              limits = {{ per_address_per_second = 1 }}\n"
         ),
-    )
-    .unwrap();
-    let port = free_port();
-    let server = Server::start_on(
-        dir.path(),
-        &format!("127.0.0.1:{port}"),
-        &["--config", "raccordo.toml"],
     );
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let post = |from: &'static str, n: u32| async move {
-        let client = reqwest::Client::builder()
-            .local_address(from.parse::<IpAddr>().unwrap())
-            .build()
-            .unwrap();
+        let client = client_from(from);
         client
             .post(format!("http://127.0.0.1:{port}/webhooks/in/crm"))
             .header("x-api-key", key)
