@@ -258,11 +258,14 @@ impl Source {
 
 impl Source {
     /// Builds a source; errors are `(field, message)` pairs relative to the source's table.
+    /// `max_body_bytes` is the server's body limit (a bytes rate limit lets one such body
+    /// through).
     pub fn build(
         name: SourceName,
         config: &SourceConfig,
         settings: &IngestSettings,
         conversion_schema: &Arc<EventSchema>,
+        max_body_bytes: usize,
     ) -> Result<Self, Vec<(String, String)>> {
         let mut errors = Vec::new();
         if config.auth.is_empty() {
@@ -404,11 +407,12 @@ impl Source {
                 time,
                 mapping,
                 allow_from,
+                // A bytes limit lets one body of the largest size the server takes through.
                 limiter: config
                     .limits
                     .clone()
                     .unwrap_or_default()
-                    .build(4 * 1024 * 1024),
+                    .build(max_body_bytes),
             }),
             _ => Err(errors),
         }

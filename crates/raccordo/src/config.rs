@@ -272,14 +272,14 @@ impl Config {
                     continue;
                 }
             };
-            match Source::build(name, source_config, &self.ingest, &conversion) {
-                Ok(mut source) => {
-                    // A bytes limit lets one body of the largest size the server takes through.
-                    if let Some(limits) = &source_config.limits {
-                        source.limiter = limits.build(self.server.max_body_bytes);
-                    }
-                    sources.push(source)
-                }
+            match Source::build(
+                name,
+                source_config,
+                &self.ingest,
+                &conversion,
+                self.server.max_body_bytes,
+            ) {
+                Ok(source) => sources.push(source),
                 Err(errors) => errors
                     .into_iter()
                     .for_each(|(field, message)| report(format!("{key}.{field}"), message)),
