@@ -39,6 +39,13 @@ pub enum IngestError {
     /// The client's address is not in the source's `allow_from`.
     #[error("source `{0}` takes no requests from this address")]
     AddressNotAllowed(String),
+    /// The source requires a client certificate (mutual TLS) and the one presented, if
+    /// any, is not good for it.
+    #[error("source `{source_name}` refused the client certificate: {refusal}")]
+    ClientCertificate {
+        source_name: String,
+        refusal: crate::client_cert::CertRefusal,
+    },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the batch has {count} items; at most {limit} are allowed")]
@@ -78,7 +85,7 @@ impl IngestError {
             MissingCredentials { .. } | InvalidCredentials { .. } | TokenExpired => 401,
             TimestampOutsideTolerance { .. } => 401,
             UnknownSource(_) => 404,
-            SourceDisabled(_) | AddressNotAllowed(_) => 403,
+            SourceDisabled(_) | AddressNotAllowed(_) | ClientCertificate { .. } => 403,
             BodyTooLarge { .. } | BatchTooLarge { .. } => 413,
             UnsupportedMediaType { .. } => 415,
             InvalidJson { .. } | EmptyBatch => 400,
@@ -100,6 +107,7 @@ impl IngestError {
             UnknownSource(_) => "unknown-source",
             SourceDisabled(_) => "source-disabled",
             AddressNotAllowed(_) => "address-not-allowed",
+            ClientCertificate { .. } => "client-certificate-refused",
             BodyTooLarge { .. } => "body-too-large",
             BatchTooLarge { .. } => "batch-too-large",
             EmptyBatch => "empty-batch",
@@ -124,6 +132,7 @@ impl IngestError {
             UnknownSource(_) => "Unknown source",
             SourceDisabled(_) => "Source disabled",
             AddressNotAllowed(_) => "Address not allowed",
+            ClientCertificate { .. } => "Client certificate refused",
             BodyTooLarge { .. } => "Body too large",
             BatchTooLarge { .. } => "Batch too large",
             EmptyBatch => "Empty batch",

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod browser;
+pub mod client_cert;
 pub mod conversion;
 pub mod dedup;
 pub mod error;
@@ -18,6 +19,6 @@ pub mod source;
 
 pub use error::{FieldError, IngestError};
 pub use mapping::{ConversionMapping, MappedConversion, MappingConfig};
-pub use pipeline::{DryRunEvent, IngestResponse, Ingestor, Rejection, Target};
+pub use pipeline::{Caller, DryRunEvent, IngestResponse, Ingestor, Rejection, Target};
 pub use schema::{CONVERSION_SCHEMA, EventSchema};
 pub use source::{DedupSettings, IngestSettings, InspectorSettings, Source, SourceConfig};

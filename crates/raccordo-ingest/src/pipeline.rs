@@ -69,6 +69,16 @@ pub struct IngestResponse {
     pub event_times_ms: Vec<i64>,
 }
 
+/// Who is calling, as the connection shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The client's address (behind trusted proxies, the forwarded one); `None` when
+    /// unknown, which only a source without `allow_from` accepts.
+    pub address: Option<std::net::IpAddr>,
+    /// The certificate chain presented in the TLS handshake, if any.
+    pub certificates: Option<crate::client_cert::PresentedChain>,
+}
+
 pub struct Ingestor {
     sources: HashMap<String, Arc<Source>>,
     conversion_sources: Vec<Arc<Source>>,
@@ -116,15 +126,14 @@ impl Ingestor {
     }
 
     /// Runs the whole pipeline. On `Err`, nothing was stored.
-    /// `client` is the caller's address (behind trusted proxies, the forwarded one); `None`
-    /// when unknown, which only a source without `allow_from` accepts.
     pub async fn ingest(
         &self,
         target: Target<'_>,
         headers: &HeaderMap,
         body: Bytes,
-        client: Option<std::net::IpAddr>,
+        caller: &Caller,
     ) -> Result<IngestResponse, Rejection> {
+        let client = caller.address;
         let now_ms = self.clock.now_ms();
         let refused = |error| Rejection {
             source: match target {
@@ -134,8 +143,19 @@ impl Ingestor {
             authenticated: false,
             error,
         };
-        let allowed = |source: &Source| {
-            source.allow_from.is_empty() || client.is_some_and(|c| source.allow_from.contains(c))
+        // Network rules before credentials: the address, then the certificate.
+        let admitted = |source: &Source| {
+            if !(source.allow_from.is_empty()
+                || client.is_some_and(|c| source.allow_from.contains(c)))
+            {
+                return Err(self.not_allowed(source));
+            }
+            match &source.client_cert {
+                Some(rule) => rule
+                    .check(caller.certificates.as_deref())
+                    .map_err(|refusal| self.certificate_refused(source, refusal)),
+                None => Ok(()),
+            }
         };
         // A named source's allowlist is checked before its credentials are even looked at.
         let named = match target {
@@ -145,9 +165,7 @@ impl Ingestor {
         // So is its rate limit: a flood is turned away before signatures are computed.
         let early = named.and_then(|name| self.sources.get(name));
         if let Some(source) = early {
-            if !allowed(source) {
-                return Err(refused(self.not_allowed(source)));
-            }
+            admitted(source).map_err(refused)?;
             self.within_limits(source, client, body.len())
                 .map_err(refused)?;
         }
@@ -155,9 +173,7 @@ impl Ingestor {
             .authenticate(target, headers, &body, now_ms)
             .map_err(refused)?;
         if early.is_none() {
-            if !allowed(&source) {
-                return Err(refused(self.not_allowed(&source)));
-            }
+            admitted(&source).map_err(refused)?;
             self.within_limits(&source, client, body.len())
                 .map_err(refused)?;
         }
@@ -190,6 +206,19 @@ impl Ingestor {
         metrics::counter!("raccordo_ingest_rejected_total", "source" => source.name.to_string(), "reason" => "address-not-allowed").increment(1);
         source.health.record(0, 0, 1, self.clock.now_ms());
         IngestError::AddressNotAllowed(source.name.to_string())
+    }
+
+    fn certificate_refused(
+        &self,
+        source: &Source,
+        refusal: crate::client_cert::CertRefusal,
+    ) -> IngestError {
+        metrics::counter!("raccordo_ingest_rejected_total", "source" => source.name.to_string(), "reason" => "client-certificate-refused").increment(1);
+        source.health.record(0, 0, 1, self.clock.now_ms());
+        IngestError::ClientCertificate {
+            source_name: source.name.to_string(),
+            refusal,
+        }
     }
 
     /// Runs a request that was refused after authentication through the named source again

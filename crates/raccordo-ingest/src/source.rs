@@ -51,6 +51,10 @@ pub struct SourceConfig {
     /// Rate limits: requests for the whole source, per client address, and body bytes
     /// (each allows a burst of twice its rate). Default: none.
     pub limits: Option<crate::limits::LimitsConfig>,
+    /// Mutual TLS: senders must present a certificate from this CA carrying one of these
+    /// names (needs `[server.tls]`). Default: no certificate asked for.
+    #[serde(default)]
+    pub client_certificate: Option<crate::client_cert::ClientCertConfig>,
 }
 
 fn yes() -> bool {
@@ -174,6 +178,8 @@ pub struct Source {
     pub allow_from: crate::network::Networks,
     /// How fast (unlimited without `limits`).
     pub limiter: crate::limits::SourceLimiter,
+    /// The client certificate required (mutual TLS), if any.
+    pub client_cert: Option<crate::client_cert::ClientCertRule>,
 }
 
 /// The event-time field of a source.
@@ -346,6 +352,18 @@ impl Source {
         for (field, message) in config.limits.iter().flat_map(|l| l.problems()) {
             errors.push((format!("limits.{field}"), message));
         }
+        let client_cert = match config.client_certificate.as_ref().map(|c| c.build()) {
+            None => None,
+            Some(Ok(rule)) => Some(rule),
+            Some(Err(problems)) => {
+                errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|(k, m)| (format!("client_certificate.{k}"), m)),
+                );
+                None
+            }
+        };
         for (i, pointer) in key_fields.iter().enumerate() {
             if !pointer.starts_with('/') {
                 errors.push((
@@ -407,6 +425,7 @@ impl Source {
                 time,
                 mapping,
                 allow_from,
+                client_cert,
                 // A bytes limit lets one body of the largest size the server takes through.
                 limiter: config
                     .limits

@@ -32,10 +32,24 @@ pub struct HubApi {
 
 impl HubApi {
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, reqwest::Error> {
-        Ok(Self {
-            http: reqwest::Client::builder()
+        Self::with_client(
+            base_url,
+            token,
+            reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+        )
+    }
+
+    /// With a client of the caller's (the hub over its own TLS listener brings one that
+    /// trusts its certificate).
+    pub fn with_client(
+        base_url: &str,
+        token: Option<String>,
+        http: reqwest::Client,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http,
             base_url: base_url.trim_end_matches('/').to_string(),
             token,
         })
@@ -359,7 +373,7 @@ impl ServerHandler for RaccordoMcp {
 
 /// The streamable-HTTP service for `/mcp` of a hub whose admin API is at `base_url`.
 pub fn http_service(
-    base_url: &str,
+    api: HubApi,
     cancel: tokio_util::sync::CancellationToken,
 ) -> Result<
     rmcp::transport::streamable_http_server::StreamableHttpService<
@@ -371,7 +385,7 @@ pub fn http_service(
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    let server = RaccordoMcp::new(HubApi::new(base_url, None)?);
+    let server = RaccordoMcp::new(api);
     Ok(StreamableHttpService::new(
         move || Ok(server.clone()),
         Default::default(),

@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub extra_routes: Option<Router>,
     /// Header-read timeout and connection caps.
     pub limits: crate::connections::ConnectionLimits,
+    /// HTTPS: the listener speaks TLS only (`[server.tls]`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Serves until `shutdown` resolves, then stops taking new connections and drains in-flight
@@ -57,10 +59,10 @@ pub async fn serve(
         let _ = drained_tx.send(());
     };
     let limits = options.limits;
-    let mut serve =
-        tokio::spawn(
-            async move { crate::connections::serve(listener, router, limits, signal).await },
-        );
+    let tls = options.tls.clone();
+    let mut serve = tokio::spawn(async move {
+        crate::connections::serve(listener, router, limits, tls, signal).await
+    });
     let grace = options.shutdown_grace;
     // Wait for the server; once shutdown starts, give it at most `grace` to drain.
     let result = tokio::select! {

@@ -28,6 +28,10 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// The certificate chain the client presented in the TLS handshake (end entity first).
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub raccordo_ingest::client_cert::PresentedChain);
+
 /// `[server]` connection settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +180,41 @@ async fn refuse(mut stream: TcpStream, why: Refusal) {
     .await;
 }
 
+/// Aborts a background task when dropped (the certificate refresher ends with the server).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The router, with the connection's peer address and certificates attached to each
+/// request, for allowlists, mutual TLS and logs.
+fn with_peer(
+    router: Router,
+    peer: PeerAddr,
+    certificates: Option<PeerCertificates>,
+) -> hyper_util::service::TowerToHyperService<
+    impl tower::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone,
+> {
+    hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+        router,
+        move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer);
+            if let Some(certificates) = &certificates {
+                request.extensions_mut().insert(certificates.clone());
+            }
+            request
+        },
+    ))
+}
+
 /// The HTTP/2 connection preface: what the protocol sniffing waits for.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -211,6 +250,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<crate::tls::Tls>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let max = limits.effective_max();
@@ -236,7 +276,13 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.header_read_timeout)
         .keep_alive_timeout(limits.header_read_timeout);
+    // Over TLS, ALPN has already named the protocol: no sniffing.
+    let http1_only = Arc::new(builder.clone().http1_only());
+    let http2_only = Arc::new(builder.clone().http2_only());
     let builder = Arc::new(builder);
+    let _refresher = tls
+        .clone()
+        .map(|tls| AbortOnDrop(tokio::spawn(tls.keep_fresh())));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
@@ -261,30 +307,60 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        // The peer's address travels with each request, for allowlists and logs.
-        let service =
-            hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
-                router.clone(),
-                move |mut request: http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(PeerAddr(peer));
-                    request
-                },
-            ));
-        let builder = builder.clone();
+        let router = router.clone();
         let watcher = graceful.watcher();
         let timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
-            // Until the protocol is known, hyper's own header timer is not running: bound
-            // that first wait here.
-            if !protocol_known(&stream, timeout).await {
-                metrics::counter!("raccordo_http_connections_timed_out_total").increment(1);
+        let Some(tls) = tls.clone() else {
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                // Until the protocol is known, hyper's own header timer is not running: bound
+                // that first wait here.
+                if !protocol_known(&stream, timeout).await {
+                    metrics::counter!("raccordo_http_connections_timed_out_total").increment(1);
+                    drop(slot);
+                    return;
+                }
+                let service = with_peer(router, PeerAddr(peer), None);
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                // Errors here are the client's (a reset, a header timeout): nothing to report.
+                let _ = watcher.watch(connection).await;
                 drop(slot);
-                return;
-            }
+            });
+            continue;
+        };
+        let (http1_only, http2_only) = (http1_only.clone(), http2_only.clone());
+        tokio::spawn(async move {
+            // The handshake is bounded like a request's headers.
+            let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    metrics::counter!("raccordo_tls_handshakes_failed_total").increment(1);
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    drop(slot);
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("raccordo_http_connections_timed_out_total").increment(1);
+                    drop(slot);
+                    return;
+                }
+            };
+            let (_, session) = stream.get_ref();
+            let certificates = session
+                .peer_certificates()
+                .filter(|c| !c.is_empty())
+                .map(|c| PeerCertificates(c.iter().map(|c| c.clone().into_owned()).collect()));
+            let builder = if session.alpn_protocol() == Some(b"h2") {
+                http2_only
+            } else {
+                http1_only
+            };
+            let service = with_peer(router, PeerAddr(peer), certificates);
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            // Errors here are the client's (a reset, a header timeout): nothing to report.
             let _ = watcher.watch(connection).await;
             drop(slot);
         });

@@ -37,6 +37,37 @@ impl FromRequestParts<Arc<AppState>> for Admin {
     }
 }
 
+/// Who is calling: the client's address (the peer's, or the forwarded one behind a trusted
+/// proxy) and the certificate it presented over TLS, if any.
+pub struct ClientOf(pub raccordo_ingest::Caller);
+
+impl FromRequestParts<Arc<AppState>> for ClientOf {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let address = parts
+            .extensions
+            .get::<crate::connections::PeerAddr>()
+            .map(|peer| {
+                raccordo_ingest::network::client_address(
+                    peer.0.ip(),
+                    &parts.headers,
+                    &state.trusted_proxies,
+                )
+            });
+        let certificates = parts
+            .extensions
+            .get::<crate::connections::PeerCertificates>()
+            .map(|c| c.0.clone());
+        Ok(ClientOf(raccordo_ingest::Caller {
+            address,
+            certificates,
+        }))
+    }
+}
+
 /// Query parameters deserialised strictly (unknown ones refused); a bad parameter is a 400
 /// problem naming it.
 pub struct ValidQuery<T>(pub T);

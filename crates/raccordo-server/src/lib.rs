@@ -18,5 +18,6 @@ pub mod routes;
 pub mod settings;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{AppState, ServeOptions, serve, shutdown_signal};

@@ -46,6 +46,10 @@ pub const PROBLEM_TYPES: &[(&str, &str)] = &[
         "address-not-allowed",
         "The client's address is not in the source's `allow_from`",
     ),
+    (
+        "client-certificate-refused",
+        "The source requires a client certificate (mutual TLS) and none good for it was presented",
+    ),
     ("not-found", "No such route or resource"),
     (
         "grant-refused",

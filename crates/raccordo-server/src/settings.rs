@@ -41,6 +41,10 @@ pub struct ServerConfig {
     /// Proxies (load balancers) whose `Forwarded` / `X-Forwarded-For` headers are believed,
     /// as addresses or networks; empty (the default): those headers are never read.
     pub trusted_proxies: Vec<String>,
+    /// HTTPS on `listen` (`[server.tls]`): certificate and key files, reloaded on change
+    /// or `SIGHUP`, and an optional plain-HTTP listener that only redirects. Default: plain
+    /// HTTP, for use behind a proxy that terminates TLS or on loopback.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
                 .header_read_timeout,
             max_connections: 0,
             trusted_proxies: Vec::new(),
+            tls: None,
             max_connections_per_address: crate::connections::ConnectionLimits::default()
                 .max_connections_per_address,
         }

@@ -348,6 +348,31 @@ impl Config {
                 "must be at least 1024".into(),
             );
         }
+        match &self.server.tls {
+            Some(tls) => {
+                if let Err(e) =
+                    raccordo_server::tls::load_certified_key(&tls.cert_file, &tls.key_file)
+                {
+                    report("server.tls".into(), e);
+                }
+                if tls.redirect_listen.is_some_and(|r| r == self.server.listen) {
+                    report(
+                        "server.tls.redirect_listen".into(),
+                        "must differ from server.listen".into(),
+                    );
+                }
+            }
+            None => {
+                for (name, source) in &self.sources {
+                    if source.client_certificate.is_some() {
+                        report(
+                            format!("sources.{name}.client_certificate"),
+                            "client certificates are asked for in the TLS handshake: configure [server.tls]".into(),
+                        );
+                    }
+                }
+            }
+        }
         if let Err(bad) = raccordo_ingest::network::Networks::parse(&self.server.trusted_proxies) {
             for (i, message) in bad {
                 report(format!("server.trusted_proxies[{i}]"), message);

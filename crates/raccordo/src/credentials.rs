@@ -106,6 +106,7 @@ impl Credentials {
                 forms: None,
                 allow_from: Vec::new(),
                 limits: None,
+                client_certificate: None,
             },
         );
         config.admin.tokens.push(AdminTokenConfig {

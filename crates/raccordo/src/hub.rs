@@ -20,6 +20,8 @@ pub struct Hub {
     state: Arc<AppState>,
     stores: Stores,
     listener: TcpListener,
+    /// The plain-HTTP listener that only redirects to HTTPS, if configured.
+    redirect: Option<TcpListener>,
     options: ServeOptions,
     /// Ends the MCP endpoint's open streams at shutdown.
     mcp_cancel: tokio_util::sync::CancellationToken,
@@ -226,23 +228,59 @@ impl Hub {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let tls = match &config.server.tls {
+            Some(settings) => {
+                // The handshake accepts client certificates from any source's CA; each source
+                // then checks the certificate is its own.
+                let client_cas: Vec<_> = state
+                    .ingestor
+                    .sources()
+                    .filter_map(|s| s.client_cert.as_ref())
+                    .flat_map(|rule| rule.ca_certificates.iter().cloned())
+                    .collect();
+                Some(
+                    raccordo_server::tls::Tls::load(settings, &client_cas)
+                        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        let redirect = match config.server.tls.as_ref().and_then(|t| t.redirect_listen) {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr} (server.tls.redirect_listen): {e}")
+            })?),
+            None => None,
+        };
         // MCP tools call the admin API of this very hub, with the caller's token.
         let mut own = listener.local_addr()?;
         if own.ip().is_unspecified() {
             own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let mcp_cancel = tokio_util::sync::CancellationToken::new();
-        let mcp = raccordo_mcp::http_service(&format!("http://{own}"), mcp_cancel.clone())?;
+        let api = match &tls {
+            Some(tls) => raccordo_mcp::HubApi::with_client(
+                &format!("https://{own}"),
+                None,
+                reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(30))
+                    .tls_backend_preconfigured(tls.own_client_config())
+                    .build()?,
+            )?,
+            None => raccordo_mcp::HubApi::new(&format!("http://{own}"), None)?,
+        };
+        let mcp = raccordo_mcp::http_service(api, mcp_cancel.clone())?;
         Ok(Self {
             state,
             stores,
             listener,
+            redirect,
             options: ServeOptions {
                 bench_routes: config.server.bench_routes,
                 request_timeout: config.server.request_timeout,
                 shutdown_grace: config.server.shutdown_grace,
                 extra_routes: Some(axum::Router::new().nest_service("/mcp", mcp)),
                 limits: config.server.connection_limits(),
+                tls,
             },
             mcp_cancel,
             _backend: backend,
@@ -251,6 +289,11 @@ impl Hub {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Whether the listener speaks HTTPS (`[server.tls]`).
+    pub fn serves_tls(&self) -> bool {
+        self.options.tls.is_some()
     }
 
     /// Serves until `shutdown` resolves; then drains requests, stops the background work
@@ -263,16 +306,29 @@ impl Hub {
             state,
             stores,
             listener,
+            redirect,
             options,
             mcp_cancel,
             _backend,
         } = self;
         let grace = options.shutdown_grace;
         // Open MCP streams end with the shutdown instead of holding the drain.
+        let stopping = mcp_cancel.clone();
         let shutdown = async move {
             shutdown.await;
             mcp_cancel.cancel();
         };
+        if let Some(redirect) = redirect {
+            let https_port = listener.local_addr()?.port();
+            let limits = options.limits;
+            tokio::spawn(raccordo_server::connections::serve(
+                redirect,
+                raccordo_server::tls::redirect_router(https_port),
+                limits,
+                None,
+                stopping.cancelled_owned(),
+            ));
+        }
         let served = raccordo_server::serve(listener, state.clone(), options, shutdown).await;
         state.supervisor.shutdown(grace).await;
         stores.log.close().await;

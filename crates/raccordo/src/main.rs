@@ -533,7 +533,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = built.config.database_path();
     let hub = Hub::bind(built, args.listen).await?;
     let addr = hub.local_addr()?;
-    tracing::info!(addr = %addr, database = %database.display(), "listening");
+    let scheme = if hub.serves_tls() { "https" } else { "http" };
+    tracing::info!(addr = %addr, url = %format!("{scheme}://{addr}"), database = %database.display(), "listening");
     hub.run(raccordo_server::shutdown_signal()).await
 }
 

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 
+use crate::extract::ClientOf;
 use crate::state::AppState;
 use raccordo_ingest::Target;
 use std::sync::atomic::Ordering;
@@ -82,27 +83,12 @@ pub struct ItemAnswer {
 )]
 pub async fn ingest_conversion(
     State(state): State<Arc<AppState>>,
-    peer: Option<axum::Extension<crate::connections::PeerAddr>>,
+    ClientOf(caller): ClientOf,
     uri: http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let client = client_of(&state, peer, &headers);
-    ingest(&state, Target::Conversion, &uri, client, headers, body).await
-}
-
-/// The caller's address: the peer's, or the forwarded one behind a trusted proxy.
-fn client_of(
-    state: &AppState,
-    peer: Option<axum::Extension<crate::connections::PeerAddr>>,
-    headers: &HeaderMap,
-) -> Option<std::net::IpAddr> {
-    let peer = peer?.0.0.ip();
-    Some(raccordo_ingest::network::client_address(
-        peer,
-        headers,
-        &state.trusted_proxies,
-    ))
+    ingest(&state, Target::Conversion, &uri, &caller, headers, body).await
 }
 
 /// Send an event (or an array) to a configured source.
@@ -119,7 +105,7 @@ fn client_of(
 )]
 pub async fn ingest_source(
     State(state): State<Arc<AppState>>,
-    peer: Option<axum::Extension<crate::connections::PeerAddr>>,
+    ClientOf(caller): ClientOf,
     Path(source): Path<String>,
     uri: http::Uri,
     mut headers: HeaderMap,
@@ -158,8 +144,15 @@ pub async fn ingest_source(
         headers.insert("x-api-key", value);
     }
     let origin = allowed_origin(configured.as_deref(), &headers);
-    let client = client_of(&state, peer, &headers);
-    let mut response = ingest(&state, Target::Source(&source), &uri, client, headers, body).await;
+    let mut response = ingest(
+        &state,
+        Target::Source(&source),
+        &uri,
+        &caller,
+        headers,
+        body,
+    )
+    .await;
     if form_post
         && response.status() == StatusCode::ACCEPTED
         && let Some(url) = forms.and_then(|f| f.redirect.as_deref())
@@ -243,7 +236,7 @@ async fn ingest(
     state: &AppState,
     target: Target<'_>,
     uri: &http::Uri,
-    client: Option<std::net::IpAddr>,
+    caller: &raccordo_ingest::Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -278,7 +271,7 @@ async fn ingest(
     };
     match state
         .ingestor
-        .ingest(target, &headers, body.clone(), client)
+        .ingest(target, &headers, body.clone(), caller)
         .await
     {
         // Duplicates and clock skew reach the alert engine through the source's counters,

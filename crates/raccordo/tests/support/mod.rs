@@ -99,6 +99,15 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Sends a signal by name (`HUP`, `USR1`, ...) without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
