@@ -130,9 +130,11 @@ impl AiClient {
         cache_ttl: Duration,
         limits: Arc<dyn RateLimitStore>,
         clock: Arc<dyn Clock>,
+        outbound: &raccordo_outbound::Outbound,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            http: reqwest::Client::builder().build()?,
+            http: raccordo_outbound::client_builder(outbound, raccordo_outbound::Redirects::Follow)
+                .build()?,
             providers,
             cache,
             cache_ttl,

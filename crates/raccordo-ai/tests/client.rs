@@ -85,6 +85,8 @@ fn client(providers: Vec<Provider>, store: &SqliteStore) -> AiClient {
         Duration::from_secs(3600),
         stores.rate_limits.clone(),
         Arc::new(SystemClock) as Arc<dyn Clock>,
+        // The emulator listens on loopback.
+        &Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
     )
     .unwrap()
 }

@@ -36,6 +36,9 @@ pub struct HubSpotSettings {
     /// Search calls per second.
     pub search_per_s: u32,
     pub timeout: Duration,
+    /// Which addresses the client may call (`[outbound]`); the default allows public
+    /// `https` hosts only.
+    pub outbound: raccordo_outbound::Outbound,
 }
 
 impl Default for HubSpotSettings {
@@ -46,6 +49,7 @@ impl Default for HubSpotSettings {
             daily: None,
             search_per_s: 4,
             timeout: Duration::from_secs(30),
+            outbound: Default::default(),
         }
     }
 }
@@ -69,6 +73,7 @@ impl HubSpotClient {
                 SYSTEM,
                 &settings.base_url,
                 settings.timeout,
+                &settings.outbound,
                 tokens,
                 limits,
                 clock,

@@ -56,14 +56,16 @@ impl Transport {
         system: &'static str,
         base_url: &str,
         timeout: Duration,
+        outbound: &raccordo_outbound::Outbound,
         tokens: Arc<dyn TokenSource>,
         limits: Arc<dyn RateLimitStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, CrmError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| CrmError::transport(system, &e))?;
+        let http =
+            raccordo_outbound::client_builder(outbound, raccordo_outbound::Redirects::Follow)
+                .timeout(timeout)
+                .build()
+                .map_err(|e| CrmError::transport(system, &e))?;
         Ok(Self {
             system,
             http,

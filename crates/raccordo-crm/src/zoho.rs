@@ -37,6 +37,9 @@ pub struct ZohoSettings {
     /// otherwise writes send `"trigger": []`.
     pub workflows: bool,
     pub timeout: Duration,
+    /// Which addresses the client may call (`[outbound]`); the default allows public
+    /// `https` hosts only.
+    pub outbound: raccordo_outbound::Outbound,
 }
 
 impl Default for ZohoSettings {
@@ -47,6 +50,7 @@ impl Default for ZohoSettings {
             concurrency: 10,
             workflows: false,
             timeout: Duration::from_secs(30),
+            outbound: Default::default(),
         }
     }
 }
@@ -72,6 +76,7 @@ impl ZohoClient {
                 SYSTEM,
                 &settings.base_url,
                 settings.timeout,
+                &settings.outbound,
                 tokens,
                 limits,
                 clock,

@@ -54,6 +54,7 @@ async fn hubspot_upserts_by_email_in_batches_of_100_and_a_repeat_creates_nothing
     let client = HubSpotClient::new(
         &HubSpotSettings {
             base_url: hs.base_url.clone(),
+            outbound: std::sync::Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
             ..HubSpotSettings::default()
         },
         Arc::new(StaticToken(credential(&hs, "token").into())),
@@ -145,6 +146,7 @@ async fn hubspot_validation_errors_are_permanent_and_name_the_property() {
     let client = HubSpotClient::new(
         &HubSpotSettings {
             base_url: hs.base_url.clone(),
+            outbound: std::sync::Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
             ..HubSpotSettings::default()
         },
         Arc::new(StaticToken(credential(&hs, "token").into())),
@@ -172,6 +174,7 @@ async fn hubspot_validation_errors_are_permanent_and_name_the_property() {
     let bad_token = HubSpotClient::new(
         &HubSpotSettings {
             base_url: hs.base_url.clone(),
+            outbound: std::sync::Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
             ..HubSpotSettings::default()
         },
         Arc::new(StaticToken("pat-wrong".into())),
@@ -231,6 +234,7 @@ async fn zoho_upserts_with_no_workflows_and_refreshes_an_expired_token_once() {
     let client = ZohoClient::new(
         &ZohoSettings {
             base_url: z.base_url.clone(),
+            outbound: std::sync::Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
             ..ZohoSettings::default()
         },
         tokens.clone(),

@@ -85,11 +85,16 @@ fn valid_name(name: &str) -> bool {
 impl Flows {
     /// Checks and compiles `configs`; every problem is reported, each naming the flow, the
     /// step and the field. `sources` are the configured webhook sources' names.
-    pub fn load(configs: &[FlowConfig], sources: &[String]) -> Result<Self, Vec<ConfigProblem>> {
+    /// `outbound` is the policy the URLs of `http` and `notify` steps must pass.
+    pub fn load(
+        configs: &[FlowConfig],
+        sources: &[String],
+        outbound: &raccordo_outbound::Outbound,
+    ) -> Result<Self, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         let mut by_name = BTreeMap::new();
         for config in configs {
-            match compile(config, sources) {
+            match compile(config, sources, outbound) {
                 Ok(flow) => {
                     if by_name.insert(flow.name.clone(), Arc::new(flow)).is_some() {
                         problems.push(problem(config, None, "name", "another flow has this name"));
@@ -139,7 +144,11 @@ fn problem(
     }
 }
 
-fn compile(config: &FlowConfig, sources: &[String]) -> Result<Flow, Vec<ConfigProblem>> {
+fn compile(
+    config: &FlowConfig,
+    sources: &[String],
+    outbound: &raccordo_outbound::Outbound,
+) -> Result<Flow, Vec<ConfigProblem>> {
     let mut problems = Vec::new();
     if !valid_name(&config.name) {
         problems.push(problem(
@@ -229,6 +238,7 @@ fn compile(config: &FlowConfig, sources: &[String]) -> Result<Flow, Vec<ConfigPr
             &BuildContext {
                 step_names: &names,
                 index,
+                outbound,
             },
         ) {
             Ok(step) => steps.push(FlowStep {

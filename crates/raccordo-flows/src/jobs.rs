@@ -143,7 +143,9 @@ pub async fn on_finished(
 pub struct CallbackSender {
     pub runs: Arc<dyn RunStore>,
     pub secret: WebhookSecret,
+    /// Built on the outbound policy, following no redirects (the body is signed).
     pub http: reqwest::Client,
+    pub outbound: raccordo_outbound::Outbound,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -167,6 +169,14 @@ impl CallbackSender {
                 error: "not a job callback".into(),
             };
         };
+        // The URL came with the job request: judged now, before anything is sent.
+        if let Err(refusal) = self.outbound.check_url_text(url) {
+            metrics::counter!("raccordo_outbound_refused_total", "reason" => refusal.label())
+                .increment(1);
+            return Completion::Permanent {
+                error: format!("callback_url refused: {refusal}"),
+            };
+        }
         let run = match self.runs.run(run_id).await {
             Ok(Some(run)) => run,
             Ok(None) => {

@@ -21,6 +21,9 @@ pub struct Services {
     pub crm: Arc<dyn CrmGateway>,
     pub http: reqwest::Client,
     pub channels: ChannelContext,
+    /// Which addresses steps may call; URLs made at run time are checked against it
+    /// before the call (names are checked again after resolution by the client).
+    pub outbound: raccordo_outbound::Outbound,
     pub clock: Arc<dyn Clock>,
     /// Marks the records flows wrote (see [`echo_key`]).
     pub kv: Arc<dyn KeyValueStore>,
@@ -33,22 +36,31 @@ impl Services {
     pub fn new(
         ai: Option<Arc<AiClient>>,
         crm: Arc<dyn CrmGateway>,
-        http: reqwest::Client,
+        outbound: &raccordo_outbound::Outbound,
         clock: Arc<dyn Clock>,
         kv: Arc<dyn KeyValueStore>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
             ai,
             crm,
             kv,
-            channels: ChannelContext {
-                http: http.clone(),
-                clock: clock.clone(),
-            },
-            http,
+            channels: ChannelContext::new(outbound, clock.clone())?,
+            http: raccordo_outbound::client_builder(outbound, raccordo_outbound::Redirects::Follow)
+                .timeout(std::time::Duration::from_secs(45))
+                .build()?,
+            outbound: outbound.clone(),
             clock,
             tokens: Mutex::new(HashMap::new()),
-        }
+        })
+    }
+
+    /// Whether a URL made at run time may be called.
+    pub fn check_url(&self, url: &reqwest::Url, field: &str) -> Result<(), StepError> {
+        self.outbound.check_url(url).map_err(|refusal| {
+            metrics::counter!("raccordo_outbound_refused_total", "reason" => refusal.label())
+                .increment(1);
+            StepError::at(field, refusal.to_string())
+        })
     }
 
     /// A client-credentials access token, fetched once and reused until a minute before
@@ -81,6 +93,9 @@ impl Services {
         if let Some(scope) = scope {
             form.push(("scope", scope));
         }
+        let token_url = reqwest::Url::parse(token_url)
+            .map_err(|_| StepError::at("auth.token_url", "not a URL"))?;
+        self.check_url(&token_url, "auth.token_url")?;
         let response = self
             .http
             .post(token_url)

@@ -106,6 +106,7 @@ fn step(settings: Value) -> Arc<dyn steps::Step> {
         &BuildContext {
             step_names: &names,
             index: 0,
+            outbound: &Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
         },
     )
     .unwrap()
@@ -119,10 +120,12 @@ fn services(dir: &tempfile::TempDir) -> (SqliteStore, Services) {
     let services = Services::new(
         None,
         Arc::new(CrmClients::default()),
-        reqwest::Client::new(),
+        // The servers these tests call listen on loopback.
+        &Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
         Arc::new(SystemClock) as Arc<dyn Clock>,
         kv,
-    );
+    )
+    .unwrap();
     (store, services)
 }
 

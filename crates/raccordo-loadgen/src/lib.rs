@@ -57,6 +57,8 @@ pub struct Options {
     pub insight: Option<insight::InsightOptions>,
     /// Event times from a timeline instead of the clock.
     pub timeline: Option<traffic::Timeline>,
+    /// PEM CA certificate(s) to trust for `https://` instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -127,11 +129,14 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         Mode::Closed { concurrency } => concurrency,
         Mode::Open { max_in_flight, .. } => max_in_flight,
     };
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .build()?;
+        .tcp_nodelay(true);
+    if let Some(pem) = &options.ca_pem {
+        client = client.tls_certs_only(reqwest::Certificate::from_pem_bundle(pem)?);
+    }
+    let client = client.build()?;
     let listener = match &options.insight {
         Some(o) => Some(insight::Listener::start(o.clone(), Instant::now()).await?),
         None => None,

@@ -59,18 +59,37 @@ pub enum ChannelConfig {
     Email(EmailConfig),
 }
 
-/// What channels share: one HTTP client (connection pool) and the hub's clock.
+/// What channels share: one HTTP client (connection pool, built on the outbound policy and
+/// following no redirects: a signed body goes only where it was addressed), the policy its
+/// URLs are checked against, and the hub's clock.
 #[derive(Clone)]
 pub struct ChannelContext {
     pub http: reqwest::Client,
+    pub outbound: raccordo_outbound::Outbound,
     pub clock: Arc<dyn Clock>,
+}
+
+impl ChannelContext {
+    pub fn new(
+        outbound: &raccordo_outbound::Outbound,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: raccordo_outbound::client_builder(outbound, raccordo_outbound::Redirects::Never)
+                .timeout(std::time::Duration::from_secs(10))
+                .build()?,
+            outbound: outbound.clone(),
+            clock,
+        })
+    }
 }
 
 impl ChannelConfig {
     /// Checks the config as `raccordo check` does, without sending anything.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self, outbound: &raccordo_outbound::Outbound) -> Result<(), String> {
         self.build(&ChannelContext {
             http: reqwest::Client::new(),
+            outbound: outbound.clone(),
             clock: Arc::new(raccordo_core::SystemClock),
         })
         .map(|_| ())
@@ -95,13 +114,14 @@ impl ChannelConfig {
     }
 }
 
-/// An `http(s)` URL, or why not.
-fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err("`url` must be an http(s) URL".into())
-    }
+/// A URL the outbound policy lets the hub call, or why not (never echoing the URL: a Slack
+/// webhook's path is its secret).
+fn check_url(url: &str, context: &ChannelContext) -> Result<(), String> {
+    context
+        .outbound
+        .check_url_text(url)
+        .map(|_| ())
+        .map_err(|e| format!("`url`: {e}"))
 }
 
 /// Reads an HTTP answer the way every HTTP channel does, and records the call (by host

@@ -251,6 +251,7 @@ impl AlertEngine {
         queue: Arc<dyn WorkQueue>,
         history: Arc<dyn AlertHistory>,
         clock: Arc<dyn Clock>,
+        outbound: &raccordo_outbound::Outbound,
     ) -> anyhow::Result<Arc<Self>> {
         let rule = DuplicateBurstRule {
             threshold: config.duplicate_burst.threshold,
@@ -272,12 +273,7 @@ impl AlertEngine {
                 min_events: config.conversion_drop.min_events,
                 cooldown_ms: config.conversion_drop.cooldown.as_millis() as i64,
             });
-        let context = ChannelContext {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-            clock: clock.clone(),
-        };
+        let context = ChannelContext::new(outbound, clock.clone())?;
         let channels = config
             .channels
             .iter()

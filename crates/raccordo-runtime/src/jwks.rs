@@ -13,15 +13,20 @@ use crate::supervisor::TaskContext;
 
 const JWKS_REFRESH: Duration = Duration::from_secs(300);
 
-fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?)
+fn client(outbound: &raccordo_outbound::Outbound) -> anyhow::Result<reqwest::Client> {
+    Ok(
+        raccordo_outbound::client_builder(outbound, raccordo_outbound::Redirects::Follow)
+            .timeout(Duration::from_secs(10))
+            .build()?,
+    )
 }
 
 /// Fetches every JWKS once; returns whether any source uses one.
-pub async fn load_all(sources: &[Arc<Source>]) -> anyhow::Result<bool> {
-    let client = client()?;
+pub async fn load_all(
+    sources: &[Arc<Source>],
+    outbound: &raccordo_outbound::Outbound,
+) -> anyhow::Result<bool> {
+    let client = client(outbound)?;
     let mut any = false;
     for source in sources {
         for verifier in &source.verifiers {
@@ -35,8 +40,12 @@ pub async fn load_all(sources: &[Arc<Source>]) -> anyhow::Result<bool> {
 }
 
 /// Refreshes every JWKS every five minutes until shutdown.
-pub async fn keep_fresh(sources: Vec<Arc<Source>>, ctx: TaskContext) -> anyhow::Result<()> {
-    let client = client()?;
+pub async fn keep_fresh(
+    sources: Vec<Arc<Source>>,
+    outbound: raccordo_outbound::Outbound,
+    ctx: TaskContext,
+) -> anyhow::Result<()> {
+    let client = client(&outbound)?;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(JWKS_REFRESH) => {}

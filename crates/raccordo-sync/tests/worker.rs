@@ -61,6 +61,7 @@ async fn world_seeded(contacts: usize) -> World {
         HubSpotClient::new(
             &HubSpotSettings {
                 base_url: hs.base_url.clone(),
+                outbound: std::sync::Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
                 ..HubSpotSettings::default()
             },
             Arc::new(StaticToken(credential(&hs, "token").into())),
@@ -92,6 +93,7 @@ async fn world_seeded(contacts: usize) -> World {
         ZohoClient::new(
             &ZohoSettings {
                 base_url: z.base_url.clone(),
+                outbound: std::sync::Arc::new(raccordo_outbound::OutboundPolicy::allow_all()),
                 ..ZohoSettings::default()
             },
             tokens,

@@ -40,6 +40,10 @@ pub struct Config {
     pub flows: Vec<raccordo_flows::FlowConfig>,
     /// `[jobs]`: async jobs' completion webhooks.
     pub jobs: raccordo_flows::JobsConfig,
+    /// `[outbound]`: which internal addresses and plain-http hosts the hub may call (alert
+    /// channels, CRMs, AI providers, flow steps, callbacks, JWKS). Default: public `https`
+    /// hosts only.
+    pub outbound: raccordo_outbound::OutboundConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
@@ -256,6 +260,42 @@ impl Config {
         }
     }
 
+    /// The outbound policy (`[outbound]`); a config with problems there gets none of its
+    /// allowances (and does not pass `build`).
+    pub fn outbound_policy(&self) -> raccordo_outbound::Outbound {
+        std::sync::Arc::new(
+            raccordo_outbound::OutboundPolicy::from_config(&self.outbound).unwrap_or_default(),
+        )
+    }
+
+    /// Configured URLs the hub calls, by key (the channels' and flow steps' own URLs are
+    /// checked when they are built).
+    fn outbound_urls(&self) -> Vec<(String, &str)> {
+        let mut urls = Vec::new();
+        if let Some(h) = &self.crm.hubspot {
+            urls.push(("crm.hubspot.base_url".to_string(), h.base_url.as_str()));
+        }
+        if let Some(z) = &self.crm.zoho {
+            urls.push(("crm.zoho.base_url".to_string(), z.base_url.as_str()));
+            urls.push(("crm.zoho.token_url".to_string(), z.token_url.as_str()));
+        }
+        for (i, p) in self.ai.providers.iter().enumerate() {
+            if p.kind == raccordo_ai::ProviderKind::OpenaiCompatible {
+                urls.push((format!("ai.providers[{i}].base_url"), p.base_url.as_str()));
+            }
+        }
+        for (name, source) in &self.sources {
+            for (i, auth) in source.auth.iter().enumerate() {
+                if let raccordo_ingest::auth::AuthConfig::Jwt(jwt) = auth
+                    && let Some(url) = &jwt.jwks_url
+                {
+                    urls.push((format!("sources.{name}.auth[{i}].jwks_url"), url.as_str()));
+                }
+            }
+        }
+        urls
+    }
+
     /// Builds the sources and checks cross-field rules, reporting each problem by key path.
     pub fn build(
         &self,
@@ -407,8 +447,22 @@ impl Config {
         for (key, e) in self.alerts.validate() {
             report(format!("alerts.{key}"), e);
         }
+        let outbound = match raccordo_outbound::OutboundPolicy::from_config(&self.outbound) {
+            Ok(policy) => std::sync::Arc::new(policy),
+            Err(problems) => {
+                for (key, message) in problems {
+                    report(format!("outbound.{key}"), message);
+                }
+                std::sync::Arc::new(raccordo_outbound::OutboundPolicy::default())
+            }
+        };
+        for (key, url) in self.outbound_urls() {
+            if let Err(e) = outbound.check_url_text(url) {
+                report(key, e.to_string());
+            }
+        }
         for (i, channel) in self.alerts.channels.iter().enumerate() {
-            if let Err(e) = channel.validate() {
+            if let Err(e) = channel.validate(&outbound) {
                 report(format!("alerts.channels[{i}]"), e);
             }
         }
@@ -447,7 +501,7 @@ impl Config {
             report(format!("ai.{key}"), message);
         }
         let source_names: Vec<String> = self.sources.keys().cloned().collect();
-        let flows = match raccordo_flows::Flows::load(&self.flows, &source_names) {
+        let flows = match raccordo_flows::Flows::load(&self.flows, &source_names, &outbound) {
             Ok(flows) => flows,
             Err(problems) => {
                 for p in problems {

@@ -81,6 +81,7 @@ fn add_ticket_flow(
             "AI_BASE_URL" => format!("{}/v1", ai.base_url),
             "AI_API_KEY" => credential(ai, "api_key").into(),
             "AI_MODEL" => "raccordo-sandbox-1".into(),
+            "SANDBOX_HOST" => "127.0.0.1".into(),
             "SLACK_WEBHOOK_URL" => team_inbox.into(),
             _ => return None,
         })
@@ -224,6 +225,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }),
     };
     config.sync.poll_every = Duration::from_secs(30);
+    // The sandboxes and the team inbox listen on loopback over plain http: the demo lets the
+    // hub call them there, and nowhere else internal.
+    config.outbound = raccordo_outbound::OutboundConfig {
+        allow_internal: vec!["127.0.0.1".into()],
+        allow_http: vec!["127.0.0.1".into()],
+    };
     let counters = Arc::new(Counters::default());
     let inbox = team_inbox(counters.clone()).await?;
     add_ticket_flow(
@@ -277,6 +284,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             seed: rand_u32() as u64,
             insight: None,
             timeline: None,
+            ca_pem: None,
         };
         async move {
             let _ = raccordo_loadgen::run(options).await;

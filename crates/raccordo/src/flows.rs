@@ -111,6 +111,7 @@ pub async fn start(
     if flows.is_empty() {
         return Ok(None);
     }
+    let outbound = config.outbound_policy();
     let ai = if config.ai.providers.is_empty() {
         None
     } else {
@@ -120,18 +121,16 @@ pub async fn start(
             config.ai.cache_ttl,
             stores.rate_limits.clone(),
             clock.clone(),
+            &outbound,
         )?))
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(45))
-        .build()?;
     let services = Arc::new(Services::new(
         ai,
         Arc::new(crm),
-        http,
+        &outbound,
         clock.clone(),
         stores.kv.clone(),
-    ));
+    )?);
     let wake = Arc::new(tokio::sync::Notify::new());
     let runner = Arc::new(FlowRunner::new(
         flows.clone(),
@@ -145,10 +144,10 @@ pub async fn start(
             runs: stores.runs.clone(),
             secret: raccordo_notify::signer::WebhookSecret::parse(secret)
                 .map_err(anyhow::Error::msg)?,
-            http: reqwest::Client::builder()
+            http: raccordo_outbound::client_builder(&outbound, raccordo_outbound::Redirects::Never)
                 .timeout(Duration::from_secs(15))
-                .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            outbound: outbound.clone(),
             clock: clock.clone(),
         });
         let worker: Arc<dyn Worker> = Arc::new(CallbackWorker(sender));

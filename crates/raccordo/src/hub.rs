@@ -78,6 +78,7 @@ impl Hub {
             flows,
         } = built;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let outbound = config.outbound_policy();
         let ingestor = Ingestor::new(
             sources,
             stores.log.clone(),
@@ -108,11 +109,12 @@ impl Hub {
             stores.queue.clone(),
             stores.alerts.clone(),
             clock.clone(),
+            &outbound,
         )?;
-        if raccordo_runtime::jwks::load_all(&sources).await? {
-            let sources = sources.clone();
+        if raccordo_runtime::jwks::load_all(&sources, &outbound).await? {
+            let (sources, outbound) = (sources.clone(), outbound.clone());
             supervisor.spawn("jwks-refresh", move |ctx| {
-                raccordo_runtime::jwks::keep_fresh(sources.clone(), ctx)
+                raccordo_runtime::jwks::keep_fresh(sources.clone(), outbound.clone(), ctx)
             });
         }
         {

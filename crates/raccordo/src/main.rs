@@ -225,6 +225,10 @@ struct LoadgenArgs {
     /// credentials.toml to take the webhook secret or API key from
     #[arg(long, default_value = "raccordo-data/credentials.toml")]
     credentials: PathBuf,
+    /// For an `https://` URL: trust only the CA certificate(s) in this PEM file (e.g. the
+    /// hub's self-signed certificate) instead of the system's roots
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// Sign with this Standard Webhooks secret (whsec_...) instead of the credentials file's
     #[arg(long, env = "RACCORDO_WEBHOOK_SECRET")]
     webhook_secret: Option<String>,
@@ -631,6 +635,13 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
                 read_token: token,
                 out_of_orderness: args.out_of_orderness,
             }),
+        ca_pem: match &args.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        },
         timeline: args
             .event_time_from
             .map(|from_ms| raccordo_loadgen::Timeline {

@@ -67,7 +67,8 @@ pub async fn start(
     let sealer = Arc::new(Sealer::from_env_or_file(
         &config.server.data_dir.join("secret.key"),
     )?);
-    let http = reqwest::Client::builder()
+    let outbound = config.outbound_policy();
+    let http = raccordo_outbound::client_builder(&outbound, raccordo_outbound::Redirects::Follow)
         .timeout(Duration::from_secs(30))
         .build()?;
     let shared = GrantContext {
@@ -115,6 +116,7 @@ pub async fn start(
                     daily: h.daily,
                     search_per_s: h.search_per_s,
                     timeout: h.timeout,
+                    outbound: outbound.clone(),
                 },
                 tokens,
                 stores.rate_limits.clone(),
@@ -153,6 +155,7 @@ pub async fn start(
                     concurrency: z.concurrency,
                     workflows: config.sync.zoho_workflows,
                     timeout: z.timeout,
+                    outbound: outbound.clone(),
                 },
                 tokens,
                 stores.rate_limits.clone(),

@@ -106,6 +106,11 @@ fn hub_config(public: &str, hs: &Running, z: &Running, extra: &str) -> String {
 [server]
 data_dir = "data"
 
+# The emulators and capture servers of the tests listen on loopback over plain http.
+[outbound]
+allow_internal = ["127.0.0.1"]
+allow_http = ["127.0.0.1"]
+
 [crm]
 public_url = "{public}"
 
@@ -742,6 +747,11 @@ async fn raccordo_connect_gets_grants_for_both_crms_and_the_sync_then_works() {
         r#"
 [server]
 data_dir = "data"
+
+# The emulators and capture servers of the tests listen on loopback over plain http.
+[outbound]
+allow_internal = ["127.0.0.1"]
+allow_http = ["127.0.0.1"]
 
 [[admin.tokens]]
 name = "ops"

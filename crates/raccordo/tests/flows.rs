@@ -87,6 +87,11 @@ fn config(hs: &Running, ai: &Running, flows: &str) -> String {
 [server]
 data_dir = "data"
 
+# The emulators and capture servers of the tests listen on loopback over plain http.
+[outbound]
+allow_internal = ["127.0.0.1"]
+allow_http = ["127.0.0.1"]
+
 [sources.tickets]
 schema = "ticket.schema.json"
 key_fields = ["/ticket_id"]

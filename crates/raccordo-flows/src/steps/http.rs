@@ -103,10 +103,17 @@ impl HttpStep {
         {
             return Err(("url".into(), "must be an http(s) URL".into()));
         }
-        if let Some(HttpAuth::Oauth2ClientCredentials { token_url, .. }) = &s.auth
-            && !(token_url.starts_with("https://") || token_url.starts_with("http://"))
-        {
-            return Err(("auth.token_url".into(), "must be an http(s) URL".into()));
+        // A URL without templates is known now: the outbound policy judges it at build time
+        // (`raccordo check` reports it); a templated one is judged when it is rendered.
+        if !s.url.contains("{{") {
+            cx.outbound
+                .check_url_text(&s.url)
+                .map_err(|e| ("url".to_string(), e.to_string()))?;
+        }
+        if let Some(HttpAuth::Oauth2ClientCredentials { token_url, .. }) = &s.auth {
+            cx.outbound
+                .check_url_text(token_url)
+                .map_err(|e| ("auth.token_url".to_string(), e.to_string()))?;
         }
         Ok(Self {
             method,
@@ -192,6 +199,7 @@ impl Step for HttpStep {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| StepError::at("url", "not an http(s) URL"))?;
+        env.services.check_url(&url, "url")?;
         let mut request = env
             .services
             .http

@@ -99,6 +99,8 @@ pub trait Step: Send + Sync {
 pub struct BuildContext<'a> {
     pub step_names: &'a [String],
     pub index: usize,
+    /// Where steps may send requests: configured URLs are checked at build time.
+    pub outbound: &'a raccordo_outbound::Outbound,
 }
 
 impl BuildContext<'_> {

@@ -32,7 +32,7 @@ pub struct NotifyStep {
 impl NotifyStep {
     pub fn build(s: NotifySettings, cx: &BuildContext<'_>) -> Result<Self, BuildError> {
         s.channel
-            .validate()
+            .validate(cx.outbound)
             .map_err(|e| ("channel".to_string(), e))?;
         let scope = cx.scope(false);
         Ok(Self {

@@ -21,7 +21,7 @@ pub struct SlackChannel {
 
 impl SlackChannel {
     pub fn new(config: &SlackConfig, context: &ChannelContext) -> Result<Self, String> {
-        check_url(&config.url)?;
+        check_url(&config.url, context)?;
         Ok(Self {
             url: config.url.clone(),
             http: context.http.clone(),

@@ -29,7 +29,7 @@ pub struct WebhookChannel {
 
 impl WebhookChannel {
     pub fn new(config: &WebhookConfig, context: &ChannelContext) -> Result<Self, String> {
-        check_url(&config.url)?;
+        check_url(&config.url, context)?;
         let secret = WebhookSecret::parse(&config.secret).map_err(|e| format!("`secret`: {e}"))?;
         Ok(Self {
             url: config.url.clone(),

@@ -232,6 +232,11 @@ scopes = ["read"]
 name = "ops"
 token = "{ADMIN_TOKEN}"
 scopes = ["admin"]
+
+# The emulators and capture servers of the tests listen on loopback over plain http.
+[outbound]
+allow_internal = ["127.0.0.1"]
+allow_http = ["127.0.0.1"]
 "#
     );
     let path = dir.join("raccordo.toml");
