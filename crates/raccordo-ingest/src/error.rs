@@ -46,6 +46,11 @@ pub enum IngestError {
         source_name: String,
         refusal: crate::client_cert::CertRefusal,
     },
+    /// The client's address failed authentication too often and is blocked for a while.
+    #[error(
+        "this address is blocked after repeated authentication failures; retry after {retry_after_ms} ms"
+    )]
+    AddressBlocked { retry_after_ms: u64 },
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the batch has {count} items; at most {limit} are allowed")]
@@ -91,7 +96,7 @@ impl IngestError {
             InvalidJson { .. } | EmptyBatch => 400,
             Validation { .. } => 422,
             DeliveryConflict => 409,
-            Overloaded { .. } | RateLimited { .. } => 429,
+            Overloaded { .. } | RateLimited { .. } | AddressBlocked { .. } => 429,
             Unavailable { .. } => 503,
         }
     }
@@ -108,6 +113,7 @@ impl IngestError {
             SourceDisabled(_) => "source-disabled",
             AddressNotAllowed(_) => "address-not-allowed",
             ClientCertificate { .. } => "client-certificate-refused",
+            AddressBlocked { .. } => "address-blocked",
             BodyTooLarge { .. } => "body-too-large",
             BatchTooLarge { .. } => "batch-too-large",
             EmptyBatch => "empty-batch",
@@ -119,6 +125,21 @@ impl IngestError {
             RateLimited { .. } => "rate-limited",
             Unavailable { .. } => "unavailable",
         }
+    }
+
+    /// The failure reason when the request failed to authenticate (credentials or client
+    /// certificate), the kind the auth guard counts; `None` for anything else.
+    pub fn auth_failure(&self) -> Option<&'static str> {
+        use IngestError::*;
+        matches!(
+            self,
+            MissingCredentials { .. }
+                | InvalidCredentials { .. }
+                | TokenExpired
+                | TimestampOutsideTolerance { .. }
+                | ClientCertificate { .. }
+        )
+        .then(|| self.slug())
     }
 
     /// Short human title (RFC 9457 `title`), constant per type.
@@ -133,6 +154,7 @@ impl IngestError {
             SourceDisabled(_) => "Source disabled",
             AddressNotAllowed(_) => "Address not allowed",
             ClientCertificate { .. } => "Client certificate refused",
+            AddressBlocked { .. } => "Address blocked",
             BodyTooLarge { .. } => "Body too large",
             BatchTooLarge { .. } => "Batch too large",
             EmptyBatch => "Empty batch",

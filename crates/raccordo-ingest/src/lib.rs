@@ -10,6 +10,7 @@ pub mod client_cert;
 pub mod conversion;
 pub mod dedup;
 pub mod error;
+pub mod guard;
 pub mod limits;
 pub mod mapping;
 pub mod network;

@@ -86,6 +86,8 @@ pub struct Ingestor {
     clock: Arc<dyn Clock>,
     settings: IngestSettings,
     ids: Mutex<ulid::Generator>,
+    /// Failed authentication per address, shared with the admin API.
+    guard: Arc<crate::guard::AuthGuard>,
 }
 
 /// Header that picks a source on the shared conversion route.
@@ -112,6 +114,7 @@ impl Ingestor {
             conversion_sources,
             log,
             clock,
+            guard: Arc::new(crate::guard::AuthGuard::new(settings.auth_failures)),
             settings,
             ids: Mutex::new(ulid::Generator::new()),
         }
@@ -119,6 +122,11 @@ impl Ingestor {
 
     pub fn sources(&self) -> impl Iterator<Item = &Arc<Source>> {
         self.sources.values()
+    }
+
+    /// The tally of failed authentication (and blocked addresses).
+    pub fn guard(&self) -> &Arc<crate::guard::AuthGuard> {
+        &self.guard
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
@@ -143,6 +151,19 @@ impl Ingestor {
             authenticated: false,
             error,
         };
+        // A blocked address gets nothing else looked at.
+        if let Some(wait) = self.guard.blocked_for_ms(client, now_ms) {
+            return Err(refused(IngestError::AddressBlocked {
+                retry_after_ms: wait.max(1),
+            }));
+        }
+        // A failed authentication, by the source it was for, counts against the address.
+        let count_failure = |source: Option<&str>, error: &IngestError| {
+            if let Some(reason) = error.auth_failure() {
+                self.guard
+                    .failed(client, source.unwrap_or("conversion"), reason, now_ms);
+            }
+        };
         // Network rules before credentials: the address, then the certificate.
         let admitted = |source: &Source| {
             if !(source.allow_from.is_empty()
@@ -165,15 +186,24 @@ impl Ingestor {
         // So is its rate limit: a flood is turned away before signatures are computed.
         let early = named.and_then(|name| self.sources.get(name));
         if let Some(source) = early {
-            admitted(source).map_err(refused)?;
+            admitted(source).map_err(|e| {
+                count_failure(Some(source.name.as_str()), &e);
+                refused(e)
+            })?;
             self.within_limits(source, client, body.len())
                 .map_err(refused)?;
         }
-        let (source, verified) = self
-            .authenticate(target, headers, &body, now_ms)
-            .map_err(refused)?;
+        let (source, verified) =
+            self.authenticate(target, headers, &body, now_ms)
+                .map_err(|e| {
+                    count_failure(named, &e);
+                    refused(e)
+                })?;
         if early.is_none() {
-            admitted(&source).map_err(refused)?;
+            admitted(&source).map_err(|e| {
+                count_failure(Some(source.name.as_str()), &e);
+                refused(e)
+            })?;
             self.within_limits(&source, client, body.len())
                 .map_err(refused)?;
         }

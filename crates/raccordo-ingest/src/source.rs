@@ -81,6 +81,9 @@ pub struct IngestSettings {
     pub dedup: DedupSettings,
     /// Refused requests kept for inspection and replay (`[ingest.inspector]`).
     pub inspector: InspectorSettings,
+    /// Blocking addresses that fail authentication too often, here and on the admin API
+    /// (`[ingest.auth_failures]`).
+    pub auth_failures: crate::guard::AuthFailureSettings,
 }
 
 /// `[ingest.inspector]`: what the request inspector keeps of refused ingest requests.
@@ -118,6 +121,7 @@ impl Default for IngestSettings {
             max_future_skew: Duration::from_secs(300),
             dedup: DedupSettings::default(),
             inspector: InspectorSettings::default(),
+            auth_failures: Default::default(),
         }
     }
 }

@@ -408,6 +408,7 @@ impl AlertEngine {
     pub async fn watch_sources(
         self: Arc<Self>,
         sources: Vec<Arc<Source>>,
+        guard: Arc<raccordo_ingest::guard::AuthGuard>,
         ctx: TaskContext,
     ) -> anyhow::Result<()> {
         let mut seen: HashMap<String, u64> = sources
@@ -422,6 +423,28 @@ impl AlertEngine {
                 _ = ctx.cancelled() => return Ok(()),
             }
             let now = self.clock.now_ms();
+            // An address blocked after a burst of failed authentication: one alert per
+            // address and block.
+            for block in guard.take_new_blocks() {
+                let until =
+                    time::OffsetDateTime::from_unix_timestamp(block.blocked_until_ms / 1000)
+                        .ok()
+                        .and_then(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
+                        .unwrap_or_default();
+                self.raise(
+                    "auth-failures",
+                    &block.address.to_string(),
+                    format!(
+                        "{} failed authentication repeatedly (last against `{}`) and is blocked until {until}",
+                        block.address, block.source
+                    ),
+                    Duration::from_millis(0),
+                )
+                .await?;
+            }
             for source in &sources {
                 let name = source.name.as_str();
                 let total = source.health.duplicates();

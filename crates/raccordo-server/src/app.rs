@@ -98,11 +98,9 @@ async fn require_reader(
     request: Request,
     next: Next,
 ) -> Response {
-    match state
-        .admin
-        .require(request.headers(), crate::settings::Scope::Read)
-    {
-        Ok(_) => next.run(request).await,
+    let (parts, body) = request.into_parts();
+    match crate::extract::admit(&parts, &state, crate::settings::Scope::Read) {
+        Ok(_) => next.run(Request::from_parts(parts, body)).await,
         Err(problem) => problem.into_response(),
     }
 }

@@ -20,21 +20,78 @@ pub struct Admin;
 impl FromRequestParts<Arc<AppState>> for Reader {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
-        state
-            .admin
-            .require(&parts.headers, Scope::Read)
-            .map(|_| Reader)
+        admit(parts, state, Scope::Read).map(|_| Reader)
     }
 }
 
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
-        state
-            .admin
-            .require(&parts.headers, Scope::Admin)
-            .map(|_| Admin)
+        admit(parts, state, Scope::Admin).map(|_| Admin)
     }
+}
+
+/// The admin and read APIs' door: a blocked address is refused, then the API's own rate
+/// limits apply, then the token is checked; a failed token counts against the address in
+/// the same guard as failed webhook credentials. The token's name, on success.
+pub fn admit(parts: &Parts, state: &AppState, scope: Scope) -> Result<String, Problem> {
+    let address = client_address(parts, state);
+    let now_ms = state.clock.now_ms();
+    let guard = state.ingestor.guard();
+    if let Some(wait) = guard.blocked_for_ms(address, now_ms) {
+        return Err(Problem::from(
+            raccordo_ingest::IngestError::AddressBlocked {
+                retry_after_ms: wait.max(1),
+            },
+        ));
+    }
+    if let Err((limit, wait)) = state.admin_limiter.check(address, 0) {
+        metrics::counter!("raccordo_admin_rate_limited_total", "limit" => limit.label())
+            .increment(1);
+        let mut problem = Problem::new(
+            429,
+            "rate-limited",
+            "Rate limited",
+            format!(
+                "over the admin API's {} rate limit (`admin.limits`)",
+                if limit.label() == "address" {
+                    "per-address"
+                } else {
+                    "overall"
+                }
+            ),
+        );
+        problem.retry_after_s = Some((wait.as_millis() as u64).div_ceil(1000).max(1));
+        return Err(problem);
+    }
+    match state.admin.require(&parts.headers, scope) {
+        Ok(name) => Ok(name.to_string()),
+        Err(problem) => {
+            if problem.status == 401 {
+                let reason = if problem.type_uri.ends_with("missing-credentials") {
+                    "missing-credentials"
+                } else {
+                    "invalid-credentials"
+                };
+                guard.failed(address, "admin", reason, now_ms);
+            }
+            Err(problem)
+        }
+    }
+}
+
+/// The caller's address: the peer's, or the forwarded one behind a trusted proxy.
+fn client_address(parts: &Parts, state: &AppState) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<crate::connections::PeerAddr>()
+        .map(|peer| {
+            raccordo_ingest::network::client_address(
+                peer.0.ip(),
+                &parts.headers,
+                &state.trusted_proxies,
+            )
+        })
 }
 
 /// Who is calling: the client's address (the peer's, or the forwarded one behind a trusted
@@ -47,16 +104,7 @@ impl FromRequestParts<Arc<AppState>> for ClientOf {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let address = parts
-            .extensions
-            .get::<crate::connections::PeerAddr>()
-            .map(|peer| {
-                raccordo_ingest::network::client_address(
-                    peer.0.ip(),
-                    &parts.headers,
-                    &state.trusted_proxies,
-                )
-            });
+        let address = client_address(parts, state);
         let certificates = parts
             .extensions
             .get::<crate::connections::PeerCertificates>()

@@ -47,6 +47,10 @@ pub const PROBLEM_TYPES: &[(&str, &str)] = &[
         "The client's address is not in the source's `allow_from`",
     ),
     (
+        "address-blocked",
+        "This client address failed authentication too often and is refused for a while; see `Retry-After`",
+    ),
+    (
         "client-certificate-refused",
         "The source requires a client certificate (mutual TLS) and none good for it was presented",
     ),
@@ -186,6 +190,7 @@ impl From<IngestError> for Problem {
             }
             IngestError::Overloaded { retry_after_ms }
             | IngestError::RateLimited { retry_after_ms, .. }
+            | IngestError::AddressBlocked { retry_after_ms }
             | IngestError::Unavailable { retry_after_ms, .. } => {
                 p.retry_after_s = Some(retry_after_ms.div_ceil(1000).max(1))
             }

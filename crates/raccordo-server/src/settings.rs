@@ -77,11 +77,32 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Bearer tokens for the admin and read APIs and the dashboard.
     pub tokens: Vec<AdminTokenConfig>,
+    /// Rate limits of the admin and read APIs (requests in all, per client address), each
+    /// with a burst of twice its rate; past them `429 rate-limited` with `Retry-After`.
+    /// Default: 50 requests per second per address.
+    #[serde(default = "default_admin_limits")]
+    pub limits: raccordo_ingest::limits::LimitsConfig,
+}
+
+fn default_admin_limits() -> raccordo_ingest::limits::LimitsConfig {
+    raccordo_ingest::limits::LimitsConfig {
+        per_address_per_second: Some(50),
+        ..Default::default()
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            limits: default_admin_limits(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]

@@ -325,6 +325,9 @@ impl Config {
                     .for_each(|(field, message)| report(format!("{key}.{field}"), message)),
             }
         }
+        for (field, message) in self.admin.limits.problems() {
+            report(format!("admin.limits.{field}"), message);
+        }
         for (i, token) in self.admin.tokens.iter().enumerate() {
             if token.token.len() < 16 {
                 report(

@@ -147,9 +147,12 @@ impl Hub {
             });
         }
         {
-            let (alerts, sources) = (alerts.clone(), sources.clone());
+            let (alerts, sources, guard) =
+                (alerts.clone(), sources.clone(), ingestor.guard().clone());
             supervisor.spawn("alerts-sources", move |ctx| {
-                alerts.clone().watch_sources(sources.clone(), ctx)
+                alerts
+                    .clone()
+                    .watch_sources(sources.clone(), guard.clone(), ctx)
             });
         }
         {
@@ -212,6 +215,7 @@ impl Hub {
             alerts,
             supervisor,
             admin: AdminTokens::new(&config.admin.tokens),
+            admin_limiter: config.admin.limits.build(0),
             prometheus,
             max_body_bytes: config.server.max_body_bytes,
             provisional_every: config.metrics.provisional_every,

@@ -19,6 +19,7 @@ mod ingest;
 mod metrics;
 mod ops;
 mod requests;
+mod security;
 
 /// A router whose routes are registered with their OpenAPI operations (`utoipa_axum::routes!`),
 /// so that a route cannot exist without its entry in `/openapi.json`.
@@ -36,6 +37,7 @@ pub fn router(bench_routes: bool) -> (Router<Arc<AppState>>, Arc<serde_json::Val
         .merge(flows::router())
         .merge(calls::router())
         .merge(requests::router())
+        .merge(security::router())
         .merge(ops::router(bench_routes))
         .routes(utoipa_axum::routes!(openapi_json))
         .split_for_parts();

@@ -1,0 +1,74 @@
+//! Addresses blocked after repeated authentication failures (`[ingest.auth_failures]`):
+//! who is blocked now, and letting one back in.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Serialize;
+
+use crate::extract::Admin;
+use crate::problem::Problem;
+use crate::state::AppState;
+
+pub fn router() -> super::ApiRouter {
+    super::ApiRouter::new()
+        .routes(utoipa_axum::routes!(list_blocked))
+        .routes(utoipa_axum::routes!(unblock))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BlockedList {
+    pub blocked: Vec<raccordo_ingest::guard::Block>,
+}
+
+/// Addresses blocked now after repeated failed authentication (webhook credentials,
+/// client certificates or admin tokens), soonest release first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/security/blocked",
+    tag = "security",
+    responses((status = 200, description = "The blocked addresses", body = BlockedList)),
+    security(("admin_token" = []))
+)]
+pub async fn list_blocked(State(state): State<Arc<AppState>>, _admin: Admin) -> Response {
+    Json(BlockedList {
+        blocked: state.ingestor.guard().blocked(state.clock.now_ms()),
+    })
+    .into_response()
+}
+
+/// Lets a blocked address back in at once.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/security/blocked/{address}",
+    tag = "security",
+    params(("address" = String, Path, description = "An IPv4 or IPv6 address")),
+    responses(
+        (status = 204, description = "Unblocked"),
+        (status = 400, description = "Not an address", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The address is not blocked", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn unblock(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    Path(address): Path<String>,
+) -> Response {
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return Problem::bad_parameter("address", "an IPv4 or IPv6 address").into_response();
+    };
+    if state
+        .ingestor
+        .guard()
+        .unblock(address, state.clock.now_ms())
+    {
+        tracing::info!(%address, "address unblocked by an admin");
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        Problem::not_found("this address is not blocked").into_response()
+    }
+}
