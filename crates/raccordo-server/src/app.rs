@@ -60,6 +60,28 @@ pub async fn serve(
     };
     let limits = options.limits;
     let tls = options.tls.clone();
+    // The certificate is kept fresh while the server runs; reloads are audited.
+    let refresher = tls.clone().map(|tls| {
+        let audit = state.audit.clone();
+        let clock = state.clock.clone();
+        tokio::spawn(tls.keep_fresh(move |outcome: Result<(), String>, trigger: &str| {
+            let record = raccordo_core::AuditRecord {
+                id: format!("aud_{}", ulid::Ulid::new()),
+                at_ms: clock.now_ms(),
+                actor: "system".into(),
+                action: "tls.reload".into(),
+                target: trigger.to_string(),
+                status: 0,
+                detail: serde_json::json!({ "loaded": outcome.is_ok(), "error": outcome.err() }),
+            };
+            let audit = audit.clone();
+            tokio::spawn(async move {
+                if let Err(e) = audit.append_audit(&record).await {
+                    tracing::error!(error = %e, "audit record not written");
+                }
+            });
+        }))
+    });
     let mut serve = tokio::spawn(async move {
         crate::connections::serve(listener, router, limits, tls, signal).await
     });
@@ -73,6 +95,9 @@ pub async fn serve(
             Ok(Ok(()))
         }
     };
+    if let Some(refresher) = refresher {
+        refresher.abort();
+    }
     result??;
     Ok(())
 }
@@ -80,6 +105,7 @@ pub async fn serve(
 pub fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
     crate::routes::router(options.bench_routes)
         .0
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::audit::record))
         .layer(axum::middleware::from_fn(observe))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, options.request_timeout))
         .layer(axum::middleware::from_fn(problems_only))

@@ -180,15 +180,6 @@ async fn refuse(mut stream: TcpStream, why: Refusal) {
     .await;
 }
 
-/// Aborts a background task when dropped (the certificate refresher ends with the server).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The router, with the connection's peer address and certificates attached to each
 /// request, for allowlists, mutual TLS and logs.
 fn with_peer(
@@ -280,9 +271,6 @@ pub async fn serve(
     let http1_only = Arc::new(builder.clone().http1_only());
     let http2_only = Arc::new(builder.clone().http2_only());
     let builder = Arc::new(builder);
-    let _refresher = tls
-        .clone()
-        .map(|tls| AbortOnDrop(tokio::spawn(tls.keep_fresh())));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {

@@ -65,7 +65,15 @@ pub fn admit(parts: &Parts, state: &AppState, scope: Scope) -> Result<String, Pr
         return Err(problem);
     }
     match state.admin.require(&parts.headers, scope) {
-        Ok(name) => Ok(name.to_string()),
+        Ok(name) => {
+            // An admin-scope request is audited under the token's name once it is answered.
+            if scope == Scope::Admin
+                && let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>()
+            {
+                slot.sign(name);
+            }
+            Ok(name.to_string())
+        }
         Err(problem) => {
             if problem.status == 401 {
                 let reason = if problem.type_uri.ends_with("missing-credentials") {

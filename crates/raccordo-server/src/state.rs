@@ -46,6 +46,8 @@ pub struct AppState {
     pub trusted_proxies: raccordo_ingest::network::Networks,
     /// Keeps refused ingest requests for inspection and replay.
     pub inspector: Arc<crate::inspector::Inspector>,
+    /// Admin actions, append-only.
+    pub audit: Arc<dyn raccordo_core::AuditLog>,
     /// The admin and read APIs' own rate limits (`[admin] limits`).
     pub admin_limiter: raccordo_ingest::limits::SourceLimiter,
 }

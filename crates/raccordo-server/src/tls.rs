@@ -186,8 +186,9 @@ impl Tls {
         *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) != now
     }
 
-    /// Reloads on `SIGHUP` and when the files change, until dropped (the caller aborts it).
-    pub async fn keep_fresh(self: Arc<Self>) {
+    /// Reloads on `SIGHUP` and when the files change, until the caller aborts it; each
+    /// reload's outcome and trigger (`SIGHUP`, `file change`) go to `reloaded`.
+    pub async fn keep_fresh(self: Arc<Self>, reloaded: impl Fn(Result<(), String>, &str)) {
         #[cfg(unix)]
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -212,11 +213,11 @@ impl Tls {
             tokio::select! {
                 _ = signalled => {
                     tracing::info!("SIGHUP: reloading the TLS certificate");
-                    let _ = self.reload();
+                    reloaded(self.reload(), "SIGHUP");
                 }
                 _ = tick.tick() => {
                     if self.changed() {
-                        let _ = self.reload();
+                        reloaded(self.reload(), "file change");
                     }
                 }
             }

@@ -5,6 +5,7 @@
 //! `raccordo.segments/`), under one lock. Stores made before the segment log kept events in
 //! the SQLite file; opening one moves them into segments once (`import`).
 
+mod audit;
 mod costs;
 mod db;
 mod history;
@@ -23,6 +24,7 @@ use raccordo_core::Stores;
 use raccordo_log_segments::{SegmentLog, SegmentLogOptions};
 use rusqlite::Connection;
 
+pub use audit::SqliteAuditLog;
 pub use costs::SqliteCampaignCosts;
 pub use db::store_error;
 pub use history::{SqliteAlertHistory, SqliteRuns};
@@ -141,6 +143,7 @@ impl SqliteStore {
             alerts: Arc::new(SqliteAlertHistory::new(side("alert history")?)),
             costs: Arc::new(SqliteCampaignCosts::new(side("campaign costs")?)),
             requests: Arc::new(SqliteRejectedRequests::new(side("request inspector")?)),
+            audit: Arc::new(SqliteAuditLog::new(side("audit log")?)),
         };
         Ok(Self {
             log,

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str, Step)] = &[
         "refused ingest requests (request inspector)",
         rejected_requests,
     ),
+    (9, "audit log (append-only)", audit_log),
 ];
 
 /// Applies every migration the database has not seen; returns the versions applied.
@@ -251,6 +252,24 @@ fn rejected_requests(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     )
 }
 
+fn audit_log(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE audit_log (
+            id TEXT PRIMARY KEY,
+            at INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            detail TEXT NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +286,7 @@ mod tests {
              INSERT INTO live_checkpoint VALUES (1, 42, '{}');",
         )
         .unwrap();
-        assert_eq!(run(&mut conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(run(&mut conn).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert!(run(&mut conn).unwrap().is_empty(), "nothing twice");
         let positions: String = conn
             .query_row(
@@ -277,6 +296,6 @@ mod tests {
             )
             .unwrap();
         assert_eq!(positions, r#"{"0":42}"#);
-        assert_eq!(latest(), 8);
+        assert_eq!(latest(), 9);
     }
 }

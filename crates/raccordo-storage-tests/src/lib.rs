@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use raccordo_core::Stores;
 
 pub mod alerts;
+pub mod audit;
 pub mod costs;
 pub mod fixtures;
 pub mod kv;
@@ -84,6 +85,7 @@ macro_rules! conformance {
             offsets::offsets_never_move_back_and_survive_a_restart,
             alerts::history_is_durable_and_newest_first,
             requests::refused_requests_are_durable_filtered_paged_and_purged,
+            audit::audit_records_are_durable_newest_first_and_never_overwritten,
             costs::costs_replace_per_day,
             log::append_tail_and_query,
             log::dedup_claims_survive_a_restart,

@@ -216,6 +216,7 @@ impl Hub {
             supervisor,
             admin: AdminTokens::new(&config.admin.tokens),
             admin_limiter: config.admin.limits.build(0),
+            audit: stores.audit.clone(),
             prometheus,
             max_body_bytes: config.server.max_body_bytes,
             provisional_every: config.metrics.provisional_every,

@@ -183,3 +183,52 @@ limits = { per_address_per_second = 5 }
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_actions_are_audited_by_token_name_and_nothing_else_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    // An admin action (nothing to unblock: answered 404, still an action taken).
+    let r = client()
+        .delete(server.url("/api/v1/security/blocked/192.0.2.1?note=secret-value"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Not audited: a read, a webhook, and an admin route refused to a read-only token.
+    let _ = get_json(&server, "/api/v1/events", READ_TOKEN).await;
+    assert_eq!(send_event(&server, 1).await, 202);
+    let refused = client()
+        .delete(server.url("/api/v1/security/blocked/192.0.2.1"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    let page = get_json(&server, "/api/v1/audit", ADMIN_TOKEN).await;
+    let records = page["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{page}");
+    let record = &records[0];
+    assert_eq!(record["actor"], "ops", "the token's name, never the token");
+    assert_eq!(
+        record["action"],
+        "DELETE /api/v1/security/blocked/{address}"
+    );
+    assert_eq!(record["target"], "/api/v1/security/blocked/192.0.2.1");
+    assert_eq!(record["status"], 404);
+    assert!(
+        !page.to_string().contains("secret-value"),
+        "no query values"
+    );
+    assert!(!page.to_string().contains(ADMIN_TOKEN));
+    // Read-only tokens cannot read it.
+    let r = client()
+        .get(server.url("/api/v1/audit"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}

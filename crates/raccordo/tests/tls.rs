@@ -131,6 +131,11 @@ client_certificate = {{ ca_file = "partner-b-ca.pem", names = ["partner-b"] }}
 name = "dashboard"
 token = "{READ_TOKEN}"
 scopes = ["read"]
+
+[[admin.tokens]]
+name = "ops"
+token = "{ADMIN_TOKEN}"
+scopes = ["admin"]
 "#
         );
         std::fs::write(dir.path().join("raccordo.toml"), config).unwrap();
@@ -423,6 +428,33 @@ async fn sighup_reloads_the_certificate() {
         .log_line(|l| l["message"] == "TLS certificate reloaded");
     let r = fresh.get(setup.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // The reload is in the audit log, as the hub's own action.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let page: Value = fresh
+            .get(setup.url("/api/v1/audit"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(record) = page["records"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["action"] == "tls.reload"))
+        {
+            assert_eq!(record["actor"], "system");
+            assert_eq!(record["target"], "SIGHUP");
+            assert_eq!(record["detail"]["loaded"], true);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit record: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// One JSON-RPC call to the MCP endpoint; the result object (the answer may come as an

@@ -7,6 +7,7 @@
 //! so that expiry, leases and buckets can be tested with a `ManualClock`.
 
 mod alerts;
+mod audit;
 mod costs;
 mod kv;
 mod log;
@@ -22,6 +23,7 @@ mod windows;
 use std::sync::Arc;
 
 pub use alerts::{AlertHistory, AlertRecord, DeliveryRecord, DeliveryStatus};
+pub use audit::{AuditLog, AuditRecord};
 pub use costs::CampaignCosts;
 pub use kv::{KeyValueStore, Versioned};
 pub use log::{EventLog, EventQuery, LogPosition, LogPositions};
@@ -91,4 +93,5 @@ pub struct Stores {
     pub alerts: Arc<dyn AlertHistory>,
     pub costs: Arc<dyn CampaignCosts>,
     pub requests: Arc<dyn RejectedRequests>,
+    pub audit: Arc<dyn AuditLog>,
 }

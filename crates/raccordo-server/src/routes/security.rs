@@ -1,5 +1,5 @@
 //! Addresses blocked after repeated authentication failures (`[ingest.auth_failures]`):
-//! who is blocked now, and letting one back in.
+//! who is blocked now, and letting one back in; and the audit log of admin actions.
 
 use std::sync::Arc;
 
@@ -17,6 +17,62 @@ pub fn router() -> super::ApiRouter {
     super::ApiRouter::new()
         .routes(utoipa_axum::routes!(list_blocked))
         .routes(utoipa_axum::routes!(unblock))
+        .routes(utoipa_axum::routes!(audit_log))
+}
+
+/// Query of `GET /api/v1/audit`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// At most this many records (1–500, default 100).
+    pub limit: Option<usize>,
+    /// Records older than this id (the previous page's last `id`).
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub records: Vec<raccordo_core::AuditRecord>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The audit log, newest first: every change made with an admin token (by the token's name,
+/// the route, the path and the status answered) and the hub's own certificate reloads.
+/// Append-only: nothing here can be changed or removed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "security",
+    params(AuditQuery),
+    responses((status = 200, description = "A page of audit records", body = AuditPage)),
+    security(("admin_token" = []))
+)]
+pub async fn audit_log(
+    State(state): State<Arc<AppState>>,
+    _admin: Admin,
+    crate::extract::ValidQuery(q): crate::extract::ValidQuery<AuditQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Problem::bad_parameter("limit", "between 1 and 500").into_response();
+    }
+    match state.audit.audit_records(q.cursor.as_deref(), limit).await {
+        Ok(records) => {
+            let next_cursor = (records.len() == limit)
+                .then(|| records.last().map(|r| r.id.clone()))
+                .flatten();
+            Json(AuditPage {
+                records,
+                next_cursor,
+            })
+            .into_response()
+        }
+        Err(e) => {
+            Problem::unavailable(format!("the audit log cannot be read: {e}")).into_response()
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
