@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use raccordo_ingest::dedup::{BusinessKeySpec, business_key, canonical_json};
-use raccordo_ingest::pipeline::parse_time_ms;
+use raccordo_ingest::conversion::parse_time_ms;
 use raccordo_ingest::EventSchema;
 use serde_json::Value;
 

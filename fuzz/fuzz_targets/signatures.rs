@@ -9,13 +9,13 @@ use raccordo_ingest::auth::{ApiKeyConfig, AuthConfig, JwtConfig, StandardWebhook
 fuzz_target!(|data: &[u8]| {
     thread_local! {
         static VERIFIERS: Vec<Verifier> = vec![
-            Verifier::build(&AuthConfig::StandardWebhooks(StandardWebhooksConfig {
+            AuthConfig::StandardWebhooks(StandardWebhooksConfig {
                 secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
                 tolerance: std::time::Duration::from_secs(300),
-            })).unwrap(),
-            Verifier::build(&AuthConfig::ApiKey(ApiKeyConfig { keys: vec!["fuzz-api-key-0123456789".into()] })).unwrap(),
-            Verifier::build(&AuthConfig::Jwt(serde_json::from_str::<JwtConfig>(
-                r#"{"secret":"fuzz-hs256-secret-0123456789abcdef0123"}"#).unwrap())).unwrap(),
+            }).build().unwrap(),
+            AuthConfig::ApiKey(ApiKeyConfig { keys: vec!["fuzz-api-key-0123456789".into()] }).build().unwrap(),
+            AuthConfig::Jwt(serde_json::from_str::<JwtConfig>(
+                r#"{"secret":"fuzz-hs256-secret-0123456789abcdef0123"}"#).unwrap()).build().unwrap(),
         ];
     }
     // Split the input into header values and a body at 0xFF bytes.

@@ -276,4 +276,14 @@ mod tests {
         };
         assert_eq!(bad.problems().len(), 3);
     }
+
+    proptest::proptest! {
+        /// Any bytes as a form body: no panic, and what is read is a JSON object.
+        #[test]
+        fn any_form_body_reads_as_an_object_or_a_precise_error(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            if let Ok(value) = form_to_json(&body, &["valore".to_string()]) {
+                proptest::prop_assert!(value.is_object());
+            }
+        }
+    }
 }

@@ -358,6 +358,17 @@ mod tests {
         assert!(errors[0].1.contains("no PEM certificate"), "{errors:?}");
     }
 
+    proptest::proptest! {
+        /// Any bytes as a certificate: no panic, and an empty list of names matches nothing.
+        #[test]
+        fn any_bytes_read_without_panic(der in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), wanted in "[ -~]{0,40}") {
+            if let Some(names) = certificate_names(&der) {
+                let _ = names_match(&names, &[wanted]);
+                proptest::prop_assert!(!names_match(&names, &[]));
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_not_a_certificate() {
         assert_eq!(certificate_names(b""), None);

@@ -112,7 +112,10 @@ pub fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+            // The route, not the path: a path can carry a secret (a key pasted where a source
+            // name goes), a route template cannot.
+            let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
+            tracing::info_span!("request", request_id = %id, method = %request.method(), route = %route)
         }).on_request(()).on_response(()).on_failure(()))
         .layer(SetRequestIdLayer::x_request_id(UlidRequestId))
         .with_state(state)

@@ -232,3 +232,45 @@ async fn admin_actions_are_audited_by_token_name_and_nothing_else_is() {
         .unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_in_paths_queries_and_credentials_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_configured(dir.path(), "");
+    let pasted = "sk-live-PASTED0123456789";
+    // A key pasted where a source name goes, and into queries.
+    for path in [
+        format!("/webhooks/in/{pasted}"),
+        format!("/webhooks/in/web?api_key={pasted}"),
+        format!("/api/v1/events/{pasted}"),
+    ] {
+        let _ = client()
+            .post(server.url(&path))
+            .header("x-api-key", "wrong-key-PASTED-as-well")
+            .json(&event(1))
+            .send()
+            .await
+            .unwrap();
+    }
+    let _ = client()
+        .get(server.url("/api/v1/events"))
+        .bearer_auth("not-the-token-PASTED-too")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(send_event(&server, 2).await, 202);
+    let _ = get_json(&server, "/api/v1/events", ADMIN_TOKEN).await;
+    server.terminate();
+    let stdout = server.stdout.lock().unwrap().join("\n");
+    let stderr = server.stderr_text();
+    assert!(
+        stdout.contains("\"route\""),
+        "requests are logged by route: {stdout}"
+    );
+    for secret in ["PASTED", API_KEY, ADMIN_TOKEN, READ_TOKEN, WHSEC] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} reached the log:\n{stdout}\n{stderr}"
+        );
+    }
+}
