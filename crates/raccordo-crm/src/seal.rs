@@ -27,7 +27,9 @@ pub enum SealError {
 }
 
 pub struct Sealer {
-    key: LessSafeKey,
+    /// Seals with the first; opens with any (the others are previous keys, kept while a
+    /// rotation re-seals what they sealed).
+    keys: Vec<LessSafeKey>,
     random: SystemRandom,
 }
 
@@ -41,9 +43,24 @@ impl Sealer {
     pub fn from_key(key: &[u8]) -> Result<Self, SealError> {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, key).map_err(|_| SealError::BadKey)?;
         Ok(Self {
-            key: LessSafeKey::new(unbound),
+            keys: vec![LessSafeKey::new(unbound)],
             random: SystemRandom::new(),
         })
+    }
+
+    /// Also opens what `previous` sealed (sealing stays with this sealer's own key).
+    pub fn with_previous(mut self, previous: Sealer) -> Self {
+        self.keys.extend(previous.keys);
+        self
+    }
+
+    /// A fresh random key, base64 (what a key file holds).
+    pub fn new_key_text() -> Result<String, SealError> {
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| SealError::Random)?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(key))
     }
 
     pub fn from_base64(text: &str) -> Result<Self, SealError> {
@@ -53,14 +70,26 @@ impl Sealer {
         Self::from_key(&key)
     }
 
-    /// The key from `RACCORDO_SECRET_KEY` if set, else from `key_file`, created (0600) with
-    /// a fresh random key when missing.
+    /// The key from `RACCORDO_SECRET_KEY` if set (with `RACCORDO_SECRET_KEY_PREVIOUS`, when
+    /// set, still opening what it sealed), else from `key_file`, created (0600) with a fresh
+    /// random key when missing. A rotation interrupted before it finished leaves its new key
+    /// in `<key_file>.next`: what it sealed opens too.
     pub fn from_env_or_file(key_file: &Path) -> Result<Self, SealError> {
         if let Ok(text) = std::env::var("RACCORDO_SECRET_KEY") {
-            return Self::from_base64(&text);
+            let sealer = Self::from_base64(&text)?;
+            return match std::env::var("RACCORDO_SECRET_KEY_PREVIOUS") {
+                Ok(previous) => Ok(sealer.with_previous(Self::from_base64(&previous)?)),
+                Err(_) => Ok(sealer),
+            };
         }
         match std::fs::read_to_string(key_file) {
-            Ok(text) => Self::from_base64(&text),
+            Ok(text) => {
+                let sealer = Self::from_base64(&text)?;
+                match std::fs::read_to_string(next_key_file(key_file)) {
+                    Ok(next) => Ok(sealer.with_previous(Self::from_base64(&next)?)),
+                    Err(_) => Ok(sealer),
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 SystemRandom::new()
@@ -81,7 +110,7 @@ impl Sealer {
             .fill(&mut nonce)
             .map_err(|_| SealError::Random)?;
         let mut data = plain.to_vec();
-        self.key
+        self.keys[0]
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(name.as_bytes()),
@@ -101,14 +130,97 @@ impl Sealer {
             return Err(SealError::Unsealable);
         }
         let (nonce, data) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Unsealable)?;
-        let mut data = data.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut data)
-            .map_err(|_| SealError::Unsealable)?;
-        Ok(plain.to_vec())
+        for key in &self.keys {
+            let nonce =
+                Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Unsealable)?;
+            let mut buffer = data.to_vec();
+            if let Ok(plain) = key.open_in_place(nonce, Aad::from(name.as_bytes()), &mut buffer) {
+                return Ok(plain.to_vec());
+            }
+        }
+        Err(SealError::Unsealable)
     }
+}
+
+/// Where a rotation keeps its new key until every secret is re-sealed.
+pub fn next_key_file(key_file: &Path) -> std::path::PathBuf {
+    let mut name = key_file.file_name().unwrap_or_default().to_os_string();
+    name.push(".next");
+    key_file.with_file_name(name)
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rotation {
+    pub resealed: usize,
+    /// Secrets no key opens (sealed under a key that is gone): left as they are.
+    pub unopenable: usize,
+}
+
+/// Re-seals every stored secret under `sealer`'s own key (it opens them with any of its
+/// keys). Idempotent: running it again re-seals under the same key.
+pub async fn reseal_all(
+    store: &dyn raccordo_core::SecretStore,
+    sealer: &Sealer,
+) -> Result<Rotation, RotateError> {
+    let mut rotation = Rotation::default();
+    for name in store.secret_names().await? {
+        let Some(stored) = store.get_secret(&name).await? else {
+            continue;
+        };
+        match sealer.open(&name, &stored.value) {
+            Ok(plain) => {
+                let sealed = sealer.seal(&name, &plain)?;
+                store
+                    .put_secret(&name, sealed, stored.expires_at_ms)
+                    .await?;
+                rotation.resealed += 1;
+            }
+            Err(_) => rotation.unopenable += 1,
+        }
+    }
+    Ok(rotation)
+}
+
+/// Rotates the key file's key: a new key is written to `<key_file>.next` (or the one an
+/// interrupted rotation left there is taken up), every secret is re-sealed under it, then
+/// it replaces `key_file`. Killed at any point, the hub still opens every secret (it reads
+/// both files) and running this again finishes the job.
+pub async fn rotate_key_file(
+    store: &dyn raccordo_core::SecretStore,
+    key_file: &Path,
+) -> Result<Rotation, RotateError> {
+    let old = Sealer::from_base64(
+        &std::fs::read_to_string(key_file).map_err(|e| RotateError::KeyFile(e.to_string()))?,
+    )?;
+    let next_file = next_key_file(key_file);
+    let next_text = match std::fs::read_to_string(&next_file) {
+        Ok(text) => text,
+        Err(_) => {
+            let text = Sealer::new_key_text()?;
+            write_private(&next_file, &text).map_err(|e| RotateError::KeyFile(e.to_string()))?;
+            text
+        }
+    };
+    let sealer = Sealer::from_base64(&next_text)?.with_previous(old);
+    let rotation = reseal_all(store, &sealer).await?;
+    std::fs::rename(&next_file, key_file).map_err(|e| RotateError::KeyFile(e.to_string()))?;
+    if let Some(dir) = key_file.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(rotation)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("the key file: {0}")]
+    KeyFile(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("the secret store: {0}")]
+    Store(#[from] raccordo_core::StoreError),
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

@@ -313,6 +313,15 @@ impl SecretStore for SqliteSecrets {
             .await
     }
 
+    async fn secret_names(&self) -> Result<Vec<String>, StoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn.prepare_cached("SELECT name FROM secrets ORDER BY name")?;
+                stmt.query_map([], |r| r.get(0))?.collect()
+            })
+            .await
+    }
+
     async fn try_lease(
         &self,
         name: &str,

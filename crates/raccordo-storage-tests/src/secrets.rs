@@ -29,6 +29,17 @@ pub async fn secrets_are_versioned_and_survive_a_restart(backend: &dyn Backend) 
         (got.value, got.expires_at_ms, got.version),
         (b"r2".to_vec(), Some(99), v2)
     );
+    opened
+        .stores
+        .secrets
+        .put_secret("zoho:refresh", b"z".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        opened.stores.secrets.secret_names().await.unwrap(),
+        ["hubspot:refresh", "zoho:refresh"],
+        "every name once, in order"
+    );
 }
 
 pub async fn two_workers_one_lease(backend: &dyn Backend) {

@@ -14,6 +14,7 @@ mod demo;
 mod flows;
 mod flows_cmd;
 mod hub;
+mod keys_cmd;
 mod late_cmd;
 mod reference;
 mod sandbox_cmd;
@@ -122,6 +123,15 @@ enum Command {
         docs/windows.md."
     )]
     Late(late_cmd::LateCommand),
+    /// The key that seals stored secrets (OAuth grants and tokens): rotate it
+    #[command(
+        subcommand,
+        long_about = "The hub seals the secrets it stores (OAuth refresh and access tokens) \
+        with ChaCha20-Poly1305 under a key from RACCORDO_SECRET_KEY or <data dir>/secret.key. \
+        `keys rotate` makes a new key and re-seals every stored secret under it. See \
+        docs/security.md."
+    )]
+    Keys(keys_cmd::KeysCommand),
     /// Serve the hub's MCP tools over stdin/stdout, for AI agents that start a local process
     #[command(
         long_about = "Serve the Model Context Protocol over stdio for an AI agent (Claude \
@@ -319,6 +329,10 @@ fn main() -> ExitCode {
         Command::Sync(command) => runtime.block_on(admin_cmd::sync(command)),
         Command::Flows(command) => runtime.block_on(flows_cmd::run(command)),
         Command::Late(command) => runtime.block_on(late_cmd::run(command)),
+        Command::Keys(command) => {
+            owner_only_files();
+            runtime.block_on(keys_cmd::run(command))
+        }
         Command::Mcp(args) => runtime.block_on(async move {
             // Stdout carries the protocol: the audit lines (and any other log) go to stderr.
             tracing_subscriber::fmt()

@@ -28,6 +28,9 @@ pub trait SecretStore: Send + Sync + 'static {
         expires_at_ms: Option<i64>,
     ) -> Result<u64, StoreError>;
 
+    /// The names of every stored secret (for re-sealing them under a new key).
+    async fn secret_names(&self) -> Result<Vec<String>, StoreError>;
+
     /// Takes the lease called `name` for `holder` until `now_ms + ttl_ms` when it is free,
     /// expired, or already `holder`'s (then it is extended). Whether `holder` now holds it.
     async fn try_lease(
