@@ -75,6 +75,10 @@ pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     current: Arc<CurrentCertificate>,
     stamp: std::sync::Mutex<Stamp>,
+    /// `SIGHUP`, listened to from load on: a signal sent once the hub says it is listening
+    /// reloads rather than ending the process (the default action).
+    #[cfg(unix)]
+    hangup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -112,7 +116,8 @@ pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Certified
 }
 
 impl Tls {
-    /// Loads the certificate; `client_cas` are the issuers of client certificates that
+    /// Loads the certificate (inside a Tokio runtime: it starts listening for `SIGHUP`);
+    /// `client_cas` are the issuers of client certificates that
     /// some source asks for (empty: no certificate is asked for).
     pub fn load(
         config: &TlsConfig,
@@ -140,6 +145,10 @@ impl Tls {
                 key: modified(&config.key_file),
             }),
             config: config.clone(),
+            #[cfg(unix)]
+            hangup: std::sync::Mutex::new(
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+            ),
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             current,
         }))
@@ -190,13 +199,13 @@ impl Tls {
     /// reload's outcome and trigger (`SIGHUP`, `file change`) go to `reloaded`.
     pub async fn keep_fresh(self: Arc<Self>, reloaded: impl Fn(Result<(), String>, &str)) {
         #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut tick = tokio::time::interval(
-            self.config
-                .reload_check_every
-                .max(Duration::from_millis(100)),
-        );
+        let mut hangup = self.hangup.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // The first look is one period after start: the files were read at load time.
+        let period = self
+            .config
+            .reload_check_every
+            .max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             #[cfg(unix)]

@@ -136,6 +136,23 @@ impl RunStore for SqliteRuns {
             .await
     }
 
+    async fn purge_runs(&self, ended_before_ms: i64) -> Result<u64, StoreError> {
+        self.db
+            .tx(move |tx| {
+                tx.execute(
+                    "DELETE FROM run_steps WHERE run_id IN
+                       (SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1)",
+                    params![ended_before_ms],
+                )?;
+                let removed = tx.execute(
+                    "DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1",
+                    params![ended_before_ms],
+                )?;
+                Ok(removed as u64)
+            })
+            .await
+    }
+
     async fn list_runs(
         &self,
         kind: Option<&str>,

@@ -81,6 +81,7 @@ macro_rules! conformance {
             ratelimit::buckets_refill_and_say_when,
             runs::runs_steps_and_paging,
             runs::runs_survive_a_restart,
+            runs::retention_removes_ended_runs_with_their_steps,
             windows::results_checkpoints_and_scopes,
             offsets::offsets_never_move_back_and_survive_a_restart,
             alerts::history_is_durable_and_newest_first,

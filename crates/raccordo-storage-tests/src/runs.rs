@@ -120,3 +120,43 @@ pub async fn runs_survive_a_restart(backend: &dyn Backend) {
         (RunStatus::Running, 1)
     );
 }
+
+pub async fn retention_removes_ended_runs_with_their_steps(backend: &dyn Backend) {
+    let opened = backend.open().await;
+    let r = opened.stores.runs.clone();
+    for (id, at) in [("old_done", 100), ("old_running", 100), ("new_done", 5_000)] {
+        assert!(r.create_run(run(id, "flow", at)).await.unwrap());
+        assert!(
+            r.record_step(id, step(0, StepStatus::Succeeded))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        r.finish_run("old_done", RunStatus::Succeeded, 200)
+            .await
+            .unwrap()
+    );
+    assert!(
+        r.finish_run("new_done", RunStatus::Succeeded, 6_000)
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(
+        r.purge_runs(1_000).await.unwrap(),
+        1,
+        "only the run that ended before"
+    );
+    assert!(r.run("old_done").await.unwrap().is_none());
+    assert!(
+        r.run("old_running").await.unwrap().is_some(),
+        "a run still going stays"
+    );
+    assert_eq!(r.run("new_done").await.unwrap().unwrap().steps.len(), 1);
+    assert_eq!(r.purge_runs(1_000).await.unwrap(), 0, "idempotent");
+    // The removed run's id is free again, without leftover steps.
+    assert!(r.create_run(run("old_done", "flow", 7_000)).await.unwrap());
+    assert!(r.run("old_done").await.unwrap().unwrap().steps.is_empty());
+    opened.close().await;
+}

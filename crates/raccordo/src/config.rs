@@ -44,6 +44,9 @@ pub struct Config {
     /// channels, CRMs, AI providers, flow steps, callbacks, JWKS). Default: public `https`
     /// hosts only.
     pub outbound: raccordo_outbound::OutboundConfig,
+    /// `[retention]`: how long flow runs are kept after they end (events have
+    /// `[storage.retention]`, refused requests `[ingest.inspector]`).
+    pub retention: raccordo_runtime::retention::RetentionConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
@@ -324,6 +327,9 @@ impl Config {
                     .into_iter()
                     .for_each(|(field, message)| report(format!("{key}.{field}"), message)),
             }
+        }
+        for (field, message) in self.retention.problems() {
+            report(format!("retention.{field}"), message);
         }
         for (field, message) in self.admin.limits.problems() {
             report(format!("admin.limits.{field}"), message);

@@ -168,6 +168,17 @@ impl Hub {
             });
         }
         {
+            let (runs, clock, retention) = (stores.runs.clone(), clock.clone(), config.retention);
+            supervisor.spawn("retention", move |ctx| {
+                raccordo_runtime::retention::run_retention(
+                    retention,
+                    runs.clone(),
+                    clock.clone(),
+                    ctx,
+                )
+            });
+        }
+        {
             // Histograms are aggregated lazily; upkeep keeps memory flat between scrapes.
             let prometheus = prometheus.clone();
             supervisor.spawn("metrics-upkeep", move |ctx| {

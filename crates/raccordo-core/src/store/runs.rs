@@ -89,6 +89,10 @@ pub trait RunStore: Send + Sync + 'static {
 
     async fn run(&self, run_id: &str) -> Result<Option<Run>, StoreError>;
 
+    /// Removes runs that ended before `ended_before_ms`, with their steps (retention);
+    /// runs still going stay. How many were removed.
+    async fn purge_runs(&self, ended_before_ms: i64) -> Result<u64, StoreError>;
+
     /// Runs newest first, optionally of one kind, older than the run `before` (paging).
     async fn list_runs(
         &self,
