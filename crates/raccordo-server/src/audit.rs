@@ -55,10 +55,20 @@ pub async fn record(
     next: Next,
 ) -> Response {
     use http::Method;
-    if !matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) {
+    // Admin tokens come as `Authorization: Bearer`; webhook senders signing or sending an API
+    // key pass straight through, with nothing added on the ingest path.
+    let bearer = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| {
+            v.as_bytes().len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ")
+        });
+    if !bearer
+        || !matches!(
+            *request.method(),
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        )
+    {
         return next.run(request).await;
     }
     let slot = AuditSlot::default();

@@ -5,20 +5,13 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
-/// A client whose connections come from `local` (another loopback address).
 fn client_from(local: &str) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .local_address(local.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    support::client_from(local, Duration::from_secs(10))
 }
 
 async fn post(client: &reqwest::Client, server: &Server, key: &str) -> reqwest::Response {

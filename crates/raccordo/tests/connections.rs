@@ -49,15 +49,8 @@ fn start_with(dir: &std::path::Path, config: &str) -> (Server, u16) {
     (server, port)
 }
 
-/// An HTTP client whose connections come from `local` (another loopback address: another
-/// client, as far as the hub can tell).
 fn client_from(local: &str) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .local_address(local.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap()
+    support::client_from(local, Duration::from_secs(2))
 }
 
 #[tokio::test(flavor = "multi_thread")]

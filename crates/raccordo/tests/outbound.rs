@@ -12,6 +12,13 @@ use support::*;
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 
+fn check(config: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_reports_internal_plain_http_and_bare_urls_and_accepts_uppercase_https() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,10 +62,7 @@ client_secret = "hubspot-secret-0123456789"
 "#;
     let path = dir.path().join("raccordo.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     for (key, why) in [
@@ -97,10 +101,7 @@ client_secret = "hubspot-secret-0123456789"
         )
         .replace("http://10.0.0.7", "https://10.0.0.7");
     std::fs::write(&path, &https_only).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -120,10 +121,7 @@ client_secret = "hubspot-secret-0123456789"
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config", path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert!(
         out.status.success(),
         "{}",

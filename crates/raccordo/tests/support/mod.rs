@@ -288,6 +288,17 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// An HTTP client whose connections come from `local` (another loopback address: another
+/// client, as far as the hub can tell).
+pub fn client_from(local: &str, timeout: Duration) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .timeout(timeout)
+        .build()
+        .unwrap()
+}
+
 /// Posts conversion event `n` with the test API key; returns the status.
 pub async fn send_event(server: &Server, n: u32) -> reqwest::StatusCode {
     send_batch(server, &event(n)).await
