@@ -92,6 +92,9 @@ struct State {
 pub struct AuthGuard {
     settings: AuthFailureSettings,
     state: Mutex<State>,
+    /// The latest end of any block: before it passes, a request's address is looked up;
+    /// after, no address can be blocked and the ingest path takes no lock.
+    blocks_end_ms: std::sync::atomic::AtomicI64,
 }
 
 impl AuthGuard {
@@ -99,6 +102,7 @@ impl AuthGuard {
         Self {
             settings,
             state: Mutex::default(),
+            blocks_end_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -109,6 +113,13 @@ impl AuthGuard {
     /// How long `address` stays blocked, if it is.
     pub fn blocked_for_ms(&self, address: Option<IpAddr>, now_ms: i64) -> Option<u64> {
         let address = address?;
+        if self
+            .blocks_end_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= now_ms
+        {
+            return None;
+        }
         let state = self.state();
         let (tally, _) = state.tallies.get(&address)?;
         (tally.blocked_until_ms > now_ms).then(|| (tally.blocked_until_ms - now_ms) as u64)
@@ -140,6 +151,8 @@ impl AuthGuard {
                 source: source.to_string(),
                 blocked_until_ms: entry.0.blocked_until_ms,
             };
+            self.blocks_end_ms
+                .fetch_max(block.blocked_until_ms, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("raccordo_auth_blocks_total", "source" => source.to_string())
                 .increment(1);
             tracing::warn!(%address, source, blocked_until_ms = block.blocked_until_ms, "address blocked after repeated authentication failures");
