@@ -90,7 +90,7 @@ pub async fn record(
             format!("{method} {route}"),
             path,
             response.status().as_u16(),
-            serde_json::Value::Null,
+            serde_json::json!({}),
         )
         .await;
     }

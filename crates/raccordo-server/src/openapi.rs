@@ -112,6 +112,10 @@ const AUTH: &[(&str, &str)] = &[
         "403",
         "The credentials do not allow this (scope, or a disabled source)",
     ),
+    (
+        "429",
+        "Too many requests: over a rate limit, or the address is blocked after repeated authentication failures; see `Retry-After`",
+    ),
 ];
 
 /// Finishes the generated document: the built-in conversion event schema as the body of

@@ -56,7 +56,8 @@ impl AuditLog for SqliteAuditLog {
                         action: r.get(3)?,
                         target: r.get(4)?,
                         status: r.get(5)?,
-                        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                        detail: serde_json::from_str(&detail)
+                            .unwrap_or_else(|_| serde_json::json!({})),
                     })
                 })?
                 .collect()

@@ -22,7 +22,7 @@ pub struct AuditRecord {
     pub target: String,
     /// The HTTP status answered, or 0 for actions without one.
     pub status: u16,
-    /// Anything else worth keeping (never secrets nor personal data).
+    /// Anything else worth keeping (never secrets nor personal data); `{}` when nothing.
     #[schema(value_type = Object)]
     pub detail: serde_json::Value,
 }
