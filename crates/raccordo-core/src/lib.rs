@@ -7,6 +7,7 @@ pub mod clock;
 pub mod crm;
 pub mod event;
 pub mod ids;
+pub mod privacy;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock, rfc3339};

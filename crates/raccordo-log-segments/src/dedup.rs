@@ -109,6 +109,19 @@ impl DedupIndex {
         self.claims.insert(key, claim);
     }
 
+    /// Drops `key`'s claim if `event` still holds it (an erased event's claim); whether it did.
+    pub fn drop_claim(&mut self, key: &DedupKey, event: u128) -> bool {
+        debug_assert!(self.undo.is_empty(), "erase only between commits");
+        let held = self
+            .claims
+            .get(key)
+            .is_some_and(|c| u128::from_le_bytes(c.event) == event);
+        if held {
+            self.claims.remove(key);
+        }
+        held
+    }
+
     /// The same for a delivery id.
     pub fn load_delivery(&mut self, key: DedupKey, delivery: Delivery) {
         self.deliveries.insert(key, delivery);

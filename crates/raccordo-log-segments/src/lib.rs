@@ -20,6 +20,7 @@
 //!   directory can be copied consistently.
 
 mod dedup;
+mod erase;
 pub mod format;
 pub mod import;
 mod maintenance;
@@ -37,8 +38,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use raccordo_core::{
-    AppendBatch, AppendOutcome, EventFilter, EventLog, EventPage, EventQuery, LogPositions,
-    RawEvent, StoreError,
+    AppendBatch, AppendOutcome, ErasedEvents, EventFilter, EventLog, EventPage, EventQuery,
+    EventSelector, LogPositions, PayloadRewrite, RawEvent, StoreError, StoredEvent,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -113,6 +114,9 @@ pub(crate) struct Shared {
     dedup_keys: std::sync::atomic::AtomicUsize,
     /// A zero-filled segment file (`next.ready`) waits for the next roll-over.
     next_ready: AtomicBool,
+    /// Events erased while this process runs: their claims are left out of sidecars
+    /// written later. Also the lock under which sidecars lose erased claims.
+    erased: Mutex<std::collections::HashSet<u128>>,
 }
 
 impl Shared {
@@ -128,7 +132,7 @@ impl Shared {
 
 pub struct SegmentLog {
     shared: Arc<Shared>,
-    jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<writer::Request>>>,
     ready: Arc<AtomicBool>,
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
     stop_maintenance: Mutex<Option<std::sync::mpsc::Sender<writer::Seal>>>,
@@ -178,6 +182,7 @@ impl SegmentLog {
             .write(true)
             .open(dir.join("freeze.lock"))
             .map_err(io)?;
+        erase::recover(&dir).map_err(io)?;
         let opened = open_segments(&dir).map_err(io)?;
         let Opened {
             segments,
@@ -202,6 +207,7 @@ impl SegmentLog {
             full: AtomicBool::new(false),
             dedup_keys: std::sync::atomic::AtomicUsize::new(index.len()),
             next_ready: AtomicBool::new(dir.join(segment::NEXT_READY).exists()),
+            erased: Mutex::new(Default::default()),
         });
         let (committed_tx, committed) =
             tokio::sync::watch::channel(LogPositions::single(next_seq - 1));
@@ -543,7 +549,7 @@ impl EventLog for SegmentLog {
         let sender =
             sender.ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
         sender
-            .try_send(writer::Job { batch, reply })
+            .try_send(writer::Request::Append(writer::Job { batch, reply }))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => StoreError::Overloaded {
                     retry_after_ms: 1000,
@@ -566,6 +572,33 @@ impl EventLog for SegmentLog {
             .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
+    async fn erase(&self, rewrite: PayloadRewrite) -> Result<ErasedEvents, StoreError> {
+        // The bulk is planned off the writer thread (reading the whole log); the writer then
+        // plans what was committed since and applies it all, appends paused meanwhile.
+        let head = self.committed.borrow().get(0);
+        let shared = self.shared.clone();
+        let planner = rewrite.clone();
+        let patches = tokio::task::spawn_blocking(move || erase::plan(&shared, 0, head, &planner))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let (reply, answer) = oneshot::channel();
+        let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sender =
+            sender.ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
+        sender
+            .send(writer::Request::Erase(writer::EraseJob {
+                patches,
+                planned_up_to: head,
+                rewrite,
+                reply,
+            }))
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.shared.full.load(Ordering::SeqCst)
     }
@@ -585,6 +618,14 @@ impl EventQuery for SegmentLog {
         let shared = self.shared.clone();
         let head = self.committed.borrow().get(0);
         tokio::task::spawn_blocking(move || read::query(&shared, &filter, head))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    async fn find(&self, select: EventSelector) -> Result<Vec<StoredEvent>, StoreError> {
+        let shared = self.shared.clone();
+        let head = self.committed.borrow().get(0);
+        tokio::task::spawn_blocking(move || read::find(&shared, head, &select))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?
     }

@@ -139,9 +139,21 @@ impl Maintenance {
         if self.durability == Durability::Buffered {
             std::fs::File::open(&seal.segment.path)?.sync_data()?;
         }
+        // Claims of events erased since the segment was sealed are left out; the lock keeps
+        // an erasure from rewriting this sidecar between the check and the write.
+        let erased = self.shared.erased.lock().unwrap_or_else(|p| p.into_inner());
+        let summary = if erased.is_empty() {
+            std::borrow::Cow::Borrowed(&seal.summary)
+        } else {
+            let mut summary = seal.summary.clone();
+            summary
+                .claims
+                .retain(|(_, event, _)| !erased.contains(event));
+            std::borrow::Cow::Owned(summary)
+        };
         segment::write_durably(
             &segment::sidecar_path(&self.shared.dir, seal.segment.first_seq),
-            &segment::encode_sidecar(seal.segment.first_seq, &seal.summary),
+            &segment::encode_sidecar(seal.segment.first_seq, &summary),
         )
     }
 

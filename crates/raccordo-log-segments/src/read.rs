@@ -164,3 +164,27 @@ pub fn query(shared: &Shared, filter: &EventFilter, head: i64) -> Result<EventPa
         next_after_seq,
     })
 }
+
+/// Every event `select` picks (duplicates included), for a data-subject export.
+pub fn find(
+    shared: &Shared,
+    head: i64,
+    select: &raccordo_core::EventSelector,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::new();
+    for_each_event(shared, 0, head, |e| {
+        if select(e.source, e.payload) {
+            out.push(StoredEvent {
+                seq: e.seq,
+                id: EventId::from_u128(e.id),
+                source: source_name(e)?,
+                event_time_ms: e.event_time_ms,
+                received_at_ms: e.received_at_ms,
+                payload: serde_json::from_str(e.payload)
+                    .map_err(|err| StoreError::Corrupt(format!("event {}: {err}", e.seq)))?,
+            });
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}

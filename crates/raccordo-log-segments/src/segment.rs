@@ -57,6 +57,9 @@ pub struct Segment {
     last_seq: AtomicI64,
     max_received_at: AtomicI64,
     sparse: RwLock<Vec<(i64, u64)>>,
+    /// Held exclusively while an erasure patches frames in place, shared by every read of
+    /// the file: a read sees a frame either before or after its patch, never half of each.
+    pub(crate) patching: RwLock<()>,
 }
 
 impl Segment {
@@ -70,6 +73,7 @@ impl Segment {
             last_seq: AtomicI64::new(summary.last_seq),
             max_received_at: AtomicI64::new(summary.max_received_at),
             sparse: RwLock::new(summary.sparse.clone()),
+            patching: RwLock::new(()),
         }))
     }
 
@@ -112,7 +116,10 @@ impl Segment {
     }
 
     pub fn cursor(&self, from: u64) -> FrameCursor<'_> {
-        FrameCursor::new(&self.file, from, self.len())
+        FrameCursor {
+            gate: Some(&self.patching),
+            ..FrameCursor::new(&self.file, from, self.len())
+        }
     }
 }
 
@@ -138,6 +145,8 @@ pub enum Step<'a> {
 /// Reads frames from a file in large chunks.
 pub struct FrameCursor<'f> {
     file: &'f File,
+    /// The segment's patching lock, held for each read (none while opening: no erasure runs).
+    gate: Option<&'f RwLock<()>>,
     buf: Vec<u8>,
     buf_start: u64,
     pos: u64,
@@ -148,6 +157,7 @@ impl<'f> FrameCursor<'f> {
     pub fn new(file: &'f File, from: u64, end: u64) -> Self {
         Self {
             file,
+            gate: None,
             buf: Vec::new(),
             buf_start: from,
             pos: from,
@@ -191,6 +201,10 @@ impl<'f> FrameCursor<'f> {
                     }
                     let want = needed.max(READ_CHUNK).min((self.end - self.pos) as usize);
                     self.buf.resize(want, 0);
+                    // One read holds the whole frame (it restarts at the frame's start).
+                    let _gate = self
+                        .gate
+                        .map(|g| g.read().unwrap_or_else(|p| p.into_inner()));
                     self.file.read_exact_at(&mut self.buf, self.pos)?;
                     self.buf_start = self.pos;
                 }

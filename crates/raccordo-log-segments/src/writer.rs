@@ -14,17 +14,35 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use raccordo_core::{AppendBatch, AppendOutcome, EventId, ItemOutcome, LogPositions, StoreError};
+use raccordo_core::{
+    AppendBatch, AppendOutcome, ErasedEvents, EventId, ItemOutcome, LogPositions, PayloadRewrite,
+    StoreError,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dedup::{DedupIndex, Delivery, ExpiredKeys};
 use crate::format::{self, DeliveryRecord, EventRecord, FrameWriter, SEGMENT_HEADER_LEN};
 use crate::segment::{self, Segment, Summary};
-use crate::{Durability, Shared};
+use crate::{Durability, Shared, erase};
 
 pub struct Job {
     pub batch: AppendBatch,
     pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// What the writer is asked to do, in order.
+pub enum Request {
+    Append(Job),
+    Erase(EraseJob),
+}
+
+/// An erasure planned up to `planned_up_to`: the writer plans the rest (events committed
+/// since), journals, patches and drops the claims, with appends paused meanwhile.
+pub struct EraseJob {
+    pub patches: Vec<erase::Patch>,
+    pub planned_up_to: i64,
+    pub rewrite: PayloadRewrite,
+    pub reply: oneshot::Sender<Result<ErasedEvents, StoreError>>,
 }
 
 /// A segment to seal: its sidecar is written off the commit path.
@@ -68,16 +86,29 @@ struct Applied {
 }
 
 impl Writer {
-    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Request>) {
         let mut frames = FrameWriter::default();
         while let Some(first) = jobs.blocking_recv() {
+            let first = match first {
+                Request::Append(job) => job,
+                Request::Erase(job) => {
+                    self.erase(job);
+                    continue;
+                }
+            };
             let mut events = first.batch.events.len();
             let mut group = vec![first];
+            // An erasure queued behind appends runs right after their commit, in order.
+            let mut erasure = None;
             while events < self.max_group_events {
                 match jobs.try_recv() {
-                    Ok(job) => {
+                    Ok(Request::Append(job)) => {
                         events += job.batch.events.len();
                         group.push(job);
+                    }
+                    Ok(Request::Erase(job)) => {
+                        erasure = Some(job);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -117,6 +148,9 @@ impl Writer {
                     .store(self.index.len(), Ordering::Release);
             }
             metrics::gauge!("raccordo_storage_dedup_keys").set(self.index.len() as f64);
+            if let Some(job) = erasure {
+                self.erase(job);
+            }
         }
         // Queue closed: everything accepted was answered and is on disk.
         if self.durability == Durability::Buffered
@@ -262,6 +296,85 @@ impl Writer {
             newer
         });
         Ok(applied)
+    }
+
+    fn erase(&mut self, job: EraseJob) {
+        if let Err(e) = self.freeze.lock_shared() {
+            let _ = job
+                .reply
+                .send(Err(StoreError::Backend(format!("freeze lock: {e}"))));
+            return;
+        }
+        let result = self.erase_unfrozen(job.patches, job.planned_up_to, &job.rewrite);
+        let _ = self.freeze.unlock();
+        self.shared
+            .dedup_keys
+            .store(self.index.len(), Ordering::Release);
+        let _ = job.reply.send(result);
+    }
+
+    fn erase_unfrozen(
+        &mut self,
+        mut patches: Vec<erase::Patch>,
+        planned_up_to: i64,
+        rewrite: &PayloadRewrite,
+    ) -> Result<ErasedEvents, StoreError> {
+        // What was committed since the plan (a few frames at most): planned here, so that
+        // nothing of the subject committed before this answer is left behind.
+        let head = self.next_seq - 1;
+        if head > planned_up_to {
+            patches.extend(erase::plan(&self.shared, planned_up_to, head, rewrite)?);
+        }
+        if patches.is_empty() {
+            return Ok(ErasedEvents::default());
+        }
+        let dir = self.shared.dir.clone();
+        let failed = |what: &str, e: io::Error| io_error(what, e);
+        let journal = erase::journal_path(&dir);
+        segment::write_durably(&journal, &erase::encode_journal(&patches))
+            .map_err(|e| failed("writing the erasure journal", e))?;
+        let frames: Vec<(i64, u64, Vec<u8>)> = patches
+            .iter()
+            .map(|p| (p.segment, p.offset, p.frame.clone()))
+            .collect();
+        erase::apply(&dir, &frames, Some(&self.shared))
+            .map_err(|e| failed("patching the event log", e))?;
+
+        let erased: std::collections::HashSet<u128> = patches
+            .iter()
+            .flat_map(|p| p.events.iter().copied())
+            .collect();
+        let mut claims = 0;
+        for (key, event) in patches.iter().flat_map(|p| p.claims.iter()) {
+            claims += u64::from(self.index.drop_claim(key, *event));
+        }
+        self.active_summary
+            .claims
+            .retain(|(_, event, _)| !erased.contains(event));
+        {
+            // Sealed segments: their sidecars lose the claims too (the maintenance thread,
+            // holding the same lock, filters a sidecar it has yet to write).
+            let mut dropped = self.shared.erased.lock().unwrap_or_else(|p| p.into_inner());
+            dropped.extend(erased.iter().copied());
+            let mut sealed: Vec<i64> = patches
+                .iter()
+                .map(|p| p.segment)
+                .filter(|s| *s != self.active.first_seq)
+                .collect();
+            sealed.dedup();
+            for first_seq in sealed {
+                erase::drop_sidecar_claims(&dir, first_seq, &erased)
+                    .map_err(|e| failed("rewriting a sidecar", e))?;
+            }
+        }
+        std::fs::remove_file(&journal)
+            .and_then(|()| segment::sync_dir(&dir))
+            .map_err(|e| failed("removing the erasure journal", e))?;
+        metrics::counter!("raccordo_storage_erased_events_total").increment(erased.len() as u64);
+        Ok(ErasedEvents {
+            ids: erase::event_ids(&patches),
+            claims,
+        })
     }
 
     /// Seals the active segment (its sidecar is written in the background) and starts a

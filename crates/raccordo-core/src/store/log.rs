@@ -1,12 +1,14 @@
 //! The durable event log and its query side.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::event::{AppendBatch, AppendOutcome, EventFilter, EventPage, RawEvent};
+use crate::event::{AppendBatch, AppendOutcome, EventFilter, EventPage, RawEvent, StoredEvent};
+use crate::ids::EventId;
 
 /// Where one event sits in the log: its partition and its offset in that partition.
 /// Offsets start at 1 and grow strictly in commit order within a partition; the embedded
@@ -89,8 +91,30 @@ pub trait EventLog: Send + Sync + 'static {
     /// consumers that tail the log wait on it instead of polling.
     fn committed(&self) -> tokio::sync::watch::Receiver<LogPositions>;
 
+    /// Rewrites, durably and in place, every stored event `rewrite` picks, and drops the
+    /// business-key claims of those events. A rewrite that changes a payload's length is
+    /// refused (nothing changes). Idempotent when `rewrite` no longer picks what it changed.
+    async fn erase(&self, rewrite: PayloadRewrite) -> Result<ErasedEvents, StoreError>;
+
     /// Stops taking appends, finishes what was accepted and releases the store.
     async fn close(&self) {}
+}
+
+/// Decides, for one stored event (its source and payload text), whether it belongs to the
+/// data subject being erased and, if so, its new payload: the same byte length, with the
+/// personal values replaced (see `privacy`). `None`: leave the event alone.
+pub type PayloadRewrite = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+/// Picks stored events (by source and payload text) for a data-subject export.
+pub type EventSelector = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// What an erasure changed in the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErasedEvents {
+    /// The events rewritten (business-key duplicates included).
+    pub ids: Vec<EventId>,
+    /// Business-key dedup claims of those events dropped (their keys hash personal data).
+    pub claims: u64,
 }
 
 /// Filtered reads of stored events (`GET /api/v1/events`), split from the log because a
@@ -99,6 +123,10 @@ pub trait EventLog: Send + Sync + 'static {
 pub trait EventQuery: Send + Sync + 'static {
     /// Events in log order, business-key duplicates left out.
     async fn read(&self, filter: EventFilter) -> Result<EventPage, StoreError>;
+
+    /// Every stored event `select` picks, in log order, duplicates included (a data-subject
+    /// export reads the whole log: it is rare and runs off the ingest path).
+    async fn find(&self, select: EventSelector) -> Result<Vec<StoredEvent>, StoreError>;
 }
 
 #[cfg(test)]

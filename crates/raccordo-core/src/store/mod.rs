@@ -26,7 +26,9 @@ pub use alerts::{AlertHistory, AlertRecord, DeliveryRecord, DeliveryStatus};
 pub use audit::{AuditLog, AuditRecord};
 pub use costs::CampaignCosts;
 pub use kv::{KeyValueStore, Versioned};
-pub use log::{EventLog, EventQuery, LogPosition, LogPositions};
+pub use log::{
+    ErasedEvents, EventLog, EventQuery, EventSelector, LogPosition, LogPositions, PayloadRewrite,
+};
 pub use mappings::{IdMappings, RecordRef};
 pub use offsets::ConsumerOffsets;
 pub use ratelimit::{Admission, BucketSpec, BucketState, RateLimitStore};
