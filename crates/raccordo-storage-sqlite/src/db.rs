@@ -35,6 +35,9 @@ impl SideDb {
             let conn = Connection::open(path)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
+            // Deleted rows are overwritten with zeros, not left in free pages: an erased
+            // customer's data must not stay readable in the file.
+            conn.pragma_update(None, "secure_delete", "ON")?;
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             Ok(conn)
         };
@@ -57,6 +60,24 @@ impl SideDb {
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?
         .map_err(store_error)
+    }
+
+    /// [`SideDb::tx`] for an erasure: afterwards the WAL is checkpointed and truncated, so
+    /// that the pages that held the erased rows do not linger in it (best effort: a reader
+    /// holding an old snapshot keeps the WAL until the next checkpoint).
+    pub async fn erase_tx<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(value)
+        })
+        .await
     }
 
     /// Runs `f` inside an IMMEDIATE transaction (the write lock is taken up front, so a

@@ -153,6 +153,34 @@ impl RunStore for SqliteRuns {
             .await
     }
 
+    async fn runs_holding(&self, needle: &str) -> Result<Vec<String>, StoreError> {
+        let needle = needle.to_string();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT id FROM runs WHERE instr(trigger_input, ?1) > 0
+                        OR id IN (SELECT run_id FROM run_steps WHERE instr(record, ?1) > 0)
+                     ORDER BY rank DESC",
+                )?;
+                stmt.query_map(params![needle], |r| r.get(0))?.collect()
+            })
+            .await
+    }
+
+    async fn delete_runs(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.db
+            .erase_tx(move |tx| {
+                let mut removed = 0;
+                for id in &ids {
+                    tx.execute("DELETE FROM run_steps WHERE run_id = ?1", params![id])?;
+                    removed += tx.execute("DELETE FROM runs WHERE id = ?1", params![id])?;
+                }
+                Ok(removed as u64)
+            })
+            .await
+    }
+
     async fn list_runs(
         &self,
         kind: Option<&str>,

@@ -239,6 +239,23 @@ impl WorkQueue for SqliteWorkQueue {
         .await
     }
 
+    async fn erase_holding(&self, needle: &str) -> Result<(u64, u64), StoreError> {
+        let needle = needle.to_string();
+        self.db
+            .erase_tx(move |tx| {
+                let items = tx.execute(
+                    "DELETE FROM work_items WHERE instr(payload, ?1) > 0",
+                    params![needle],
+                )?;
+                let dead = tx.execute(
+                    "DELETE FROM dead_letters WHERE instr(payload, ?1) > 0 OR instr(last_error, ?1) > 0",
+                    params![needle],
+                )?;
+                Ok((items as u64, dead as u64))
+            })
+            .await
+    }
+
     async fn replay(&self, dead_letter_id: i64, now_ms: i64) -> Result<Option<i64>, StoreError> {
         self.with_tx(move |tx| {
             let moved = tx.execute(

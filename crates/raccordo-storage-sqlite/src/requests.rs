@@ -152,4 +152,31 @@ impl RejectedRequests for SqliteRejectedRequests {
             })
             .await
     }
+
+    async fn rejected_holding(&self, needle: &str) -> Result<Vec<RejectedRequest>, StoreError> {
+        let needle = needle.as_bytes().to_vec();
+        self.db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT {COLUMNS} FROM rejected_requests
+                     WHERE instr(body, ?1) > 0 ORDER BY id DESC"
+                ))?;
+                stmt.query_map(params![needle], read)?.collect()
+            })
+            .await
+    }
+
+    async fn delete_rejected(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.db
+            .erase_tx(move |tx| {
+                let mut removed = 0;
+                for id in &ids {
+                    removed +=
+                        tx.execute("DELETE FROM rejected_requests WHERE id = ?1", params![id])?;
+                }
+                Ok(removed as u64)
+            })
+            .await
+    }
 }

@@ -134,11 +134,29 @@ impl KeyValueStore for SqliteKeyValue {
         self.db
             .tx(move |tx| {
                 let live = live_entry(tx, &key, now_ms)?.is_some();
-                // Keep the row (as expired) so that the version keeps counting up.
+                // Keep the row (as expired, its value dropped) so that the version keeps
+                // counting up.
                 tx.execute(
-                    "UPDATE kv SET expires_at = ?2 WHERE key = ?1",
+                    "UPDATE kv SET expires_at = ?2, value = x'' WHERE key = ?1",
                     params![key, now_ms],
                 )?;
+                Ok(live)
+            })
+            .await
+    }
+
+    async fn erase_keys(&self, keys: &[String], now_ms: i64) -> Result<u64, StoreError> {
+        let keys = keys.to_vec();
+        self.db
+            .erase_tx(move |tx| {
+                let mut live = 0;
+                for key in &keys {
+                    live += u64::from(live_entry(tx, key, now_ms)?.is_some());
+                    tx.execute(
+                        "UPDATE kv SET expires_at = ?2, value = x'' WHERE key = ?1",
+                        params![key, now_ms],
+                    )?;
+                }
                 Ok(live)
             })
             .await
@@ -152,6 +170,29 @@ impl KeyValueStore for SqliteKeyValue {
                     params![now_ms],
                 )
                 .map(|n| n as u64)
+            })
+            .await
+    }
+
+    async fn keys_holding(
+        &self,
+        prefix: &str,
+        needle: &[u8],
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_string();
+        let needle = needle.to_vec();
+        self.db
+            .call(move |conn| {
+                // `substr` rather than LIKE: no escaping of `%` and `_` in the prefix.
+                let mut stmt = conn.prepare(
+                    "SELECT key FROM kv
+                     WHERE substr(key, 1, length(?1)) = ?1 AND instr(value, ?2) > 0
+                       AND (expires_at IS NULL OR expires_at > ?3)
+                     ORDER BY key",
+                )?;
+                stmt.query_map(params![prefix, needle, now_ms], |r| r.get(0))?
+                    .collect()
             })
             .await
     }

@@ -15,6 +15,7 @@ use raccordo_core::Stores;
 pub mod alerts;
 pub mod audit;
 pub mod costs;
+pub mod erasure;
 pub mod fixtures;
 pub mod kv;
 pub mod log;
@@ -88,6 +89,7 @@ macro_rules! conformance {
             requests::refused_requests_are_durable_filtered_paged_and_purged,
             audit::audit_records_are_durable_newest_first_and_never_overwritten,
             costs::costs_replace_per_day,
+            erasure::documents_holding_a_subject_are_found_and_erased,
             log::append_tail_and_query,
             log::dedup_claims_survive_a_restart,
         );

@@ -58,4 +58,17 @@ pub trait KeyValueStore: Send + Sync + 'static {
 
     /// Drops expired entries; how many.
     async fn purge_expired(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Keys of the live entries under `prefix` whose value holds the bytes `needle` (what
+    /// a data subject's export reads and erasure deletes), in key order.
+    async fn keys_holding(
+        &self,
+        prefix: &str,
+        needle: &[u8],
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes these entries for an erasure: like `delete`, and their values are gone from
+    /// the store's files too, not merely unreachable. How many were live.
+    async fn erase_keys(&self, keys: &[String], now_ms: i64) -> Result<u64, StoreError>;
 }

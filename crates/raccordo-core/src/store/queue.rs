@@ -198,6 +198,11 @@ pub trait WorkQueue: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError>;
 
+    /// Removes the pending items and dead letters whose payload holds `needle` (a data
+    /// subject's id as stored JSON writes it, for an erasure); how many of each went. A
+    /// leased item goes too: its worker's completion then finds nothing to complete.
+    async fn erase_holding(&self, needle: &str) -> Result<(u64, u64), StoreError>;
+
     /// Puts a dead letter back on its queue as a new item; returns the new item's id.
     async fn replay(&self, dead_letter_id: i64, now_ms: i64) -> Result<Option<i64>, StoreError>;
 

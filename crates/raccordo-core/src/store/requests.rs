@@ -89,4 +89,11 @@ pub trait RejectedRequests: Send + Sync + 'static {
     /// Removes requests received before `before_ms`, and the oldest beyond `keep` (the
     /// retention); returns how many went.
     async fn purge_rejected(&self, before_ms: i64, keep: usize) -> Result<u64, StoreError>;
+
+    /// Requests whose body holds `needle` (a data subject's id), newest first: what an
+    /// export shows and an erasure removes.
+    async fn rejected_holding(&self, needle: &str) -> Result<Vec<RejectedRequest>, StoreError>;
+
+    /// Removes these requests; how many went.
+    async fn delete_rejected(&self, ids: &[String]) -> Result<u64, StoreError>;
 }

@@ -100,4 +100,11 @@ pub trait RunStore: Send + Sync + 'static {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RunSummary>, StoreError>;
+
+    /// Ids of the runs whose trigger input or any step record holds `needle` (a data
+    /// subject's id as stored JSON writes it), newest first.
+    async fn runs_holding(&self, needle: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Removes these runs with their steps; how many runs went.
+    async fn delete_runs(&self, ids: &[String]) -> Result<u64, StoreError>;
 }
