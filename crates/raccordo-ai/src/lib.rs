@@ -108,6 +108,102 @@ const ATTEMPTS: u32 = 4;
 /// Longest `Retry-After` waited in place.
 const MAX_WAIT: Duration = Duration::from_secs(20);
 
+/// Where cached answers live in the key-value store.
+pub const CACHE_PREFIX: &str = "ai:cache:";
+
+/// A cached answer. The prompt itself is not kept, only fingerprints of its words, so that
+/// a data subject's erasure finds the answers made from their data (an id or an e-mail
+/// address in the prompt) without the cache keeping a copy of the prompt.
+#[derive(Serialize, Deserialize)]
+struct CacheEntry {
+    content: Value,
+    words: Vec<String>,
+}
+
+impl CacheEntry {
+    fn new(prompt: &Prompt, content: &Value) -> Self {
+        let text = [
+            prompt.system.as_deref().unwrap_or(""),
+            prompt.user.as_str(),
+            prompt.subject.as_deref().unwrap_or(""),
+        ]
+        .join("\n");
+        Self {
+            content: content.clone(),
+            words: raccordo_core::privacy::word_fingerprints(&text),
+        }
+    }
+}
+
+/// The AI cache as a holder of personal data: answers made from prompts holding the
+/// subject's id are exported and deleted.
+pub struct CacheHolder {
+    pub cache: Arc<dyn KeyValueStore>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl CacheHolder {
+    async fn keys(
+        &self,
+        subject: &raccordo_core::privacy::Subject,
+    ) -> Result<Vec<String>, raccordo_core::StoreError> {
+        // The fingerprint as it sits in the entry's JSON: a quoted string.
+        let needle = format!(
+            "\"{}\"",
+            raccordo_core::privacy::word_fingerprint(subject.id())
+        );
+        let mut keys = self
+            .cache
+            .keys_holding(CACHE_PREFIX, needle.as_bytes(), self.clock.now_ms())
+            .await?;
+        // Answers that quote the id themselves.
+        keys.extend(
+            self.cache
+                .keys_holding(
+                    CACHE_PREFIX,
+                    subject.json_literal().as_bytes(),
+                    self.clock.now_ms(),
+                )
+                .await?,
+        );
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+#[async_trait::async_trait]
+impl raccordo_core::privacy::PersonalData for CacheHolder {
+    fn name(&self) -> &'static str {
+        "ai_cache"
+    }
+
+    async fn export(
+        &self,
+        subject: &raccordo_core::privacy::Subject,
+    ) -> Result<Option<Value>, raccordo_core::StoreError> {
+        let mut answers = Vec::new();
+        for key in self.keys(subject).await? {
+            if let Some(entry) = self.cache.get(&key, self.clock.now_ms()).await?
+                && let Ok(CacheEntry { content, .. }) = serde_json::from_slice(&entry.value)
+            {
+                answers.push(content);
+            }
+        }
+        Ok((!answers.is_empty()).then_some(Value::Array(answers)))
+    }
+
+    async fn erase(
+        &self,
+        subject: &raccordo_core::privacy::Subject,
+        _: &raccordo_core::privacy::Pseudonymiser,
+    ) -> Result<raccordo_core::privacy::Erased, raccordo_core::StoreError> {
+        let keys = self.keys(subject).await?;
+        let erased = self.cache.erase_keys(&keys, self.clock.now_ms()).await?;
+        Ok(vec![("ai_cache", erased)])
+    }
+}
+
 pub struct AiClient {
     http: reqwest::Client,
     providers: Vec<Provider>,
@@ -165,7 +261,7 @@ impl AiClient {
         );
         let digest = h.finalize();
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("ai:cache:{hex}")
+        format!("{CACHE_PREFIX}{hex}")
     }
 
     pub async fn complete(&self, prompt: &Prompt) -> Result<Answer, AiError> {
@@ -179,7 +275,7 @@ impl AiClient {
         for provider in &self.providers {
             let key = Self::cache_key(provider, prompt);
             if let Ok(Some(hit)) = self.cache.get(&key, self.clock.now_ms()).await
-                && let Ok(content) = serde_json::from_slice::<Value>(&hit.value)
+                && let Ok(CacheEntry { content, .. }) = serde_json::from_slice(&hit.value)
             {
                 metrics::counter!("raccordo_ai_cache_hits_total", "provider" => provider.name.clone()).increment(1);
                 return Ok(Answer {
@@ -195,7 +291,8 @@ impl AiClient {
             }
             match self.ask(provider, prompt, validator.as_ref()).await {
                 Ok(answer) => {
-                    let bytes = serde_json::to_vec(&answer.content).unwrap_or_default();
+                    let bytes = serde_json::to_vec(&CacheEntry::new(prompt, &answer.content))
+                        .unwrap_or_default();
                     let ttl = Some(self.cache_ttl.as_millis() as i64);
                     let _ = self.cache.put(&key, bytes, ttl, self.clock.now_ms()).await;
                     return Ok(answer);

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod mapping;
 pub mod network;
 pub mod pipeline;
+pub mod privacy;
 pub mod schema;
 pub mod source;
 

@@ -539,6 +539,22 @@ impl ConversionMapping {
         Some((t.pointer.as_deref()?, t.format))
     }
 
+    /// Where the customer id is in a payload (`None` for a constant customer).
+    pub fn customer_pointer(&self) -> Option<&str> {
+        self.customer.pointer.as_deref()
+    }
+
+    /// The customer of a payload as the windows count it (formatted, looked up).
+    pub fn customer_of(&self, payload: &Value) -> Option<String> {
+        self.customer.text(payload).ok().flatten()
+    }
+
+    /// Whether customer ids are lower-cased (e-mail addresses): a subject's id is then
+    /// matched case-insensitively.
+    pub fn customer_is_lowercased(&self) -> bool {
+        self.customer.format == Format::Lowercase
+    }
+
     /// Pointers of the customer and event type (the default business-key fields).
     pub fn key_pointers(&self) -> Vec<String> {
         [&self.customer, &self.event]

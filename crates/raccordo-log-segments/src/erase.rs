@@ -49,12 +49,19 @@ pub struct Patch {
 /// A claim that no longer claims anything: no key, expired since the epoch.
 const DEAD_CLAIM: (DedupKey, i64) = (DedupKey([0; 16]), 0);
 
+/// One frame rewritten: its new bytes, the events rewritten and the claims zeroed.
+struct PatchedFrame {
+    frame: Vec<u8>,
+    events: Vec<u128>,
+    claims: Vec<(DedupKey, u128)>,
+}
+
 /// The new frame for one frame's records, if `rewrite` picks any of its events.
 fn patch_frame(
     first_seq: i64,
     body: &[u8],
     rewrite: &PayloadRewrite,
-) -> Result<Option<(Vec<u8>, Vec<u128>, Vec<(DedupKey, u128)>)>, String> {
+) -> Result<Option<PatchedFrame>, String> {
     let mut new_payloads = Vec::new();
     for record in format::records(body) {
         if let Record::Event(e) = record.map_err(|e| e.0.to_string())?
@@ -112,11 +119,11 @@ fn patch_frame(
         }
     }
     frames.finish();
-    Ok(Some((
-        frames.bytes().to_vec(),
-        new_payloads.into_iter().map(|(id, _)| id).collect(),
+    Ok(Some(PatchedFrame {
+        frame: frames.bytes().to_vec(),
+        events: new_payloads.into_iter().map(|(id, _)| id).collect(),
         claims,
-    )))
+    }))
 }
 
 /// Finds the frames to patch among the events after `after` up to `head`. Runs on any
@@ -159,7 +166,12 @@ pub fn plan(
                     seg.path.display()
                 ))
             })?;
-            if let Some((frame, events, claims)) = patched {
+            if let Some(PatchedFrame {
+                frame,
+                events,
+                claims,
+            }) = patched
+            {
                 if frame.len() != header.total_len() {
                     return Err(StoreError::Backend(format!(
                         "erasing in {} at byte {offset}: the frame would change length",
@@ -353,7 +365,11 @@ mod tests {
         let (body, original) = frame(&[r#"{"c":"A"}"#, r#"{"c":"B"}"#], true);
         let rewrite: PayloadRewrite =
             Arc::new(|_, p| (p == r#"{"c":"A"}"#).then(|| r#"{"c":"z"}"#.to_string()));
-        let (new, events, claims) = patch_frame(10, &body, &rewrite).unwrap().unwrap();
+        let PatchedFrame {
+            frame: new,
+            events,
+            claims,
+        } = patch_frame(10, &body, &rewrite).unwrap().unwrap();
         assert_eq!(new.len(), original.len());
         assert_eq!(events, vec![1]);
         assert_eq!(
@@ -361,11 +377,15 @@ mod tests {
             vec![(DedupKey([1; 16]), 1), (DedupKey([42; 16]), 1)],
             "its own claim and a carried-over claim of the same event"
         );
-        let format::Parsed::Frame { header, body } = format::parse_frame(&new) else {
+        let format::Parsed::Frame {
+            header,
+            body: new_body,
+        } = format::parse_frame(&new)
+        else {
             panic!("the patched frame has a valid checksum");
         };
         assert_eq!(header.events, 2);
-        let records: Vec<_> = format::records(body).map(Result::unwrap).collect();
+        let records: Vec<_> = format::records(new_body).map(Result::unwrap).collect();
         let Record::Event(a) = &records[0] else {
             panic!()
         };

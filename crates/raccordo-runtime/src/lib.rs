@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod consumer;
 pub mod jwks;
 pub mod live;
+pub mod privacy;
 pub mod retention;
 pub mod supervisor;
 pub mod worker;

@@ -1059,6 +1059,21 @@ impl LiveMetrics {
         }
     }
 
+    /// Late events of the customer counted as `from` (distinct-count hashes) count as `to`
+    /// instead: an erased customer's pseudonym, so that a later re-aggregation counts them
+    /// as the rewritten log does. How many changed; the next checkpoint keeps it.
+    pub fn rehash_late_customer(&self, from: &[u64], to: u64) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = 0;
+        for event in state.late_events.iter_mut() {
+            if from.contains(&event.record.customer_hash) {
+                event.record.customer_hash = to;
+                changed += 1;
+            }
+        }
+        changed
+    }
+
     /// Counts the matching late events into the windows they were late for (an admin's
     /// decision: the final results change), and removes them from the late table. The
     /// changed rows are saved and streamed like late updates; the next checkpoint keeps the

@@ -15,11 +15,26 @@ use crate::state::AppState;
 /// Carried by a request while it is handled; the admin extractor signs it with the token's
 /// name.
 #[derive(Debug, Clone, Default)]
-pub struct AuditSlot(Arc<OnceLock<String>>);
+pub struct AuditSlot(Arc<Slot>);
+
+#[derive(Debug, Default)]
+struct Slot {
+    actor: OnceLock<String>,
+    /// Set by a handler whose path holds personal data (a customer's id): the record names
+    /// the target this way instead.
+    target: OnceLock<String>,
+    detail: OnceLock<serde_json::Value>,
+}
 
 impl AuditSlot {
     pub fn sign(&self, actor: &str) {
-        let _ = self.0.set(actor.to_string());
+        let _ = self.0.actor.set(actor.to_string());
+    }
+
+    /// The record's target and detail, in place of the path and `{}`.
+    pub fn describe(&self, target: String, detail: serde_json::Value) {
+        let _ = self.0.target.set(target);
+        let _ = self.0.detail.set(detail);
     }
 }
 
@@ -83,14 +98,18 @@ pub async fn record(
     // it may carry values.
     let path = request.uri().path().to_string();
     let response = next.run(request).await;
-    if let Some(actor) = slot.0.get() {
+    if let Some(actor) = slot.0.actor.get() {
         append(
             &state,
             actor,
             format!("{method} {route}"),
-            path,
+            slot.0.target.get().cloned().unwrap_or(path),
             response.status().as_u16(),
-            serde_json::json!({}),
+            slot.0
+                .detail
+                .get()
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
         )
         .await;
     }

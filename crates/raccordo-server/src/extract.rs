@@ -31,6 +31,16 @@ impl FromRequestParts<Arc<AppState>> for Admin {
     }
 }
 
+/// An admin-scope caller, by the token's name (for handlers that audit reads themselves).
+pub struct AdminNamed(pub String);
+
+impl FromRequestParts<Arc<AppState>> for AdminNamed {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
+        admit(parts, state, Scope::Admin).map(AdminNamed)
+    }
+}
+
 /// The admin and read APIs' door: a blocked address is refused, then the API's own rate
 /// limits apply, then the token is checked; a failed token counts against the address in
 /// the same guard as failed webhook credentials. The token's name, on success.

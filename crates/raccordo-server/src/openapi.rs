@@ -28,6 +28,7 @@ use crate::problem::{ParameterError, Problem};
         (name = "alerts", description = "Alert history and the dead-letter queue"),
         (name = "crm", description = "HubSpot and Zoho CRM change notifications for the sync"),
         (name = "flows", description = "AI flows: runs, run history, replay and async jobs"),
+        (name = "privacy", description = "A customer's data: export and erasure (GDPR)"),
         (name = "security", description = "Addresses blocked after repeated authentication failures"),
         (name = "operations", description = "Health, readiness, Prometheus, the dashboard"),
     ),

@@ -50,6 +50,9 @@ pub struct AppState {
     pub audit: Arc<dyn raccordo_core::AuditLog>,
     /// The admin and read APIs' own rate limits (`[admin] limits`).
     pub admin_limiter: raccordo_ingest::limits::SourceLimiter,
+    /// Every store that holds personal data, for erasures and exports; the event log's
+    /// holder first (the others' pseudonyms follow what it wrote).
+    pub personal_data: Vec<Arc<dyn raccordo_core::privacy::PersonalData>>,
 }
 
 /// What the CRM webhook routes need.

@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod merge;
 pub mod metadata;
 pub mod plan;
+pub mod privacy;
 pub mod reconcile;
 pub mod worker;
 

@@ -44,8 +44,11 @@ struct StoredSnapshot {
     values: BTreeMap<String, crate::fields::Canonical>,
 }
 
+/// Where pair snapshots live in the key-value store.
+pub const SNAPSHOT_PREFIX: &str = "sync:snapshot:";
+
 fn snapshot_key(kind: ObjectKind, hubspot_id: &str) -> String {
-    format!("sync:snapshot:{}:{hubspot_id}", kind.as_str())
+    format!("{SNAPSHOT_PREFIX}{}:{hubspot_id}", kind.as_str())
 }
 
 /// One item on its way through a round.

@@ -47,6 +47,9 @@ pub struct Config {
     /// `[retention]`: how long flow runs are kept after they end (events have
     /// `[storage.retention]`, refused requests `[ingest.inspector]`).
     pub retention: raccordo_runtime::retention::RetentionConfig,
+    /// `[privacy]`: what a customer's erasure (`DELETE /api/v1/customers/{id}`)
+    /// pseudonymises in their stored events besides the customer id.
+    pub privacy: raccordo_ingest::privacy::PrivacyConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
@@ -330,6 +333,9 @@ impl Config {
         }
         for (field, message) in self.retention.problems() {
             report(format!("retention.{field}"), message);
+        }
+        for (field, message) in self.privacy.problems() {
+            report(format!("privacy.{field}"), message);
         }
         for (field, message) in self.admin.limits.problems() {
             report(format!("admin.limits.{field}"), message);

@@ -215,7 +215,33 @@ impl Hub {
             let inspector = inspector.clone();
             supervisor.spawn("request-inspector", move |ctx| inspector.clone().run(ctx));
         }
+        // Every holder of personal data, in the order an erasure visits them.
+        let personal_data: Vec<Arc<dyn raccordo_core::privacy::PersonalData>> = vec![
+            Arc::new(raccordo_ingest::privacy::EventsHolder::new(
+                &ingestor,
+                stores.query.clone(),
+                &config.privacy,
+            )),
+            Arc::new(raccordo_runtime::privacy::LateEventsHolder(live.clone())),
+            Arc::new(raccordo_core::privacy::RejectedRequestsHolder(
+                stores.requests.clone(),
+            )),
+            Arc::new(raccordo_core::privacy::RunsHolder(stores.runs.clone())),
+            Arc::new(raccordo_core::privacy::WorkQueueHolder(
+                stores.queue.clone(),
+            )),
+            Arc::new(raccordo_sync::privacy::SnapshotsHolder {
+                kv: stores.kv.clone(),
+                mappings: stores.mappings.clone(),
+                clock: clock.clone(),
+            }),
+            Arc::new(raccordo_ai::CacheHolder {
+                cache: stores.kv.clone(),
+                clock: clock.clone(),
+            }),
+        ];
         let state = Arc::new(AppState {
+            personal_data,
             clock,
             ingestor,
             events: stores.query.clone(),

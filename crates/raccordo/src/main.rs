@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod admin_cmd;
 mod config;
 mod credentials;
+mod customer_cmd;
 mod demo;
 mod flows;
 mod flows_cmd;
@@ -123,6 +124,16 @@ enum Command {
         docs/windows.md."
     )]
     Late(late_cmd::LateCommand),
+    /// Erase a customer's personal data from every store of a running hub (GDPR)
+    #[command(
+        long_about = "Erase what a running hub holds about one customer (the GDPR right to         erasure): their stored events keep their counts and values, but the customer id and the         personal fields ([privacy] personal_fields) are replaced by pseudonyms in place and their         dedup claims dropped; refused requests, flow runs, cached AI answers, sync snapshots and         id mappings, pending work and dead letters about them are deleted. Window results stay as         anonymous counts. Prints what was erased per store; running it again erases nothing more.         The hub's audit log records it under the token's name, naming the customer by         fingerprint only. Needs an admin token. See docs/security.md."
+    )]
+    Erase(customer_cmd::CustomerArgs),
+    /// Export what a running hub holds about a customer, as JSON (GDPR access request)
+    #[command(
+        long_about = "Export everything a running hub holds about one customer (the GDPR right         of access): their stored events, refused requests, flow runs, cached AI answers and sync         snapshots, as one JSON document. The export is recorded in the audit log. Needs an         admin token. See docs/security.md."
+    )]
+    Export(customer_cmd::ExportArgs),
     /// The key that seals stored secrets (OAuth grants and tokens): rotate it
     #[command(
         subcommand,
@@ -325,6 +336,8 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => runtime.block_on(loadgen(args)),
         Command::Costs(CostsCommand::Import(args)) => runtime.block_on(import_costs(args)),
         Command::Dlq(command) => runtime.block_on(admin_cmd::run(command)),
+        Command::Erase(args) => runtime.block_on(customer_cmd::erase(args)),
+        Command::Export(args) => runtime.block_on(customer_cmd::export(args)),
         Command::Connect(args) => runtime.block_on(admin_cmd::connect(args)),
         Command::Sync(command) => runtime.block_on(admin_cmd::sync(command)),
         Command::Flows(command) => runtime.block_on(flows_cmd::run(command)),

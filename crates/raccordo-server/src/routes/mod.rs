@@ -13,6 +13,7 @@ mod alerts;
 mod calls;
 mod campaigns;
 mod crm;
+mod customers;
 mod events;
 mod flows;
 mod ingest;
@@ -38,6 +39,7 @@ pub fn router(bench_routes: bool) -> (Router<Arc<AppState>>, Arc<serde_json::Val
         .merge(calls::router())
         .merge(requests::router())
         .merge(security::router())
+        .merge(customers::router())
         .merge(ops::router(bench_routes))
         .routes(utoipa_axum::routes!(openapi_json))
         .split_for_parts();

@@ -12,7 +12,11 @@
 //! customers come out as before, while nothing links the pseudonym to the person: it is
 //! drawn from a key made for the erasure and forgotten after it.
 
+mod holders;
+
 use sha2::{Digest, Sha256};
+
+pub use holders::{Erased, PersonalData, RejectedRequestsHolder, RunsHolder, WorkQueueHolder};
 
 /// Most bytes an identifier may have.
 pub const MAX_SUBJECT_BYTES: usize = 256;
@@ -86,6 +90,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Draws same-length replacements for stored values. One per erasure: within it, the same
 /// original gets the same pseudonym (so aggregates rebuilt from the log are unchanged);
 /// across erasures and without the key, nothing relates a pseudonym to its original.
+#[derive(Clone)]
 pub struct Pseudonymiser {
     key: [u8; 32],
 }
