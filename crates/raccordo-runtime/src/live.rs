@@ -1059,6 +1059,15 @@ impl LiveMetrics {
         }
     }
 
+    /// Forgets late events received before `before_ms` (retention): their ids, times and
+    /// dimensions go, the late counts per window stay. How many went.
+    pub fn purge_late_events(&self, before_ms: i64) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = state.late_events.len();
+        state.late_events.retain(|e| e.received_at_ms >= before_ms);
+        (before - state.late_events.len()) as u64
+    }
+
     /// Late events of the customer counted as `from` (distinct-count hashes) count as `to`
     /// instead: an erased customer's pseudonym, so that a later re-aggregation counts them
     /// as the rewritten log does. How many changed; the next checkpoint keeps it.
@@ -1335,6 +1344,48 @@ mod tests {
             payload: r#"{"id_cliente":"C1","evento":"acquisto_concluso","stato":"completato","canale":"email","valore":10.0}"#.into(),
             duplicate,
         }
+    }
+
+    #[test]
+    fn late_events_move_to_a_pseudonym_and_expire_while_their_counts_stay() {
+        let clock = ManualClock::new(100_000_000);
+        let live = LiveMetrics::new(
+            WindowSpec::tumbling(300_000),
+            ["acquisto_concluso".to_string()],
+            Arc::new(clock.clone()),
+        );
+        live.ingest(&[raw(1, 100_000_000, false)]);
+        // Far behind the watermark: late for every window that would hold it.
+        let mut late = raw(2, 100_000_500, false);
+        late.event_time_ms = 1_000;
+        live.ingest(&[late]);
+        let table = live.late(&LateFilter::default(), 10);
+        assert_eq!(table.total_events, 1, "{table:?}");
+        let counted: u64 = table.counts.iter().map(|c| c.late).sum();
+        assert!(counted > 0);
+
+        let c1 = raccordo_stream::distinct::hash_of("C1");
+        let pseudonym = raccordo_stream::distinct::hash_of("zz");
+        assert_eq!(live.rehash_late_customer(&[c1], pseudonym), 1);
+        assert_eq!(
+            live.rehash_late_customer(&[c1], pseudonym),
+            0,
+            "already moved"
+        );
+
+        assert_eq!(
+            live.purge_late_events(100_000_500),
+            0,
+            "not older than that"
+        );
+        assert_eq!(live.purge_late_events(100_000_501), 1);
+        let table = live.late(&LateFilter::default(), 10);
+        assert_eq!(table.total_events, 0);
+        assert_eq!(
+            table.counts.iter().map(|c| c.late).sum::<u64>(),
+            counted,
+            "the counts stay"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Retention of what the hub keeps besides events (`[retention]`): a supervised job removes
 //! what is past its age, store by store, and counts it in
-//! `raccordo_retention_purged_total{store}`. Events have their own retention
-//! (`[storage.retention]`) in the event log, and refused requests theirs in the request
-//! inspector (`[ingest.inspector] retention`).
+//! `raccordo_retention_purged_total{store}`: flow runs, and the late table's event list
+//! (its counts per window stay). Events have their own retention (`[storage.retention]`)
+//! in the event log, and refused requests theirs in the request inspector
+//! (`[ingest.inspector] retention`). The call log keeps no personal data and lives in
+//! memory only (the last 1 000 calls per service).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,11 @@ pub struct RetentionConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub runs: Duration,
+    /// Late events (their ids, times and dimensions in the late table) are forgotten this
+    /// long after they arrived; the late counts per window stay.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub late_events: Duration,
     /// How often the job looks.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
@@ -31,6 +38,7 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             runs: Duration::from_secs(90 * 86_400),
+            late_events: Duration::from_secs(30 * 86_400),
             every: Duration::from_secs(600),
         }
     }
@@ -41,6 +49,9 @@ impl RetentionConfig {
         let mut out = Vec::new();
         if self.runs < Duration::from_secs(60) {
             out.push(("runs".into(), "must be at least 1m".into()));
+        }
+        if self.late_events < Duration::from_secs(60) {
+            out.push(("late_events".into(), "must be at least 1m".into()));
         }
         if self.every < Duration::from_secs(1) {
             out.push(("every".into(), "must be at least 1s".into()));
@@ -53,11 +64,12 @@ impl RetentionConfig {
 pub async fn run_retention(
     config: RetentionConfig,
     runs: Arc<dyn RunStore>,
+    live: Arc<crate::live::LiveMetrics>,
     clock: Arc<dyn Clock>,
     ctx: TaskContext,
 ) -> anyhow::Result<()> {
     loop {
-        purge_once(&config, runs.as_ref(), clock.now_ms()).await?;
+        purge_once(&config, runs.as_ref(), Some(&live), clock.now_ms()).await?;
         tokio::select! {
             _ = tokio::time::sleep(config.every) => {}
             _ = ctx.cancelled() => return Ok(()),
@@ -69,20 +81,20 @@ pub async fn run_retention(
 pub async fn purge_once(
     config: &RetentionConfig,
     runs: &dyn RunStore,
+    live: Option<&crate::live::LiveMetrics>,
     now_ms: i64,
 ) -> Result<u64, raccordo_core::StoreError> {
-    let purged = runs
-        .purge_runs(now_ms - config.runs.as_millis() as i64)
-        .await?;
-    if purged > 0 {
-        metrics::counter!("raccordo_retention_purged_total", "store" => "runs").increment(purged);
-        tracing::info!(
-            store = "runs",
-            purged,
-            "retention removed what was past its age"
-        );
+    let before = |age: Duration| now_ms - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    let runs = runs.purge_runs(before(config.runs)).await?;
+    let late = live.map_or(0, |live| live.purge_late_events(before(config.late_events)));
+    for (store, purged) in [("runs", runs), ("late_events", late)] {
+        if purged > 0 {
+            metrics::counter!("raccordo_retention_purged_total", "store" => store)
+                .increment(purged);
+            tracing::info!(store, purged, "retention removed what was past its age");
+        }
     }
-    Ok(purged)
+    Ok(runs + late)
 }
 
 #[cfg(test)]
@@ -118,11 +130,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            purge_once(&config, runs.as_ref(), 30 * DAY).await.unwrap(),
+            purge_once(&config, runs.as_ref(), None, 30 * DAY)
+                .await
+                .unwrap(),
             0
         );
         assert_eq!(
-            purge_once(&config, runs.as_ref(), 31 * DAY + 1)
+            purge_once(&config, runs.as_ref(), None, 31 * DAY + 1)
                 .await
                 .unwrap(),
             1

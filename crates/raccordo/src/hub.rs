@@ -168,11 +168,17 @@ impl Hub {
             });
         }
         {
-            let (runs, clock, retention) = (stores.runs.clone(), clock.clone(), config.retention);
+            let (runs, live, clock, retention) = (
+                stores.runs.clone(),
+                live.clone(),
+                clock.clone(),
+                config.retention,
+            );
             supervisor.spawn("retention", move |ctx| {
                 raccordo_runtime::retention::run_retention(
                     retention,
                     runs.clone(),
+                    live.clone(),
                     clock.clone(),
                     ctx,
                 )

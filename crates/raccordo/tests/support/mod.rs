@@ -29,13 +29,43 @@ pub struct Server {
     pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
+/// With `RACCORDO_TEST_LOG_DIR` set (CI sets it), every line a test hub prints is also
+/// appended to a file there, so that CI can check the whole run's output for the tests'
+/// secrets (`.ci/secrets-in-logs`).
+fn log_copy() -> Option<Arc<Mutex<std::fs::File>>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(std::env::var_os("RACCORDO_TEST_LOG_DIR")?);
+    std::fs::create_dir_all(&dir).ok()?;
+    let name = format!(
+        "{}-{}-{}.log",
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default(),
+        std::process::id(),
+        STARTED.fetch_add(1, Ordering::Relaxed)
+    );
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .ok()?;
+    Some(Arc::new(Mutex::new(file)))
+}
+
 fn drain(
     reader: impl std::io::Read + Send + 'static,
     lines: Arc<Mutex<Vec<String>>>,
     found: Option<std::sync::mpsc::Sender<SocketAddr>>,
+    copy: Option<Arc<Mutex<std::fs::File>>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if let Some(file) = &copy {
+                use std::io::Write;
+                let _ = writeln!(file.lock().unwrap(), "{line}");
+            }
             if let (Some(tx), Ok(v)) = (&found, serde_json::from_str::<Value>(&line))
                 && v["message"] == "listening"
                 && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
@@ -69,9 +99,15 @@ impl Server {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let copy = log_copy();
         let readers = vec![
-            drain(child.stdout.take().unwrap(), stdout.clone(), Some(tx)),
-            drain(child.stderr.take().unwrap(), stderr.clone(), None),
+            drain(
+                child.stdout.take().unwrap(),
+                stdout.clone(),
+                Some(tx),
+                copy.clone(),
+            ),
+            drain(child.stderr.take().unwrap(), stderr.clone(), None, copy),
         ];
         // A bounded wait for the "listening" log line (it is a start-up failure otherwise).
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
