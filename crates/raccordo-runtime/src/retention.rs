@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::supervisor::TaskContext;
 
-/// `[retention]`.
+/// `[retention]`: how long the hub keeps flow runs and the late table's events (events have
+/// `[storage.retention]`, refused requests `[ingest.inspector]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {

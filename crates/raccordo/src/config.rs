@@ -91,7 +91,7 @@ pub struct StorageConfig {
     /// segments mean fewer files; the newest segment is read whole at start.
     pub segment_bytes: u64,
     /// How long and how much of the event log to keep.
-    pub retention: RetentionConfig,
+    pub retention: EventRetentionConfig,
 }
 
 /// `[storage.retention]`: events older than `max_age`, or beyond `max_bytes` of log, are
@@ -100,7 +100,7 @@ pub struct StorageConfig {
 /// events they belong to. Default: keep everything.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetentionConfig {
+pub struct EventRetentionConfig {
     /// Remove events received longer ago than this (e.g. `"30d"`).
     #[serde(with = "humantime_serde::option")]
     #[schema(value_type = Option<String>, format = Duration)]
@@ -119,7 +119,7 @@ impl Default for StorageConfig {
             max_group_events: 20_000,
             max_database_bytes: None,
             segment_bytes: 64 << 20,
-            retention: RetentionConfig::default(),
+            retention: EventRetentionConfig::default(),
         }
     }
 }
