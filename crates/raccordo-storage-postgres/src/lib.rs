@@ -1,0 +1,155 @@
+//! The state stores on PostgreSQL, for several hub nodes sharing one database: the work
+//! queue (`FOR UPDATE SKIP LOCKED`), key-value entries, id mappings, secrets and leases,
+//! rate-limit buckets, runs, window results and checkpoints, consumer offsets, alerts,
+//! campaign costs, refused requests and the audit log. The event log is not here: a cluster
+//! keeps it in a partitioned log (see `docs/deployment.md`).
+//!
+//! Read-modify-write operations that must be atomic across nodes (compare-and-swap, bucket
+//! takes) serialise on a transaction-scoped advisory lock per key, which — unlike a row
+//! lock — also covers a key that has no row yet.
+
+mod error;
+mod history;
+mod migrations;
+mod queue;
+mod state;
+mod tables;
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use raccordo_core::StoreError;
+
+pub use error::store_error;
+pub use history::{PgAlertHistory, PgRuns};
+pub use queue::PgWorkQueue;
+pub use state::{PgConsumerOffsets, PgIdMappings, PgKeyValue, PgRateLimits, PgSecrets};
+pub use tables::{PgAuditLog, PgCampaignCosts, PgRejectedRequests, PgWindowStore};
+
+/// `[storage.postgres]`.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/database` (libpq-style key=value also works).
+    pub url: String,
+    /// The schema the hub's tables live in (created if missing); several hubs can share a
+    /// database with a schema each.
+    pub schema: String,
+    /// Connections kept per node.
+    pub pool_size: usize,
+}
+
+impl PostgresOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: "raccordo".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+/// The pool every store of one node shares.
+#[derive(Clone)]
+pub struct Pg {
+    pool: Pool,
+}
+
+impl Pg {
+    /// Connects, creates the schema if needed and applies the migrations (one node at a
+    /// time: they hold an advisory lock).
+    pub async fn connect(options: &PostgresOptions) -> Result<Self, StoreError> {
+        if !is_identifier(&options.schema) {
+            return Err(StoreError::Backend(format!(
+                "the schema name `{}` must be letters, digits and underscores",
+                options.schema
+            )));
+        }
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("the PostgreSQL URL is not valid: {e}")))?;
+        // Every connection works in the hub's schema.
+        config.options(format!("-c search_path={}", options.schema));
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let pg = Self { pool };
+        migrations::run(&pg, &options.schema).await?;
+        Ok(pg)
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => store_error(e),
+            other => StoreError::Unavailable(format!("no PostgreSQL connection: {other}")),
+        })
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+/// Every state store on one pool.
+pub struct PgStores {
+    pub queue: Arc<PgWorkQueue>,
+    pub kv: Arc<PgKeyValue>,
+    pub mappings: Arc<PgIdMappings>,
+    pub secrets: Arc<PgSecrets>,
+    pub rate_limits: Arc<PgRateLimits>,
+    pub runs: Arc<PgRuns>,
+    pub windows: Arc<PgWindowStore>,
+    pub offsets: Arc<PgConsumerOffsets>,
+    pub alerts: Arc<PgAlertHistory>,
+    pub costs: Arc<PgCampaignCosts>,
+    pub requests: Arc<PgRejectedRequests>,
+    pub audit: Arc<PgAuditLog>,
+}
+
+impl PgStores {
+    pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let pg = Pg::connect(options).await?;
+        Ok(Self {
+            queue: Arc::new(PgWorkQueue::new(pg.clone())),
+            kv: Arc::new(PgKeyValue::new(pg.clone())),
+            mappings: Arc::new(PgIdMappings::new(pg.clone())),
+            secrets: Arc::new(PgSecrets::new(pg.clone())),
+            rate_limits: Arc::new(PgRateLimits::new(pg.clone())),
+            runs: Arc::new(PgRuns::new(pg.clone())),
+            windows: Arc::new(PgWindowStore::new(pg.clone())),
+            offsets: Arc::new(PgConsumerOffsets::new(pg.clone())),
+            alerts: Arc::new(PgAlertHistory::new(pg.clone())),
+            costs: Arc::new(PgCampaignCosts::new(pg.clone())),
+            requests: Arc::new(PgRejectedRequests::new(pg.clone())),
+            audit: Arc::new(PgAuditLog::new(pg)),
+        })
+    }
+}
+
+/// Takes the transaction-scoped advisory lock of `key` (in `space`): read-modify-writes of
+/// the same key then run one at a time across every node.
+pub(crate) async fn lock_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    space: &str,
+    key: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&format!("{space}:{key}")],
+    )
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
