@@ -1,8 +1,8 @@
-//! The state stores on PostgreSQL, for several hub nodes sharing one database: the work
-//! queue (`FOR UPDATE SKIP LOCKED`), key-value entries, id mappings, secrets and leases,
-//! rate-limit buckets, runs, window results and checkpoints, consumer offsets, alerts,
-//! campaign costs, refused requests and the audit log. The event log is not here: a cluster
-//! keeps it in a partitioned log (see `docs/deployment.md`).
+//! Every store on PostgreSQL, for several hub nodes sharing one database: the event log with
+//! its dedup claims (one transaction per append, so the claim is the authority on every
+//! node), the work queue (`FOR UPDATE SKIP LOCKED`), key-value entries, id mappings, secrets
+//! and leases, rate-limit buckets, runs, window results and checkpoints, consumer offsets,
+//! alerts, campaign costs, refused requests and the audit log.
 //!
 //! Read-modify-write operations that must be atomic across nodes (compare-and-swap, bucket
 //! takes) serialise on a transaction-scoped advisory lock per key, which — unlike a row
@@ -10,6 +10,7 @@
 
 mod error;
 mod history;
+mod log;
 mod migrations;
 mod queue;
 mod state;
@@ -22,6 +23,7 @@ use raccordo_core::StoreError;
 
 pub use error::store_error;
 pub use history::{PgAlertHistory, PgRuns};
+pub use log::PgEventLog;
 pub use queue::PgWorkQueue;
 pub use state::{PgConsumerOffsets, PgIdMappings, PgKeyValue, PgRateLimits, PgSecrets};
 pub use tables::{PgAuditLog, PgCampaignCosts, PgRejectedRequests, PgWindowStore};
@@ -52,6 +54,8 @@ impl PostgresOptions {
 #[derive(Clone)]
 pub struct Pg {
     pool: Pool,
+    /// For connections outside the pool (the log's `LISTEN`).
+    config: tokio_postgres::Config,
 }
 
 impl Pg {
@@ -72,7 +76,7 @@ impl Pg {
         config.options(format!("-c search_path={}", options.schema));
         config.connect_timeout(std::time::Duration::from_secs(5));
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -82,7 +86,7 @@ impl Pg {
             .max_size(options.pool_size.max(1))
             .build()
             .map_err(|e| StoreError::Backend(e.to_string()))?;
-        let pg = Self { pool };
+        let pg = Self { pool, config };
         migrations::run(&pg, &options.schema).await?;
         Ok(pg)
     }
@@ -102,8 +106,9 @@ fn is_identifier(name: &str) -> bool {
         && !name.as_bytes()[0].is_ascii_digit()
 }
 
-/// Every state store on one pool.
+/// Every store on one pool: the event log too.
 pub struct PgStores {
+    pub log: Arc<PgEventLog>,
     pub queue: Arc<PgWorkQueue>,
     pub kv: Arc<PgKeyValue>,
     pub mappings: Arc<PgIdMappings>,
@@ -122,6 +127,7 @@ impl PgStores {
     pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
         let pg = Pg::connect(options).await?;
         Ok(Self {
+            log: PgEventLog::open(pg.clone(), &options.schema).await?,
             queue: Arc::new(PgWorkQueue::new(pg.clone())),
             kv: Arc::new(PgKeyValue::new(pg.clone())),
             mappings: Arc::new(PgIdMappings::new(pg.clone())),

@@ -6,10 +6,11 @@ use raccordo_core::StoreError;
 
 use crate::{Pg, store_error};
 
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "state stores",
-    "CREATE TABLE work_items (
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "state stores",
+        "CREATE TABLE work_items (
         id BIGSERIAL PRIMARY KEY, queue TEXT NOT NULL, group_key TEXT NOT NULL,
         operation TEXT NOT NULL, payload TEXT NOT NULL, coalesce BOOLEAN NOT NULL,
         attempts BIGINT NOT NULL DEFAULT 0, enqueued_at BIGINT NOT NULL,
@@ -77,7 +78,26 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
        'BEGIN RAISE EXCEPTION ''the audit log is append-only''; END';
      CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
        FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();",
-)];
+    ),
+    (
+        2,
+        "event log",
+        "CREATE TABLE events (
+            seq BIGINT PRIMARY KEY, id BYTEA NOT NULL, source TEXT NOT NULL,
+            event_time BIGINT NOT NULL, received_at BIGINT NOT NULL, payload TEXT NOT NULL,
+            duplicate_of BYTEA);
+         CREATE TABLE dedup_claims (
+            key BYTEA PRIMARY KEY, event BYTEA NOT NULL, expires_at BIGINT NOT NULL);
+         CREATE INDEX dedup_claims_event ON dedup_claims (event);
+         CREATE INDEX dedup_claims_expiry ON dedup_claims (expires_at);
+         CREATE TABLE delivery_claims (
+            key BYTEA PRIMARY KEY, body_hash BYTEA NOT NULL, events BYTEA[] NOT NULL,
+            expires_at BIGINT NOT NULL);
+         CREATE INDEX delivery_claims_expiry ON delivery_claims (expires_at);
+         CREATE TABLE log_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL);
+         INSERT INTO log_head VALUES (1, 0);",
+    ),
+];
 
 /// Lock id of the migrations (any constant, the same on every node).
 const MIGRATION_LOCK: i64 = 0x7261_6363_6f72_646f;

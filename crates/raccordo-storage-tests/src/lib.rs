@@ -92,6 +92,7 @@ macro_rules! conformance {
             erasure::documents_holding_a_subject_are_found_and_erased,
             log::append_tail_and_query,
             log::dedup_claims_survive_a_restart,
+            log::erasure_rewrites_events_in_place_and_frees_their_claims,
         );
     };
     (@cases $make:expr; $($module:ident :: $case:ident),* $(,)?) => {

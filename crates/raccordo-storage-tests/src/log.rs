@@ -203,3 +203,90 @@ pub async fn dedup_claims_survive_a_restart(backend: &dyn Backend) {
         "forgotten after retention: {late:?}"
     );
 }
+
+/// A rewrite that picks `"canale":"email"` and writes `zzzzz` over it (same length).
+fn erase_email() -> raccordo_core::PayloadRewrite {
+    std::sync::Arc::new(|_source: &str, payload: &str| {
+        payload
+            .contains(r#""canale":"email""#)
+            .then(|| payload.replace(r#""canale":"email""#, r#""canale":"zzzzz""#))
+    })
+}
+
+async fn canali(log: &dyn raccordo_core::EventQuery) -> Vec<String> {
+    let all: raccordo_core::EventSelector = std::sync::Arc::new(|_, _| true);
+    log.find(all)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload["canale"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+pub async fn erasure_rewrites_events_in_place_and_frees_their_claims(backend: &dyn Backend) {
+    let opened = backend.open().await;
+    let (log, query) = (opened.stores.log.clone(), opened.stores.query.clone());
+    let mut ids = ulid::Generator::new();
+    log.append(batch(
+        0,
+        None,
+        vec![
+            event(&mut ids, Some(key(1)), "email"),
+            event(&mut ids, Some(key(2)), "sms"),
+            event(&mut ids, Some(key(1)), "email"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let erased = log.erase(erase_email()).await.unwrap();
+    assert_eq!(
+        erased.ids.len(),
+        2,
+        "the event and its business-key duplicate"
+    );
+    assert_eq!(erased.claims, 1, "the duplicate holds no claim");
+    assert_eq!(canali(query.as_ref()).await, ["zzzzz", "sms", "zzzzz"]);
+    assert_eq!(
+        log.erase(erase_email()).await.unwrap(),
+        Default::default(),
+        "nothing left to erase"
+    );
+    // The erased event's key is free again; the other's is still held.
+    let again = log
+        .append(batch(
+            1,
+            None,
+            vec![
+                event(&mut ids, Some(key(1)), "sms"),
+                event(&mut ids, Some(key(2)), "sms"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let AppendOutcome::Appended(items) = again else {
+        panic!("{again:?}")
+    };
+    assert!(
+        !items[0].is_duplicate() && items[1].is_duplicate(),
+        "{items:?}"
+    );
+    // The query side reads the rewritten payloads; a length change is refused.
+    let page = query
+        .read(EventFilter {
+            limit: 100,
+            fields: vec![("canale".into(), "zzzzz".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1, "the duplicate is left out of queries");
+    opened.close().await;
+
+    let opened = backend.open().await;
+    assert_eq!(
+        canali(opened.stores.query.as_ref()).await,
+        ["zzzzz", "sms", "zzzzz", "sms", "sms"],
+        "after a restart"
+    );
+    opened.close().await;
+}

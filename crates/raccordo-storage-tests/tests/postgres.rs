@@ -1,15 +1,11 @@
-//! The conformance suite on the PostgreSQL state stores (every store but the event log,
-//! which a cluster keeps in a partitioned log; here the embedded segment log stands in for
-//! it). Each test gets a schema of its own in the database at `RACCORDO_TEST_POSTGRES`
-//! (default: the local server, user `postgres`).
+//! The conformance suite on the PostgreSQL backend, every store on one database. Each test
+//! gets a schema of its own in the database at `RACCORDO_TEST_POSTGRES` (default: the local
+//! server, user `postgres`).
 //!
 //! Without a server: under `CI` the tests fail; elsewhere they say so and pass.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use raccordo_core::Stores;
-use raccordo_log_segments::{SegmentLog, SegmentLogOptions};
 use raccordo_storage_postgres::{PgStores, PostgresOptions};
 use raccordo_storage_tests::{Backend, Opened};
 
@@ -20,7 +16,6 @@ fn url() -> String {
 
 struct Postgres {
     schema: String,
-    log: tempfile::TempDir,
 }
 
 impl Postgres {
@@ -63,7 +58,6 @@ impl Postgres {
         }
         Some(Self {
             schema: format!("raccordo_test_{now}_{:016x}", rand_u64()),
-            log: tempfile::tempdir().unwrap(),
         })
     }
 }
@@ -88,11 +82,9 @@ impl Backend for Postgres {
         let pg = PgStores::open(&options)
             .await
             .expect("open the PostgreSQL stores");
-        let (log, _) = SegmentLog::open(SegmentLogOptions::new(self.log.path())).unwrap();
-        let log = Arc::new(log);
         let stores = Stores {
-            log: log.clone(),
-            query: log,
+            log: pg.log.clone(),
+            query: pg.log,
             queue: pg.queue,
             kv: pg.kv,
             mappings: pg.mappings,
