@@ -113,8 +113,8 @@ impl Matcher {
 
     fn picks(&self, source: &str, payload: &str) -> bool {
         // Cheap first: a payload that does not hold the id's text (in any case) is not
-        // parsed. Erasing reads the whole log through this.
-        if !payload.contains(&self.needle) && !payload.to_lowercase().contains(&self.needle_lower) {
+        // parsed. Erasing reads the whole log through this, so no allocation either.
+        if !payload.contains(&self.needle) && !contains_ignoring_case(payload, &self.needle_lower) {
             return false;
         }
         let Ok(value) = serde_json::from_str::<Value>(payload) else {
@@ -128,6 +128,26 @@ impl Matcher {
                     .is_some_and(|v| v == self.id || v.to_lowercase() == self.id_lower)
             })
     }
+}
+
+/// Whether `hay` holds `needle_lower` (lower-case) in any case: ASCII letters compared
+/// without allocating; a needle with other letters falls back to lower-casing `hay`.
+fn contains_ignoring_case(hay: &str, needle_lower: &str) -> bool {
+    if !needle_lower.is_ascii() {
+        return hay.to_lowercase().contains(needle_lower);
+    }
+    let (hay, needle) = (hay.as_bytes(), needle_lower.as_bytes());
+    let Some(first) = needle.first() else {
+        return true;
+    };
+    hay.len() >= needle.len()
+        && (0..=hay.len() - needle.len()).any(|at| {
+            hay[at].to_ascii_lowercase() == *first
+                && hay[at..at + needle.len()]
+                    .iter()
+                    .zip(needle)
+                    .all(|(h, n)| h.to_ascii_lowercase() == *n)
+        })
 }
 
 pub struct EventsHolder {
@@ -218,5 +238,25 @@ impl PersonalData for EventsHolder {
             ("events", erased.ids.len() as u64),
             ("dedup_claims", erased.claims),
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_ignoring_case;
+
+    #[test]
+    fn case_is_ignored_without_allocating_for_ascii() {
+        assert!(contains_ignoring_case(
+            r#"{"email":"Ada@Example.IT"}"#,
+            "ada@example.it"
+        ));
+        assert!(!contains_ignoring_case(
+            r#"{"email":"ada@example.com"}"#,
+            "ada@example.it"
+        ));
+        assert!(contains_ignoring_case("x", ""));
+        assert!(!contains_ignoring_case("ad", "ada"));
+        assert!(contains_ignoring_case("CIAO ÉLODIE", "élodie"));
     }
 }

@@ -327,6 +327,50 @@ pub fn drop_sidecar_claims(dir: &Path, first_seq: i64, erased: &HashSet<u128>) -
     }
 }
 
+/// The file side of an erasure, off the writer thread (appends go on meanwhile): the new
+/// frames are journalled durably, written over the old ones and synced, the sealed
+/// segments' sidecars lose the erased claims, and the journal goes. Erasures run one at a
+/// time (the caller holds a lock): there is one journal.
+pub fn finish(shared: &Shared, patches: &[Patch]) -> io::Result<()> {
+    if patches.is_empty() {
+        return Ok(());
+    }
+    let dir = shared.dir.clone();
+    // A backup holding the freeze lock exclusively sees no patch mid-copy either.
+    let freeze = std::fs::File::open(dir.join("freeze.lock"))?;
+    freeze.lock_shared()?;
+    let journal = journal_path(&dir);
+    segment::write_durably(&journal, &encode_journal(patches))?;
+    let frames: Vec<(i64, u64, Vec<u8>)> = patches
+        .iter()
+        .map(|p| (p.segment, p.offset, p.frame.clone()))
+        .collect();
+    apply(&dir, &frames, Some(shared))?;
+    let erased: HashSet<u128> = patches
+        .iter()
+        .flat_map(|p| p.events.iter().copied())
+        .collect();
+    {
+        // Sidecars: the maintenance thread, holding the same lock, filters a sidecar it has
+        // yet to write; the ones written already are rewritten here.
+        let mut dropped = shared.erased.lock().unwrap_or_else(|p| p.into_inner());
+        dropped.extend(erased.iter().copied());
+        let newest = shared.segments().last().map(|s| s.first_seq);
+        let mut sealed: Vec<i64> = patches
+            .iter()
+            .map(|p| p.segment)
+            .filter(|s| Some(*s) != newest)
+            .collect();
+        sealed.sort_unstable();
+        sealed.dedup();
+        for first_seq in sealed {
+            drop_sidecar_claims(&dir, first_seq, &erased)?;
+        }
+    }
+    std::fs::remove_file(&journal)?;
+    segment::sync_dir(&dir)
+}
+
 /// The ids of erased events, for the report.
 pub fn event_ids(patches: &[Patch]) -> Vec<EventId> {
     patches

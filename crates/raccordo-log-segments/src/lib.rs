@@ -138,6 +138,8 @@ pub struct SegmentLog {
     stop_maintenance: Mutex<Option<std::sync::mpsc::Sender<writer::Seal>>>,
     maintenance_done: Mutex<Option<oneshot::Receiver<()>>>,
     committed: tokio::sync::watch::Receiver<LogPositions>,
+    /// Held by the erasure under way.
+    erasing: tokio::sync::Mutex<()>,
 }
 
 /// What opening found, for the log line and for tests.
@@ -279,6 +281,7 @@ impl SegmentLog {
                 stop_maintenance: Mutex::new(Some(seal_tx)),
                 maintenance_done: Mutex::new(Some(maintenance_done)),
                 committed,
+                erasing: tokio::sync::Mutex::new(()),
             },
             recovery,
         ))
@@ -322,6 +325,23 @@ impl SegmentLog {
             let _ = done.await;
         }
     }
+}
+
+/// Runs `f` on a thread of its own at background priority.
+async fn background<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    let (done, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("raccordo-log-erase".into())
+        .spawn(move || {
+            maintenance::lower_priority_of_this_thread();
+            let _ = done.send(f());
+        })
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    result
+        .await
+        .map_err(|_| StoreError::Backend("an erasure thread stopped".into()))
 }
 
 /// Empties a slot shared under a mutex (a poisoned lock still holds a valid value).
@@ -573,30 +593,46 @@ impl EventLog for SegmentLog {
     }
 
     async fn erase(&self, rewrite: PayloadRewrite) -> Result<ErasedEvents, StoreError> {
-        // The bulk is planned off the writer thread (reading the whole log); the writer then
-        // plans what was committed since and applies it all, appends paused meanwhile.
+        // One erasure at a time: there is one journal.
+        let _one = self.erasing.lock().await;
+        // 1. The whole log is planned on a thread of its own at background priority, so
+        //    that reading it does not take the cores from requests being acknowledged.
         let head = self.committed.borrow().get(0);
         let shared = self.shared.clone();
         let planner = rewrite.clone();
-        let patches = tokio::task::spawn_blocking(move || erase::plan(&shared, 0, head, &planner))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let mut patches = background(move || erase::plan(&shared, 0, head, &planner)).await??;
+        // 2. The writer plans what was committed since and drops the claims (a short pause).
         let (reply, answer) = oneshot::channel();
         let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let sender =
             sender.ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
         sender
             .send(writer::Request::Erase(writer::EraseJob {
-                patches,
+                claims: patches
+                    .iter()
+                    .flat_map(|p| p.claims.iter().copied())
+                    .collect(),
                 planned_up_to: head,
                 rewrite,
                 reply,
             }))
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        answer
+        let (tail, claims) = answer
             .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))??;
+        patches.extend(tail);
+        // 3. The files are patched (journalled, synced) while appends go on.
+        let shared = self.shared.clone();
+        let ids = erase::event_ids(&patches);
+        let events = ids.len() as u64;
+        background(move || {
+            erase::finish(&shared, &patches)
+                .map_err(|e| StoreError::Backend(format!("patching the event log: {e}")))
+        })
+        .await??;
+        metrics::counter!("raccordo_storage_erased_events_total").increment(events);
+        Ok(ErasedEvents { ids, claims })
     }
 
     fn is_ready(&self) -> bool {

@@ -226,7 +226,7 @@ impl Maintenance {
 
 /// Background work should yield the CPU to request handling and the writer (Linux:
 /// per-thread nice).
-fn lower_priority_of_this_thread() {
+pub(crate) fn lower_priority_of_this_thread() {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid has no preconditions; setpriority only reads its arguments.
     unsafe {

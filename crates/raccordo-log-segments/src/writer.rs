@@ -15,8 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use raccordo_core::{
-    AppendBatch, AppendOutcome, ErasedEvents, EventId, ItemOutcome, LogPositions, PayloadRewrite,
-    StoreError,
+    AppendBatch, AppendOutcome, EventId, ItemOutcome, LogPositions, PayloadRewrite, StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,13 +35,14 @@ pub enum Request {
     Erase(EraseJob),
 }
 
-/// An erasure planned up to `planned_up_to`: the writer plans the rest (events committed
-/// since), journals, patches and drops the claims, with appends paused meanwhile.
+/// An erasure planned up to `planned_up_to`, whose events hold `claims`: the writer plans
+/// the frames committed since, drops every claim from the index and answers the extra
+/// patches with the number of claims it dropped.
 pub struct EraseJob {
-    pub patches: Vec<erase::Patch>,
+    pub claims: Vec<(raccordo_core::DedupKey, u128)>,
     pub planned_up_to: i64,
     pub rewrite: PayloadRewrite,
-    pub reply: oneshot::Sender<Result<ErasedEvents, StoreError>>,
+    pub reply: oneshot::Sender<Result<(Vec<erase::Patch>, u64), StoreError>>,
 }
 
 /// A segment to seal: its sidecar is written off the commit path.
@@ -298,83 +298,39 @@ impl Writer {
         Ok(applied)
     }
 
+    /// The writer's part of an erasure, with appends paused for as little as possible: the
+    /// frames committed since the plan are planned here, and the erased events' claims
+    /// leave the index — then the erasure thread patches the files while appends go on.
     fn erase(&mut self, job: EraseJob) {
-        if let Err(e) = self.freeze.lock_shared() {
-            let _ = job
-                .reply
-                .send(Err(StoreError::Backend(format!("freeze lock: {e}"))));
-            return;
-        }
-        let result = self.erase_unfrozen(job.patches, job.planned_up_to, &job.rewrite);
-        let _ = self.freeze.unlock();
+        let result = self.erase_claims(job.claims, job.planned_up_to, &job.rewrite);
         self.shared
             .dedup_keys
             .store(self.index.len(), Ordering::Release);
         let _ = job.reply.send(result);
     }
 
-    fn erase_unfrozen(
+    fn erase_claims(
         &mut self,
-        mut patches: Vec<erase::Patch>,
+        mut claims: Vec<(raccordo_core::DedupKey, u128)>,
         planned_up_to: i64,
         rewrite: &PayloadRewrite,
-    ) -> Result<ErasedEvents, StoreError> {
-        // What was committed since the plan (a few frames at most): planned here, so that
-        // nothing of the subject committed before this answer is left behind.
+    ) -> Result<(Vec<erase::Patch>, u64), StoreError> {
         let head = self.next_seq - 1;
-        if head > planned_up_to {
-            patches.extend(erase::plan(&self.shared, planned_up_to, head, rewrite)?);
-        }
-        if patches.is_empty() {
-            return Ok(ErasedEvents::default());
-        }
-        let dir = self.shared.dir.clone();
-        let failed = |what: &str, e: io::Error| io_error(what, e);
-        let journal = erase::journal_path(&dir);
-        segment::write_durably(&journal, &erase::encode_journal(&patches))
-            .map_err(|e| failed("writing the erasure journal", e))?;
-        let frames: Vec<(i64, u64, Vec<u8>)> = patches
-            .iter()
-            .map(|p| (p.segment, p.offset, p.frame.clone()))
-            .collect();
-        erase::apply(&dir, &frames, Some(&self.shared))
-            .map_err(|e| failed("patching the event log", e))?;
-
-        let erased: std::collections::HashSet<u128> = patches
-            .iter()
-            .flat_map(|p| p.events.iter().copied())
-            .collect();
-        let mut claims = 0;
-        for (key, event) in patches.iter().flat_map(|p| p.claims.iter()) {
-            claims += u64::from(self.index.drop_claim(key, *event));
+        let tail = if head > planned_up_to {
+            erase::plan(&self.shared, planned_up_to, head, rewrite)?
+        } else {
+            Vec::new()
+        };
+        claims.extend(tail.iter().flat_map(|p| p.claims.iter().copied()));
+        let erased: std::collections::HashSet<u128> = claims.iter().map(|(_, e)| *e).collect();
+        let mut dropped = 0;
+        for (key, event) in &claims {
+            dropped += u64::from(self.index.drop_claim(key, *event));
         }
         self.active_summary
             .claims
             .retain(|(_, event, _)| !erased.contains(event));
-        {
-            // Sealed segments: their sidecars lose the claims too (the maintenance thread,
-            // holding the same lock, filters a sidecar it has yet to write).
-            let mut dropped = self.shared.erased.lock().unwrap_or_else(|p| p.into_inner());
-            dropped.extend(erased.iter().copied());
-            let mut sealed: Vec<i64> = patches
-                .iter()
-                .map(|p| p.segment)
-                .filter(|s| *s != self.active.first_seq)
-                .collect();
-            sealed.dedup();
-            for first_seq in sealed {
-                erase::drop_sidecar_claims(&dir, first_seq, &erased)
-                    .map_err(|e| failed("rewriting a sidecar", e))?;
-            }
-        }
-        std::fs::remove_file(&journal)
-            .and_then(|()| segment::sync_dir(&dir))
-            .map_err(|e| failed("removing the erasure journal", e))?;
-        metrics::counter!("raccordo_storage_erased_events_total").increment(erased.len() as u64);
-        Ok(ErasedEvents {
-            ids: erase::event_ids(&patches),
-            claims,
-        })
+        Ok((tail, dropped))
     }
 
     /// Seals the active segment (its sidecar is written in the background) and starts a

@@ -99,6 +99,59 @@ impl Pg {
     }
 }
 
+/// What `raccordo check` reports of a database, without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub server_version: String,
+    /// Migrations not applied yet (the first node to start applies them).
+    pub pending_migrations: usize,
+}
+
+/// Connects and reads the server's version and the schema's migrations; changes nothing.
+pub async fn probe(options: &PostgresOptions) -> Result<Probe, StoreError> {
+    let mut config: tokio_postgres::Config = options
+        .url
+        .parse()
+        .map_err(|e| StoreError::Backend(format!("the PostgreSQL URL is not valid: {e}")))?;
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(store_error)?;
+    let connection = tokio::spawn(connection);
+    let server_version: String = client
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+        .map_err(store_error)?
+        .get(0);
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{}.schema_migrations", options.schema)],
+        )
+        .await
+        .map_err(store_error)?
+        .get(0);
+    let applied: i64 = if exists && is_identifier(&options.schema) {
+        client
+            .query_one(
+                &format!("SELECT count(*) FROM {}.schema_migrations", options.schema),
+                &[],
+            )
+            .await
+            .map_err(store_error)?
+            .get(0)
+    } else {
+        0
+    };
+    drop(client);
+    let _ = connection.await;
+    Ok(Probe {
+        server_version,
+        pending_migrations: migrations::count().saturating_sub(applied as usize),
+    })
+}
+
 fn is_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63

@@ -102,6 +102,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 /// Lock id of the migrations (any constant, the same on every node).
 const MIGRATION_LOCK: i64 = 0x7261_6363_6f72_646f;
 
+/// How many migrations this build knows.
+pub fn count() -> usize {
+    MIGRATIONS.len()
+}
+
 pub async fn run(pg: &Pg, schema: &str) -> Result<Vec<i32>, StoreError> {
     let mut client = pg.client().await?;
     let tx = client.transaction().await.map_err(store_error)?;

@@ -55,8 +55,39 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
+    /// One embedded store in the data directory (the segment event log and a SQLite file);
+    /// one process.
     #[default]
     Sqlite,
+    /// Every store on a PostgreSQL database (`[storage.postgres]`), shared by several hub
+    /// nodes. Needs a build with the `postgres` feature.
+    Postgres,
+}
+
+/// `[storage.postgres]`: the database of `backend = "postgres"`.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:5432/database`, or libpq's `host=… user=… dbname=…`;
+    /// `${VAR}` takes it from the environment.
+    #[serde(serialize_with = "raccordo_core::redacted_option")]
+    #[schema(value_type = Option<String>)]
+    pub url: Option<String>,
+    /// The schema of the hub's tables (created if missing): hubs sharing a database use one
+    /// each; the nodes of one hub share theirs.
+    pub schema: String,
+    /// Connections each node keeps open.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema: "raccordo".into(),
+            pool_size: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
@@ -92,6 +123,8 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// How long and how much of the event log to keep.
     pub retention: EventRetentionConfig,
+    /// The database, with `backend = "postgres"`.
+    pub postgres: PostgresConfig,
 }
 
 /// `[storage.retention]`: events older than `max_age`, or beyond `max_bytes` of log, are
@@ -120,6 +153,7 @@ impl Default for StorageConfig {
             max_database_bytes: None,
             segment_bytes: 64 << 20,
             retention: EventRetentionConfig::default(),
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -396,6 +430,45 @@ impl Config {
         }
         if self.storage.queue_capacity == 0 {
             report("storage.queue_capacity".into(), "must be at least 1".into());
+        }
+        if self.storage.backend == Backend::Postgres {
+            if !cfg!(feature = "postgres") {
+                report(
+                    "storage.backend".into(),
+                    "`postgres` needs a build with the `postgres` feature (cargo build --release --features postgres)".into(),
+                );
+            }
+            if self
+                .storage
+                .postgres
+                .url
+                .as_deref()
+                .is_none_or(str::is_empty)
+            {
+                report(
+                    "storage.postgres.url".into(),
+                    "is required with backend = \"postgres\"".into(),
+                );
+            }
+            let schema = &self.storage.postgres.schema;
+            if schema.is_empty()
+                || schema.len() > 63
+                || !schema
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || schema.as_bytes()[0].is_ascii_digit()
+            {
+                report(
+                    "storage.postgres.schema".into(),
+                    "must be letters, digits and underscores (not starting with a digit), at most 63".into(),
+                );
+            }
+            if self.storage.postgres.pool_size == 0 {
+                report(
+                    "storage.postgres.pool_size".into(),
+                    "must be at least 1".into(),
+                );
+            }
         }
         if self.server.max_body_bytes < 1024 {
             report(

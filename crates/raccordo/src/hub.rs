@@ -30,9 +30,44 @@ pub struct Hub {
 }
 
 /// Opens the configured backend.
-fn open_backend(built: &Built) -> anyhow::Result<(Stores, Box<dyn std::any::Any + Send + Sync>)> {
+async fn open_backend(
+    built: &Built,
+) -> anyhow::Result<(Stores, Box<dyn std::any::Any + Send + Sync>)> {
     let storage = &built.config.storage;
     match storage.backend {
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => {
+            let settings = &storage.postgres;
+            let mut options = raccordo_storage_postgres::PostgresOptions::new(
+                settings.url.clone().unwrap_or_default(),
+            );
+            options.schema = settings.schema.clone();
+            options.pool_size = settings.pool_size;
+            let pg = raccordo_storage_postgres::PgStores::open(&options)
+                .await
+                .map_err(|e| anyhow::anyhow!("storage.postgres: {e}"))?;
+            let stores = Stores {
+                log: pg.log.clone(),
+                query: pg.log,
+                queue: pg.queue,
+                kv: pg.kv,
+                mappings: pg.mappings,
+                secrets: pg.secrets,
+                rate_limits: pg.rate_limits,
+                runs: pg.runs,
+                windows: pg.windows,
+                offsets: pg.offsets,
+                alerts: pg.alerts,
+                costs: pg.costs,
+                requests: pg.requests,
+                audit: pg.audit,
+            };
+            Ok((stores, Box::new(())))
+        }
+        #[cfg(not(feature = "postgres"))]
+        Backend::Postgres => anyhow::bail!(
+            "storage.backend = \"postgres\" needs a build with the `postgres` feature"
+        ),
         Backend::Sqlite => {
             use raccordo_storage_sqlite::{
                 Durability, RetentionPolicy, SqliteOptions, SqliteStore,
@@ -65,10 +100,15 @@ impl Hub {
         // reqwest is built without a default TLS provider; pick ring once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let prometheus = raccordo_server::telemetry::init_metrics();
-        let (stores, backend) = open_backend(&built)?;
+        let (stores, backend) = open_backend(&built).await?;
         // Embedded: the data lock makes this process the only worker, so whatever is still
-        // leased was being worked on by a run that died. Take it up again now.
-        let freed = stores.queue.release_all_leases().await?;
+        // leased was being worked on by a run that died. Take it up again now. (Nodes of a
+        // shared database leave other nodes' leases alone: a dead node's run out.)
+        let freed = if built.config.storage.backend == Backend::Sqlite {
+            stores.queue.release_all_leases().await?
+        } else {
+            0
+        };
         if freed > 0 {
             tracing::info!(freed, "work items of the previous run queued again");
         }

@@ -397,6 +397,10 @@ fn check(path: &std::path::Path, sample: Option<(&std::path::Path, &str)>) -> Ex
             for warning in built.config.warnings() {
                 println!("{}: warning: {warning}", path.display());
             }
+            if let Err(problem) = check_storage(&built.config) {
+                eprintln!("{}: storage: {problem}", path.display());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: ok ({} source(s), {} admin token(s), listening on {})",
                 path.display(),
@@ -410,6 +414,41 @@ fn check(path: &std::path::Path, sample: Option<(&std::path::Path, &str)>) -> Ex
             print_problems(&problems);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A shared database must answer before the config is called good (the embedded store is
+/// created on first start and needs nothing).
+fn check_storage(config: &Config) -> Result<(), String> {
+    match config.storage.backend {
+        config::Backend::Sqlite => Ok(()),
+        #[cfg(feature = "postgres")]
+        config::Backend::Postgres => {
+            let settings = &config.storage.postgres;
+            let mut options = raccordo_storage_postgres::PostgresOptions::new(
+                settings.url.clone().unwrap_or_default(),
+            );
+            options.schema = settings.schema.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let probe = runtime
+                .block_on(raccordo_storage_postgres::probe(&options))
+                .map_err(|e| format!("PostgreSQL cannot be used: {e}"))?;
+            println!(
+                "storage: PostgreSQL {} reachable; schema `{}`: {}",
+                probe.server_version,
+                settings.schema,
+                match probe.pending_migrations {
+                    0 => "up to date".to_string(),
+                    n => format!("{n} migration(s) to apply at the first start"),
+                }
+            );
+            Ok(())
+        }
+        #[cfg(not(feature = "postgres"))]
+        config::Backend::Postgres => Err("this build has no PostgreSQL backend".into()),
     }
 }
 
