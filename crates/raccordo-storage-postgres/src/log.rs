@@ -21,7 +21,7 @@ use raccordo_core::{
     EventQuery, EventSelector, ItemOutcome, LogPosition, LogPositions, PayloadRewrite, RawEvent,
     SourceName, StoreError, StoredEvent,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{Pg, store_error};
 
@@ -38,6 +38,7 @@ pub struct PgEventLog {
     ready: Arc<AtomicBool>,
     stop: tokio::sync::Notify,
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    appends: mpsc::Sender<Pending>,
 }
 
 fn id_bytes(id: u128) -> Vec<u8> {
@@ -66,7 +67,9 @@ impl PgEventLog {
     pub async fn open(pg: Pg, schema: &str) -> Result<Arc<Self>, StoreError> {
         let head = read_head(&pg).await?;
         let (tx, rx) = watch::channel(LogPositions::single(head));
+        let (appends, pending) = mpsc::channel(QUEUE);
         let log = Arc::new(Self {
+            appends,
             pg,
             schema: schema.to_string(),
             head: tx,
@@ -75,6 +78,7 @@ impl PgEventLog {
             stop: tokio::sync::Notify::new(),
             follower: std::sync::Mutex::new(None),
         });
+        tokio::spawn(write_groups(Arc::downgrade(&log), pending));
         let follower = tokio::spawn(follow(Arc::downgrade(&log)));
         *log.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(follower);
         Ok(log)
@@ -157,112 +161,197 @@ struct Row {
     id: u128,
     source: String,
     event_time: i64,
+    received_at: i64,
     payload: String,
     duplicate_of: Option<u128>,
 }
 
-#[async_trait]
-impl EventLog for PgEventLog {
-    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
-        let now = batch.received_at_ms;
+/// An append waiting for its group's commit.
+struct Pending {
+    batch: AppendBatch,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// Most events in one commit group.
+const MAX_GROUP_EVENTS: usize = 5_000;
+/// Appends that may wait for the node's writer before `append` answers `Overloaded`.
+const QUEUE: usize = 1_024;
+
+/// The node's writer: takes every append waiting at that moment and commits them in one
+/// transaction — one turn on the head row and one `fsync` for the whole group, which is
+/// what lets several nodes share the one sequence at a useful rate.
+async fn write_groups(log: std::sync::Weak<PgEventLog>, mut appends: mpsc::Receiver<Pending>) {
+    while let Some(first) = appends.recv().await {
+        let mut events = first.batch.events.len();
+        let mut group = vec![first];
+        while events < MAX_GROUP_EVENTS {
+            match appends.try_recv() {
+                Ok(next) => {
+                    events += next.batch.events.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(log) = log.upgrade() else { return };
+        let batches: Vec<&AppendBatch> = group.iter().map(|p| &p.batch).collect();
+        match log.commit_group(&batches).await {
+            Ok(outcomes) => {
+                for (pending, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for pending in group {
+                    let _ = pending.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn key_of(bytes: Vec<u8>) -> Result<DedupKey, StoreError> {
+    Ok(DedupKey(bytes.try_into().map_err(|_| {
+        StoreError::Corrupt("a dedup key is not 16 bytes".into())
+    })?))
+}
+
+impl PgEventLog {
+    /// Decides and stores a group of appends in one transaction, in order: what an earlier
+    /// append of the group claimed holds for the later ones.
+    async fn commit_group(
+        &self,
+        batches: &[&AppendBatch],
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(store_error)?;
-        // Appends take turns here: numbers are handed out in commit order.
+        // Appends of every node take turns here: numbers are handed out in commit order.
         let head: i64 = tx
             .query_one("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE", &[])
             .await
             .map_err(store_error)?
             .get(0);
-        if let Some(claim) = &batch.delivery
-            && let Some(seen) = tx
-                .query_opt(
-                    "SELECT body_hash, events FROM delivery_claims WHERE key = $1 AND expires_at > $2",
-                    &[&claim.key.0.as_slice(), &now],
-                )
-                .await
-                .map_err(store_error)?
-        {
-            let body_hash: Vec<u8> = seen.get(0);
-            if body_hash != claim.body_hash.0 {
-                return Ok(AppendOutcome::DeliveryConflict);
-            }
-            let events: Vec<Vec<u8>> = seen.get(1);
-            let items = events
-                .iter()
-                .map(|e| id_of(e).map(|id| ItemOutcome::Duplicate(EventId::from_u128(id))))
-                .collect::<Result<_, _>>()?;
-            return Ok(AppendOutcome::DeliveryReplayed(items));
-        }
-        // Live claims of the batch's keys, then decided in order (a copy later in the same
-        // batch is a duplicate of the first).
-        let keys: Vec<&[u8]> = batch
-            .events
+        // The stored claims of every key in the group (expired or not: each append judges
+        // them at its own time).
+        let delivery_keys: Vec<&[u8]> = batches
             .iter()
-            .filter_map(|e| e.business_key.as_ref().map(|k| k.0.as_slice()))
+            .filter_map(|b| b.delivery.as_ref().map(|d| d.key.0.as_slice()))
             .collect();
-        let mut holders: HashMap<DedupKey, u128> = HashMap::new();
-        if !keys.is_empty() {
+        let mut deliveries: HashMap<DedupKey, (DedupKey, Vec<u128>, i64)> = HashMap::new();
+        if !delivery_keys.is_empty() {
             for row in tx
                 .query(
-                    "SELECT key, event FROM dedup_claims WHERE key = ANY($1) AND expires_at > $2",
-                    &[&keys, &now],
+                    "SELECT key, body_hash, events, expires_at FROM delivery_claims WHERE key = ANY($1)",
+                    &[&delivery_keys],
                 )
                 .await
                 .map_err(store_error)?
             {
-                let key: Vec<u8> = row.get(0);
-                let key = DedupKey(
-                    key.try_into()
-                        .map_err(|_| StoreError::Corrupt("a dedup key is not 16 bytes".into()))?,
+                let events: Vec<Vec<u8>> = row.get(2);
+                deliveries.insert(
+                    key_of(row.get(0))?,
+                    (
+                        key_of(row.get(1))?,
+                        events.iter().map(|e| id_of(e)).collect::<Result<_, _>>()?,
+                        row.get(3),
+                    ),
                 );
-                holders.insert(key, id_of(row.get(1))?);
             }
         }
-        let expires_at = now.saturating_add(batch.business_key_retention_ms);
-        let mut outcomes = Vec::with_capacity(batch.events.len());
-        let mut rows = Vec::with_capacity(batch.events.len());
-        let mut claims: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for (n, event) in batch.events.iter().enumerate() {
-            let id = event.id.as_u128();
-            let mut duplicate_of = None;
-            match event.business_key {
-                Some(key) => match holders.get(&key) {
-                    Some(original) => {
-                        duplicate_of = Some(*original);
-                        outcomes.push(ItemOutcome::Duplicate(EventId::from_u128(*original)));
-                    }
-                    None => {
-                        holders.insert(key, id);
-                        claims.push((key.0.to_vec(), id_bytes(id)));
-                        outcomes.push(ItemOutcome::Accepted(event.id));
-                    }
-                },
-                None => outcomes.push(ItemOutcome::Accepted(event.id)),
+        let business_keys: Vec<&[u8]> = batches
+            .iter()
+            .flat_map(|b| b.events.iter())
+            .filter_map(|e| e.business_key.as_ref().map(|k| k.0.as_slice()))
+            .collect();
+        let mut holders: HashMap<DedupKey, (u128, i64)> = HashMap::new();
+        if !business_keys.is_empty() {
+            for row in tx
+                .query(
+                    "SELECT key, event, expires_at FROM dedup_claims WHERE key = ANY($1)",
+                    &[&business_keys],
+                )
+                .await
+                .map_err(store_error)?
+            {
+                holders.insert(key_of(row.get(0))?, (id_of(row.get(1))?, row.get(2)));
             }
-            rows.push(Row {
-                seq: head + 1 + n as i64,
-                id,
-                source: event.source.to_string(),
-                event_time: event.event_time_ms,
-                payload: event.payload.clone(),
-                duplicate_of,
-            });
         }
+
+        let mut outcomes = Vec::with_capacity(batches.len());
+        let mut rows: Vec<Row> = Vec::new();
+        let mut claims: HashMap<DedupKey, (u128, i64)> = HashMap::new();
+        let mut new_deliveries: Vec<(DedupKey, DedupKey, Vec<u128>, i64)> = Vec::new();
+        for batch in batches {
+            let now = batch.received_at_ms;
+            if let Some(claim) = &batch.delivery
+                && let Some((body_hash, events, expires_at)) = deliveries.get(&claim.key)
+                && *expires_at > now
+            {
+                outcomes.push(if *body_hash == claim.body_hash {
+                    AppendOutcome::DeliveryReplayed(
+                        events
+                            .iter()
+                            .map(|id| ItemOutcome::Duplicate(EventId::from_u128(*id)))
+                            .collect(),
+                    )
+                } else {
+                    AppendOutcome::DeliveryConflict
+                });
+                continue;
+            }
+            let expires_at = now.saturating_add(batch.business_key_retention_ms);
+            let mut items = Vec::with_capacity(batch.events.len());
+            for event in &batch.events {
+                let id = event.id.as_u128();
+                let mut duplicate_of = None;
+                match event.business_key {
+                    Some(key) => match holders.get(&key).filter(|(_, until)| *until > now) {
+                        Some((original, _)) => {
+                            duplicate_of = Some(*original);
+                            items.push(ItemOutcome::Duplicate(EventId::from_u128(*original)));
+                        }
+                        None => {
+                            holders.insert(key, (id, expires_at));
+                            claims.insert(key, (id, expires_at));
+                            items.push(ItemOutcome::Accepted(event.id));
+                        }
+                    },
+                    None => items.push(ItemOutcome::Accepted(event.id)),
+                }
+                rows.push(Row {
+                    seq: head + 1 + rows.len() as i64,
+                    id,
+                    source: event.source.to_string(),
+                    event_time: event.event_time_ms,
+                    received_at: now,
+                    payload: event.payload.clone(),
+                    duplicate_of,
+                });
+            }
+            if let Some(claim) = &batch.delivery {
+                let events: Vec<u128> = items.iter().map(|o| o.id().as_u128()).collect();
+                let until = now.saturating_add(claim.retention_ms);
+                deliveries.insert(claim.key, (claim.body_hash, events.clone(), until));
+                new_deliveries.push((claim.key, claim.body_hash, events, until));
+            }
+            outcomes.push(AppendOutcome::Appended(items));
+        }
+
         let new_head = head + rows.len() as i64;
         if !rows.is_empty() {
             let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
             let ids: Vec<Vec<u8>> = rows.iter().map(|r| id_bytes(r.id)).collect();
             let sources: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
             let times: Vec<i64> = rows.iter().map(|r| r.event_time).collect();
+            let received: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
             let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
             let originals: Vec<Option<Vec<u8>>> =
                 rows.iter().map(|r| r.duplicate_of.map(id_bytes)).collect();
             tx.execute(
                 "INSERT INTO events (seq, id, source, event_time, received_at, payload, duplicate_of)
-                 SELECT seq, id, source, event_time, $6, payload, duplicate_of
-                 FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[], $5::text[], $7::bytea[])
-                   AS t(seq, id, source, event_time, payload, duplicate_of)",
-                &[&seqs, &ids, &sources, &times, &payloads, &now, &originals],
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[],
+                                      $5::bigint[], $6::text[], $7::bytea[])",
+                &[&seqs, &ids, &sources, &times, &received, &payloads, &originals],
             )
             .await
             .map_err(store_error)?;
@@ -271,32 +360,31 @@ impl EventLog for PgEventLog {
                 .map_err(store_error)?;
         }
         if !claims.is_empty() {
-            let (keys, events): (Vec<Vec<u8>>, Vec<Vec<u8>>) = claims.into_iter().unzip();
+            let mut keys = Vec::with_capacity(claims.len());
+            let mut events = Vec::with_capacity(claims.len());
+            let mut untils = Vec::with_capacity(claims.len());
+            for (key, (event, until)) in &claims {
+                keys.push(key.0.to_vec());
+                events.push(id_bytes(*event));
+                untils.push(*until);
+            }
             // An expired claim of the same key is taken over.
             tx.execute(
                 "INSERT INTO dedup_claims (key, event, expires_at)
-                 SELECT key, event, $3 FROM unnest($1::bytea[], $2::bytea[]) AS t(key, event)
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[])
                  ON CONFLICT (key) DO UPDATE SET event = excluded.event, expires_at = excluded.expires_at",
-                &[&keys, &events, &expires_at],
+                &[&keys, &events, &untils],
             )
             .await
             .map_err(store_error)?;
         }
-        if let Some(claim) = &batch.delivery {
-            let events: Vec<Vec<u8>> = outcomes
-                .iter()
-                .map(|o| id_bytes(o.id().as_u128()))
-                .collect();
+        for (key, body_hash, events, until) in &new_deliveries {
+            let events: Vec<Vec<u8>> = events.iter().map(|id| id_bytes(*id)).collect();
             tx.execute(
                 "INSERT INTO delivery_claims (key, body_hash, events, expires_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (key) DO UPDATE SET body_hash = excluded.body_hash,
                    events = excluded.events, expires_at = excluded.expires_at",
-                &[
-                    &claim.key.0.as_slice(),
-                    &claim.body_hash.0.as_slice(),
-                    &events,
-                    &now.saturating_add(claim.retention_ms),
-                ],
+                &[&key.0.as_slice(), &body_hash.0.as_slice(), &events, until],
             )
             .await
             .map_err(store_error)?;
@@ -313,7 +401,27 @@ impl EventLog for PgEventLog {
         self.ready.store(committed.is_ok(), Ordering::Release);
         committed.map_err(store_error)?;
         self.announce(new_head);
-        Ok(AppendOutcome::Appended(outcomes))
+        Ok(outcomes)
+    }
+}
+
+#[async_trait]
+impl EventLog for PgEventLog {
+    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.appends
+            .try_send(Pending { batch, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded {
+                    retry_after_ms: 1000,
+                },
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("the log's writer has stopped".into())
+                }
+            })?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("the log's writer stopped before answering".into())
+        })?
     }
 
     async fn tail(&self, after: &LogPositions, limit: usize) -> Result<Vec<RawEvent>, StoreError> {

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Ingest on one and two PostgreSQL nodes against the embedded default, in one run: single
+# events, 64 clients in a closed loop, `durability = fsync` (embedded) and PostgreSQL's own
+# `synchronous_commit` (on by default), the generator on the same machine. Needs a build
+# with `--features postgres` and the PostgreSQL server of this machine.
+#
+#   bash benches/cluster.sh [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+if [ -n "${RACCORDO_BIN:-}" ]; then
+  bin=$RACCORDO_BIN
+else
+  cargo build --release -p raccordo --features postgres >/dev/null
+  bin=$PWD/target/release/raccordo
+fi
+url_db=${RACCORDO_BENCH_POSTGRES:-"host=127.0.0.1 port=5432 user=postgres dbname=postgres"}
+schema=raccordo_bench_$(date +%s)
+work=$(mktemp -d -p "${TMPDIR:-/tmp}")
+pids=()
+trap 'for p in "${pids[@]}"; do kill -9 $p 2>/dev/null || true; done; psql "$url_db" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+key=bench-api-key-0123456789
+config() { # dir backend
+  mkdir -p "$1"
+  cat > "$1/raccordo.toml" <<TOML
+[server]
+data_dir = "data"
+[storage]
+backend = "$2"
+[storage.postgres]
+url = "$url_db"
+schema = "$schema"
+[sources.web]
+auth = [{ type = "api_key", keys = ["$key"] }]
+TOML
+}
+start() { # dir port
+  (cd "$1" && RUST_LOG=warn "$bin" serve --config raccordo.toml --listen 127.0.0.1:$2 >serve.log 2>&1) &
+  pids+=($!)
+  until curl -sf http://127.0.0.1:$2/readyz >/dev/null; do sleep 0.1; done
+}
+load() { # port clients -> json
+  "$bin" loadgen --url http://127.0.0.1:$1 --route source:web --api-key $key --concurrency $2 \
+    --duration ${secs}s --seed $RANDOM --json
+}
+report() { # label json...
+  python3 - "$@" <<'PY'
+import json, sys
+label, runs = sys.argv[1], [json.loads(a) for a in sys.argv[2:]]
+rate = sum(r["requests_per_s"] for r in runs)
+p50 = max(r["latency_ms"]["p50"] for r in runs)
+p99 = max(r["latency_ms"]["p99"] for r in runs)
+errors = sum(r["transport_errors"] for r in runs)
+print(f"{label:<38} {rate:>8.0f} req/s   p50 {p50:>6.2f} ms   p99 {p99:>7.2f} ms   errors {errors}")
+PY
+}
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); PostgreSQL $(psql "$url_db" -Atc 'show server_version')"
+config "$work/embedded" sqlite
+start "$work/embedded" 18771
+report "embedded (segment log + SQLite)" "$(load 18771 64)"
+kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+config "$work/node1" postgres
+config "$work/node2" postgres
+start "$work/node1" 18772
+report "PostgreSQL, 1 node" "$(load 18772 64)"
+start "$work/node2" 18773
+load 18772 32 > "$work/a.json" &
+a=$!
+load 18773 32 > "$work/b.json" &
+b=$!
+wait $a $b
+report "PostgreSQL, 2 nodes (32 clients each)" "$(cat "$work/a.json")" "$(cat "$work/b.json")"
+echo "events stored on PostgreSQL: $(psql "$url_db" -Atc "select count(*) from $schema.events")"
