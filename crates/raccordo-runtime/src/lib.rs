@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod consumer;
 pub mod jwks;
+pub mod leader;
 pub mod live;
 pub mod privacy;
 pub mod retention;

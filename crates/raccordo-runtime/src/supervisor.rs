@@ -62,6 +62,8 @@ pub struct Supervisor {
     cancel: CancellationToken,
     health: Arc<Mutex<BTreeMap<String, TaskHealth>>>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Whether this node runs the singleton tasks (always, on an embedded hub).
+    leadership: crate::leader::Leadership,
 }
 
 impl Default for Supervisor {
@@ -72,11 +74,56 @@ impl Default for Supervisor {
 
 impl Supervisor {
     pub fn new() -> Self {
+        Self::with_leadership(crate::leader::Leadership::always())
+    }
+
+    /// A supervisor whose singleton tasks run only while `leadership` says this node leads.
+    pub fn with_leadership(leadership: crate::leader::Leadership) -> Self {
         Self {
             cancel: CancellationToken::new(),
             health: Arc::default(),
             tasks: Arc::default(),
+            leadership,
         }
+    }
+
+    pub fn leadership(&self) -> &crate::leader::Leadership {
+        &self.leadership
+    }
+
+    /// Starts a task that must run on one node at a time (alert rules, schedules, pollers,
+    /// digests): it starts when this node leads, is cancelled when it stops leading, and
+    /// waits to lead again. On an embedded hub it simply runs.
+    pub fn spawn_singleton<F, Fut>(&self, name: &str, make: F)
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let make = Arc::new(make);
+        let leadership = self.leadership.clone();
+        self.spawn(name, move |ctx| {
+            let (make, mut leadership) = (make.clone(), leadership.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = leadership.leading() => {}
+                        _ = ctx.cancelled() => return Ok(()),
+                    }
+                    let child = ctx.cancel.child_token();
+                    let run = make(TaskContext {
+                        cancel: child.clone(),
+                    });
+                    tokio::pin!(run);
+                    tokio::select! {
+                        result = &mut run => return result,
+                        _ = leadership.lost() => {
+                            child.cancel();
+                            let _ = tokio::time::timeout(Duration::from_secs(5), run).await;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Starts `task` under supervision. `make` builds a fresh run each time: `Ok(())` means the

@@ -188,7 +188,7 @@ pub async fn start(
         }
         let consumer: Arc<dyn LogConsumer> = Arc::new(SourceTrigger(runner.clone()));
         let (log, offsets) = (stores.log.clone(), stores.offsets.clone());
-        supervisor.spawn("flow-triggers", move |ctx| {
+        supervisor.spawn_singleton("flow-triggers", move |ctx| {
             run_consumer(consumer.clone(), log.clone(), offsets.clone(), ctx)
         });
     }
@@ -198,7 +198,7 @@ pub async fn start(
         };
         let (runner, clock, flow, payload) =
             (runner.clone(), clock.clone(), flow.clone(), payload.clone());
-        supervisor.spawn(&format!("flow-schedule-{}", flow.name), move |ctx| {
+        supervisor.spawn_singleton(&format!("flow-schedule-{}", flow.name), move |ctx| {
             let (runner, clock, flow, payload) =
                 (runner.clone(), clock.clone(), flow.clone(), payload.clone());
             async move {

@@ -126,7 +126,23 @@ impl Hub {
             config.ingest.clone(),
         );
         let sources: Vec<_> = ingestor.sources().cloned().collect();
-        let supervisor = Supervisor::new();
+        // Nodes sharing a database elect one to run the singleton tasks; an embedded hub
+        // is alone and always leads.
+        let supervisor = if config.storage.backend == Backend::Sqlite {
+            Supervisor::new()
+        } else {
+            let (leadership, election) =
+                raccordo_runtime::leader::Leadership::elect(raccordo_runtime::leader::node_name());
+            tracing::info!(node = %leadership.node, "taking part in the leader election");
+            let supervisor = Supervisor::with_leadership(leadership);
+            let (election, secrets, clock) =
+                (Arc::new(election), stores.secrets.clone(), clock.clone());
+            supervisor.spawn("leader-election", move |ctx| {
+                let (election, secrets, clock) = (election.clone(), secrets.clone(), clock.clone());
+                async move { election.run(secrets, clock, ctx).await }
+            });
+            supervisor
+        };
 
         let live = LiveMetrics::new(
             config.metrics.window_spec(),
@@ -189,7 +205,7 @@ impl Hub {
         {
             let (alerts, sources, guard) =
                 (alerts.clone(), sources.clone(), ingestor.guard().clone());
-            supervisor.spawn("alerts-sources", move |ctx| {
+            supervisor.spawn_singleton("alerts-sources", move |ctx| {
                 alerts
                     .clone()
                     .watch_sources(sources.clone(), guard.clone(), ctx)
@@ -197,13 +213,13 @@ impl Hub {
         }
         {
             let (alerts, live) = (alerts.clone(), live.clone());
-            supervisor.spawn("alerts-windows", move |ctx| {
+            supervisor.spawn_singleton("alerts-windows", move |ctx| {
                 alerts.clone().watch_windows(live.clone(), ctx)
             });
         }
         {
             let (alerts, live) = (alerts.clone(), live.clone());
-            supervisor.spawn("alerts-lag", move |ctx| {
+            supervisor.spawn_singleton("alerts-lag", move |ctx| {
                 alerts.clone().watch_lag(live.clone(), ctx)
             });
         }
@@ -214,7 +230,7 @@ impl Hub {
                 clock.clone(),
                 config.retention,
             );
-            supervisor.spawn("retention", move |ctx| {
+            supervisor.spawn_singleton("retention", move |ctx| {
                 raccordo_runtime::retention::run_retention(
                     retention,
                     runs.clone(),

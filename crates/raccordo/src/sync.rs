@@ -186,7 +186,7 @@ pub async fn start(
                 config.sync.clone(),
                 sync_stats.clone(),
             );
-            supervisor.spawn("sync-mapping-check", move |_ctx| {
+            supervisor.spawn_singleton("sync-mapping-check", move |_ctx| {
                 let (hubspot, zoho, sync_config, sync_stats) =
                     (hubspot.clone(), zoho.clone(), sync_config.clone(), sync_stats.clone());
                 async move {
@@ -244,7 +244,7 @@ pub async fn start(
                 every: config.sync.poll_every,
                 config: Arc::new(config.sync.clone()),
             });
-            supervisor.spawn("sync-poller", move |ctx| poller.clone().run(ctx));
+            supervisor.spawn_singleton("sync-poller", move |ctx| poller.clone().run(ctx));
         }
         {
             let backfill = Arc::new(raccordo_sync::backfill::Backfill {
@@ -258,7 +258,7 @@ pub async fn start(
             });
             let (wake, backfill_wake) = (wake.clone(), backfill_wake.clone());
             // Runs a started backfill to its end, and resumes one a restart interrupted.
-            supervisor.spawn("sync-backfill", move |ctx| {
+            supervisor.spawn_singleton("sync-backfill", move |ctx| {
                 let (backfill, wake, backfill_wake) =
                     (backfill.clone(), wake.clone(), backfill_wake.clone());
                 async move {
@@ -305,7 +305,7 @@ pub async fn start(
                 clock.clone(),
                 alerts.clone(),
             );
-            supervisor.spawn("sync-reconcile", move |ctx| {
+            supervisor.spawn_singleton("sync-reconcile", move |ctx| {
                 let (r, dir, clock, alerts) = (r.clone(), dir.clone(), clock.clone(), alerts.clone());
                 async move {
                     loop {
@@ -347,7 +347,7 @@ pub async fn start(
             );
             let (queue, kv, clock) = (stores.queue.clone(), stores.kv.clone(), clock.clone());
             let (every, hub_url) = (config.sync.digest.every, crm.public_url.clone());
-            supervisor.spawn("sync-digest", move |ctx| {
+            supervisor.spawn_singleton("sync-digest", move |ctx| {
                 let (queue, kv, clock, channel, hub_url) = (
                     queue.clone(),
                     kv.clone(),
@@ -387,7 +387,7 @@ pub async fn start(
                 *channel_id,
                 clock.clone(),
             );
-            supervisor.spawn("zoho-channel", move |ctx| {
+            supervisor.spawn_singleton("zoho-channel", move |ctx| {
                 keep_channel(
                     zoho.clone(),
                     notify_url.clone(),

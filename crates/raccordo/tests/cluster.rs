@@ -66,6 +66,14 @@ async fn post(addr: std::net::SocketAddr, body: &Value) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
+/// Whether the node logged that it leads.
+fn leads(node: &Server) -> bool {
+    node.stdout.lock().unwrap().iter().any(|line| {
+        serde_json::from_str::<Value>(line)
+            .is_ok_and(|l| l["message"] == "leadership changed" && l["leading"] == true)
+    })
+}
+
 /// Every stored event (duplicates left out, as the query API gives them), by customer.
 async fn stored(server: &Server) -> HashMap<String, usize> {
     let mut by_customer = HashMap::new();
@@ -112,7 +120,12 @@ async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_ac
         .unwrap();
     let schema = format!("raccordo_test_{}_{}", now.as_secs(), now.subsec_nanos());
     let (_dir_a, mut a) = node(&schema);
+    // A, first up, takes the leader lease (it runs the singleton tasks: alert rules,
+    // schedules, pollers); B joins and does not.
+    a.log_line(|l| l["message"] == "leadership changed" && l["leading"] == true);
     let (_dir_b, b) = node(&schema);
+    b.log_line(|l| l["message"] == "taking part in the leader election");
+    assert!(!leads(&b), "one leader at a time");
     let (addr_a, addr_b) = (a.addr, b.addr);
 
     // 300 conversions to A; the last 150 of them to B as well, at the same time (a sender
@@ -157,6 +170,16 @@ async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_ac
         "none twice: {:?}",
         on_b.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
     );
+
+    // With A gone, B takes the lease over once A's runs out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while !leads(&b) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never took the lead over"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     // A comes back on the same database and serves the same log.
     let (_dir_a2, a2) = node(&schema);
