@@ -35,7 +35,7 @@ auth = [{ type = "api_key", keys = ["$key"] }]
 TOML
 }
 start() { # dir port
-  (cd "$1" && RUST_LOG=warn "$bin" serve --config raccordo.toml --listen 127.0.0.1:$2 >serve.log 2>&1) &
+  (cd "$1" && RUST_LOG=warn exec "$bin" serve --config raccordo.toml --listen 127.0.0.1:$2 >serve.log 2>&1) &
   pids+=($!)
   until curl -sf http://127.0.0.1:$2/readyz >/dev/null; do sleep 0.1; done
 }
@@ -43,6 +43,9 @@ load() { # port clients -> json
   "$bin" loadgen --url http://127.0.0.1:$1 --route source:web --api-key $key --concurrency $2 \
     --duration ${secs}s --seed $RANDOM --json
 }
+# CPU seconds (user + system) used so far by the hub nodes and by PostgreSQL's processes.
+cpu_of() { ps -o times= -p "$1" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
+pg_cpu() { ps -o times= -C postgres | awk '{s+=$1} END {print s+0}'; }
 report() { # label json...
   python3 - "$@" <<'PY'
 import json, sys
@@ -58,11 +61,20 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 config "$work/embedded" sqlite
 start "$work/embedded" 18771
 report "embedded (segment log + SQLite)" "$(load 18771 64)"
-kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
 config "$work/node1" postgres
 config "$work/node2" postgres
 start "$work/node1" 18772
-report "PostgreSQL, 1 node" "$(load 18772 64)"
+node1=${pids[-1]}
+hub0=$(cpu_of $node1); pg0=$(pg_cpu)
+out=$(load 18772 64)
+report "PostgreSQL, 1 node" "$out"
+python3 - "$out" "$hub0" "$(cpu_of $node1)" "$pg0" "$(pg_cpu)" <<'PY'
+import json, sys
+n = json.loads(sys.argv[1])["requests"]
+hub0, hub1, pg0, pg1 = map(float, sys.argv[2:6])
+print(f"  CPU per event: hub {(hub1 - hub0) / n * 1e6:.0f} µs, PostgreSQL {(pg1 - pg0) / n * 1e6:.0f} µs")
+PY
 start "$work/node2" 18773
 load 18772 32 > "$work/a.json" &
 a=$!
