@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use raccordo_core::{Clock, SecretStore};
 use tokio::sync::watch;
-
-use crate::supervisor::TaskContext;
+use tokio_util::sync::CancellationToken;
 
 /// How long a lease lasts without renewal.
 pub const TTL: Duration = Duration::from_secs(15);
@@ -39,8 +38,8 @@ impl Leadership {
         }
     }
 
-    /// Takes part in the election through `secrets`' leases; `run` keeps it going (spawn it
-    /// as a supervised task).
+    /// Takes part in the election through `secrets`' leases; `Election::run` keeps it going
+    /// (spawn it as a supervised task).
     pub fn elect(node: String) -> (Self, Election) {
         let (tx, leading) = watch::channel(false);
         let node: Arc<str> = Arc::from(node);
@@ -79,7 +78,7 @@ impl Election {
         &self,
         secrets: Arc<dyn SecretStore>,
         clock: Arc<dyn Clock>,
-        ctx: TaskContext,
+        stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut last_renewal: Option<tokio::time::Instant> = None;
         loop {
@@ -112,7 +111,7 @@ impl Election {
             });
             tokio::select! {
                 _ = tokio::time::sleep(RENEW_EVERY) => {}
-                _ = ctx.cancelled() => {
+                _ = stop.cancelled() => {
                     if *self.leading.borrow() {
                         let _ = secrets.release_lease(LEASE, &self.node).await;
                     }
@@ -158,41 +157,28 @@ mod tests {
         .unwrap();
         let secrets = store.stores().secrets.clone();
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let supervisor = crate::supervisor::Supervisor::new();
         let (mut a, election_a) = Leadership::elect("a".into());
         let (mut b, election_b) = Leadership::elect("b".into());
-        let token_a = tokio_util::sync::CancellationToken::new();
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
         let run_a = {
-            let (secrets, clock) = (secrets.clone(), clock.clone());
-            let ctx = TaskContext {
-                cancel: token_a.clone(),
-            };
-            tokio::spawn(async move { election_a.run(secrets, clock, ctx).await })
+            let (secrets, clock, stop) = (secrets.clone(), clock.clone(), stop_a.clone());
+            tokio::spawn(async move { election_a.run(secrets, clock, stop).await })
         };
         a.leading().await;
         let run_b = {
-            let (secrets, clock) = (secrets.clone(), clock.clone());
-            let ctx = TaskContext {
-                cancel: supervisor_token(&supervisor),
-            };
-            tokio::spawn(async move { election_b.run(secrets, clock, ctx).await })
+            let (secrets, clock, stop) = (secrets.clone(), clock.clone(), stop_b.clone());
+            tokio::spawn(async move { election_b.run(secrets, clock, stop).await })
         };
         tokio::time::sleep(RENEW_EVERY * 3).await;
         assert!(a.is_leader() && !b.is_leader(), "one leader at a time");
         // A stops (and gives the lease up): B leads at its next try.
-        token_a.cancel();
+        stop_a.cancel();
         run_a.await.unwrap().unwrap();
         a.lost().await;
         b.leading().await;
         assert!(b.is_leader());
-        supervisor.shutdown(Duration::from_secs(1)).await;
-        let _ = run_b.await;
+        stop_b.cancel();
+        run_b.await.unwrap().unwrap();
         store.stores().log.close().await;
-    }
-
-    fn supervisor_token(
-        supervisor: &crate::supervisor::Supervisor,
-    ) -> tokio_util::sync::CancellationToken {
-        supervisor.token()
     }
 }

@@ -139,7 +139,7 @@ impl Hub {
                 (Arc::new(election), stores.secrets.clone(), clock.clone());
             supervisor.spawn("leader-election", move |ctx| {
                 let (election, secrets, clock) = (election.clone(), secrets.clone(), clock.clone());
-                async move { election.run(secrets, clock, ctx).await }
+                async move { election.run(secrets, clock, ctx.cancel.clone()).await }
             });
             supervisor
         };
