@@ -199,6 +199,9 @@ impl RunStore for PgRuns {
             .await
             .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
+        if removed > 0 {
+            self.pg.vacuum(&["runs", "run_steps"]).await;
+        }
         Ok(removed)
     }
 }

@@ -197,6 +197,26 @@ impl PgStores {
     }
 }
 
+impl Pg {
+    /// After an erasure: `VACUUM` the tables it changed, so that the old row versions (which
+    /// still hold the erased values until vacuumed) are cleaned out now rather than whenever
+    /// autovacuum comes by. Best effort: a failure is logged, the erasure stands.
+    pub(crate) async fn vacuum(&self, tables: &[&str]) {
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "no connection to vacuum after an erasure");
+                return;
+            }
+        };
+        for table in tables {
+            if let Err(e) = client.batch_execute(&format!("VACUUM {table}")).await {
+                tracing::warn!(table, error = %e, "VACUUM after an erasure failed");
+            }
+        }
+    }
+}
+
 /// Takes the transaction-scoped advisory lock of `key` (in `space`): read-modify-writes of
 /// the same key then run one at a time across every node.
 pub(crate) async fn lock_key(

@@ -500,6 +500,9 @@ impl EventLog for PgEventLog {
             }
             after = last;
         }
+        if !erased.ids.is_empty() {
+            self.pg.vacuum(&["events", "dedup_claims"]).await;
+        }
         Ok(erased)
     }
 

@@ -241,6 +241,9 @@ impl WorkQueue for PgWorkQueue {
             .await
             .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
+        if items + dead > 0 {
+            self.pg.vacuum(&["work_items", "dead_letters"]).await;
+        }
         Ok((items, dead))
     }
 

@@ -184,6 +184,9 @@ impl KeyValueStore for PgKeyValue {
             .map_err(store_error)?;
         }
         tx.commit().await.map_err(store_error)?;
+        if !keys.is_empty() {
+            self.pg.vacuum(&["kv"]).await;
+        }
         Ok(live)
     }
 }

@@ -324,12 +324,17 @@ impl RejectedRequests for PgRejectedRequests {
     }
 
     async fn delete_rejected(&self, ids: &[String]) -> Result<u64, StoreError> {
-        self.pg
+        let removed = self
+            .pg
             .client()
             .await?
             .execute("DELETE FROM rejected_requests WHERE id = ANY($1)", &[&ids])
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        if removed > 0 {
+            self.pg.vacuum(&["rejected_requests"]).await;
+        }
+        Ok(removed)
     }
 }
 
