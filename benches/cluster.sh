@@ -8,12 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-if [ -n "${RACCORDO_BIN:-}" ]; then
-  bin=$RACCORDO_BIN
-else
-  cargo build --release -p raccordo --features postgres >/dev/null
-  bin=$PWD/target/release/raccordo
-fi
+source benches/common.sh
+bin=$(raccordo_bin --features postgres)
 url_db=${RACCORDO_BENCH_POSTGRES:-"host=127.0.0.1 port=5432 user=postgres dbname=postgres"}
 schema=raccordo_bench_$(date +%s)
 work=$(mktemp -d -p "${TMPDIR:-/tmp}")
@@ -57,7 +53,7 @@ errors = sum(r["transport_errors"] for r in runs)
 print(f"{label:<38} {rate:>8.0f} req/s   p50 {p50:>6.2f} ms   p99 {p99:>7.2f} ms   errors {errors}")
 PY
 }
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r); PostgreSQL $(psql "$url_db" -Atc 'show server_version')"
+machine "; PostgreSQL $(psql "$url_db" -Atc 'show server_version')"
 config "$work/embedded" sqlite
 start "$work/embedded" 18771
 report "embedded (segment log + SQLite)" "$(load 18771 64)"

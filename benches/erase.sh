@@ -11,19 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-5000000}
 rate=${2:-2000}
-if [ -n "${RACCORDO_BIN:-}" ]; then
-  bin=$RACCORDO_BIN
-else
-  cargo build --release -p raccordo >/dev/null
-  bin=$PWD/target/release/raccordo
-fi
+source benches/common.sh
+bin=$(raccordo_bin)
 work=$(mktemp -d -p "${TMPDIR:-/tmp}")
 port=18769
 url=http://127.0.0.1:$port
 cd "$work"
 server=
 trap '[ -n "$server" ] && kill -9 $server 2>/dev/null; rm -rf "$work"' EXIT
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+machine
 RUST_LOG=warn "$bin" serve --listen 127.0.0.1:$port >>serve.log 2>>serve.err &
 server=$!
 until curl -sf $url/readyz >/dev/null; do sleep 0.05; done

@@ -7,13 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-# RACCORDO_BIN: measure another build (e.g. an earlier commit's) instead of this tree's.
-if [ -n "${RACCORDO_BIN:-}" ]; then
-  bin=$RACCORDO_BIN
-else
-  cargo build --release -p raccordo >/dev/null
-  bin=$PWD/target/release/raccordo
-fi
+
+source benches/common.sh
+bin=$(raccordo_bin)
 work=$(mktemp -d)
 port=18765
 url=http://127.0.0.1:$port
@@ -41,7 +37,7 @@ print(f"{label:<34} {r['requests_per_s']:>9.0f} req/s {r['events_per_s']:>9.0f} 
 PY
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+machine
 echo "durability: fsync (synchronous=FULL), loadgen on the same machine"
 for round in 1 2; do
   run "noop      single  c64  (round $round)" --route noop --concurrency 64 --duration ${secs}s

@@ -11,13 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-150}
-# RACCORDO_BIN: measure another build (e.g. an earlier commit's) instead of this tree's.
-if [ -n "${RACCORDO_BIN:-}" ]; then
-  bin=$RACCORDO_BIN
-else
-  cargo build --release -p raccordo >/dev/null
-  bin=$PWD/target/release/raccordo
-fi
+
+source benches/common.sh
+bin=$(raccordo_bin)
 work=$(mktemp -d)
 port=18766
 url=http://127.0.0.1:$port
@@ -63,7 +59,7 @@ print(f"{label:<28} {r['events_per_s']:>7.0f} ev/s  ingest p99 {r['latency_ms'][
 PY
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+machine
 echo "durability: fsync, 1-minute windows, loadgen on the same machine, ${secs}s per run"
 run "baseline 100 ev/s (10×10)" --rate 10 --batch-size 10 --duration ${secs}s
 run "subject 10000 ev/s (1000×10)" --rate 1000 --batch-size 10 --duration ${secs}s

@@ -20,12 +20,8 @@ cd "$(dirname "$0")/.."
 target=${1:-20000000}
 step=${2:-2500000}
 secs=${3:-60}
-if [ -n "${RACCORDO_BIN:-}" ]; then
-  bin=$RACCORDO_BIN
-else
-  cargo build --release -p raccordo >/dev/null
-  bin=$PWD/target/release/raccordo
-fi
+source benches/common.sh
+bin=$(raccordo_bin)
 work=$(mktemp -d -p "${TMPDIR:-/tmp}")
 port=18767
 url=http://127.0.0.1:$port
@@ -51,7 +47,7 @@ start
 load() { "$bin" loadgen --url $url --webhook-secret "$secret" --json --seed $RANDOM "$@"; }
 field() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+machine
 max=$(load --concurrency 64 --duration 10s | field 'int(r["requests_per_s"])')
 half=$(( max / 2 ))
 echo "single-event maximum at the start: $max req/s; open loop at $half req/s for ${secs}s per step"

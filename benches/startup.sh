@@ -7,12 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-20000000}
-if [ -n "${RACCORDO_BIN:-}" ]; then
-  bin=$RACCORDO_BIN
-else
-  cargo build --release -p raccordo >/dev/null
-  bin=$PWD/target/release/raccordo
-fi
+source benches/common.sh
+bin=$(raccordo_bin)
 work=$(mktemp -d -p "${TMPDIR:-/tmp}")
 port=18768
 url=http://127.0.0.1:$port
@@ -28,7 +24,7 @@ start() {
   t1=$(date +%s.%N)
   python3 -c "print(f'$label: ready after {$t1 - $t0:.2f} s')"
 }
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+machine
 start "empty store"
 secret=$(grep webhook_secret raccordo-data/credentials.toml | cut -d'"' -f2)
 t0=$(date +%s)

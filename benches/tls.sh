@@ -9,12 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-if [ -n "${RACCORDO_BIN:-}" ]; then
-  bin=$RACCORDO_BIN
-else
-  cargo build --release -p raccordo >/dev/null
-  bin=$PWD/target/release/raccordo
-fi
+source benches/common.sh
+bin=$(raccordo_bin)
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 
@@ -70,7 +66,7 @@ print(f"{label:<34} {r['requests_per_s']:>9.0f} req/s {r['events_per_s']:>9.0f} 
 PY
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
+machine
 echo "durability: fsync; loadgen on the same machine, HTTP/1.1 keep-alive"
 for round in 1 2; do
   run "plain noop   single c64 (round $round)" plain http://127.0.0.1:18775 18775 --route noop --concurrency 64 --duration ${secs}s

@@ -195,6 +195,26 @@ impl PgStores {
             audit: Arc::new(PgAuditLog::new(pg)),
         })
     }
+
+    /// As the hub takes them: the log is also the query side.
+    pub fn into_stores(self) -> raccordo_core::Stores {
+        raccordo_core::Stores {
+            log: self.log.clone(),
+            query: self.log,
+            queue: self.queue,
+            kv: self.kv,
+            mappings: self.mappings,
+            secrets: self.secrets,
+            rate_limits: self.rate_limits,
+            runs: self.runs,
+            windows: self.windows,
+            offsets: self.offsets,
+            alerts: self.alerts,
+            costs: self.costs,
+            requests: self.requests,
+            audit: self.audit,
+        }
+    }
 }
 
 impl Pg {

@@ -5,7 +5,6 @@
 //! Without a server: under `CI` the tests fail; elsewhere they say so and pass.
 
 use async_trait::async_trait;
-use raccordo_core::Stores;
 use raccordo_storage_postgres::{PgStores, PostgresOptions};
 use raccordo_storage_tests::{Backend, Opened};
 
@@ -82,23 +81,7 @@ impl Backend for Postgres {
         let pg = PgStores::open(&options)
             .await
             .expect("open the PostgreSQL stores");
-        let stores = Stores {
-            log: pg.log.clone(),
-            query: pg.log,
-            queue: pg.queue,
-            kv: pg.kv,
-            mappings: pg.mappings,
-            secrets: pg.secrets,
-            rate_limits: pg.rate_limits,
-            runs: pg.runs,
-            windows: pg.windows,
-            offsets: pg.offsets,
-            alerts: pg.alerts,
-            costs: pg.costs,
-            requests: pg.requests,
-            audit: pg.audit,
-        };
-        Opened::new(stores, ())
+        Opened::new(pg.into_stores(), ())
     }
 }
 

@@ -46,23 +46,7 @@ async fn open_backend(
             let pg = raccordo_storage_postgres::PgStores::open(&options)
                 .await
                 .map_err(|e| anyhow::anyhow!("storage.postgres: {e}"))?;
-            let stores = Stores {
-                log: pg.log.clone(),
-                query: pg.log,
-                queue: pg.queue,
-                kv: pg.kv,
-                mappings: pg.mappings,
-                secrets: pg.secrets,
-                rate_limits: pg.rate_limits,
-                runs: pg.runs,
-                windows: pg.windows,
-                offsets: pg.offsets,
-                alerts: pg.alerts,
-                costs: pg.costs,
-                requests: pg.requests,
-                audit: pg.audit,
-            };
-            Ok((stores, Box::new(())))
+            Ok((pg.into_stores(), Box::new(())))
         }
         #[cfg(not(feature = "postgres"))]
         Backend::Postgres => anyhow::bail!(
