@@ -131,22 +131,31 @@ async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_ac
     // 300 conversions to A; the last 150 of them to B as well, at the same time (a sender
     // retrying on another node): those must be stored once.
     let bodies: Vec<Value> = (0..300).map(event).collect();
-    let send = |addr, range: std::ops::Range<usize>| {
+    let acked_by_a = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let send = |addr,
+                range: std::ops::Range<usize>,
+                acked: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>| {
         let bodies = bodies.clone();
         tokio::spawn(async move {
             let mut unanswered = Vec::new();
             for n in range {
-                if post(addr, &bodies[n]).await != Some(202) {
+                if post(addr, &bodies[n]).await == Some(202) {
+                    if let Some(acked) = &acked {
+                        acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                } else {
                     unanswered.push(n);
                 }
             }
             unanswered
         })
     };
-    let to_a = send(addr_a, 0..300);
-    let to_b = send(addr_b, 150..300);
-    // Node A dies mid-load.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let to_a = send(addr_a, 0..300, Some(acked_by_a.clone()));
+    let to_b = send(addr_b, 150..300, None);
+    // Node A dies mid-load, once it has acknowledged 60 conversions.
+    while acked_by_a.load(std::sync::atomic::Ordering::SeqCst) < 60 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     a.kill9();
     let lost_on_a = to_a.await.unwrap();
     let lost_on_b = to_b.await.unwrap();
