@@ -195,7 +195,14 @@ async fn write_groups(log: std::sync::Weak<PgEventLog>, mut appends: mpsc::Recei
         }
         let Some(log) = log.upgrade() else { return };
         let batches: Vec<&AppendBatch> = group.iter().map(|p| &p.batch).collect();
-        match log.commit_group(&batches).await {
+        let started = std::time::Instant::now();
+        let committed = log.commit_group(&batches).await;
+        // The same commit metrics as the embedded log's, so dashboards work on both.
+        metrics::histogram!("raccordo_storage_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("raccordo_storage_commit_group_requests").record(group.len() as f64);
+        metrics::histogram!("raccordo_storage_commit_group_events").record(events as f64);
+        match committed {
             Ok(outcomes) => {
                 for (pending, outcome) in group.into_iter().zip(outcomes) {
                     let _ = pending.reply.send(Ok(outcome));

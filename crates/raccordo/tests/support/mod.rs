@@ -224,6 +224,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
         r#"{"type":"object","required":["email","at"],"properties":{"email":{"type":"string","format":"email"},"at":{"type":"string","format":"date-time"}}}"#,
     )
     .unwrap();
+    let storage = postgres_storage(dir);
     let text = format!(
         r#"
 [server]
@@ -232,6 +233,7 @@ max_body_bytes = 600000
 
 [storage]
 durability = "fsync"
+{storage}
 {extra}
 
 [sources.web]
@@ -278,6 +280,28 @@ allow_http = ["127.0.0.1"]
     let path = dir.join("raccordo.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// With `RACCORDO_TEST_BACKEND=postgres` (a build with the `postgres` feature), the
+/// standard test config puts every store on the local PostgreSQL, in a schema of its own per
+/// test directory (kept in `pg-schema`, so a restarted hub finds its data): the black-box
+/// tests then run against a cluster-mode node.
+fn postgres_storage(dir: &Path) -> String {
+    if std::env::var("RACCORDO_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return String::new();
+    }
+    let marker = dir.join("pg-schema");
+    let schema = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let name = format!("raccordo_test_{}_{}", now.as_secs(), now.subsec_nanos());
+        std::fs::write(&marker, &name).unwrap();
+        name
+    });
+    let url = std::env::var("RACCORDO_TEST_POSTGRES")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into());
+    format!("backend = \"postgres\"\npostgres = {{ url = \"{url}\", schema = \"{schema}\" }}")
 }
 
 /// Starts a server on the standard test config.
