@@ -26,16 +26,24 @@ pub struct Leadership {
     leading: watch::Receiver<bool>,
     /// The node's name in the lease (`host:pid:random`).
     pub node: Arc<str>,
+    /// An embedded hub's: it leads for good (the sender is kept so the value stays).
+    always: Option<Arc<watch::Sender<bool>>>,
 }
 
 impl Leadership {
     /// The one node of an embedded hub: always the leader.
     pub fn always() -> Self {
-        let (_, leading) = watch::channel(true);
+        let (sender, leading) = watch::channel(true);
         Self {
             leading,
             node: Arc::from("embedded"),
+            always: Some(Arc::new(sender)),
         }
+    }
+
+    /// Whether this node leads for good (an embedded hub: no election).
+    pub fn is_always(&self) -> bool {
+        self.always.is_some()
     }
 
     /// Takes part in the election through `secrets`' leases; `Election::run` keeps it going
@@ -47,6 +55,7 @@ impl Leadership {
             Self {
                 leading,
                 node: node.clone(),
+                always: None,
             },
             Election { node, leading: tx },
         )
@@ -61,9 +70,23 @@ impl Leadership {
         let _ = self.leading.wait_for(|l| *l).await;
     }
 
-    /// Resolves once this node no longer leads.
+    /// Resolves once this node no longer leads (or the election stopped).
     pub async fn lost(&mut self) {
         let _ = self.leading.wait_for(|l| !*l).await;
+    }
+}
+
+#[cfg(test)]
+mod always_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_embedded_hub_leads_for_good() {
+        let mut leadership = Leadership::always();
+        assert!(leadership.is_leader() && leadership.is_always());
+        leadership.leading().await;
+        let lost = tokio::time::timeout(Duration::from_millis(50), leadership.lost()).await;
+        assert!(lost.is_err(), "it never stops leading");
     }
 }
 

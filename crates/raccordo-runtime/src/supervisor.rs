@@ -99,6 +99,9 @@ impl Supervisor {
         F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
+        if self.leadership.is_always() {
+            return self.spawn(name, make);
+        }
         let make = Arc::new(make);
         let leadership = self.leadership.clone();
         self.spawn(name, move |ctx| {

@@ -232,8 +232,7 @@ data_dir = "data"
 max_body_bytes = 600000
 
 [storage]
-durability = "fsync"
-{storage}
+durability = "fsync"{storage}
 {extra}
 
 [sources.web]
@@ -301,7 +300,9 @@ fn postgres_storage(dir: &Path) -> String {
     });
     let url = std::env::var("RACCORDO_TEST_POSTGRES")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into());
-    format!("backend = \"postgres\"\npostgres = {{ url = \"{url}\", schema = \"{schema}\" }}")
+    // On the `durability` line's end: the file's line numbers stay those of the embedded
+    // config (tests assert them).
+    format!("\nbackend = \"postgres\"\npostgres = {{ url = \"{url}\", schema = \"{schema}\" }}")
 }
 
 /// Starts a server on the standard test config.
