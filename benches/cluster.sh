@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ingest on one and two PostgreSQL nodes against the embedded default, in one run: single
+# Ingest on one, two and three PostgreSQL nodes against the embedded default, in one run: single
 # events, 64 clients in a closed loop, `durability = fsync` (embedded) and PostgreSQL's own
 # `synchronous_commit` (on by default), the generator on the same machine. Needs a build
 # with `--features postgres` and the PostgreSQL server of this machine.
@@ -78,4 +78,14 @@ load 18773 32 > "$work/b.json" &
 b=$!
 wait $a $b
 report "PostgreSQL, 2 nodes (32 clients each)" "$(cat "$work/a.json")" "$(cat "$work/b.json")"
+config "$work/node3" postgres
+start "$work/node3" 18774
+load 18772 22 > "$work/a.json" &
+a=$!
+load 18773 21 > "$work/b.json" &
+b=$!
+load 18774 21 > "$work/c.json" &
+c=$!
+wait $a $b $c
+report "PostgreSQL, 3 nodes (64 clients in all)" "$(cat "$work/a.json")" "$(cat "$work/b.json")" "$(cat "$work/c.json")"
 echo "events stored on PostgreSQL: $(psql "$url_db" -Atc "select count(*) from $schema.events")"
