@@ -129,11 +129,13 @@ impl SqliteStore {
                 source: e,
             })
         };
+        let kv: Arc<SqliteKeyValue> = Arc::new(SqliteKeyValue::new(side("key-value store")?));
         let stores = Stores {
             log: log.clone(),
             query: log.clone(),
             queue: Arc::new(SqliteWorkQueue::new(side("work queue")?)),
-            kv: Arc::new(SqliteKeyValue::new(side("key-value store")?)),
+            kv: kv.clone(),
+            cache: kv,
             mappings: Arc::new(SqliteIdMappings::new(side("id mappings")?)),
             secrets: Arc::new(SqliteSecrets::new(side("secrets")?)),
             rate_limits: Arc::new(SqliteRateLimits::new(side("rate limits")?)),

@@ -62,6 +62,73 @@ pub enum Backend {
     /// Every store on a PostgreSQL database (`[storage.postgres]`), shared by several hub
     /// nodes. Needs a build with the `postgres` feature.
     Postgres,
+    /// PostgreSQL as with `postgres`, and Redis (`[storage.redis]`) in front of it for the
+    /// hot shared state: rate-limit buckets, leases, the AI cache, a delivery-id front
+    /// cache. Needs a build with the `cluster` feature.
+    Cluster,
+}
+
+impl Backend {
+    /// Whether several nodes share this backend (and elect a leader for singleton tasks).
+    pub fn is_shared(self) -> bool {
+        !matches!(self, Backend::Sqlite)
+    }
+
+    /// Whether this backend keeps its state in PostgreSQL.
+    pub fn uses_postgres(self) -> bool {
+        matches!(self, Backend::Postgres | Backend::Cluster)
+    }
+}
+
+/// `[storage.redis]`: the Redis of `backend = "cluster"`. It holds nothing that is not
+/// also kept (or safely rebuilt) elsewhere: a Redis restart costs cold caches, not data.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:6379[/db]`; `${VAR}` takes it from the environment.
+    #[serde(serialize_with = "raccordo_core::redacted_option")]
+    #[schema(value_type = Option<String>)]
+    pub url: Option<String>,
+    /// Put before every key of this hub, so that hubs sharing a server stay apart.
+    pub key_prefix: String,
+    /// How long a delivery id (`webhook-id`, `Idempotency-Key`) is remembered in Redis, to
+    /// answer a sender's retry without a database transaction. The database remembers it
+    /// for the source's whole dedup retention either way.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub delivery_cache: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "raccordo:".into(),
+            delivery_cache: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresConfig {
+    pub fn options(&self) -> raccordo_storage_postgres::PostgresOptions {
+        let mut options =
+            raccordo_storage_postgres::PostgresOptions::new(self.url.clone().unwrap_or_default());
+        options.schema = self.schema.clone();
+        options.pool_size = self.pool_size;
+        options
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl RedisConfig {
+    pub fn options(&self) -> raccordo_storage_redis::RedisOptions {
+        let mut options =
+            raccordo_storage_redis::RedisOptions::new(self.url.clone().unwrap_or_default());
+        options.key_prefix = self.key_prefix.clone();
+        options.delivery_cache_ms = self.delivery_cache.as_millis().min(i64::MAX as u128) as i64;
+        options
+    }
 }
 
 /// `[storage.postgres]`: the database of `backend = "postgres"`.
@@ -103,7 +170,8 @@ pub enum DurabilityConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Where state lives: `sqlite`, one embedded file (the only backend today).
+    /// Where state lives: `sqlite`, one embedded store (the default); `postgres`, one shared
+    /// database; `cluster`, PostgreSQL with Redis in front (see `docs/deployment.md`).
     pub backend: Backend,
     /// SQLite file; default `<data_dir>/raccordo.db`.
     #[schema(value_type = Option<String>)]
@@ -123,8 +191,10 @@ pub struct StorageConfig {
     pub segment_bytes: u64,
     /// How long and how much of the event log to keep.
     pub retention: EventRetentionConfig,
-    /// The database, with `backend = "postgres"`.
+    /// The database, with `backend = "postgres"` or `"cluster"`.
     pub postgres: PostgresConfig,
+    /// The Redis, with `backend = "cluster"`.
+    pub redis: RedisConfig,
 }
 
 /// `[storage.retention]`: events older than `max_age`, or beyond `max_bytes` of log, are
@@ -154,6 +224,7 @@ impl Default for StorageConfig {
             segment_bytes: 64 << 20,
             retention: EventRetentionConfig::default(),
             postgres: PostgresConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -431,13 +502,33 @@ impl Config {
         if self.storage.queue_capacity == 0 {
             report("storage.queue_capacity".into(), "must be at least 1".into());
         }
-        if self.storage.backend == Backend::Postgres {
-            if !cfg!(feature = "postgres") {
+        if self.storage.backend == Backend::Postgres && !cfg!(feature = "postgres") {
+            report(
+                "storage.backend".into(),
+                "`postgres` needs a build with the `postgres` feature (cargo build --release --features postgres)".into(),
+            );
+        }
+        if self.storage.backend == Backend::Cluster {
+            if !cfg!(feature = "cluster") {
                 report(
                     "storage.backend".into(),
-                    "`postgres` needs a build with the `postgres` feature (cargo build --release --features postgres)".into(),
+                    "`cluster` needs a build with the `cluster` feature (cargo build --release --features cluster)".into(),
                 );
             }
+            if self.storage.redis.url.as_deref().is_none_or(str::is_empty) {
+                report(
+                    "storage.redis.url".into(),
+                    "is required with backend = \"cluster\"".into(),
+                );
+            }
+            if self.storage.redis.key_prefix.is_empty() {
+                report(
+                    "storage.redis.key_prefix".into(),
+                    "must not be empty (hubs sharing a server would mix their keys)".into(),
+                );
+            }
+        }
+        if self.storage.backend.uses_postgres() {
             if self
                 .storage
                 .postgres
@@ -447,7 +538,7 @@ impl Config {
             {
                 report(
                     "storage.postgres.url".into(),
-                    "is required with backend = \"postgres\"".into(),
+                    "is required with backend = \"postgres\" or \"cluster\"".into(),
                 );
             }
             let schema = &self.storage.postgres.schema;

@@ -117,7 +117,7 @@ pub async fn start(
     } else {
         Some(Arc::new(AiClient::new(
             config.ai.providers(),
-            stores.kv.clone(),
+            stores.cache.clone(),
             config.ai.cache_ttl,
             stores.rate_limits.clone(),
             clock.clone(),

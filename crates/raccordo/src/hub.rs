@@ -37,21 +37,29 @@ async fn open_backend(
     match storage.backend {
         #[cfg(feature = "postgres")]
         Backend::Postgres => {
-            let settings = &storage.postgres;
-            let mut options = raccordo_storage_postgres::PostgresOptions::new(
-                settings.url.clone().unwrap_or_default(),
-            );
-            options.schema = settings.schema.clone();
-            options.pool_size = settings.pool_size;
-            let pg = raccordo_storage_postgres::PgStores::open(&options)
+            let pg = raccordo_storage_postgres::PgStores::open(&storage.postgres.options())
                 .await
                 .map_err(|e| anyhow::anyhow!("storage.postgres: {e}"))?;
             Ok((pg.into_stores(), Box::new(())))
+        }
+        #[cfg(feature = "cluster")]
+        Backend::Cluster => {
+            let pg = raccordo_storage_postgres::PgStores::open(&storage.postgres.options())
+                .await
+                .map_err(|e| anyhow::anyhow!("storage.postgres: {e}"))?;
+            let redis = raccordo_storage_redis::RedisStores::open(&storage.redis.options())
+                .await
+                .map_err(|e| anyhow::anyhow!("storage.redis: {e}"))?;
+            Ok((redis.in_front_of(pg.into_stores()), Box::new(())))
         }
         #[cfg(not(feature = "postgres"))]
         Backend::Postgres => anyhow::bail!(
             "storage.backend = \"postgres\" needs a build with the `postgres` feature"
         ),
+        #[cfg(not(feature = "cluster"))]
+        Backend::Cluster => {
+            anyhow::bail!("storage.backend = \"cluster\" needs a build with the `cluster` feature")
+        }
         Backend::Sqlite => {
             use raccordo_storage_sqlite::{
                 Durability, RetentionPolicy, SqliteOptions, SqliteStore,
@@ -88,7 +96,7 @@ impl Hub {
         // Embedded: the data lock makes this process the only worker, so whatever is still
         // leased was being worked on by a run that died. Take it up again now. (Nodes of a
         // shared database leave other nodes' leases alone: a dead node's run out.)
-        let freed = if built.config.storage.backend == Backend::Sqlite {
+        let freed = if !built.config.storage.backend.is_shared() {
             stores.queue.release_all_leases().await?
         } else {
             0
@@ -112,7 +120,7 @@ impl Hub {
         let sources: Vec<_> = ingestor.sources().cloned().collect();
         // Nodes sharing a database elect one to run the singleton tasks; an embedded hub
         // is alone and always leads.
-        let supervisor = if config.storage.backend == Backend::Sqlite {
+        let supervisor = if !config.storage.backend.is_shared() {
             Supervisor::new()
         } else {
             let (leadership, election) =
@@ -282,7 +290,7 @@ impl Hub {
                 clock: clock.clone(),
             }),
             Arc::new(raccordo_ai::CacheHolder {
-                cache: stores.kv.clone(),
+                cache: stores.cache.clone(),
                 clock: clock.clone(),
             }),
         ];

@@ -423,33 +423,50 @@ fn check_storage(config: &Config) -> Result<(), String> {
     match config.storage.backend {
         config::Backend::Sqlite => Ok(()),
         #[cfg(feature = "postgres")]
-        config::Backend::Postgres => {
-            let settings = &config.storage.postgres;
-            let mut options = raccordo_storage_postgres::PostgresOptions::new(
-                settings.url.clone().unwrap_or_default(),
-            );
-            options.schema = settings.schema.clone();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            let probe = runtime
-                .block_on(raccordo_storage_postgres::probe(&options))
-                .map_err(|e| format!("PostgreSQL cannot be used: {e}"))?;
+        config::Backend::Postgres => check_postgres(config),
+        #[cfg(feature = "cluster")]
+        config::Backend::Cluster => {
+            check_postgres(config)?;
+            let settings = &config.storage.redis;
+            let probe = block_on(raccordo_storage_redis::probe(&settings.options()))?
+                .map_err(|e| format!("Redis cannot be used: {e}"))?;
             println!(
-                "storage: PostgreSQL {} reachable; schema `{}`: {}",
-                probe.server_version,
-                settings.schema,
-                match probe.pending_migrations {
-                    0 => "up to date".to_string(),
-                    n => format!("{n} migration(s) to apply at the first start"),
-                }
+                "storage: Redis {} reachable; {} key(s) under `{}`",
+                probe.version, probe.keys, settings.key_prefix
             );
             Ok(())
         }
         #[cfg(not(feature = "postgres"))]
         config::Backend::Postgres => Err("this build has no PostgreSQL backend".into()),
+        #[cfg(not(feature = "cluster"))]
+        config::Backend::Cluster => Err("this build has no cluster backend".into()),
     }
+}
+
+#[cfg(feature = "postgres")]
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(runtime.block_on(future))
+}
+
+#[cfg(feature = "postgres")]
+fn check_postgres(config: &Config) -> Result<(), String> {
+    let settings = &config.storage.postgres;
+    let probe = block_on(raccordo_storage_postgres::probe(&settings.options()))?
+        .map_err(|e| format!("PostgreSQL cannot be used: {e}"))?;
+    println!(
+        "storage: PostgreSQL {} reachable; schema `{}`: {}",
+        probe.server_version,
+        settings.schema,
+        match probe.pending_migrations {
+            0 => "up to date".to_string(),
+            n => format!("{n} migration(s) to apply at the first start"),
+        }
+    );
+    Ok(())
 }
 
 /// `raccordo check --event FILE --source NAME`: what the source would store from the sample,

@@ -1,4 +1,5 @@
-//! Two hub nodes on one PostgreSQL database (`[storage] backend = "postgres"`): the same
+//! Two hub nodes on one PostgreSQL database (`[storage] backend = "postgres"`, or `"cluster"`
+//! with Redis in front when `RACCORDO_TEST_BACKEND=cluster`): the same
 //! conversions sent to both are stored once, and a node killed with `kill -9` mid-load loses
 //! nothing it acknowledged — the client's retries go to the other node, and nothing is
 //! stored twice. Built and run with the `postgres` feature (CI runs
@@ -18,22 +19,40 @@ fn database() -> String {
     std::env::var("RACCORDO_TEST_POSTGRES").unwrap_or_else(|_| URL.into())
 }
 
-fn node(schema: &str) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("raccordo.toml"),
-        format!(
-            r#"
-[server]
-data_dir = "data"
+/// `cluster` (Redis in front) when the tests run so, else `postgres` alone.
+fn backend() -> &'static str {
+    match std::env::var("RACCORDO_TEST_BACKEND").as_deref() {
+        Ok("cluster") => "cluster",
+        _ => "postgres",
+    }
+}
 
+/// The storage of a node of the hub whose tables are in `schema`.
+fn storage(schema: &str) -> String {
+    format!(
+        r#"
 [storage]
-backend = "postgres"
+backend = "{backend}"
 
 [storage.postgres]
 url = "{url}"
 schema = "{schema}"
 
+[storage.redis]
+url = "{redis}"
+key_prefix = "{schema}:"
+"#,
+        backend = backend(),
+        url = database(),
+        redis =
+            std::env::var("RACCORDO_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    )
+}
+
+/// The source and admin tokens every hub of these tests has.
+fn sources_and_tokens() -> String {
+    format!(
+        r#"
 [sources.web]
 auth = [{{ type = "api_key", keys = ["{API_KEY}"] }}]
 
@@ -46,13 +65,29 @@ scopes = ["read"]
 name = "ops"
 token = "{ADMIN_TOKEN}"
 scopes = ["admin"]
-"#,
-            url = database()
-        ),
+"#
     )
-    .unwrap();
-    let server = Server::start(dir.path(), &["--config", "raccordo.toml"]);
+}
+
+/// A hub on `config`, listening on `listen` (default: any free port).
+fn start(config: &str, listen: Option<&str>) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("raccordo.toml"), config).unwrap();
+    let args = ["--config", "raccordo.toml"];
+    let server = match listen {
+        Some(addr) => Server::start_on(dir.path(), addr, &args),
+        None => Server::start(dir.path(), &args),
+    };
     (dir, server)
+}
+
+fn node(schema: &str) -> (tempfile::TempDir, Server) {
+    let config = format!(
+        "[server]\ndata_dir = \"data\"\n{}{}",
+        storage(schema),
+        sources_and_tokens()
+    );
+    start(&config, None)
 }
 
 async fn post(addr: std::net::SocketAddr, body: &Value) -> Option<u16> {
@@ -103,8 +138,9 @@ async fn stored(server: &Server) -> HashMap<String, usize> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_acknowledged() {
+/// A schema name for one test's hub, or `None` (after saying so) without PostgreSQL outside
+/// CI; under CI a missing server fails the test.
+fn fresh_schema() -> Option<String> {
     if std::net::TcpStream::connect("127.0.0.1:5432").is_err()
         && std::env::var_os("RACCORDO_TEST_POSTGRES").is_none()
     {
@@ -113,12 +149,34 @@ async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_ac
             "PostgreSQL cannot be reached at 127.0.0.1:5432"
         );
         eprintln!("SKIPPED: no PostgreSQL on 127.0.0.1:5432; CI runs this");
-        return;
+        return None;
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
-    let schema = format!("raccordo_test_{}_{}", now.as_secs(), now.subsec_nanos());
+    Some(format!(
+        "raccordo_test_{}_{}",
+        now.as_secs(),
+        now.subsec_nanos()
+    ))
+}
+
+async fn drop_schema(schema: &str) {
+    let (client, connection) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_acknowledged() {
+    let Some(schema) = fresh_schema() else {
+        return;
+    };
     let (_dir_a, mut a) = node(&schema);
     // A, first up, takes the leader lease (it runs the singleton tasks: alert rules,
     // schedules, pollers); B joins and does not.
@@ -198,12 +256,226 @@ async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_ac
     assert_eq!(stored(&b).await.len(), 300);
 
     drop((a2, b));
-    let (client, connection) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
+    drop_schema(&schema).await;
+}
+
+/// A conversion of customer `n`, half an hour old, on one of three channels: its window
+/// closes (turns final) once a current event moves the watermark on.
+fn old_conversion(n: u32) -> Value {
+    let mut e = event(n);
+    e["timestamp"] = serde_json::json!(support::now_rfc3339(-30 * 60_000 + i64::from(n) * 500));
+    e["canale"] = serde_json::json!(["email", "sms", "webform"][n as usize % 3]);
+    e
+}
+
+/// The rows of `hub`'s closed windows, once they hold `events` events in all, in a fixed
+/// order.
+async fn closed_windows(hub: &Server, events: u64) -> Vec<Value> {
+    let closed = |rows: &[Value]| -> Vec<Value> {
+        // Without `duplicates`: what the dying node stored but never answered was resent and
+        // counted a duplicate there; the embedded hub is fed the stored events only.
+        let mut closed: Vec<Value> = rows
+            .iter()
+            .filter(|r| r["status"] == "final")
+            .cloned()
+            .map(|mut r| {
+                r.as_object_mut().unwrap().remove("duplicates");
+                r
+            })
+            .collect();
+        closed.sort_by_key(|r| {
+            (
+                r["window_start_ms"].as_i64(),
+                r["dimension"].as_str().map(str::to_owned),
+                r["value"].as_str().map(str::to_owned),
+            )
+        });
+        closed
+    };
+    let rows = support::metrics_until(hub, "", |rows| {
+        closed(rows)
+            .iter()
+            .filter(|r| r["dimension"] == "all")
+            .map(|r| r["events"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            == events
+    })
+    .await;
+    closed(&rows)
+}
+
+/// Three nodes on one cluster take conversions from a load spread over them while contacts
+/// made in HubSpot are synced to Zoho by whichever node takes each job; one node is killed
+/// with `kill -9` mid-load. Nothing acknowledged is lost, nothing is stored or written to a
+/// CRM twice, the three nodes refresh the Zoho grant once between them, and the windows are
+/// those an embedded hub computes from the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant_once() {
+    use support::crm::{credential, hub_config, sandbox, zoho_contacts, zoho_token};
+    let Some(schema) = fresh_schema() else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // HubSpot's webhooks go to A (in production: to the load balancer in front of the nodes).
+    let listen_a = format!("127.0.0.1:{}", support::free_port());
+    let public = format!("http://{listen_a}");
+    let hs = sandbox(
+        raccordo_sandbox::Product::HubSpot,
+        Some(format!("{public}/webhooks/hubspot")),
+    )
+    .await;
+    let z = sandbox(raccordo_sandbox::Product::Zoho, None).await;
+    // The test's own Zoho token comes first: every later refresh is the nodes'.
+    let token = zoho_token(&z).await;
+    let config = hub_config(
+        &public,
+        &hs,
+        &z,
+        &format!("{}{}", storage(&schema), sources_and_tokens()),
+    );
+    let (_dir_a, mut a) = start(&config, Some(&listen_a));
+    a.log_line(|l| l["message"] == "leadership changed" && l["leading"] == true);
+    let (_dir_b, b) = start(&config, None);
+    let (_dir_c, c) = start(&config, None);
+    let hubspot_contact = |i: u32| {
+        let (url, token) = (hs.base_url.clone(), credential(&hs, "token").to_string());
+        async move {
+            let created = client()
+                .post(format!("{url}/crm/v3/objects/contacts"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"properties": {"email": format!("nodo{i}@example.it"), "lastname": format!("Nodo{i}")}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(created.status(), 201);
+        }
+    };
+    let zoho_emails = |want: usize| {
+        let (z, token) = (&z, &token);
+        async move {
+            // Long enough for a work item leased by the killed node to run out (60 s).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let contacts = zoho_contacts(z, token).await;
+                if contacts.len() >= want {
+                    return contacts
+                        .iter()
+                        .map(|c| c["Email"].as_str().unwrap().to_string())
+                        .collect::<Vec<_>>();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} of {want} contacts in Zoho",
+                    contacts.len()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // Ten contacts before the load: the first sync jobs refresh the Zoho grant.
+    for i in 0..10 {
+        hubspot_contact(i).await;
+    }
+    zoho_emails(10).await;
+
+    // 300 conversions, a third to each node, and ten more contacts meanwhile; C dies once it
+    // has acknowledged 40.
+    let bodies: Vec<Value> = (0..300).map(old_conversion).collect();
+    let acked_by_c = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let send = |addr, node: usize, acked: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>| {
+        let bodies = bodies.clone();
+        tokio::spawn(async move {
+            let mut unanswered = Vec::new();
+            for n in (node..300).step_by(3) {
+                if post(addr, &bodies[n]).await == Some(202) {
+                    if let Some(acked) = &acked {
+                        acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                } else {
+                    unanswered.push(n);
+                }
+            }
+            unanswered
+        })
+    };
+    let loads = [
+        send(a.addr, 0, None),
+        send(b.addr, 1, None),
+        send(c.addr, 2, Some(acked_by_c.clone())),
+    ];
+    let contacts = tokio::spawn({
+        let hubspot_contact = hubspot_contact.clone();
+        async move {
+            for i in 10..20 {
+                hubspot_contact(i).await;
+            }
+        }
+    });
+    while acked_by_c.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut c = c;
+    c.kill9();
+    let mut unanswered = Vec::new();
+    for load in loads {
+        unanswered.extend(load.await.unwrap());
+    }
+    contacts.await.unwrap();
+    assert!(!unanswered.is_empty(), "C was killed before the end of its load");
+    for n in &unanswered {
+        assert_eq!(post(a.addr, &bodies[*n]).await, Some(202), "resent to A");
+    }
+
+    // Every conversion stored once.
+    let on_a = stored(&a).await;
+    assert_eq!(on_a.len(), 300, "every conversion is stored");
+    assert!(on_a.values().all(|n| *n == 1), "none twice");
+
+    // Every contact in Zoho once: the job C held ran again elsewhere, and wrote nothing twice.
+    let mut emails = zoho_emails(20).await;
+    emails.sort();
+    let all = emails.len();
+    emails.dedup();
+    assert_eq!((all, emails.len()), (20, 20), "each contact once: {emails:?}");
+
+    // One refresh of the Zoho grant for the three nodes (the other is the test's own).
+    let calls: Value = client()
+        .get(format!("{}/_sandbox/calls", z.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
+    let refreshes = calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["path"] == "/oauth/v2/token")
+        .count();
+    assert_eq!(refreshes, 2, "the test's and one for the cluster");
+
+    // The windows: a current event closes the old ones; A and B agree with an embedded hub
+    // fed the same stream, in the log's order.
+    assert_eq!(post(a.addr, &event(10_000)).await, Some(202));
+    let on_a = closed_windows(&a, 300).await;
+    assert_eq!(closed_windows(&b, 300).await, on_a, "B computes what A does");
+    let embedded = format!(
+        "[server]\ndata_dir = \"data\"\n{}",
+        sources_and_tokens()
+    );
+    let (_dir_e, e) = start(&embedded, None);
+    for stored in support::all_events(&a).await {
+        assert_eq!(post(e.addr, &stored["payload"]).await, Some(202));
+    }
+    assert_eq!(
+        closed_windows(&e, 300).await,
+        on_a,
+        "the cluster's windows are the embedded hub's"
+    );
+    assert!(on_a.len() >= 4, "windows per channel and overall: {on_a:?}");
+
+    drop((a, b, c, e));
+    drop_schema(&schema).await;
 }

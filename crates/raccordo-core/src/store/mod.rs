@@ -86,6 +86,9 @@ pub struct Stores {
     pub query: Arc<dyn EventQuery>,
     pub queue: Arc<dyn queue::WorkQueue>,
     pub kv: Arc<dyn KeyValueStore>,
+    /// Entries that may be lost without harm (the AI result cache): a cluster keeps them
+    /// in Redis, next to the nodes; embedded, they share `kv`'s file.
+    pub cache: Arc<dyn KeyValueStore>,
     pub mappings: Arc<dyn IdMappings>,
     pub secrets: Arc<dyn SecretStore>,
     pub rate_limits: Arc<dyn RateLimitStore>,

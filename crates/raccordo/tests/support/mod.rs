@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod crm;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_raccordo");
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -281,14 +283,17 @@ allow_http = ["127.0.0.1"]
     path
 }
 
-/// With `RACCORDO_TEST_BACKEND=postgres` (a build with the `postgres` feature), the
-/// standard test config puts every store on the local PostgreSQL, in a schema of its own per
-/// test directory (kept in `pg-schema`, so a restarted hub finds its data): the black-box
-/// tests then run against a cluster-mode node.
+/// With `RACCORDO_TEST_BACKEND=postgres` (a build with the `postgres` feature) the standard
+/// test config puts every store on the local PostgreSQL, in a schema of its own per test
+/// directory (kept in `pg-schema`, so a restarted hub finds its data); with `cluster` (the
+/// `cluster` feature) Redis goes in front, under a key prefix named after that schema. The
+/// black-box tests then run against a cluster-mode node.
 fn postgres_storage(dir: &Path) -> String {
-    if std::env::var("RACCORDO_TEST_BACKEND").as_deref() != Ok("postgres") {
-        return String::new();
-    }
+    let backend = match std::env::var("RACCORDO_TEST_BACKEND").as_deref() {
+        Ok("postgres") => "postgres",
+        Ok("cluster") => "cluster",
+        _ => return String::new(),
+    };
     let marker = dir.join("pg-schema");
     let schema = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
         let now = std::time::SystemTime::now()
@@ -300,9 +305,18 @@ fn postgres_storage(dir: &Path) -> String {
     });
     let url = std::env::var("RACCORDO_TEST_POSTGRES")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into());
+    let redis = if backend == "cluster" {
+        let url = std::env::var("RACCORDO_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        format!("\nredis = {{ url = \"{url}\", key_prefix = \"{schema}:\" }}")
+    } else {
+        String::new()
+    };
     // On the `durability` line's end: the file's line numbers stay those of the embedded
     // config (tests assert them).
-    format!("\nbackend = \"postgres\"\npostgres = {{ url = \"{url}\", schema = \"{schema}\" }}")
+    format!(
+        "\nbackend = \"{backend}\"\npostgres = {{ url = \"{url}\", schema = \"{schema}\" }}{redis}"
+    )
 }
 
 /// Starts a server on the standard test config.
