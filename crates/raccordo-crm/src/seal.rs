@@ -182,6 +182,59 @@ pub async fn reseal_all(
     Ok(rotation)
 }
 
+/// The secret that tells whether a process's key is the one the store's secrets are sealed
+/// with. Nodes sharing a store must all seal with one key; a node with another would fail
+/// every token read, one job at a time, instead of refusing to start.
+pub const KEY_CHECK: &str = "sealer:key-check";
+
+/// Checks at start that `sealer` opens the store's secrets: the first start seals a known
+/// value under [`KEY_CHECK`]; later starts (on any node) must open it. A rotation re-seals it
+/// with every other secret.
+pub async fn check_key(
+    store: &dyn raccordo_core::SecretStore,
+    sealer: &Sealer,
+) -> Result<(), KeyCheckError> {
+    let stored = store
+        .get_secret(KEY_CHECK)
+        .await
+        .map_err(|e| KeyCheckError::Store(e.to_string()))?;
+    let stored = match stored {
+        Some(stored) => stored,
+        None => {
+            let sealed = sealer.seal(KEY_CHECK, b"raccordo")?;
+            store
+                .put_secret(KEY_CHECK, sealed, None)
+                .await
+                .map_err(|e| KeyCheckError::Store(e.to_string()))?;
+            // Read back: another node starting at the same moment may have written its own.
+            store
+                .get_secret(KEY_CHECK)
+                .await
+                .map_err(|e| KeyCheckError::Store(e.to_string()))?
+                .ok_or_else(|| KeyCheckError::Store("the key check vanished".into()))?
+        }
+    };
+    match sealer.open(KEY_CHECK, &stored.value) {
+        Ok(_) => Ok(()),
+        Err(SealError::Unsealable) => Err(KeyCheckError::ForeignKey),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCheckError {
+    #[error(
+        "this secret key does not open the secrets already stored: they were sealed with \
+         another key (nodes sharing a store need the same RACCORDO_SECRET_KEY; an embedded hub \
+         needs the key file it started with)"
+    )]
+    ForeignKey,
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("the secret store: {0}")]
+    Store(String),
+}
+
 /// Rotates the key file's key: a new key is written to `<key_file>.next` (or the one an
 /// interrupted rotation left there is taken up), every secret is re-sealed under it, then
 /// it replaces `key_file`. Killed at any point, the hub still opens every secret (it reads
@@ -266,6 +319,27 @@ mod tests {
             Err(SealError::Unsealable)
         );
         assert_eq!(Sealer::from_key(&[1; 16]).err(), Some(SealError::BadKey));
+    }
+
+    #[tokio::test]
+    async fn a_key_that_did_not_seal_the_stores_secrets_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = raccordo_storage_sqlite::SqliteStore::open(
+            raccordo_storage_sqlite::SqliteOptions::new(dir.path().join("raccordo.db")),
+        )
+        .unwrap();
+        let secrets = store.stores().secrets;
+        let first = Sealer::from_key(&[7; 32]).unwrap();
+        check_key(secrets.as_ref(), &first).await.unwrap();
+        check_key(secrets.as_ref(), &first).await.unwrap();
+        let other = Sealer::from_key(&[8; 32]).unwrap();
+        assert!(matches!(
+            check_key(secrets.as_ref(), &other).await,
+            Err(KeyCheckError::ForeignKey)
+        ));
+        // Mid-rotation (the new key first, the old one still opening): accepted.
+        let rotating = Sealer::from_key(&[8; 32]).unwrap().with_previous(first);
+        check_key(secrets.as_ref(), &rotating).await.unwrap();
     }
 
     #[test]

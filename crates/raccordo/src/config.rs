@@ -528,6 +528,17 @@ impl Config {
                 );
             }
         }
+        if self.storage.backend.is_shared()
+            && (self.crm.hubspot.is_some() || self.crm.zoho.is_some())
+            && std::env::var_os("RACCORDO_SECRET_KEY").is_none()
+        {
+            // Each node would make a key file of its own and fail to open the tokens the
+            // others sealed.
+            report(
+                "storage.backend".into(),
+                "nodes sharing a store seal the CRM tokens with one key: set RACCORDO_SECRET_KEY (32 random bytes, base64, e.g. `openssl rand -base64 32`) to the same value on every node".into(),
+            );
+        }
         if self.storage.backend.uses_postgres() {
             if self
                 .storage

@@ -67,6 +67,7 @@ pub async fn start(
     let sealer = Arc::new(Sealer::from_env_or_file(
         &config.server.data_dir.join("secret.key"),
     )?);
+    raccordo_crm::seal::check_key(stores.secrets.as_ref(), &sealer).await?;
     let outbound = config.outbound_policy();
     let http = raccordo_outbound::client_builder(&outbound, raccordo_outbound::Redirects::Follow)
         .timeout(Duration::from_secs(30))
@@ -244,6 +245,7 @@ pub async fn start(
                 every: config.sync.poll_every,
                 config: Arc::new(config.sync.clone()),
             });
+            poller.anchor_cursors().await?;
             supervisor.spawn_singleton("sync-poller", move |ctx| poller.clone().run(ctx));
         }
         {
@@ -562,12 +564,38 @@ impl Poller {
         }
     }
 
+    fn cursor_key(kind: ObjectKind, system: System) -> String {
+        format!("sync:cursor:{}:{}", system.as_str(), kind.as_str())
+    }
+
+    /// Sets every missing cursor to now, at start, on every node: the first poll — on
+    /// whichever node leads by then, perhaps after the first leader died without polling —
+    /// looks back to when the sync first started, not merely one interval. (Copying what
+    /// existed before that is `raccordo sync backfill`.) A cursor already set is left alone.
+    async fn anchor_cursors(&self) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        for kind in ObjectKind::ALL {
+            for system in [System::HubSpot, System::Zoho] {
+                self.stores
+                    .kv
+                    .compare_and_swap(
+                        &Self::cursor_key(kind, system),
+                        None,
+                        now.to_string().into_bytes(),
+                        None,
+                        now,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn poll(&self, kind: ObjectKind, system: System) -> anyhow::Result<()> {
-        let key = format!("sync:cursor:{}:{}", system.as_str(), kind.as_str());
+        let key = Self::cursor_key(kind, system);
         let now = self.clock.now_ms();
         let since = match self.stores.kv.get(&key, now).await? {
             Some(v) => String::from_utf8_lossy(&v.value).parse().unwrap_or(now),
-            // First poll: from now on (copying what already exists is `raccordo sync backfill`).
             None => now - self.every.as_millis() as i64,
         };
         let object = match kind {

@@ -138,16 +138,6 @@ async fn until_ok(request: impl Fn() -> reqwest::RequestBuilder) -> Value {
     panic!("the sandbox kept failing: {last}");
 }
 
-async fn knobs(sandbox: &Running, knobs: Value) {
-    let r = client()
-        .patch(format!("{}/_sandbox/knobs", sandbox.base_url))
-        .json(&knobs)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-}
-
 async fn all_hubspot_contacts(hs: &Running) -> Vec<Value> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;

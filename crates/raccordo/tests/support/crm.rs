@@ -136,3 +136,14 @@ channel_token = "{CHANNEL_TOKEN}"
         z_refresh = credential(z, "refresh_token"),
     )
 }
+
+/// Changes the sandbox's fault knobs (`PATCH /_sandbox/knobs`).
+pub async fn knobs(sandbox: &Running, knobs: Value) {
+    let r = client()
+        .patch(format!("{}/_sandbox/knobs", sandbox.base_url))
+        .json(&knobs)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}

@@ -92,7 +92,11 @@ impl Server {
             .args(["--listen", listen])
             .args(args)
             .current_dir(dir)
-            .env("RUST_LOG", "info")
+            // `RACCORDO_TEST_RUST_LOG` turns more on when a test needs looking into.
+            .env(
+                "RUST_LOG",
+                std::env::var("RACCORDO_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("RACCORDO_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
