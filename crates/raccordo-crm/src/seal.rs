@@ -75,12 +75,8 @@ impl Sealer {
     /// random key when missing. A rotation interrupted before it finished leaves its new key
     /// in `<key_file>.next`: what it sealed opens too.
     pub fn from_env_or_file(key_file: &Path) -> Result<Self, SealError> {
-        if let Ok(text) = std::env::var("RACCORDO_SECRET_KEY") {
-            let sealer = Self::from_base64(&text)?;
-            return match std::env::var("RACCORDO_SECRET_KEY_PREVIOUS") {
-                Ok(previous) => Ok(sealer.with_previous(Self::from_base64(&previous)?)),
-                Err(_) => Ok(sealer),
-            };
+        if let Some(sealer) = Self::from_env()? {
+            return Ok(sealer);
         }
         match std::fs::read_to_string(key_file) {
             Ok(text) => {
@@ -101,6 +97,19 @@ impl Sealer {
             }
             Err(e) => Err(SealError::KeyFile(e.to_string())),
         }
+    }
+
+    /// The key from `RACCORDO_SECRET_KEY` (with `RACCORDO_SECRET_KEY_PREVIOUS`, when set,
+    /// still opening what it sealed); `None` when it is not set.
+    pub fn from_env() -> Result<Option<Self>, SealError> {
+        let Ok(text) = std::env::var("RACCORDO_SECRET_KEY") else {
+            return Ok(None);
+        };
+        let sealer = Self::from_base64(&text)?;
+        Ok(Some(match std::env::var("RACCORDO_SECRET_KEY_PREVIOUS") {
+            Ok(previous) => sealer.with_previous(Self::from_base64(&previous)?),
+            Err(_) => sealer,
+        }))
     }
 
     /// `name` binds the sealed value to the secret it is stored as.

@@ -30,7 +30,7 @@ pub struct Hub {
 }
 
 /// Opens the configured backend.
-async fn open_backend(
+pub(crate) async fn open_backend(
     built: &Built,
 ) -> anyhow::Result<(Stores, Box<dyn std::any::Any + Send + Sync>)> {
     let storage = &built.config.storage;

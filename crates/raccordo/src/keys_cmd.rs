@@ -18,7 +18,12 @@ pub enum KeysCommand {
         With RACCORDO_SECRET_KEY set instead of a key file, rotate by hand: set \
         RACCORDO_SECRET_KEY_PREVIOUS to the old key and RACCORDO_SECRET_KEY to a new one \
         (32 random bytes, base64), then run this command to re-seal under the new key; \
-        RACCORDO_SECRET_KEY_PREVIOUS can go once it has finished. See docs/security.md."
+        RACCORDO_SECRET_KEY_PREVIOUS can go once it has finished. See docs/security.md.\n\n\
+        Nodes sharing a store (backend postgres or cluster) always seal with \
+        RACCORDO_SECRET_KEY, and keep running: restart each node with the new key in \
+        RACCORDO_SECRET_KEY and the old one in RACCORDO_SECRET_KEY_PREVIOUS, run this once \
+        (with the same two variables and --config), then drop RACCORDO_SECRET_KEY_PREVIOUS \
+        from the nodes. See docs/deployment.md."
     )]
     Rotate(RotateArgs),
 }
@@ -35,6 +40,15 @@ pub struct RotateArgs {
 
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     let KeysCommand::Rotate(args) = command;
+    if let Some(path) = &args.config {
+        let built = crate::config::Config::load(path).map_err(|problems| {
+            crate::print_problems(&problems);
+            anyhow::anyhow!("the config file {} has problems", path.display())
+        })?;
+        if built.config.storage.backend.is_shared() {
+            return rotate_shared(&built).await;
+        }
+    }
     let (data_dir, database) = match &args.config {
         Some(path) => {
             let built = crate::config::Config::load(path).map_err(|problems| {
@@ -59,8 +73,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e} (stop the hub before rotating its key)"))?;
     let secrets = store.stores().secrets.clone();
     let key_file = data_dir.join("secret.key");
-    let rotation = if std::env::var_os("RACCORDO_SECRET_KEY").is_some() {
-        let sealer = raccordo_crm::seal::Sealer::from_env_or_file(&key_file)?;
+    let rotation = if let Some(sealer) = raccordo_crm::seal::Sealer::from_env()? {
         raccordo_crm::seal::reseal_all(secrets.as_ref(), &sealer).await?
     } else {
         anyhow::ensure!(
@@ -71,6 +84,36 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
         raccordo_crm::seal::rotate_key_file(secrets.as_ref(), &key_file).await?
     };
     store.stores().log.close().await;
+    report(&rotation);
+    Ok(())
+}
+
+/// On a store shared by nodes the key is `RACCORDO_SECRET_KEY`, the same on every node, and
+/// the nodes keep running: first every node is restarted with the new key in
+/// `RACCORDO_SECRET_KEY` and the old one in `RACCORDO_SECRET_KEY_PREVIOUS` (they then open
+/// both), then this re-seals every secret under the new key, then `..._PREVIOUS` can go.
+/// A token a node refreshes meanwhile is sealed under the new key already; one re-sealed
+/// here over a fresher copy is at worst an access token refreshed once more.
+async fn rotate_shared(built: &crate::config::Built) -> anyhow::Result<()> {
+    let Some(sealer) = raccordo_crm::seal::Sealer::from_env()? else {
+        anyhow::bail!(
+            "nodes sharing a store seal with RACCORDO_SECRET_KEY: set it to the new key and \
+             RACCORDO_SECRET_KEY_PREVIOUS to the old one (as on the nodes), then run this again"
+        );
+    };
+    if std::env::var_os("RACCORDO_SECRET_KEY_PREVIOUS").is_none() {
+        eprintln!(
+            "RACCORDO_SECRET_KEY_PREVIOUS is not set: only what the current key opens is re-sealed"
+        );
+    }
+    let (stores, _backend) = crate::hub::open_backend(built).await?;
+    let rotation = raccordo_crm::seal::reseal_all(stores.secrets.as_ref(), &sealer).await?;
+    stores.log.close().await;
+    report(&rotation);
+    Ok(())
+}
+
+fn report(rotation: &raccordo_crm::seal::Rotation) {
     println!(
         "re-sealed {} secret(s) under the new key{}",
         rotation.resealed,
@@ -83,5 +126,4 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             String::new()
         }
     );
-    Ok(())
 }

@@ -69,16 +69,24 @@ scopes = ["admin"]
     )
 }
 
-/// A hub on `config`, listening on `listen` (default: any free port).
-fn start(config: &str, listen: Option<&str>) -> (tempfile::TempDir, Server) {
+/// The key the nodes of these tests seal CRM tokens with (32 bytes, base64).
+const SECRET_KEY: &str = "MTJlOGY2ZjQ0YjE0ZmM2MzAyZDM5NjBiNmY3ZWEyZTI=";
+
+/// A hub on `config`, listening on `listen` (default: any free port), sealing with `key`.
+fn start_keyed(config: &str, listen: Option<&str>, key: &str) -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("raccordo.toml"), config).unwrap();
-    let args = ["--config", "raccordo.toml"];
-    let server = match listen {
-        Some(addr) => Server::start_on(dir.path(), addr, &args),
-        None => Server::start(dir.path(), &args),
-    };
+    let server = Server::start_with(
+        dir.path(),
+        listen.unwrap_or("127.0.0.1:0"),
+        &["--config", "raccordo.toml"],
+        &[("RACCORDO_SECRET_KEY", key)],
+    );
     (dir, server)
+}
+
+fn start(config: &str, listen: Option<&str>) -> (tempfile::TempDir, Server) {
+    start_keyed(config, listen, SECRET_KEY)
 }
 
 fn node(schema: &str) -> (tempfile::TempDir, Server) {
@@ -358,14 +366,6 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
     )
     .await;
     let z = sandbox(raccordo_sandbox::Product::Zoho, None).await;
-    // The nodes seal the CRM tokens they share with one key.
-    // SAFETY: the tests of this file set it to the same value before spawning children only.
-    unsafe {
-        std::env::set_var(
-            "RACCORDO_SECRET_KEY",
-            "MTJlOGY2ZjQ0YjE0ZmM2MzAyZDM5NjBiNmY3ZWEyZTI=",
-        )
-    };
     // The test's own Zoho token comes first: every later refresh is the nodes'.
     let token = zoho_token(&z).await;
     let config = hub_config(
@@ -527,5 +527,73 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
     assert!(on_b.len() >= 4, "windows per channel and overall: {on_b:?}");
 
     drop((a, b, c, e));
+    drop_schema(&schema).await;
+}
+
+/// `raccordo keys rotate` on a shared store: with the nodes on the new key and the old one
+/// beside it, one run re-seals every secret under the new key; a node left on the old key
+/// alone then refuses to start instead of failing job by job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_reseals_a_shared_store_and_a_node_on_the_old_key_refuses_to_start() {
+    use support::crm::{hub_config, sandbox};
+    const NEW_KEY: &str = "x/3V1c1i6p6/+Mph9M60nyJHcLRrXNCBp4jd7mOsdhA=";
+    let Some(schema) = fresh_schema() else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let hs = sandbox(raccordo_sandbox::Product::HubSpot, None).await;
+    let z = sandbox(raccordo_sandbox::Product::Zoho, None).await;
+    let config = hub_config(
+        "http://127.0.0.1:9",
+        &hs,
+        &z,
+        &format!("{}{}", storage(&schema), sources_and_tokens()),
+    );
+    // The first start seals the key check under the old key.
+    let (dir, first) = start_keyed(&config, None, SECRET_KEY);
+    drop(first);
+
+    let rotate = std::process::Command::new(support::BIN)
+        .args(["keys", "rotate", "--config", "raccordo.toml"])
+        .current_dir(dir.path())
+        .env("RACCORDO_SECRET_KEY", NEW_KEY)
+        .env("RACCORDO_SECRET_KEY_PREVIOUS", SECRET_KEY)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&rotate.stdout);
+    assert!(rotate.status.success(), "{said} {rotate:?}");
+    let resealed: u32 = said
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(resealed >= 1, "{said}");
+
+    // The new key alone opens everything now; the old one alone opens nothing.
+    let (_dir_new, on_new_key) = start_keyed(&config, None, NEW_KEY);
+    drop(on_new_key);
+    let refused = std::process::Command::new(support::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "raccordo.toml",
+        ])
+        .current_dir(dir.path())
+        .env("RACCORDO_SECRET_KEY", SECRET_KEY)
+        .env_remove("RACCORDO_SECRET_KEY_PREVIOUS")
+        .output()
+        .unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success(), "{output}");
+    assert!(
+        output.contains("does not open the secrets already stored"),
+        "{output}"
+    );
     drop_schema(&schema).await;
 }

@@ -87,6 +87,12 @@ impl Server {
 
     /// [`Server::start`] on a given address (for tests whose peers must know it first).
     pub fn start_on(dir: &Path, listen: &str, args: &[&str]) -> Server {
+        Self::start_with(dir, listen, args, &[])
+    }
+
+    /// [`Server::start_on`] with environment variables of its own (tests of one binary run
+    /// in one process: a variable set for one test's hubs must not reach another's).
+    pub fn start_with(dir: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .arg("serve")
             .args(["--listen", listen])
@@ -98,6 +104,7 @@ impl Server {
                 std::env::var("RACCORDO_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("RACCORDO_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
