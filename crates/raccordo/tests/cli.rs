@@ -25,6 +25,31 @@ fn help_texts_explain_every_command() {
     }
 }
 
+/// Nodes sharing a store must seal CRM tokens with one key: without `RACCORDO_SECRET_KEY`
+/// each would make its own, so the config is refused, by key.
+#[test]
+fn a_shared_store_with_a_crm_needs_the_secret_key_in_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nodes.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nbackend = \"cluster\"\n\n[storage.postgres]\nurl = \"host=127.0.0.1\"\n\n\
+         [storage.redis]\nurl = \"redis://127.0.0.1\"\n\n[crm.hubspot]\naccess_token = \"pat-na1-00000000\"\nclient_secret = \"hubspot-app-secret-0000\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env_remove("RACCORDO_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("storage.backend: nodes sharing a store seal the CRM tokens with one key: set RACCORDO_SECRET_KEY"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_reports_every_problem_with_its_line_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
