@@ -109,6 +109,69 @@ impl Default for RedisConfig {
     }
 }
 
+/// `[storage.stream]`: with `backend = "cluster"` and a `url`, the leader relays every
+/// committed event, in order, into a NATS JetStream stream partitioned by customer (each
+/// event once: its id is the message id), for consumers that read per partition.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// `nats://host:4222` (comma-separated for a NATS cluster); none: no stream.
+    #[serde(serialize_with = "raccordo_core::redacted_option")]
+    #[schema(value_type = Option<String>)]
+    pub url: Option<String>,
+    /// The JetStream stream's name.
+    pub name: String,
+    /// Subjects are `<subject_prefix>.<partition>`.
+    pub subject_prefix: String,
+    /// Partitions customers are spread over; fixed for the stream's life.
+    pub partitions: u32,
+    /// The JSON pointer of the customer id in an event.
+    pub customer_pointer: String,
+    /// How long the stream remembers an event id to drop it when published again (longer
+    /// than a leader hand-over).
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub duplicate_window: Duration,
+    /// How long the stream keeps an event.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub max_age: Duration,
+    /// Copies of each message in a NATS cluster.
+    pub replicas: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            name: "RACCORDO_EVENTS".into(),
+            subject_prefix: "raccordo.events".into(),
+            partitions: 8,
+            customer_pointer: "/id_cliente".into(),
+            duplicate_window: Duration::from_secs(600),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
+        }
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl StreamConfig {
+    /// The stream's options, when a `url` is set.
+    pub fn options(&self) -> Option<raccordo_log_nats::StreamOptions> {
+        let url = self.url.as_deref().filter(|u| !u.is_empty())?;
+        let mut options = raccordo_log_nats::StreamOptions::new(url);
+        options.stream = self.name.clone();
+        options.subject_prefix = self.subject_prefix.clone();
+        options.partitions = self.partitions;
+        options.customer_pointer = self.customer_pointer.clone();
+        options.duplicate_window = self.duplicate_window;
+        options.max_age = self.max_age;
+        options.replicas = self.replicas;
+        Some(options)
+    }
+}
+
 #[cfg(feature = "postgres")]
 impl PostgresConfig {
     pub fn options(&self) -> raccordo_storage_postgres::PostgresOptions {
@@ -195,6 +258,8 @@ pub struct StorageConfig {
     pub postgres: PostgresConfig,
     /// The Redis, with `backend = "cluster"`.
     pub redis: RedisConfig,
+    /// The conversion stream on NATS JetStream, with `backend = "cluster"` (optional).
+    pub stream: StreamConfig,
 }
 
 /// `[storage.retention]`: events older than `max_age`, or beyond `max_bytes` of log, are
@@ -225,6 +290,7 @@ impl Default for StorageConfig {
             retention: EventRetentionConfig::default(),
             postgres: PostgresConfig::default(),
             redis: RedisConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }
@@ -519,6 +585,41 @@ impl Config {
                 report(
                     "storage.redis.url".into(),
                     "is required with backend = \"cluster\"".into(),
+                );
+            }
+            let stream = &self.storage.stream;
+            if !(1..=1024).contains(&stream.partitions) {
+                report(
+                    "storage.stream.partitions".into(),
+                    "must be between 1 and 1024".into(),
+                );
+            }
+            if stream.name.is_empty()
+                || !stream
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                report(
+                    "storage.stream.name".into(),
+                    "must be letters, digits, `_` and `-`".into(),
+                );
+            }
+            if stream.subject_prefix.is_empty()
+                || stream
+                    .subject_prefix
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b == b'*' || b == b'>')
+            {
+                report(
+                    "storage.stream.subject_prefix".into(),
+                    "must be a NATS subject without wildcards or spaces".into(),
+                );
+            }
+            if !stream.customer_pointer.is_empty() && !stream.customer_pointer.starts_with('/') {
+                report(
+                    "storage.stream.customer_pointer".into(),
+                    "must be a JSON pointer (`/id_cliente`)".into(),
                 );
             }
             if self.storage.redis.key_prefix.is_empty() {

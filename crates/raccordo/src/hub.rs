@@ -85,6 +85,28 @@ pub(crate) async fn open_backend(
     }
 }
 
+/// The leader relays the committed log into the conversion stream (`[storage.stream]`).
+#[cfg(feature = "cluster")]
+async fn start_stream_relay(
+    options: &raccordo_log_nats::StreamOptions,
+    stores: &Stores,
+    supervisor: &Supervisor,
+) -> anyhow::Result<()> {
+    let stream = raccordo_log_nats::ConversionStream::open(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("storage.stream: {e}"))?;
+    let relay = Arc::new(raccordo_log_nats::Relay {
+        log: stores.log.clone(),
+        offsets: stores.offsets.clone(),
+        stream: Arc::new(stream),
+    });
+    supervisor.spawn_singleton("stream-relay", move |ctx| {
+        let relay = relay.clone();
+        async move { Ok(relay.run(ctx.cancel.clone()).await?) }
+    });
+    Ok(())
+}
+
 impl Hub {
     /// Opens the store, starts the runtime and binds the listener (`listen` overrides the
     /// config's address).
@@ -135,6 +157,13 @@ impl Hub {
             });
             supervisor
         };
+
+        #[cfg(feature = "cluster")]
+        if config.storage.backend == Backend::Cluster
+            && let Some(options) = config.storage.stream.options()
+        {
+            start_stream_relay(&options, &stores, &supervisor).await?;
+        }
 
         let live = LiveMetrics::new(
             config.metrics.window_spec(),

@@ -434,6 +434,14 @@ fn check_storage(config: &Config) -> Result<(), String> {
                 "storage: Redis {} reachable; {} key(s) under `{}`",
                 probe.version, probe.keys, settings.key_prefix
             );
+            if let Some(options) = config.storage.stream.options() {
+                let probe = block_on(raccordo_log_nats::probe(&options))?
+                    .map_err(|e| format!("the NATS stream cannot be used: {e}"))?;
+                println!(
+                    "storage: NATS {} reachable; stream `{}` holds {} event(s) over {} partition(s)",
+                    probe.server_version, options.stream, probe.messages, options.partitions
+                );
+            }
             Ok(())
         }
         #[cfg(not(feature = "postgres"))]

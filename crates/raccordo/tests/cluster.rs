@@ -41,12 +41,64 @@ schema = "{schema}"
 [storage.redis]
 url = "{redis}"
 key_prefix = "{schema}:"
+
+[storage.stream]
+url = "{nats}"
+name = "{stream}"
+subject_prefix = "{schema}"
+max_age = "1h"
 "#,
+        nats = nats_url(),
+        stream = schema.to_uppercase(),
         backend = backend(),
         url = database(),
         redis = std::env::var("RACCORDO_TEST_REDIS")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
     )
+}
+
+fn nats_url() -> String {
+    std::env::var("RACCORDO_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// With `cluster` nodes, waits until the conversion stream holds every event of the log
+/// (business-key duplicates too: the metrics count them) — each once: the relay moved to
+/// another leader when one died, and what the dead one had published again was dropped by
+/// the stream.
+async fn stream_holds_the_log(schema: &str) {
+    #[cfg(feature = "cluster")]
+    if backend() == "cluster" {
+        let (client, connection) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let in_log: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {schema}.events"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        let mut options = raccordo_log_nats::StreamOptions::new(nats_url());
+        options.stream = schema.to_uppercase();
+        options.subject_prefix = schema.to_string();
+        options.max_age = std::time::Duration::from_secs(3600);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let held = raccordo_log_nats::probe(&options).await.unwrap().messages as i64;
+            assert!(
+                held <= in_log,
+                "{held} events in the stream, {in_log} in the log"
+            );
+            if held == in_log {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{held} of {in_log} events in the stream"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let _ = schema;
 }
 
 /// The source and admin tokens every hub of these tests has.
@@ -246,7 +298,8 @@ async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_ac
         on_b.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
     );
 
-    // With A gone, B takes the lease over once A's runs out.
+    // With A gone, B takes the lease over once A's runs out; as the leader, it relays the
+    // log to the stream from where A stopped.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     while !leads(&b) {
         assert!(
@@ -255,6 +308,8 @@ async fn two_nodes_store_each_conversion_once_and_a_killed_node_loses_nothing_ac
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+
+    stream_holds_the_log(&schema).await;
 
     // A comes back on the same database and serves the same log.
     let (_dir_a2, a2) = node(&schema);
@@ -475,6 +530,9 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
         "every conversion is stored"
     );
     assert!(on_b.values().all(|n| *n == 1), "none twice");
+
+    // Every conversion in the stream once, though the leader relaying it died.
+    stream_holds_the_log(&schema).await;
 
     // Every contact in Zoho once: the jobs A held ran again elsewhere, and wrote nothing twice.
     knobs(&z, serde_json::json!({"latency_ms": 0})).await;

@@ -297,8 +297,9 @@ allow_http = ["127.0.0.1"]
 /// With `RACCORDO_TEST_BACKEND=postgres` (a build with the `postgres` feature) the standard
 /// test config puts every store on the local PostgreSQL, in a schema of its own per test
 /// directory (kept in `pg-schema`, so a restarted hub finds its data); with `cluster` (the
-/// `cluster` feature) Redis goes in front, under a key prefix named after that schema. The
-/// black-box tests then run against a cluster-mode node.
+/// `cluster` feature) Redis goes in front, under a key prefix named after that schema, and
+/// the log is relayed to a NATS stream of that name. The black-box tests then run against a
+/// cluster-mode node.
 fn postgres_storage(dir: &Path) -> String {
     let backend = match std::env::var("RACCORDO_TEST_BACKEND").as_deref() {
         Ok("postgres") => "postgres",
@@ -319,7 +320,12 @@ fn postgres_storage(dir: &Path) -> String {
     let redis = if backend == "cluster" {
         let url = std::env::var("RACCORDO_TEST_REDIS")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        format!("\nredis = {{ url = \"{url}\", key_prefix = \"{schema}:\" }}")
+        let nats =
+            std::env::var("RACCORDO_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        format!(
+            "\nredis = {{ url = \"{url}\", key_prefix = \"{schema}:\" }}\nstream = {{ url = \"{nats}\", name = \"{}\", subject_prefix = \"{schema}\", max_age = \"1h\" }}",
+            schema.to_uppercase()
+        )
     } else {
         String::new()
     };
