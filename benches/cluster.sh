@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
-# Ingest on one, two and three PostgreSQL nodes against the embedded default, in one run: single
+# Ingest on one, two and three cluster nodes against the embedded default, in one run: single
 # events, 64 clients in a closed loop, `durability = fsync` (embedded) and PostgreSQL's own
-# `synchronous_commit` (on by default), the generator on the same machine. Needs a build
-# with `--features postgres` and the PostgreSQL server of this machine.
+# `synchronous_commit` (on by default), the generator on the same machine. The nodes run
+# `backend = "cluster"` (PostgreSQL, Redis in front, the log relayed to NATS JetStream) or,
+# with `postgres` as the second argument, PostgreSQL alone. Then a retry storm — half of the
+# requests resend an earlier delivery, as senders do after a timeout — on one PostgreSQL-only
+# node and one cluster node (Redis answers the retries). Needs a build with `--features
+# cluster` and this machine's PostgreSQL, Redis and NATS servers.
 #
-#   bash benches/cluster.sh [seconds]
+#   bash benches/cluster.sh [seconds] [cluster|postgres]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
+backend=${2:-cluster}
 source benches/common.sh
-bin=$(raccordo_bin --features postgres)
+bin=$(raccordo_bin --features cluster)
 url_db=${RACCORDO_BENCH_POSTGRES:-"host=127.0.0.1 port=5432 user=postgres dbname=postgres"}
+url_redis=${RACCORDO_BENCH_REDIS:-"redis://127.0.0.1:6379"}
+url_nats=${RACCORDO_BENCH_NATS:-"nats://127.0.0.1:4222"}
 schema=raccordo_bench_$(date +%s)
 work=$(mktemp -d -p "${TMPDIR:-/tmp}")
 pids=()
-trap 'for p in "${pids[@]}"; do kill -9 $p 2>/dev/null || true; done; psql "$url_db" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+trap 'for p in "${pids[@]}"; do kill -9 $p 2>/dev/null || true; done; for s in $schema ${schema}_retry_pg ${schema}_retry_cluster; do psql "$url_db" -qc "DROP SCHEMA IF EXISTS $s CASCADE" >/dev/null 2>&1 || true; done; rm -rf "$work"' EXIT
 key=bench-api-key-0123456789
-config() { # dir backend
+whsec=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYqr
+config() { # dir backend [schema]
   mkdir -p "$1"
+  local db=${3:-$schema}
   cat > "$1/raccordo.toml" <<TOML
 [server]
 data_dir = "data"
@@ -25,9 +34,17 @@ data_dir = "data"
 backend = "$2"
 [storage.postgres]
 url = "$url_db"
-schema = "$schema"
+schema = "$db"
+[storage.redis]
+url = "$url_redis"
+key_prefix = "$db:"
+[storage.stream]
+url = "$url_nats"
+name = "${db^^}"
+subject_prefix = "$db"
+max_age = "1h"
 [sources.web]
-auth = [{ type = "api_key", keys = ["$key"] }]
+auth = [{ type = "api_key", keys = ["$key"] }, { type = "standard_webhooks", secrets = ["$whsec"] }]
 TOML
 }
 start() { # dir port
@@ -53,18 +70,18 @@ errors = sum(r["transport_errors"] for r in runs)
 print(f"{label:<38} {rate:>8.0f} req/s   p50 {p50:>6.2f} ms   p99 {p99:>7.2f} ms   errors {errors}")
 PY
 }
-machine "; PostgreSQL $(psql "$url_db" -Atc 'show server_version')"
+machine "; PostgreSQL $(psql "$url_db" -Atc 'show server_version'); $(redis-cli -u "$url_redis" info server | grep -m1 redis_version | tr -d '\r'); nodes: $backend"
 config "$work/embedded" sqlite
 start "$work/embedded" 18771
 report "embedded (segment log + SQLite)" "$(load 18771 64)"
 kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
-config "$work/node1" postgres
-config "$work/node2" postgres
+config "$work/node1" $backend
+config "$work/node2" $backend
 start "$work/node1" 18772
 node1=${pids[-1]}
 hub0=$(cpu_of $node1); pg0=$(pg_cpu)
 out=$(load 18772 64)
-report "PostgreSQL, 1 node" "$out"
+report "$backend, 1 node" "$out"
 python3 - "$out" "$hub0" "$(cpu_of $node1)" "$pg0" "$(pg_cpu)" <<'PY'
 import json, sys
 n = json.loads(sys.argv[1])["requests"]
@@ -77,8 +94,8 @@ a=$!
 load 18773 32 > "$work/b.json" &
 b=$!
 wait $a $b
-report "PostgreSQL, 2 nodes (32 clients each)" "$(cat "$work/a.json")" "$(cat "$work/b.json")"
-config "$work/node3" postgres
+report "$backend, 2 nodes (32 clients each)" "$(cat "$work/a.json")" "$(cat "$work/b.json")"
+config "$work/node3" $backend
 start "$work/node3" 18774
 load 18772 22 > "$work/a.json" &
 a=$!
@@ -87,5 +104,26 @@ b=$!
 load 18774 21 > "$work/c.json" &
 c=$!
 wait $a $b $c
-report "PostgreSQL, 3 nodes (64 clients in all)" "$(cat "$work/a.json")" "$(cat "$work/b.json")" "$(cat "$work/c.json")"
+report "$backend, 3 nodes (64 clients in all)" "$(cat "$work/a.json")" "$(cat "$work/b.json")" "$(cat "$work/c.json")"
 echo "events stored on PostgreSQL: $(psql "$url_db" -Atc "select count(*) from $schema.events")"
+if [ "$backend" = cluster ]; then
+  # The leader relays to the stream as events commit; how far behind it was at the end.
+  sleep 2
+  echo "events in the NATS stream 2 s later: $("$bin" check --config "$work/node1/raccordo.toml" | grep -o 'holds [0-9]* event' | grep -o '[0-9]*')"
+fi
+for p in "${pids[@]}"; do kill -TERM $p 2>/dev/null || true; done
+for p in "${pids[@]}"; do wait $p 2>/dev/null || true; done
+pids=()
+
+retries() { # port -> json
+  "$bin" loadgen --url http://127.0.0.1:$1 --route source:web --webhook-secret $whsec \
+    --concurrency 64 --retries 0.5 --duration ${secs}s --seed 11 --json
+}
+config "$work/retry_pg" postgres ${schema}_retry_pg
+start "$work/retry_pg" 18775
+report "retry storm (50 %), postgres, 1 node" "$(retries 18775)"
+kill -TERM "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true
+config "$work/retry_cluster" cluster ${schema}_retry_cluster
+start "$work/retry_cluster" 18776
+report "retry storm (50 %), cluster, 1 node" "$(retries 18776)"
+echo "  retries answered from Redis: $(curl -s http://127.0.0.1:18776/metrics | awk '/^raccordo_delivery_cache_hits_total/ {print $2}')"

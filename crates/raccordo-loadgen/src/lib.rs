@@ -51,6 +51,9 @@ pub struct Options {
     /// Events per request; 1 sends a bare object, more send a JSON array.
     pub batch_size: usize,
     pub duplicates: f64,
+    /// Fraction of requests that resend an earlier request whole — same `webhook-id`, same
+    /// body — as a sender does after a timeout (Standard Webhooks signing only).
+    pub retries: f64,
     pub invalid: f64,
     pub seed: u64,
     /// Also measure time to insight through the live metrics stream.
@@ -110,6 +113,8 @@ struct Shared {
     /// rightly answered 409 by the hub).
     run_nonce: u64,
     delivery: AtomicU64,
+    /// Recent signed deliveries (`webhook-id`, body), for `retries`.
+    sent: Mutex<std::collections::VecDeque<(String, Vec<u8>)>>,
     insight: Option<Arc<insight::Recorder>>,
 }
 
@@ -159,6 +164,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             .unwrap_or_default()
             ^ options.seed.rotate_left(32),
         delivery: AtomicU64::new(0),
+        sent: Mutex::new(std::collections::VecDeque::new()),
     });
     let started = Instant::now();
     let deadline = started + options.duration;
@@ -276,6 +282,12 @@ impl Shared {
 
     /// Builds one signed request (body generation and signing happen here, serially).
     fn prepare(&self, traffic: &mut Traffic) -> reqwest::RequestBuilder {
+        if self.options.retries > 0.0
+            && traffic.roll() < self.options.retries
+            && let Some((id, body)) = self.earlier_delivery(traffic)
+        {
+            return self.signed(id, body);
+        }
         let batch = self.options.batch_size.max(1);
         let body = if batch == 1 {
             traffic.next_event().json.into_bytes()
@@ -296,20 +308,49 @@ impl Shared {
             .post(&self.options.url)
             .header("content-type", "application/json");
         match (&self.options.auth, &self.secret) {
-            (Auth::StandardWebhooks(_), Some(secret)) => {
+            (Auth::StandardWebhooks(_), Some(_)) => {
                 let id = format!(
                     "msg_{:016x}_{}",
                     self.run_nonce,
                     self.delivery.fetch_add(1, Ordering::Relaxed)
                 );
-                let ts = time::OffsetDateTime::now_utc().unix_timestamp();
-                request = request
-                    .header("webhook-id", &id)
-                    .header("webhook-timestamp", ts.to_string())
-                    .header("webhook-signature", secret.sign(&id, ts, &body));
+                if self.options.retries > 0.0 {
+                    let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                    if sent.len() == 1024 {
+                        sent.pop_front();
+                    }
+                    sent.push_back((id.clone(), body.clone()));
+                }
+                return self.signed(id, body);
             }
             (Auth::ApiKey(key), _) => request = request.header("x-api-key", key),
             _ => {}
+        }
+        request.body(body)
+    }
+
+    /// A delivery sent before, to send again as it was.
+    fn earlier_delivery(&self, traffic: &mut Traffic) -> Option<(String, Vec<u8>)> {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.is_empty() {
+            return None;
+        }
+        let pick = (traffic.roll() * sent.len() as f64) as usize;
+        sent.get(pick.min(sent.len() - 1)).cloned()
+    }
+
+    /// A Standard Webhooks request: `id` and `body` signed with a fresh timestamp.
+    fn signed(&self, id: String, body: Vec<u8>) -> reqwest::RequestBuilder {
+        let mut request = self
+            .client
+            .post(&self.options.url)
+            .header("content-type", "application/json");
+        if let Some(secret) = &self.secret {
+            let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+            request = request
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", secret.sign(&id, ts, &body))
+                .header("webhook-id", id);
         }
         request.body(body)
     }

@@ -92,6 +92,11 @@ fn weighted<'a>(rng: &mut SmallRng, items: &'a [(&'a str, u32)]) -> &'a str {
 }
 
 impl Traffic {
+    /// A number in `0..1` from this generator's seeded sequence.
+    pub fn roll(&mut self) -> f64 {
+        self.rng.random::<f64>()
+    }
+
     pub fn new(rng: SmallRng, duplicates: f64, invalid: f64) -> Self {
         Self {
             rng,

@@ -280,6 +280,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             max_requests: None,
             batch_size: 1,
             duplicates: 0.03,
+            retries: 0.0,
             invalid: 0.02,
             seed: rand_u32() as u64,
             insight: None,

@@ -278,6 +278,11 @@ struct LoadgenArgs {
     /// Fraction of events that re-send an earlier event (expected answer: duplicate)
     #[arg(long, default_value_t = 0.0)]
     duplicates: f64,
+    /// Fraction of requests that resend an earlier request whole (same `webhook-id`, same
+    /// body), as a webhook sender retrying after a timeout does (needs a webhook secret;
+    /// expected answer: the first answer again, every event a duplicate)
+    #[arg(long, default_value_t = 0.0)]
+    retries: f64,
     /// Fraction of events with a schema error (a batch containing one is rejected whole)
     #[arg(long, default_value_t = 0.0)]
     invalid: f64,
@@ -684,6 +689,10 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         (0.0..=1.0).contains(&(args.duplicates + args.invalid)),
         "--duplicates + --invalid must be between 0 and 1"
     );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.retries),
+        "--retries must be between 0 and 1"
+    );
     let auth = if let Some(secret) = args.webhook_secret {
         Auth::StandardWebhooks(secret)
     } else if let Some(key) = args.api_key {
@@ -717,6 +726,7 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         max_requests: args.requests,
         batch_size: args.batch_size,
         duplicates: args.duplicates,
+        retries: args.retries,
         invalid: args.invalid,
         seed: args.seed,
         insight: args

@@ -314,6 +314,31 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
     assert_eq!(accepted + duplicate, 2000, "{report}");
     assert!(duplicate > 50, "about 10% duplicates: {report}");
     assert_eq!(all_events(&server).await.len() as u64, accepted);
+
+    // Retried deliveries (same webhook-id, same body) are answered as the first time, all
+    // duplicates, and store nothing more.
+    let out = tokio::process::Command::new(BIN)
+        .args(["loadgen", "--url", &format!("http://{}", server.addr)])
+        .args(["--requests", "300", "--concurrency", "4", "--seed", "7"])
+        .args(["--route", "source:web", "--webhook-secret", WHSEC])
+        .args(["--retries", "0.3", "--json", "--duration", "60s"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let retried: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (fresh, again) = (
+        retried["accepted"].as_u64().unwrap(),
+        retried["duplicate"].as_u64().unwrap(),
+    );
+    assert_eq!(fresh + again, 300, "{retried}");
+    assert!((50..150).contains(&again), "about 30% retries: {retried}");
+    assert_eq!(all_events(&server).await.len() as u64, accepted + fresh);
 }
 
 #[tokio::test(flavor = "multi_thread")]
