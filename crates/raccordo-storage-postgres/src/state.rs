@@ -66,10 +66,10 @@ async fn write_entry(
 #[async_trait]
 impl KeyValueStore for PgKeyValue {
     async fn get(&self, key: &str, now_ms: i64) -> Result<Option<Versioned>, StoreError> {
-        let mut client = self.pg.client().await?;
-        // A read-only transaction: the same query as inside the read-modify-writes.
-        let tx = client.transaction().await.map_err(store_error)?;
-        live_entry(&tx, key, now_ms).await
+        // One statement: no transaction needed (the read-modify-writes run the same query
+        // inside theirs).
+        let client = self.pg.client().await?;
+        live_entry(&client, key, now_ms).await
     }
 
     async fn put(
