@@ -4,7 +4,7 @@
 # same-run comparison), or this tree's release build with the given cargo arguments.
 raccordo_bin() {
   if [ -n "${RACCORDO_BIN:-}" ]; then
-    echo "$RACCORDO_BIN"
+    realpath "$RACCORDO_BIN"
   else
     cargo build --release -p raccordo "$@" >/dev/null
     echo "$PWD/target/release/raccordo"
