@@ -50,6 +50,7 @@ TOML
 start() { # dir port
   (cd "$1" && RUST_LOG=warn exec "$bin" serve --config raccordo.toml --listen 127.0.0.1:$2 >serve.log 2>&1) &
   pids+=($!)
+  disown $!
   until curl -sf http://127.0.0.1:$2/readyz >/dev/null; do sleep 0.1; done
 }
 load() { # port clients -> json
@@ -59,6 +60,8 @@ load() { # port clients -> json
 # CPU seconds (user + system) used so far by the hub nodes and by PostgreSQL's processes.
 cpu_of() { ps -o times= -p "$1" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
 pg_cpu() { ps -o times= -C postgres | awk '{s+=$1} END {print s+0}'; }
+# The same for Redis and NATS (0 when they do not run here).
+svc_cpu() { ps -o times= -C "$1" | awk '{s+=$1} END {print s+0}'; }
 report() { # label json...
   python3 - "$@" <<'PY'
 import json, sys
@@ -79,14 +82,16 @@ config "$work/node1" $backend
 config "$work/node2" $backend
 start "$work/node1" 18772
 node1=${pids[-1]}
-hub0=$(cpu_of $node1); pg0=$(pg_cpu)
+hub0=$(cpu_of $node1); pg0=$(pg_cpu); redis0=$(svc_cpu redis-server); nats0=$(svc_cpu nats-server)
 out=$(load 18772 64)
 report "$backend, 1 node" "$out"
-python3 - "$out" "$hub0" "$(cpu_of $node1)" "$pg0" "$(pg_cpu)" <<'PY'
+python3 - "$out" "$hub0" "$(cpu_of $node1)" "$pg0" "$(pg_cpu)" "$redis0" "$(svc_cpu redis-server)" "$nats0" "$(svc_cpu nats-server)" <<'PY'
 import json, sys
 n = json.loads(sys.argv[1])["requests"]
-hub0, hub1, pg0, pg1 = map(float, sys.argv[2:6])
-print(f"  CPU per event: hub {(hub1 - hub0) / n * 1e6:.0f} µs, PostgreSQL {(pg1 - pg0) / n * 1e6:.0f} µs")
+hub0, hub1, pg0, pg1, r0, r1, n0, n1 = map(float, sys.argv[2:10])
+per = lambda a, b: (b - a) / n * 1e6
+print(f"  CPU per event: hub {per(hub0, hub1):.0f} µs, PostgreSQL {per(pg0, pg1):.0f} µs, "
+      f"Redis {per(r0, r1):.0f} µs, NATS {per(n0, n1):.0f} µs")
 PY
 start "$work/node2" 18773
 load 18772 32 > "$work/a.json" &
