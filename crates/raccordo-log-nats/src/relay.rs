@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use raccordo_core::{ConsumerOffsets, EventLog, LogPositions, StoreError};
+use raccordo_core::{ConsumerOffsets, EventLog, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::ConversionStream;
@@ -61,18 +61,21 @@ impl Relay {
     pub async fn run(&self, cancel: CancellationToken) -> Result<(), StoreError> {
         let mut committed = self.log.committed();
         loop {
+            let head = committed.borrow_and_update().total();
             match self.catch_up().await {
-                Ok(progress) if progress.published > 0 => {
-                    tracing::debug!(published = progress.published, "relayed to the stream");
+                Ok(progress) => {
+                    // Events committed but not yet in the stream, as of the last signal.
+                    metrics::gauge!("raccordo_stream_relay_lag")
+                        .set((head - progress.relayed_to).max(0) as f64);
+                    if progress.published > 0 {
+                        tracing::debug!(published = progress.published, "relayed to the stream");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "the stream relay waits for NATS");
                 }
                 Err(e) => return Err(e),
             }
-            let head: LogPositions = committed.borrow_and_update().clone();
-            tracing::trace!(head = head.total(), "relay waiting");
             tokio::select! {
                 _ = committed.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
