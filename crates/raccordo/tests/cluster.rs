@@ -547,20 +547,7 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
     );
 
     // One refresh of the Zoho grant for the three nodes (the other is the test's own).
-    let calls: Value = client()
-        .get(format!("{}/_sandbox/calls", z.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let refreshes = calls["calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["path"] == "/oauth/v2/token")
-        .count();
+    let (refreshes, _) = support::crm::zoho_token_requests(&z).await;
     assert_eq!(refreshes, 2, "the test's and one for the cluster");
 
     // The windows: a current event closes the old ones; B and C agree with an embedded hub

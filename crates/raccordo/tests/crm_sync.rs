@@ -412,14 +412,13 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_within(
+        what,
+        Duration::from_secs(300),
+        Duration::from_millis(250),
+        probe,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -775,20 +774,7 @@ poll_every = "200ms"
         "{alert}"
     );
     // The poller kept running meanwhile (every 200 ms); Zoho saw one refresh attempt.
-    let log: Value = client()
-        .get(format!("{}/_sandbox/calls", z.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let refreshes = log["calls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["path"] == "/oauth/v2/token")
-        .count();
+    let (refreshes, log) = zoho_token_requests(&z).await;
     assert_eq!(refreshes, 1, "{log}");
     server.terminate();
 }

@@ -31,13 +31,33 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    eventually_within(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        probe,
+    )
+    .await
+}
+
+/// [`eventually`] with its own deadline and polling interval.
+pub async fn eventually_within<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    probe: F,
+) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(v) = probe().await {
             return v;
         }
         assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -146,4 +166,24 @@ pub async fn knobs(sandbox: &Running, knobs: Value) {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+/// How many token requests (`POST /oauth/v2/token`) the Zoho sandbox has answered, and its
+/// call log (for a failing assertion's message).
+pub async fn zoho_token_requests(z: &Running) -> (usize, Value) {
+    let log: Value = client()
+        .get(format!("{}/_sandbox/calls", z.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let requests = log["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["path"] == "/oauth/v2/token")
+        .count();
+    (requests, log)
 }
