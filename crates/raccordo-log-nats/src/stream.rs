@@ -1,70 +1,38 @@
 //! The JetStream stream: publishing committed events and reading them back per partition.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
-use raccordo_core::{EventId, LogPosition, LogPositions, RawEvent, SourceName};
-use serde::{Deserialize, Serialize};
+use raccordo_core::{
+    ConversionStream, Envelope, LogPosition, LogPositions, Outgoing, RawEvent, StoreError,
+    StreamDescription,
+};
 use tokio::sync::Mutex;
 
-use crate::{Partitioner, StreamError, StreamOptions, unavailable};
+use crate::{StreamOptions, unavailable};
 
-/// One event as a stream message carries it (JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub id: String,
-    pub source: String,
-    pub event_time_ms: i64,
-    pub received_at_ms: i64,
-    /// The stored payload's text, as the log keeps it.
-    pub payload: String,
-    /// A business-key duplicate of an earlier event (kept for the metrics' duplicate count).
-    pub duplicate: bool,
-}
-
-impl Envelope {
-    pub fn of(event: &RawEvent) -> Self {
-        Self {
-            id: event.id.to_string(),
-            source: event.source.to_string(),
-            event_time_ms: event.event_time_ms,
-            received_at_ms: event.received_at_ms,
-            payload: event.payload.clone(),
-            duplicate: event.duplicate,
-        }
-    }
-
-    fn into_event(self, position: LogPosition) -> Result<RawEvent, StreamError> {
-        let bad = |what: &str| StreamError::Corrupt(format!("{what} at {position:?}"));
-        Ok(RawEvent {
-            position,
-            id: self.id.parse::<EventId>().map_err(|_| bad("an event id"))?,
-            source: SourceName::new(self.source).map_err(|_| bad("a source name"))?,
-            event_time_ms: self.event_time_ms,
-            received_at_ms: self.received_at_ms,
-            payload: self.payload,
-            duplicate: self.duplicate,
-        })
-    }
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!(
+        "the stream holds a message that is not an event: {what}"
+    ))
 }
 
 /// The stream of one hub, shared by its nodes.
-pub struct ConversionStream {
+pub struct NatsStream {
     context: jetstream::Context,
     stream: stream::Stream,
     client: async_nats::Client,
     options: StreamOptions,
-    partitioner: Partitioner,
     /// Per partition, a consumer already positioned where the last read stopped: the next
     /// read from there costs one fetch, not a new consumer.
     readers: Mutex<HashMap<u32, (u64, consumer::PullConsumer)>>,
 }
 
-impl ConversionStream {
+impl NatsStream {
     /// Connects and creates the stream when it is missing.
-    pub async fn open(options: &StreamOptions) -> Result<Self, StreamError> {
+    pub async fn open(options: &StreamOptions) -> Result<Self, StoreError> {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .connect(options.url.as_str())
@@ -87,93 +55,22 @@ impl ConversionStream {
         let mut stream = stream;
         let info = stream.info().await.map_err(unavailable)?;
         if info.config.subjects != [subjects] {
-            return Err(StreamError::Mismatch(options.stream.clone()));
+            return Err(StoreError::Backend(format!(
+                "the NATS stream `{}` exists with other subjects; choose another name or prefix",
+                options.stream
+            )));
         }
         Ok(Self {
             context,
             stream,
             client,
-            partitioner: Partitioner::new(options.customer_pointer.clone(), options.partitions),
             options: options.clone(),
             readers: Mutex::new(HashMap::new()),
         })
     }
 
-    pub fn partitions(&self) -> u32 {
-        self.partitioner.partitions()
-    }
-
     fn subject(&self, partition: u32) -> String {
         format!("{}.{partition}", self.options.subject_prefix)
-    }
-
-    /// The server's version and how many messages the stream holds.
-    pub(crate) async fn describe(&self) -> Result<(String, u64), StreamError> {
-        let mut stream = self.stream.clone();
-        let info = stream.info().await.map_err(unavailable)?;
-        Ok((
-            self.client.server_info().version.clone(),
-            info.state.messages,
-        ))
-    }
-
-    /// Publishes `events` (in log order) and waits for the stream to have them all; their
-    /// positions in the stream, in order. An event the stream already holds (published
-    /// before, within the duplicate window) is not stored again.
-    pub async fn publish(&self, events: &[RawEvent]) -> Result<Vec<LogPosition>, StreamError> {
-        let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            let envelope = Envelope::of(event);
-            let partition = self.partitioner.place(&event.payload, &envelope.id);
-            let body = serde_json::to_vec(&envelope).map_err(unavailable)?;
-            let ack = self
-                .context
-                .send_publish(
-                    self.subject(partition),
-                    jetstream::message::PublishMessage::build()
-                        .message_id(envelope.id)
-                        .payload(body.into()),
-                )
-                .await
-                .map_err(unavailable)?;
-            pending.push((partition, ack));
-        }
-        let mut positions = Vec::with_capacity(pending.len());
-        let mut duplicates = 0u64;
-        for (partition, ack) in pending {
-            let ack = ack.await.map_err(unavailable)?;
-            duplicates += u64::from(ack.duplicate);
-            positions.push(LogPosition {
-                partition,
-                offset: ack.sequence as i64,
-            });
-        }
-        metrics::counter!("raccordo_stream_published_total").increment(events.len() as u64);
-        if duplicates > 0 {
-            metrics::counter!("raccordo_stream_republished_total").increment(duplicates);
-        }
-        Ok(positions)
-    }
-
-    /// Up to `limit` events after `after`, in stream order within each partition (all
-    /// partitions, or only `only` when given).
-    pub async fn tail(
-        &self,
-        after: &LogPositions,
-        limit: usize,
-        only: Option<&[u32]>,
-    ) -> Result<Vec<RawEvent>, StreamError> {
-        let partitions: Vec<u32> = match only {
-            Some(only) => only.to_vec(),
-            None => (0..self.partitions()).collect(),
-        };
-        let per_partition = limit.div_ceil(partitions.len().max(1)).max(1);
-        let mut events = Vec::new();
-        for partition in partitions {
-            let from = after.get(partition) as u64 + 1;
-            events.extend(self.read_partition(partition, from, per_partition).await?);
-        }
-        Ok(events)
     }
 
     async fn read_partition(
@@ -181,7 +78,7 @@ impl ConversionStream {
         partition: u32,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<RawEvent>, StreamError> {
+    ) -> Result<Vec<RawEvent>, StoreError> {
         let mut readers = self.readers.lock().await;
         let consumer = match readers.remove(&partition) {
             Some((next, consumer)) if next == from => consumer,
@@ -212,7 +109,7 @@ impl ConversionStream {
             let message = message.map_err(unavailable)?;
             let sequence = message.info().map_err(unavailable)?.stream_sequence;
             let envelope: Envelope = serde_json::from_slice(&message.payload)
-                .map_err(|e| StreamError::Corrupt(format!("message {sequence}: {e}")))?;
+                .map_err(|e| corrupt(format!("message {sequence}: {e}")))?;
             events.push(envelope.into_event(LogPosition {
                 partition,
                 offset: sequence as i64,
@@ -221,5 +118,93 @@ impl ConversionStream {
         }
         readers.insert(partition, (next, consumer));
         Ok(events)
+    }
+}
+
+#[async_trait::async_trait]
+impl ConversionStream for NatsStream {
+    fn partitions(&self) -> u32 {
+        self.options.partitions.max(1)
+    }
+
+    async fn publish(&self, messages: &[Outgoing]) -> Result<(), StoreError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let body = serde_json::to_vec(&message.envelope).map_err(unavailable)?;
+            let ack = self
+                .context
+                .send_publish(
+                    self.subject(message.partition),
+                    jetstream::message::PublishMessage::build()
+                        .message_id(message.envelope.id.clone())
+                        .payload(body.into()),
+                )
+                .await
+                .map_err(unavailable)?;
+            pending.push(ack);
+        }
+        let mut duplicates = 0u64;
+        for ack in pending {
+            duplicates += u64::from(ack.await.map_err(unavailable)?.duplicate);
+        }
+        if duplicates > 0 {
+            metrics::counter!("raccordo_stream_republished_total").increment(duplicates);
+        }
+        Ok(())
+    }
+
+    async fn last_cursors(&self) -> Result<BTreeMap<u32, LogPositions>, StoreError> {
+        let mut cursors = BTreeMap::new();
+        for partition in 0..self.partitions() {
+            let last = self
+                .stream
+                .get_last_raw_message_by_subject(&self.subject(partition))
+                .await;
+            let message = match last {
+                Ok(message) => message,
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            let envelope: Envelope = serde_json::from_slice(&message.payload)
+                .map_err(|e| corrupt(format!("message {}: {e}", message.sequence)))?;
+            if let Some(cursor) = envelope.cursor {
+                cursors.insert(partition, cursor);
+            }
+        }
+        Ok(cursors)
+    }
+
+    async fn tail(
+        &self,
+        after: &LogPositions,
+        limit: usize,
+        only: Option<&[u32]>,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let partitions: Vec<u32> = match only {
+            Some(only) => only.to_vec(),
+            None => (0..self.partitions()).collect(),
+        };
+        let per_partition = limit.div_ceil(partitions.len().max(1)).max(1);
+        let mut events = Vec::new();
+        for partition in partitions {
+            let from = after.get(partition) as u64 + 1;
+            events.extend(self.read_partition(partition, from, per_partition).await?);
+        }
+        Ok(events)
+    }
+
+    async fn describe(&self) -> Result<StreamDescription, StoreError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(unavailable)?;
+        Ok(StreamDescription {
+            engine: format!("NATS {}", self.client.server_info().version),
+            messages: info.state.messages,
+            partitions: self.partitions(),
+        })
     }
 }

@@ -122,6 +122,34 @@ impl DedupIndex {
         held
     }
 
+    /// Every claim and delivery still live at `now_ms`.
+    pub fn export(&self, now_ms: i64) -> crate::ExportedClaims {
+        use raccordo_core::migrate::{ClaimRecord, DeliveryClaimRecord};
+        crate::ExportedClaims {
+            claims: self
+                .claims
+                .iter()
+                .filter(|(_, c)| c.expires_at > now_ms)
+                .map(|(key, c)| ClaimRecord {
+                    key: *key,
+                    event: EventId::from_u128(u128::from_le_bytes(c.event)),
+                    expires_at_ms: c.expires_at,
+                })
+                .collect(),
+            deliveries: self
+                .deliveries
+                .iter()
+                .filter(|(_, d)| d.expires_at > now_ms)
+                .map(|(key, d)| DeliveryClaimRecord {
+                    key: *key,
+                    body_hash: d.body_hash,
+                    events: d.events.iter().copied().map(EventId::from_u128).collect(),
+                    expires_at_ms: d.expires_at,
+                })
+                .collect(),
+        }
+    }
+
     /// The same for a delivery id.
     pub fn load_delivery(&mut self, key: DedupKey, delivery: Delivery) {
         self.deliveries.insert(key, delivery);

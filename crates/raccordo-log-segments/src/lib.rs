@@ -49,6 +49,13 @@ pub use retention::RetentionPolicy;
 use crate::dedup::DedupIndex;
 use crate::segment::{Segment, Summary};
 
+/// The live dedup claims of a log, for `raccordo migrate`.
+#[derive(Debug, Clone, Default)]
+pub struct ExportedClaims {
+    pub claims: Vec<raccordo_core::migrate::ClaimRecord>,
+    pub deliveries: Vec<raccordo_core::migrate::DeliveryClaimRecord>,
+}
+
 /// How much of a commit reaches the disk before the request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -311,6 +318,35 @@ impl SegmentLog {
             .next()
             .copied()
             .unwrap_or(1)
+    }
+
+    /// Up to `limit` events after `after_seq`, as the log keeps them (`raccordo migrate`).
+    pub async fn export_events(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<raccordo_core::migrate::LogRecord>, StoreError> {
+        let shared = self.shared.clone();
+        let head = self.committed.borrow().get(0);
+        tokio::task::spawn_blocking(move || read::export(&shared, after_seq, head, limit))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    /// The dedup claims and delivery ids still live at `now_ms` (`raccordo migrate`),
+    /// taken between two commits.
+    pub async fn export_claims(&self, now_ms: i64) -> Result<ExportedClaims, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sender =
+            sender.ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
+        sender
+            .send(writer::Request::ExportClaims { now_ms, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))
     }
 
     /// Stops accepting appends, lets the writer finish what is queued and waits for it and

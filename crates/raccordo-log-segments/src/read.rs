@@ -115,6 +115,33 @@ pub fn tail(
     Ok(out)
 }
 
+/// Events after `after` as the log keeps them (with the event each duplicate repeats), for
+/// `raccordo migrate`.
+pub fn export(
+    shared: &Shared,
+    after: i64,
+    head: i64,
+    limit: usize,
+) -> Result<Vec<raccordo_core::migrate::LogRecord>, StoreError> {
+    let mut out = Vec::with_capacity(limit.min(4096));
+    if after >= head || limit == 0 {
+        return Ok(out);
+    }
+    for_each_event(shared, after, head, |e| {
+        out.push(raccordo_core::migrate::LogRecord {
+            seq: e.seq,
+            id: EventId::from_u128(e.id),
+            source: source_name(e)?,
+            event_time_ms: e.event_time_ms,
+            received_at_ms: e.received_at_ms,
+            payload: e.payload.to_string(),
+            duplicate_of: e.duplicate_of.map(EventId::from_u128),
+        });
+        Ok(out.len() < limit)
+    })?;
+    Ok(out)
+}
+
 /// The query API: stored events (duplicates left out) matching the filter, in log order.
 /// Field filters match a top-level string field of the payload exactly.
 pub fn query(shared: &Shared, filter: &EventFilter, head: i64) -> Result<EventPage, StoreError> {

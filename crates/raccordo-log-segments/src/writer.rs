@@ -33,6 +33,11 @@ pub struct Job {
 pub enum Request {
     Append(Job),
     Erase(EraseJob),
+    /// The live dedup claims at `now_ms`, for `raccordo migrate`.
+    ExportClaims {
+        now_ms: i64,
+        reply: oneshot::Sender<crate::ExportedClaims>,
+    },
 }
 
 /// An erasure planned up to `planned_up_to`, whose events hold `claims`: the writer plans
@@ -95,10 +100,15 @@ impl Writer {
                     self.erase(job);
                     continue;
                 }
+                Request::ExportClaims { now_ms, reply } => {
+                    let _ = reply.send(self.index.export(now_ms));
+                    continue;
+                }
             };
             let mut events = first.batch.events.len();
             let mut group = vec![first];
-            // An erasure queued behind appends runs right after their commit, in order.
+            // An erasure (or a claims export) queued behind appends runs right after their
+            // commit, in order.
             let mut erasure = None;
             while events < self.max_group_events {
                 match jobs.try_recv() {
@@ -107,7 +117,11 @@ impl Writer {
                         group.push(job);
                     }
                     Ok(Request::Erase(job)) => {
-                        erasure = Some(job);
+                        erasure = Some(Ok(job));
+                        break;
+                    }
+                    Ok(Request::ExportClaims { now_ms, reply }) => {
+                        erasure = Some(Err((now_ms, reply)));
                         break;
                     }
                     Err(_) => break,
@@ -148,8 +162,12 @@ impl Writer {
                     .store(self.index.len(), Ordering::Release);
             }
             metrics::gauge!("raccordo_storage_dedup_keys").set(self.index.len() as f64);
-            if let Some(job) = erasure {
-                self.erase(job);
+            match erasure {
+                Some(Ok(job)) => self.erase(job),
+                Some(Err((now_ms, reply))) => {
+                    let _ = reply.send(self.index.export(now_ms));
+                }
+                None => {}
             }
         }
         // Queue closed: everything accepted was answered and is on disk.

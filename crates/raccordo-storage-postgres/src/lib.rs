@@ -10,6 +10,7 @@
 
 mod error;
 mod history;
+mod import;
 mod log;
 mod migrations;
 mod queue;
@@ -23,6 +24,7 @@ use raccordo_core::StoreError;
 
 pub use error::store_error;
 pub use history::{PgAlertHistory, PgRuns};
+pub use import::PgImport;
 pub use log::PgEventLog;
 pub use queue::PgWorkQueue;
 pub use state::{PgConsumerOffsets, PgIdMappings, PgKeyValue, PgRateLimits, PgSecrets};

@@ -81,6 +81,7 @@ impl SqliteOptions {
 pub struct SqliteStore {
     log: Arc<SegmentLog>,
     stores: Stores,
+    path: PathBuf,
     _lock: DataLock,
 }
 
@@ -150,6 +151,7 @@ impl SqliteStore {
         Ok(Self {
             log,
             stores,
+            path: options.path.clone(),
             _lock: lock,
         })
     }
@@ -161,6 +163,47 @@ impl SqliteStore {
 
     pub fn event_log(&self) -> &Arc<SegmentLog> {
         &self.log
+    }
+
+    /// Every row of a state table (`raccordo migrate`), read on a connection of its own.
+    pub fn export_table(
+        &self,
+        table: &str,
+    ) -> Result<raccordo_core::migrate::TableRows, rusqlite::Error> {
+        use raccordo_core::migrate::Cell;
+        use rusqlite::types::ValueRef;
+        if !table.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(rusqlite::Error::InvalidParameterName(table.to_string()));
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let mut statement = conn.prepare(&format!("SELECT * FROM {table}"))?;
+        let columns: Vec<String> = statement.column_names().map(str::to_string).collect();
+        let width = columns.len();
+        let rows = statement
+            .query_map([], |row| {
+                (0..width)
+                    .map(|i| {
+                        Ok(match row.get_ref(i)? {
+                            ValueRef::Null => Cell::Null,
+                            ValueRef::Integer(v) => Cell::Int(v),
+                            ValueRef::Real(v) => Cell::Real(v),
+                            ValueRef::Text(v) => {
+                                Cell::Text(String::from_utf8_lossy(v).into_owned())
+                            }
+                            ValueRef::Blob(v) => Cell::Blob(v.to_vec()),
+                        })
+                    })
+                    .collect::<Result<Vec<Cell>, rusqlite::Error>>()
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(raccordo_core::migrate::TableRows {
+            table: table.to_string(),
+            columns,
+            rows,
+        })
     }
 }
 

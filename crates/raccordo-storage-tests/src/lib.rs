@@ -26,6 +26,7 @@ pub mod ratelimit;
 pub mod requests;
 pub mod runs;
 pub mod secrets;
+pub mod stream;
 pub mod windows;
 
 /// One place where a backend keeps its data (a file, a database): it can be opened, closed

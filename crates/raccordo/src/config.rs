@@ -115,11 +115,12 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
-    /// `nats://host:4222` (comma-separated for a NATS cluster); none: no stream.
+    /// The engine and its servers: `nats://host:4222` (comma-separated for a NATS cluster)
+    /// for NATS JetStream, `kafka://broker1:9092,broker2:9092` for Kafka; none: no stream.
     #[serde(serialize_with = "raccordo_core::redacted_option")]
     #[schema(value_type = Option<String>)]
     pub url: Option<String>,
-    /// The JetStream stream's name.
+    /// The JetStream stream's name, or the Kafka topic's.
     pub name: String,
     /// Subjects are `<subject_prefix>.<partition>`.
     pub subject_prefix: String,
@@ -136,8 +137,32 @@ pub struct StreamConfig {
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub max_age: Duration,
-    /// Copies of each message in a NATS cluster.
+    /// Copies of each message in a NATS cluster (the replication factor of a Kafka topic).
     pub replicas: usize,
+    /// More librdkafka settings for a Kafka stream (`"security.protocol" = "SASL_SSL"`,
+    /// `"sasl.password" = "${KAFKA_PASSWORD}"`, …); values are never shown.
+    #[serde(serialize_with = "redacted_values")]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub kafka: std::collections::BTreeMap<String, String>,
+}
+
+fn redacted_values<S: serde::Serializer>(
+    map: &std::collections::BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut out = s.serialize_map(Some(map.len()))?;
+    for key in map.keys() {
+        out.serialize_entry(key, "<redacted>")?;
+    }
+    out.end()
+}
+
+/// The engine a `[storage.stream] url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEngine {
+    Nats,
+    Kafka,
 }
 
 impl Default for StreamConfig {
@@ -151,24 +176,79 @@ impl Default for StreamConfig {
             duplicate_window: Duration::from_secs(600),
             max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: 1,
+            kafka: Default::default(),
         }
+    }
+}
+
+impl StreamConfig {
+    /// The engine the `url` names, when one is set.
+    pub fn engine(&self) -> Option<StreamEngine> {
+        let url = self.url.as_deref().filter(|u| !u.is_empty())?;
+        Some(if url.starts_with("kafka://") {
+            StreamEngine::Kafka
+        } else {
+            StreamEngine::Nats
+        })
     }
 }
 
 #[cfg(feature = "cluster")]
 impl StreamConfig {
-    /// The stream's options, when a `url` is set.
-    pub fn options(&self) -> Option<raccordo_log_nats::StreamOptions> {
-        let url = self.url.as_deref().filter(|u| !u.is_empty())?;
-        let mut options = raccordo_log_nats::StreamOptions::new(url);
-        options.stream = self.name.clone();
-        options.subject_prefix = self.subject_prefix.clone();
-        options.partitions = self.partitions;
-        options.customer_pointer = self.customer_pointer.clone();
-        options.duplicate_window = self.duplicate_window;
-        options.max_age = self.max_age;
-        options.replicas = self.replicas;
-        Some(options)
+    /// Places events in partitions by customer (the relay's side of the stream).
+    pub fn partitioner(&self) -> raccordo_core::Partitioner {
+        raccordo_core::Partitioner::new(self.customer_pointer.clone(), self.partitions)
+    }
+
+    /// What `raccordo check` calls the stream.
+    pub fn describe_target(&self) -> String {
+        match self.engine() {
+            Some(StreamEngine::Kafka) => format!("Kafka topic `{}`", self.name),
+            _ => format!("NATS stream `{}`", self.name),
+        }
+    }
+
+    /// Connects to the stream, when a `url` is set (creating the stream or topic if needed).
+    pub async fn open(
+        &self,
+    ) -> Result<
+        Option<std::sync::Arc<dyn raccordo_core::ConversionStream>>,
+        raccordo_core::StoreError,
+    > {
+        let Some(url) = self.url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        match self.engine() {
+            #[cfg(feature = "kafka")]
+            Some(StreamEngine::Kafka) => {
+                let brokers = url.trim_start_matches("kafka://");
+                let mut options = raccordo_log_kafka::KafkaOptions::new(brokers);
+                options.topic = self.name.clone();
+                options.partitions = self.partitions;
+                options.replicas = self.replicas.min(i32::MAX as usize) as i32;
+                options.max_age = self.max_age;
+                options.properties = self.kafka.clone();
+                Ok(Some(std::sync::Arc::new(
+                    raccordo_log_kafka::KafkaStream::open(&options).await?,
+                )))
+            }
+            #[cfg(not(feature = "kafka"))]
+            Some(StreamEngine::Kafka) => Err(raccordo_core::StoreError::Backend(
+                "this build has no Kafka stream (build with --features kafka)".into(),
+            )),
+            _ => {
+                let mut options = raccordo_log_nats::StreamOptions::new(url);
+                options.stream = self.name.clone();
+                options.subject_prefix = self.subject_prefix.clone();
+                options.partitions = self.partitions;
+                options.duplicate_window = self.duplicate_window;
+                options.max_age = self.max_age;
+                options.replicas = self.replicas;
+                Ok(Some(std::sync::Arc::new(
+                    raccordo_log_nats::NatsStream::open(&options).await?,
+                )))
+            }
+        }
     }
 }
 
@@ -588,21 +668,36 @@ impl Config {
                 );
             }
             let stream = &self.storage.stream;
+            if stream.engine() == Some(StreamEngine::Kafka) && !cfg!(feature = "kafka") {
+                report(
+                    "storage.stream.url".into(),
+                    "a `kafka://` stream needs a build with the `kafka` feature (cargo build --release --features kafka)".into(),
+                );
+            }
             if !(1..=1024).contains(&stream.partitions) {
                 report(
                     "storage.stream.partitions".into(),
                     "must be between 1 and 1024".into(),
                 );
             }
+            // Kafka topics also allow `.`; JetStream stream names do not.
+            let dot_allowed = stream.engine() == Some(StreamEngine::Kafka);
             if stream.name.is_empty()
-                || !stream
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                || stream.name.len() > 200
+                || !stream.name.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || b == b'_'
+                        || b == b'-'
+                        || (dot_allowed && b == b'.')
+                })
             {
                 report(
                     "storage.stream.name".into(),
-                    "must be letters, digits, `_` and `-`".into(),
+                    if dot_allowed {
+                        "must be letters, digits, `.`, `_` and `-`".into()
+                    } else {
+                        "must be letters, digits, `_` and `-`".into()
+                    },
                 );
             }
             if stream.subject_prefix.is_empty()

@@ -88,21 +88,26 @@ pub(crate) async fn open_backend(
 /// The leader relays the committed log into the conversion stream (`[storage.stream]`).
 #[cfg(feature = "cluster")]
 async fn start_stream_relay(
-    options: &raccordo_log_nats::StreamOptions,
+    config: &crate::config::StreamConfig,
     stores: &Stores,
     supervisor: &Supervisor,
 ) -> anyhow::Result<()> {
-    let stream = raccordo_log_nats::ConversionStream::open(options)
+    let Some(stream) = config
+        .open()
         .await
-        .map_err(|e| anyhow::anyhow!("storage.stream: {e}"))?;
-    let relay = Arc::new(raccordo_log_nats::Relay {
-        log: stores.log.clone(),
-        offsets: stores.offsets.clone(),
-        stream: Arc::new(stream),
-    });
+        .map_err(|e| anyhow::anyhow!("storage.stream: {e}"))?
+    else {
+        return Ok(());
+    };
+    let relay = Arc::new(raccordo_core::Relay::new(
+        stores.log.clone(),
+        stores.offsets.clone(),
+        stream,
+        config.partitioner(),
+    ));
     supervisor.spawn_singleton("stream-relay", move |ctx| {
         let relay = relay.clone();
-        async move { Ok(relay.run(ctx.cancel.clone()).await?) }
+        async move { Ok(relay.run(ctx.cancel.clone().cancelled_owned()).await?) }
     });
     Ok(())
 }
@@ -159,10 +164,8 @@ impl Hub {
         };
 
         #[cfg(feature = "cluster")]
-        if config.storage.backend == Backend::Cluster
-            && let Some(options) = config.storage.stream.options()
-        {
-            start_stream_relay(&options, &stores, &supervisor).await?;
+        if config.storage.backend == Backend::Cluster {
+            start_stream_relay(&config.storage.stream, &stores, &supervisor).await?;
         }
 
         let live = LiveMetrics::new(

@@ -17,6 +17,8 @@ mod flows_cmd;
 mod hub;
 mod keys_cmd;
 mod late_cmd;
+#[cfg(feature = "postgres")]
+mod migrate_cmd;
 mod reference;
 mod sandbox_cmd;
 mod sync;
@@ -143,6 +145,12 @@ enum Command {
         docs/security.md."
     )]
     Keys(keys_cmd::KeysCommand),
+    /// Move an embedded installation onto PostgreSQL, for nodes of a cluster
+    #[cfg(feature = "postgres")]
+    #[command(
+        long_about = "Copy an embedded hub's data into the PostgreSQL schema of the config given         with --config (backend \"postgres\" or \"cluster\"): the event log with its sequence         numbers, the live dedup claims and delivery ids, and every state table (sync mappings,         secrets, runs, alerts, costs, window results and checkpoints, pending work, dead letters,         refused requests, the audit log). Secrets are re-sealed under RACCORDO_SECRET_KEY, the         key the nodes run with. Stop the embedded hub first; the target schema must be empty.         The embedded data directory is left as it was. See docs/deployment.md."
+    )]
+    Migrate(migrate_cmd::MigrateArgs),
     /// Serve the hub's MCP tools over stdin/stdout, for AI agents that start a local process
     #[command(
         long_about = "Serve the Model Context Protocol over stdio for an AI agent (Claude \
@@ -347,6 +355,11 @@ fn main() -> ExitCode {
         Command::Sync(command) => runtime.block_on(admin_cmd::sync(command)),
         Command::Flows(command) => runtime.block_on(flows_cmd::run(command)),
         Command::Late(command) => runtime.block_on(late_cmd::run(command)),
+        #[cfg(feature = "postgres")]
+        Command::Migrate(args) => {
+            owner_only_files();
+            runtime.block_on(migrate_cmd::run(args))
+        }
         Command::Keys(command) => {
             owner_only_files();
             runtime.block_on(keys_cmd::run(command))
@@ -439,12 +452,21 @@ fn check_storage(config: &Config) -> Result<(), String> {
                 "storage: Redis {} reachable; {} key(s) under `{}`",
                 probe.version, probe.keys, settings.key_prefix
             );
-            if let Some(options) = config.storage.stream.options() {
-                let probe = block_on(raccordo_log_nats::probe(&options))?
-                    .map_err(|e| format!("the NATS stream cannot be used: {e}"))?;
+            let stream = &config.storage.stream;
+            let described = block_on(async {
+                match stream.open().await? {
+                    Some(opened) => opened.describe().await.map(Some),
+                    None => Ok(None),
+                }
+            })?
+            .map_err(|e| format!("the {} cannot be used: {e}", stream.describe_target()))?;
+            if let Some(seen) = described {
                 println!(
-                    "storage: NATS {} reachable; stream `{}` holds {} event(s) over {} partition(s)",
-                    probe.server_version, options.stream, probe.messages, options.partitions
+                    "storage: {} reachable; {} holds {} event(s) over {} partition(s)",
+                    seen.engine,
+                    stream.describe_target(),
+                    seen.messages,
+                    seen.partitions
                 );
             }
             Ok(())

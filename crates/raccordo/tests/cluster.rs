@@ -11,13 +11,8 @@ mod support;
 use std::collections::HashMap;
 
 use serde_json::Value;
+use support::pg::{database, drop_schema, fresh_schema};
 use support::{ADMIN_TOKEN, API_KEY, READ_TOKEN, Server, client, event};
-
-const URL: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
-
-fn database() -> String {
-    std::env::var("RACCORDO_TEST_POSTGRES").unwrap_or_else(|_| URL.into())
-}
 
 /// `cluster` (Redis in front) when the tests run so, else `postgres` alone.
 fn backend() -> &'static str {
@@ -196,40 +191,6 @@ async fn stored(server: &Server) -> HashMap<String, usize> {
             None => return by_customer,
         }
     }
-}
-
-/// A schema name for one test's hub, or `None` (after saying so) without PostgreSQL outside
-/// CI; under CI a missing server fails the test.
-fn fresh_schema() -> Option<String> {
-    if std::net::TcpStream::connect("127.0.0.1:5432").is_err()
-        && std::env::var_os("RACCORDO_TEST_POSTGRES").is_none()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "PostgreSQL cannot be reached at 127.0.0.1:5432"
-        );
-        eprintln!("SKIPPED: no PostgreSQL on 127.0.0.1:5432; CI runs this");
-        return None;
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    Some(format!(
-        "raccordo_test_{}_{}",
-        now.as_secs(),
-        now.subsec_nanos()
-    ))
-}
-
-async fn drop_schema(schema: &str) {
-    let (client, connection) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -640,5 +601,115 @@ async fn keys_rotate_reseals_a_shared_store_and_a_node_on_the_old_key_refuses_to
         output.contains("does not open the secrets already stored"),
         "{output}"
     );
+    drop_schema(&schema).await;
+}
+
+/// Two `cluster` nodes whose conversion stream is a Kafka topic (librdkafka's mock cluster,
+/// three brokers on loopback sockets of this test process): the leader relays the log, is
+/// killed with `kill -9`, the other node takes the relay over — and the topic holds every
+/// event of the log exactly once (Kafka has no message-id window: the relay's cursors do it).
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kafka_stream_holds_each_event_once_across_a_leader_killed_mid_relay() {
+    use raccordo_core::ConversionStream;
+    let Some(schema) = fresh_schema() else {
+        return;
+    };
+    let brokers = raccordo_log_kafka::testing::MockCluster::new(3).unwrap();
+    // The mock brokers do not take `CreateTopics`: the topic is made here, as operators who
+    // keep topic creation to themselves do.
+    brokers.create_topic("raccordo.events", 4, 3).unwrap();
+    let config = storage(&schema)
+        .replace(
+            &format!("backend = \"{}\"", backend()),
+            "backend = \"cluster\"",
+        )
+        .replace(
+            &format!("url = \"{}\"", nats_url()),
+            &format!("url = \"kafka://{}\"", brokers.bootstrap_servers()),
+        )
+        .replace(
+            &format!("name = \"{}\"", schema.to_uppercase()),
+            "name = \"raccordo.events\"",
+        )
+        .replace(
+            "max_age = \"1h\"",
+            "max_age = \"1h\"\npartitions = 4\nreplicas = 3",
+        );
+    assert!(config.contains("kafka://"), "{config}");
+    let config = format!(
+        "[server]\ndata_dir = \"data\"\n{config}{}",
+        sources_and_tokens()
+    );
+    let (_dir_a, mut a) = start(&config, None);
+    a.log_line(|l| l["message"] == "leadership changed" && l["leading"] == true);
+    let (_dir_b, b) = start(&config, None);
+    b.log_line(|l| l["message"] == "taking part in the leader election");
+
+    let mut options = raccordo_log_kafka::KafkaOptions::new(brokers.bootstrap_servers());
+    options.topic = "raccordo.events".into();
+    options.partitions = 4;
+    options.replicas = 3;
+    let topic = raccordo_log_kafka::KafkaStream::open(&options)
+        .await
+        .unwrap();
+    // 400 conversions, half to each node; the leader dies once the topic has some of them
+    // (it is relaying), before it has all.
+    let bodies: Vec<Value> = (0..400).map(event).collect();
+    for n in 0..200 {
+        assert_eq!(post(a.addr, &bodies[n]).await, Some(202));
+        assert_eq!(post(b.addr, &bodies[200 + n]).await, Some(202));
+        if n == 100 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while topic.describe().await.unwrap().messages == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the leader never relayed"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            a.kill9();
+            break;
+        }
+    }
+    for n in 101..200 {
+        assert_eq!(post(b.addr, &bodies[n]).await, Some(202));
+        assert_eq!(post(b.addr, &bodies[200 + n]).await, Some(202));
+    }
+    let in_log = stored(&b).await.len() as u64;
+    assert_eq!(in_log, 400);
+    // B takes the lead once A's lease runs out, and relays from where A's stored offset was.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let held = topic.describe().await.unwrap().messages;
+        assert!(
+            held <= in_log,
+            "{held} messages for {in_log} events: some twice"
+        );
+        if held == in_log {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} of {in_log} events in the topic"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(leads(&b), "B relays now");
+    // Read back: every event once.
+    let mut read = raccordo_core::LogPositions::default();
+    let mut ids = std::collections::HashSet::new();
+    loop {
+        let page = topic.tail(&read, 500, None).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for e in page {
+            read.advance(e.position);
+            assert!(ids.insert(e.id), "{} read twice", e.id);
+        }
+    }
+    assert_eq!(ids.len() as u64, in_log);
+    drop(b);
     drop_schema(&schema).await;
 }

@@ -2,7 +2,6 @@
 
 mod support;
 
-use raccordo_ingest::auth::WebhookSecret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::*;
@@ -105,15 +104,6 @@ async fn a_single_event_is_accepted_once_and_then_answered_duplicate() {
         .unwrap()
             >= 1.0
     );
-}
-
-fn signed(secret: &str, id: &str, ts: i64, body: &[u8]) -> [(String, String); 3] {
-    let secret = WebhookSecret::parse(secret).unwrap();
-    [
-        ("webhook-id".into(), id.into()),
-        ("webhook-timestamp".into(), ts.to_string()),
-        ("webhook-signature".into(), secret.sign(id, ts, body)),
-    ]
 }
 
 async fn post_signed(server: &Server, id: &str, ts: i64, body: &[u8]) -> reqwest::Response {

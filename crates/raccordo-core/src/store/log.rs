@@ -43,6 +43,13 @@ impl LogPositions {
         *at = (*at).max(position.offset);
     }
 
+    /// Whether `position` is at or before these positions (its partition was read that far).
+    pub fn holds(&self, position: LogPosition) -> bool {
+        self.0
+            .get(&position.partition)
+            .is_some_and(|at| position.offset <= *at)
+    }
+
     /// Whether `head` holds anything past these positions.
     pub fn is_behind(&self, head: &LogPositions) -> bool {
         head.0.iter().any(|(p, offset)| *offset > self.get(*p))

@@ -12,12 +12,14 @@ mod costs;
 mod kv;
 mod log;
 mod mappings;
+pub mod migrate;
 mod offsets;
 pub mod queue;
 mod ratelimit;
 mod requests;
 mod runs;
 mod secrets;
+pub mod stream;
 mod windows;
 
 use std::sync::Arc;
@@ -35,6 +37,10 @@ pub use ratelimit::{Admission, BucketSpec, BucketState, RateLimitStore};
 pub use requests::{RejectedFilter, RejectedRequest, RejectedRequests, ReplayRecord};
 pub use runs::{NewRun, Run, RunStatus, RunStore, RunSummary, StepRecord, StepStatus};
 pub use secrets::{SecretStore, StoredSecret};
+pub use stream::{
+    ConversionStream, Envelope, Outgoing, Partitioner, Relay, RelayProgress, StreamDescription,
+    partition_of,
+};
 pub use windows::{WindowCheckpoint, WindowResult, WindowStore};
 
 /// Why a store operation failed, and whether trying again can help.

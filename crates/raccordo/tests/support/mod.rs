@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub mod crm;
+#[cfg(feature = "postgres")]
+pub mod pg;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_raccordo");
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -357,6 +359,16 @@ pub fn now_rfc3339(offset_ms: i64) -> String {
     let t = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(offset_ms);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap()
+}
+
+/// The Standard Webhooks headers of a delivery `id` of `body` at `ts`, signed with `secret`.
+pub fn signed(secret: &str, id: &str, ts: i64, body: &[u8]) -> [(String, String); 3] {
+    let secret = raccordo_ingest::auth::WebhookSecret::parse(secret).unwrap();
+    [
+        ("webhook-id".into(), id.into()),
+        ("webhook-timestamp".into(), ts.to_string()),
+        ("webhook-signature".into(), secret.sign(id, ts, body)),
+    ]
 }
 
 /// A valid conversion event for customer number `n`.
