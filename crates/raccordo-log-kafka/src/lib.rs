@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raccordo_core::{
-    ConversionStream, Envelope, LogPosition, LogPositions, Outgoing, RawEvent, StoreError,
-    StreamDescription,
+    ConversionStream, Envelope, LogPosition, LogPositions, Outgoing, StoreError, StreamDescription,
+    StreamItem,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -345,12 +345,12 @@ impl ConversionStream for KafkaStream {
         .await
     }
 
-    async fn tail(
+    async fn read(
         &self,
         after: &LogPositions,
         limit: usize,
         only: Option<&[u32]>,
-    ) -> Result<Vec<RawEvent>, StoreError> {
+    ) -> Result<Vec<StreamItem>, StoreError> {
         let partitions: Vec<u32> = match only {
             Some(only) => only.to_vec(),
             None => (0..self.partitions()).collect(),
@@ -403,7 +403,7 @@ impl ConversionStream for KafkaStream {
                         metrics::counter!("raccordo_stream_republished_total").increment(1);
                         continue;
                     }
-                    events.push(envelope.into_event(LogPosition {
+                    events.push(envelope.into_item(LogPosition {
                         partition,
                         offset: offset + 1,
                     })?);

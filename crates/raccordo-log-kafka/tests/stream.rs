@@ -36,8 +36,8 @@ async fn the_relay_copies_the_log_once_in_order_per_customer_and_resumes_after_d
     raccordo_storage_tests::stream::relay_and_read_back(&stores, Arc::new(stream)).await;
     let seen = raccordo_log_kafka::probe(&options).await.unwrap();
     assert_eq!(
-        seen.messages, 370,
-        "what the topic holds, seen by new clients"
+        seen.messages, 374,
+        "what the topic holds (371 events, 3 ticks), seen by new clients"
     );
     assert_eq!(seen.engine, "Kafka (3 broker(s))");
     stores.log.close().await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use raccordo_core::{
-    ConversionStream, Envelope, LogPosition, LogPositions, Outgoing, RawEvent, StoreError,
-    StreamDescription,
+    ConversionStream, Envelope, LogPosition, LogPositions, Outgoing, StoreError, StreamDescription,
+    StreamItem,
 };
 use tokio::sync::Mutex;
 
@@ -78,7 +78,7 @@ impl NatsStream {
         partition: u32,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<RawEvent>, StoreError> {
+    ) -> Result<Vec<StreamItem>, StoreError> {
         let mut readers = self.readers.lock().await;
         let consumer = match readers.remove(&partition) {
             Some((next, consumer)) if next == from => consumer,
@@ -110,7 +110,7 @@ impl NatsStream {
             let sequence = message.info().map_err(unavailable)?.stream_sequence;
             let envelope: Envelope = serde_json::from_slice(&message.payload)
                 .map_err(|e| corrupt(format!("message {sequence}: {e}")))?;
-            events.push(envelope.into_event(LogPosition {
+            events.push(envelope.into_item(LogPosition {
                 partition,
                 offset: sequence as i64,
             })?);
@@ -179,12 +179,12 @@ impl ConversionStream for NatsStream {
         Ok(cursors)
     }
 
-    async fn tail(
+    async fn read(
         &self,
         after: &LogPositions,
         limit: usize,
         only: Option<&[u32]>,
-    ) -> Result<Vec<RawEvent>, StoreError> {
+    ) -> Result<Vec<StreamItem>, StoreError> {
         let partitions: Vec<u32> = match only {
             Some(only) => only.to_vec(),
             None => (0..self.partitions()).collect(),

@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::borrow::Cow;
 
 use raccordo_core::{
-    Clock, EventId, EventLog, LogPositions, RawEvent, WindowCheckpoint, WindowResult, WindowStore,
+    Clock, ConversionStream, EventId, EventLog, LogPositions, RawEvent, StreamItem,
+    WindowCheckpoint, WindowResult, WindowStore,
 };
 use raccordo_stream::{
-    ConversionRecord, ConversionStats, DailySpend, Firing, OperatorState, Placement, Window,
-    WindowOperator, WindowSpec,
+    ConversionRecord, ConversionStats, DailySpend, Emission, Firing, OperatorState, Placement,
+    Window, WindowOperator, WindowSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -60,8 +61,11 @@ struct PreparedEvent {
     event_time_ms: i64,
     duplicate: bool,
     /// What the windows count, and under which dimension keys; `None` for an event
-    /// without the fields (it still advances the position).
+    /// without the fields (it still advances the position), or a tick.
     record: Option<(ConversionRecord, Vec<DimKey>)>,
+    /// For a partition of the stream: the newest event time of the whole stream before this
+    /// event (or tick), taken in before it so that windows close as over the whole stream.
+    stream_time: Option<i64>,
 }
 
 /// Most late events listed by id (the newest are kept); their counts stay exact beyond it.
@@ -150,7 +154,14 @@ pub struct Reaggregated {
 /// Fired windows older than this (by window end) are forgotten.
 const RESULT_RETENTION_MS: i64 = 48 * 3_600_000;
 /// The window store scope of the live conversion windows.
-const SCOPE: &str = "live";
+/// The scope of the windows over the whole log (`WindowStore`); a partition's are
+/// `live/p<partition>` ([`partition_scope`]).
+pub const SCOPE: &str = "live";
+
+/// The scope of one stream partition's windows.
+pub fn partition_scope(partition: u32) -> String {
+    format!("{SCOPE}/p{partition}")
+}
 
 /// What a metric row is broken down by: the overall row, the conversion model's channel,
 /// event type and campaign, the source, or an extra dimension a source's mapping names.
@@ -266,6 +277,8 @@ struct State {
 
 pub struct LiveMetrics {
     spec: WindowSpec,
+    /// Where its results and checkpoints are kept (`live`, or a partition's scope).
+    scope: String,
     /// How long the store keeps fired results (`metrics.history`).
     history_ms: std::sync::atomic::AtomicI64,
     /// Sources whose payloads are read through a mapping (the others use the built-in
@@ -376,9 +389,20 @@ impl LiveMetrics {
         goals: impl IntoIterator<Item = String>,
         clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
+        Self::in_scope(spec, goals, clock, SCOPE.to_string())
+    }
+
+    /// Windows kept under `scope` in the `WindowStore` (one stream partition's).
+    pub fn in_scope(
+        spec: WindowSpec,
+        goals: impl IntoIterator<Item = String>,
+        clock: Arc<dyn Clock>,
+        scope: String,
+    ) -> Arc<Self> {
         let (persist, persist_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             spec,
+            scope,
             history_ms: std::sync::atomic::AtomicI64::new(RESULT_RETENTION_MS),
             mappings: Default::default(),
             watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
@@ -483,7 +507,7 @@ impl LiveMetrics {
     /// Continues from the saved checkpoint and results, if they were taken with the same
     /// window settings; otherwise clears them, and the windows are rebuilt from the log.
     pub async fn restore(&self, store: &dyn WindowStore) -> anyhow::Result<()> {
-        let saved = store.checkpoint(SCOPE).await?;
+        let saved = store.checkpoint(&self.scope).await?;
         let restored = saved.and_then(|saved| {
             let checkpoint: Checkpoint = serde_json::from_str(&saved.state).ok()?;
             let operator = WindowOperator::restore(self.spec, checkpoint.operator)?;
@@ -497,7 +521,7 @@ impl LiveMetrics {
             Some((saved.positions, operator, late, checkpoint.late_events))
         });
         let Some((positions, operator, late, late_events)) = restored else {
-            store.clear(SCOPE).await?;
+            store.clear(&self.scope).await?;
             return Ok(());
         };
         let seq = positions.total();
@@ -506,7 +530,7 @@ impl LiveMetrics {
             .watermark()
             .saturating_sub(RESULT_RETENTION_MS + self.spec.size_ms);
         let mut fired = BTreeMap::new();
-        for row in store.results_between(SCOPE, since, i64::MAX).await? {
+        for row in store.results_between(&self.scope, since, i64::MAX).await? {
             let (Ok(dimension), Ok(stats)) = (
                 serde_json::from_value::<Dimension>(serde_json::Value::String(row.dimension)),
                 serde_json::from_str::<ConversionStats>(&row.stats),
@@ -559,7 +583,7 @@ impl LiveMetrics {
         loop {
             tokio::select! {
                 job = rx.recv() => match job {
-                    Some(PersistJob::Results(rows)) => store.put_results(SCOPE, rows).await?,
+                    Some(PersistJob::Results(rows)) => store.put_results(&self.scope, rows).await?,
                     Some(PersistJob::Checkpoint(done)) => {
                         self.save_checkpoint(store.as_ref(), &mut rx).await?;
                         let _ = done.send(());
@@ -584,7 +608,7 @@ impl LiveMetrics {
         let mut answered = Vec::new();
         while let Ok(job) = rx.try_recv() {
             match job {
-                PersistJob::Results(rows) => store.put_results(SCOPE, rows).await?,
+                PersistJob::Results(rows) => store.put_results(&self.scope, rows).await?,
                 PersistJob::Checkpoint(done) => answered.push(done),
             }
         }
@@ -592,7 +616,7 @@ impl LiveMetrics {
             let seq = positions.total();
             store
                 .put_checkpoint(
-                    SCOPE,
+                    &self.scope,
                     WindowCheckpoint {
                         positions,
                         state: text,
@@ -765,6 +789,7 @@ impl LiveMetrics {
                     event_time_ms: event.event_time_ms,
                     duplicate: event.duplicate,
                     record,
+                    stream_time: None,
                 }
             })
             .collect();
@@ -772,6 +797,88 @@ impl LiveMetrics {
             events,
             oldest_received_ms,
         }
+    }
+
+    /// [`Self::prepare`] for messages of one stream partition: events and ticks, each with
+    /// the stream's time before it.
+    pub fn prepare_items(&self, items: &[StreamItem]) -> PreparedPage {
+        let events: Vec<RawEvent> = items.iter().filter_map(|i| i.event.clone()).collect();
+        let mut prepared = self.prepare(&events).events.into_iter();
+        let events = items
+            .iter()
+            .map(|item| {
+                let mut event = match &item.event {
+                    Some(_) => prepared.next().expect("one prepared event per event"),
+                    None => PreparedEvent {
+                        position: item.position,
+                        id: EventId::from_u128(0),
+                        received_at_ms: 0,
+                        event_time_ms: item.stream_time_ms.unwrap_or(i64::MIN),
+                        duplicate: false,
+                        record: None,
+                        stream_time: None,
+                    },
+                };
+                event.stream_time = item.stream_time_ms;
+                event
+            })
+            .collect();
+        PreparedPage {
+            events,
+            oldest_received_ms: items
+                .iter()
+                .filter_map(|i| i.event.as_ref().map(|e| e.received_at_ms))
+                .min(),
+        }
+    }
+
+    /// Reads one partition of the conversion stream into these windows until shutdown, from
+    /// where they are (their positions are that partition's). A read failure ends the run;
+    /// the caller starts it again.
+    pub async fn run_stream_tailer(
+        self: Arc<Self>,
+        stream: Arc<dyn ConversionStream>,
+        partition: u32,
+        ctx: TaskContext,
+    ) -> anyhow::Result<()> {
+        let mut after = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .processed
+            .clone();
+        let only = [partition];
+        loop {
+            let items = tokio::select! {
+                items = stream.read(&after, 1_000, Some(&only)) => items?,
+                _ = ctx.cancelled() => return Ok(()),
+            };
+            if items.is_empty() {
+                // The stream has no push signal common to both engines: poll an idle partition.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = ctx.cancelled() => return Ok(()),
+                }
+                continue;
+            }
+            for item in &items {
+                after.advance(item.position);
+            }
+            let metrics = self.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::background_priority();
+                let page = metrics.prepare_items(&items);
+                metrics.ingest_prepared(&page);
+            })
+            .await?;
+        }
+    }
+
+    /// Saves what is queued and a checkpoint now, once the persister has stopped (a
+    /// partition handed to another node goes on from exactly here).
+    pub async fn save_final(&self, store: &dyn WindowStore) -> anyhow::Result<()> {
+        let mut rx = self.persist_rx.lock().await;
+        self.save_checkpoint(store, &mut rx).await
     }
 
     /// Windows a prepared page: the operator, fired results, late counts, and the messages
@@ -796,23 +903,27 @@ impl LiveMetrics {
         let Some(operator) = operator.as_mut() else {
             return;
         };
+        let mut on_emission = |emission: Emission<DimKey, ConversionStats>| {
+            debug_assert!(matches!(
+                emission.firing,
+                Firing::Final | Firing::LateUpdate
+            ));
+            changed.push((emission.window, emission.key.clone()));
+            // Emissions carry numbers, not the distinct sets (`Aggregate::emitted`): the
+            // operator holds the live state while late updates can still come.
+            fired.insert((emission.window, emission.key), emission.value);
+        };
         for event in &page.events {
             processed.advance(event.position);
+            if let Some(time) = event.stream_time {
+                operator.observe(time, &mut on_emission);
+            }
             let Some((record, keys)) = &event.record else {
                 continue;
             };
             let mut placement = Placement::OnTime;
             for key in keys {
-                placement = operator.process(event.event_time_ms, key, record, &mut |emission| {
-                    debug_assert!(matches!(
-                        emission.firing,
-                        Firing::Final | Firing::LateUpdate
-                    ));
-                    changed.push((emission.window, emission.key.clone()));
-                    // Emissions carry numbers, not the distinct sets (`Aggregate::emitted`):
-                    // the operator holds the live state while late updates can still come.
-                    fired.insert((emission.window, emission.key), emission.value);
-                });
+                placement = operator.process(event.event_time_ms, key, record, &mut on_emission);
             }
             if placement == Placement::Late && !event.duplicate {
                 let late_event = LateEvent {

@@ -84,13 +84,18 @@ pub async fn relay_and_read_back(stores: &Stores, stream: Arc<dyn ConversionStre
         .await
         .unwrap();
     let mut cursor = LogPositions::default();
+    let mut stream_time: Option<i64> = None;
     let published: Vec<Outgoing> = first_hundred
         .iter()
         .map(|event| {
             cursor.advance(event.position);
+            let mut envelope = Envelope::of(event, Some(cursor.clone()));
+            envelope.stream_time_ms = stream_time;
+            stream_time =
+                Some(stream_time.map_or(event.event_time_ms, |t| t.max(event.event_time_ms)));
             Outgoing {
                 partition: partitioner.place(&event.payload, &event.id.to_string()),
-                envelope: Envelope::of(event, Some(cursor.clone())),
+                envelope,
             }
         })
         .collect();
@@ -135,6 +140,7 @@ pub async fn relay_and_read_back(stores: &Stores, stream: Arc<dyn ConversionStre
         raccordo_core::RelayProgress {
             published: 0,
             skipped: 0,
+            ticks: 0,
             relayed_to: 350,
         }
     );
@@ -191,4 +197,58 @@ pub async fn relay_and_read_back(stores: &Stores, stream: Arc<dyn ConversionStre
     assert!(two.iter().all(|e| [1, 3].contains(&e.position.partition)));
     let rest = stream.tail(&read, 100, None).await.unwrap();
     assert_eq!(rest.len(), 20, "all partitions: the 20 new events");
+
+    // Every event carries the stream's time before it: the newest event time of the log
+    // before it, in log order (what a reader of one partition needs to close windows as a
+    // reader of the whole log would). The relay that took over knew it too.
+    let log = stores
+        .log
+        .tail(&LogPositions::default(), 1_000)
+        .await
+        .unwrap();
+    let mut before = HashMap::new();
+    let mut newest: Option<i64> = None;
+    for e in &log {
+        before.insert(e.id, newest);
+        newest = Some(newest.map_or(e.event_time_ms, |t| t.max(e.event_time_ms)));
+    }
+    let items = stream
+        .read(&LogPositions::default(), 1_000, None)
+        .await
+        .unwrap();
+    let events: Vec<_> = items.iter().filter(|i| i.event.is_some()).collect();
+    assert_eq!(events.len(), 370);
+    for item in events {
+        let event = item.event.as_ref().unwrap();
+        assert_eq!(
+            item.stream_time_ms, before[&event.id],
+            "stream time of {}",
+            event.id
+        );
+    }
+
+    // Ten seconds later, one customer's event: the three other partitions, which had no
+    // event, are told the stream's time by a tick each.
+    let mut after = LogPositions::default();
+    for item in &items {
+        after.advance(item.position);
+    }
+    append(stores, &mut ids, 10_000, 1).await;
+    let progress = relay.catch_up().await.unwrap();
+    assert_eq!((progress.published, progress.ticks), (1, 3));
+    let latest = stream.read(&after, 100, None).await.unwrap();
+    assert_eq!(latest.len(), 4);
+    let busy = partition_of(customer(10_000).as_bytes(), 4);
+    for item in &latest {
+        match &item.event {
+            Some(e) => {
+                assert_eq!(item.position.partition, busy);
+                assert_eq!(item.stream_time_ms, newest, "{}", e.id);
+            }
+            None => {
+                assert_ne!(item.position.partition, busy);
+                assert_eq!(item.stream_time_ms, Some(1_800_000_010_000), "a tick");
+            }
+        }
+    }
 }

@@ -273,6 +273,25 @@ impl<K: Clone + Eq + Hash, A: Aggregate> WindowOperator<K, A> {
         }
     }
 
+    /// Takes in that the stream this operator sees a partition of has reached `time` (the
+    /// newest event time of the whole stream before this partition's next record), and
+    /// fires what that passes. Partition operators fed each record's stream-wide time this
+    /// way place, fire and drop exactly as one operator over the whole stream would, so
+    /// their results, summed per window and key, are the whole stream's (see
+    /// `partitioned_operators_fed_stream_times_equal_one_operator`).
+    pub fn observe(&mut self, time: i64, emit: &mut impl FnMut(Emission<K, A>)) {
+        if self.max_event_time.is_some_and(|m| m >= time) {
+            return;
+        }
+        self.max_event_time = Some(time);
+        self.advance(emit);
+    }
+
+    /// The newest event time taken in (records and `observe`).
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.max_event_time
+    }
+
     /// Fires windows the watermark has passed and forgets those past their lateness.
     fn advance(&mut self, emit: &mut impl FnMut(Emission<K, A>)) {
         let watermark = self.watermark();
@@ -443,7 +462,64 @@ mod tests {
         last
     }
 
+    /// The last value emitted per (window, key): what a caller keeps of an operator's output.
+    /// (Labels may differ at one edge: a window the watermark passed before it held anything
+    /// fires when its first record arrives; a partition that had none of its records then
+    /// labels its first record's emission `Final` after the `LateUpdate` — same values.)
+    fn emitted_by_window_and_key(
+        out: &[Emission<u8, Count>],
+    ) -> std::collections::BTreeMap<(i64, u8), u64> {
+        let mut last = std::collections::BTreeMap::new();
+        for e in out {
+            last.insert((e.window.start, e.key), e.value.0);
+        }
+        last
+    }
+
     proptest! {
+        /// The stream split by key into partitions, each with an operator of its own that is
+        /// told, before each of its records, the newest event time of the whole stream so
+        /// far (`observe`), and, at the end, the stream's newest time: every record has the
+        /// same placement as in one operator over the whole stream, and each partition's
+        /// final values are the whole operator's for its keys — so summing partitions per
+        /// window gives the single stream's results, cell for cell.
+        #[test]
+        fn partitioned_operators_fed_stream_times_equal_one_operator(
+            records in prop::collection::vec((0i64..3_600_000, 0u8..6), 1..300),
+            partitions in 1usize..4,
+            lateness in prop_oneof![Just(0i64), Just(600_000i64)],
+        ) {
+            let spec = WindowSpec {
+                allowed_lateness_ms: lateness,
+                ..WindowSpec::tumbling(5 * MIN)
+            };
+            let mut whole = WindowOperator::<u8, Count>::new(spec);
+            let mut whole_out = Vec::new();
+            let mut parts: Vec<WindowOperator<u8, Count>> =
+                (0..partitions).map(|_| WindowOperator::new(spec)).collect();
+            let mut parts_out = Vec::new();
+            let mut newest: Option<i64> = None;
+            for (time, key) in &records {
+                let expected = whole.process(*time, key, &(), &mut |e| whole_out.push(e));
+                let part = &mut parts[*key as usize % partitions];
+                if let Some(newest) = newest {
+                    part.observe(newest, &mut |e| parts_out.push(e));
+                }
+                let placed = part.process(*time, key, &(), &mut |e| parts_out.push(e));
+                prop_assert_eq!(placed, expected, "record at {} key {}", time, key);
+                newest = Some(newest.map_or(*time, |n| n.max(*time)));
+            }
+            // The stream's end: every partition learns the newest time (an idle partition's
+            // windows fire too).
+            for part in &mut parts {
+                part.observe(newest.unwrap(), &mut |e| parts_out.push(e));
+            }
+            prop_assert_eq!(
+                emitted_by_window_and_key(&parts_out),
+                emitted_by_window_and_key(&whole_out)
+            );
+        }
+
         /// Within the allowed lateness, the results do not depend on arrival order, and
         /// every record is counted once in each of its windows.
         #[test]

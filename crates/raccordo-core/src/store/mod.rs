@@ -39,7 +39,7 @@ pub use runs::{NewRun, Run, RunStatus, RunStore, RunSummary, StepRecord, StepSta
 pub use secrets::{SecretStore, StoredSecret};
 pub use stream::{
     ConversionStream, Envelope, Outgoing, Partitioner, Relay, RelayProgress, StreamDescription,
-    partition_of,
+    StreamItem, partition_of,
 };
 pub use windows::{WindowCheckpoint, WindowResult, WindowStore};
 

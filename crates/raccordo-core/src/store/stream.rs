@@ -86,6 +86,14 @@ pub struct Envelope {
     /// The relay's log cursor once this event was published (see the module docs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<LogPositions>,
+    /// The newest event time of the whole log before this event: what a reader of one
+    /// partition needs to advance its windows exactly as one reader of the whole log would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_time_ms: Option<i64>,
+    /// A tick: no event, only `stream_time_ms`, for a partition that had none of the latest
+    /// events (its windows still close).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tick: bool,
 }
 
 impl Envelope {
@@ -98,22 +106,61 @@ impl Envelope {
             payload: event.payload.clone(),
             duplicate: event.duplicate,
             cursor,
+            stream_time_ms: None,
+            tick: false,
         }
     }
 
-    /// The event this message holds, at `position` in the stream.
-    pub fn into_event(self, position: LogPosition) -> Result<RawEvent, StoreError> {
+    /// A tick telling a partition the stream's time.
+    pub fn tick(stream_time_ms: i64, cursor: LogPositions) -> Self {
+        Self {
+            id: String::new(),
+            source: String::new(),
+            event_time_ms: stream_time_ms,
+            received_at_ms: 0,
+            payload: String::new(),
+            duplicate: false,
+            cursor: Some(cursor),
+            stream_time_ms: Some(stream_time_ms),
+            tick: true,
+        }
+    }
+
+    /// What this message holds, at `position` in the stream.
+    pub fn into_item(self, position: LogPosition) -> Result<StreamItem, StoreError> {
+        let stream_time_ms = self.stream_time_ms;
+        if self.tick {
+            return Ok(StreamItem {
+                position,
+                stream_time_ms,
+                event: None,
+            });
+        }
         let bad = |what: &str| StoreError::Corrupt(format!("{what} at {position:?}"));
-        Ok(RawEvent {
+        Ok(StreamItem {
             position,
-            id: self.id.parse::<EventId>().map_err(|_| bad("an event id"))?,
-            source: SourceName::new(self.source).map_err(|_| bad("a source name"))?,
-            event_time_ms: self.event_time_ms,
-            received_at_ms: self.received_at_ms,
-            payload: self.payload,
-            duplicate: self.duplicate,
+            stream_time_ms,
+            event: Some(RawEvent {
+                position,
+                id: self.id.parse::<EventId>().map_err(|_| bad("an event id"))?,
+                source: SourceName::new(self.source).map_err(|_| bad("a source name"))?,
+                event_time_ms: self.event_time_ms,
+                received_at_ms: self.received_at_ms,
+                payload: self.payload,
+                duplicate: self.duplicate,
+            }),
         })
     }
+}
+
+/// One message read back from a partition.
+#[derive(Debug, Clone)]
+pub struct StreamItem {
+    pub position: LogPosition,
+    /// The newest event time of the whole log before this message (see [`Envelope`]).
+    pub stream_time_ms: Option<i64>,
+    /// `None` for a tick.
+    pub event: Option<RawEvent>,
 }
 
 /// A message for the stream: an event and the partition it goes to.
@@ -145,14 +192,29 @@ pub trait ConversionStream: Send + Sync {
     /// Per partition, the cursor of its newest message (a partition without any is absent).
     async fn last_cursors(&self) -> Result<BTreeMap<u32, LogPositions>, StoreError>;
 
-    /// Up to about `limit` events after `after`, in stream order within each partition (all
-    /// partitions, or only `only`).
+    /// Up to about `limit` messages after `after`, in stream order within each partition
+    /// (all partitions, or only `only`), ticks included.
+    async fn read(
+        &self,
+        after: &LogPositions,
+        limit: usize,
+        only: Option<&[u32]>,
+    ) -> Result<Vec<StreamItem>, StoreError>;
+
+    /// The events of [`Self::read`], without ticks and stream times.
     async fn tail(
         &self,
         after: &LogPositions,
         limit: usize,
         only: Option<&[u32]>,
-    ) -> Result<Vec<RawEvent>, StoreError>;
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        Ok(self
+            .read(after, limit, only)
+            .await?
+            .into_iter()
+            .filter_map(|item| item.event)
+            .collect())
+    }
 
     async fn describe(&self) -> Result<StreamDescription, StoreError>;
 }
@@ -172,6 +234,15 @@ pub fn already_in_stream(
 /// The consumer-offset name of the relay's progress.
 pub const RELAY_CONSUMER: &str = "stream-relay";
 
+/// The consumer-offset name under which the relay keeps the newest event time it published
+/// (as partition 0's offset), committed before its progress: a relay taking over stamps the
+/// next events exactly as its predecessor would have.
+pub const RELAY_STREAM_TIME: &str = "stream-relay:stream-time";
+
+/// A partition that had no event in a batch is told the stream's time when it moved by at
+/// least this much event time since the partition last heard it.
+pub const TICK_EVERY_MS: i64 = 1_000;
+
 /// Events read from the log and published per batch.
 const RELAY_BATCH: usize = 1_000;
 
@@ -184,10 +255,20 @@ pub struct Relay {
     offsets: Arc<dyn ConsumerOffsets>,
     stream: Arc<dyn ConversionStream>,
     partitioner: Partitioner,
-    /// The stream's cursors, read when this relay started or after a publish failed: events
-    /// they cover are skipped. `None` once the relay is past all of them.
-    guard: tokio::sync::Mutex<Option<BTreeMap<u32, LogPositions>>>,
-    guard_loaded: std::sync::atomic::AtomicBool,
+    state: tokio::sync::Mutex<RelayState>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    /// Read the stream's cursors and the stored stream time (at start and after a failed
+    /// publish).
+    loaded: bool,
+    /// The stream's cursors: events they cover are skipped. `None` once the relay is past all.
+    guard: Option<BTreeMap<u32, LogPositions>>,
+    /// The newest event time published so far (the next event's stream time).
+    stream_time: Option<i64>,
+    /// Per partition, the stream time it last heard.
+    told: BTreeMap<u32, i64>,
 }
 
 /// What one pass of the relay did.
@@ -196,6 +277,8 @@ pub struct RelayProgress {
     pub published: usize,
     /// Events of the log found already in the stream (published by a relay that died).
     pub skipped: usize,
+    /// Ticks sent to partitions that had no event of their own.
+    pub ticks: usize,
     /// The log's last position now in the stream (its total over partitions).
     pub relayed_to: i64,
 }
@@ -212,29 +295,26 @@ impl Relay {
             offsets,
             stream,
             partitioner,
-            guard: tokio::sync::Mutex::new(None),
-            guard_loaded: std::sync::atomic::AtomicBool::new(false),
+            state: tokio::sync::Mutex::new(RelayState::default()),
         }
+    }
+
+    async fn load(&self, state: &mut RelayState) -> Result<(), StoreError> {
+        let cursors = self.stream.last_cursors().await?;
+        let stored = self.offsets.load(RELAY_STREAM_TIME).await?;
+        state.guard = (!cursors.is_empty()).then_some(cursors);
+        state.stream_time = stored.iter().next().map(|p| p.offset);
+        state.told.clear();
+        state.loaded = true;
+        Ok(())
     }
 
     /// Publishes everything committed since the last stored position, a batch at a time;
     /// returns once the stream has caught up with the log's head as it was when called.
     pub async fn catch_up(&self) -> Result<RelayProgress, StoreError> {
-        let mut guard = self.guard.lock().await;
-        if !self
-            .guard_loaded
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            let cursors = self.stream.last_cursors().await;
-            let cursors = match cursors {
-                Ok(cursors) => cursors,
-                Err(e) => {
-                    self.guard_loaded
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                    return Err(e);
-                }
-            };
-            *guard = (!cursors.is_empty()).then_some(cursors);
+        let mut state = self.state.lock().await;
+        if !state.loaded {
+            self.load(&mut state).await?;
         }
         let mut at = self.offsets.load(RELAY_CONSUMER).await?;
         let mut progress = RelayProgress::default();
@@ -245,38 +325,71 @@ impl Relay {
                 return Ok(progress);
             }
             let mut messages = Vec::with_capacity(events.len());
+            let mut had_event = std::collections::BTreeSet::new();
             for event in &events {
                 at.advance(event.position);
+                let stamp = state.stream_time;
+                state.stream_time =
+                    Some(stamp.map_or(event.event_time_ms, |t| t.max(event.event_time_ms)));
                 let id = event.id.to_string();
                 let partition = self.partitioner.place(&event.payload, &id);
-                if guard
+                if state
+                    .guard
                     .as_ref()
                     .is_some_and(|cursors| already_in_stream(event, partition, cursors))
                 {
                     progress.skipped += 1;
                     continue;
                 }
+                had_event.insert(partition);
+                if let Some(stamp) = stamp {
+                    state.told.insert(partition, stamp);
+                }
+                let mut envelope = Envelope::of(event, Some(at.clone()));
+                envelope.stream_time_ms = stamp;
                 messages.push(Outgoing {
                     partition,
-                    envelope: Envelope::of(event, Some(at.clone())),
+                    envelope,
                 });
+            }
+            let published = messages.len();
+            if let Some(now) = state.stream_time {
+                for partition in 0..self.partitioner.partitions() {
+                    let heard = state.told.get(&partition).copied();
+                    if !had_event.contains(&partition)
+                        && heard.is_none_or(|heard| now - heard >= TICK_EVERY_MS)
+                    {
+                        state.told.insert(partition, now);
+                        messages.push(Outgoing {
+                            partition,
+                            envelope: Envelope::tick(now, at.clone()),
+                        });
+                        progress.ticks += 1;
+                    }
+                }
             }
             if let Err(e) = self.stream.publish(&messages).await {
                 // Some of the batch may be in the stream: look again before the next try.
-                self.guard_loaded
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                state.loaded = false;
                 return Err(e);
             }
-            if guard
+            if state
+                .guard
                 .as_ref()
                 .is_some_and(|cursors| cursors.values().all(|cursor| at.covers(cursor)))
             {
                 // Past every cursor: nothing further can be in the stream already.
-                *guard = None;
+                state.guard = None;
+            }
+            // The stream time first: a successor that finds this offset finds it too.
+            if let Some(time) = state.stream_time {
+                self.offsets
+                    .commit(RELAY_STREAM_TIME, &LogPositions::single(time))
+                    .await?;
             }
             self.offsets.commit(RELAY_CONSUMER, &at).await?;
-            metrics::counter!("raccordo_stream_published_total").increment(messages.len() as u64);
-            progress.published += messages.len();
+            metrics::counter!("raccordo_stream_published_total").increment(published as u64);
+            progress.published += published;
         }
     }
 
