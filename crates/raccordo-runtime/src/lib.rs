@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod jwks;
 pub mod leader;
 pub mod live;
+pub mod partitions;
 pub mod privacy;
 pub mod retention;
 pub mod supervisor;

@@ -1457,6 +1457,87 @@ mod tests {
         }
     }
 
+    type Fired = BTreeMap<(Window, DimKey), ConversionStats>;
+    type Late = BTreeMap<(i64, DimKey), u64>;
+
+    /// Every fired result and late count, summed over partitions of customers.
+    fn merged(parts: &[Arc<LiveMetrics>]) -> (Fired, Late) {
+        let mut fired: BTreeMap<(Window, DimKey), ConversionStats> = BTreeMap::new();
+        let mut late: BTreeMap<(i64, DimKey), u64> = BTreeMap::new();
+        for part in parts {
+            let state = part.state.lock().unwrap();
+            for (key, stats) in &state.fired {
+                fired.entry(key.clone()).or_default().merge_disjoint(stats);
+            }
+            for (key, n) in &state.late {
+                *late.entry(key.clone()).or_default() += n;
+            }
+        }
+        (fired, late)
+    }
+
+    proptest::proptest! {
+        /// The windows of each partition of a stream partitioned by customer, read with the
+        /// stream's time before each message (and ticks), merged per window and key, equal the
+        /// windows over the whole log: the same final values, the same late counts.
+        #[test]
+        fn partition_windows_merged_equal_the_whole_log(
+            events in proptest::collection::vec((0i64..4_000_000, 0u8..12, 0u8..3, proptest::bool::ANY), 1..250),
+            partitions in 1u32..5,
+        ) {
+            let spec = WindowSpec::tumbling(300_000);
+            let goals = ["acquisto_concluso".to_string()];
+            let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+            let whole = LiveMetrics::new(spec, goals.clone(), clock.clone());
+            let parts: Vec<Arc<LiveMetrics>> = (0..partitions)
+                .map(|p| LiveMetrics::in_scope(spec, goals.clone(), clock.clone(), partition_scope(p)))
+                .collect();
+            let channels = ["email", "social", "ricerca"];
+            let mut raws = Vec::new();
+            let mut items: Vec<Vec<StreamItem>> = vec![Vec::new(); partitions as usize];
+            let mut newest: Option<i64> = None;
+            for (n, (time, customer, channel, converts)) in events.iter().enumerate() {
+                let mut event = raw(n as i64 + 1, 10_000_000, false);
+                event.event_time_ms = *time;
+                event.payload = format!(
+                    r#"{{"id_cliente":"C{customer}","evento":"{}","stato":"completato","canale":"{}","valore":1.5}}"#,
+                    if *converts { "acquisto_concluso" } else { "visita" },
+                    channels[*channel as usize],
+                );
+                let partition = raccordo_core::partition_of(format!("C{customer}").as_bytes(), partitions);
+                let mut in_stream = event.clone();
+                in_stream.position = raccordo_core::LogPosition {
+                    partition,
+                    offset: items[partition as usize].len() as i64 + 1,
+                };
+                items[partition as usize].push(StreamItem {
+                    position: in_stream.position,
+                    stream_time_ms: newest,
+                    event: Some(in_stream),
+                });
+                newest = Some(newest.map_or(*time, |t| t.max(*time)));
+                raws.push(event);
+            }
+            whole.ingest(&raws);
+            for (p, part) in parts.iter().enumerate() {
+                let mut mine = items[p].clone();
+                // The relay's tick: every partition ends knowing the stream's newest time.
+                mine.push(StreamItem {
+                    position: raccordo_core::LogPosition { partition: p as u32, offset: mine.len() as i64 + 1 },
+                    stream_time_ms: newest,
+                    event: None,
+                });
+                part.ingest_prepared(&part.prepare_items(&mine));
+            }
+            let (fired, late) = merged(&parts);
+            let whole_state = whole.state.lock().unwrap();
+            let expected: BTreeMap<_, _> = whole_state.fired.iter().map(|(k, v)| (k.clone(), v.frozen())).collect();
+            let got: BTreeMap<_, _> = fired.into_iter().map(|(k, v)| (k, v.frozen())).collect();
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert_eq!(late, whole_state.late.clone());
+        }
+    }
+
     #[test]
     fn late_events_move_to_a_pseudonym_and_expire_while_their_counts_stay() {
         let clock = ManualClock::new(100_000_000);

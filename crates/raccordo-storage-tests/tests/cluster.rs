@@ -65,3 +65,43 @@ mod key_value_on_redis {
         None => return,
     });
 }
+
+/// Two nodes — each with its own PostgreSQL pool and Redis connection, on one schema and key
+/// prefix — draw from one rate-limit bucket: concurrent takes spread over both admit exactly
+/// the bucket's capacity between them (a CRM's limit holds for the cluster, not per node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_holds_across_nodes() {
+    use raccordo_core::{Admission, BucketSpec};
+    let Some(cluster) = Cluster::fresh(false).await else {
+        return;
+    };
+    let (one, two) = (cluster.open().await, cluster.open().await);
+    let spec = BucketSpec::per_interval(10, 10_000);
+    let takers = (0..40).map(|n| {
+        let limits = if n % 2 == 0 {
+            one.stores.rate_limits.clone()
+        } else {
+            two.stores.rate_limits.clone()
+        };
+        tokio::spawn(async move {
+            (
+                n % 2,
+                limits.take("hubspot:app", spec, 1.0, 0).await.unwrap(),
+            )
+        })
+    });
+    let mut allowed = [0usize; 2];
+    for taken in futures_util::future::join_all(takers).await {
+        let (node, admission) = taken.unwrap();
+        if matches!(admission, Admission::Allowed { .. }) {
+            allowed[node] += 1;
+        }
+    }
+    assert_eq!(
+        allowed[0] + allowed[1],
+        10,
+        "the bucket's capacity, for both nodes: {allowed:?}"
+    );
+    one.close().await;
+    two.close().await;
+}

@@ -109,6 +109,24 @@ impl ConversionStats {
         grow(&mut self.converting_customers, &converting);
     }
 
+    /// Adds the statistics of the same window and key over *other customers* (another
+    /// partition of a stream partitioned by customer): counts and values add, and so do the
+    /// distinct counts, since no customer is in both. Distinct sets are frozen to counts.
+    pub fn merge_disjoint(&mut self, other: &ConversionStats) {
+        self.events += other.events;
+        self.conversions += other.conversions;
+        self.failures += other.failures;
+        self.duplicates += other.duplicates;
+        self.total_value_cents += other.total_value_cents;
+        self.conversion_value_cents += other.conversion_value_cents;
+        let add = |mine: &DistinctCount, theirs: &DistinctCount| DistinctCount::Counted {
+            count: mine.count() + theirs.count(),
+            exact: mine.is_exact() && theirs.is_exact(),
+        };
+        self.active_customers = add(&self.active_customers, &other.active_customers);
+        self.converting_customers = add(&self.converting_customers, &other.converting_customers);
+    }
+
     /// Distinct converting customers / distinct active customers.
     pub fn conversion_rate(&self) -> Option<f64> {
         let active = self.active_customers.count();
@@ -129,6 +147,33 @@ impl ConversionStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statistics_of_disjoint_customers_merge_into_those_of_all() {
+        let records = [
+            rec("a", true, 100),
+            rec("b", false, 50),
+            rec("a", false, 30),
+            rec("c", true, 70),
+            rec("d", true, 10),
+        ];
+        let mut all = ConversionStats::default();
+        let (mut left, mut right) = (ConversionStats::default(), ConversionStats::default());
+        for r in &records {
+            all.record(r);
+            // By customer: a and b on the left, c and d on the right.
+            if r.customer_hash == crate::distinct::hash_of("a")
+                || r.customer_hash == crate::distinct::hash_of("b")
+            {
+                left.record(r);
+            } else {
+                right.record(r);
+            }
+        }
+        left.merge_disjoint(&right);
+        assert_eq!(left.frozen(), all.frozen());
+        assert_eq!(left.conversion_rate(), Some(0.75));
+    }
 
     fn rec(customer: &'static str, conversion: bool, value: i64) -> ConversionRecord {
         ConversionRecord {

@@ -85,31 +85,75 @@ pub(crate) async fn open_backend(
     }
 }
 
-/// The leader relays the committed log into the conversion stream (`[storage.stream]`).
+/// The leader relays the committed log into the conversion stream (`[storage.stream]`);
+/// the stream, when there is one.
 #[cfg(feature = "cluster")]
 async fn start_stream_relay(
     config: &crate::config::StreamConfig,
     stores: &Stores,
     supervisor: &Supervisor,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<Arc<dyn raccordo_core::ConversionStream>>> {
     let Some(stream) = config
         .open()
         .await
         .map_err(|e| anyhow::anyhow!("storage.stream: {e}"))?
     else {
-        return Ok(());
+        return Ok(None);
     };
     let relay = Arc::new(raccordo_core::Relay::new(
         stores.log.clone(),
         stores.offsets.clone(),
-        stream,
+        stream.clone(),
         config.partitioner(),
     ));
     supervisor.spawn_singleton("stream-relay", move |ctx| {
         let relay = relay.clone();
         async move { Ok(relay.run(ctx.cancel.clone().cancelled_owned()).await?) }
     });
-    Ok(())
+    Ok(Some(stream))
+}
+
+/// Every node owns its share of the stream's partitions and keeps their windows (results
+/// and checkpoints per partition), taking over those of nodes that die.
+#[cfg(feature = "cluster")]
+fn start_partition_windows(
+    stream: Arc<dyn raccordo_core::ConversionStream>,
+    config: &crate::config::Config,
+    sources: &[Arc<raccordo_ingest::Source>],
+    stores: &Stores,
+    clock: Arc<dyn Clock>,
+    node: String,
+    supervisor: &Supervisor,
+) {
+    let spec = config.metrics.window_spec();
+    let goals = config.metrics.goals.clone();
+    let history = config.metrics.history;
+    let mappings: std::collections::HashMap<_, _> = sources
+        .iter()
+        .filter_map(|s| Some((s.name.to_string(), s.mapping.clone()?)))
+        .collect();
+    let make_clock = clock.clone();
+    let windows = Arc::new(raccordo_runtime::partitions::PartitionedWindows {
+        stream,
+        store: stores.windows.clone(),
+        leases: stores.secrets.clone(),
+        members: stores.kv.clone(),
+        clock,
+        node,
+        make: Arc::new(move |partition| {
+            let metrics = LiveMetrics::in_scope(
+                spec,
+                goals.clone(),
+                make_clock.clone(),
+                raccordo_runtime::live::partition_scope(partition),
+            );
+            metrics.set_history(history);
+            metrics.set_mappings(mappings.clone());
+            metrics
+        }),
+        checkpoint_every: config.metrics.checkpoint_every,
+    });
+    supervisor.spawn("partition-windows", move |ctx| windows.clone().run(ctx));
 }
 
 impl Hub {
@@ -147,11 +191,11 @@ impl Hub {
         let sources: Vec<_> = ingestor.sources().cloned().collect();
         // Nodes sharing a database elect one to run the singleton tasks; an embedded hub
         // is alone and always leads.
+        let node = raccordo_runtime::leader::node_name();
         let supervisor = if !config.storage.backend.is_shared() {
             Supervisor::new()
         } else {
-            let (leadership, election) =
-                raccordo_runtime::leader::Leadership::elect(raccordo_runtime::leader::node_name());
+            let (leadership, election) = raccordo_runtime::leader::Leadership::elect(node.clone());
             tracing::info!(node = %leadership.node, "taking part in the leader election");
             let supervisor = Supervisor::with_leadership(leadership);
             let (election, secrets, clock) =
@@ -164,8 +208,19 @@ impl Hub {
         };
 
         #[cfg(feature = "cluster")]
-        if config.storage.backend == Backend::Cluster {
-            start_stream_relay(&config.storage.stream, &stores, &supervisor).await?;
+        if config.storage.backend == Backend::Cluster
+            && let Some(stream) =
+                start_stream_relay(&config.storage.stream, &stores, &supervisor).await?
+        {
+            start_partition_windows(
+                stream,
+                &config,
+                &sources,
+                &stores,
+                clock.clone(),
+                node.clone(),
+                &supervisor,
+            );
         }
 
         let live = LiveMetrics::new(

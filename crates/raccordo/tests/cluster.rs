@@ -122,6 +122,45 @@ async fn stream_holds_the_log(schema: &str) {
     let _ = schema;
 }
 
+/// The final windows of every stream partition (saved by their owners as they fire), merged
+/// per window, dimension and value: events, conversions, active customers, value in cents.
+#[cfg(feature = "cluster")]
+async fn merged_partition_windows(
+    schema: &str,
+) -> std::collections::BTreeMap<(i64, String, String), (u64, u64, u64, i64)> {
+    let (client, connection) = tokio_postgres::connect(&database(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut merged = std::collections::BTreeMap::new();
+    for row in client
+        .query(
+            &format!(
+                "SELECT window_start, dimension, value, stats FROM {schema}.window_results
+                 WHERE scope LIKE 'live/p%'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let stats: Value = serde_json::from_str(row.get::<_, &str>(3)).unwrap();
+        let customers = &stats["active_customers"]["Counted"]["count"];
+        let entry = merged
+            .entry((
+                row.get::<_, i64>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+            ))
+            .or_insert((0, 0, 0, 0));
+        entry.0 += stats["events"].as_u64().unwrap();
+        entry.1 += stats["conversions"].as_u64().unwrap();
+        entry.2 += customers.as_u64().unwrap_or_else(|| panic!("{stats}"));
+        entry.3 += stats["total_value_cents"].as_i64().unwrap();
+    }
+    merged
+}
+
 /// The source and admin tokens every hub of these tests has.
 fn sources_and_tokens() -> String {
     format!(
@@ -557,6 +596,83 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
         "the cluster's windows are the embedded hub's"
     );
     assert!(on_b.len() >= 4, "windows per channel and overall: {on_b:?}");
+
+    // The windows per stream partition, each partition owned by one node at a time: the
+    // killed node's partitions were taken over from their checkpoints, and their final
+    // results merged are the same windows again — nothing counted twice or lost.
+    #[cfg(feature = "cluster")]
+    if backend() == "cluster" {
+        let expected: std::collections::BTreeMap<_, _> = on_b
+            .iter()
+            .map(|r| {
+                (
+                    (
+                        r["window_start_ms"].as_i64().unwrap(),
+                        r["dimension"].as_str().unwrap().to_string(),
+                        r["value"].as_str().unwrap().to_string(),
+                    ),
+                    (
+                        r["events"].as_u64().unwrap(),
+                        r["conversions"].as_u64().unwrap(),
+                        r["active_customers"].as_u64().unwrap(),
+                        (r["total_value"].as_f64().unwrap() * 100.0).round() as i64,
+                    ),
+                )
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let merged = merged_partition_windows(&schema).await;
+            let counted: u64 = merged
+                .iter()
+                .filter(|((_, dimension, _), _)| dimension == "all")
+                .map(|(_, (events, ..))| events)
+                .sum();
+            if counted == u64::from(CONVERSIONS) {
+                assert_eq!(
+                    merged, expected,
+                    "the partitions' windows are the embedded hub's"
+                );
+                break;
+            }
+            assert!(
+                counted < u64::from(CONVERSIONS) && std::time::Instant::now() < deadline,
+                "{counted} of {CONVERSIONS} conversions in the partitions' final windows"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        // What the killed node held when it died went to the survivors.
+        let partitions = |node: &Server, message: &str| -> Vec<u64> {
+            node.stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|l| l["message"] == message)
+                .filter_map(|l| l["partition"].as_u64())
+                .collect()
+        };
+        let mut held_by_a = partitions(&a, "partition windows taken");
+        for given_up in partitions(&a, "partition windows given up") {
+            if let Some(at) = held_by_a.iter().position(|p| *p == given_up) {
+                held_by_a.remove(at);
+            }
+        }
+        assert!(
+            !held_by_a.is_empty(),
+            "A owned partitions when it was killed"
+        );
+        let taken_over: Vec<u64> = [&b, &c]
+            .iter()
+            .flat_map(|n| partitions(n, "partition windows taken"))
+            .collect();
+        for partition in &held_by_a {
+            assert!(
+                taken_over.contains(partition),
+                "A's partition {partition} was taken over: {taken_over:?}"
+            );
+        }
+    }
 
     drop((a, b, c, e));
     drop_schema(&schema).await;
