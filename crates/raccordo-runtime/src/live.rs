@@ -236,6 +236,24 @@ impl State {
         stats: &ConversionStats,
         status: &'static str,
     ) -> MetricRow {
+        let late = self
+            .late
+            .get(&(window.start, key.clone()))
+            .copied()
+            .unwrap_or(0);
+        metric_row(window, key, stats, status, late)
+    }
+}
+
+/// A row of `GET /api/v1/metrics` (without spend and CPA).
+fn metric_row(
+    window: Window,
+    key: &DimKey,
+    stats: &ConversionStats,
+    status: &'static str,
+    late: u64,
+) -> MetricRow {
+    {
         MetricRow {
             window_start_ms: window.start,
             window_end_ms: window.end,
@@ -250,11 +268,7 @@ impl State {
             average_conversion_value: stats.average_conversion_value_cents().map(|c| c / 100.0),
             failures: stats.failures,
             duplicates: stats.duplicates,
-            late: self
-                .late
-                .get(&(window.start, key.clone()))
-                .copied()
-                .unwrap_or(0),
+            late,
             exact_distinct: stats.active_customers.is_exact(),
             spend: None,
             cpa: None,
@@ -1322,6 +1336,105 @@ impl LiveMetrics {
     }
 
     /// Rows for windows overlapping `[from, to)`, filtered by dimension.
+    /// The windows of a cluster whose windows are kept per stream partition, merged: each
+    /// partition's final results (saved as they fire) and its open windows and late counts
+    /// (from its latest checkpoint), summed per window and key — partitions hold disjoint
+    /// customers, so distinct counts add. A window is final once it is final in every
+    /// partition that has it. Spend and CPA come from this hub's costs. Also the events
+    /// counted, over the partitions' checkpoints.
+    pub async fn partitioned_query(
+        &self,
+        store: &dyn WindowStore,
+        partitions: u32,
+        from_ms: i64,
+        to_ms: i64,
+        dimension: Option<&Dimension>,
+        value: Option<&str>,
+    ) -> Result<(Vec<MetricRow>, i64), raccordo_core::StoreError> {
+        #[derive(Default)]
+        struct Merged {
+            stats: ConversionStats,
+            open: bool,
+            late: u64,
+        }
+        let wanted = |window: &Window, key: &DimKey| {
+            window.end > from_ms
+                && window.start < to_ms
+                && dimension.is_none_or(|d| *d == key.0)
+                && value.is_none_or(|v| v == key.1)
+        };
+        let mut merged: BTreeMap<(Window, DimKey), Merged> = BTreeMap::new();
+        let mut counted = 0;
+        for partition in 0..partitions {
+            let scope = partition_scope(partition);
+            let mut finals = HashSet::new();
+            for r in store
+                .results_between(&scope, from_ms.saturating_sub(self.spec.size_ms), to_ms)
+                .await?
+            {
+                let window = Window {
+                    start: r.window_start_ms,
+                    end: r.window_end_ms,
+                };
+                let key = (Dimension::parse(&r.dimension), r.value);
+                let Ok(stats) = serde_json::from_str::<ConversionStats>(&r.stats) else {
+                    continue;
+                };
+                if !wanted(&window, &key) {
+                    continue;
+                }
+                finals.insert((window, key.clone()));
+                merged
+                    .entry((window, key))
+                    .or_default()
+                    .stats
+                    .merge_disjoint(&stats);
+            }
+            let Some(saved) = store.checkpoint(&scope).await? else {
+                continue;
+            };
+            counted += saved.positions.total();
+            let Ok(checkpoint) = serde_json::from_str::<Checkpoint>(&saved.state) else {
+                continue;
+            };
+            let fired: HashSet<Window> = checkpoint.operator.fired.iter().copied().collect();
+            for (window, keys) in checkpoint.operator.windows {
+                if fired.contains(&window) {
+                    continue;
+                }
+                for (key, stats) in keys {
+                    // Fired since the checkpoint: the saved result is newer.
+                    if !wanted(&window, &key) || finals.contains(&(window, key.clone())) {
+                        continue;
+                    }
+                    let cell = merged.entry((window, key)).or_default();
+                    cell.stats.merge_disjoint(&stats);
+                    cell.open = true;
+                }
+            }
+            for ((start, key), n) in checkpoint.late_by_key {
+                let window = Window {
+                    start,
+                    end: start + self.spec.size_ms,
+                };
+                if let Some(cell) = merged.get_mut(&(window, key)) {
+                    cell.late += n;
+                }
+            }
+        }
+        let rows = merged
+            .into_iter()
+            .map(|((window, key), cell)| {
+                let status = if cell.open { "provisional" } else { "final" };
+                self.with_cpa(
+                    metric_row(window, &key, &cell.stats, status, cell.late),
+                    cell.stats.conversions,
+                )
+            })
+            .collect();
+        Ok((rows, counted))
+    }
+
     pub fn query(
         &self,
         from_ms: i64,

@@ -207,11 +207,15 @@ impl Hub {
             supervisor
         };
 
+        // A cluster with a stream keeps windows per partition too (`?view=partitions`).
+        #[allow(unused_mut)]
+        let mut window_partitions: Option<u32> = None;
         #[cfg(feature = "cluster")]
         if config.storage.backend == Backend::Cluster
             && let Some(stream) =
                 start_stream_relay(&config.storage.stream, &stores, &supervisor).await?
         {
+            window_partitions = Some(stream.partitions());
             start_partition_windows(
                 stream,
                 &config,
@@ -382,6 +386,7 @@ impl Hub {
             }),
         ];
         let state = Arc::new(AppState {
+            window_partitions,
             personal_data,
             clock,
             ingestor,

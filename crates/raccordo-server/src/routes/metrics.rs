@@ -57,6 +57,12 @@ pub struct MetricsQuery {
     /// `json` (default) or `csv`.
     #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
+    /// `live` (default): this node's windows over the whole log, in memory. `partitions`
+    /// (a cluster with a conversion stream): the windows kept per stream partition by their
+    /// owning nodes, merged from the store — open windows as of each partition's last
+    /// checkpoint.
+    #[param(pattern = "^(live|partitions)$")]
+    view: Option<String>,
 }
 
 /// Event-time window aggregates per dimension, provisional (open windows) and final.
@@ -93,13 +99,48 @@ pub async fn metrics_api(
         Ok(d) => d,
         Err(p) => return p.into_response(),
     };
-    let (mut rows, processed_seq) =
-        state
+    let partitions = match (q.view.as_deref(), state.window_partitions) {
+        (None | Some("live"), _) => None,
+        (Some("partitions"), Some(partitions)) => Some(partitions),
+        (Some("partitions"), None) => {
+            return Problem::bad_parameter(
+                "view",
+                "this hub keeps no windows per partition (a cluster with a [storage.stream] does)",
+            )
+            .into_response();
+        }
+        (Some(_), _) => {
+            return Problem::bad_parameter("view", "`live` or `partitions`").into_response();
+        }
+    };
+    let (mut rows, processed_seq) = match partitions {
+        // A cluster's windows, per stream partition on their owners: merged from the store.
+        Some(partitions) => match state
             .live
-            .query(from, to, dimension.as_ref(), q.value.as_deref());
+            .partitioned_query(
+                state.windows.as_ref(),
+                partitions,
+                from,
+                to,
+                dimension.as_ref(),
+                q.value.as_deref(),
+            )
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the partitions' windows failed");
+                return Problem::unavailable("reading stored window results failed")
+                    .into_response();
+            }
+        },
+        None => state
+            .live
+            .query(from, to, dimension.as_ref(), q.value.as_deref()),
+    };
     // Older windows than memory keeps come from the store (the dashboard's 7 days).
     let horizon = state.live.memory_horizon_ms();
-    if from < horizon {
+    if partitions.is_none() && from < horizon {
         match state
             .windows
             .results_between("live", from, to.min(horizon))
