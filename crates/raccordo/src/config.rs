@@ -139,6 +139,10 @@ pub struct StreamConfig {
     pub max_age: Duration,
     /// Copies of each message in a NATS cluster (the replication factor of a Kafka topic).
     pub replicas: usize,
+    /// Keep live windows per partition of the stream, each partition owned by one node
+    /// (`GET /api/v1/metrics?view=partitions`). Off: the stream is only relayed, for other
+    /// consumers.
+    pub windows: bool,
     /// More librdkafka settings for a Kafka stream (`"security.protocol" = "SASL_SSL"`,
     /// `"sasl.password" = "${KAFKA_PASSWORD}"`, …); values are never shown.
     #[serde(serialize_with = "redacted_values")]
@@ -176,6 +180,7 @@ impl Default for StreamConfig {
             duplicate_window: Duration::from_secs(600),
             max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: 1,
+            windows: true,
             kafka: Default::default(),
         }
     }

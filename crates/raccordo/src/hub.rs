@@ -214,6 +214,7 @@ impl Hub {
         if config.storage.backend == Backend::Cluster
             && let Some(stream) =
                 start_stream_relay(&config.storage.stream, &stores, &supervisor).await?
+            && config.storage.stream.windows
         {
             window_partitions = Some(stream.partitions());
             start_partition_windows(

@@ -462,7 +462,7 @@ fn check_storage(config: &Config) -> Result<(), String> {
             .map_err(|e| format!("the {} cannot be used: {e}", stream.describe_target()))?;
             if let Some(seen) = described {
                 println!(
-                    "storage: {} reachable; {} holds {} event(s) over {} partition(s)",
+                    "storage: {} reachable; {} holds {} message(s) (events and ticks) over {} partition(s)",
                     seen.engine,
                     stream.describe_target(),
                     seen.messages,
