@@ -119,7 +119,7 @@ async fn start_stream_relay(
 fn start_partition_windows(
     stream: Arc<dyn raccordo_core::ConversionStream>,
     config: &crate::config::Config,
-    sources: &[Arc<raccordo_ingest::Source>],
+    mappings: std::collections::HashMap<String, Arc<raccordo_ingest::ConversionMapping>>,
     stores: &Stores,
     clock: Arc<dyn Clock>,
     node: String,
@@ -128,10 +128,6 @@ fn start_partition_windows(
     let spec = config.metrics.window_spec();
     let goals = config.metrics.goals.clone();
     let history = config.metrics.history;
-    let mappings: std::collections::HashMap<_, _> = sources
-        .iter()
-        .filter_map(|s| Some((s.name.to_string(), s.mapping.clone()?)))
-        .collect();
     let make_clock = clock.clone();
     let windows = Arc::new(raccordo_runtime::partitions::PartitionedWindows {
         stream,
@@ -207,6 +203,11 @@ impl Hub {
             supervisor
         };
 
+        // Sources read through a mapping, for the windows.
+        let mappings: std::collections::HashMap<_, _> = sources
+            .iter()
+            .filter_map(|s| Some((s.name.to_string(), s.mapping.clone()?)))
+            .collect();
         // A cluster with a stream keeps windows per partition too (`?view=partitions`).
         #[allow(unused_mut)]
         let mut window_partitions: Option<u32> = None;
@@ -220,7 +221,7 @@ impl Hub {
             start_partition_windows(
                 stream,
                 &config,
-                &sources,
+                mappings.clone(),
                 &stores,
                 clock.clone(),
                 node.clone(),
@@ -234,12 +235,7 @@ impl Hub {
             clock.clone(),
         );
         live.set_history(config.metrics.history);
-        live.set_mappings(
-            sources
-                .iter()
-                .filter_map(|s| Some((s.name.to_string(), s.mapping.clone()?)))
-                .collect(),
-        );
+        live.set_mappings(mappings);
         for (campaign, day, cents) in stores.costs.all_costs().await? {
             live.set_costs(&campaign, &[(day, cents)]);
         }
