@@ -85,6 +85,34 @@ pub fn heartbeat(members: &mut Members, node: &str, now_ms: i64, ttl_ms: i64) ->
     members.len()
 }
 
+/// Runs `task` until `cancel`, again a second after each failure (a store or stream that
+/// was unreachable).
+fn keep_running<F, Fut>(
+    what: &'static str,
+    partition: u32,
+    cancel: &CancellationToken,
+    task: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(TaskContext) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let ctx = TaskContext {
+        cancel: cancel.clone(),
+    };
+    tokio::spawn(async move {
+        while !ctx.is_cancelled() {
+            if let Err(e) = task(ctx.clone()).await {
+                tracing::warn!(partition, error = %e, "{what} a partition's windows failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = ctx.cancelled() => {}
+                }
+            }
+        }
+    })
+}
+
 /// One owned partition's windows and the tasks that feed and save them.
 struct Owned {
     metrics: Arc<LiveMetrics>,
@@ -194,44 +222,16 @@ impl PartitionedWindows {
         let persister = {
             let (metrics, store, every) =
                 (metrics.clone(), self.store.clone(), self.checkpoint_every);
-            let ctx = TaskContext {
-                cancel: cancel.clone(),
-            };
-            tokio::spawn(async move {
-                while !ctx.is_cancelled() {
-                    if let Err(e) = metrics
-                        .clone()
-                        .run_persister(store.clone(), every, ctx.clone())
-                        .await
-                    {
-                        tracing::warn!(partition, error = %e, "saving a partition's windows failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = ctx.cancelled() => {}
-                        }
-                    }
-                }
+            keep_running("saving", partition, &cancel, move |ctx| {
+                metrics.clone().run_persister(store.clone(), every, ctx)
             })
         };
         let reader = {
             let (metrics, stream) = (metrics.clone(), self.stream.clone());
-            let ctx = TaskContext {
-                cancel: cancel.clone(),
-            };
-            tokio::spawn(async move {
-                while !ctx.is_cancelled() {
-                    if let Err(e) = metrics
-                        .clone()
-                        .run_stream_tailer(stream.clone(), partition, ctx.clone())
-                        .await
-                    {
-                        tracing::warn!(partition, error = %e, "reading a stream partition failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = ctx.cancelled() => {}
-                        }
-                    }
-                }
+            keep_running("reading", partition, &cancel, move |ctx| {
+                metrics
+                    .clone()
+                    .run_stream_tailer(stream.clone(), partition, ctx)
             })
         };
         tracing::info!(partition, node = %self.node, "partition windows taken");
