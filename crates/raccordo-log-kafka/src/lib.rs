@@ -351,11 +351,9 @@ impl ConversionStream for KafkaStream {
         limit: usize,
         only: Option<&[u32]>,
     ) -> Result<Vec<StreamItem>, StoreError> {
-        let partitions: Vec<u32> = match only {
-            Some(only) => only.to_vec(),
-            None => (0..self.partitions()).collect(),
-        };
-        let per_partition = limit.div_ceil(partitions.len().max(1)).max(1) as i64;
+        let (partitions, per_partition) =
+            raccordo_core::store::stream::read_plan(self.partitions(), only, limit);
+        let per_partition = per_partition as i64;
         let after = after.clone();
         self.blocking(move |reader| {
             let mut events = Vec::new();

@@ -185,11 +185,8 @@ impl ConversionStream for NatsStream {
         limit: usize,
         only: Option<&[u32]>,
     ) -> Result<Vec<StreamItem>, StoreError> {
-        let partitions: Vec<u32> = match only {
-            Some(only) => only.to_vec(),
-            None => (0..self.partitions()).collect(),
-        };
-        let per_partition = limit.div_ceil(partitions.len().max(1)).max(1);
+        let (partitions, per_partition) =
+            raccordo_core::store::stream::read_plan(self.partitions(), only, limit);
         let mut events = Vec::new();
         for partition in partitions {
             let from = after.get(partition) as u64 + 1;

@@ -67,7 +67,7 @@ impl PgImport {
         let mut client = self.pg.client().await?;
         let tx = client.transaction().await.map_err(store_error)?;
         let head: i64 = tx
-            .query_one("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE", &[])
+            .query_one(crate::log::LOCK_HEAD, &[])
             .await
             .map_err(store_error)?
             .get(0);
@@ -87,9 +87,7 @@ impl PgImport {
             .map(|e| e.duplicate_of.map(id_bytes))
             .collect();
         tx.execute(
-            "INSERT INTO events (seq, id, source, event_time, received_at, payload, duplicate_of)
-             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[],
-                                  $5::bigint[], $6::text[], $7::bytea[])",
+            crate::log::INSERT_EVENTS,
             &[
                 &seqs, &ids, &sources, &times, &received, &payloads, &originals,
             ],

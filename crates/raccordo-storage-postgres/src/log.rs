@@ -41,6 +41,16 @@ pub struct PgEventLog {
     appends: mpsc::Sender<Pending>,
 }
 
+/// Takes the log's head row: appends (of every node) and imports take turns here.
+pub(crate) const LOCK_HEAD: &str = "SELECT seq FROM log_head WHERE id = 1 FOR UPDATE";
+
+/// Inserts events given as seven parallel arrays: seq, id, source, event time, received at,
+/// payload, duplicate of.
+pub(crate) const INSERT_EVENTS: &str =
+    "INSERT INTO events (seq, id, source, event_time, received_at, payload, duplicate_of)
+     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[],
+                          $5::bigint[], $6::text[], $7::bytea[])";
+
 fn id_bytes(id: u128) -> Vec<u8> {
     id.to_be_bytes().to_vec()
 }
@@ -234,7 +244,7 @@ impl PgEventLog {
         let tx = client.transaction().await.map_err(store_error)?;
         // Appends of every node take turns here: numbers are handed out in commit order.
         let head: i64 = tx
-            .query_one("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE", &[])
+            .query_one(LOCK_HEAD, &[])
             .await
             .map_err(store_error)?
             .get(0);
@@ -355,10 +365,10 @@ impl PgEventLog {
             let originals: Vec<Option<Vec<u8>>> =
                 rows.iter().map(|r| r.duplicate_of.map(id_bytes)).collect();
             tx.execute(
-                "INSERT INTO events (seq, id, source, event_time, received_at, payload, duplicate_of)
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[],
-                                      $5::bigint[], $6::text[], $7::bytea[])",
-                &[&seqs, &ids, &sources, &times, &received, &payloads, &originals],
+                INSERT_EVENTS,
+                &[
+                    &seqs, &ids, &sources, &times, &received, &payloads, &originals,
+                ],
             )
             .await
             .map_err(store_error)?;

@@ -8,7 +8,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::pg::{database, drop_schema, fresh_schema};
-use support::{API_KEY, BIN, READ_TOKEN, Server, WHSEC, client, event, signed};
+use support::{API_KEY, BIN, READ_TOKEN, Server, WHSEC, client, event, get_json, signed};
 
 /// The key the nodes seal with (32 bytes, base64).
 const SECRET_KEY: &str = "MTJlOGY2ZjQ0YjE0ZmM2MzAyZDM5NjBiNmY3ZWEyZTI=";
@@ -56,21 +56,9 @@ async fn post(server: &Server, body: &Value, delivery: Option<&str>) -> Vec<Valu
     }
 }
 
-async fn get(server: &Server, path: &str) -> Value {
-    client()
-        .get(server.url(path))
-        .bearer_auth(READ_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Every stored event id, in log order.
 async fn event_ids(server: &Server) -> Vec<String> {
-    let page = get(server, "/api/v1/events?limit=1000").await;
+    let page = get_json(server, "/api/v1/events?limit=1000", READ_TOKEN).await;
     page["events"]
         .as_array()
         .unwrap_or_else(|| panic!("{page}"))
@@ -81,7 +69,7 @@ async fn event_ids(server: &Server) -> Vec<String> {
 
 /// The overall rows of every window, summed (the test may straddle a window's end).
 async fn overall(server: &Server) -> Value {
-    let rows = get(server, "/api/v1/metrics?dimension=all").await;
+    let rows = get_json(server, "/api/v1/metrics?dimension=all", READ_TOKEN).await;
     let rows = rows["rows"].as_array().unwrap_or_else(|| panic!("{rows}"));
     let sum = |field: &str| {
         rows.iter()

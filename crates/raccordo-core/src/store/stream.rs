@@ -219,6 +219,17 @@ pub trait ConversionStream: Send + Sync {
     async fn describe(&self) -> Result<StreamDescription, StoreError>;
 }
 
+/// The partitions a read covers (all of `partitions`, or `only`) and how many messages to
+/// ask of each so that the read returns about `limit`.
+pub fn read_plan(partitions: u32, only: Option<&[u32]>, limit: usize) -> (Vec<u32>, usize) {
+    let partitions: Vec<u32> = match only {
+        Some(only) => only.to_vec(),
+        None => (0..partitions.max(1)).collect(),
+    };
+    let per_partition = limit.div_ceil(partitions.len().max(1)).max(1);
+    (partitions, per_partition)
+}
+
 /// Whether `event`, placed in `partition`, is already in the stream by `cursors` (each
 /// partition's newest message's cursor).
 pub fn already_in_stream(
