@@ -720,6 +720,12 @@ impl LiveMetrics {
         .await
     }
 
+    /// Only the windows over the whole log feed the process's metrics (lag, late events): a
+    /// cluster node's partition windows count the same events again.
+    fn reports_process_metrics(&self) -> bool {
+        self.scope == SCOPE
+    }
+
     pub fn window_size_ms(&self) -> i64 {
         self.spec.size_ms
     }
@@ -822,7 +828,9 @@ impl LiveMetrics {
             let mut lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
             lag.last_progress_ms = now;
             lag.last_delay_ms = (now - oldest).max(0);
-            metrics::gauge!("raccordo_live_lag_seconds").set(lag.last_delay_ms as f64 / 1000.0);
+            if self.reports_process_metrics() {
+                metrics::gauge!("raccordo_live_lag_seconds").set(lag.last_delay_ms as f64 / 1000.0);
+            }
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed: Vec<(Window, DimKey)> = Vec::new();
@@ -866,8 +874,10 @@ impl LiveMetrics {
                     record: *record,
                     keys: keys.clone(),
                 };
-                metrics::counter!("raccordo_live_late_events_total", "source" => late_event.source().to_string())
+                if self.reports_process_metrics() {
+                    metrics::counter!("raccordo_live_late_events_total", "source" => late_event.source().to_string())
                     .increment(1);
+                }
                 for window in self.spec.windows_for(event.event_time_ms) {
                     for key in keys {
                         *late.entry((window.start, key.clone())).or_default() += 1;
