@@ -6,6 +6,11 @@
 //! schedule whether or not earlier ones finished, and latency is measured from the
 //! *scheduled* start, so a stalled server shows up in the percentiles instead of silently
 //! slowing the generator down (no coordinated omission).
+//!
+//! Several target URLs (the nodes of a cluster) share the load: each request goes to the
+//! next one in turn, and a request that gets no answer (a node down) is sent again, as it
+//! was, to the next — what a webhook sender behind a load balancer sees. The hub answers
+//! such a resend as a duplicate when the first node had stored it.
 
 pub mod insight;
 pub mod traffic;
@@ -41,8 +46,9 @@ pub enum Mode {
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Full URL of the route, e.g. `http://127.0.0.1:8080/api/v1/eventi/conversione`.
-    pub url: String,
+    /// Full URL of the route, e.g. `http://127.0.0.1:8080/api/v1/eventi/conversione`; several
+    /// (one per node) take requests in turn and stand in for each other.
+    pub urls: Vec<String>,
     pub auth: Auth,
     pub mode: Mode,
     pub duration: Duration,
@@ -76,8 +82,10 @@ pub struct Report {
     pub duplicate: u64,
     /// Answers by HTTP status other than 202.
     pub rejected: std::collections::BTreeMap<u16, u64>,
-    /// Requests that got no HTTP answer (connection errors, timeouts).
+    /// Requests that got no HTTP answer from any target (connection errors, timeouts).
     pub transport_errors: u64,
+    /// Requests answered by another target after one gave no answer.
+    pub failed_over: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insight: Option<insight::InsightReport>,
 }
@@ -99,6 +107,7 @@ struct Counters {
     accepted: AtomicU64,
     duplicate: AtomicU64,
     transport_errors: AtomicU64,
+    failed_over: AtomicU64,
     rejected: Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
@@ -116,6 +125,17 @@ struct Shared {
     /// Recent signed deliveries (`webhook-id`, body), for `retries`.
     sent: Mutex<std::collections::VecDeque<(String, Vec<u8>)>>,
     insight: Option<Arc<insight::Recorder>>,
+    /// The target of the next request (round robin over `options.urls`).
+    next_target: AtomicU64,
+}
+
+/// One request, ready to send to any of the targets.
+struct Prepared {
+    body: Vec<u8>,
+    /// `webhook-id` of a signed delivery (signed again with a fresh timestamp per attempt).
+    delivery: Option<String>,
+    /// The target tried first.
+    first: usize,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -124,6 +144,7 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 pub async fn run(options: Options) -> anyhow::Result<Report> {
+    anyhow::ensure!(!options.urls.is_empty(), "no target URL");
     let secret = match &options.auth {
         Auth::StandardWebhooks(s) => {
             Some(WebhookSecret::parse(s).map_err(|e| anyhow::anyhow!("webhook secret: {e}"))?)
@@ -165,6 +186,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             ^ options.seed.rotate_left(32),
         delivery: AtomicU64::new(0),
         sent: Mutex::new(std::collections::VecDeque::new()),
+        next_target: AtomicU64::new(0),
     });
     let started = Instant::now();
     let deadline = started + options.duration;
@@ -265,6 +287,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         duplicate: c.duplicate.load(Ordering::Relaxed),
         rejected: c.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         transport_errors: c.transport_errors.load(Ordering::Relaxed),
+        failed_over: c.failed_over.load(Ordering::Relaxed),
         insight,
     })
 }
@@ -280,13 +303,19 @@ impl Shared {
         self.execute(request).await;
     }
 
-    /// Builds one signed request (body generation and signing happen here, serially).
-    fn prepare(&self, traffic: &mut Traffic) -> reqwest::RequestBuilder {
+    /// Builds one request (body generation happens here, serially).
+    fn prepare(&self, traffic: &mut Traffic) -> Prepared {
+        let first = (self.next_target.fetch_add(1, Ordering::Relaxed)
+            % self.options.urls.len() as u64) as usize;
         if self.options.retries > 0.0
             && traffic.roll() < self.options.retries
             && let Some((id, body)) = self.earlier_delivery(traffic)
         {
-            return self.signed(id, body);
+            return Prepared {
+                body,
+                delivery: Some(id),
+                first,
+            };
         }
         let batch = self.options.batch_size.max(1);
         let body = if batch == 1 {
@@ -303,30 +332,26 @@ impl Shared {
             body.push(b']');
             body
         };
-        let mut request = self
-            .client
-            .post(&self.options.url)
-            .header("content-type", "application/json");
-        match (&self.options.auth, &self.secret) {
-            (Auth::StandardWebhooks(_), Some(_)) => {
-                let id = format!(
-                    "msg_{:016x}_{}",
-                    self.run_nonce,
-                    self.delivery.fetch_add(1, Ordering::Relaxed)
-                );
-                if self.options.retries > 0.0 {
-                    let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-                    if sent.len() == 1024 {
-                        sent.pop_front();
-                    }
-                    sent.push_back((id.clone(), body.clone()));
+        let delivery = self.secret.as_ref().map(|_| {
+            let id = format!(
+                "msg_{:016x}_{}",
+                self.run_nonce,
+                self.delivery.fetch_add(1, Ordering::Relaxed)
+            );
+            if self.options.retries > 0.0 {
+                let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+                if sent.len() == 1024 {
+                    sent.pop_front();
                 }
-                return self.signed(id, body);
+                sent.push_back((id.clone(), body.clone()));
             }
-            (Auth::ApiKey(key), _) => request = request.header("x-api-key", key),
-            _ => {}
+            id
+        });
+        Prepared {
+            body,
+            delivery,
+            first,
         }
-        request.body(body)
     }
 
     /// A delivery sent before, to send again as it was.
@@ -339,51 +364,63 @@ impl Shared {
         sent.get(pick.min(sent.len() - 1)).cloned()
     }
 
-    /// A Standard Webhooks request: `id` and `body` signed with a fresh timestamp.
-    fn signed(&self, id: String, body: Vec<u8>) -> reqwest::RequestBuilder {
+    /// The request to `url`: signed (Standard Webhooks, a fresh timestamp), with the API
+    /// key, or bare.
+    fn request(&self, url: &str, prepared: &Prepared) -> reqwest::RequestBuilder {
         let mut request = self
             .client
-            .post(&self.options.url)
+            .post(url)
             .header("content-type", "application/json");
-        if let Some(secret) = &self.secret {
-            let ts = time::OffsetDateTime::now_utc().unix_timestamp();
-            request = request
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", secret.sign(&id, ts, &body))
-                .header("webhook-id", id);
+        match (&self.options.auth, &self.secret, &prepared.delivery) {
+            (Auth::StandardWebhooks(_), Some(secret), Some(id)) => {
+                let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+                request = request
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", secret.sign(id, ts, &prepared.body))
+                    .header("webhook-id", id);
+            }
+            (Auth::ApiKey(key), _, _) => request = request.header("x-api-key", key),
+            _ => {}
         }
-        request.body(body)
+        request.body(prepared.body.clone())
     }
 
-    async fn execute(&self, request: reqwest::RequestBuilder) {
+    /// Sends the request to its first target, and on no answer to each other target in
+    /// turn; counts the outcome.
+    async fn execute(&self, prepared: Prepared) {
         let c = &self.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
         c.events
             .fetch_add(self.options.batch_size.max(1) as u64, Ordering::Relaxed);
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let text = response.bytes().await.unwrap_or_default();
-                if status == 202 {
-                    if let Some(recorder) = &self.insight {
-                        recorder.ack(&text);
-                    }
-                    let accepted = count(&text, b"\"accepted\"");
-                    c.accepted.fetch_add(accepted, Ordering::Relaxed);
-                    c.duplicate
-                        .fetch_add(count(&text, b"\"duplicate\""), Ordering::Relaxed);
-                } else {
-                    *c.rejected
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(status)
-                        .or_default() += 1;
+        let targets = self.options.urls.len();
+        for attempt in 0..targets {
+            let url = &self.options.urls[(prepared.first + attempt) % targets];
+            let Ok(response) = self.request(url, &prepared).send().await else {
+                continue;
+            };
+            if attempt > 0 {
+                c.failed_over.fetch_add(1, Ordering::Relaxed);
+            }
+            let status = response.status().as_u16();
+            let text = response.bytes().await.unwrap_or_default();
+            if status == 202 {
+                if let Some(recorder) = &self.insight {
+                    recorder.ack(&text);
                 }
+                let accepted = count(&text, b"\"accepted\"");
+                c.accepted.fetch_add(accepted, Ordering::Relaxed);
+                c.duplicate
+                    .fetch_add(count(&text, b"\"duplicate\""), Ordering::Relaxed);
+            } else {
+                *c.rejected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(status)
+                    .or_default() += 1;
             }
-            Err(_) => {
-                c.transport_errors.fetch_add(1, Ordering::Relaxed);
-            }
+            return;
         }
+        c.transport_errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -407,7 +444,7 @@ impl Report {
                 .join(" ")
         };
         format!(
-            "duration   {:.1} s\nrequests   {} ({:.0} req/s)\nevents     {} ({:.0} events/s)\nlatency    p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms\noutcomes   accepted {}  duplicate {}  rejected {}  transport errors {}\n",
+            "duration   {:.1} s\nrequests   {} ({:.0} req/s)\nevents     {} ({:.0} events/s)\nlatency    p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms\noutcomes   accepted {}  duplicate {}  rejected {}  transport errors {}  failed over {}\n",
             self.elapsed_s,
             self.requests,
             self.requests_per_s,
@@ -420,7 +457,8 @@ impl Report {
             self.accepted,
             self.duplicate,
             rejected,
-            self.transport_errors
+            self.transport_errors,
+            self.failed_over
         ) + &self.insight.as_ref().map_or(String::new(), |i| {
             format!(
                 "insight    202 → provisional: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms ({} requests, {} unmatched)\n           final after window end: p50 {:.0} ms  max {:.0} ms over {} windows (out-of-orderness {} ms)\n",

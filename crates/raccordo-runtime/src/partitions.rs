@@ -126,8 +126,9 @@ pub struct PartitionedWindows {
     pub store: Arc<dyn WindowStore>,
     /// Where the partition leases are (the secret store's leases).
     pub leases: Arc<dyn SecretStore>,
-    /// Where the member list is.
-    pub members: Arc<dyn KeyValueStore>,
+    /// Where the member list is, and where owners publish their partitions' windows and
+    /// find commands for them.
+    pub kv: Arc<dyn KeyValueStore>,
     pub clock: Arc<dyn Clock>,
     pub node: String,
     /// Makes the windows of a partition (spec, goals, mappings of the hub).
@@ -234,12 +235,20 @@ impl PartitionedWindows {
                     .run_stream_tailer(stream.clone(), partition, ctx)
             })
         };
+        let server = {
+            let (metrics, kv, node) = (metrics.clone(), self.kv.clone(), self.node.clone());
+            keep_running("publishing", partition, &cancel, move |ctx| {
+                metrics
+                    .clone()
+                    .serve_partition(kv.clone(), partition, node.clone(), ctx)
+            })
+        };
         tracing::info!(partition, node = %self.node, "partition windows taken");
         metrics::counter!("raccordo_window_partition_takeovers_total").increment(1);
         Ok(Owned {
             metrics,
             cancel,
-            tasks: vec![persister, reader],
+            tasks: vec![persister, reader, server],
         })
     }
 
@@ -267,14 +276,14 @@ impl PartitionedWindows {
         let ttl = LEASE_TTL.as_millis() as i64;
         loop {
             let now = self.clock.now_ms();
-            let current = self.members.get(MEMBERS_KEY, now).await?;
+            let current = self.kv.get(MEMBERS_KEY, now).await?;
             let mut members: Members = current
                 .as_ref()
                 .and_then(|v| serde_json::from_slice(&v.value).ok())
                 .unwrap_or_default();
             let alive = heartbeat(&mut members, &self.node, now, ttl);
             let written = self
-                .members
+                .kv
                 .compare_and_swap(
                     MEMBERS_KEY,
                     current.map(|v| v.version),
@@ -293,7 +302,7 @@ impl PartitionedWindows {
     async fn leave(&self) {
         for _ in 0..5 {
             let now = self.clock.now_ms();
-            let Ok(Some(current)) = self.members.get(MEMBERS_KEY, now).await else {
+            let Ok(Some(current)) = self.kv.get(MEMBERS_KEY, now).await else {
                 return;
             };
             let mut members: Members = serde_json::from_slice(&current.value).unwrap_or_default();
@@ -302,7 +311,7 @@ impl PartitionedWindows {
                 return;
             };
             if let Ok(Some(_)) = self
-                .members
+                .kv
                 .compare_and_swap(
                     MEMBERS_KEY,
                     Some(current.version),

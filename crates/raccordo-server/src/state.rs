@@ -24,9 +24,9 @@ pub struct AppState {
     /// Fired windows' results beyond what the live view keeps in memory.
     pub windows: Arc<dyn raccordo_core::WindowStore>,
     pub live: Arc<LiveMetrics>,
-    /// In a cluster whose windows are kept per stream partition: how many partitions
-    /// (`GET /api/v1/metrics?view=partitions` merges them from the store).
-    pub window_partitions: Option<u32>,
+    /// In a cluster whose windows are kept per stream partition: those windows, merged
+    /// (`view=partitions` of the metrics routes).
+    pub partition_windows: Option<Arc<raccordo_runtime::live::ClusterWindows>>,
     pub alerts: Arc<AlertEngine>,
     /// Background tasks' health, for `/readyz` and the health API.
     pub supervisor: Supervisor,

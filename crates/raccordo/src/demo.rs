@@ -270,7 +270,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Conversion events, signed with the hub's webhook secret.
     traffic.spawn({
         let options = raccordo_loadgen::Options {
-            url: format!("http://{hub_addr}/api/v1/eventi/conversione"),
+            urls: vec![format!("http://{hub_addr}/api/v1/eventi/conversione")],
             auth: raccordo_loadgen::Auth::StandardWebhooks(credentials.webhook_secret.clone()),
             mode: raccordo_loadgen::Mode::Open {
                 rate: args.rate,

@@ -133,7 +133,7 @@ fn start_partition_windows(
         stream,
         store: stores.windows.clone(),
         leases: stores.secrets.clone(),
-        members: stores.kv.clone(),
+        kv: stores.kv.clone(),
         clock,
         node,
         make: Arc::new(move |partition| {
@@ -240,6 +240,19 @@ impl Hub {
             live.set_costs(&campaign, &[(day, cents)]);
         }
         live.restore(stores.windows.as_ref()).await?;
+        // Every node serves the cluster's windows per partition, merged.
+        let partition_windows = window_partitions.map(|partitions| {
+            let cluster = raccordo_runtime::live::ClusterWindows::new(
+                live.clone(),
+                stores.kv.clone(),
+                stores.windows.clone(),
+                clock.clone(),
+                partitions,
+            );
+            let reader = cluster.clone();
+            supervisor.spawn("partition-views", move |ctx| reader.clone().run(ctx));
+            cluster
+        });
         let alerts = AlertEngine::new(
             config.alerts.clone(),
             stores.queue.clone(),
@@ -383,7 +396,7 @@ impl Hub {
             }),
         ];
         let state = Arc::new(AppState {
-            window_partitions,
+            partition_windows,
             personal_data,
             clock,
             ingestor,

@@ -244,9 +244,11 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct LoadgenArgs {
-    /// Base URL of the hub
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// Base URL of the hub. Give it once per node to spread the load over a cluster: each
+    /// request goes to the next URL in turn, and one that gets no answer (a node down) is
+    /// sent again, as it was, to the next
+    #[arg(long = "url", default_value = "http://127.0.0.1:8080")]
+    urls: Vec<String>,
     /// Route to load: `conversion` (POST /api/v1/eventi/conversione), `noop` (POST /_bench/noop,
     /// needs `serve --bench-routes`) or `source:NAME` (POST /webhooks/in/NAME)
     #[arg(long, default_value = "conversion")]
@@ -741,7 +743,11 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         },
     };
     let report = raccordo_loadgen::run(Options {
-        url: format!("{}{}", args.url.trim_end_matches('/'), path),
+        urls: args
+            .urls
+            .iter()
+            .map(|url| format!("{}{}", url.trim_end_matches('/'), path))
+            .collect(),
         auth,
         mode,
         duration: args.duration,
@@ -754,7 +760,8 @@ async fn loadgen(args: LoadgenArgs) -> anyhow::Result<()> {
         insight: args
             .insight_token
             .map(|token| raccordo_loadgen::insight::InsightOptions {
-                base_url: args.url.clone(),
+                // Time to insight is measured on the first node's stream.
+                base_url: args.urls.first().cloned().unwrap_or_default(),
                 read_token: token,
                 out_of_orderness: args.out_of_orderness,
             }),

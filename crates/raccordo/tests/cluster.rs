@@ -229,7 +229,8 @@ fn leads(node: &Server) -> bool {
     })
 }
 
-/// Every stored event (duplicates left out, as the query API gives them), by customer.
+/// Every stored event (duplicates left out, as the query API gives them), by business key
+/// (customer, event, time).
 async fn stored(server: &Server) -> HashMap<String, usize> {
     let mut by_customer = HashMap::new();
     let mut cursor = String::new();
@@ -247,8 +248,12 @@ async fn stored(server: &Server) -> HashMap<String, usize> {
             .as_array()
             .unwrap_or_else(|| panic!("{page}"));
         for e in events {
+            let p = &e["payload"];
             *by_customer
-                .entry(e["payload"]["id_cliente"].as_str().unwrap().to_string())
+                .entry(format!(
+                    "{}|{}|{}",
+                    p["id_cliente"], p["evento"], p["timestamp"]
+                ))
                 .or_insert(0) += 1;
         }
         match page["next_cursor"].as_str() {
@@ -381,15 +386,6 @@ async fn eventually_leased(schema: &str) -> i64 {
 /// The conversions the three-node test sends.
 const CONVERSIONS: u32 = 600;
 
-/// A conversion of customer `n`, half an hour old, on one of three channels: its window
-/// closes (turns final) once a current event moves the watermark on.
-fn old_conversion(n: u32) -> Value {
-    let mut e = event(n);
-    e["timestamp"] = serde_json::json!(support::now_rfc3339(-30 * 60_000 + i64::from(n) * 500));
-    e["canale"] = serde_json::json!(["email", "sms", "webform"][n as usize % 3]);
-    e
-}
-
 /// The rows of `hub`'s closed windows, once they hold `events` events in all, in a fixed
 /// order.
 async fn closed_windows(hub: &Server, events: u64) -> Vec<Value> {
@@ -513,45 +509,81 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
     }
     zoho_emails(10).await;
 
-    // Ten more contacts, each call to Zoho slowed to 2 s, and 600 conversions, a third to
-    // each node, paced to last a few seconds. A — the leader, where HubSpot's webhooks land
-    // and whose workers take the jobs they make — dies once sync jobs are leased, mid-call
-    // to Zoho: the jobs it held run again on B or C once their leases run out and must not
-    // write a contact twice; B or C takes the lead over.
+    // Ten more contacts, each call to Zoho slowed to 2 s, and 600 conversions from
+    // `raccordo loadgen` spread over the three nodes (each request to the next node in turn,
+    // sent again to the next when a node gives no answer, as a sender behind a load balancer
+    // sees it), paced to last six seconds, with event times half an hour back. A — the
+    // leader, where HubSpot's webhooks land and whose workers take the jobs they make — dies
+    // once sync jobs are leased, mid-call to Zoho: the jobs it held run again on B or C once
+    // their leases run out and must not write a contact twice; B or C takes the lead over.
     knobs(&z, serde_json::json!({"latency_ms": 2_000})).await;
     for i in 10..20 {
         hubspot_contact(i).await;
     }
-    let bodies: Vec<Value> = (0..CONVERSIONS).map(old_conversion).collect();
-    let send = |addr, node: usize| {
-        let bodies = bodies.clone();
-        tokio::spawn(async move {
-            let mut unanswered = Vec::new();
-            for n in (node..bodies.len()).step_by(3) {
-                if post(addr, &bodies[n]).await != Some(202) {
-                    unanswered.push(n);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(15)).await;
-            }
-            unanswered
-        })
-    };
-    let loads = [send(a.addr, 0), send(b.addr, 1), send(c.addr, 2)];
+    let mut loadgen = std::process::Command::new(env!("CARGO_BIN_EXE_raccordo"));
+    loadgen.arg("loadgen");
+    for node in [&a, &b, &c] {
+        loadgen.args(["--url", &format!("http://{}", node.addr)]);
+    }
+    let loadgen = loadgen
+        .args(["--route", "conversion", "--api-key", API_KEY])
+        .args([
+            "--rate",
+            "100",
+            "--duration",
+            "2m",
+            "--seed",
+            "15",
+            "--json",
+        ])
+        .args(["--requests", &CONVERSIONS.to_string()])
+        .args(["--event-time-from", &support::now_rfc3339(-30 * 60_000)])
+        .args(["--event-time-step", "5ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("raccordo loadgen starts");
+    // A tenth of the load in (a second of it), some of it on A.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stored(&b).await.len() < CONVERSIONS as usize / 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let leased = eventually_leased(&schema).await;
     let mut a = a;
     a.kill9();
     eprintln!("A killed with {leased} sync job(s) leased in the cluster");
-    let mut unanswered = Vec::new();
-    for load in loads {
-        unanswered.extend(load.await.unwrap());
-    }
+    let report = tokio::task::spawn_blocking(move || loadgen.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
-        !unanswered.is_empty(),
-        "A was killed before the end of its load"
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
     );
-    for n in &unanswered {
-        assert_eq!(post(b.addr, &bodies[*n]).await, Some(202), "resent to B");
-    }
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    eprintln!("loadgen: {report}");
+    // A took its third of the requests until it died; the rest of its share went on.
+    let failed_over = report["failed_over"].as_u64().unwrap();
+    assert!(
+        failed_over > 0 && failed_over < u64::from(CONVERSIONS) / 3,
+        "A was killed mid-load: {report}"
+    );
+    assert_eq!(
+        report["transport_errors"], 0,
+        "every request answered: {report}"
+    );
+    assert_eq!(report["rejected"], serde_json::json!({}), "{report}");
+    // A resend of what A stored but never answered is answered as a duplicate.
+    assert_eq!(
+        report["accepted"].as_u64().unwrap() + report["duplicate"].as_u64().unwrap(),
+        u64::from(CONVERSIONS),
+        "{report}"
+    );
 
     // Every conversion stored once.
     let on_b = stored(&b).await;
@@ -631,6 +663,35 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
             on_b,
             "the partitions' windows, merged, are the embedded hub's"
         );
+        // Live from the owners: C's stream of the partitions' windows shows an event sent to
+        // B within moments (no checkpoint in between), and their late table is empty.
+        let mut stream = client()
+            .get(c.url("/api/v1/metrics/stream?view=partitions&dimension=all"))
+            .bearer_auth(READ_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        assert_eq!(post(b.addr, &event(10_001)).await, Some(202));
+        let mut buffer = String::new();
+        support::sse_until(&mut stream, &mut buffer, |event, data| {
+            let open: u64 = data["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["events"].as_u64().unwrap_or(0))
+                .sum();
+            event == "provisional" && open == 2
+        })
+        .await;
+        let late = support::poll_json(
+            &c,
+            "/api/v1/metrics/late?view=partitions",
+            READ_TOKEN,
+            |b| b["total_events"].is_u64(),
+        )
+        .await;
+        assert_eq!(late["total_events"], 0, "{late}");
         // What the killed node held when it died went to the survivors.
         let partitions = |node: &Server, message: &str| -> Vec<u64> {
             node.stdout

@@ -2,8 +2,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::*;
@@ -107,40 +105,6 @@ async fn windows_go_provisional_then_final_and_survive_kill_9() {
     );
 }
 
-/// Reads Server-Sent Events until `done(event, data)` holds (bounded by a deadline).
-async fn sse_until(
-    response: &mut reqwest::Response,
-    buffer: &mut String,
-    done: impl Fn(&str, &Value) -> bool,
-) -> (String, Value) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let event = block
-                .lines()
-                .find_map(|l| l.strip_prefix("event: "))
-                .unwrap_or("message")
-                .to_string();
-            let data: String = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .collect();
-            if let Ok(data) = serde_json::from_str::<Value>(&data)
-                && done(&event, &data)
-            {
-                return (event, data);
-            }
-        }
-        let chunk = tokio::time::timeout_at(deadline, response.chunk())
-            .await
-            .expect("the stream went quiet")
-            .unwrap()
-            .unwrap();
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_publishes_provisional_results_and_then_the_final_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,7 +124,7 @@ async fn the_stream_publishes_provisional_results_and_then_the_final_one() {
         at(2, old, "iscrizione_evento", "webform", 0.0)
     ]);
     assert_eq!(send_batch(&server, &batch).await, StatusCode::ACCEPTED);
-    let (_, provisional) = sse_until(&mut stream, &mut buffer, |event, data| {
+    let (_, provisional) = support::sse_until(&mut stream, &mut buffer, |event, data| {
         event == "provisional"
             && data["rows"]
                 .as_array()
@@ -177,7 +141,7 @@ async fn the_stream_publishes_provisional_results_and_then_the_final_one() {
     );
 
     assert_eq!(send_event(&server, 3).await, StatusCode::ACCEPTED); // moves the watermark past the window
-    let (_, fin) = sse_until(&mut stream, &mut buffer, |event, _| event == "final").await;
+    let (_, fin) = support::sse_until(&mut stream, &mut buffer, |event, _| event == "final").await;
     let row = &fin["rows"][0];
     assert_eq!(
         (

@@ -47,7 +47,58 @@ struct LiveMetadata<'a> {
 
 use crate::supervisor::TaskContext;
 
+pub mod cluster;
 mod partitioned;
+
+pub use cluster::ClusterWindows;
+pub use partitioned::{CommandDone, WindowCommand};
+
+/// What the live stream (SSE) and the alerts read from windows: this node's over the whole
+/// log ([`LiveMetrics`]) or the cluster's per partition ([`ClusterWindows`]).
+pub trait WindowFeed: Send + Sync {
+    /// Final and late-update rows as windows close or late events update them.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<MetricRow>>;
+    /// Wakes when more was counted.
+    fn progress(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// The open windows' rows, and how far they count.
+    fn provisional(
+        &self,
+        dimension: Option<&Dimension>,
+        value: Option<&str>,
+    ) -> (Vec<MetricRow>, i64);
+}
+
+impl WindowFeed for LiveMetrics {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<MetricRow>> {
+        LiveMetrics::subscribe(self)
+    }
+    fn progress(&self) -> tokio::sync::watch::Receiver<i64> {
+        LiveMetrics::progress(self)
+    }
+    fn provisional(
+        &self,
+        dimension: Option<&Dimension>,
+        value: Option<&str>,
+    ) -> (Vec<MetricRow>, i64) {
+        LiveMetrics::provisional(self, dimension, value)
+    }
+}
+
+impl WindowFeed for ClusterWindows {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<MetricRow>> {
+        ClusterWindows::subscribe(self)
+    }
+    fn progress(&self) -> tokio::sync::watch::Receiver<i64> {
+        ClusterWindows::progress(self)
+    }
+    fn provisional(
+        &self,
+        dimension: Option<&Dimension>,
+        value: Option<&str>,
+    ) -> (Vec<MetricRow>, i64) {
+        ClusterWindows::provisional(self, dimension, value)
+    }
+}
 
 /// A page of events ready for the windows.
 pub struct PreparedPage {
@@ -127,7 +178,7 @@ pub struct LateEventRow {
 }
 
 /// What to list or re-aggregate from the late table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct LateFilter {
     pub source: Option<String>,
     pub key: Option<DimKey>,
@@ -1061,8 +1112,18 @@ impl LiveMetrics {
     /// events matching the filter.
     pub fn late(&self, filter: &LateFilter, limit: usize) -> LateTable {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let counts = state
-            .late
+        self.late_table(&state.late, state.late_events.iter(), filter, limit)
+    }
+
+    /// The late table of these counts and late events (oldest first).
+    fn late_table<'a>(
+        &self,
+        late: &BTreeMap<(i64, DimKey), u64>,
+        late_events: impl DoubleEndedIterator<Item = &'a LateEvent>,
+        filter: &LateFilter,
+        limit: usize,
+    ) -> LateTable {
+        let counts = late
             .iter()
             .filter(|((_, key), _)| {
                 filter.key.as_ref().is_none_or(|k| k == key)
@@ -1079,12 +1140,7 @@ impl LiveMetrics {
                 late: *late,
             })
             .collect();
-        let matching: Vec<&LateEvent> = state
-            .late_events
-            .iter()
-            .rev()
-            .filter(|e| filter.matches(e))
-            .collect();
+        let matching: Vec<&LateEvent> = late_events.rev().filter(|e| filter.matches(e)).collect();
         let events = matching
             .iter()
             .take(limit)
@@ -1142,6 +1198,15 @@ impl LiveMetrics {
     /// changed rows are saved and streamed like late updates; the next checkpoint keeps the
     /// change. Windows older than the results' retention are gone and cannot take them.
     pub fn reaggregate(&self, filter: &LateFilter) -> Reaggregated {
+        let (events, rows) = self.reaggregate_rows(filter);
+        Reaggregated {
+            events,
+            rows: rows.len(),
+        }
+    }
+
+    /// [`Self::reaggregate`]: how many events, and which window rows changed.
+    fn reaggregate_rows(&self, filter: &LateFilter) -> (usize, Vec<(Window, DimKey)>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (taken, kept): (Vec<LateEvent>, Vec<LateEvent>) =
             std::mem::take(&mut state.late_events)
@@ -1166,9 +1231,9 @@ impl LiveMetrics {
                 }
             }
         }
-        let rows = groups.len();
-        let mut results = Vec::with_capacity(rows);
-        let mut streamed = Vec::with_capacity(rows);
+        let rows: Vec<(Window, DimKey)> = groups.keys().cloned().collect();
+        let mut results = Vec::with_capacity(rows.len());
+        let mut streamed = Vec::with_capacity(rows.len());
         for ((window, key), records) in groups {
             let stats = state
                 .fired
@@ -1199,10 +1264,7 @@ impl LiveMetrics {
             let _ = self.fired_rows.send(streamed);
         }
         metrics::counter!("raccordo_live_late_reaggregated_total").increment(taken.len() as u64);
-        Reaggregated {
-            events: taken.len(),
-            rows,
-        }
+        (taken.len(), rows)
     }
 
     /// Rows of the windows that are still open (provisional results), and the `seq` of the

@@ -1,18 +1,17 @@
 //! The windows of one partition of the conversion stream (a cluster node owning it): reading
 //! the partition with the stream's time before each message, saving a last checkpoint when
-//! the partition is handed over, and the merged view of every partition's windows.
+//! the partition is handed over, publishing the windows for the other nodes
+//! ([`PartitionView`], merged by [`super::ClusterWindows`]) and carrying out the commands
+//! queued for the partition.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raccordo_core::{ConversionStream, EventId, RawEvent, StreamItem, WindowStore};
+use raccordo_core::{ConversionStream, EventId, KeyValueStore, RawEvent, StreamItem, WindowStore};
 use raccordo_stream::{ConversionStats, Window};
 
-use super::{
-    Checkpoint, DimKey, Dimension, LiveMetrics, MetricRow, PreparedEvent, PreparedPage, metric_row,
-    partition_scope,
-};
+use super::{DimKey, Dimension, LateFilter, LiveMetrics, PreparedEvent, PreparedPage};
 use crate::supervisor::TaskContext;
 
 impl LiveMetrics {
@@ -97,103 +96,278 @@ impl LiveMetrics {
         let mut rx = self.persist_rx.lock().await;
         self.save_checkpoint(store, &mut rx).await
     }
+}
 
-    /// The windows of a cluster whose windows are kept per stream partition, merged: each
-    /// partition's final results (saved as they fire) and its open windows and late counts
-    /// (from its latest checkpoint), summed per window and key — partitions hold disjoint
-    /// customers, so distinct counts add. A window is final once it is final in every
-    /// partition that has it. Spend and CPA come from this hub's costs. Also the events
-    /// counted, over the partitions' checkpoints.
-    pub async fn partitioned_query(
-        &self,
-        store: &dyn WindowStore,
-        partitions: u32,
-        from_ms: i64,
-        to_ms: i64,
-        dimension: Option<&Dimension>,
-        value: Option<&str>,
-    ) -> Result<(Vec<MetricRow>, i64), raccordo_core::StoreError> {
-        #[derive(Default)]
-        struct Merged {
-            stats: ConversionStats,
-            open: bool,
-            late: u64,
-        }
-        let wanted = |window: &Window, key: &DimKey| {
-            window.end > from_ms
-                && window.start < to_ms
-                && dimension.is_none_or(|d| *d == key.0)
-                && value.is_none_or(|v| v == key.1)
+/// How often a partition's owner publishes its windows while events come (coalescing the
+/// pages counted meanwhile), and the longest it waits to look for commands.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+const COMMANDS_EVERY: Duration = Duration::from_millis(500);
+
+/// The key-value entry where a partition's owner publishes its windows ([`PartitionView`]).
+pub fn view_key(partition: u32) -> String {
+    format!("windows:view:p{partition}")
+}
+
+/// The key-value entry where a partition's owner publishes its late table ([`LateView`]),
+/// rewritten only when it changes.
+pub fn late_key(partition: u32) -> String {
+    format!("windows:late:p{partition}")
+}
+
+/// The key-value entry listing commands for a partition's owner ([`QueuedCommand`]).
+pub fn commands_key(partition: u32) -> String {
+    format!("windows:commands:p{partition}")
+}
+
+/// Where a partition's owner says what a command did.
+pub fn done_key(command: &str, partition: u32) -> String {
+    format!("windows:done:{command}:p{partition}")
+}
+
+/// How long an answer to a command stays readable.
+const DONE_TTL_MS: i64 = 600_000;
+
+/// A partition's windows as its owner last published them: what any node merges into the
+/// cluster's live view (`view=partitions`). Results only — the distinct sets stay with the
+/// owner; partitions hold disjoint customers, so the counts add up.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PartitionView {
+    pub owner: String,
+    /// Messages of the partition counted (its stream positions' total).
+    pub counted: i64,
+    pub watermark_ms: i64,
+    /// The windows still open, and those fired within two window sizes of the watermark
+    /// (older final results are in the window store): `(window, key, result, final)`.
+    pub windows: Vec<(Window, DimKey, ConversionStats, bool)>,
+    /// Changes whenever the late table does ([`LateView`] is then rewritten).
+    pub late_fingerprint: u64,
+}
+
+/// A partition's late table as its owner last published it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LateView {
+    pub late: Vec<((i64, DimKey), u64)>,
+    pub(super) late_events: Vec<super::LateEvent>,
+}
+
+/// Work for the owner of a partition, asked by any node: what changes a partition's state
+/// beyond the stream (an admin's re-aggregation, an erasure, retention).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum WindowCommand {
+    Reaggregate(LateFilter),
+    RehashLateCustomer { from: Vec<u64>, to: u64 },
+    PurgeLateEvents { before_ms: i64 },
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct QueuedCommand {
+    pub id: String,
+    pub command: WindowCommand,
+}
+
+/// What a command did on one partition.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct CommandDone {
+    /// Late events re-aggregated, re-hashed or forgotten.
+    pub events: u64,
+    /// Window rows a re-aggregation updated.
+    pub rows: Vec<(Window, DimKey)>,
+}
+
+impl LiveMetrics {
+    /// These windows as published for the other nodes.
+    pub fn view(&self, owner: &str) -> PartitionView {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(operator) = &state.operator else {
+            return PartitionView::default();
         };
-        let mut merged: BTreeMap<(Window, DimKey), Merged> = BTreeMap::new();
-        let mut counted = 0;
-        for partition in 0..partitions {
-            let scope = partition_scope(partition);
-            let mut finals = HashSet::new();
-            for r in store
-                .results_between(&scope, from_ms.saturating_sub(self.spec.size_ms), to_ms)
-                .await?
-            {
-                let window = Window {
-                    start: r.window_start_ms,
-                    end: r.window_end_ms,
-                };
-                let key = (Dimension::parse(&r.dimension), r.value);
-                let Ok(stats) = serde_json::from_str::<ConversionStats>(&r.stats) else {
-                    continue;
-                };
-                if !wanted(&window, &key) {
-                    continue;
+        let watermark = operator.watermark();
+        let recent = watermark.saturating_sub(2 * self.spec.size_ms);
+        let mut windows: Vec<(Window, DimKey, ConversionStats, bool)> = state
+            .fired
+            .range((
+                std::ops::Bound::Included((
+                    Window {
+                        start: recent.saturating_sub(self.spec.size_ms),
+                        end: i64::MIN,
+                    },
+                    (Dimension::All, String::new()),
+                )),
+                std::ops::Bound::Unbounded,
+            ))
+            .filter(|((window, _), _)| window.end >= recent)
+            .map(|((window, key), stats)| (*window, key.clone(), stats.frozen(), true))
+            .collect();
+        windows.extend(
+            operator
+                .open_windows()
+                .map(|(window, key, stats)| (window, key.clone(), stats.frozen(), false)),
+        );
+        PartitionView {
+            owner: owner.to_string(),
+            counted: state.processed.total(),
+            watermark_ms: watermark,
+            windows,
+            late_fingerprint: late_fingerprint(&state.late, &state.late_events),
+        }
+    }
+
+    /// The late table as published for the other nodes.
+    pub fn late_view(&self) -> LateView {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        LateView {
+            late: state.late.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            late_events: state.late_events.iter().cloned().collect(),
+        }
+    }
+
+    /// Applies a command to these windows; what it did. A command applied twice does
+    /// nothing more the second time (what it matched is gone or already changed), so an
+    /// owner that dies between applying and saving it leaves its successor to apply it again.
+    pub fn apply(&self, command: &WindowCommand) -> CommandDone {
+        match command {
+            WindowCommand::Reaggregate(filter) => {
+                let (events, rows) = self.reaggregate_rows(filter);
+                CommandDone {
+                    events: events as u64,
+                    rows,
                 }
-                finals.insert((window, key.clone()));
-                merged
-                    .entry((window, key))
-                    .or_default()
-                    .stats
-                    .merge_disjoint(&stats);
             }
-            let Some(saved) = store.checkpoint(&scope).await? else {
-                continue;
-            };
-            counted += saved.positions.total();
-            let Ok(checkpoint) = serde_json::from_str::<Checkpoint>(&saved.state) else {
-                continue;
-            };
-            let fired: HashSet<Window> = checkpoint.operator.fired.iter().copied().collect();
-            for (window, keys) in checkpoint.operator.windows {
-                if fired.contains(&window) {
-                    continue;
-                }
-                for (key, stats) in keys {
-                    // Fired since the checkpoint: the saved result is newer.
-                    if !wanted(&window, &key) || finals.contains(&(window, key.clone())) {
-                        continue;
+            WindowCommand::RehashLateCustomer { from, to } => CommandDone {
+                events: self.rehash_late_customer(from, *to),
+                rows: Vec::new(),
+            },
+            WindowCommand::PurgeLateEvents { before_ms } => CommandDone {
+                events: self.purge_late_events(*before_ms),
+                rows: Vec::new(),
+            },
+        }
+    }
+
+    /// Publishes these windows (one partition's, owned by `owner`) for the other nodes as
+    /// they change, and carries out the commands queued for the partition, until shutdown.
+    pub async fn serve_partition(
+        self: Arc<Self>,
+        kv: Arc<dyn KeyValueStore>,
+        partition: u32,
+        owner: String,
+        ctx: TaskContext,
+    ) -> anyhow::Result<()> {
+        let mut progress = self.progress();
+        let mut published: Option<Vec<u8>> = None;
+        let mut late_published: Option<u64> = None;
+        loop {
+            self.run_commands(kv.as_ref(), partition).await?;
+            let view = self.view(&owner);
+            let now = self.clock.now_ms();
+            if late_published != Some(view.late_fingerprint) {
+                let late = serde_json::to_vec(&self.late_view())?;
+                kv.put(&late_key(partition), late, None, now).await?;
+                late_published = Some(view.late_fingerprint);
+            }
+            let bytes = serde_json::to_vec(&view)?;
+            if published.as_ref() != Some(&bytes) {
+                kv.put(&view_key(partition), bytes.clone(), None, now)
+                    .await?;
+                published = Some(bytes);
+            }
+            tokio::select! {
+                changed = progress.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
                     }
-                    let cell = merged.entry((window, key)).or_default();
-                    cell.stats.merge_disjoint(&stats);
-                    cell.open = true;
+                    // Whatever else is counted meanwhile goes out with it.
+                    tokio::select! {
+                        _ = tokio::time::sleep(PUBLISH_EVERY) => {}
+                        _ = ctx.cancelled() => return Ok(()),
+                    }
                 }
-            }
-            for ((start, key), n) in checkpoint.late_by_key {
-                let window = Window {
-                    start,
-                    end: start + self.spec.size_ms,
-                };
-                if let Some(cell) = merged.get_mut(&(window, key)) {
-                    cell.late += n;
-                }
+                _ = tokio::time::sleep(COMMANDS_EVERY) => {}
+                _ = ctx.cancelled() => return Ok(()),
             }
         }
-        let rows = merged
-            .into_iter()
-            .map(|((window, key), cell)| {
-                let status = if cell.open { "provisional" } else { "final" };
-                self.with_cpa(
-                    metric_row(window, &key, &cell.stats, status, cell.late),
-                    cell.stats.conversions,
-                )
-            })
-            .collect();
-        Ok((rows, counted))
     }
+
+    /// Applies the partition's queued commands, saves a checkpoint holding their effect,
+    /// answers each and takes it off the queue.
+    async fn run_commands(&self, kv: &dyn KeyValueStore, partition: u32) -> anyhow::Result<()> {
+        let key = commands_key(partition);
+        let now = self.clock.now_ms();
+        let Some(queued) = kv.get(&key, now).await? else {
+            return Ok(());
+        };
+        let commands: Vec<QueuedCommand> =
+            serde_json::from_slice(&queued.value).unwrap_or_default();
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let mut answers = Vec::with_capacity(commands.len());
+        for queued in &commands {
+            answers.push((queued.id.clone(), self.apply(&queued.command)));
+        }
+        // Saved before answering: an answer means the change survives this owner.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.changed_off_log
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if self
+            .persist
+            .send(super::PersistJob::Checkpoint(tx))
+            .is_err()
+            || rx.await.is_err()
+        {
+            anyhow::bail!("the partition's checkpoint was not saved");
+        }
+        let now = self.clock.now_ms();
+        for (id, done) in &answers {
+            kv.put(
+                &done_key(id, partition),
+                serde_json::to_vec(done)?,
+                Some(DONE_TTL_MS),
+                now,
+            )
+            .await?;
+        }
+        // Off the queue: those done, keeping any queued meanwhile.
+        let done: HashSet<&str> = answers.iter().map(|(id, _)| id.as_str()).collect();
+        let mut expected = Some(queued.version);
+        let mut current = commands;
+        loop {
+            current.retain(|c| !done.contains(c.id.as_str()));
+            let value = serde_json::to_vec(&current)?;
+            if kv
+                .compare_and_swap(&key, expected, value, None, now)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let Some(fresh) = kv.get(&key, now).await? else {
+                return Ok(());
+            };
+            expected = Some(fresh.version);
+            current = serde_json::from_slice(&fresh.value).unwrap_or_default();
+        }
+    }
+}
+
+/// Changes whenever the late counts or the late events do.
+fn late_fingerprint(
+    late: &BTreeMap<(i64, DimKey), u64>,
+    events: &std::collections::VecDeque<super::LateEvent>,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (key, n) in late {
+        (key, n).hash(&mut hasher);
+    }
+    // Every event, with the customer hash an erasure rewrites (cheap: no allocation).
+    for event in events {
+        (
+            event.event_time_ms,
+            event.received_at_ms,
+            event.record.customer_hash,
+        )
+            .hash(&mut hasher);
+    }
+    hasher.finish()
 }

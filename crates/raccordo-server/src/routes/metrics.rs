@@ -11,7 +11,29 @@ use serde::Deserialize;
 use crate::extract::{Admin, Reader, ValidQuery, time_param};
 use crate::problem::Problem;
 use crate::state::AppState;
-use raccordo_runtime::live::MetricRow;
+use raccordo_runtime::live::{ClusterWindows, MetricRow, WindowFeed};
+
+/// Which windows a request reads.
+enum Windows {
+    /// This node's windows over the whole log, in memory.
+    Live,
+    /// The cluster's windows, kept per stream partition by their owners.
+    Partitions(Arc<ClusterWindows>),
+}
+
+/// The `view` parameter: `live` (default) or `partitions` (where the hub keeps windows per
+/// stream partition).
+fn windows_view(state: &AppState, view: Option<&str>) -> Result<Windows, Problem> {
+    match (view, &state.partition_windows) {
+        (None | Some("live"), _) => Ok(Windows::Live),
+        (Some("partitions"), Some(cluster)) => Ok(Windows::Partitions(cluster.clone())),
+        (Some("partitions"), None) => Err(Problem::bad_parameter(
+            "view",
+            "this hub keeps no windows per partition (a cluster with a [storage.stream] does)",
+        )),
+        (Some(_), _) => Err(Problem::bad_parameter("view", "`live` or `partitions`")),
+    }
+}
 
 pub fn router() -> super::ApiRouter {
     super::ApiRouter::new()
@@ -59,8 +81,8 @@ pub struct MetricsQuery {
     format: Option<String>,
     /// `live` (default): this node's windows over the whole log, in memory. `partitions`
     /// (a cluster with a conversion stream): the windows kept per stream partition by their
-    /// owning nodes, merged from the store — open windows as of each partition's last
-    /// checkpoint.
+    /// owning nodes, merged — final results from the store, open windows and late updates as
+    /// the owners publish them (within about half a second).
     #[param(pattern = "^(live|partitions)$")]
     view: Option<String>,
 }
@@ -99,32 +121,15 @@ pub async fn metrics_api(
         Ok(d) => d,
         Err(p) => return p.into_response(),
     };
-    let partitions = match (q.view.as_deref(), state.window_partitions) {
-        (None | Some("live"), _) => None,
-        (Some("partitions"), Some(partitions)) => Some(partitions),
-        (Some("partitions"), None) => {
-            return Problem::bad_parameter(
-                "view",
-                "this hub keeps no windows per partition (a cluster with a [storage.stream] does)",
-            )
-            .into_response();
-        }
-        (Some(_), _) => {
-            return Problem::bad_parameter("view", "`live` or `partitions`").into_response();
-        }
+    let windows = match windows_view(&state, q.view.as_deref()) {
+        Ok(w) => w,
+        Err(p) => return p.into_response(),
     };
-    let (mut rows, processed_seq) = match partitions {
-        // A cluster's windows, per stream partition on their owners: merged from the store.
-        Some(partitions) => match state
-            .live
-            .partitioned_query(
-                state.windows.as_ref(),
-                partitions,
-                from,
-                to,
-                dimension.as_ref(),
-                q.value.as_deref(),
-            )
+    let partitioned = matches!(windows, Windows::Partitions(_));
+    let (mut rows, processed_seq) = match windows {
+        // A cluster's windows, per stream partition on their owners, merged.
+        Windows::Partitions(cluster) => match cluster
+            .query(from, to, dimension.as_ref(), q.value.as_deref())
             .await
         {
             Ok(found) => found,
@@ -134,13 +139,13 @@ pub async fn metrics_api(
                     .into_response();
             }
         },
-        None => state
+        Windows::Live => state
             .live
             .query(from, to, dimension.as_ref(), q.value.as_deref()),
     };
     // Older windows than memory keeps come from the store (the dashboard's 7 days).
     let horizon = state.live.memory_horizon_ms();
-    if partitions.is_none() && from < horizon {
+    if !partitioned && from < horizon {
         match state
             .windows
             .results_between("live", from, to.min(horizon))
@@ -213,6 +218,9 @@ pub struct StreamQuery {
     dimension: Option<String>,
     /// Only this value of the dimension.
     value: Option<String>,
+    /// `live` (default) or `partitions`, as for `GET /api/v1/metrics`.
+    #[param(pattern = "^(live|partitions)$")]
+    view: Option<String>,
 }
 
 fn parse_dimension(
@@ -260,12 +268,16 @@ pub async fn metrics_stream(
         Ok(d) => d,
         Err(p) => return p.into_response(),
     };
+    let live: Arc<dyn WindowFeed> = match windows_view(&state, q.view.as_deref()) {
+        Ok(Windows::Live) => state.live.clone(),
+        Ok(Windows::Partitions(cluster)) => cluster,
+        Err(p) => return p.into_response(),
+    };
     let value = q.value;
-    let fired = state.live.subscribe();
+    let fired = live.subscribe();
     let mut tick = tokio::time::interval(state.provisional_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let live = state.live.clone();
-    let progress = state.live.progress();
+    let progress = live.progress();
     let coalesce = state.provisional_coalesce;
     let stream = futures_util::stream::unfold(
         (fired, tick, progress),
@@ -336,6 +348,10 @@ pub struct LateQuery {
     /// How many late events to list, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `live` (default) or `partitions`, as for `GET /api/v1/metrics`: with `partitions`,
+    /// every partition's late events, re-aggregated by the partitions' owners.
+    #[param(pattern = "^(live|partitions)$")]
+    view: Option<String>,
 }
 
 fn late_filter(
@@ -390,9 +406,16 @@ pub async fn late_table(
     if !(1..=1000).contains(&limit) {
         return Problem::bad_parameter("limit", "between 1 and 1000").into_response();
     }
-    match late_filter(&state.live, &q) {
-        Ok(filter) => Json(state.live.late(&filter, limit)).into_response(),
-        Err(p) => p.into_response(),
+    let windows = match windows_view(&state, q.view.as_deref()) {
+        Ok(w) => w,
+        Err(p) => return p.into_response(),
+    };
+    match (late_filter(&state.live, &q), windows) {
+        (Ok(filter), Windows::Live) => Json(state.live.late(&filter, limit)).into_response(),
+        (Ok(filter), Windows::Partitions(cluster)) => {
+            Json(cluster.late(&filter, limit)).into_response()
+        }
+        (Err(p), _) => p.into_response(),
     }
 }
 
@@ -414,13 +437,18 @@ pub async fn reaggregate_late(
     _admin: Admin,
     ValidQuery(q): ValidQuery<LateQuery>,
 ) -> Response {
+    let windows = match windows_view(&state, q.view.as_deref()) {
+        Ok(w) => w,
+        Err(p) => return p.into_response(),
+    };
     match late_filter(&state.live, &q) {
         Ok(filter) => {
             // Answered once the change is saved, so that it survives a crash right after.
-            let done = state
-                .live
-                .reaggregate_durably(&filter, std::time::Duration::from_secs(10))
-                .await;
+            let wait = std::time::Duration::from_secs(10);
+            let done = match windows {
+                Windows::Live => state.live.reaggregate_durably(&filter, wait).await,
+                Windows::Partitions(cluster) => cluster.reaggregate(&filter, wait).await,
+            };
             tracing::info!(
                 events = done.events,
                 rows = done.rows,

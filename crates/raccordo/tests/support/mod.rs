@@ -807,3 +807,37 @@ pub fn headless(browser: &str, extra: &[&str], url: &str) -> std::process::Outpu
         .output()
         .unwrap()
 }
+
+/// Reads Server-Sent Events until `done(event, data)` holds (bounded by a deadline).
+pub async fn sse_until(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    done: impl Fn(&str, &Value) -> bool,
+) -> (String, Value) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let event = block
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("message")
+                .to_string();
+            let data: String = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            if let Ok(data) = serde_json::from_str::<Value>(&data)
+                && done(&event, &data)
+            {
+                return (event, data);
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("the stream went quiet")
+            .unwrap()
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
