@@ -236,8 +236,23 @@ impl Hub {
         );
         live.set_history(config.metrics.history);
         live.set_mappings(mappings);
-        for (campaign, day, cents) in stores.costs.all_costs().await? {
-            live.set_costs(&campaign, &[(day, cents)]);
+        live.load_costs(stores.costs.as_ref()).await?;
+        if config.storage.backend.is_shared() {
+            // Spend given to another node (`PUT /api/v1/campaigns/{id}/costs`) reaches this
+            // one's CPA within seconds.
+            let (live, costs) = (live.clone(), stores.costs.clone());
+            supervisor.spawn("campaign-costs", move |ctx| {
+                let (live, costs) = (live.clone(), costs.clone());
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                            _ = ctx.cancelled() => return Ok(()),
+                        }
+                        live.load_costs(costs.as_ref()).await?;
+                    }
+                }
+            });
         }
         live.restore(stores.windows.as_ref()).await?;
         // Every node serves the cluster's windows per partition, merged.

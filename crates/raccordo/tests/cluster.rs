@@ -725,6 +725,22 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
         }
     }
 
+    // Spend given to B reaches C's cost per acquisition (the nodes reload it every 5 s).
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let put = client()
+        .put(b.url("/api/v1/campaigns/test/costs"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"days": [{"date": today, "amount": 288.0}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let rows = support::metrics_until(&c, "dimension=campagna&value=test", |rows| {
+        rows.iter().any(|r| r["spend"].is_number())
+    })
+    .await;
+    assert!(rows.iter().any(|r| r["cpa"].is_number()), "{rows:?}");
+
     drop((a, b, c, e));
     drop_schema(&schema).await;
 }

@@ -781,6 +781,15 @@ impl LiveMetrics {
         self.spec.size_ms
     }
 
+    /// Takes every campaign's spend from the store: at start, and on the nodes of a shared
+    /// database every few seconds, since another node may have been given new figures.
+    pub async fn load_costs(&self, store: &dyn raccordo_core::CampaignCosts) -> anyhow::Result<()> {
+        for (campaign, day, cents) in store.all_costs().await? {
+            self.set_costs(&campaign, &[(day, cents)]);
+        }
+        Ok(())
+    }
+
     /// Sets a campaign's spend for some days (already stored durably by the caller).
     pub fn set_costs(&self, campaign: &str, days: &[(i64, i64)]) {
         let mut costs = self.costs.write().unwrap_or_else(|p| p.into_inner());

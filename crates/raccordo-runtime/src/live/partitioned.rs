@@ -257,7 +257,7 @@ impl LiveMetrics {
         let mut published: Option<Vec<u8>> = None;
         let mut late_published: Option<u64> = None;
         loop {
-            self.run_commands(kv.as_ref(), partition).await?;
+            self.run_commands(kv.as_ref(), partition, &ctx).await?;
             let view = self.view(&owner);
             let now = self.clock.now_ms();
             if late_published != Some(view.late_fingerprint) {
@@ -290,7 +290,12 @@ impl LiveMetrics {
 
     /// Applies the partition's queued commands, saves a checkpoint holding their effect,
     /// answers each and takes it off the queue.
-    async fn run_commands(&self, kv: &dyn KeyValueStore, partition: u32) -> anyhow::Result<()> {
+    async fn run_commands(
+        &self,
+        kv: &dyn KeyValueStore,
+        partition: u32,
+        ctx: &TaskContext,
+    ) -> anyhow::Result<()> {
         let key = commands_key(partition);
         let now = self.clock.now_ms();
         let Some(queued) = kv.get(&key, now).await? else {
@@ -309,13 +314,15 @@ impl LiveMetrics {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.changed_off_log
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        if self
-            .persist
-            .send(super::PersistJob::Checkpoint(tx))
-            .is_err()
-            || rx.await.is_err()
-        {
-            anyhow::bail!("the partition's checkpoint was not saved");
+        anyhow::ensure!(
+            self.persist.send(super::PersistJob::Checkpoint(tx)).is_ok(),
+            "the partition's checkpoint was not saved"
+        );
+        tokio::select! {
+            saved = rx => anyhow::ensure!(saved.is_ok(), "the partition's checkpoint was not saved"),
+            // Handed over meanwhile: the last checkpoint (`save_final`) holds the change, and
+            // the commands stay queued for the next owner, who finds nothing more to do.
+            _ = ctx.cancelled() => return Ok(()),
         }
         let now = self.clock.now_ms();
         for (id, done) in &answers {
