@@ -59,11 +59,44 @@ load() { # port clients -> json
   "$bin" loadgen --url http://127.0.0.1:$1 --route source:web --api-key $key --concurrency $2 \
     --duration ${secs}s --seed $RANDOM --json
 }
-# CPU seconds (user + system) used so far by the hub nodes and by PostgreSQL's processes.
-cpu_of() { ps -o times= -p "$1" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
-pg_cpu() { ps -o times= -C postgres | awk '{s+=$1} END {print s+0}'; }
+# CPU seconds (user + system, in clock ticks from /proc: `ps` rounds to whole seconds) used
+# so far by processes: one pid, or every process of a name. For a name, the oldest process
+# (PostgreSQL's postmaster) also brings the CPU of its children that exited: a backend whose
+# connection closed mid-run must not take its CPU away from the sum.
+proc_cpu() { # pid | -C name
+  python3 - "$@" <<'PY'
+import os, sys
+hz = os.sysconf("SC_CLK_TCK")
+def stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12]), int(fields[13]), int(fields[14]), int(fields[19])
+total, oldest = 0, None
+if sys.argv[1] == "-C":
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/comm").read().strip() != sys.argv[2]:
+                continue
+            ut, st, cut, cst, start = stat(pid)
+        except OSError:
+            continue
+        total += ut + st
+        if oldest is None or start < oldest[0]:
+            oldest = (start, cut + cst)
+    total += oldest[1] if oldest else 0
+else:
+    try:
+        ut, st, *_ = stat(sys.argv[1])
+        total = ut + st
+    except OSError:
+        pass
+print(total / hz)
+PY
+}
+cpu_of() { proc_cpu "$1"; }
+pg_cpu() { proc_cpu -C postgres; }
 # The same for Redis and NATS (0 when they do not run here).
-svc_cpu() { ps -o times= -C "$1" | awk '{s+=$1} END {print s+0}'; }
+svc_cpu() { proc_cpu -C "$1"; }
 report() { # label json...
   python3 - "$@" <<'PY'
 import json, sys
