@@ -44,9 +44,9 @@ struct Read {
 
 /// One cell of the merged windows.
 #[derive(Default, Clone)]
-struct Cell {
-    stats: ConversionStats,
-    open: bool,
+pub(super) struct Cell {
+    pub(super) stats: ConversionStats,
+    pub(super) open: bool,
 }
 
 /// The cluster's windows on this node.
@@ -429,7 +429,10 @@ impl ClusterWindows {
 /// partition has it open, or where a partition's watermark has not passed its end yet;
 /// final rows only as far back as every partition publishes them (two window sizes behind
 /// the most advanced watermark), older ones are in the window store.
-fn merge_views(views: &[Option<PartitionView>], size_ms: i64) -> BTreeMap<(Window, DimKey), Cell> {
+pub(super) fn merge_views(
+    views: &[Option<PartitionView>],
+    size_ms: i64,
+) -> BTreeMap<(Window, DimKey), Cell> {
     let mut merged: BTreeMap<(Window, DimKey), Cell> = BTreeMap::new();
     // Until every partition has published, nothing is final.
     let slowest = if views.iter().all(Option::is_some) {

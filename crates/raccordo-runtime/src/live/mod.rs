@@ -1490,6 +1490,68 @@ mod tests {
         (fired, late)
     }
 
+    /// Random events (time, customer, channel, converts) into one reader of the whole log and
+    /// into the windows of each partition of a stream partitioned by customer, read with the
+    /// stream's time before each message and a last tick.
+    fn whole_and_partitions(
+        events: &[(i64, u8, u8, bool)],
+        partitions: u32,
+    ) -> (Arc<LiveMetrics>, Vec<Arc<LiveMetrics>>) {
+        let spec = WindowSpec::tumbling(300_000);
+        let goals = ["acquisto_concluso".to_string()];
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let whole = LiveMetrics::new(spec, goals.clone(), clock.clone());
+        let parts: Vec<Arc<LiveMetrics>> = (0..partitions)
+            .map(|p| LiveMetrics::in_scope(spec, goals.clone(), clock.clone(), partition_scope(p)))
+            .collect();
+        let channels = ["email", "social", "ricerca"];
+        let mut raws = Vec::new();
+        let mut items: Vec<Vec<StreamItem>> = vec![Vec::new(); partitions as usize];
+        let mut newest: Option<i64> = None;
+        for (n, (time, customer, channel, converts)) in events.iter().enumerate() {
+            let mut event = raw(n as i64 + 1, 10_000_000, false);
+            event.event_time_ms = *time;
+            event.payload = format!(
+                r#"{{"id_cliente":"C{customer}","evento":"{}","stato":"completato","canale":"{}","valore":1.5}}"#,
+                if *converts {
+                    "acquisto_concluso"
+                } else {
+                    "visita"
+                },
+                channels[*channel as usize],
+            );
+            let partition =
+                raccordo_core::partition_of(format!("C{customer}").as_bytes(), partitions);
+            let mut in_stream = event.clone();
+            in_stream.position = raccordo_core::LogPosition {
+                partition,
+                offset: items[partition as usize].len() as i64 + 1,
+            };
+            items[partition as usize].push(StreamItem {
+                position: in_stream.position,
+                stream_time_ms: newest,
+                event: Some(in_stream),
+            });
+            newest = Some(newest.map_or(*time, |t| t.max(*time)));
+            raws.push(event);
+        }
+        whole.ingest(&raws);
+        for (p, part) in parts.iter().enumerate() {
+            let mut mine = items[p].clone();
+            // The relay's tick: every partition ends knowing the stream's newest time.
+            mine.push(StreamItem {
+                position: raccordo_core::LogPosition {
+                    partition: p as u32,
+                    offset: mine.len() as i64 + 1,
+                },
+                stream_time_ms: newest,
+                event: None,
+            });
+            part.ingest_prepared(&part.prepare_items(&mine));
+        }
+        (whole, parts)
+    }
+
     proptest::proptest! {
         /// The windows of each partition of a stream partitioned by customer, read with the
         /// stream's time before each message (and ticks), merged per window and key, equal the
@@ -1499,56 +1561,36 @@ mod tests {
             events in proptest::collection::vec((0i64..4_000_000, 0u8..12, 0u8..3, proptest::bool::ANY), 1..250),
             partitions in 1u32..5,
         ) {
-            let spec = WindowSpec::tumbling(300_000);
-            let goals = ["acquisto_concluso".to_string()];
-            let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
-            let whole = LiveMetrics::new(spec, goals.clone(), clock.clone());
-            let parts: Vec<Arc<LiveMetrics>> = (0..partitions)
-                .map(|p| LiveMetrics::in_scope(spec, goals.clone(), clock.clone(), partition_scope(p)))
-                .collect();
-            let channels = ["email", "social", "ricerca"];
-            let mut raws = Vec::new();
-            let mut items: Vec<Vec<StreamItem>> = vec![Vec::new(); partitions as usize];
-            let mut newest: Option<i64> = None;
-            for (n, (time, customer, channel, converts)) in events.iter().enumerate() {
-                let mut event = raw(n as i64 + 1, 10_000_000, false);
-                event.event_time_ms = *time;
-                event.payload = format!(
-                    r#"{{"id_cliente":"C{customer}","evento":"{}","stato":"completato","canale":"{}","valore":1.5}}"#,
-                    if *converts { "acquisto_concluso" } else { "visita" },
-                    channels[*channel as usize],
-                );
-                let partition = raccordo_core::partition_of(format!("C{customer}").as_bytes(), partitions);
-                let mut in_stream = event.clone();
-                in_stream.position = raccordo_core::LogPosition {
-                    partition,
-                    offset: items[partition as usize].len() as i64 + 1,
-                };
-                items[partition as usize].push(StreamItem {
-                    position: in_stream.position,
-                    stream_time_ms: newest,
-                    event: Some(in_stream),
-                });
-                newest = Some(newest.map_or(*time, |t| t.max(*time)));
-                raws.push(event);
-            }
-            whole.ingest(&raws);
-            for (p, part) in parts.iter().enumerate() {
-                let mut mine = items[p].clone();
-                // The relay's tick: every partition ends knowing the stream's newest time.
-                mine.push(StreamItem {
-                    position: raccordo_core::LogPosition { partition: p as u32, offset: mine.len() as i64 + 1 },
-                    stream_time_ms: newest,
-                    event: None,
-                });
-                part.ingest_prepared(&part.prepare_items(&mine));
-            }
+            let (whole, parts) = whole_and_partitions(&events, partitions);
             let (fired, late) = merged(&parts);
             let whole_state = whole.state.lock().unwrap();
             let expected: BTreeMap<_, _> = whole_state.fired.iter().map(|(k, v)| (k.clone(), v.frozen())).collect();
             let got: BTreeMap<_, _> = fired.into_iter().map(|(k, v)| (k, v.frozen())).collect();
             proptest::prop_assert_eq!(got, expected);
             proptest::prop_assert_eq!(late, whole_state.late.clone());
+        }
+
+        /// What the partitions' owners publish, merged as any node merges it, is what one
+        /// reader of the whole log would publish: the same open windows and recent finals,
+        /// with the same results (distinct customers added across partitions).
+        #[test]
+        fn published_views_merged_equal_the_whole_log(
+            events in proptest::collection::vec((0i64..4_000_000, 0u8..12, 0u8..3, proptest::bool::ANY), 1..250),
+            partitions in 1u32..5,
+        ) {
+            let (whole, parts) = whole_and_partitions(&events, partitions);
+            let views: Vec<_> = parts.iter().map(|p| Some(p.view("node"))).collect();
+            let got: BTreeMap<_, _> = cluster::merge_views(&views, 300_000)
+                .into_iter()
+                .map(|(key, cell)| (key, (cell.stats, cell.open)))
+                .collect();
+            let expected: BTreeMap<_, _> = whole
+                .view("node")
+                .windows
+                .into_iter()
+                .map(|(window, key, stats, fired)| ((window, key), (stats, !fired)))
+                .collect();
+            proptest::prop_assert_eq!(got, expected);
         }
     }
 
