@@ -24,7 +24,7 @@ use raccordo_stream::alerts::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::live::{Dimension, LiveMetrics};
+use crate::live::{Dimension, WindowFeed};
 use crate::supervisor::TaskContext;
 use crate::worker::Worker;
 
@@ -463,7 +463,7 @@ impl AlertEngine {
     /// Watches final windows (failure rate, conversion drop) until shutdown.
     pub async fn watch_windows(
         self: Arc<Self>,
-        live: Arc<LiveMetrics>,
+        live: Arc<dyn WindowFeed>,
         ctx: TaskContext,
     ) -> anyhow::Result<()> {
         use tokio::sync::broadcast::error::RecvError;
@@ -525,7 +525,7 @@ impl AlertEngine {
     /// Watches how far the live windows trail the log, once a second, until shutdown.
     pub async fn watch_lag(
         self: Arc<Self>,
-        live: Arc<LiveMetrics>,
+        live: Arc<dyn WindowFeed>,
         ctx: TaskContext,
     ) -> anyhow::Result<()> {
         let rule = self.config.ingest_lag.clone();
@@ -539,7 +539,7 @@ impl AlertEngine {
                 _ = ctx.cancelled() => return Ok(()),
             }
             let now = self.clock.now_ms();
-            let lag_ms = live.health().lag_ms;
+            let lag_ms = live.lag_ms();
             if self.limit_breached(&rule, "ingest_lag", lag_ms, now) {
                 let message = format!(
                     "acknowledged events take {:.1} s to reach the live metrics (limit {} s)",

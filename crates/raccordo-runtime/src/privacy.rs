@@ -10,9 +10,11 @@ use raccordo_core::StoreError;
 use raccordo_core::privacy::{Erased, PersonalData, Pseudonymiser, Subject};
 use raccordo_stream::distinct::hash_of;
 
-use crate::live::LiveMetrics;
+use crate::live::LateEventKeeper;
 
-pub struct LateEventsHolder(pub Arc<LiveMetrics>);
+/// The late events of this node's windows, or of every partition's owner in a cluster whose
+/// windows are per partition (the change reaches them as a command).
+pub struct LateEventsHolder(pub Arc<dyn LateEventKeeper>);
 
 #[async_trait]
 impl PersonalData for LateEventsHolder {
@@ -34,10 +36,13 @@ impl PersonalData for LateEventsHolder {
         let literal = subject.json_literal();
         // The event log replaces the id's text inside its JSON string by this pseudonym.
         let pseudonym = pseudonymiser.pseudonym(&literal[1..literal.len() - 1]);
-        let changed = self.0.rehash_late_customer(
-            &[hash_of(id), hash_of(&id.to_lowercase())],
-            hash_of(&pseudonym),
-        );
+        let changed = self
+            .0
+            .rehash_late_customer(
+                &[hash_of(id), hash_of(&id.to_lowercase())],
+                hash_of(&pseudonym),
+            )
+            .await;
         Ok(vec![("late_events", changed)])
     }
 }

@@ -65,12 +65,12 @@ impl RetentionConfig {
 pub async fn run_retention(
     config: RetentionConfig,
     runs: Arc<dyn RunStore>,
-    live: Arc<crate::live::LiveMetrics>,
+    late: Arc<dyn crate::live::LateEventKeeper>,
     clock: Arc<dyn Clock>,
     ctx: TaskContext,
 ) -> anyhow::Result<()> {
     loop {
-        purge_once(&config, runs.as_ref(), Some(&live), clock.now_ms()).await?;
+        purge_once(&config, runs.as_ref(), Some(late.as_ref()), clock.now_ms()).await?;
         tokio::select! {
             _ = tokio::time::sleep(config.every) => {}
             _ = ctx.cancelled() => return Ok(()),
@@ -82,12 +82,15 @@ pub async fn run_retention(
 pub async fn purge_once(
     config: &RetentionConfig,
     runs: &dyn RunStore,
-    live: Option<&crate::live::LiveMetrics>,
+    late: Option<&dyn crate::live::LateEventKeeper>,
     now_ms: i64,
 ) -> Result<u64, raccordo_core::StoreError> {
     let before = |age: Duration| now_ms - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
     let runs = runs.purge_runs(before(config.runs)).await?;
-    let late = live.map_or(0, |live| live.purge_late_events(before(config.late_events)));
+    let late = match late {
+        Some(keeper) => keeper.purge_late_events(before(config.late_events)).await,
+        None => 0,
+    };
     for (store, purged) in [("runs", runs), ("late_events", late)] {
         if purged > 0 {
             metrics::counter!("raccordo_retention_purged_total", "store" => store)

@@ -27,6 +27,9 @@ pub struct AppState {
     /// In a cluster whose windows are kept per stream partition: those windows, merged
     /// (`view=partitions` of the metrics routes).
     pub partition_windows: Option<Arc<raccordo_runtime::live::ClusterWindows>>,
+    /// Whether this node keeps the windows of the whole log (`view=live`); off only in a
+    /// cluster whose partitions' windows are its only ones (`node_windows = false`).
+    pub node_windows: bool,
     pub alerts: Arc<AlertEngine>,
     /// Background tasks' health, for `/readyz` and the health API.
     pub supervisor: Supervisor,
@@ -83,4 +86,15 @@ pub struct CrmIntake {
     pub reconciler: Option<Arc<raccordo_sync::reconcile::Reconciler>>,
     /// Where integrity reports are written.
     pub reports_dir: std::path::PathBuf,
+}
+
+impl AppState {
+    /// The windows the default view reads: this node's over the whole log, or the cluster's
+    /// per partition where the node keeps none of its own.
+    pub fn feed(&self) -> Arc<dyn raccordo_runtime::live::WindowFeed> {
+        match &self.partition_windows {
+            Some(cluster) if !self.node_windows => cluster.clone(),
+            _ => self.live.clone(),
+        }
+    }
 }

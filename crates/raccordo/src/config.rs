@@ -143,6 +143,11 @@ pub struct StreamConfig {
     /// (`GET /api/v1/metrics?view=partitions`). Off: the stream is only relayed, for other
     /// consumers.
     pub windows: bool,
+    /// With `windows`: each node also keeps the windows of the whole log in memory
+    /// (`view=live`, the default view). Off: the partitions' windows are the cluster's only
+    /// windows — every metrics view, the live stream, the late table, the alerts, erasure and
+    /// retention use them, and no node counts the whole log.
+    pub node_windows: bool,
     /// More librdkafka settings for a Kafka stream (`"security.protocol" = "SASL_SSL"`,
     /// `"sasl.password" = "${KAFKA_PASSWORD}"`, …); values are never shown.
     #[serde(serialize_with = "redacted_values")]
@@ -181,6 +186,7 @@ impl Default for StreamConfig {
             max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: 1,
             windows: true,
+            node_windows: true,
             kafka: Default::default(),
         }
     }

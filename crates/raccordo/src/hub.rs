@@ -254,7 +254,11 @@ impl Hub {
                 }
             });
         }
-        live.restore(stores.windows.as_ref()).await?;
+        // A cluster whose partitions' windows are its only ones: no node counts the whole log.
+        let node_windows = window_partitions.is_none() || config.storage.stream.node_windows;
+        if node_windows {
+            live.restore(stores.windows.as_ref()).await?;
+        }
         // Every node serves the cluster's windows per partition, merged.
         let partition_windows = window_partitions.map(|partitions| {
             let cluster = raccordo_runtime::live::ClusterWindows::new(
@@ -281,13 +285,22 @@ impl Hub {
                 raccordo_runtime::jwks::keep_fresh(sources.clone(), outbound.clone(), ctx)
             });
         }
-        {
-            let (live, log) = (live.clone(), stores.log.clone());
-            supervisor.spawn("live-tailer", move |ctx| {
-                live.clone().run_tailer(log.clone(), ctx)
-            });
-        }
-        {
+        // What the alerts, retention and erasure read: the windows this node keeps, or the
+        // partitions' where it keeps none.
+        let (feed, late_events): (
+            Arc<dyn raccordo_runtime::live::WindowFeed>,
+            Arc<dyn raccordo_runtime::live::LateEventKeeper>,
+        ) = match &partition_windows {
+            Some(cluster) if !node_windows => (cluster.clone(), cluster.clone()),
+            _ => (live.clone(), live.clone()),
+        };
+        if node_windows {
+            {
+                let (live, log) = (live.clone(), stores.log.clone());
+                supervisor.spawn("live-tailer", move |ctx| {
+                    live.clone().run_tailer(log.clone(), ctx)
+                });
+            }
             let (live, windows, every) = (
                 live.clone(),
                 stores.windows.clone(),
@@ -320,21 +333,21 @@ impl Hub {
             });
         }
         {
-            let (alerts, live) = (alerts.clone(), live.clone());
+            let (alerts, feed) = (alerts.clone(), feed.clone());
             supervisor.spawn_singleton("alerts-windows", move |ctx| {
-                alerts.clone().watch_windows(live.clone(), ctx)
+                alerts.clone().watch_windows(feed.clone(), ctx)
             });
         }
         {
-            let (alerts, live) = (alerts.clone(), live.clone());
+            let (alerts, feed) = (alerts.clone(), feed.clone());
             supervisor.spawn_singleton("alerts-lag", move |ctx| {
-                alerts.clone().watch_lag(live.clone(), ctx)
+                alerts.clone().watch_lag(feed.clone(), ctx)
             });
         }
         {
-            let (runs, live, clock, retention) = (
+            let (runs, late_events, clock, retention) = (
                 stores.runs.clone(),
-                live.clone(),
+                late_events.clone(),
                 clock.clone(),
                 config.retention,
             );
@@ -342,7 +355,7 @@ impl Hub {
                 raccordo_runtime::retention::run_retention(
                     retention,
                     runs.clone(),
-                    live.clone(),
+                    late_events.clone(),
                     clock.clone(),
                     ctx,
                 )
@@ -392,7 +405,9 @@ impl Hub {
                 stores.query.clone(),
                 &config.privacy,
             )),
-            Arc::new(raccordo_runtime::privacy::LateEventsHolder(live.clone())),
+            Arc::new(raccordo_runtime::privacy::LateEventsHolder(
+                late_events.clone(),
+            )),
             Arc::new(raccordo_core::privacy::RejectedRequestsHolder(
                 stores.requests.clone(),
             )),
@@ -412,6 +427,7 @@ impl Hub {
         ];
         let state = Arc::new(AppState {
             partition_windows,
+            node_windows,
             personal_data,
             clock,
             ingestor,

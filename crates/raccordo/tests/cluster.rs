@@ -745,6 +745,98 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
     drop_schema(&schema).await;
 }
 
+/// A cluster whose partitions' windows are its only ones (`node_windows = false`): no node
+/// counts the whole log, and every view — metric rows, the late table, re-aggregation, the
+/// ingest answer's `late`, the ingest health — comes from the partitions' owners, on any
+/// node.
+#[cfg(feature = "cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_windows_alone_serve_every_view_on_every_node() {
+    if backend() != "cluster" {
+        return;
+    }
+    let Some(schema) = fresh_schema() else {
+        return;
+    };
+    let config = format!(
+        "[server]\ndata_dir = \"data\"\n{}node_windows = false\n{}",
+        storage(&schema),
+        sources_and_tokens()
+    );
+    let (_dir_a, a) = start(&config, None);
+    let (_dir_b, b) = start(&config, None);
+    // 30 conversions half an hour old, over both nodes, then a current one to close their
+    // windows.
+    for n in 0..30u32 {
+        let mut e = event(n);
+        e["timestamp"] = serde_json::json!(support::now_rfc3339(-30 * 60_000 + i64::from(n) * 500));
+        e["canale"] = serde_json::json!(["email", "sms", "webform"][n as usize % 3]);
+        let node = if n % 2 == 0 { a.addr } else { b.addr };
+        assert_eq!(post(node, &e).await, Some(202));
+    }
+    assert_eq!(post(a.addr, &event(1_000)).await, Some(202));
+    let on_a = closed_windows(&a, 30).await;
+    assert_eq!(
+        closed_windows(&b, 30).await,
+        on_a,
+        "both nodes serve the same windows"
+    );
+    assert!(on_a.len() >= 4, "per channel and overall: {on_a:?}");
+
+    // No node keeps windows of its own.
+    let live = client()
+        .get(b.url("/api/v1/metrics?view=live"))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 400);
+    assert!(live.text().await.unwrap().contains("node_windows"));
+
+    // An event three hours old is late in every partition: answered so, listed on B,
+    // re-aggregated from A by the partitions' owners.
+    let mut late = event(2_000);
+    late["timestamp"] = serde_json::json!(support::now_rfc3339(-3 * 3_600_000));
+    let answer: Value = client()
+        .post(a.url("/api/v1/eventi/conversione"))
+        .header("x-api-key", API_KEY)
+        .json(&late)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["late"], true, "{answer}");
+    let table = support::poll_json(&b, "/api/v1/metrics/late", READ_TOKEN, |t| {
+        t["total_events"] == 1
+    })
+    .await;
+    assert_eq!(table["events"][0]["id"], answer["id"], "{table}");
+    let done: Value = client()
+        .post(a.url("/api/v1/metrics/late/reaggregate"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["events"], 1, "{done}");
+    support::poll_json(&b, "/api/v1/metrics/late", READ_TOKEN, |t| {
+        t["total_events"] == 0
+    })
+    .await;
+    let health = support::poll_json(&a, "/api/v1/ingest/health", READ_TOKEN, |h| {
+        h["live"]["watermark_ms"].is_i64()
+    })
+    .await;
+    assert!(health["live"]["lag_ms"].is_i64(), "{health}");
+
+    drop((a, b));
+    drop_schema(&schema).await;
+}
+
 /// `raccordo keys rotate` on a shared store: with the nodes on the new key and the old one
 /// beside it, one run re-seals every secret under the new key; a node left on the old key
 /// alone then refuses to start instead of failing job by job.

@@ -90,6 +90,10 @@ impl ClusterWindows {
         self.partitions
     }
 
+    pub fn window_size_ms(&self) -> i64 {
+        self.live.spec.size_ms
+    }
+
     /// Reads the partitions' views until shutdown.
     pub async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
         loop {
@@ -211,6 +215,48 @@ impl ClusterWindows {
             .map(|((window, key), cell)| self.row(window, &key, &cell.stats, "provisional", &late))
             .collect();
         (rows, counted)
+    }
+
+    /// How long acknowledged events take to reach the partitions' windows: the slowest
+    /// partition's, as its owner last said.
+    pub fn lag_ms(&self) -> i64 {
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.views
+            .iter()
+            .flatten()
+            .map(|v| v.lag_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The watermark every partition has passed (`None` until each has published).
+    fn slowest_watermark(&self) -> Option<i64> {
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        if read.views.iter().any(Option::is_none) {
+            return None;
+        }
+        read.views.iter().flatten().map(|v| v.watermark_ms).min()
+    }
+
+    /// Whether an event at `event_time_ms` is too late for every window holding it in
+    /// every partition (as the owners last published).
+    pub fn is_too_late(&self, event_time_ms: i64) -> bool {
+        self.slowest_watermark()
+            .is_some_and(|w| self.live.spec.is_too_late(event_time_ms, w))
+    }
+
+    /// The partitions' windows' health: stream messages counted (the partitions' positions
+    /// stand in for log positions), the slowest lag and watermark.
+    pub fn health(&self) -> super::LiveHealth {
+        let counted = *self.progress.borrow();
+        super::LiveHealth {
+            processed_seq: counted,
+            committed_seq: counted,
+            lag_ms: self.lag_ms(),
+            watermark_ms: self.slowest_watermark().filter(|w| *w > i64::MIN / 2),
+            checkpoint_seq: 0,
+            restored_from_seq: 0,
+        }
     }
 
     /// The late table of every partition, merged.

@@ -53,8 +53,9 @@ mod partitioned;
 pub use cluster::ClusterWindows;
 pub use partitioned::{CommandDone, WindowCommand};
 
-/// What the live stream (SSE) and the alerts read from windows: this node's over the whole
-/// log ([`LiveMetrics`]) or the cluster's per partition ([`ClusterWindows`]).
+/// What the live stream (SSE), the alerts and the ingest answer read from windows: this
+/// node's over the whole log ([`LiveMetrics`]) or the cluster's per partition
+/// ([`ClusterWindows`]).
 pub trait WindowFeed: Send + Sync {
     /// Final and late-update rows as windows close or late events update them.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<MetricRow>>;
@@ -66,6 +67,13 @@ pub trait WindowFeed: Send + Sync {
         dimension: Option<&Dimension>,
         value: Option<&str>,
     ) -> (Vec<MetricRow>, i64);
+    fn window_size_ms(&self) -> i64;
+    /// How long an acknowledged event currently takes to reach the windows.
+    fn lag_ms(&self) -> i64;
+    /// Whether an event at `event_time_ms` is already too late for every window holding it.
+    fn is_too_late(&self, event_time_ms: i64) -> bool;
+    /// The windows' health (`GET /api/v1/ingest/health`).
+    fn health(&self) -> LiveHealth;
 }
 
 impl WindowFeed for LiveMetrics {
@@ -82,6 +90,18 @@ impl WindowFeed for LiveMetrics {
     ) -> (Vec<MetricRow>, i64) {
         LiveMetrics::provisional(self, dimension, value)
     }
+    fn window_size_ms(&self) -> i64 {
+        LiveMetrics::window_size_ms(self)
+    }
+    fn lag_ms(&self) -> i64 {
+        LiveMetrics::health(self).lag_ms
+    }
+    fn is_too_late(&self, event_time_ms: i64) -> bool {
+        LiveMetrics::is_too_late(self, event_time_ms)
+    }
+    fn health(&self) -> LiveHealth {
+        LiveMetrics::health(self)
+    }
 }
 
 impl WindowFeed for ClusterWindows {
@@ -97,6 +117,61 @@ impl WindowFeed for ClusterWindows {
         value: Option<&str>,
     ) -> (Vec<MetricRow>, i64) {
         ClusterWindows::provisional(self, dimension, value)
+    }
+    fn window_size_ms(&self) -> i64 {
+        ClusterWindows::window_size_ms(self)
+    }
+    fn lag_ms(&self) -> i64 {
+        ClusterWindows::lag_ms(self)
+    }
+    fn is_too_late(&self, event_time_ms: i64) -> bool {
+        ClusterWindows::is_too_late(self, event_time_ms)
+    }
+    fn health(&self) -> LiveHealth {
+        ClusterWindows::health(self)
+    }
+}
+
+/// Where the late events are kept, for retention and erasure: this node's windows, or every
+/// partition's owner (through commands).
+#[async_trait::async_trait]
+pub trait LateEventKeeper: Send + Sync {
+    /// Forgets late events received before `before_ms`; how many went.
+    async fn purge_late_events(&self, before_ms: i64) -> u64;
+    /// Late events of customer hash `from` count as `to` instead; how many changed.
+    async fn rehash_late_customer(&self, from: &[u64], to: u64) -> u64;
+}
+
+#[async_trait::async_trait]
+impl LateEventKeeper for LiveMetrics {
+    async fn purge_late_events(&self, before_ms: i64) -> u64 {
+        LiveMetrics::purge_late_events(self, before_ms)
+    }
+    async fn rehash_late_customer(&self, from: &[u64], to: u64) -> u64 {
+        LiveMetrics::rehash_late_customer(self, from, to)
+    }
+}
+
+#[async_trait::async_trait]
+impl LateEventKeeper for ClusterWindows {
+    async fn purge_late_events(&self, before_ms: i64) -> u64 {
+        let command = WindowCommand::PurgeLateEvents { before_ms };
+        self.command(command, Duration::from_secs(10))
+            .await
+            .iter()
+            .map(|d| d.events)
+            .sum()
+    }
+    async fn rehash_late_customer(&self, from: &[u64], to: u64) -> u64 {
+        let command = WindowCommand::RehashLateCustomer {
+            from: from.to_vec(),
+            to,
+        };
+        self.command(command, Duration::from_secs(10))
+            .await
+            .iter()
+            .map(|d| d.events)
+            .sum()
     }
 }
 

@@ -141,6 +141,9 @@ pub struct PartitionView {
     pub windows: Vec<(Window, DimKey, ConversionStats, bool)>,
     /// Changes whenever the late table does ([`LateView`] is then rewritten).
     pub late_fingerprint: u64,
+    /// How long an event currently takes from its acknowledgement to these windows.
+    #[serde(default)]
+    pub lag_ms: i64,
 }
 
 /// A partition's late table as its owner last published it.
@@ -177,6 +180,7 @@ pub struct CommandDone {
 impl LiveMetrics {
     /// These windows as published for the other nodes.
     pub fn view(&self, owner: &str) -> PartitionView {
+        let lag_ms = self.health().lag_ms;
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(operator) = &state.operator else {
             return PartitionView::default();
@@ -209,6 +213,7 @@ impl LiveMetrics {
             watermark_ms: watermark,
             windows,
             late_fingerprint: late_fingerprint(&state.late, &state.late_events),
+            lag_ms,
         }
     }
 

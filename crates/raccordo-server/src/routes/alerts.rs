@@ -85,7 +85,7 @@ pub async fn ingest_health(State(state): State<Arc<AppState>>, _reader: Reader) 
     sources.sort_by(|a, b| a.source.cmp(&b.source));
     Json(IngestHealth {
         ready: state.ingestor.log().is_ready(),
-        live: state.live.health(),
+        live: state.feed().health(),
         sources,
         tasks: state.supervisor.health(),
     })

@@ -306,7 +306,7 @@ pub(super) fn answer_of(
                 && response
                     .event_times_ms
                     .get(i)
-                    .is_some_and(|t| state.live.is_too_late(*t)),
+                    .is_some_and(|t| state.feed().is_too_late(*t)),
         });
     if response.single {
         match items.next() {

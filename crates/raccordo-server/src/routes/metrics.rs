@@ -23,15 +23,21 @@ enum Windows {
 
 /// The `view` parameter: `live` (default) or `partitions` (where the hub keeps windows per
 /// stream partition).
+/// The default is `partitions` where the node keeps no windows of its own.
 fn windows_view(state: &AppState, view: Option<&str>) -> Result<Windows, Problem> {
     match (view, &state.partition_windows) {
-        (None | Some("live"), _) => Ok(Windows::Live),
+        (None, Some(cluster)) if !state.node_windows => Ok(Windows::Partitions(cluster.clone())),
+        (None | Some("live"), _) if state.node_windows => Ok(Windows::Live),
+        (Some("live"), _) => Err(Problem::bad_parameter(
+            "view",
+            "this cluster keeps its windows per partition only ([storage.stream] node_windows = false): use `partitions`",
+        )),
         (Some("partitions"), Some(cluster)) => Ok(Windows::Partitions(cluster.clone())),
         (Some("partitions"), None) => Err(Problem::bad_parameter(
             "view",
             "this hub keeps no windows per partition (a cluster with a [storage.stream] does)",
         )),
-        (Some(_), _) => Err(Problem::bad_parameter("view", "`live` or `partitions`")),
+        _ => Err(Problem::bad_parameter("view", "`live` or `partitions`")),
     }
 }
 
