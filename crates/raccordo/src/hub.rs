@@ -92,6 +92,7 @@ async fn start_stream_relay(
     config: &crate::config::StreamConfig,
     stores: &Stores,
     supervisor: &Supervisor,
+    live: &Arc<LiveMetrics>,
 ) -> anyhow::Result<Option<Arc<dyn raccordo_core::ConversionStream>>> {
     let Some(stream) = config
         .open()
@@ -104,7 +105,12 @@ async fn start_stream_relay(
         stores.log.clone(),
         stores.offsets.clone(),
         stream.clone(),
-        config.partitioner(),
+        // Placed by the customer as the windows count it (through the sources' mappings,
+        // e-mails lower-cased): each partition's windows hold all of their customers' events.
+        config.partitioner().with_customer_of({
+            let live = live.clone();
+            Arc::new(move |event| live.customer_hash(event))
+        }),
     ));
     supervisor.spawn_singleton("stream-relay", move |ctx| {
         let relay = relay.clone();
@@ -128,6 +134,7 @@ fn start_partition_windows(
     let spec = config.metrics.window_spec();
     let goals = config.metrics.goals.clone();
     let history = config.metrics.history;
+    let node_windows = config.storage.stream.node_windows;
     let make_clock = clock.clone();
     let windows = Arc::new(raccordo_runtime::partitions::PartitionedWindows {
         stream,
@@ -145,6 +152,7 @@ fn start_partition_windows(
             );
             metrics.set_history(history);
             metrics.set_mappings(mappings.clone());
+            metrics.set_reports_process_metrics(!node_windows);
             metrics
         }),
         checkpoint_every: config.metrics.checkpoint_every,
@@ -208,13 +216,20 @@ impl Hub {
             .iter()
             .filter_map(|s| Some((s.name.to_string(), s.mapping.clone()?)))
             .collect();
+        let live = LiveMetrics::new(
+            config.metrics.window_spec(),
+            config.metrics.goals.clone(),
+            clock.clone(),
+        );
+        live.set_history(config.metrics.history);
+        live.set_mappings(mappings.clone());
         // A cluster with a stream keeps windows per partition too (`?view=partitions`).
         #[allow(unused_mut)]
         let mut window_partitions: Option<u32> = None;
         #[cfg(feature = "cluster")]
         if config.storage.backend == Backend::Cluster
             && let Some(stream) =
-                start_stream_relay(&config.storage.stream, &stores, &supervisor).await?
+                start_stream_relay(&config.storage.stream, &stores, &supervisor, &live).await?
             && config.storage.stream.windows
         {
             window_partitions = Some(stream.partitions());
@@ -229,13 +244,6 @@ impl Hub {
             );
         }
 
-        let live = LiveMetrics::new(
-            config.metrics.window_spec(),
-            config.metrics.goals.clone(),
-            clock.clone(),
-        );
-        live.set_history(config.metrics.history);
-        live.set_mappings(mappings);
         live.load_costs(stores.costs.as_ref()).await?;
         if config.storage.backend.is_shared() {
             // Spend given to another node (`PUT /api/v1/campaigns/{id}/costs`) reaches this

@@ -36,11 +36,28 @@ pub fn partition_of(customer: &[u8], partitions: u32) -> u32 {
     (u64::from_be_bytes(first) % u64::from(partitions.max(1))) as u32
 }
 
+/// How the consumers of the stream tell an event's customer (e.g. the live windows, through
+/// the sources' mappings): a number standing for it, or `None` when the event names none.
+pub type CustomerOf = Arc<dyn Fn(&RawEvent) -> Option<u64> + Send + Sync>;
+
 /// Reads the customer from a stored payload and places the event.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Partitioner {
     pointer: String,
     partitions: u32,
+    /// Where set, the customer as the stream's consumers tell it, before `pointer`: a
+    /// partition then holds every event of its customers however their sources name them.
+    customer_of: Option<CustomerOf>,
+}
+
+impl std::fmt::Debug for Partitioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partitioner")
+            .field("pointer", &self.pointer)
+            .field("partitions", &self.partitions)
+            .field("customer_of", &self.customer_of.is_some())
+            .finish()
+    }
 }
 
 impl Partitioner {
@@ -48,6 +65,22 @@ impl Partitioner {
         Self {
             pointer: pointer.into(),
             partitions: partitions.max(1),
+            customer_of: None,
+        }
+    }
+
+    /// Places events by the customer `customer_of` tells (falling back to the pointer).
+    pub fn with_customer_of(mut self, customer_of: CustomerOf) -> Self {
+        self.customer_of = Some(customer_of);
+        self
+    }
+
+    /// The partition of a stored event: [`Self::place`], or by the customer `customer_of`
+    /// tells where set.
+    pub fn place_event(&self, event: &RawEvent) -> u32 {
+        match self.customer_of.as_ref().and_then(|of| of(event)) {
+            Some(customer) => partition_of(&customer.to_le_bytes(), self.partitions),
+            None => self.place(&event.payload, &event.id.to_string()),
         }
     }
 
@@ -342,8 +375,7 @@ impl Relay {
                 let stamp = state.stream_time;
                 state.stream_time =
                     Some(stamp.map_or(event.event_time_ms, |t| t.max(event.event_time_ms)));
-                let id = event.id.to_string();
-                let partition = self.partitioner.place(&event.payload, &id);
+                let partition = self.partitioner.place_event(event);
                 if state
                     .guard
                     .as_ref()

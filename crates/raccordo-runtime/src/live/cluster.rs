@@ -249,13 +249,20 @@ impl ClusterWindows {
     /// stand in for log positions), the slowest lag and watermark.
     pub fn health(&self) -> super::LiveHealth {
         let counted = *self.progress.borrow();
+        let (checkpointed, restored_from) = {
+            let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+            let views = read.views.iter().flatten();
+            views.fold((0, 0), |(c, r), v| {
+                (c + v.checkpointed, r + v.restored_from)
+            })
+        };
         super::LiveHealth {
             processed_seq: counted,
             committed_seq: counted,
             lag_ms: self.lag_ms(),
             watermark_ms: self.slowest_watermark().filter(|w| *w > i64::MIN / 2),
-            checkpoint_seq: 0,
-            restored_from_seq: 0,
+            checkpoint_seq: checkpointed,
+            restored_from_seq: restored_from,
         }
     }
 
@@ -288,6 +295,9 @@ impl ClusterWindows {
         dimension: Option<&Dimension>,
         value: Option<&str>,
     ) -> Result<(Vec<MetricRow>, i64), StoreError> {
+        // Read the views now: an answer never older than what this node last said (the
+        // ingest answer's `late` reads the same views).
+        self.refresh().await?;
         let size = self.live.spec.size_ms;
         let wanted = |window: &Window, key: &DimKey| {
             window.end > from_ms
@@ -334,8 +344,10 @@ impl ClusterWindows {
                         );
                     }
                 }
-                // Not published yet (no owner since the nodes started): the checkpoint.
+                // Not published yet (no owner since the nodes started): the checkpoint's open
+                // windows, and nothing final until the owner says how far it is.
                 None => {
+                    slowest = i64::MIN;
                     let Some(saved) = self.store.checkpoint(&scope).await? else {
                         continue;
                     };
@@ -343,10 +355,6 @@ impl ClusterWindows {
                     let Ok(checkpoint) = serde_json::from_str::<Checkpoint>(&saved.state) else {
                         continue;
                     };
-                    let watermark = checkpoint.operator.max_event_time.map_or(i64::MIN, |t| {
-                        t.saturating_sub(self.live.spec.out_of_orderness_ms)
-                    });
-                    slowest = slowest.min(watermark);
                     let fired: HashSet<Window> =
                         checkpoint.operator.fired.iter().copied().collect();
                     for (window, keys) in checkpoint.operator.windows {

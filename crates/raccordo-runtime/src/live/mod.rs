@@ -450,6 +450,8 @@ pub struct LiveMetrics {
     changed_off_log: std::sync::atomic::AtomicBool,
     /// Log position the windows were restored from at start (0: replayed from the start).
     restored_from_seq: std::sync::atomic::AtomicI64,
+    /// See [`Self::set_reports_process_metrics`].
+    process_metrics: std::sync::atomic::AtomicBool,
 }
 
 /// Work for the task that saves results and checkpoints, in order.
@@ -563,6 +565,7 @@ impl LiveMetrics {
             checkpoint_seq: Default::default(),
             changed_off_log: Default::default(),
             restored_from_seq: Default::default(),
+            process_metrics: Default::default(),
         })
     }
 
@@ -850,6 +853,16 @@ impl LiveMetrics {
     /// cluster node's partition windows count the same events again.
     fn reports_process_metrics(&self) -> bool {
         self.scope == SCOPE
+            || self
+                .process_metrics
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A partition's windows report the process's lag and late events too: where the node
+    /// keeps no windows of its own, nothing else counts them.
+    pub fn set_reports_process_metrics(&self, on: bool) {
+        self.process_metrics
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn window_size_ms(&self) -> i64 {
@@ -1173,6 +1186,22 @@ impl LiveMetrics {
                 .map(|(name, value)| (Dimension::Field(Arc::from(name)), value)),
         );
         Some((record, keys))
+    }
+
+    /// The customer of an event as these windows count it (its distinct-count hash, through
+    /// the source's mapping), if the event is one they count: the stream places events by
+    /// it, so that a partition's windows hold every event of their customers.
+    pub fn customer_hash(&self, event: &RawEvent) -> Option<u64> {
+        let mappings = self
+            .mappings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let record = match mappings.get(event.source.as_str()) {
+            Some(mapping) => self.mapped_record(mapping, event),
+            None => self.builtin_record(event),
+        };
+        record.map(|(record, _)| record.customer_hash)
     }
 
     fn record_of(

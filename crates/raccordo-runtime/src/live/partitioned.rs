@@ -144,6 +144,12 @@ pub struct PartitionView {
     /// How long an event currently takes from its acknowledgement to these windows.
     #[serde(default)]
     pub lag_ms: i64,
+    /// Messages its last checkpoint covers, and where it was restored from when its owner
+    /// took it (0: from the start).
+    #[serde(default)]
+    pub checkpointed: i64,
+    #[serde(default)]
+    pub restored_from: i64,
 }
 
 /// A partition's late table as its owner last published it.
@@ -214,6 +220,12 @@ impl LiveMetrics {
             windows,
             late_fingerprint: late_fingerprint(&state.late, &state.late_events),
             lag_ms,
+            checkpointed: self
+                .checkpoint_seq
+                .load(std::sync::atomic::Ordering::Relaxed),
+            restored_from: self
+                .restored_from_seq
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

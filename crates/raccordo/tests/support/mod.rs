@@ -324,8 +324,11 @@ fn postgres_storage(dir: &Path) -> String {
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let nats =
             std::env::var("RACCORDO_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        // RACCORDO_TEST_NODE_WINDOWS=false: the partitions' windows are the node's only ones.
+        let node_windows =
+            std::env::var("RACCORDO_TEST_NODE_WINDOWS").unwrap_or_else(|_| "true".into());
         format!(
-            "\nredis = {{ url = \"{url}\", key_prefix = \"{schema}:\" }}\nstream = {{ url = \"{nats}\", name = \"{}\", subject_prefix = \"{schema}\", max_age = \"1h\" }}",
+            "\nredis = {{ url = \"{url}\", key_prefix = \"{schema}:\" }}\nstream = {{ url = \"{nats}\", name = \"{}\", subject_prefix = \"{schema}\", max_age = \"1h\", node_windows = {node_windows} }}",
             schema.to_uppercase()
         )
     } else {
