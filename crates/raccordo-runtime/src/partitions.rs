@@ -218,6 +218,8 @@ impl PartitionedWindows {
     /// Starts a partition's windows from its checkpoint: the persister and the stream reader.
     async fn take(&self, partition: u32) -> anyhow::Result<Owned> {
         let metrics = (self.make)(partition);
+        // Published for the other nodes, which stream every window that closes.
+        metrics.keep_emissions();
         metrics.restore(self.store.as_ref()).await?;
         let cancel = CancellationToken::new();
         let persister = {

@@ -144,9 +144,10 @@ pub struct StreamConfig {
     /// consumers.
     pub windows: bool,
     /// With `windows`: each node also keeps the windows of the whole log in memory
-    /// (`view=live`, the default view). Off: the partitions' windows are the cluster's only
-    /// windows — every metrics view, the live stream, the late table, the alerts, erasure and
-    /// retention use them, and no node counts the whole log.
+    /// (`view=live`, then the default view), doubling its window work. Off (the default):
+    /// the partitions' windows are the cluster's only windows — every metrics view, the live
+    /// stream, the late table, the alerts, erasure and retention use them, and no node
+    /// counts the whole log.
     pub node_windows: bool,
     /// More librdkafka settings for a Kafka stream (`"security.protocol" = "SASL_SSL"`,
     /// `"sasl.password" = "${KAFKA_PASSWORD}"`, …); values are never shown.
@@ -186,7 +187,7 @@ impl Default for StreamConfig {
             max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: 1,
             windows: true,
-            node_windows: true,
+            node_windows: false,
             kafka: Default::default(),
         }
     }

@@ -512,7 +512,7 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
     // Ten more contacts, each call to Zoho slowed to 2 s, and 600 conversions from
     // `raccordo loadgen` spread over the three nodes (each request to the next node in turn,
     // sent again to the next when a node gives no answer, as a sender behind a load balancer
-    // sees it), paced to last six seconds, with event times half an hour back. A — the
+    // sees it), paced to last ten seconds, with event times half an hour back. A — the
     // leader, where HubSpot's webhooks land and whose workers take the jobs they make — dies
     // once sync jobs are leased, mid-call to Zoho: the jobs it held run again on B or C once
     // their leases run out and must not write a contact twice; B or C takes the lead over.
@@ -527,15 +527,7 @@ async fn three_nodes_lose_nothing_write_each_contact_once_and_refresh_each_grant
     }
     let loadgen = loadgen
         .args(["--route", "conversion", "--api-key", API_KEY])
-        .args([
-            "--rate",
-            "100",
-            "--duration",
-            "2m",
-            "--seed",
-            "15",
-            "--json",
-        ])
+        .args(["--rate", "60", "--duration", "2m", "--seed", "15", "--json"])
         .args(["--requests", &CONVERSIONS.to_string()])
         .args(["--event-time-from", &support::now_rfc3339(-30 * 60_000)])
         .args(["--event-time-step", "5ms"])

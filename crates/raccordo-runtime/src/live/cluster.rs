@@ -36,10 +36,27 @@ struct Read {
     views: Vec<Option<PartitionView>>,
     /// Each partition's late table, with the fingerprint it was read at.
     lates: Vec<Option<(u64, LateView)>>,
+    /// Per partition: the owner's incarnation and the last emitted result taken in.
+    taken: Vec<(u64, u64)>,
+    /// Each partition's final results per window, as far as known (from its emissions, its
+    /// view, or the window store).
+    known: HashMap<(u32, Window), Known>,
+    /// Results emitted by some partition, to stream once every partition is past them.
+    pending: std::collections::BTreeSet<(Window, DimKey)>,
     /// The final rows last streamed, to stream only what changed.
-    finals: HashMap<(Window, DimKey), ConversionStats>,
-    /// Whether `finals` was filled once (the first read streams nothing: it is the start).
+    streamed: HashMap<(Window, DimKey), ConversionStats>,
+    /// Whether the views were read once (what was emitted before this node started is not
+    /// streamed again).
     primed: bool,
+}
+
+/// A partition's final results for one window.
+#[derive(Default)]
+struct Known {
+    results: HashMap<DimKey, ConversionStats>,
+    /// Every key of the window is here (read from the view's finals or the store), not only
+    /// those a late update emitted.
+    complete: bool,
 }
 
 /// One cell of the merged windows.
@@ -79,6 +96,7 @@ impl ClusterWindows {
             read: Mutex::new(Read {
                 views: vec![None; partitions as usize],
                 lates: vec![None; partitions as usize],
+                taken: vec![(0, 0); partitions as usize],
                 ..Read::default()
             }),
             fired: tokio::sync::broadcast::channel(1024).0,
@@ -135,42 +153,175 @@ impl ClusterWindows {
                 lates[partition] = Some((view.late_fingerprint, late));
             }
         }
-        let merged = merge_views(&views, self.live.spec.size_ms);
-        let finals: HashMap<(Window, DimKey), ConversionStats> = merged
-            .into_iter()
-            .filter(|(_, cell)| !cell.open)
-            .map(|(k, cell)| (k, cell.stats))
-            .collect();
         let counted: i64 = views.iter().flatten().map(|v| v.counted).sum();
-        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        for (partition, late) in lates.into_iter().enumerate() {
-            if late.is_some() {
-                read.lates[partition] = late;
+        let missing = {
+            let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+            for (partition, late) in lates.into_iter().enumerate() {
+                if late.is_some() {
+                    read.lates[partition] = late;
+                }
             }
+            read.views = views;
+            self.take_in_emissions(&mut read)
+        };
+        // Partitions whose results for a window about to be streamed are not known here:
+        // read from the window store (the owner saved them when they were emitted, long
+        // enough ago to be out of its published emissions), or none at all.
+        let mut loaded = Vec::with_capacity(missing.len());
+        for (partition, window) in missing {
+            let mut results = HashMap::new();
+            for r in self
+                .store
+                .results_between(&partition_scope(partition), window.start, window.end)
+                .await?
+            {
+                if r.window_start_ms != window.start || r.window_end_ms != window.end {
+                    continue;
+                }
+                if let Ok(stats) = serde_json::from_str::<ConversionStats>(&r.stats) {
+                    results.insert((Dimension::parse(&r.dimension), r.value), stats);
+                }
+            }
+            loaded.push(((partition, window), results));
         }
-        read.views = views;
-        let mut changed: Vec<(&(Window, DimKey), &ConversionStats)> = finals
-            .iter()
-            .filter(|(key, stats)| read.finals.get(*key) != Some(*stats))
-            .collect();
-        changed.sort_by(|a, b| a.0.cmp(b.0));
-        if read.primed && !changed.is_empty() {
-            let late = late_counts(&read.lates);
-            let rows = changed
-                .into_iter()
-                .map(|((window, key), stats)| self.row(*window, key, stats, "final", &late))
-                .collect();
-            let _ = self.fired.send(rows);
+        {
+            let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+            for (at, mut results) in loaded {
+                // What was emitted since is newer than what the store had.
+                let known = read.known.entry(at).or_default();
+                results.extend(known.results.drain());
+                *known = Known {
+                    results,
+                    complete: true,
+                };
+            }
+            self.stream_ready(&mut read);
         }
-        read.finals = finals;
-        read.primed = true;
-        drop(read);
         self.progress.send_if_modified(|seen| {
             let moved = *seen != counted;
             *seen = counted;
             moved
         });
         Ok(())
+    }
+
+    /// Takes in what the views say of final results: every partition's emissions since last
+    /// read (pending, to stream) and its recent finals (known). Returns the partitions whose
+    /// results are needed for a window ready to stream but not known here.
+    fn take_in_emissions(&self, read: &mut Read) -> Vec<(u32, Window)> {
+        let Read {
+            views,
+            taken,
+            known,
+            pending,
+            primed,
+            ..
+        } = read;
+        for (partition, view) in views.iter().enumerate() {
+            let Some(view) = view else { continue };
+            let p = partition as u32;
+            let mut finals: HashMap<Window, HashMap<DimKey, ConversionStats>> = HashMap::new();
+            for (window, key, stats, fired) in &view.windows {
+                if *fired {
+                    finals
+                        .entry(*window)
+                        .or_default()
+                        .insert(key.clone(), stats.clone());
+                }
+            }
+            for (window, results) in finals {
+                known.insert(
+                    (p, window),
+                    Known {
+                        results,
+                        complete: true,
+                    },
+                );
+            }
+            let (incarnation, last) = taken[partition];
+            let after = if incarnation == view.incarnation {
+                last
+            } else {
+                0
+            };
+            for (n, window, key, stats) in &view.emitted {
+                if *n <= after {
+                    continue;
+                }
+                known
+                    .entry((p, *window))
+                    .or_default()
+                    .results
+                    .insert(key.clone(), stats.clone());
+                if *primed {
+                    pending.insert((*window, key.clone()));
+                }
+            }
+            let newest = view.emitted.iter().map(|e| e.0).max().unwrap_or(after);
+            taken[partition] = (view.incarnation, newest.max(after));
+        }
+        *primed = true;
+        let Some(slowest) = slowest_of(views) else {
+            return Vec::new();
+        };
+        let windows: std::collections::BTreeSet<Window> = pending
+            .iter()
+            .filter(|(w, _)| w.end <= slowest)
+            .map(|(w, _)| *w)
+            .collect();
+        let mut missing = Vec::new();
+        for window in windows {
+            for p in 0..self.partitions {
+                if !known.get(&(p, window)).is_some_and(|k| k.complete) {
+                    missing.push((p, window));
+                }
+            }
+        }
+        missing
+    }
+
+    /// Streams the pending results every partition is past, merged, where they changed;
+    /// forgets what can no longer change.
+    fn stream_ready(&self, read: &mut Read) {
+        let Some(slowest) = slowest_of(&read.views) else {
+            return;
+        };
+        let ready: Vec<(Window, DimKey)> = read
+            .pending
+            .iter()
+            .filter(|(w, _)| w.end <= slowest)
+            .cloned()
+            .collect();
+        let late = late_counts(&read.lates);
+        let mut rows = Vec::new();
+        for (window, key) in ready {
+            read.pending.remove(&(window, key.clone()));
+            let mut merged = ConversionStats::default();
+            for p in 0..self.partitions {
+                if let Some(stats) = read
+                    .known
+                    .get(&(p, window))
+                    .and_then(|k| k.results.get(&key))
+                {
+                    merged.merge_disjoint(stats);
+                }
+            }
+            if read.streamed.get(&(window, key.clone())) == Some(&merged) {
+                continue;
+            }
+            rows.push(self.row(window, &key, &merged, "final", &late));
+            read.streamed.insert((window, key), merged);
+        }
+        if !rows.is_empty() {
+            let _ = self.fired.send(rows);
+        }
+        // A window past the allowed lateness cannot change any more.
+        let spec = &self.live.spec;
+        let gone = slowest
+            .saturating_sub(spec.allowed_lateness_ms)
+            .saturating_sub(spec.size_ms);
+        read.known.retain(|(_, w), _| w.end >= gone);
+        read.streamed.retain(|(w, _), _| w.end >= gone);
     }
 
     fn row(
@@ -232,10 +383,7 @@ impl ClusterWindows {
     /// The watermark every partition has passed (`None` until each has published).
     fn slowest_watermark(&self) -> Option<i64> {
         let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        if read.views.iter().any(Option::is_none) {
-            return None;
-        }
-        read.views.iter().flatten().map(|v| v.watermark_ms).min()
+        slowest_of(&read.views)
     }
 
     /// Whether an event at `event_time_ms` is too late for every window holding it in
@@ -522,6 +670,14 @@ pub(super) fn merge_views(
     merged
 }
 
+/// The watermark every partition has passed (`None` until each has published).
+fn slowest_of(views: &[Option<PartitionView>]) -> Option<i64> {
+    if views.iter().any(Option::is_none) {
+        return None;
+    }
+    views.iter().flatten().map(|v| v.watermark_ms).min()
+}
+
 /// Late counts per window start and key, summed over the partitions' late tables.
 fn late_counts(lates: &[Option<(u64, LateView)>]) -> HashMap<(i64, DimKey), u64> {
     let mut out: HashMap<(i64, DimKey), u64> = HashMap::new();
@@ -669,6 +825,9 @@ mod tests {
         let parts: Vec<Arc<LiveMetrics>> = (0..2)
             .map(|p| LiveMetrics::in_scope(spec, goals.clone(), clock.clone(), partition_scope(p)))
             .collect();
+        for part in &parts {
+            part.keep_emissions();
+        }
         // W1 = [10.2 M, 10.5 M): a customer in each partition; the stream's time passes it;
         // partition 0 has an open window after; partition 1 a late event far back.
         let w1 = 34 * SIZE;
@@ -755,6 +914,26 @@ mod tests {
                 .events,
             0,
             "nothing left to re-aggregate"
+        );
+
+        // Event time jumps ahead: a window closing far behind the new watermark (beyond what
+        // the views list as recent finals) is streamed too, from the owner's emissions.
+        while fired.try_recv().is_ok() {}
+        let w3 = w1 + 3 * SIZE;
+        feed(
+            &parts[0],
+            &[event(4, 0, "C3", w3 + 1_000), tick(5, 0, w1 + 20 * SIZE)],
+        );
+        feed(&parts[1], &[tick(5, 1, w1 + 20 * SIZE)]);
+        until(&cluster, |c| c.provisional(None, None).1 == 10).await;
+        let mut streamed = Vec::new();
+        while let Ok(rows) = fired.try_recv() {
+            streamed.extend(all_rows(&rows));
+        }
+        assert_eq!(
+            streamed,
+            vec![(w1 + SIZE, "final", 1, 1), (w3, "final", 1, 1)],
+            "the window left open before, and the one far behind"
         );
         cancel.cancel();
     }

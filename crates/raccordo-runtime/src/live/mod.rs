@@ -452,6 +452,9 @@ pub struct LiveMetrics {
     restored_from_seq: std::sync::atomic::AtomicI64,
     /// See [`Self::set_reports_process_metrics`].
     process_metrics: std::sync::atomic::AtomicBool,
+    /// The final and late-update results emitted lately, for a partition's owner to publish
+    /// (kept only where [`Self::keep_emissions`] was called).
+    emissions: Mutex<Option<partitioned::Emissions>>,
 }
 
 /// Work for the task that saves results and checkpoints, in order.
@@ -566,6 +569,7 @@ impl LiveMetrics {
             changed_off_log: Default::default(),
             restored_from_seq: Default::default(),
             process_metrics: Default::default(),
+            emissions: Mutex::new(None),
         })
     }
 
@@ -1043,6 +1047,11 @@ impl LiveMetrics {
             changed.sort();
             changed.dedup();
         }
+        if !changed.is_empty() {
+            self.record_emissions(changed.iter().filter_map(|(w, k)| {
+                Some((*w, k.clone(), state.fired.get(&(*w, k.clone()))?.clone()))
+            }));
+        }
         // Sent under the state lock, so a checkpoint taken later is always queued after the
         // results it covers (see `spawn_persister`).
         if !changed.is_empty() {
@@ -1354,6 +1363,7 @@ impl LiveMetrics {
                 .or_insert_with(|| ConversionStats::default().frozen());
             stats.absorb_late(&records);
             let stats = stats.clone();
+            self.record_emissions(std::iter::once((window, key.clone(), stats.clone())));
             if let Ok(text) = serde_json::to_string(&stats) {
                 results.push(WindowResult {
                     window_start_ms: window.start,

@@ -98,6 +98,23 @@ impl LiveMetrics {
     }
 }
 
+/// How long a partition's owner keeps publishing an emitted final result: far longer than
+/// the nodes take to read the views (every [`super::cluster::POLL_EVERY`]).
+const EMISSIONS_KEPT_MS: i64 = 15_000;
+/// At most this many emitted results are published (a replay firing windows by the
+/// thousand); the nodes read the rest from the window store.
+const EMISSIONS_KEPT: usize = 20_000;
+
+/// The final and late-update results a partition emitted lately, numbered.
+#[derive(Debug)]
+pub(super) struct Emissions {
+    /// Tells this owner's numbering from an earlier owner's.
+    incarnation: u64,
+    next: u64,
+    /// (number, when, window, key, result), oldest first.
+    recent: std::collections::VecDeque<(u64, i64, Window, DimKey, ConversionStats)>,
+}
+
 /// How often a partition's owner publishes its windows while events come (coalescing the
 /// pages counted meanwhile), and the longest it waits to look for commands.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
@@ -150,6 +167,13 @@ pub struct PartitionView {
     pub checkpointed: i64,
     #[serde(default)]
     pub restored_from: i64,
+    /// Tells this owner's numbering of `emitted` from a predecessor's.
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Final and late-update results as they were emitted lately, numbered: how the nodes
+    /// learn of every window that closes or changes, however far behind the watermark.
+    #[serde(default)]
+    pub emitted: Vec<(u64, Window, DimKey, ConversionStats)>,
 }
 
 /// A partition's late table as its owner last published it.
@@ -184,9 +208,56 @@ pub struct CommandDone {
 }
 
 impl LiveMetrics {
+    /// Keeps the results these windows emit, numbered, for [`Self::view`] (a partition's).
+    pub fn keep_emissions(&self) {
+        *self.emissions.lock().unwrap_or_else(|p| p.into_inner()) = Some(Emissions {
+            incarnation: rand::random(),
+            next: 1,
+            recent: Default::default(),
+        });
+    }
+
+    /// Records emitted results, where they are kept.
+    pub(super) fn record_emissions(
+        &self,
+        emitted: impl Iterator<Item = (Window, DimKey, ConversionStats)>,
+    ) {
+        let mut emissions = self.emissions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(log) = emissions.as_mut() else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        for (window, key, stats) in emitted {
+            log.recent
+                .push_back((log.next, now, window, key, stats.frozen()));
+            log.next += 1;
+        }
+        while log.recent.len() > EMISSIONS_KEPT
+            || log
+                .recent
+                .front()
+                .is_some_and(|e| e.1 < now - EMISSIONS_KEPT_MS)
+        {
+            log.recent.pop_front();
+        }
+    }
+
     /// These windows as published for the other nodes.
     pub fn view(&self, owner: &str) -> PartitionView {
         let lag_ms = self.health().lag_ms;
+        let (incarnation, emitted) = {
+            let now = self.clock.now_ms();
+            let emissions = self.emissions.lock().unwrap_or_else(|p| p.into_inner());
+            emissions.as_ref().map_or((0, Vec::new()), |log| {
+                let emitted = log
+                    .recent
+                    .iter()
+                    .filter(|e| e.1 >= now - EMISSIONS_KEPT_MS)
+                    .map(|(n, _, window, key, stats)| (*n, *window, key.clone(), stats.clone()))
+                    .collect();
+                (log.incarnation, emitted)
+            })
+        };
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(operator) = &state.operator else {
             return PartitionView::default();
@@ -226,6 +297,8 @@ impl LiveMetrics {
             restored_from: self
                 .restored_from_seq
                 .load(std::sync::atomic::Ordering::Relaxed),
+            incarnation,
+            emitted,
         }
     }
 

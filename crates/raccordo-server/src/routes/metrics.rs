@@ -85,10 +85,11 @@ pub struct MetricsQuery {
     /// `json` (default) or `csv`.
     #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
-    /// `live` (default): this node's windows over the whole log, in memory. `partitions`
-    /// (a cluster with a conversion stream): the windows kept per stream partition by their
-    /// owning nodes, merged — final results from the store, open windows and late updates as
-    /// the owners publish them (within about half a second).
+    /// `partitions` (the default in a cluster with a conversion stream): the windows kept per
+    /// stream partition by their owning nodes, merged — final results from the store, open
+    /// windows and late updates as the owners publish them (within about half a second).
+    /// `live` (the default elsewhere, or with `node_windows = true`): this node's windows
+    /// over the whole log, in memory.
     #[param(pattern = "^(live|partitions)$")]
     view: Option<String>,
 }
@@ -224,7 +225,7 @@ pub struct StreamQuery {
     dimension: Option<String>,
     /// Only this value of the dimension.
     value: Option<String>,
-    /// `live` (default) or `partitions`, as for `GET /api/v1/metrics`.
+    /// `partitions` or `live`, as for `GET /api/v1/metrics`.
     #[param(pattern = "^(live|partitions)$")]
     view: Option<String>,
 }
@@ -354,8 +355,8 @@ pub struct LateQuery {
     /// How many late events to list, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
-    /// `live` (default) or `partitions`, as for `GET /api/v1/metrics`: with `partitions`,
-    /// every partition's late events, re-aggregated by the partitions' owners.
+    /// `partitions` or `live`, as for `GET /api/v1/metrics`: with `partitions`, every
+    /// partition's late events, re-aggregated by the partitions' owners.
     #[param(pattern = "^(live|partitions)$")]
     view: Option<String>,
 }

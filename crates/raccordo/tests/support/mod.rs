@@ -324,11 +324,13 @@ fn postgres_storage(dir: &Path) -> String {
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let nats =
             std::env::var("RACCORDO_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        // RACCORDO_TEST_NODE_WINDOWS=false: the partitions' windows are the node's only ones.
-        let node_windows =
-            std::env::var("RACCORDO_TEST_NODE_WINDOWS").unwrap_or_else(|_| "true".into());
+        // RACCORDO_TEST_NODE_WINDOWS=true: each node also keeps windows over the whole log
+        // (by default the partitions' windows are the cluster's only ones).
+        let node_windows = std::env::var("RACCORDO_TEST_NODE_WINDOWS")
+            .map(|on| format!(", node_windows = {on}"))
+            .unwrap_or_default();
         format!(
-            "\nredis = {{ url = \"{url}\", key_prefix = \"{schema}:\" }}\nstream = {{ url = \"{nats}\", name = \"{}\", subject_prefix = \"{schema}\", max_age = \"1h\", node_windows = {node_windows} }}",
+            "\nredis = {{ url = \"{url}\", key_prefix = \"{schema}:\" }}\nstream = {{ url = \"{nats}\", name = \"{}\", subject_prefix = \"{schema}\", max_age = \"1h\"{node_windows} }}",
             schema.to_uppercase()
         )
     } else {
