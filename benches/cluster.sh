@@ -9,7 +9,8 @@
 # cluster` and this machine's PostgreSQL, Redis and NATS servers.
 #
 #   bash benches/cluster.sh [seconds] [cluster|postgres]
-#   WINDOWS=false bash benches/cluster.sh ...   # cluster nodes without windows per partition
+#   WINDOWS=false bash benches/cluster.sh ...   # windows per node over the whole log, none per partition
+#   NODE_WINDOWS=true bash benches/cluster.sh ...   # both: per partition and per node
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -45,6 +46,7 @@ name = "${db^^}"
 subject_prefix = "$db"
 max_age = "1h"
 windows = ${WINDOWS:-true}
+node_windows = ${NODE_WINDOWS:-false}
 [sources.web]
 auth = [{ type = "api_key", keys = ["$key"] }, { type = "standard_webhooks", secrets = ["$whsec"] }]
 TOML
@@ -108,7 +110,9 @@ errors = sum(r["transport_errors"] for r in runs)
 print(f"{label:<38} {rate:>8.0f} req/s   p50 {p50:>6.2f} ms   p99 {p99:>7.2f} ms   errors {errors}")
 PY
 }
-machine "; PostgreSQL $(psql "$url_db" -Atc 'show server_version'); $(redis-cli -u "$url_redis" info server | grep -m1 redis_version | tr -d '\r'); nodes: $backend, windows per partition: ${WINDOWS:-true}"
+# Without partitions, each node keeps windows over the whole log.
+per_node=$([ "${WINDOWS:-true}" = false ] && echo true || echo "${NODE_WINDOWS:-false}")
+machine "; PostgreSQL $(psql "$url_db" -Atc 'show server_version'); $(redis-cli -u "$url_redis" info server | grep -m1 redis_version | tr -d '\r'); nodes: $backend, windows per partition: ${WINDOWS:-true}, per node: $per_node"
 config "$work/embedded" sqlite
 start "$work/embedded" 18771
 report "embedded (segment log + SQLite)" "$(load 18771 64)"

@@ -75,6 +75,9 @@ pub struct ClusterWindows {
     clock: Arc<dyn Clock>,
     partitions: u32,
     read: Mutex<Read>,
+    /// One refresh at a time (the poller's and a query's): views read later are taken in
+    /// later.
+    refreshing: tokio::sync::Mutex<()>,
     fired: tokio::sync::broadcast::Sender<Vec<MetricRow>>,
     progress: tokio::sync::watch::Sender<i64>,
 }
@@ -99,6 +102,7 @@ impl ClusterWindows {
                 taken: vec![(0, 0); partitions as usize],
                 ..Read::default()
             }),
+            refreshing: tokio::sync::Mutex::new(()),
             fired: tokio::sync::broadcast::channel(1024).0,
             progress: tokio::sync::watch::channel(0).0,
         })
@@ -128,6 +132,7 @@ impl ClusterWindows {
     /// Reads every partition's view (and late table, when it changed), and streams the
     /// final rows that are new or changed.
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let _one = self.refreshing.lock().await;
         let now = self.clock.now_ms();
         let mut views = Vec::with_capacity(self.partitions as usize);
         for partition in 0..self.partitions {
