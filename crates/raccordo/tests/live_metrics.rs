@@ -356,13 +356,20 @@ async fn a_restart_resumes_from_the_checkpoint_and_counts_what_came_after_it() {
         "resumed from the checkpoint, not from the start: {health}"
     );
     // The restarted tailer reaches the sixth event a moment after the windows are back:
-    // wait for the live view to have read everything the log holds.
+    // wait for the live view to have read everything the log holds. (A cluster node's
+    // partitions get there as their owners publish: wait for the rows themselves.)
     poll_json(&server, "/api/v1/ingest/health", READ_TOKEN, |h| {
         h["live"]["processed_seq"].as_i64() >= h["live"]["committed_seq"].as_i64()
             && h["live"]["committed_seq"].as_i64() >= Some(6)
     })
     .await;
-    let all = metrics_until(&server, "dimension=all", |rows| rows.len() >= 2).await;
+    let sum = |rows: &[Value], field: &str| -> u64 {
+        rows.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
+    };
+    let all = metrics_until(&server, "dimension=all", |rows| {
+        rows.len() >= 2 && sum(rows, "late") >= 1
+    })
+    .await;
     assert_eq!(
         all.iter()
             .map(|r| r["events"].as_u64().unwrap())
