@@ -53,6 +53,9 @@ pub struct SourceLimiter {
     /// In KiB, so that a 4 MiB body is 4 096 cells of a `u32` quota.
     kib: Option<DefaultDirectRateLimiter>,
     checks: AtomicU64,
+    /// Made once: a `quanta` clock calibrates itself when made (CPUID reads and a TSC
+    /// measurement), which per request cost a fifth of the single-event path's CPU.
+    clock: DefaultClock,
 }
 
 fn quota(per_second: u32, burst: u32) -> Option<Quota> {
@@ -109,6 +112,7 @@ impl LimitsConfig {
                 .and_then(|r| quota(r, burst(r).max(max_body_kib)))
                 .map(governor::RateLimiter::direct),
             checks: AtomicU64::new(0),
+            clock: DefaultClock::default(),
         }
     }
 }
@@ -126,7 +130,10 @@ impl SourceLimiter {
         client: Option<IpAddr>,
         body_bytes: usize,
     ) -> Result<(), (Limit, Duration)> {
-        let now = DefaultClock::default().now();
+        if self.is_unlimited() {
+            return Ok(());
+        }
+        let now = self.clock.now();
         if self.checks.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1
             && let Some(keyed) = &self.per_address
         {

@@ -25,8 +25,10 @@ mod sync;
 
 // The request path allocates many small, short-lived buffers; mimalloc serves them with
 // less contention between threads than glibc malloc (measured in docs/benchmarks.md).
+// Its options are set before it starts (allocator.rs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 use config::Config;
 use credentials::Credentials;
 use hub::Hub;
