@@ -506,7 +506,7 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
         }
         for (key, delivery) in summary.deliveries.drain(..) {
             if delivery.expires_at > newest_received_at {
-                index.load_delivery(key, delivery);
+                index.load_delivery(key, &delivery);
             }
         }
     };
@@ -571,7 +571,7 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
     }
     for (key, delivery) in &active_summary.deliveries {
         if delivery.expires_at > newest_received_at {
-            index.load_delivery(*key, delivery.clone());
+            index.load_delivery(*key, delivery);
         }
     }
     let active = Segment::open(

@@ -477,7 +477,7 @@ fn apply(
             expires_at: delivery.expires_at,
             events,
         });
-        index.record_delivery(claim.key, delivery.clone());
+        index.record_delivery(claim.key, &delivery);
         applied.delivery = Some((claim.key, delivery));
     }
     applied.outcome = AppendOutcome::Appended(outcomes);
