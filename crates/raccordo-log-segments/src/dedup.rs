@@ -70,23 +70,24 @@ struct Run {
     len: u32,
 }
 
+impl Run {
+    /// The id that would extend the run (none past the largest id).
+    fn next(&self) -> Option<u128> {
+        u128::from_le_bytes(self.first).checked_add(u128::from(self.len))
+    }
+}
+
 impl EventRuns {
     pub fn from_ids(ids: &[u128]) -> Self {
         let mut runs: Vec<Run> = Vec::new();
-        let mut last: Option<u128> = None;
         for &id in ids {
             match runs.last_mut() {
-                Some(run)
-                    if last.and_then(|l| l.checked_add(1)) == Some(id) && run.len < u32::MAX =>
-                {
-                    run.len += 1
-                }
+                Some(run) if run.next() == Some(id) && run.len < u32::MAX => run.len += 1,
                 _ => runs.push(Run {
                     first: id.to_le_bytes(),
                     len: 1,
                 }),
             }
-            last = Some(id);
         }
         Self(runs.into_boxed_slice())
     }
