@@ -9,12 +9,16 @@
 //! Expired claims are forgotten segment by segment: once every claim of a sealed segment
 //! has expired, the maintenance thread hands its keys to the writer, which drops the ones
 //! not claimed again since ([`DedupIndex::forget_expired`]). Nothing per claim is kept for
-//! that beyond the map entry itself (40 bytes). A delivery id keeps the ids it was answered
-//! with as runs of consecutive ids ([`EventRuns`]): a few bytes for a batch, not 16 per event.
+//! that beyond the map entry itself (40 bytes). The claims read back at start are not put in
+//! the map but kept in one sorted array ([`SortedClaims`]), with no empty buckets. A
+//! delivery id keeps the ids it was answered with as runs of consecutive ids
+//! ([`EventRuns`]): a few bytes for a batch, not 16 per event.
 
 use std::collections::HashMap;
 
 use raccordo_core::{DedupKey, EventId};
+
+use crate::sorted_claims::{ClaimLoader, SortedClaims, Tombstone};
 
 /// The event id as bytes (not `u128`, whose 16-byte alignment would pad every entry).
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +106,7 @@ impl EventRuns {
 
 enum Undo {
     Claim(DedupKey, Option<Claim>),
+    Loaded(Tombstone),
     Delivery(DedupKey, Option<StoredDelivery>),
 }
 
@@ -132,52 +137,78 @@ pub struct Mark {
     undo: usize,
 }
 
+/// Builds the index from the claims and deliveries read back at start (no undo entries:
+/// nothing to roll back), in segment order: a later claim of a key overrides an earlier one.
+pub struct IndexLoader {
+    claims: ClaimLoader,
+    deliveries: KeyMap<StoredDelivery>,
+}
+
+impl IndexLoader {
+    /// Room for this many claims and deliveries without growing (a map that doubles while
+    /// it is loaded holds both copies at the peak).
+    pub fn with_capacity(claims: usize, deliveries: usize) -> Self {
+        Self {
+            claims: ClaimLoader::with_capacity(claims),
+            deliveries: KeyMap::with_capacity_and_hasher(deliveries, Default::default()),
+        }
+    }
+
+    pub fn load_claim(&mut self, key: DedupKey, event: u128, expires_at: i64) {
+        self.claims.push(key, event, expires_at);
+    }
+
+    pub fn load_delivery(&mut self, key: DedupKey, delivery: &Delivery) {
+        self.deliveries.insert(key, StoredDelivery::new(delivery));
+    }
+
+    pub fn finish(self) -> DedupIndex {
+        DedupIndex {
+            loaded: self.claims.finish(),
+            claims: KeyMap::default(),
+            deliveries: self.deliveries,
+            undo: Vec::new(),
+        }
+    }
+}
+
+/// The live claims and deliveries. A key's claim is in `claims` (made since start) or in
+/// `loaded` (read back at start), never live in both: claiming a loaded key again marks the
+/// loaded claim dead.
 #[derive(Default)]
 pub struct DedupIndex {
+    loaded: SortedClaims,
     claims: KeyMap<Claim>,
     deliveries: KeyMap<StoredDelivery>,
     undo: Vec<Undo>,
 }
 
 impl DedupIndex {
-    /// Room for this many claims and deliveries without growing (a map that doubles while
-    /// it is loaded holds both copies at the peak).
-    pub fn with_capacity(claims: usize, deliveries: usize) -> Self {
-        Self {
-            claims: KeyMap::with_capacity_and_hasher(claims, Default::default()),
-            deliveries: KeyMap::with_capacity_and_hasher(deliveries, Default::default()),
-            undo: Vec::new(),
-        }
-    }
-
     pub fn len(&self) -> usize {
-        self.claims.len() + self.deliveries.len()
+        self.loaded.live() + self.claims.len() + self.deliveries.len()
     }
 
     /// The event holding `key`, if the claim is still live at `now_ms`.
     pub fn holder(&self, key: &DedupKey, now_ms: i64) -> Option<EventId> {
-        self.claims
-            .get(key)
-            .filter(|c| c.expires_at > now_ms)
-            .map(|c| EventId::from_u128(u128::from_le_bytes(c.event)))
+        let (event, expires_at) = match self.claims.get(key) {
+            Some(c) => (u128::from_le_bytes(c.event), c.expires_at),
+            None => self.loaded.get(key)?,
+        };
+        (expires_at > now_ms).then(|| EventId::from_u128(event))
     }
 
     pub fn claim(&mut self, key: DedupKey, event: u128, expires_at: i64) {
+        if self.loaded.live() > 0
+            && let Some(tombstone) = self.loaded.kill_if(&key, |_, _| true)
+        {
+            self.undo.push(Undo::Loaded(tombstone));
+        }
         let claim = Claim {
             event: event.to_le_bytes(),
             expires_at,
         };
         let previous = self.claims.insert(key, claim);
         self.undo.push(Undo::Claim(key, previous));
-    }
-
-    /// Takes in a claim read back from disk at start: no undo entry (nothing to roll back).
-    pub fn load_claim(&mut self, key: DedupKey, event: u128, expires_at: i64) {
-        let claim = Claim {
-            event: event.to_le_bytes(),
-            expires_at,
-        };
-        self.claims.insert(key, claim);
     }
 
     /// Drops `key`'s claim if `event` still holds it (an erased event's claim); whether it did.
@@ -189,22 +220,28 @@ impl DedupIndex {
             .is_some_and(|c| u128::from_le_bytes(c.event) == event);
         if held {
             self.claims.remove(key);
+            return true;
         }
-        held
+        let dropped = self.loaded.kill_if(key, |holder, _| holder == event);
+        self.loaded.release_if_dead();
+        dropped.is_some()
     }
 
     /// Every claim and delivery still live at `now_ms`.
     pub fn export(&self, now_ms: i64) -> crate::ExportedClaims {
         use raccordo_core::migrate::{ClaimRecord, DeliveryClaimRecord};
+        let made = self
+            .claims
+            .iter()
+            .map(|(key, c)| (*key, u128::from_le_bytes(c.event), c.expires_at));
         crate::ExportedClaims {
-            claims: self
-                .claims
-                .iter()
-                .filter(|(_, c)| c.expires_at > now_ms)
-                .map(|(key, c)| ClaimRecord {
-                    key: *key,
-                    event: EventId::from_u128(u128::from_le_bytes(c.event)),
-                    expires_at_ms: c.expires_at,
+            claims: made
+                .chain(self.loaded.iter())
+                .filter(|(_, _, expires_at)| *expires_at > now_ms)
+                .map(|(key, event, expires_at)| ClaimRecord {
+                    key,
+                    event: EventId::from_u128(event),
+                    expires_at_ms: expires_at,
                 })
                 .collect(),
             deliveries: self
@@ -219,11 +256,6 @@ impl DedupIndex {
                 })
                 .collect(),
         }
-    }
-
-    /// The same for a delivery id.
-    pub fn load_delivery(&mut self, key: DedupKey, delivery: &Delivery) {
-        self.deliveries.insert(key, StoredDelivery::new(delivery));
     }
 
     /// The delivery recorded under `key`, if still live at `now_ms` (expanded: a replay is
@@ -256,6 +288,7 @@ impl DedupIndex {
                 Some(Undo::Claim(key, None)) => {
                     self.claims.remove(&key);
                 }
+                Some(Undo::Loaded(tombstone)) => self.loaded.restore(tombstone),
                 Some(Undo::Delivery(key, Some(previous))) => {
                     self.deliveries.insert(key, previous);
                 }
@@ -270,6 +303,7 @@ impl DedupIndex {
     /// The changes are durable: forget how to undo them.
     pub fn commit(&mut self) {
         self.undo.clear();
+        self.loaded.release_if_dead();
     }
 
     /// Forgets the given keys where their entry has expired at `now_ms` (a key claimed
@@ -280,6 +314,9 @@ impl DedupIndex {
         for key in &expired.claims {
             if self.claims.get(key).is_some_and(|c| c.expires_at <= now_ms) {
                 self.claims.remove(key);
+            } else {
+                self.loaded
+                    .kill_if(key, |_, expires_at| expires_at <= now_ms);
             }
         }
         for key in &expired.deliveries {
@@ -291,6 +328,7 @@ impl DedupIndex {
                 self.deliveries.remove(key);
             }
         }
+        self.loaded.release_if_dead();
         before - self.len()
     }
 }
@@ -375,6 +413,114 @@ mod tests {
             Some(EventId::from_u128(10))
         );
         assert_eq!(index.holder(&DedupKey([2; 16]), 0), None);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Claim(u8, u128, i64),
+        Commit,
+        Rollback,
+        Drop(u8, u128),
+        Forget(Vec<u8>, i64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u8..40, 0u128..8, 1i64..200).prop_map(|(k, e, x)| Op::Claim(k, e, x)),
+            2 => Just(Op::Commit),
+            1 => Just(Op::Rollback),
+            1 => (0u8..40, 0u128..8).prop_map(|(k, e)| Op::Drop(k, e)),
+            1 => (proptest::collection::vec(0u8..40, 0..10), 0i64..200)
+                .prop_map(|(keys, now)| Op::Forget(keys, now)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// An index whose claims were loaded at start answers like one whose claims were all
+        /// made since: through claims again, rollbacks, erasure and forgetting.
+        #[test]
+        fn loaded_claims_behave_like_claims_made(
+            loaded in proptest::collection::vec((0u8..40, 0u128..8, 1i64..200), 0..60),
+            ops in proptest::collection::vec(op(), 0..60),
+        ) {
+            let key = |k: u8| DedupKey([k.wrapping_mul(37); 16]);
+            let mut loader = IndexLoader::with_capacity(loaded.len(), 0);
+            let mut made = DedupIndex::default();
+            let mut latest = HashMap::new();
+            let mut seen = std::collections::HashSet::new();
+            for &(k, event, expires_at) in &loaded {
+                if !seen.insert((k, expires_at)) {
+                    continue; // two claims of a key never share an expiry
+                }
+                loader.load_claim(key(k), event, expires_at);
+                // The loader keeps the later expiry of a key (see ClaimLoader::finish).
+                let e = latest.entry(k).or_insert((event, expires_at));
+                if expires_at > e.1 {
+                    *e = (event, expires_at);
+                }
+            }
+            for (&k, &(event, expires_at)) in &latest {
+                made.claim(key(k), event, expires_at);
+            }
+            made.commit();
+            let mut index = loader.finish();
+            let mut mark = (index.mark(), made.mark());
+            for op in ops {
+                match op {
+                    Op::Claim(k, event, expires_at) => {
+                        index.claim(key(k), event, expires_at);
+                        made.claim(key(k), event, expires_at);
+                    }
+                    Op::Commit => {
+                        index.commit();
+                        made.commit();
+                        mark = (index.mark(), made.mark());
+                    }
+                    Op::Rollback => {
+                        index.rollback_to(mark.0);
+                        made.rollback_to(mark.1);
+                    }
+                    Op::Drop(k, event) => {
+                        index.rollback_to(mark.0);
+                        made.rollback_to(mark.1);
+                        proptest::prop_assert_eq!(
+                            index.drop_claim(&key(k), event),
+                            made.drop_claim(&key(k), event)
+                        );
+                    }
+                    Op::Forget(keys, now) => {
+                        index.rollback_to(mark.0);
+                        made.rollback_to(mark.1);
+                        let expired = ExpiredKeys {
+                            claims: keys.into_iter().map(key).collect(),
+                            deliveries: vec![],
+                        };
+                        proptest::prop_assert_eq!(
+                            index.forget_expired(&expired, now),
+                            made.forget_expired(&expired, now)
+                        );
+                    }
+                }
+                proptest::prop_assert_eq!(index.len(), made.len());
+                for k in 0u8..40 {
+                    for now in [0, 100, 199] {
+                        proptest::prop_assert_eq!(
+                            index.holder(&key(k), now),
+                            made.holder(&key(k), now)
+                        );
+                    }
+                }
+            }
+            let mut exported = index.export(50).claims;
+            let mut expected = made.export(50).claims;
+            exported.sort_by_key(|c| c.key.0);
+            expected.sort_by_key(|c| c.key.0);
+            proptest::prop_assert_eq!(
+                exported.iter().map(|c| (c.key.0, c.event, c.expires_at_ms)).collect::<Vec<_>>(),
+                expected.iter().map(|c| (c.key.0, c.event, c.expires_at_ms)).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

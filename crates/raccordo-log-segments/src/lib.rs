@@ -27,6 +27,7 @@ mod maintenance;
 mod read;
 pub mod retention;
 mod segment;
+mod sorted_claims;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -493,12 +494,12 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
         deliveries += head.deliveries as usize;
         sealed.push((first_seq, has_seg, None));
     }
-    let mut index = DedupIndex::with_capacity(claims, deliveries);
+    let mut index = dedup::IndexLoader::with_capacity(claims, deliveries);
     let mut segments = BTreeMap::new();
     let mut leftover_sidecars = Vec::new();
     let mut sealed_expiries = std::collections::HashMap::new();
     let mut loaded_claims = BTreeMap::new();
-    let load = |summary: &mut Summary, index: &mut DedupIndex| {
+    let load = |summary: &mut Summary, index: &mut dedup::IndexLoader| {
         for (key, event, expires_at) in summary.claims.drain(..) {
             if expires_at > newest_received_at {
                 index.load_claim(key, event, expires_at);
@@ -580,6 +581,7 @@ fn open_segments(dir: &Path) -> std::io::Result<Opened> {
         &active_summary,
     )?;
     segments.insert(active_seq, active.clone());
+    let index = index.finish();
     recovery.segments = segments.len();
     recovery.claims = index.len();
     Ok(Opened {
