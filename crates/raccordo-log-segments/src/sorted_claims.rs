@@ -22,6 +22,13 @@ struct Entry {
 
 const DEAD: i64 = i64::MIN;
 
+impl Entry {
+    /// The key's byte order as one integer (a compare, not a `memcmp` call).
+    fn order(&self) -> u128 {
+        u128::from_be_bytes(self.key)
+    }
+}
+
 /// Claims collected while the segments' sidecars are read, in segment order.
 #[derive(Debug, Default)]
 pub struct ClaimLoader {
@@ -50,8 +57,8 @@ impl ClaimLoader {
     pub fn finish(mut self) -> SortedClaims {
         // In place: a stable sort would allocate half the array again at the peak.
         self.entries.sort_unstable_by(|a, b| {
-            a.key
-                .cmp(&b.key)
+            a.order()
+                .cmp(&b.order())
                 .then_with(|| b.expires_at.cmp(&a.expires_at))
         });
         self.entries.dedup_by(|later, kept| later.key == kept.key);
@@ -124,7 +131,7 @@ impl SortedClaims {
         let prefix = Self::prefix(&key.0, self.bits) as usize;
         let (from, to) = (self.slots[prefix] as usize, self.slots[prefix + 1] as usize);
         self.entries[from..to]
-            .binary_search_by(|e| e.key.cmp(&key.0))
+            .binary_search_by_key(&u128::from_be_bytes(key.0), Entry::order)
             .ok()
             .map(|i| from + i)
             .filter(|&at| self.entries[at].expires_at != DEAD)
