@@ -120,7 +120,8 @@ impl SortedClaims {
     }
 
     /// Bytes held (entries and directory).
-    pub fn heap_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>() + self.slots.capacity() * 4
     }
 
