@@ -138,7 +138,9 @@ pub struct Mark {
 }
 
 /// Builds the index from the claims and deliveries read back at start (no undo entries:
-/// nothing to roll back), in segment order: a later claim of a key overrides an earlier one.
+/// nothing to roll back), in segment order: a later delivery of a key overrides an earlier
+/// one, and of a key's claims the one that expires last is kept (the later one, see
+/// [`ClaimLoader::finish`]).
 pub struct IndexLoader {
     claims: ClaimLoader,
     deliveries: KeyMap<StoredDelivery>,
