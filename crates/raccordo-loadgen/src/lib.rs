@@ -88,6 +88,10 @@ pub struct Report {
     pub failed_over: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insight: Option<insight::InsightReport>,
+    /// The slowest answer among the requests (scheduled, in the open loop; sent, in the
+    /// closed loop) in each second of the run, in ms: when a stall happened, to line up
+    /// with the hub's log.
+    pub max_latency_ms_per_second: Vec<f64>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -116,6 +120,7 @@ struct Shared {
     client: reqwest::Client,
     counters: Counters,
     latency: Mutex<Histogram<u64>>,
+    slowest: Mutex<SlowestPerSecond>,
     secret: Option<WebhookSecret>,
     sequence: AtomicU64,
     /// Makes delivery ids unique across runs (a reused `webhook-id` with another body is
@@ -127,6 +132,29 @@ struct Shared {
     insight: Option<Arc<insight::Recorder>>,
     /// The target of the next request (round robin over `options.urls`).
     next_target: AtomicU64,
+}
+
+/// The slowest latency (µs) of each second of the run, by when the request was due.
+#[derive(Default)]
+struct SlowestPerSecond(Vec<u64>);
+
+impl SlowestPerSecond {
+    fn record(&mut self, due_after: Duration, micros: u64) {
+        let second = due_after.as_secs() as usize;
+        if self.0.len() <= second {
+            self.0.resize(second + 1, 0);
+        }
+        self.0[second] = self.0[second].max(micros);
+    }
+
+    fn merge(&mut self, other: &SlowestPerSecond) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            *mine = (*mine).max(*theirs);
+        }
+    }
 }
 
 /// One request, ready to send to any of the targets.
@@ -177,6 +205,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         client,
         counters: Counters::default(),
         latency: Mutex::new(new_histogram()),
+        slowest: Mutex::default(),
         secret,
         sequence: AtomicU64::new(0),
         run_nonce: std::time::SystemTime::now()
@@ -203,16 +232,24 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                     )
                     .with_timeline(shared.options.timeline.clone());
                     let mut local = new_histogram();
+                    let mut slowest = SlowestPerSecond::default();
                     while Instant::now() < deadline && shared.claim_request() {
                         let begun = Instant::now();
                         shared.send(&mut traffic).await;
-                        let _ = local.record(begun.elapsed().as_micros().max(1) as u64);
+                        let micros = begun.elapsed().as_micros().max(1) as u64;
+                        let _ = local.record(micros);
+                        slowest.record(begun - started, micros);
                     }
                     let _ = shared
                         .latency
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .add(&local);
+                    shared
+                        .slowest
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .merge(&slowest);
                 }));
             }
             for w in workers {
@@ -252,6 +289,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .record(micros);
+                    shared
+                        .slowest
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(scheduled - started, micros);
                     drop(permit);
                 });
                 while tasks.try_join_next().is_some() {}
@@ -266,6 +308,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     };
     let c = &shared.counters;
     let latency = shared.latency.lock().unwrap_or_else(|p| p.into_inner());
+    let slowest = shared.slowest.lock().unwrap_or_else(|p| p.into_inner());
     let ms = |v: u64| v as f64 / 1000.0;
     let requests = c.requests.load(Ordering::Relaxed);
     let events = c.events.load(Ordering::Relaxed);
@@ -289,6 +332,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         transport_errors: c.transport_errors.load(Ordering::Relaxed),
         failed_over: c.failed_over.load(Ordering::Relaxed),
         insight,
+        max_latency_ms_per_second: slowest.0.iter().map(|&v| ms(v)).collect(),
     })
 }
 
@@ -432,6 +476,15 @@ fn count(haystack: &[u8], needle: &[u8]) -> u64 {
 }
 
 impl Report {
+    /// The second of the run whose requests waited longest, and that wait in ms.
+    pub fn slowest_second(&self) -> Option<(usize, f64)> {
+        self.max_latency_ms_per_second
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
     /// The human summary printed by `raccordo loadgen`.
     pub fn render(&self) -> String {
         let rejected = if self.rejected.is_empty() {
@@ -459,7 +512,9 @@ impl Report {
             rejected,
             self.transport_errors,
             self.failed_over
-        ) + &self.insight.as_ref().map_or(String::new(), |i| {
+        ) + &self.slowest_second().map_or(String::new(), |(second, ms)| {
+            format!("slowest    the requests due {second}–{} s into the run: max {ms:.2} ms\n", second + 1)
+        }) + &self.insight.as_ref().map_or(String::new(), |i| {
             format!(
                 "insight    202 → provisional: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms ({} requests, {} unmatched)\n           final after window end: p50 {:.0} ms  max {:.0} ms over {} windows (out-of-orderness {} ms)\n",
                 i.to_provisional_ms.p50,
@@ -473,5 +528,24 @@ impl Report {
                 i.out_of_orderness_ms
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_second_keeps_its_slowest_request() {
+        let mut a = SlowestPerSecond::default();
+        a.record(Duration::from_millis(200), 5);
+        a.record(Duration::from_millis(900), 9);
+        a.record(Duration::from_millis(2_100), 4);
+        assert_eq!(a.0, vec![9, 0, 4]);
+        let mut b = SlowestPerSecond::default();
+        b.record(Duration::from_millis(1_500), 7);
+        b.record(Duration::from_millis(3_000), 1);
+        a.merge(&b);
+        assert_eq!(a.0, vec![9, 7, 4, 1]);
     }
 }

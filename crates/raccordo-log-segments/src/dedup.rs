@@ -14,10 +14,9 @@
 //! delivery id keeps the ids it was answered with as runs of consecutive ids
 //! ([`EventRuns`]): a few bytes for a batch, not 16 per event.
 
-use std::collections::HashMap;
-
 use raccordo_core::{DedupKey, EventId};
 
+use crate::key_map::KeyMap;
 use crate::sorted_claims::{ClaimLoader, SortedClaims, Tombstone};
 
 /// The event id as bytes (not `u128`, whose 16-byte alignment would pad every entry).
@@ -110,27 +109,6 @@ enum Undo {
     Delivery(DedupKey, Option<StoredDelivery>),
 }
 
-/// Dedup keys are SHA-256 digests (truncated): already uniform, so their first eight bytes
-/// are the hash. Several times cheaper than hashing them again with SipHash, and no one
-/// can aim collisions at digests they cannot invert.
-#[derive(Default, Clone, Copy)]
-pub struct DigestHasher(u64);
-
-impl std::hash::Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // A `[u8; 16]` hashes as its length, then its bytes: keep the first 8 bytes of data.
-        if bytes.len() >= 8 {
-            self.0 = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
-        }
-    }
-    fn write_usize(&mut self, _len: usize) {}
-}
-
-type KeyMap<V> = HashMap<DedupKey, V, std::hash::BuildHasherDefault<DigestHasher>>;
-
 /// Where to roll back to.
 #[derive(Debug, Clone, Copy)]
 pub struct Mark {
@@ -152,7 +130,7 @@ impl IndexLoader {
     pub fn with_capacity(claims: usize, deliveries: usize) -> Self {
         Self {
             claims: ClaimLoader::with_capacity(claims),
-            deliveries: KeyMap::with_capacity_and_hasher(deliveries, Default::default()),
+            deliveries: KeyMap::with_capacity(deliveries),
         }
     }
 
@@ -345,16 +323,7 @@ pub struct ExpiredKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_digest_hasher_spreads_keys_by_their_bytes() {
-        use std::hash::BuildHasher;
-        let build = std::hash::BuildHasherDefault::<DigestHasher>::default();
-        let a = build.hash_one(DedupKey([1; 16]));
-        let b = build.hash_one(DedupKey([2; 16]));
-        assert_ne!(a, b);
-        assert_eq!(a, u64::from_le_bytes([1; 8]));
-    }
+    use std::collections::HashMap;
 
     #[test]
     fn event_runs_give_back_the_ids_in_order() {

@@ -23,6 +23,7 @@ mod dedup;
 mod erase;
 pub mod format;
 pub mod import;
+mod key_map;
 mod maintenance;
 mod read;
 pub mod retention;

@@ -314,6 +314,19 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
     assert_eq!(accepted + duplicate, 2000, "{report}");
     assert!(duplicate > 50, "about 10% duplicates: {report}");
     assert_eq!(all_events(&server).await.len() as u64, accepted);
+    // Each second's slowest answer: together they hold the run's slowest.
+    let seconds: Vec<f64> = report["max_latency_ms_per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let slowest = seconds.iter().copied().fold(0.0, f64::max);
+    let max = report["latency_ms"]["max"].as_f64().unwrap();
+    assert!(
+        !seconds.is_empty() && (slowest - max).abs() <= max * 0.01,
+        "{report}"
+    );
 
     // Retried deliveries (same webhook-id, same body) are answered as the first time, all
     // duplicates, and store nothing more.
