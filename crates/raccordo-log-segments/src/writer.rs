@@ -80,6 +80,9 @@ pub struct Writer {
     pub expired: std::sync::mpsc::Receiver<ExpiredKeys>,
 }
 
+/// A commit group slower than this is logged with where its time went.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// One request's effect, remembered until the group is durable.
 struct Applied {
     outcome: AppendOutcome,
@@ -201,6 +204,7 @@ impl Writer {
         group: &[Job],
         frames: &mut FrameWriter,
     ) -> Result<Vec<Applied>, StoreError> {
+        let began = Instant::now();
         let mark = self.index.mark();
         frames.clear();
         let mut seq = self.next_seq;
@@ -230,6 +234,7 @@ impl Writer {
                 "the event log reached its size limit of {max} bytes"
             )));
         }
+        let applied_at = Instant::now();
         let has_frames = self.active_summary.len > SEGMENT_HEADER_LEN;
         let full =
             self.active_summary.len + bytes > self.active_capacity.unwrap_or(self.segment_bytes);
@@ -244,13 +249,32 @@ impl Writer {
             return Err(io_error("starting a new segment", e));
         }
         let at = self.active_summary.len;
+        let rolled_at = Instant::now();
+        let mut wrote_at = rolled_at;
         let written = self
             .active_file
             .write_all_at(frames.bytes(), at)
-            .and_then(|()| match self.durability {
-                Durability::Fsync => self.active_file.sync_data(),
-                Durability::Buffered => Ok(()),
+            .and_then(|()| {
+                wrote_at = Instant::now();
+                match self.durability {
+                    Durability::Fsync => self.active_file.sync_data(),
+                    Durability::Buffered => Ok(()),
+                }
             });
+        let synced_at = Instant::now();
+        if synced_at - began >= SLOW_COMMIT {
+            // Every request of the group waited this long: say where the time went.
+            tracing::warn!(
+                total_ms = (synced_at - began).as_millis() as u64,
+                dedup_ms = (applied_at - began).as_millis() as u64,
+                roll_over_ms = (rolled_at - applied_at).as_millis() as u64,
+                write_ms = (wrote_at - rolled_at).as_millis() as u64,
+                sync_ms = (synced_at - wrote_at).as_millis() as u64,
+                requests = group.len(),
+                bytes,
+                "slow commit"
+            );
+        }
         if let Err(e) = written {
             // Undo the partial write, so the last acknowledged frame is followed by free
             // space again: zeros in a prepared file, the end of a growing one.
