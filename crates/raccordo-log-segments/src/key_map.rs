@@ -4,9 +4,8 @@
 //! about 650 MiB and a rehash of every entry, on the writer thread, in the middle of a
 //! commit — measured as a 1.4 s stall of every acknowledgement (`benches/longrun.sh`). Split
 //! into [`SHARDS`] tables chosen by a byte of the key the tables do not hash on, each one
-//! grows on its own, a few thousand entries at a time: the longest pause is 1/256 of the
-//! whole table's, and the peak memory of a resize is one shard's old and new table, not the
-//! whole map twice.
+//! grows on its own, at its own moment: the longest pause is 1/256 of the whole table's,
+//! and the peak memory of a resize is one table's old and new copy, not the whole map twice.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
