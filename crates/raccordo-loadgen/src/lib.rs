@@ -92,6 +92,13 @@ pub struct Report {
     /// closed loop) in each second of the run, in ms: when a stall happened, to line up
     /// with the hub's log.
     pub max_latency_ms_per_second: Vec<f64>,
+    /// Open loop only: how late the generator itself got to each second's requests against
+    /// their schedule (its worst in each second, in ms; waiting for a free in-flight slot
+    /// is not counted here, that wait is the hub's). The generator shares the machine
+    /// with the hub; where this is near a second's slowest answer, the stall was the
+    /// generator's (or the machine's), not the hub's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub max_send_lag_ms_per_second: Vec<f64>,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -121,6 +128,8 @@ struct Shared {
     counters: Counters,
     latency: Mutex<Histogram<u64>>,
     slowest: Mutex<SlowestPerSecond>,
+    /// Open loop: how late each second's requests were sent (recorded by the one dispatcher).
+    send_lag: Mutex<SlowestPerSecond>,
     secret: Option<WebhookSecret>,
     sequence: AtomicU64,
     /// Makes delivery ids unique across runs (a reused `webhook-id` with another body is
@@ -206,6 +215,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         counters: Counters::default(),
         latency: Mutex::new(new_histogram()),
         slowest: Mutex::default(),
+        send_lag: Mutex::default(),
         secret,
         sequence: AtomicU64::new(0),
         run_nonce: std::time::SystemTime::now()
@@ -269,6 +279,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             )
             .with_timeline(options.timeline.clone());
             let mut tasks = tokio::task::JoinSet::new();
+            let mut send_lag = SlowestPerSecond::default();
             let mut i: u32 = 0;
             loop {
                 let scheduled = started + interval * i;
@@ -277,6 +288,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                     break;
                 }
                 tokio::time::sleep_until(scheduled.into()).await;
+                // The generator's own lateness: waiting for a slot below is the hub's.
+                send_lag.record(
+                    scheduled - started,
+                    scheduled.elapsed().as_micros().max(1) as u64,
+                );
                 let permit = permits.clone().acquire_owned().await?;
                 let request = shared.prepare(&mut traffic);
                 let shared = shared.clone();
@@ -299,6 +315,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 while tasks.try_join_next().is_some() {}
             }
             while tasks.join_next().await.is_some() {}
+            *shared.send_lag.lock().unwrap_or_else(|p| p.into_inner()) = send_lag;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -333,6 +350,14 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         failed_over: c.failed_over.load(Ordering::Relaxed),
         insight,
         max_latency_ms_per_second: slowest.0.iter().map(|&v| ms(v)).collect(),
+        max_send_lag_ms_per_second: shared
+            .send_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .iter()
+            .map(|&v| ms(v))
+            .collect(),
     })
 }
 
@@ -485,6 +510,15 @@ impl Report {
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
+    /// Open loop: the second whose requests the generator sent latest, and how late (ms).
+    pub fn slowest_send(&self) -> Option<(usize, f64)> {
+        self.max_send_lag_ms_per_second
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
     /// The human summary printed by `raccordo loadgen`.
     pub fn render(&self) -> String {
         let rejected = if self.rejected.is_empty() {
@@ -514,6 +548,8 @@ impl Report {
             self.failed_over
         ) + &self.slowest_second().map_or(String::new(), |(second, ms)| {
             format!("slowest    the requests due {second}–{} s into the run: max {ms:.2} ms\n", second + 1)
+        }) + &self.slowest_send().map_or(String::new(), |(second, ms)| {
+            format!("generator  sent up to {ms:.2} ms late (the requests due {second}–{} s into the run)\n", second + 1)
         }) + &self.insight.as_ref().map_or(String::new(), |i| {
             format!(
                 "insight    202 → provisional: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms ({} requests, {} unmatched)\n           final after window end: p50 {:.0} ms  max {:.0} ms over {} windows (out-of-orderness {} ms)\n",

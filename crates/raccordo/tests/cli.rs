@@ -327,6 +327,10 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
         !seconds.is_empty() && (slowest - max).abs() <= max * 0.01,
         "{report}"
     );
+    assert!(
+        report.get("max_send_lag_ms_per_second").is_none(),
+        "the closed loop has no schedule to be late against: {report}"
+    );
 
     // Retried deliveries (same webhook-id, same body) are answered as the first time, all
     // duplicates, and store nothing more.
@@ -352,6 +356,46 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
     assert_eq!(fresh + again, 300, "{retried}");
     assert!((50..150).contains(&again), "about 30% retries: {retried}");
     assert_eq!(all_events(&server).await.len() as u64, accepted + fresh);
+
+    // The open loop also says how late the generator itself sent: never later than the
+    // answers it timed from the same schedule.
+    let out = tokio::process::Command::new(BIN)
+        .args(["loadgen", "--url", &format!("http://{}", server.addr)])
+        .args(["--rate", "400", "--requests", "600", "--seed", "3"])
+        .args(["--route", "source:web", "--webhook-secret", WHSEC])
+        .args(["--json", "--duration", "60s"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["requests"], 600, "{report}");
+    let per_second = |name: &str| -> Vec<f64> {
+        report[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (latency, lag) = (
+        per_second("max_latency_ms_per_second"),
+        per_second("max_send_lag_ms_per_second"),
+    );
+    assert_eq!(
+        latency.len(),
+        2,
+        "600 requests at 400/s span two seconds: {report}"
+    );
+    assert_eq!(lag.len(), latency.len(), "{report}");
+    for (answered, sent) in latency.iter().zip(&lag) {
+        assert!(sent > &0.0 && sent <= answered, "{report}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
