@@ -128,8 +128,6 @@ struct Shared {
     counters: Counters,
     latency: Mutex<Histogram<u64>>,
     slowest: Mutex<SlowestPerSecond>,
-    /// Open loop: how late each second's requests were sent (recorded by the one dispatcher).
-    send_lag: Mutex<SlowestPerSecond>,
     secret: Option<WebhookSecret>,
     sequence: AtomicU64,
     /// Makes delivery ids unique across runs (a reused `webhook-id` with another body is
@@ -215,7 +213,6 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         counters: Counters::default(),
         latency: Mutex::new(new_histogram()),
         slowest: Mutex::default(),
-        send_lag: Mutex::default(),
         secret,
         sequence: AtomicU64::new(0),
         run_nonce: std::time::SystemTime::now()
@@ -229,7 +226,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     });
     let started = Instant::now();
     let deadline = started + options.duration;
-    match options.mode {
+    // Open loop: how late the one dispatcher got to each second's requests.
+    let send_lag = match options.mode {
         Mode::Closed { concurrency } => {
             let mut workers = Vec::new();
             for worker in 0..concurrency.max(1) {
@@ -265,6 +263,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             for w in workers {
                 w.await?;
             }
+            SlowestPerSecond::default()
         }
         Mode::Open {
             rate,
@@ -315,9 +314,9 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 while tasks.try_join_next().is_some() {}
             }
             while tasks.join_next().await.is_some() {}
-            *shared.send_lag.lock().unwrap_or_else(|p| p.into_inner()) = send_lag;
+            send_lag
         }
-    }
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let insight = match listener {
         Some(l) => Some(l.finish(started_wall_ms).await?),
@@ -350,14 +349,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         failed_over: c.failed_over.load(Ordering::Relaxed),
         insight,
         max_latency_ms_per_second: slowest.0.iter().map(|&v| ms(v)).collect(),
-        max_send_lag_ms_per_second: shared
-            .send_lag
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .iter()
-            .map(|&v| ms(v))
-            .collect(),
+        max_send_lag_ms_per_second: send_lag.0.iter().map(|&v| ms(v)).collect(),
     })
 }
 
@@ -549,7 +541,7 @@ impl Report {
         ) + &self.slowest_second().map_or(String::new(), |(second, ms)| {
             format!("slowest    the requests due {second}–{} s into the run: max {ms:.2} ms\n", second + 1)
         }) + &self.slowest_send().map_or(String::new(), |(second, ms)| {
-            format!("generator  sent up to {ms:.2} ms late (the requests due {second}–{} s into the run)\n", second + 1)
+            format!("generator  up to {ms:.2} ms behind its schedule (the requests due {second}–{} s into the run)\n", second + 1)
         }) + &self.insight.as_ref().map_or(String::new(), |i| {
             format!(
                 "insight    202 → provisional: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms ({} requests, {} unmatched)\n           final after window end: p50 {:.0} ms  max {:.0} ms over {} windows (out-of-orderness {} ms)\n",

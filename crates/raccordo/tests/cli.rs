@@ -272,31 +272,19 @@ async fn a_first_start_without_config_prints_working_credentials_once() {
     assert_eq!(r.status(), StatusCode::ACCEPTED, "the same key still works");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start_configured(dir.path(), "");
+/// `raccordo loadgen` against `addr` with signed traffic to `source:web` and `args`; its
+/// JSON report.
+async fn loadgen_json(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+) -> serde_json::Value {
     let out = tokio::process::Command::new(BIN)
-        .args([
-            "loadgen",
-            "--url",
-            &format!("http://{}", server.addr),
-            "--requests",
-            "400",
-            "--concurrency",
-            "8",
-        ])
+        .args(["loadgen", "--url", &format!("http://{addr}")])
         .args(["--route", "source:web", "--webhook-secret", WHSEC])
-        .args([
-            "--batch-size",
-            "5",
-            "--duplicates",
-            "0.1",
-            "--json",
-            "--duration",
-            "60s",
-        ])
-        .current_dir(dir.path())
+        .args(["--json", "--duration", "60s"])
+        .args(args)
+        .current_dir(dir)
         .output()
         .await
         .unwrap();
@@ -305,7 +293,28 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    let report = loadgen_json(
+        dir.path(),
+        server.addr,
+        &[
+            "--requests",
+            "400",
+            "--concurrency",
+            "8",
+            "--batch-size",
+            "5",
+            "--duplicates",
+            "0.1",
+        ],
+    )
+    .await;
     assert_eq!(report["requests"], 400);
     assert_eq!(report["events"], 2000);
     assert_eq!(report["transport_errors"], 0);
@@ -334,21 +343,21 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
 
     // Retried deliveries (same webhook-id, same body) are answered as the first time, all
     // duplicates, and store nothing more.
-    let out = tokio::process::Command::new(BIN)
-        .args(["loadgen", "--url", &format!("http://{}", server.addr)])
-        .args(["--requests", "300", "--concurrency", "4", "--seed", "7"])
-        .args(["--route", "source:web", "--webhook-secret", WHSEC])
-        .args(["--retries", "0.3", "--json", "--duration", "60s"])
-        .current_dir(dir.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let retried: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let retried = loadgen_json(
+        dir.path(),
+        server.addr,
+        &[
+            "--requests",
+            "300",
+            "--concurrency",
+            "4",
+            "--seed",
+            "7",
+            "--retries",
+            "0.3",
+        ],
+    )
+    .await;
     let (fresh, again) = (
         retried["accepted"].as_u64().unwrap(),
         retried["duplicate"].as_u64().unwrap(),
@@ -359,21 +368,12 @@ async fn loadgen_sends_signed_traffic_and_counts_outcomes() {
 
     // The open loop also says how late the generator itself sent: never later than the
     // answers it timed from the same schedule.
-    let out = tokio::process::Command::new(BIN)
-        .args(["loadgen", "--url", &format!("http://{}", server.addr)])
-        .args(["--rate", "400", "--requests", "600", "--seed", "3"])
-        .args(["--route", "source:web", "--webhook-secret", WHSEC])
-        .args(["--json", "--duration", "60s"])
-        .current_dir(dir.path())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = loadgen_json(
+        dir.path(),
+        server.addr,
+        &["--rate", "400", "--requests", "600", "--seed", "3"],
+    )
+    .await;
     assert_eq!(report["requests"], 600, "{report}");
     let per_second = |name: &str| -> Vec<f64> {
         report[name]
