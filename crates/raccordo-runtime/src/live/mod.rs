@@ -178,7 +178,60 @@ impl LateEventKeeper for ClusterWindows {
 /// A page of events ready for the windows.
 pub struct PreparedPage {
     events: Vec<PreparedEvent>,
+    keys: PageKeys,
     oldest_received_ms: Option<i64>,
+}
+
+/// The dimension keys a page's events are counted under, each held once: a thousand events
+/// fall under a few dozen keys, and naming them by index spares the four or five strings
+/// per event a rebuild would otherwise allocate on one thread and free on another (at
+/// several hundred thousand events a second, churn the allocator keeps resident).
+#[derive(Default)]
+struct PageKeys {
+    keys: Vec<DimKey>,
+    /// Indexes into `keys`, found by the hash of the key.
+    index: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Every event's keys, as indexes into `keys`, one run after another.
+    runs: Vec<u32>,
+}
+
+impl PageKeys {
+    /// Adds `dimension = value` to the run being built.
+    fn push(&mut self, dimension: &Dimension, value: &str) {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one((dimension, value));
+        let keys = &mut self.keys;
+        let found = self.index.find(hash, |&i| {
+            let (d, v) = &keys[i as usize];
+            d == dimension && v == value
+        });
+        let at = match found {
+            Some(&i) => i,
+            None => {
+                let i = keys.len() as u32;
+                keys.push((dimension.clone(), value.to_string()));
+                let hasher = &self.hasher;
+                self.index.insert_unique(hash, i, |&j| {
+                    let (d, v) = &keys[j as usize];
+                    hasher.hash_one((d, v.as_str()))
+                });
+                i
+            }
+        };
+        self.runs.push(at);
+    }
+
+    /// Where the next run starts.
+    fn mark(&self) -> u32 {
+        self.runs.len() as u32
+    }
+
+    fn run(&self, run: &std::ops::Range<u32>) -> impl Iterator<Item = &DimKey> {
+        self.runs[run.start as usize..run.end as usize]
+            .iter()
+            .map(|&i| &self.keys[i as usize])
+    }
 }
 
 struct PreparedEvent {
@@ -187,9 +240,10 @@ struct PreparedEvent {
     received_at_ms: i64,
     event_time_ms: i64,
     duplicate: bool,
-    /// What the windows count, and under which dimension keys; `None` for an event
-    /// without the fields (it still advances the position), or a tick.
-    record: Option<(ConversionRecord, Vec<DimKey>)>,
+    /// What the windows count, and under which dimension keys (a run of the page's
+    /// [`PageKeys`]); `None` for an event without the fields (it still advances the
+    /// position), or a tick.
+    record: Option<(ConversionRecord, std::ops::Range<u32>)>,
     /// For a partition of the stream: the newest event time of the whole stream before this
     /// event (or tick), taken in before it so that windows close as over the whole stream.
     stream_time: Option<i64>,
@@ -948,13 +1002,17 @@ impl LiveMetrics {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let mut keys = PageKeys::default();
         let events = events
             .iter()
             .map(|event| {
+                let from = keys.mark();
+                let mut key = |d: &Dimension, v: &str| keys.push(d, v);
                 let record = match mappings.get(event.source.as_str()) {
-                    Some(mapping) => self.mapped_record(mapping, event),
-                    None => self.builtin_record(event),
+                    Some(mapping) => self.mapped_record(mapping, event, &mut key),
+                    None => self.builtin_record(event, &mut key),
                 };
+                let record = record.map(|r| (r, from..keys.mark()));
                 PreparedEvent {
                     position: event.position,
                     id: event.id,
@@ -968,6 +1026,7 @@ impl LiveMetrics {
             .collect();
         PreparedPage {
             events,
+            keys,
             oldest_received_ms,
         }
     }
@@ -1011,27 +1070,28 @@ impl LiveMetrics {
             if let Some(time) = event.stream_time {
                 operator.observe(time, &mut on_emission);
             }
-            let Some((record, keys)) = &event.record else {
+            let Some((record, run)) = &event.record else {
                 continue;
             };
             let mut placement = Placement::OnTime;
-            for key in keys {
+            for key in page.keys.run(run) {
                 placement = operator.process(event.event_time_ms, key, record, &mut on_emission);
             }
             if placement == Placement::Late && !event.duplicate {
+                let keys: Vec<DimKey> = page.keys.run(run).cloned().collect();
                 let late_event = LateEvent {
                     id: event.id,
                     event_time_ms: event.event_time_ms,
                     received_at_ms: event.received_at_ms,
                     record: *record,
-                    keys: keys.clone(),
+                    keys,
                 };
                 if self.reports_process_metrics() {
                     metrics::counter!("raccordo_live_late_events_total", "source" => late_event.source().to_string())
                     .increment(1);
                 }
                 for window in self.spec.windows_for(event.event_time_ms) {
-                    for key in keys {
+                    for key in &late_event.keys {
                         *late.entry((window.start, key.clone())).or_default() += 1;
                     }
                 }
@@ -1137,7 +1197,12 @@ impl LiveMetrics {
 
     /// An event of the built-in conversion schema: only the fields the windows need,
     /// borrowed from the stored text.
-    fn builtin_record(&self, event: &RawEvent) -> Option<(ConversionRecord, Vec<DimKey>)> {
+    /// Its dimension keys go to `key`, once the event is known to have a record.
+    fn builtin_record(
+        &self,
+        event: &RawEvent,
+        key: &mut impl FnMut(&Dimension, &str),
+    ) -> Option<ConversionRecord> {
         let fields = serde_json::from_str::<LiveFields<'_>>(&event.payload).ok()?;
         let record = self.record_of(
             fields.id_cliente.as_deref()?,
@@ -1146,9 +1211,8 @@ impl LiveMetrics {
             fields.valore.map_or(0, |v| (v * 100.0).round() as i64),
             event.duplicate,
         );
-        let mut keys = Vec::with_capacity(5);
-        keys.push((Dimension::All, String::new()));
-        keys.push((Dimension::Source, event.source.as_str().to_string()));
+        key(&Dimension::All, "");
+        key(&Dimension::Source, event.source.as_str());
         for (dimension, value) in [
             (Dimension::Canale, fields.canale.as_deref()),
             (Dimension::Evento, fields.evento.as_deref()),
@@ -1158,10 +1222,10 @@ impl LiveMetrics {
             ),
         ] {
             if let Some(v) = value {
-                keys.push((dimension, v.to_string()));
+                key(&dimension, v);
             }
         }
-        Some((record, keys))
+        Some(record)
     }
 
     /// An event of a mapped source, read through its mapping (the same function that let
@@ -1170,7 +1234,8 @@ impl LiveMetrics {
         &self,
         mapping: &ConversionMapping,
         event: &RawEvent,
-    ) -> Option<(ConversionRecord, Vec<DimKey>)> {
+        key: &mut impl FnMut(&Dimension, &str),
+    ) -> Option<ConversionRecord> {
         let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
         let MappedConversion {
             customer,
@@ -1183,18 +1248,19 @@ impl LiveMetrics {
             ..
         } = mapping.apply(&payload).ok()?;
         let record = self.record_of(&customer, &evento, &status, value_cents, event.duplicate);
-        let mut keys = Vec::with_capacity(5 + dimensions.len());
-        keys.push((Dimension::All, String::new()));
-        keys.push((Dimension::Source, event.source.as_str().to_string()));
-        keys.extend(channel.map(|c| (Dimension::Canale, c)));
-        keys.push((Dimension::Evento, evento));
-        keys.extend(campaign.map(|c| (Dimension::Campagna, c)));
-        keys.extend(
-            dimensions
-                .into_iter()
-                .map(|(name, value)| (Dimension::Field(Arc::from(name)), value)),
-        );
-        Some((record, keys))
+        key(&Dimension::All, "");
+        key(&Dimension::Source, event.source.as_str());
+        if let Some(channel) = &channel {
+            key(&Dimension::Canale, channel);
+        }
+        key(&Dimension::Evento, &evento);
+        if let Some(campaign) = &campaign {
+            key(&Dimension::Campagna, campaign);
+        }
+        for (name, value) in dimensions {
+            key(&Dimension::Field(Arc::from(name)), &value);
+        }
+        Some(record)
     }
 
     /// The customer of an event as these windows count it (its distinct-count hash, through
@@ -1207,10 +1273,10 @@ impl LiveMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let record = match mappings.get(event.source.as_str()) {
-            Some(mapping) => self.mapped_record(mapping, event),
-            None => self.builtin_record(event),
+            Some(mapping) => self.mapped_record(mapping, event, &mut |_, _| {}),
+            None => self.builtin_record(event, &mut |_, _| {}),
         };
-        record.map(|(record, _)| record.customer_hash)
+        record.map(|record| record.customer_hash)
     }
 
     fn record_of(
@@ -1667,6 +1733,36 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A page's keys, held once and named by index, give every event back exactly the
+        /// keys it was counted under, in order; equal keys are stored once.
+        #[test]
+        fn page_keys_give_back_each_events_keys(
+            events in proptest::collection::vec(
+                proptest::collection::vec((0u8..4, "[ab]{0,2}"), 0..6), 0..40),
+        ) {
+            let dimension = |d: u8| match d {
+                0 => Dimension::All,
+                1 => Dimension::Canale,
+                2 => Dimension::Campagna,
+                _ => Dimension::Field(Arc::from("regione")),
+            };
+            let mut keys = PageKeys::default();
+            let runs: Vec<_> = events.iter().map(|event| {
+                let from = keys.mark();
+                for (d, v) in event {
+                    keys.push(&dimension(*d), v);
+                }
+                from..keys.mark()
+            }).collect();
+            for (event, run) in events.iter().zip(&runs) {
+                let expected: Vec<DimKey> = event.iter().map(|(d, v)| (dimension(*d), v.clone())).collect();
+                let got: Vec<DimKey> = keys.run(run).cloned().collect();
+                proptest::prop_assert_eq!(got, expected);
+            }
+            let distinct: HashSet<&DimKey> = keys.keys.iter().collect();
+            proptest::prop_assert_eq!(distinct.len(), keys.keys.len());
+        }
+
         /// The windows of each partition of a stream partitioned by customer, read with the
         /// stream's time before each message (and ticks), merged per window and key, equal the
         /// windows over the whole log: the same final values, the same late counts.

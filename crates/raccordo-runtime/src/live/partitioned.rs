@@ -19,7 +19,12 @@ impl LiveMetrics {
     /// the stream's time before it.
     pub fn prepare_items(&self, items: &[StreamItem]) -> PreparedPage {
         let events: Vec<RawEvent> = items.iter().filter_map(|i| i.event.clone()).collect();
-        let mut prepared = self.prepare(&events).events.into_iter();
+        let PreparedPage {
+            events: prepared,
+            keys,
+            ..
+        } = self.prepare(&events);
+        let mut prepared = prepared.into_iter();
         let events = items
             .iter()
             .map(|item| {
@@ -41,6 +46,7 @@ impl LiveMetrics {
             .collect();
         PreparedPage {
             events,
+            keys,
             oldest_received_ms: items
                 .iter()
                 .filter_map(|i| i.event.as_ref().map(|e| e.received_at_ms))
