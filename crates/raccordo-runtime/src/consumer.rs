@@ -105,9 +105,10 @@ pub async fn tail_log(
 /// `READ_AHEAD` pages are in the pipeline. Once caught up, each read waits
 /// [`LIVE_READ_COALESCE`] after the commit that woke it.
 ///
-/// `prepare` and `handle` run on blocking-pool threads at background priority: a consumer
-/// catching up after a burst must not take the CPU from the request path (the async
-/// workers and the log writer), whose latency is what senders wait for.
+/// `prepare` and `handle` run on threads of their own at background priority
+/// ([`crate::spawn_background`]): a consumer catching up after a burst must not take the
+/// CPU from the request path (the async workers and the log writer), whose latency is what
+/// senders wait for.
 pub async fn tail_log_pipelined<T: Send + 'static>(
     log: Arc<dyn EventLog>,
     from: LogPositions,
@@ -129,10 +130,7 @@ pub async fn tail_log_pipelined<T: Send + 'static>(
                         from.advance(event.position);
                     }
                     let prepare = prepare.clone();
-                    Ok(tokio::task::spawn_blocking(move || {
-                        crate::background_priority();
-                        prepare(events)
-                    }))
+                    Ok(crate::spawn_background(move || prepare(events)))
                 }
                 Ok(None) => return,
                 Err(e) => Err(e),
@@ -154,11 +152,7 @@ pub async fn tail_log_pipelined<T: Send + 'static>(
     while let Some(item) = rx.recv().await {
         let page = item?.await?;
         let handle = handle.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::background_priority();
-            handle(page)
-        })
-        .await??;
+        crate::spawn_background(move || handle(page)).await??;
     }
     Ok(())
 }

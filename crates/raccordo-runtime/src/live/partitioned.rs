@@ -87,8 +87,7 @@ impl LiveMetrics {
                 after.advance(item.position);
             }
             let metrics = self.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::background_priority();
+            crate::spawn_background(move || {
                 let page = metrics.prepare_items(&items);
                 metrics.ingest_prepared(&page);
             })
