@@ -1196,8 +1196,8 @@ impl LiveMetrics {
     }
 
     /// An event of the built-in conversion schema: only the fields the windows need,
-    /// borrowed from the stored text.
-    /// Its dimension keys go to `key`, once the event is known to have a record.
+    /// borrowed from the stored text. Its dimension keys go to `key`, once the event is known
+    /// to have a record.
     fn builtin_record(
         &self,
         event: &RawEvent,
