@@ -995,8 +995,8 @@ impl LiveMetrics {
 
     /// The part of counting that needs no state: each event's fields, its record and its
     /// dimension keys. Runs beside the windowing of the previous page.
-    pub fn prepare(&self, events: &[RawEvent]) -> PreparedPage {
-        let oldest_received_ms = events.iter().map(|e| e.received_at_ms).min();
+    pub fn prepare<'a>(&self, events: impl IntoIterator<Item = &'a RawEvent>) -> PreparedPage {
+        let mut oldest_received_ms: Option<i64> = None;
         let mappings = self
             .mappings
             .read()
@@ -1004,8 +1004,12 @@ impl LiveMetrics {
             .clone();
         let mut keys = PageKeys::default();
         let events = events
-            .iter()
+            .into_iter()
             .map(|event| {
+                oldest_received_ms = Some(
+                    oldest_received_ms
+                        .map_or(event.received_at_ms, |o| o.min(event.received_at_ms)),
+                );
                 let from = keys.mark();
                 let mut key = |d: &Dimension, v: &str| keys.push(d, v);
                 let record = match mappings.get(event.source.as_str()) {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raccordo_core::{ConversionStream, EventId, KeyValueStore, RawEvent, StreamItem, WindowStore};
+use raccordo_core::{ConversionStream, EventId, KeyValueStore, StreamItem, WindowStore};
 use raccordo_stream::{ConversionStats, Window};
 
 use super::{DimKey, Dimension, LateFilter, LiveMetrics, PreparedEvent, PreparedPage};
@@ -18,12 +18,11 @@ impl LiveMetrics {
     /// [`Self::prepare`] for messages of one stream partition: events and ticks, each with
     /// the stream's time before it.
     pub fn prepare_items(&self, items: &[StreamItem]) -> PreparedPage {
-        let events: Vec<RawEvent> = items.iter().filter_map(|i| i.event.clone()).collect();
         let PreparedPage {
             events: prepared,
             keys,
-            ..
-        } = self.prepare(&events);
+            oldest_received_ms,
+        } = self.prepare(items.iter().filter_map(|i| i.event.as_ref()));
         let mut prepared = prepared.into_iter();
         let events = items
             .iter()
@@ -47,10 +46,7 @@ impl LiveMetrics {
         PreparedPage {
             events,
             keys,
-            oldest_received_ms: items
-                .iter()
-                .filter_map(|i| i.event.as_ref().map(|e| e.received_at_ms))
-                .min(),
+            oldest_received_ms,
         }
     }
 
