@@ -15,3 +15,9 @@ raccordo_bin() {
 machine() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)$*"
 }
+
+# Time the hypervisor gave this machine's vCPUs to others (steal, in clock ticks, all CPUs):
+# sampled before and after a measurement, it says how much of a bad minute was the host's.
+steal_ticks() {
+  awk '/^cpu /{print $9}' /proc/stat
+}

@@ -20,20 +20,25 @@ trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do curl -sf $url/readyz >/dev/null && break; sleep 0.1; done
 secret=$(grep webhook_secret raccordo-data/credentials.toml | cut -d'"' -f2)
 
-# Server CPU per request (utime+stime of the server process, in µs).
+# Server CPU per event (utime+stime of the server process, in µs), and the load
+# generator's own CPU per request: both share the two cores, so what the generator spends
+# is taken from the server.
 run() {
   local label=$1; shift
-  local t0 t1 out
+  local t0 t1 out gen
   t0=$(awk '{print $14+$15}' /proc/$server/stat)
-  out=$("$bin" loadgen --url $url --webhook-secret "$secret" --json --seed $RANDOM "$@")
+  gen=$( { TIMEFORMAT='%U %S'; time "$bin" loadgen --url $url --webhook-secret "$secret" --json --seed $RANDOM "$@" >loadgen.json; } 2>&1 )
+  out=$(cat loadgen.json)
   t1=$(awk '{print $14+$15}' /proc/$server/stat)
-  python3 - "$label" "$out" $(( (t1 - t0) * 10000 )) <<'PY'
+  python3 - "$label" "$out" $(( (t1 - t0) * 10000 )) $gen <<'PY'
 import json, sys
 label, r, cpu_us = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+gen_us = (float(sys.argv[4]) + float(sys.argv[5])) * 1e6
 rej = sum(r["rejected"].values())
 print(f"{label:<34} {r['requests_per_s']:>9.0f} req/s {r['events_per_s']:>9.0f} ev/s  "
       f"p50 {r['latency_ms']['p50']:>7.2f}  p95 {r['latency_ms']['p95']:>7.2f}  p99 {r['latency_ms']['p99']:>7.2f}  max {r['latency_ms']['max']:>7.2f} ms  "
-      f"server cpu {cpu_us / max(r['events'], 1):>5.1f} µs/event  acc {r['accepted']} dup {r['duplicate']} rej {rej} err {r['transport_errors']}")
+      f"server cpu {cpu_us / max(r['events'], 1):>5.1f} µs/event  loadgen cpu {gen_us / max(r['requests'], 1):>5.1f} µs/req  "
+      f"acc {r['accepted']} dup {r['duplicate']} rej {rej} err {r['transport_errors']}")
 PY
 }
 

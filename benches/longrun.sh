@@ -53,7 +53,7 @@ machine
 max=$(load --concurrency 64 --duration 10s | field 'int(r["requests_per_s"])')
 half=$(( max / 2 ))
 echo "single-event maximum at the start: $max req/s; open loop at $half req/s for ${secs}s per step"
-printf '%-10s %-9s | %-52s | %-24s | %-52s\n' "stored" "db" "open loop ${half}/s: rate p50 p99 p99.9 max (ms)" "hub p99, >50 ms; gen late" "closed loop c64: rate p50 p99 p99.9 max (ms)"
+printf '%-10s %-9s | %-52s | %-31s | %-52s\n' "stored" "db" "open loop ${half}/s: rate p50 p99 p99.9 max (ms)" "hub p99, >50 ms; gen late; steal" "closed loop c64: rate p50 p99 p99.9 max (ms)"
 row() {
   python3 - "$1" <<'PY'
 import json, sys
@@ -65,10 +65,11 @@ PY
 # The hub's own view of the same requests: its request-duration histogram for the ingest
 # route, as it grew during the open loop (before and after snapshots of /metrics): the
 # bucket that holds the 99th percentile, and how many took over 50 ms inside the hub.
-# With the generator's own lateness (how late it got to its schedule, worst second) this
-# tells a stall of the hub from one of the machine both share.
+# With the generator's own lateness (how late it got to its schedule, worst second) and the
+# steal time of the minute (the host running other machines on our vCPUs) this tells a
+# stall of the hub from one of the machine both share.
 hub_view() {
-  python3 - "$1" "$2" "$3" <<'PY'
+  python3 - "$1" "$2" "$3" "$4" "$5" <<'PY'
 import json, re, sys
 def buckets(path):
     out = {}
@@ -82,19 +83,25 @@ delta = sorted(((float(le), after[le] - before.get(le, 0)) for le in after), key
 total = delta[-1][1] if delta else 0
 p99 = next((le for le, n in delta if total and n >= 0.99 * total), float("nan"))
 over50 = total - next((n for le, n in delta if le == 0.05), total)
-lag = json.loads(sys.argv[3]).get("max_send_lag_ms_per_second") or [0]
-print(f"{'≤' + format(p99 * 1000, 'g'):>6} {over50:>6} {max(lag):>8.1f}")
+r = json.loads(sys.argv[3])
+lag = r.get("max_send_lag_ms_per_second") or [0]
+# Steal: the share of the vCPUs' time the host gave to others during the minute.
+import os
+steal = int(sys.argv[4]) / (float(sys.argv[5]) * os.sysconf("SC_CLK_TCK") * os.cpu_count()) * 100
+print(f"{'≤' + format(p99 * 1000, 'g'):>6} {over50:>6} {max(lag):>8.1f} {steal:>5.1f}%")
 PY
 }
 stored=0  # events stored (accepted answers; duplicates are recorded too but not counted here)
 measure() {
   local open closed size
   curl -sf $url/metrics >metrics.before
+  local steal0=$(steal_ticks)
   open=$(load --rate $half --duration ${secs}s)
+  local steal1=$(steal_ticks)
   curl -sf $url/metrics >metrics.after
   closed=$(load --concurrency 64 --duration 15s)
   size=$(du -sh raccordo-data | cut -f1)
-  printf '%-10s %-9s | %-52s | %-24s | %-52s\n' "${label:-$(python3 -c "print(f'{$stored/1e6:.1f} M')")}" "$size" "$(row "$open")" "$(hub_view metrics.before metrics.after "$open")" "$(row "$closed")"
+  printf '%-10s %-9s | %-52s | %-31s | %-52s\n' "${label:-$(python3 -c "print(f'{$stored/1e6:.1f} M')")}" "$size" "$(row "$open")" "$(hub_view metrics.before metrics.after "$open" $(( steal1 - steal0 )) "$(echo "$open" | field 'r["elapsed_s"]')")" "$(row "$closed")"
   stored=$(( stored + $(echo "$open" | field 'r["accepted"]') + $(echo "$closed" | field 'r["accepted"]') ))
 }
 measure

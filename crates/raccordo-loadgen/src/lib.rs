@@ -14,17 +14,19 @@
 
 pub mod insight;
 pub mod traffic;
+pub mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http_body_util::Full;
 use raccordo_ingest::auth::WebhookSecret;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 pub use traffic::{Expect, Timeline, Traffic};
 
@@ -99,6 +101,9 @@ pub struct Report {
     /// generator's (or the machine's), not the hub's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub max_send_lag_ms_per_second: Vec<f64>,
+    /// The most requests outstanding at once (the closed loop: its concurrency). In the
+    /// open loop, when this reached `max_in_flight`, requests waited for a free slot.
+    pub peak_in_flight: usize,
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -124,10 +129,9 @@ struct Counters {
 
 struct Shared {
     options: Options,
-    client: reqwest::Client,
+    /// `options.urls`, parsed.
+    targets: Vec<transport::Target>,
     counters: Counters,
-    latency: Mutex<Histogram<u64>>,
-    slowest: Mutex<SlowestPerSecond>,
     secret: Option<WebhookSecret>,
     sequence: AtomicU64,
     /// Makes delivery ids unique across runs (a reused `webhook-id` with another body is
@@ -135,7 +139,7 @@ struct Shared {
     run_nonce: u64,
     delivery: AtomicU64,
     /// Recent signed deliveries (`webhook-id`, body), for `retries`.
-    sent: Mutex<std::collections::VecDeque<(String, Vec<u8>)>>,
+    sent: Mutex<std::collections::VecDeque<(String, Bytes)>>,
     insight: Option<Arc<insight::Recorder>>,
     /// The target of the next request (round robin over `options.urls`).
     next_target: AtomicU64,
@@ -146,7 +150,8 @@ struct Shared {
 struct SlowestPerSecond(Vec<u64>);
 
 impl SlowestPerSecond {
-    fn record(&mut self, due_after: Duration, micros: u64) {
+    fn record(&mut self, due_after: Duration, took: Duration) {
+        let micros = took.as_micros().max(1) as u64;
         let second = due_after.as_secs() as usize;
         if self.0.len() <= second {
             self.0.resize(second + 1, 0);
@@ -166,7 +171,7 @@ impl SlowestPerSecond {
 
 /// One request, ready to send to any of the targets.
 struct Prepared {
-    body: Vec<u8>,
+    body: Bytes,
     /// `webhook-id` of a signed delivery (signed again with a fresh timestamp per attempt).
     delivery: Option<String>,
     /// The target tried first.
@@ -186,18 +191,16 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         }
         _ => None,
     };
-    let connections = match options.mode {
-        Mode::Closed { concurrency } => concurrency,
-        Mode::Open { max_in_flight, .. } => max_in_flight,
+    let tls = if options.urls.iter().any(|u| u.starts_with("https://")) {
+        Some(transport::tls_config(options.ca_pem.as_deref())?)
+    } else {
+        None
     };
-    let mut client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true);
-    if let Some(pem) = &options.ca_pem {
-        client = client.tls_certs_only(reqwest::Certificate::from_pem_bundle(pem)?);
-    }
-    let client = client.build()?;
+    let targets = options
+        .urls
+        .iter()
+        .map(|url| transport::Target::parse(url, tls.as_ref()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let listener = match &options.insight {
         Some(o) => Some(insight::Listener::start(o.clone(), Instant::now()).await?),
         None => None,
@@ -209,10 +212,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let shared = Arc::new(Shared {
         insight: listener.as_ref().map(|l| l.recorder.clone()),
         options: options.clone(),
-        client,
+        targets,
         counters: Counters::default(),
-        latency: Mutex::new(new_histogram()),
-        slowest: Mutex::default(),
         secret,
         sequence: AtomicU64::new(0),
         run_nonce: std::time::SystemTime::now()
@@ -226,105 +227,61 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     });
     let started = Instant::now();
     let deadline = started + options.duration;
-    // Open loop: how late the one dispatcher got to each second's requests.
-    let send_lag = match options.mode {
+    let run = match options.mode {
         Mode::Closed { concurrency } => {
-            let mut workers = Vec::new();
-            for worker in 0..concurrency.max(1) {
-                let shared = shared.clone();
-                workers.push(tokio::spawn(async move {
+            let mut running = Vec::new();
+            for index in 0..concurrency.max(1) {
+                let mut worker = Worker::new(shared.clone());
+                running.push(tokio::spawn(async move {
+                    let options = &worker.shared.options;
                     let mut traffic = Traffic::new(
-                        SmallRng::seed_from_u64(shared.options.seed ^ worker as u64),
-                        shared.options.duplicates,
-                        shared.options.invalid,
+                        SmallRng::seed_from_u64(options.seed ^ index as u64),
+                        options.duplicates,
+                        options.invalid,
                     )
-                    .with_timeline(shared.options.timeline.clone());
-                    let mut local = new_histogram();
-                    let mut slowest = SlowestPerSecond::default();
-                    while Instant::now() < deadline && shared.claim_request() {
+                    .with_timeline(options.timeline.clone());
+                    while Instant::now() < deadline && worker.shared.claim_request() {
                         let begun = Instant::now();
-                        shared.send(&mut traffic).await;
-                        let micros = begun.elapsed().as_micros().max(1) as u64;
-                        let _ = local.record(micros);
-                        slowest.record(begun - started, micros);
+                        let request = worker.shared.prepare(&mut traffic);
+                        worker.execute(&request).await;
+                        worker.record(begun - started, begun.elapsed());
                     }
-                    let _ = shared
-                        .latency
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .add(&local);
-                    shared
-                        .slowest
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .merge(&slowest);
+                    worker
                 }));
             }
-            for w in workers {
-                w.await?;
+            let mut workers = Vec::with_capacity(running.len());
+            for worker in running {
+                workers.push(worker.await?);
             }
-            SlowestPerSecond::default()
+            OpenLoop {
+                workers,
+                send_lag: SlowestPerSecond::default(),
+                peak_in_flight: concurrency.max(1),
+            }
         }
         Mode::Open {
             rate,
             max_in_flight,
-        } => {
-            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-            let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
-            let mut traffic = Traffic::new(
-                SmallRng::seed_from_u64(options.seed),
-                options.duplicates,
-                options.invalid,
-            )
-            .with_timeline(options.timeline.clone());
-            let mut tasks = tokio::task::JoinSet::new();
-            let mut send_lag = SlowestPerSecond::default();
-            let mut i: u32 = 0;
-            loop {
-                let scheduled = started + interval * i;
-                i = i.saturating_add(1);
-                if scheduled >= deadline || !shared.claim_request() {
-                    break;
-                }
-                tokio::time::sleep_until(scheduled.into()).await;
-                // The generator's own lateness: waiting for a slot below is the hub's.
-                send_lag.record(
-                    scheduled - started,
-                    scheduled.elapsed().as_micros().max(1) as u64,
-                );
-                let permit = permits.clone().acquire_owned().await?;
-                let request = shared.prepare(&mut traffic);
-                let shared = shared.clone();
-                tasks.spawn(async move {
-                    shared.execute(request).await;
-                    // From the scheduled start: waiting for a permit counts as latency.
-                    let micros = scheduled.elapsed().as_micros().max(1) as u64;
-                    let _ = shared
-                        .latency
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record(micros);
-                    shared
-                        .slowest
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record(scheduled - started, micros);
-                    drop(permit);
-                });
-                while tasks.try_join_next().is_some() {}
-            }
-            while tasks.join_next().await.is_some() {}
-            send_lag
-        }
+        } => open_loop(&shared, rate, max_in_flight, started, deadline).await?,
     };
+    let OpenLoop {
+        workers,
+        send_lag,
+        peak_in_flight,
+    } = run;
+    let mut latency = new_histogram();
+    let mut slowest = SlowestPerSecond::default();
+    for worker in &workers {
+        let _ = latency.add(&worker.latency);
+        slowest.merge(&worker.slowest);
+    }
+    drop(workers);
     let elapsed = started.elapsed().as_secs_f64();
     let insight = match listener {
         Some(l) => Some(l.finish(started_wall_ms).await?),
         None => None,
     };
     let c = &shared.counters;
-    let latency = shared.latency.lock().unwrap_or_else(|p| p.into_inner());
-    let slowest = shared.slowest.lock().unwrap_or_else(|p| p.into_inner());
     let ms = |v: u64| v as f64 / 1000.0;
     let requests = c.requests.load(Ordering::Relaxed);
     let events = c.events.load(Ordering::Relaxed);
@@ -350,7 +307,194 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         insight,
         max_latency_ms_per_second: slowest.0.iter().map(|&v| ms(v)).collect(),
         max_send_lag_ms_per_second: send_lag.0.iter().map(|&v| ms(v)).collect(),
+        peak_in_flight,
     })
+}
+
+/// A request due at a time, handed to an idle worker.
+struct Job {
+    scheduled: Instant,
+    request: Prepared,
+}
+
+/// The open loop: one dispatcher starts each request at its scheduled time on an idle
+/// worker; when none is idle it starts another, up to `max_in_flight`, and beyond that the
+/// request waits for the first worker to finish. Latency is measured from the schedule, so
+/// that wait counts as the hub's. Idle workers are reused last-in first-out, so the loop
+/// keeps as few connections busy as the hub's latency needs.
+async fn open_loop(
+    shared: &Arc<Shared>,
+    rate: f64,
+    max_in_flight: usize,
+    started: Instant,
+    deadline: Instant,
+) -> anyhow::Result<OpenLoop> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let options = &shared.options;
+    let mut traffic = Traffic::new(
+        SmallRng::seed_from_u64(options.seed),
+        options.duplicates,
+        options.invalid,
+    )
+    .with_timeline(options.timeline.clone());
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let mut idle: Vec<usize> = Vec::new();
+    let mut inboxes: Vec<tokio::sync::mpsc::Sender<Job>> = Vec::new();
+    let mut running = Vec::new();
+    // How late the dispatcher itself got to each second's requests.
+    let mut send_lag = SlowestPerSecond::default();
+    let mut free_since = started;
+    let mut peak_in_flight = 0;
+    let mut i: u32 = 0;
+    loop {
+        let scheduled = started + interval * i;
+        i = i.saturating_add(1);
+        if scheduled >= deadline || !shared.claim_request() {
+            break;
+        }
+        tokio::time::sleep_until(scheduled.into()).await;
+        // Lateness after the last wait for a free worker: that wait was the hub's.
+        send_lag.record(scheduled - started, scheduled.max(free_since).elapsed());
+        let request = shared.prepare(&mut traffic);
+        while let Ok(worker) = finished.try_recv() {
+            idle.push(worker);
+        }
+        let worker = match idle.pop() {
+            Some(worker) => worker,
+            None if inboxes.len() < max_in_flight.max(1) => {
+                let index = inboxes.len();
+                let (inbox, mut jobs) = tokio::sync::mpsc::channel::<Job>(1);
+                inboxes.push(inbox);
+                let (mut worker, done) = (Worker::new(shared.clone()), done.clone());
+                running.push(tokio::spawn(async move {
+                    while let Some(job) = jobs.recv().await {
+                        worker.execute(&job.request).await;
+                        worker.record(job.scheduled - started, job.scheduled.elapsed());
+                        if done.send(index).is_err() {
+                            break;
+                        }
+                    }
+                    worker
+                }));
+                index
+            }
+            None => {
+                let worker = finished.recv().await.unwrap_or_default();
+                free_since = Instant::now();
+                worker
+            }
+        };
+        peak_in_flight = peak_in_flight.max(inboxes.len() - idle.len());
+        // The worker is idle, so its one-job inbox is empty.
+        inboxes[worker]
+            .send(Job { scheduled, request })
+            .await
+            .map_err(|_| anyhow::anyhow!("a load generator worker stopped"))?;
+    }
+    drop(inboxes);
+    let mut workers = Vec::with_capacity(running.len());
+    for worker in running {
+        workers.push(worker.await?);
+    }
+    Ok(OpenLoop {
+        workers,
+        send_lag,
+        peak_in_flight,
+    })
+}
+
+/// What the open loop leaves for the report.
+struct OpenLoop {
+    workers: Vec<Worker>,
+    send_lag: SlowestPerSecond,
+    peak_in_flight: usize,
+}
+
+/// Sends requests on connections of its own (one per target, opened when first needed)
+/// and keeps its own latency records, merged when the run ends.
+struct Worker {
+    shared: Arc<Shared>,
+    connections: Vec<Option<transport::Connection>>,
+    latency: Histogram<u64>,
+    slowest: SlowestPerSecond,
+}
+
+impl Worker {
+    fn new(shared: Arc<Shared>) -> Worker {
+        let connections = shared.targets.iter().map(|_| None).collect();
+        Worker {
+            shared,
+            connections,
+            latency: new_histogram(),
+            slowest: SlowestPerSecond::default(),
+        }
+    }
+
+    /// A request due `due_after` into the run took `took`.
+    fn record(&mut self, due_after: Duration, took: Duration) {
+        let micros = took.as_micros().max(1) as u64;
+        let _ = self.latency.record(micros);
+        self.slowest.record(due_after, took);
+    }
+
+    /// Sends the request to its first target, and on no answer to each other target in
+    /// turn; counts the outcome.
+    async fn execute(&mut self, prepared: &Prepared) {
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.events
+            .fetch_add(shared.options.batch_size.max(1) as u64, Ordering::Relaxed);
+        let targets = shared.targets.len();
+        for attempt in 0..targets {
+            let target = (prepared.first + attempt) % targets;
+            let Ok((status, text)) = self.send(target, prepared).await else {
+                continue;
+            };
+            if attempt > 0 {
+                c.failed_over.fetch_add(1, Ordering::Relaxed);
+            }
+            if status == http::StatusCode::ACCEPTED {
+                if let Some(recorder) = &shared.insight {
+                    recorder.ack(&text);
+                }
+                c.accepted
+                    .fetch_add(count(&text, b"\"accepted\""), Ordering::Relaxed);
+                c.duplicate
+                    .fetch_add(count(&text, b"\"duplicate\""), Ordering::Relaxed);
+            } else {
+                *c.rejected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(status.as_u16())
+                    .or_default() += 1;
+            }
+            return;
+        }
+        c.transport_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request to one target. A kept-alive connection that the server has closed in
+    /// the meantime fails before any answer: that is tried once more on a new connection
+    /// before the target counts as giving no answer.
+    async fn send(
+        &mut self,
+        target: usize,
+        prepared: &Prepared,
+    ) -> anyhow::Result<(http::StatusCode, Bytes)> {
+        if let Some(mut connection) = self.connections[target].take()
+            && let Ok(answer) = connection.send(self.shared.request(target, prepared)).await
+        {
+            self.connections[target] = Some(connection);
+            return Ok(answer);
+        }
+        let mut connection = transport::Connection::open(&self.shared.targets[target]).await?;
+        let answer = connection
+            .send(self.shared.request(target, prepared))
+            .await?;
+        self.connections[target] = Some(connection);
+        Ok(answer)
+    }
 }
 
 impl Shared {
@@ -359,15 +503,10 @@ impl Shared {
         self.options.max_requests.is_none_or(|max| n < max)
     }
 
-    async fn send(&self, traffic: &mut Traffic) {
-        let request = self.prepare(traffic);
-        self.execute(request).await;
-    }
-
     /// Builds one request (body generation happens here, serially).
     fn prepare(&self, traffic: &mut Traffic) -> Prepared {
-        let first = (self.next_target.fetch_add(1, Ordering::Relaxed)
-            % self.options.urls.len() as u64) as usize;
+        let first =
+            (self.next_target.fetch_add(1, Ordering::Relaxed) % self.targets.len() as u64) as usize;
         if self.options.retries > 0.0
             && traffic.roll() < self.options.retries
             && let Some((id, body)) = self.earlier_delivery(traffic)
@@ -393,6 +532,7 @@ impl Shared {
             body.push(b']');
             body
         };
+        let body = Bytes::from(body);
         let delivery = self.secret.as_ref().map(|_| {
             let id = format!(
                 "msg_{:016x}_{}",
@@ -416,7 +556,7 @@ impl Shared {
     }
 
     /// A delivery sent before, to send again as it was.
-    fn earlier_delivery(&self, traffic: &mut Traffic) -> Option<(String, Vec<u8>)> {
+    fn earlier_delivery(&self, traffic: &mut Traffic) -> Option<(String, Bytes)> {
         let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         if sent.is_empty() {
             return None;
@@ -425,63 +565,34 @@ impl Shared {
         sent.get(pick.min(sent.len() - 1)).cloned()
     }
 
-    /// The request to `url`: signed (Standard Webhooks, a fresh timestamp), with the API
-    /// key, or bare.
-    fn request(&self, url: &str, prepared: &Prepared) -> reqwest::RequestBuilder {
-        let mut request = self
-            .client
-            .post(url)
-            .header("content-type", "application/json");
+    /// The request to `target`: signed (Standard Webhooks, a fresh timestamp), with the
+    /// API key, or bare.
+    fn request(&self, target: usize, prepared: &Prepared) -> http::Request<Full<Bytes>> {
+        let mut request = self.targets[target].post(prepared.body.clone());
+        let headers = request.headers_mut();
+        let value = |text: &str| http::HeaderValue::from_str(text).ok();
         match (&self.options.auth, &self.secret, &prepared.delivery) {
             (Auth::StandardWebhooks(_), Some(secret), Some(id)) => {
                 let ts = time::OffsetDateTime::now_utc().unix_timestamp();
-                request = request
-                    .header("webhook-timestamp", ts.to_string())
-                    .header("webhook-signature", secret.sign(id, ts, &prepared.body))
-                    .header("webhook-id", id);
+                let signature = secret.sign(id, ts, &prepared.body);
+                for (name, text) in [
+                    ("webhook-timestamp", ts.to_string().as_str()),
+                    ("webhook-signature", signature.as_str()),
+                    ("webhook-id", id.as_str()),
+                ] {
+                    if let Some(v) = value(text) {
+                        headers.insert(name, v);
+                    }
+                }
             }
-            (Auth::ApiKey(key), _, _) => request = request.header("x-api-key", key),
+            (Auth::ApiKey(key), _, _) => {
+                if let Some(v) = value(key) {
+                    headers.insert("x-api-key", v);
+                }
+            }
             _ => {}
         }
-        request.body(prepared.body.clone())
-    }
-
-    /// Sends the request to its first target, and on no answer to each other target in
-    /// turn; counts the outcome.
-    async fn execute(&self, prepared: Prepared) {
-        let c = &self.counters;
-        c.requests.fetch_add(1, Ordering::Relaxed);
-        c.events
-            .fetch_add(self.options.batch_size.max(1) as u64, Ordering::Relaxed);
-        let targets = self.options.urls.len();
-        for attempt in 0..targets {
-            let url = &self.options.urls[(prepared.first + attempt) % targets];
-            let Ok(response) = self.request(url, &prepared).send().await else {
-                continue;
-            };
-            if attempt > 0 {
-                c.failed_over.fetch_add(1, Ordering::Relaxed);
-            }
-            let status = response.status().as_u16();
-            let text = response.bytes().await.unwrap_or_default();
-            if status == 202 {
-                if let Some(recorder) = &self.insight {
-                    recorder.ack(&text);
-                }
-                let accepted = count(&text, b"\"accepted\"");
-                c.accepted.fetch_add(accepted, Ordering::Relaxed);
-                c.duplicate
-                    .fetch_add(count(&text, b"\"duplicate\""), Ordering::Relaxed);
-            } else {
-                *c.rejected
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(status)
-                    .or_default() += 1;
-            }
-            return;
-        }
-        c.transport_errors.fetch_add(1, Ordering::Relaxed);
+        request
     }
 }
 
@@ -541,7 +652,7 @@ impl Report {
         ) + &self.slowest_second().map_or(String::new(), |(second, ms)| {
             format!("slowest    the requests due {second}–{} s into the run: max {ms:.2} ms\n", second + 1)
         }) + &self.slowest_send().map_or(String::new(), |(second, ms)| {
-            format!("generator  up to {ms:.2} ms behind its schedule (the requests due {second}–{} s into the run)\n", second + 1)
+            format!("generator  up to {ms:.2} ms behind its schedule (the requests due {second}–{} s into the run); at most {} requests in flight\n", second + 1, self.peak_in_flight)
         }) + &self.insight.as_ref().map_or(String::new(), |i| {
             format!(
                 "insight    202 → provisional: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms ({} requests, {} unmatched)\n           final after window end: p50 {:.0} ms  max {:.0} ms over {} windows (out-of-orderness {} ms)\n",
@@ -566,13 +677,13 @@ mod tests {
     #[test]
     fn each_second_keeps_its_slowest_request() {
         let mut a = SlowestPerSecond::default();
-        a.record(Duration::from_millis(200), 5);
-        a.record(Duration::from_millis(900), 9);
-        a.record(Duration::from_millis(2_100), 4);
+        a.record(Duration::from_millis(200), Duration::from_micros(5));
+        a.record(Duration::from_millis(900), Duration::from_micros(9));
+        a.record(Duration::from_millis(2_100), Duration::from_micros(4));
         assert_eq!(a.0, vec![9, 0, 4]);
         let mut b = SlowestPerSecond::default();
-        b.record(Duration::from_millis(1_500), 7);
-        b.record(Duration::from_millis(3_000), 1);
+        b.record(Duration::from_millis(1_500), Duration::from_micros(7));
+        b.record(Duration::from_millis(3_000), Duration::from_micros(1));
         a.merge(&b);
         assert_eq!(a.0, vec![9, 7, 4, 1]);
     }
