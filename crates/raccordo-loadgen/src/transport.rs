@@ -2,9 +2,9 @@
 //! and drives it inside its own task.
 //!
 //! Why not a pooled client: a pooled client runs every connection as a task of its own and
-//! hands each request and each answer across tasks, and so across threads; at 5 000–10 000
-//! requests a second on a two-core machine that cost the generator 69–92 µs of CPU per
-//! request, most of what the hub itself spent answering it (docs/benchmarks.md, "The load
+//! hands each request and each answer across tasks, and so across threads: on a two-core
+//! machine that cost the generator 53–67 µs of CPU per single-event request, two thirds of
+//! what the hub spent answering it, and 30–36 µs this way (docs/benchmarks.md, "The load
 //! generator's own cost"). The generator shares the machine with what it measures, so
 //! every microsecond it spends is taken from the hub and shows up as the hub's latency.
 
