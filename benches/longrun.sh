@@ -70,7 +70,7 @@ PY
 # stall of the hub from one of the machine both share.
 hub_view() {
   python3 - "$1" "$2" "$3" "$4" "$5" <<'PY'
-import json, re, sys
+import json, os, re, sys
 def buckets(path):
     out = {}
     for line in open(path):
@@ -86,7 +86,6 @@ over50 = total - next((n for le, n in delta if le == 0.05), total)
 r = json.loads(sys.argv[3])
 lag = r.get("max_send_lag_ms_per_second") or [0]
 # Steal: the share of the vCPUs' time the host gave to others during the minute.
-import os
 steal = int(sys.argv[4]) / (float(sys.argv[5]) * os.sysconf("SC_CLK_TCK") * os.cpu_count()) * 100
 print(f"{'≤' + format(p99 * 1000, 'g'):>6} {over50:>6} {max(lag):>8.1f} {steal:>5.1f}%")
 PY

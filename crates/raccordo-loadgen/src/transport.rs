@@ -26,7 +26,6 @@ use tokio::net::TcpStream;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One URL to send to, parsed once.
-#[derive(Clone)]
 pub struct Target {
     /// `host:port`, to connect to.
     address: String,
