@@ -21,3 +21,17 @@ machine() {
 steal_ticks() {
   awk '/^cpu /{print $9}' /proc/stat
 }
+
+# How far the live windows are: sets `processed` and `committed` from the ingest health of
+# the hub on 127.0.0.1:PORT (TOKEN: one with the `read` scope). Polled often while the hub
+# is being measured, so it starts no process (bash's own /dev/tcp and regex): a
+# `curl | python3` per poll took about half a core from the two the hub shares.
+live_progress() {
+  local port=$1 token=$2 response=
+  exec 3<>/dev/tcp/127.0.0.1/$port || return 1
+  printf 'GET /api/v1/ingest/health HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n' "$token" >&3
+  IFS= read -r -d '' response <&3 || true
+  exec 3<&-
+  [[ $response =~ \"processed_seq\":([0-9]+),\"committed_seq\":([0-9]+) ]] || return 1
+  processed=${BASH_REMATCH[1]} committed=${BASH_REMATCH[2]}
+}

@@ -48,19 +48,6 @@ start() {
   for _ in $(seq 600); do curl -sf $url/readyz >/dev/null && return; sleep 0.1; done
   echo "the hub did not become ready" >&2; exit 1
 }
-# How far the windows are: sets `processed` and `committed` from the ingest health. Polled
-# every 50 ms while the rebuild runs, so it starts no process (bash's own /dev/tcp and
-# regex): a `curl | python3` per poll took about half a core from the two the hub shares.
-live() {
-  local response=
-  exec 3<>/dev/tcp/127.0.0.1/$port || return 1
-  printf 'GET /api/v1/ingest/health HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n' "$token" >&3
-  IFS= read -r -d '' response <&3 || true
-  exec 3<&-
-  [[ $response =~ \"processed_seq\":([0-9]+),\"committed_seq\":([0-9]+) ]] || return 1
-  processed=${BASH_REMATCH[1]} committed=${BASH_REMATCH[2]}
-}
-
 machine
 start
 from=$(date -u -d '3 days ago' +%Y-%m-%dT00:00:00Z)
@@ -77,7 +64,7 @@ ready=$(date +%s.%N)
 cpu0=$(awk '{print $14+$15}' /proc/$server/stat)
 rss_ready=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
 while true; do
-  live && [ "$processed" -ge "$committed" ] && [ "$committed" -gt 0 ] && break
+  live_progress $port $token && [ "$processed" -ge "$committed" ] && [ "$committed" -gt 0 ] && break
   sleep 0.05
 done
 t1=$(date +%s.%N)

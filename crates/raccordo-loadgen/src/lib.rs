@@ -225,13 +225,25 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         sent: Mutex::new(std::collections::VecDeque::new()),
         next_target: AtomicU64::new(0),
     });
+    // Connections are opened before the clock starts, as a sender that has been sending for
+    // a while has them: the first second then measures the hub, not a burst of handshakes.
+    let warm = connected_workers(
+        &shared,
+        match options.mode {
+            Mode::Closed { concurrency } => concurrency.max(1),
+            Mode::Open {
+                rate,
+                max_in_flight,
+            } => warm_connections(rate, max_in_flight),
+        },
+    )
+    .await?;
     let started = Instant::now();
     let deadline = started + options.duration;
     let run = match options.mode {
         Mode::Closed { concurrency } => {
             let mut running = Vec::new();
-            for index in 0..concurrency.max(1) {
-                let mut worker = Worker::new(shared.clone());
+            for (index, mut worker) in warm.into_iter().enumerate() {
                 running.push(tokio::spawn(async move {
                     let options = &worker.shared.options;
                     let mut traffic = Traffic::new(
@@ -262,7 +274,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         Mode::Open {
             rate,
             max_in_flight,
-        } => open_loop(&shared, rate, max_in_flight, started, deadline).await?,
+        } => open_loop(&shared, rate, max_in_flight, warm, started, deadline).await?,
     };
     let OpenLoop {
         workers,
@@ -311,6 +323,33 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     })
 }
 
+/// Open loop: how many connections to open before the first request — enough for the rate
+/// at 10 ms per answer (a hub meeting its targets needs far fewer), at least one. More are
+/// opened during the run if the hub gets slower, up to `max_in_flight`.
+fn warm_connections(rate: f64, max_in_flight: usize) -> usize {
+    ((rate * 0.010).ceil() as usize).clamp(1, max_in_flight.max(1))
+}
+
+/// `n` workers, each with its connection to every target open (a target that cannot be
+/// reached now is tried again, and counted, by the first request sent to it).
+async fn connected_workers(shared: &Arc<Shared>, n: usize) -> anyhow::Result<Vec<Worker>> {
+    let mut connecting = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let mut worker = Worker::new(shared.clone());
+        connecting.spawn(async move {
+            for (slot, target) in worker.connections.iter_mut().zip(&worker.shared.targets) {
+                *slot = transport::Connection::open(target).await.ok();
+            }
+            worker
+        });
+    }
+    let mut workers = Vec::with_capacity(n);
+    while let Some(worker) = connecting.join_next().await {
+        workers.push(worker?);
+    }
+    Ok(workers)
+}
+
 /// A request due at a time, handed to an idle worker.
 struct Job {
     scheduled: Instant,
@@ -321,11 +360,13 @@ struct Job {
 /// worker; when none is idle it starts another, up to `max_in_flight`, and beyond that the
 /// request waits for the first worker to finish. Latency is measured from the schedule, so
 /// that wait counts as the hub's. Idle workers are reused last-in first-out, so the loop
-/// keeps as few connections busy as the hub's latency needs.
+/// keeps as few connections busy as the hub's latency needs. `warm` workers, connected
+/// already, are idle from the start.
 async fn open_loop(
     shared: &Arc<Shared>,
     rate: f64,
     max_in_flight: usize,
+    warm: Vec<Worker>,
     started: Instant,
     deadline: Instant,
 ) -> anyhow::Result<OpenLoop> {
@@ -345,6 +386,28 @@ async fn open_loop(
     let mut send_lag = SlowestPerSecond::default();
     let mut free_since = started;
     let mut peak_in_flight = 0;
+    let spawn =
+        |index: usize, mut worker: Worker, done: tokio::sync::mpsc::UnboundedSender<usize>| {
+            let (inbox, mut jobs) = tokio::sync::mpsc::channel::<Job>(1);
+            let running = tokio::spawn(async move {
+                while let Some(job) = jobs.recv().await {
+                    worker.execute(&job.request).await;
+                    worker.record(job.scheduled - started, job.scheduled.elapsed());
+                    if done.send(index).is_err() {
+                        break;
+                    }
+                }
+                worker
+            });
+            (inbox, running)
+        };
+    for worker in warm {
+        let index = inboxes.len();
+        let (inbox, task) = spawn(index, worker, done.clone());
+        inboxes.push(inbox);
+        running.push(task);
+        idle.push(index);
+    }
     let mut i: u32 = 0;
     loop {
         let scheduled = started + interval * i;
@@ -363,19 +426,9 @@ async fn open_loop(
             Some(worker) => worker,
             None if inboxes.len() < max_in_flight.max(1) => {
                 let index = inboxes.len();
-                let (inbox, mut jobs) = tokio::sync::mpsc::channel::<Job>(1);
+                let (inbox, task) = spawn(index, Worker::new(shared.clone()), done.clone());
                 inboxes.push(inbox);
-                let (mut worker, done) = (Worker::new(shared.clone()), done.clone());
-                running.push(tokio::spawn(async move {
-                    while let Some(job) = jobs.recv().await {
-                        worker.execute(&job.request).await;
-                        worker.record(job.scheduled - started, job.scheduled.elapsed());
-                        if done.send(index).is_err() {
-                            break;
-                        }
-                    }
-                    worker
-                }));
+                running.push(task);
                 index
             }
             None => {
@@ -673,6 +726,18 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_loop_opens_connections_for_ten_milliseconds_of_its_rate() {
+        assert_eq!(
+            warm_connections(16_000.0, 128),
+            128,
+            "capped by the in-flight limit"
+        );
+        assert_eq!(warm_connections(7_000.0, 512), 70);
+        assert_eq!(warm_connections(5.0, 512), 1, "at least one");
+        assert_eq!(warm_connections(1_000.0, 0), 1);
+    }
 
     #[test]
     fn each_second_keeps_its_slowest_request() {

@@ -235,6 +235,28 @@ async fn protocol_known(stream: &TcpStream, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, wait).await.unwrap_or(false)
 }
 
+/// Pending connections the kernel may hold for the accept loop (Linux caps it at
+/// `net.core.somaxconn`, 4096 on current kernels).
+///
+/// Why not the default: `TcpListener::bind` asks for 128. Senders open connections in bursts
+/// exactly when the hub is slow — a retrying CRM, or a load generator whose open connections
+/// are all waiting — and a SYN that finds the queue full is dropped and sent again only after
+/// a second: one request then takes a second for a hiccup of a few milliseconds
+/// (`benches/longrun.sh` saw 1.04 s maxima with `TcpExtListenOverflows` counting them).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` sets it, so a restart finds the port free at once).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `router` on `listener` until `stop` resolves, then stops accepting and waits for
 /// open connections to finish their requests (the caller bounds the wait).
 pub async fn serve(
@@ -379,6 +401,35 @@ mod tests {
         assert!(
             admit(&open, a, 3, 2).is_ok(),
             "a freed place is usable again"
+        );
+    }
+
+    /// Connections the accept loop has not taken yet wait in the kernel's queue, however
+    /// many arrive at once: none is dropped. A dropped SYN is sent again only after a
+    /// second, so each connect is given less than that.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_for_the_accept_loop() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Well past the 128 that `TcpListener::bind` asks for, well under the file limit.
+        const BURST: usize = 400;
+        let mut connecting = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            connecting.spawn(tokio::time::timeout(
+                Duration::from_millis(900),
+                TcpStream::connect(addr),
+            ));
+        }
+        let mut connected = Vec::new();
+        while let Some(attempt) = connecting.join_next().await {
+            if let Ok(Ok(stream)) = attempt.unwrap() {
+                connected.push(stream);
+            }
+        }
+        assert_eq!(
+            connected.len(),
+            BURST,
+            "every connection of the burst is queued, none waits for a SYN to be resent"
         );
     }
 

@@ -464,8 +464,7 @@ impl Hub {
             .unwrap_or_default(),
         });
         let addr = listen.unwrap_or(config.server.listen);
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = raccordo_server::connections::bind(addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         let tls = match &config.server.tls {
             Some(settings) => {
@@ -485,7 +484,7 @@ impl Hub {
             None => None,
         };
         let redirect = match config.server.tls.as_ref().and_then(|t| t.redirect_listen) {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Some(addr) => Some(raccordo_server::connections::bind(addr).map_err(|e| {
                 anyhow::anyhow!("cannot listen on {addr} (server.tls.redirect_listen): {e}")
             })?),
             None => None,

@@ -274,8 +274,9 @@ struct LoadgenArgs {
     /// Open loop: requests started per second
     #[arg(long)]
     rate: Option<f64>,
-    /// Open loop: most requests outstanding at once (each holds a connection; waiting for
-    /// a free slot counts as latency)
+    /// Open loop: most requests outstanding at once, each on a connection of its own (a
+    /// sender's connection pool; waiting for a free one counts as latency). Connections
+    /// for 10 ms of the rate are opened before the clock starts, more as needed
     #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
     /// How long to send, e.g. 10s or 1m

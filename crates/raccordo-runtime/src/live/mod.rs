@@ -802,11 +802,17 @@ impl LiveMetrics {
     /// cover at least this snapshot). A checkpoint request met in the queue is answered
     /// by this same save.
     async fn save_checkpoint(
-        &self,
+        self: &Arc<Self>,
         store: &dyn WindowStore,
         rx: &mut tokio::sync::mpsc::UnboundedReceiver<PersistJob>,
     ) -> anyhow::Result<()> {
-        let snapshot = self.snapshot();
+        // Off the async workers: the snapshot waits for the windows' lock, which a stage
+        // thread at background priority may hold while the request path keeps the cores
+        // busy, and then serializes the whole state. On a worker that wait stopped every
+        // request queued behind it (requests of 50–180 ms inside the hub, with no slow
+        // commit, in `benches/longrun.sh`).
+        let live = self.clone();
+        let snapshot = tokio::task::spawn_blocking(move || live.snapshot()).await?;
         let mut answered = Vec::new();
         while let Ok(job) = rx.try_recv() {
             match job {

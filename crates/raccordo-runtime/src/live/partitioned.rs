@@ -93,7 +93,7 @@ impl LiveMetrics {
 
     /// Saves what is queued and a checkpoint now, once the persister has stopped (a
     /// partition handed to another node goes on from exactly here).
-    pub async fn save_final(&self, store: &dyn WindowStore) -> anyhow::Result<()> {
+    pub async fn save_final(self: &Arc<Self>, store: &dyn WindowStore) -> anyhow::Result<()> {
         let mut rx = self.persist_rx.lock().await;
         self.save_checkpoint(store, &mut rx).await
     }
