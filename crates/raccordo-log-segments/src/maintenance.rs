@@ -117,9 +117,9 @@ impl Maintenance {
             .min(self.shared.total_bytes.load(Ordering::Acquire).max(4 << 20));
         let tmp = self.shared.dir.join(segment::NEXT_TMP);
         let file = std::fs::File::create(&tmp)?;
-        // In steps of 4 MiB, each synced: the writeback stays small and never queues a
-        // large flush in front of the writer's commits.
-        const STEP: u64 = 4 << 20;
+        // In steps, each synced: the writeback stays small and never queues a large flush
+        // in front of the writer's commits.
+        const STEP: u64 = crate::BACKGROUND_WRITE_STEP as u64;
         let mut at = 0;
         while at < size {
             let n = STEP.min(size - at);

@@ -577,7 +577,13 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let file = File::create(&tmp)?;
-        file.write_all_at(bytes, 0)?;
+        // In steps, each synced, so as not to hold up the writer's commits.
+        let mut at = 0;
+        for step in bytes.chunks(crate::BACKGROUND_WRITE_STEP) {
+            file.write_all_at(step, at)?;
+            file.sync_data()?;
+            at += step.len() as u64;
+        }
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -591,6 +597,23 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_written_in_steps_reads_back_whole_and_replaces_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.side");
+        std::fs::write(&path, b"an older, shorter version").unwrap();
+        // Two whole steps and part of a third, no byte equal to its neighbour's.
+        let bytes: Vec<u8> = (0..crate::BACKGROUND_WRITE_STEP * 5 / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        write_durably(&path, &bytes).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert!(
+            !path.with_extension("tmp").exists(),
+            "the temporary file was renamed"
+        );
+    }
 
     #[test]
     fn sidecars_round_trip_and_refuse_damage() {
