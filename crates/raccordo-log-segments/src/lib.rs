@@ -166,7 +166,7 @@ pub struct Recovery {
 /// Background writes that are large (a next segment's zeros, a sealed segment's sidecar of
 /// up to ~20 MB) go to disk this much at a time, each step synced before the next: the
 /// writer's commit waits behind whatever sits in the disk's queue when its `fdatasync`
-/// comes, and one 17 MB sidecar written at once made commits wait 40–56 ms (`perf trace`
+/// comes, and one 17 MB sidecar written at once made commits wait 40–99 ms (`perf trace`
 /// of an open loop). A step of 1 MiB costs a commit at most a few milliseconds.
 pub(crate) const BACKGROUND_WRITE_STEP: usize = 1 << 20;
 

@@ -808,9 +808,8 @@ impl LiveMetrics {
     ) -> anyhow::Result<()> {
         // Off the async workers: the snapshot waits for the windows' lock, which a stage
         // thread at background priority may hold while the request path keeps the cores
-        // busy, and then serializes the whole state. On a worker that wait stopped every
-        // request queued behind it (requests of 50–180 ms inside the hub, with no slow
-        // commit, in `benches/longrun.sh`).
+        // busy, and then serializes the whole state (about 500 KB in `benches/longrun.sh`).
+        // Blocking work on a worker holds up every request queued on it.
         let live = self.clone();
         let snapshot = tokio::task::spawn_blocking(move || live.snapshot()).await?;
         let mut answered = Vec::new();
