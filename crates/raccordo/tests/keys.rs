@@ -8,11 +8,23 @@ use std::path::Path;
 use std::process::Command;
 
 use raccordo_crm::seal::Sealer;
-use raccordo_storage_sqlite::{SqliteOptions, SqliteStore};
+use raccordo_storage_sqlite::{OpenError, SqliteOptions, SqliteStore};
 use support::*;
 
 fn store(dir: &Path) -> SqliteStore {
-    SqliteStore::open(SqliteOptions::new(dir.join("raccordo.db"))).unwrap()
+    // The lock of a store this test has just closed can outlive it for a moment: a child
+    // process that another test of this file is starting shares the lock file's open
+    // description until it execs (an flock belongs to that description, which fork
+    // duplicates). Waits for that, and fails on anything else.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SqliteStore::open(SqliteOptions::new(dir.join("raccordo.db"))) {
+            Err(OpenError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
 }
 
 async fn seed(dir: &Path, sealer: &Sealer, names: &[&str]) {
