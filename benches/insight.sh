@@ -5,6 +5,9 @@
 # measurement at 1% of the load (100 events/s), where the figure is the stream's own cadence.
 #
 #   bash benches/insight.sh [seconds-per-run]
+#   PROVISIONAL_COALESCE=500ms bash benches/insight.sh   # publish about twice a second, as
+#       the stream did before it published on commit: the same build's CPU per event without
+#       the frequent publishing, for a same-run comparison
 #
 # One-minute windows (the default is five) so that several windows become final within a
 # run; the out-of-orderness is the default 15 s, which is what final results are held to.
@@ -27,6 +30,7 @@ durability = "fsync"
 [metrics]
 window = "1m"
 out_of_orderness = "15s"
+$([ -n "${PROVISIONAL_COALESCE:-}" ] && echo "provisional_coalesce = \"$PROVISIONAL_COALESCE\"")
 # The generator pages through the stored events to match them with the stream: far more
 # reads from one address than the read API's default limit lets through.
 [admin.limits]
@@ -64,6 +68,6 @@ PY
 }
 
 machine
-echo "durability: fsync, 1-minute windows, loadgen on the same machine, ${secs}s per run"
+echo "durability: fsync, 1-minute windows, provisional results ${PROVISIONAL_COALESCE:-25ms (the default)} after new events, loadgen on the same machine, ${secs}s per run"
 run "baseline 100 ev/s (10×10)" --rate 10 --batch-size 10 --duration ${secs}s
 run "subject 10000 ev/s (1000×10)" --rate 1000 --batch-size 10 --duration ${secs}s
