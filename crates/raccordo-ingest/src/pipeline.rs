@@ -281,7 +281,7 @@ impl Ingestor {
         let result = self
             .ingest_authenticated(source, verified, headers, body, now_ms)
             .await;
-        record_outcome(&source.name, &result);
+        record_outcome(source, &result);
         match &result {
             Ok(r) => {
                 let duplicates = r.items.iter().filter(|i| i.is_duplicate()).count() as u64;
@@ -448,12 +448,8 @@ impl Ingestor {
             .map(|p| p.event_time_ms)
             .max()
             .unwrap_or(now_ms);
-        let clock_skew_ms = observe_clock_skew(
-            &source.name,
-            verified.sender_time_ms,
-            newest_event_ms,
-            now_ms,
-        );
+        let clock_skew_ms =
+            observe_clock_skew(source, verified.sender_time_ms, newest_event_ms, now_ms);
         source.health.set_clock_skew(clock_skew_ms);
         let event_times_ms: Vec<i64> = prepared.iter().map(|p| p.event_time_ms).collect();
 
@@ -720,7 +716,7 @@ fn store_error(e: StoreError) -> IngestError {
 /// auth scheme carries one (webhook-timestamp, JWT `iat`), else how far the newest event is
 /// ahead of ours (0 when events are in the past, as they normally are).
 fn observe_clock_skew(
-    source: &SourceName,
+    source: &Source,
     sender_time_ms: Option<i64>,
     newest_event_ms: i64,
     now_ms: i64,
@@ -729,19 +725,21 @@ fn observe_clock_skew(
         Some(sent) => sent - now_ms,
         None => (newest_event_ms - now_ms).max(0),
     };
-    metrics::gauge!("raccordo_source_clock_skew_seconds", "source" => source.to_string())
+    source
+        .series()
+        .clock_skew_seconds
         .set(skew_ms as f64 / 1000.0);
     skew_ms
 }
 
-fn record_outcome(source: &SourceName, result: &Result<IngestResponse, IngestError>) {
-    let label = source.to_string();
+fn record_outcome(source: &Source, result: &Result<IngestResponse, IngestError>) {
     match result {
         Ok(response) => {
             let duplicates = response.items.iter().filter(|i| i.is_duplicate()).count() as u64;
             let accepted = response.items.len() as u64 - duplicates;
-            metrics::counter!("raccordo_ingest_events_total", "source" => label.clone(), "outcome" => "accepted").increment(accepted);
+            source.series().accepted.increment(accepted);
             if duplicates > 0 {
+                let label = source.name.to_string();
                 let layer = if response.replayed {
                     "delivery_id"
                 } else {
@@ -753,7 +751,7 @@ fn record_outcome(source: &SourceName, result: &Result<IngestResponse, IngestErr
             }
         }
         Err(e) => {
-            metrics::counter!("raccordo_ingest_rejected_total", "source" => label, "reason" => e.metric_reason()).increment(1);
+            metrics::counter!("raccordo_ingest_rejected_total", "source" => source.name.to_string(), "reason" => e.metric_reason()).increment(1);
         }
     }
 }

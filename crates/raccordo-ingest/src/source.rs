@@ -172,6 +172,8 @@ pub struct Source {
     pub fast_conversion: bool,
     /// What this source has sent since the process started (for the dashboard).
     pub health: SourceHealth,
+    /// Its Prometheus series that every accepted request updates ([`Source::series`]).
+    pub series: SourceSeries,
     pub cors: Option<crate::browser::CorsConfig>,
     pub forms: Option<crate::browser::FormsConfig>,
     /// Where the event time is and how it is written.
@@ -205,6 +207,22 @@ pub struct SourceHealth {
     /// The largest skew (by magnitude) since the alert engine last looked: it reads this
     /// instead of being called on the request path.
     clock_skew_peak_ms: AtomicI64,
+}
+
+/// The Prometheus series of a source that every accepted request updates, looked up once
+/// instead of by name and labels on each request (a registry lookup, and the label strings
+/// built for it, per request and series). Taken at first use, not when the source is built:
+/// the sources are built before the process installs its recorder, and a handle taken before
+/// that records nowhere. Rarer outcomes (duplicates, refusals) keep the plain macros.
+#[derive(Debug, Default)]
+pub struct SourceSeries(std::sync::OnceLock<Series>);
+
+#[derive(Debug)]
+pub struct Series {
+    /// `raccordo_ingest_events_total{outcome="accepted"}`
+    pub accepted: metrics::Counter,
+    /// `raccordo_source_clock_skew_seconds`
+    pub clock_skew_seconds: metrics::Gauge,
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -251,6 +269,14 @@ impl SourceHealth {
 }
 
 impl Source {
+    /// The source's Prometheus series for accepted requests (taken at the first call).
+    pub fn series(&self) -> &Series {
+        self.series.0.get_or_init(|| Series {
+            accepted: metrics::counter!("raccordo_ingest_events_total", "source" => self.name.to_string(), "outcome" => "accepted"),
+            clock_skew_seconds: metrics::gauge!("raccordo_source_clock_skew_seconds", "source" => self.name.to_string()),
+        })
+    }
+
     pub fn health_snapshot(&self) -> SourceHealthSnapshot {
         let h = &self.health;
         let last_seen = h.last_seen_ms.load(Ordering::Relaxed);
@@ -424,6 +450,7 @@ impl Source {
                     bucket_ms: settings.dedup.bucket.as_millis().max(1) as i64,
                 },
                 health: SourceHealth::default(),
+                series: SourceSeries::default(),
                 cors: config.cors.clone(),
                 forms: config.forms.clone(),
                 time,
