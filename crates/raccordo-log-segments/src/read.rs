@@ -31,12 +31,28 @@ fn corrupt(segment: &Segment, offset: u64, what: &str) -> StoreError {
 }
 
 /// Calls `visit` with every event after `after` up to `head`, in order, until it returns
-/// `false`.
+/// `false`. Where it stopped is noted on the segment, so that the same reader's next call
+/// starts at that frame.
 fn for_each_event(
     shared: &Shared,
     after: i64,
     head: i64,
     mut visit: impl FnMut(&EventRecord<'_>) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut last_read = None;
+    let result = visit_events(shared, after, head, &mut last_read, &mut visit);
+    if let Some((segment, seq, offset)) = last_read {
+        segment.note_read(after, seq, offset);
+    }
+    result
+}
+
+fn visit_events(
+    shared: &Shared,
+    after: i64,
+    head: i64,
+    last_read: &mut Option<(Arc<Segment>, i64, u64)>,
+    visit: &mut impl FnMut(&EventRecord<'_>) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
     for segment in segments_from(shared, after) {
         if segment.last_seq() <= after {
@@ -70,7 +86,12 @@ fn for_each_event(
                             if e.seq <= after {
                                 continue;
                             }
-                            if e.seq > head || !visit(&e)? {
+                            if e.seq > head {
+                                return Ok(());
+                            }
+                            let more = visit(&e)?;
+                            *last_read = Some((segment.clone(), e.seq, offset));
+                            if !more {
                                 return Ok(());
                             }
                         }

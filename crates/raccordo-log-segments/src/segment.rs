@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use raccordo_core::DedupKey;
 
@@ -20,6 +20,11 @@ use crate::format::{
 pub const SPARSE_EVERY: u64 = 64 << 10;
 /// Reads go through a buffer of at least this size.
 const READ_CHUNK: usize = 256 << 10;
+/// How many readers' stopping places a segment remembers (the live tailer, a few SSE or
+/// API readers): one each, the one furthest behind given up first.
+const READ_POINTS: usize = 4;
+/// An empty read point: no event has a sequence number this large.
+const NO_READ_POINT: (i64, u64) = (i64::MAX, 0);
 
 /// A zero-filled segment file prepared in the background, renamed into place at roll-over.
 pub const NEXT_READY: &str = "next.ready";
@@ -57,6 +62,11 @@ pub struct Segment {
     last_seq: AtomicI64,
     max_received_at: AtomicI64,
     sparse: RwLock<Vec<(i64, u64)>>,
+    /// Where recent reads stopped: an event's sequence number and its frame's offset. A
+    /// reader asking for the events after it starts there rather than at the sparse entry
+    /// before it, which is up to `SPARSE_EVERY` bytes earlier: a tailer that keeps up would
+    /// otherwise read and checksum ~32 KiB of old frames for each few new ones.
+    read_points: Mutex<[(i64, u64); READ_POINTS]>,
     /// Held exclusively while an erasure patches frames in place, shared by every read of
     /// the file: a read sees a frame either before or after its patch, never half of each.
     pub(crate) patching: RwLock<()>,
@@ -73,6 +83,7 @@ impl Segment {
             last_seq: AtomicI64::new(summary.last_seq),
             max_received_at: AtomicI64::new(summary.max_received_at),
             sparse: RwLock::new(summary.sparse.clone()),
+            read_points: Mutex::new([NO_READ_POINT; READ_POINTS]),
             patching: RwLock::new(()),
         }))
     }
@@ -104,15 +115,43 @@ impl Segment {
         self.len.store(len, Ordering::Release);
     }
 
-    /// The offset of a frame at or before the one holding `seq`.
+    /// The offset of a frame at or before the one holding `seq`: the nearest of the sparse
+    /// entries and the read points. Frames are in sequence order, so the frame holding an
+    /// earlier event is never after the one holding `seq`.
     pub fn offset_for(&self, seq: i64) -> u64 {
-        let sparse = self.sparse.read().unwrap_or_else(|p| p.into_inner());
-        let at = sparse.partition_point(|(first, _)| *first <= seq);
-        if at == 0 {
-            SEGMENT_HEADER_LEN
-        } else {
-            sparse[at - 1].1
-        }
+        let sparse = {
+            let sparse = self.sparse.read().unwrap_or_else(|p| p.into_inner());
+            let at = sparse.partition_point(|(first, _)| *first <= seq);
+            if at == 0 {
+                SEGMENT_HEADER_LEN
+            } else {
+                sparse[at - 1].1
+            }
+        };
+        let points = self.read_points.lock().unwrap_or_else(|p| p.into_inner());
+        points
+            .iter()
+            .filter(|(read, _)| *read < seq)
+            .map(|(_, offset)| *offset)
+            .fold(sparse, u64::max)
+    }
+
+    /// Remembers that a reader which asked for the events after `after` stopped at event
+    /// `seq`, held by the frame at `offset`. Offsets never move (an erasure patches frames
+    /// in place), so a point stays true for as long as the segment exists.
+    pub fn note_read(&self, after: i64, seq: i64, offset: u64) {
+        let mut points = self.read_points.lock().unwrap_or_else(|p| p.into_inner());
+        // The same reader's previous point, else a free one, else the one furthest behind.
+        let slot = points
+            .iter()
+            .position(|(read, _)| *read == after)
+            .or_else(|| points.iter().position(|p| *p == NO_READ_POINT))
+            .unwrap_or_else(|| {
+                (0..READ_POINTS)
+                    .min_by_key(|&i| points[i].0)
+                    .unwrap_or_default()
+            });
+        points[slot] = (seq, offset);
     }
 
     pub fn cursor(&self, from: u64) -> FrameCursor<'_> {
@@ -613,6 +652,44 @@ mod tests {
             !path.with_extension("tmp").exists(),
             "the temporary file was renamed"
         );
+    }
+
+    #[test]
+    fn a_read_point_moves_the_start_forward_only_for_events_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.seg");
+        std::fs::write(&path, b"").unwrap();
+        let summary = Summary {
+            sparse: vec![(1, SEGMENT_HEADER_LEN), (100, 70_000)],
+            ..Summary::default()
+        };
+        let segment = Segment::open(path, 1, &summary).unwrap();
+        assert_eq!(segment.offset_for(150), 70_000, "the sparse entry");
+
+        // A reader that asked for the events after 99 stopped at event 140 (frame 90 000).
+        segment.note_read(99, 140, 90_000);
+        assert_eq!(segment.offset_for(141), 90_000);
+        assert_eq!(segment.offset_for(500), 90_000);
+        // Not for event 140 or earlier: the point says nothing of frames before its own.
+        assert_eq!(segment.offset_for(140), 70_000);
+        assert_eq!(segment.offset_for(50), SEGMENT_HEADER_LEN);
+
+        // Its next call moves its own point instead of taking a second one.
+        segment.note_read(140, 160, 95_000);
+        assert_eq!(segment.offset_for(141), 70_000, "the old point is gone");
+        assert_eq!(segment.offset_for(161), 95_000);
+
+        // More readers than points: the one furthest behind is given up.
+        for (n, offset) in (1..=READ_POINTS as i64).zip([91_000, 92_000, 93_000, 94_000]) {
+            segment.note_read(0, 160 + n * 10, offset);
+        }
+        assert_eq!(
+            segment.offset_for(161),
+            70_000,
+            "the point at 160 was the furthest behind"
+        );
+        assert_eq!(segment.offset_for(171), 91_000);
+        assert_eq!(segment.offset_for(201), 94_000);
     }
 
     #[test]

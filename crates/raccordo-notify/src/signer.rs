@@ -10,9 +10,14 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A decoded `whsec_` secret.
+/// A decoded `whsec_` secret, with the HMAC already keyed: keying hashes the two padded
+/// key blocks, so each message then costs only its own blocks (two fewer SHA-256
+/// compressions per signed or verified request).
 #[derive(Clone)]
-pub struct WebhookSecret(Vec<u8>);
+pub struct WebhookSecret {
+    bytes: Vec<u8>,
+    keyed: HmacSha256,
+}
 
 impl std::fmt::Debug for WebhookSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,20 +36,21 @@ impl WebhookSecret {
         if bytes.len() < 24 {
             return Err("secrets must decode to at least 24 bytes".into());
         }
-        Ok(Self(bytes))
+        Ok(Self::from_bytes(bytes))
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        Self(bytes)
+        // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+        let keyed = HmacSha256::new_from_slice(&bytes).expect("HMAC takes any key length");
+        Self { bytes, keyed }
     }
 
     pub fn to_whsec(&self) -> String {
-        format!("whsec_{}", STANDARD.encode(&self.0))
+        format!("whsec_{}", STANDARD.encode(&self.bytes))
     }
 
     fn mac(&self, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
-        // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = self.keyed.clone();
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.as_bytes());
