@@ -624,9 +624,11 @@ impl EventLog for SegmentLog {
                     StoreError::Unavailable("the writer has stopped".into())
                 }
             })?;
-        answer
+        let writer::Answer { result, batch } = answer
             .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?;
+        drop(batch); // here, on the thread that allocated it
+        result
     }
 
     async fn tail(&self, after: &LogPositions, limit: usize) -> Result<Vec<RawEvent>, StoreError> {

@@ -26,7 +26,15 @@ use crate::{Durability, Shared, erase};
 
 pub struct Job {
     pub batch: AppendBatch,
-    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// The writer's answer to one append, with the request's batch handed back: the batch was
+/// allocated on the caller's thread, and freed there its memory goes straight back to that
+/// thread's allocator heap instead of being queued across threads for it to collect later.
+pub struct Answer {
+    pub result: Result<AppendOutcome, StoreError>,
+    pub batch: AppendBatch,
 }
 
 /// What the writer is asked to do, in order.
@@ -155,7 +163,11 @@ impl Writer {
                 .dedup_keys
                 .store(self.index.len(), Ordering::Release);
             for (job, result) in group.into_iter().zip(results) {
-                let _ = job.reply.send(result); // the caller may be gone; the data is durable
+                let answer = Answer {
+                    result,
+                    batch: job.batch,
+                };
+                let _ = job.reply.send(answer); // the caller may be gone; the data is durable
             }
             if let Ok(expired) = self.expired.try_recv() {
                 let now = self.shared.newest_received_at.load(Ordering::Acquire);
