@@ -6,6 +6,10 @@
 #   bash benches/ingest.sh [seconds-per-run]
 #   ROUNDS=6 bash benches/ingest.sh 6   # more single-event pairs on a noisy host: the verdict
 #                                       # then also gives the median ratio
+#
+# Each single-event round also measures a second hub with `durability = "buffered"`, and
+# every row gives the share of the cores that sat idle: together they say how much of the
+# ratio to the no-op route is the wait for the disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}

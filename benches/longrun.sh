@@ -169,3 +169,25 @@ judge("open-loop p99", 10, lambda r: r["open"]["latency_ms"]["p99"])
 judge("open-loop max of the minute", 100, lambda r: r["open"]["latency_ms"]["max"])
 judge("closed-loop p99", 50, lambda r: r["closed"]["latency_ms"]["p99"])
 PY
+
+# What the hub logged of itself (JSON lines on stdout): the writer logs each commit group
+# slower than 50 ms with where its time went — the first thing to read for a bad minute.
+python3 - <<'PY'
+import collections, json
+lines = []
+for line in open("serve.log", errors="replace"):
+    try:
+        lines.append(json.loads(line))
+    except ValueError:
+        pass
+warnings = [l for l in lines if l.get("level") in ("WARN", "ERROR")]
+slow = [l for l in warnings if l.get("message") == "slow commit"]
+print(f"the hub logged {len(slow)} slow commits (over 50 ms) and {len(warnings) - len(slow)} other warnings or errors")
+for l in sorted(slow, key=lambda l: l.get("total_ms", 0), reverse=True)[:3]:
+    parts = ", ".join(f"{name} {l.get(key, '?')}" for name, key in
+                      (("dedup", "dedup_ms"), ("roll-over", "roll_over_ms"), ("write", "write_ms"), ("sync", "sync_ms")))
+    print(f"  {l.get('timestamp', '?')}: {l.get('total_ms')} ms ({parts} ms) for {l.get('requests')} requests, {l.get('bytes')} bytes")
+others = collections.Counter(l.get("message") for l in warnings if l.get("message") != "slow commit")
+for message, count in others.most_common(5):
+    print(f"  {count} × {message}")
+PY
