@@ -532,7 +532,6 @@ struct Checkpoint {
 }
 
 /// How far the windows trail the log.
-#[derive(Default)]
 struct Lag {
     /// When the consumer last read new events.
     last_progress_ms: i64,
@@ -600,6 +599,12 @@ impl LiveMetrics {
         scope: String,
     ) -> Arc<Self> {
         let (persist, persist_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Until the first page is counted, events behind have waited at least since now (not
+        // since 1970: a restart that is still rebuilding reported its lag as the epoch).
+        let lag = Lag {
+            last_progress_ms: clock.now_ms(),
+            last_delay_ms: 0,
+        };
         Arc::new(Self {
             spec,
             scope,
@@ -615,7 +620,7 @@ impl LiveMetrics {
             progress: tokio::sync::watch::channel(0).0,
             costs: Default::default(),
             clock,
-            lag: Mutex::new(Lag::default()),
+            lag: Mutex::new(lag),
             committed: std::sync::OnceLock::new(),
             persist,
             persist_rx: Arc::new(tokio::sync::Mutex::new(persist_rx)),
@@ -1853,6 +1858,22 @@ mod tests {
             counted,
             "the counts stay"
         );
+    }
+
+    #[test]
+    fn behind_before_the_first_page_the_lag_counts_from_the_start() {
+        let clock = ManualClock::new(1_764_000_000_000);
+        let live = LiveMetrics::new(
+            WindowSpec::tumbling(300_000),
+            ["acquisto_concluso".to_string()],
+            Arc::new(clock.clone()),
+        );
+        let (_head, committed) = tokio::sync::watch::channel(LogPositions::single(5));
+        live.committed.set(committed).unwrap();
+        clock.advance(3_000);
+        let health = live.health();
+        assert_eq!((health.processed_seq, health.committed_seq), (0, 5));
+        assert_eq!(health.lag_ms, 3_000, "waiting since the windows started");
     }
 
     #[test]
