@@ -1650,6 +1650,15 @@ mod tests {
     use super::*;
     use raccordo_core::{ManualClock, StreamItem};
 
+    /// The default five-minute windows, counting `acquisto_concluso` as the conversion.
+    fn five_minute_windows(clock: &ManualClock) -> Arc<LiveMetrics> {
+        LiveMetrics::new(
+            WindowSpec::tumbling(300_000),
+            ["acquisto_concluso".to_string()],
+            Arc::new(clock.clone()),
+        )
+    }
+
     fn raw(seq: i64, received_at_ms: i64, duplicate: bool) -> RawEvent {
         RawEvent {
             position: raccordo_core::LogPosition {
@@ -1821,11 +1830,7 @@ mod tests {
     #[test]
     fn late_events_move_to_a_pseudonym_and_expire_while_their_counts_stay() {
         let clock = ManualClock::new(100_000_000);
-        let live = LiveMetrics::new(
-            WindowSpec::tumbling(300_000),
-            ["acquisto_concluso".to_string()],
-            Arc::new(clock.clone()),
-        );
+        let live = five_minute_windows(&clock);
         live.ingest(&[raw(1, 100_000_000, false)]);
         // Far behind the watermark: late for every window that would hold it.
         let mut late = raw(2, 100_000_500, false);
@@ -1863,11 +1868,7 @@ mod tests {
     #[test]
     fn behind_before_the_first_page_the_lag_counts_from_the_start() {
         let clock = ManualClock::new(1_764_000_000_000);
-        let live = LiveMetrics::new(
-            WindowSpec::tumbling(300_000),
-            ["acquisto_concluso".to_string()],
-            Arc::new(clock.clone()),
-        );
+        let live = five_minute_windows(&clock);
         let (_head, committed) = tokio::sync::watch::channel(LogPositions::single(5));
         live.committed.set(committed).unwrap();
         clock.advance(3_000);
@@ -1879,11 +1880,7 @@ mod tests {
     #[test]
     fn lag_is_the_age_of_what_was_just_counted_and_zero_when_idle() {
         let clock = ManualClock::new(1_000_000);
-        let live = LiveMetrics::new(
-            WindowSpec::tumbling(300_000),
-            ["acquisto_concluso".to_string()],
-            Arc::new(clock.clone()),
-        );
+        let live = five_minute_windows(&clock);
         assert_eq!(live.health().lag_ms, 0, "nothing read yet");
         let mut progress = live.progress();
         assert!(!progress.has_changed().unwrap());
