@@ -52,7 +52,7 @@ for _ in $(seq 100); do curl -sf $buffered_url/readyz >/dev/null && break; sleep
 # HUB=buffered measures the second hub instead.
 run() {
   local label=$1; shift
-  local t0 t1 out gen pid=$server target=$url
+  local t0 t1 c0 c1 out gen pid=$server target=$url
   if [ "${HUB:-}" = buffered ]; then pid=$buffered_server target=$buffered_url; fi
   t0=$(awk '{print $14+$15}' /proc/$pid/stat)
   c0=$(head -1 /proc/stat)
