@@ -48,17 +48,39 @@ struct Conversion<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Metadati<'a> {
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "present_str")]
     campagna: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "present_str")]
     dispositivo: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "present_str")]
     localita: Option<Cow<'a, str>>,
 }
 
 /// An optional field that, when present, must not be `null` (the schema wants its type).
 fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
+}
+
+/// [`present`] for a string, borrowed from the body when it has no escapes: serde borrows
+/// a `Cow` field only when it reads it itself, and `Cow::deserialize` always copies.
+fn present_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Text;
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+    }
+    d.deserialize_str(Text).map(Some)
 }
 
 /// One accepted event, ready for the log.
@@ -91,12 +113,13 @@ pub fn accept(body: &[u8], max_items: usize) -> Option<(bool, Vec<FastEvent>)> {
 }
 
 fn check(c: Conversion<'_>) -> Option<FastEvent> {
+    let amount = c.valore.to_string();
     let ok = valid_customer_id(&c.id_cliente)
         && EVENTS.contains(&c.evento.as_ref())
         && CHANNELS.contains(&c.canale.as_ref())
         && STATES.contains(&c.stato.as_ref())
         && valid_timestamp_text(&c.timestamp)
-        && valid_amount(&c.valore)
+        && valid_amount(&c.valore, &amount)
         && c.metadati.as_ref().is_none_or(|m| {
             [&m.campagna, &m.dispositivo, &m.localita]
                 .into_iter()
@@ -145,7 +168,7 @@ fn check(c: Conversion<'_>) -> Option<FastEvent> {
     out.push(',');
     let time_end = out.len();
     out.push_str("\"valore\":");
-    out.push_str(&c.valore.to_string());
+    out.push_str(&amount);
     out.push('}');
     Some(FastEvent {
         canonical: out,
@@ -210,7 +233,8 @@ fn valid_timestamp_text(t: &str) -> bool {
 }
 
 /// `minimum: 0` and at most two decimals in the shortest round-trip text.
-fn valid_amount(n: &Number) -> bool {
+/// `text`: the number as serde_json writes it.
+fn valid_amount(n: &Number, text: &str) -> bool {
     if let Some(u) = n.as_u64() {
         return u < (1 << 53); // beyond that the schema's float check is not exact either way
     }
@@ -221,7 +245,6 @@ fn valid_amount(n: &Number) -> bool {
     if !(0.0..9.0e15).contains(&f) {
         return false;
     }
-    let text = n.to_string();
     if text.contains(['e', 'E']) {
         return false;
     }

@@ -7,16 +7,22 @@ use raccordo_ingest::IngestError;
 /// Counts ingest requests being processed (`raccordo_ingest_in_flight_requests`).
 pub struct InFlight;
 
+/// The gauge's handle, looked up once: `gauge!` looks the series up in the recorder's
+/// registry at every call, twice per request. The hub installs its recorder before it
+/// serves, so the first request already finds it.
+static IN_FLIGHT: std::sync::LazyLock<::metrics::Gauge> =
+    std::sync::LazyLock::new(|| ::metrics::gauge!("raccordo_ingest_in_flight_requests"));
+
 impl InFlight {
     pub fn enter() -> Self {
-        ::metrics::gauge!("raccordo_ingest_in_flight_requests").increment(1.0);
+        IN_FLIGHT.increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        ::metrics::gauge!("raccordo_ingest_in_flight_requests").decrement(1.0);
+        IN_FLIGHT.decrement(1.0);
     }
 }
 
