@@ -256,6 +256,7 @@ impl SegmentLog {
             active,
             active_file,
             active_capacity,
+            warmed_to: 0,
             active_summary,
             next_seq,
             durability: options.durability,

@@ -73,6 +73,9 @@ pub struct Writer {
     /// below it overwrite allocated blocks, so their `fdatasync` commits no metadata (no
     /// file-size change, no journal commit). `None`: the file grows with each write.
     pub active_capacity: Option<u64>,
+    /// How far the active prepared segment's pages have been asked into the page cache
+    /// ([`Writer::warm_ahead`]).
+    pub warmed_to: u64,
     /// The active segment's claims and sparse index, for its sidecar when it is sealed.
     pub active_summary: Summary,
     pub next_seq: i64,
@@ -87,6 +90,9 @@ pub struct Writer {
     /// thread; one chunk is forgotten after each commit (bounded work per commit).
     pub expired: std::sync::mpsc::Receiver<ExpiredKeys>,
 }
+
+/// How far ahead of the write position a prepared segment is read into the page cache.
+const WARM_AHEAD: u64 = 4 << 20;
 
 /// A commit group slower than this is logged with where its time went.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(50);
@@ -261,6 +267,7 @@ impl Writer {
             return Err(io_error("starting a new segment", e));
         }
         let at = self.active_summary.len;
+        self.warm_ahead(at + bytes);
         let rolled_at = Instant::now();
         let mut wrote_at = rolled_at;
         let written = self
@@ -387,6 +394,41 @@ impl Writer {
         Ok((tail, dropped))
     }
 
+    /// Asks the kernel to read the prepared segment's zeros ahead of the write position into
+    /// the page cache, in the background. A commit that writes part of a page the cache does
+    /// not hold must first read that page from the disk, inside the commit: after a restart,
+    /// or once the prepared file's pages were evicted, that was a 4 KiB read before every
+    /// few commits' `fdatasync` (`perf record -e block:block_rq_issue`: 531 reads/s from the
+    /// writer at 13 500 events/s). Once per `WARM_AHEAD / 2` of log; a no-op on cached pages.
+    fn warm_ahead(&mut self, end: u64) {
+        let Some(capacity) = self.active_capacity else {
+            return;
+        };
+        if self.warmed_to >= capacity || end + WARM_AHEAD / 2 <= self.warmed_to {
+            return;
+        }
+        let from = self.warmed_to.max(end.saturating_sub(WARM_AHEAD / 2));
+        let to = capacity.min(end + WARM_AHEAD);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: posix_fadvise only reads its arguments; the descriptor is open for as
+            // long as `self.active_file` lives, which outlives the call.
+            let advised = unsafe {
+                libc::posix_fadvise(
+                    self.active_file.as_raw_fd(),
+                    from as libc::off_t,
+                    (to - from) as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            if advised != 0 {
+                tracing::debug!(errno = advised, "posix_fadvise(WILLNEED) on the event log");
+            }
+        }
+        self.warmed_to = to;
+    }
+
     /// Seals the active segment (its sidecar is written in the background) and starts a
     /// new one whose first event will be `first_seq`.
     fn roll_over(&mut self, first_seq: i64) -> io::Result<()> {
@@ -423,6 +465,7 @@ impl Writer {
         let sealed_summary = std::mem::replace(&mut self.active_summary, summary);
         self.active_file = file;
         self.active_capacity = capacity.filter(|c| *c > SEGMENT_HEADER_LEN);
+        self.warmed_to = 0;
         metrics::counter!("raccordo_storage_segments_sealed_total").increment(1);
         let _ = self.sealer.send(Seal {
             segment: sealed,
