@@ -94,6 +94,17 @@ pub struct Writer {
 /// How far ahead of the write position a prepared segment is read into the page cache.
 const WARM_AHEAD: u64 = 4 << 20;
 
+/// The part of a prepared segment of `capacity` bytes to read ahead once the log is written
+/// up to `end`, when `warmed_to` was read ahead already: nothing while more than half of
+/// [`WARM_AHEAD`] is left before `warmed_to`, else from there to [`WARM_AHEAD`] past `end`.
+fn warm_range(warmed_to: u64, end: u64, capacity: u64) -> Option<(u64, u64)> {
+    if warmed_to >= capacity || end + WARM_AHEAD / 2 <= warmed_to {
+        return None;
+    }
+    let from = warmed_to.max(end.saturating_sub(WARM_AHEAD / 2));
+    Some((from, capacity.min(end + WARM_AHEAD)))
+}
+
 /// A commit group slower than this is logged with where its time went.
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -404,11 +415,9 @@ impl Writer {
         let Some(capacity) = self.active_capacity else {
             return;
         };
-        if self.warmed_to >= capacity || end + WARM_AHEAD / 2 <= self.warmed_to {
+        let Some((from, to)) = warm_range(self.warmed_to, end, capacity) else {
             return;
-        }
-        let from = self.warmed_to.max(end.saturating_sub(WARM_AHEAD / 2));
-        let to = capacity.min(end + WARM_AHEAD);
+        };
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
@@ -561,4 +570,63 @@ fn apply(
     }
     applied.outcome = AppendOutcome::Appended(outcomes);
     applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_first_commit_reads_ahead_from_where_it_writes() {
+        assert_eq!(warm_range(0, 16, 64 * MIB), Some((0, 16 + 4 * MIB)));
+        // A restart in the middle of a segment starts at the write position, not at 0.
+        assert_eq!(
+            warm_range(0, 30 * MIB, 64 * MIB),
+            Some((28 * MIB, 34 * MIB))
+        );
+    }
+
+    #[test]
+    fn it_reads_again_only_past_half_the_window() {
+        let warmed = 4 * MIB + 100;
+        assert_eq!(warm_range(warmed, 2 * MIB + 100, 64 * MIB), None);
+        assert_eq!(
+            warm_range(warmed, 2 * MIB + 101, 64 * MIB),
+            Some((warmed, 6 * MIB + 101))
+        );
+    }
+
+    #[test]
+    fn it_never_reads_past_the_file_and_stops_at_its_end() {
+        assert_eq!(
+            warm_range(62 * MIB, 61 * MIB, 64 * MIB),
+            Some((62 * MIB, 64 * MIB))
+        );
+        assert_eq!(warm_range(64 * MIB, 63 * MIB, 64 * MIB), None);
+    }
+
+    #[test]
+    fn every_byte_up_to_the_write_position_is_read_ahead_once() {
+        // Commits of 1–3 KiB through a 32 MiB segment: the ranges advised tile the file.
+        let capacity = 32 * MIB;
+        let (mut warmed, mut end, mut covered) = (0, 16, 0);
+        let mut step = 0u64;
+        while end < capacity {
+            if let Some((from, to)) = warm_range(warmed, end, capacity) {
+                assert!(from >= covered, "{from} read twice (covered to {covered})");
+                assert!(to > end && to <= capacity);
+                covered = to;
+                warmed = to;
+            }
+            assert!(
+                warmed > end || warmed == capacity,
+                "{end} written before read ahead"
+            );
+            step = (step + 1) % 3;
+            end = (end + 1024 * (1 + step)).min(capacity);
+        }
+        assert_eq!(covered, capacity);
+    }
 }
