@@ -22,6 +22,29 @@ steal_ticks() {
   awk '/^cpu /{print $9}' /proc/stat
 }
 
+# The CPU time of process PID and of the whole machine, in clock ticks, on one line: the
+# process's user+system time, then the machine's busy, idle (with iowait) and steal time.
+# Two snapshots around a measurement say who used the two cores (see `cpu_view`).
+cpu_snapshot() {
+  local pid=$1
+  echo "$(awk '{print $14 + $15}' /proc/$pid/stat) $(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6, $9}' /proc/stat)"
+}
+
+# From two `cpu_snapshot` lines and the number of requests answered in between: the
+# machine's idle share, the process's CPU per request (µs) and everything else's (the load
+# generator, the kernel's network work, other tenants of the machine), and the steal share.
+cpu_view() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import os, sys
+before, after = ([int(x) for x in s.split()] for s in sys.argv[1:3])
+process, busy, idle, steal = (b - a for a, b in zip(before, after))
+requests = max(1, int(sys.argv[3]))
+tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+total = max(1, busy + idle + steal)
+print(f"{idle / total * 100:.0f}% {process * tick_us / requests:.1f} {(busy - process) * tick_us / requests:.1f} {steal / total * 100:.1f}%")
+PY
+}
+
 # How far the live windows are: sets `processed` and `committed` from the ingest health of
 # the hub on 127.0.0.1:PORT (TOKEN: one with the `read` scope). Polled often while the hub
 # is being measured, so it starts no process (bash's own /dev/tcp and regex): a

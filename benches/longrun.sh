@@ -7,7 +7,9 @@
 #     omission): p50, p99, p99.9, max;
 #   - at full closed-loop load (64 clients) for 15 s.
 # Beside the open loop, the hub's own view of it (p99 bucket and requests over 50 ms from
-# its request-duration histogram) and the generator's own lateness against its schedule.
+# its request-duration histogram), the generator's own lateness against its schedule, who
+# used the two cores (idle share; the hub's CPU per request and everything else's) and the
+# disk's own latency that minute (benches/disk-probe.py commits beside the hub all run).
 # Growth uses batches of 1000 (4 clients); before measuring, the live windows are let catch
 # up with what the step wrote (the wait is printed): a real hub is never handed 2.5 M events
 # in seconds and then asked for steady single events, and the catch-up is benchmarked on
@@ -24,12 +26,17 @@
 # is written with retention removing segments as new ones fill, and measured again.
 #
 #   bash benches/longrun.sh [target-events] [step-events] [secs-per-measure]
+#
+# KEEP_LOGS=<dir> copies the hub's logs there at the end (its slow commits, each with where
+# its time went, are logged at warn level), with each row as JSON (the generator's worst
+# latency of every second included) and the disk probe's seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-20000000}
 step=${2:-2500000}
 secs=${3:-60}
 source benches/common.sh
+repo=$PWD
 bin=$(raccordo_bin)
 work=$(mktemp -d -p "${TMPDIR:-/tmp}")
 port=18767
@@ -56,8 +63,15 @@ start() {
   for _ in $(seq 1200); do curl -sf $url/readyz >/dev/null && return; sleep 0.05; done
   echo "the hub did not become ready" >&2; exit 1
 }
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+keep_logs() { [ -z "${KEEP_LOGS:-}" ] || cp serve.log serve.err rows.jsonl disk-probe.log "$KEEP_LOGS"/ 2>/dev/null || true; }
+probe=
+trap 'kill $server $probe 2>/dev/null; wait $server 2>/dev/null; keep_logs; rm -rf "$work"' EXIT
 start
+# The disk's own latency beside the hub, for the whole run (DISK_PROBE=0 leaves it out).
+if [ "${DISK_PROBE:-1}" != 0 ]; then
+  python3 "$repo/benches/disk-probe.py" . disk-probe.log &
+  probe=$!
+fi
 load() { "$bin" loadgen --url $url --webhook-secret "$secret" --json --seed $RANDOM "$@"; }
 field() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
 
@@ -65,7 +79,7 @@ machine
 max=$(load --concurrency 64 --duration 10s | field 'int(r["requests_per_s"])')
 half=$(( max / 2 ))
 echo "single-event maximum at the start: $max req/s; open loop at $half req/s over at most 128 connections for ${secs}s per step"
-printf '%-10s %-9s %-8s | %-52s | %-31s | %-52s\n' "stored" "db" "catch-up" "open loop ${half}/s: rate p50 p99 p99.9 max (ms)" "hub p99, >50 ms; gen late; steal" "closed loop c64: rate p50 p99 p99.9 max (ms)"
+printf '%-10s %-9s %-8s | %-52s | %-22s | %-26s | %-15s | %-52s\n' "stored" "db" "catch-up" "open loop ${half}/s: rate p50 p99 p99.9 max (ms)" "hub p99, >50ms; late" "idle; µs/req hub, rest; steal" "disk p99, max" "closed loop c64: rate p50 p99 p99.9 max (ms)"
 row() {
   python3 - "$1" <<'PY'
 import json, sys
@@ -77,11 +91,12 @@ PY
 # The hub's own view of the same requests: its request-duration histogram for the ingest
 # route, as it grew during the open loop (before and after snapshots of /metrics): the
 # bucket that holds the 99th percentile, and how many took over 50 ms inside the hub.
-# With the generator's own lateness (how late it got to its schedule, worst second) and the
-# steal time of the minute (the host running other machines on our vCPUs) this tells a
-# stall of the hub from one of the machine both share.
+# With the generator's own lateness (how late it got to its schedule, worst second), who
+# used the cores during the minute (`cpu_view`: idle share, the hub's CPU per request and
+# everything else's, steal) and the disk's own latency (`disk_view`), this tells a stall of
+# the hub from one of the machine both share.
 hub_view() {
-  python3 - "$1" "$2" "$3" "$4" "$5" <<'PY'
+  python3 - "$1" "$2" "$3" <<'PY'
 import json, os, re, sys
 def buckets(path):
     out = {}
@@ -97,25 +112,43 @@ p99 = next((le for le, n in delta if total and n >= 0.99 * total), float("nan"))
 over50 = total - next((n for le, n in delta if le == 0.05), total)
 r = json.loads(sys.argv[3])
 lag = r.get("max_send_lag_ms_per_second") or [0]
-# Steal: the share of the vCPUs' time the host gave to others during the minute.
-steal = int(sys.argv[4]) / (float(sys.argv[5]) * os.sysconf("SC_CLK_TCK") * os.cpu_count()) * 100
-print(f"{'≤' + format(p99 * 1000, 'g'):>6} {over50:>6} {max(lag):>8.1f} {steal:>5.1f}%")
+print(f"{'≤' + format(p99 * 1000, 'g'):>6} {over50:>6} {max(lag):>8.1f}")
+PY
+}
+# The disk's own view of the minute (benches/disk-probe.py, a small commit of its own every
+# 5 ms beside the hub): the p99 and max of its worst second between T0 and T1, in ms. A
+# minute whose requests were slow while the probe's commits were not was not the disk's.
+disk_view() {
+  python3 - "$1" "$2" disk-probe.log <<'PY'
+import sys
+t0, t1 = int(sys.argv[1]), int(sys.argv[2])
+try:
+    seconds = [line.split() for line in open(sys.argv[3])]
+except OSError:
+    seconds = []
+seconds = [(float(p99), float(top)) for t, n, p99, top in seconds if t0 <= int(t) < t1]
+if seconds:
+    print(f"{max(p for p, _ in seconds):.2f} {max(m for _, m in seconds):.1f}")
+else:
+    print("- -")
 PY
 }
 stored=0  # events stored (accepted answers; duplicates are recorded too but not counted here)
 measure() {
   local open closed size
   curl -sf $url/metrics >metrics.before
-  local steal0=$(steal_ticks)
+  local cpu0=$(cpu_snapshot $server) t0=$(date +%s)
   open=$(load --rate $half --max-in-flight 128 --duration ${secs}s)
-  local steal1=$(steal_ticks)
+  local cpu1=$(cpu_snapshot $server) t1=$(date +%s)
   curl -sf $url/metrics >metrics.after
   closed=$(load --concurrency 64 --duration 15s)
   size=$(du -sh raccordo-data | cut -f1)
   local name=${label:-$(python3 -c "print(f'{$stored/1e6:.1f} M')")}
-  local hub=$(hub_view metrics.before metrics.after "$open" $(( steal1 - steal0 )) "$(echo "$open" | field 'r["elapsed_s"]')")
-  printf '%-10s %-9s %-8s | %-52s | %-31s | %-52s\n' "$name" "$size" "${caught_up:--}${caught_up:+ s}" "$(row "$open")" "$hub" "$(row "$closed")"
-  python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "open": json.loads(sys.argv[2]), "hub": sys.argv[3].split(), "closed": json.loads(sys.argv[4])}))' "$name" "$open" "$hub" "$closed" >>rows.jsonl
+  local hub=$(hub_view metrics.before metrics.after "$open")
+  local cpu=$(cpu_view "$cpu0" "$cpu1" "$(echo "$open" | field 'r["requests"]')")
+  local disk=$(disk_view $t0 $t1)
+  printf '%-10s %-9s %-8s | %-52s | %-22s | %-26s | %-15s | %-52s\n' "$name" "$size" "${caught_up:--}${caught_up:+ s}" "$(row "$open")" "$hub" "$cpu" "$disk" "$(row "$closed")"
+  python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "open": json.loads(sys.argv[2]), "hub": sys.argv[3].split(), "cpu": sys.argv[4].split(), "disk": sys.argv[5].split(), "closed": json.loads(sys.argv[6])}))' "$name" "$open" "$hub" "$cpu" "$disk" "$closed" >>rows.jsonl
   stored=$(( stored + $(echo "$open" | field 'r["accepted"]') + $(echo "$closed" | field 'r["accepted"]') ))
 }
 # One growth step, then the wait for the live windows to count it.
@@ -161,10 +194,14 @@ def judge(what, target, value_of):
     missed = [(r, value_of(r)) for r in rows if value_of(r) >= target]
     print(f"  {what} < {target} ms: met in {len(rows) - len(missed)} of {len(rows)} rows")
     for r, value in missed:
-        p99_bucket, over_50, late, steal = r["hub"]
+        p99_bucket, over_50, late = r["hub"]
+        idle, hub_us, rest_us, steal = r["cpu"]
+        disk_p99, disk_max = r["disk"]
         print(f"    MISSED at {r['name']}: {value:.2f} ms, by {value - target:.2f} ms; inside the hub "
               f"p99 {p99_bucket} ms and {over_50} requests over 50 ms, generator up to {late} ms "
-              f"behind its schedule, steal {steal}")
+              f"behind its schedule; cores {idle} idle, the hub {hub_us} µs of CPU per request "
+              f"and everything else {rest_us}, steal {steal}; the disk's own commits: worst "
+              f"second's p99 {disk_p99} ms, max {disk_max} ms")
 judge("open-loop p99", 10, lambda r: r["open"]["latency_ms"]["p99"])
 judge("open-loop max of the minute", 100, lambda r: r["open"]["latency_ms"]["max"])
 judge("closed-loop p99", 50, lambda r: r["closed"]["latency_ms"]["p99"])
