@@ -25,6 +25,7 @@ pub mod format;
 pub mod import;
 mod key_map;
 mod maintenance;
+mod pace;
 mod read;
 pub mod retention;
 mod segment;
@@ -123,6 +124,9 @@ pub(crate) struct Shared {
     dedup_keys: std::sync::atomic::AtomicUsize,
     /// A zero-filled segment file (`next.ready`) waits for the next roll-over.
     next_ready: AtomicBool,
+    /// Set once the writer has stopped on `close`: background writes still to do go at
+    /// full speed (nothing waits on the disk any more, and the close waits for them).
+    closing: AtomicBool,
     /// Events erased while this process runs: their claims are left out of sidecars
     /// written later. Also the lock under which sidecars lose erased claims.
     erased: Mutex<std::collections::HashSet<u128>>,
@@ -167,7 +171,8 @@ pub struct Recovery {
 /// up to ~20 MB) go to disk this much at a time, each step synced before the next: the
 /// writer's commit waits behind whatever sits in the disk's queue when its `fdatasync`
 /// comes, and one 17 MB sidecar written at once made commits wait 40–99 ms (`perf trace`
-/// of an open loop). A step of 1 MiB costs a commit at most a few milliseconds.
+/// of an open loop). A step of 1 MiB costs a commit at most a few milliseconds; the steps
+/// are also spread over time (`pace`).
 pub(crate) const BACKGROUND_WRITE_STEP: usize = 1 << 20;
 
 /// Writes zeros over `len` bytes from `at`.
@@ -225,6 +230,7 @@ impl SegmentLog {
             full: AtomicBool::new(false),
             dedup_keys: std::sync::atomic::AtomicUsize::new(index.len()),
             next_ready: AtomicBool::new(dir.join(segment::NEXT_READY).exists()),
+            closing: AtomicBool::new(false),
             erased: Mutex::new(Default::default()),
         });
         let (committed_tx, committed) =
@@ -366,6 +372,7 @@ impl SegmentLog {
         if let Some(done) = take(&self.writer_done) {
             let _ = done.await;
         }
+        self.shared.closing.store(true, Ordering::Release);
         take(&self.stop_maintenance);
         if let Some(done) = take(&self.maintenance_done) {
             let _ = done.await;

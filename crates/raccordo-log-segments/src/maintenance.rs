@@ -45,9 +45,18 @@ impl Maintenance {
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             };
             while let Some(seal) = next {
-                if let Err(e) = self.write_sidecar(&seal) {
+                let began = std::time::Instant::now();
+                match self.write_sidecar(&seal) {
+                    // When the background writes ran, to lay beside a benchmark's slow seconds.
+                    Ok(()) => tracing::debug!(
+                        segment = seal.segment.first_seq,
+                        ms = began.elapsed().as_millis() as u64,
+                        "sidecar written"
+                    ),
                     // Not fatal: the next start reads the segment whole instead.
-                    tracing::warn!(segment = seal.segment.first_seq, error = %e, "writing a segment's sidecar failed");
+                    Err(e) => {
+                        tracing::warn!(segment = seal.segment.first_seq, error = %e, "writing a segment's sidecar failed")
+                    }
                 }
                 self.expiries
                     .insert(seal.segment.first_seq, seal.summary.max_expires_at);
@@ -115,14 +124,17 @@ impl Maintenance {
         let size = self
             .segment_bytes
             .min(self.shared.total_bytes.load(Ordering::Acquire).max(4 << 20));
+        let began = std::time::Instant::now();
         let tmp = self.shared.dir.join(segment::NEXT_TMP);
         let file = std::fs::File::create(&tmp)?;
-        // In steps, each synced: the writeback stays small and never queues a large flush
-        // in front of the writer's commits.
+        // In steps, each synced and paced: the writeback stays small and never queues a
+        // large flush in front of the writer's commits.
         const STEP: u64 = crate::BACKGROUND_WRITE_STEP as u64;
+        let mut pacer = self.pacer();
         let mut at = 0;
         while at < size {
             let n = STEP.min(size - at);
+            pacer.before_write(n);
             crate::zero_fill(&file, at, n)?;
             file.sync_data()?;
             at += n;
@@ -132,7 +144,16 @@ impl Maintenance {
         segment::sync_dir(&self.shared.dir)?;
         self.shared.next_ready.store(true, Ordering::Release);
         metrics::counter!("raccordo_storage_segments_prepared_total").increment(1);
+        tracing::debug!(
+            bytes = size,
+            ms = began.elapsed().as_millis() as u64,
+            "next segment prepared"
+        );
         Ok(())
+    }
+
+    fn pacer(&self) -> crate::pace::Pacer<'_> {
+        crate::pace::Pacer::new(&self.shared.total_bytes, &self.shared.closing)
     }
 
     fn write_sidecar(&self, seal: &Seal) -> std::io::Result<()> {
@@ -151,9 +172,11 @@ impl Maintenance {
                 .retain(|(_, event, _)| !erased.contains(event));
             std::borrow::Cow::Owned(summary)
         };
-        segment::write_durably(
+        let mut pacer = self.pacer();
+        segment::write_durably_in_steps(
             &segment::sidecar_path(&self.shared.dir, seal.segment.first_seq),
             &segment::encode_sidecar(seal.segment.first_seq, &summary),
+            &mut |n| pacer.before_write(n),
         )
     }
 

@@ -613,12 +613,23 @@ pub fn read_sidecar_head(path: &Path) -> Option<SidecarHead> {
 /// Writes `bytes` to `path` atomically and durably: a temporary file, fsync, rename, and an
 /// fsync of the directory.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_durably_in_steps(path, bytes, &mut |_| {})
+}
+
+/// `write_durably`, calling `before_step` with each step's length before writing it (the
+/// maintenance thread paces its steps there).
+pub(crate) fn write_durably_in_steps(
+    path: &Path,
+    bytes: &[u8],
+    before_step: &mut dyn FnMut(u64),
+) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let file = File::create(&tmp)?;
         // In steps, each synced, so as not to hold up the writer's commits.
         let mut at = 0;
         for step in bytes.chunks(crate::BACKGROUND_WRITE_STEP) {
+            before_step(step.len() as u64);
             file.write_all_at(step, at)?;
             file.sync_data()?;
             at += step.len() as u64;

@@ -477,6 +477,11 @@ impl Writer {
         self.active_capacity = capacity.filter(|c| *c > SEGMENT_HEADER_LEN);
         self.warmed_to = 0;
         metrics::counter!("raccordo_storage_segments_sealed_total").increment(1);
+        tracing::debug!(
+            segment = sealed.first_seq,
+            next = first_seq,
+            "segment sealed"
+        );
         let _ = self.sealer.send(Seal {
             segment: sealed,
             summary: sealed_summary,
