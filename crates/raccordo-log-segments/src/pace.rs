@@ -54,16 +54,22 @@ impl<'a> Pacer<'a> {
     /// Waits until `n` more bytes may go to the disk, and counts them.
     pub(crate) fn before_write(&mut self, n: u64) {
         self.written += n;
-        while !self.closing.load(Ordering::Acquire) {
-            let appended = self
-                .log_bytes
-                .load(Ordering::Acquire)
-                .saturating_sub(self.log_bytes_at_start);
-            match wait_before(self.written, self.began.elapsed(), appended) {
-                Some(wait) => std::thread::sleep(wait.min(MAX_NAP)),
-                None => return,
-            }
+        while let Some(wait) = self.wait_now() {
+            std::thread::sleep(wait.min(MAX_NAP));
         }
+    }
+
+    /// How long what is counted must still wait; `None` if it may go now or the log is
+    /// closing.
+    fn wait_now(&self) -> Option<Duration> {
+        if self.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        let appended = self
+            .log_bytes
+            .load(Ordering::Acquire)
+            .saturating_sub(self.log_bytes_at_start);
+        wait_before(self.written, self.began.elapsed(), appended)
     }
 }
 
@@ -126,13 +132,20 @@ mod tests {
     }
 
     #[test]
-    fn a_closing_log_is_not_paced() {
-        let log_bytes = AtomicU64::new(0);
-        let closing = AtomicBool::new(true);
+    fn appends_and_closing_lift_the_wait() {
+        // A log of 1 GiB already: only what it appends from now on counts.
+        let log_bytes = AtomicU64::new(1 << 30);
+        let closing = AtomicBool::new(false);
         let mut pacer = Pacer::new(&log_bytes, &closing);
-        // A gigabyte would take a minute at the floor; closing, it returns at once (a hang
-        // here fails the test by its timeout).
-        pacer.before_write(1 << 30);
-        assert_eq!(pacer.written, 1 << 30);
+        // A gigabyte would take a minute at the floor.
+        pacer.written = 1 << 30;
+        assert!(pacer.wait_now().is_some(), "an open, quiet log paces it");
+        // The log appended 400 MiB since the job began: three times that is allowed.
+        log_bytes.fetch_add(400 * MIB, Ordering::Release);
+        assert_eq!(pacer.wait_now(), None);
+        pacer.written = 2 << 30;
+        assert!(pacer.wait_now().is_some());
+        closing.store(true, Ordering::Release);
+        assert_eq!(pacer.wait_now(), None, "a closing log is not paced");
     }
 }
