@@ -16,12 +16,6 @@ machine() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)$*"
 }
 
-# Time the hypervisor gave this machine's vCPUs to others (steal, in clock ticks, all CPUs):
-# sampled before and after a measurement, it says how much of a bad minute was the host's.
-steal_ticks() {
-  awk '/^cpu /{print $9}' /proc/stat
-}
-
 # The CPU time of process PID and of the whole machine, in clock ticks, on one line: the
 # process's user+system time, then the machine's busy, idle (with iowait) and steal time.
 # Two snapshots around a measurement say who used the two cores (see `cpu_view`).
