@@ -9,7 +9,8 @@
 # Beside the open loop, the hub's own view of it (p99 bucket and requests over 50 ms from
 # its request-duration histogram), the generator's own lateness against its schedule, who
 # used the two cores (idle share; the hub's CPU per request and everything else's) and the
-# disk's own latency that minute (benches/disk-probe.py commits beside the hub all run).
+# disk's own latency that minute (benches/disk-probe.py commits beside the hub all run) and
+# the machine's own pauses (benches/hiccup.py: how late a real-time thread on each core woke).
 # Growth uses batches of 1000 (4 clients); before measuring, the live windows are let catch
 # up with what the step wrote (the wait is printed): a real hub is never handed 2.5 M events
 # in seconds and then asked for steady single events, and the catch-up is benchmarked on
@@ -29,7 +30,7 @@
 #
 # KEEP_LOGS=<dir> copies the hub's logs there at the end (its slow commits, each with where
 # its time went, are logged at warn level), with each row as JSON (the generator's worst
-# latency of every second included) and the disk probe's seconds.
+# latency of every second included), the disk probe's seconds and the hiccup meter's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-20000000}
@@ -63,14 +64,19 @@ start() {
   for _ in $(seq 1200); do curl -sf $url/readyz >/dev/null && return; sleep 0.05; done
   echo "the hub did not become ready" >&2; exit 1
 }
-keep_logs() { [ -z "${KEEP_LOGS:-}" ] || cp serve.log serve.err rows.jsonl disk-probe.log "$KEEP_LOGS"/ 2>/dev/null || true; }
-probe=
-trap 'kill $server $probe 2>/dev/null; wait $server 2>/dev/null; keep_logs; rm -rf "$work"' EXIT
+keep_logs() { [ -z "${KEEP_LOGS:-}" ] || cp serve.log serve.err rows.jsonl disk-probe.log hiccup.log "$KEEP_LOGS"/ 2>/dev/null || true; }
+probe= hiccup=
+trap 'kill $server $probe $hiccup 2>/dev/null; wait $server 2>/dev/null; keep_logs; rm -rf "$work"' EXIT
 start
 # The disk's own latency beside the hub, for the whole run (DISK_PROBE=0 leaves it out).
 if [ "${DISK_PROBE:-1}" != 0 ]; then
   python3 "$repo/benches/disk-probe.py" . disk-probe.log &
   probe=$!
+fi
+# The machine's own pauses beside the hub, for the whole run (HICCUP=0 leaves it out).
+if [ "${HICCUP:-1}" != 0 ]; then
+  python3 "$repo/benches/hiccup.py" hiccup.log &
+  hiccup=$!
 fi
 load() { "$bin" loadgen --url $url --webhook-secret "$secret" --json --seed $RANDOM "$@"; }
 field() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
@@ -79,7 +85,7 @@ machine
 max=$(load --concurrency 64 --duration 10s | field 'int(r["requests_per_s"])')
 half=$(( max / 2 ))
 echo "single-event maximum at the start: $max req/s; open loop at $half req/s over at most 128 connections for ${secs}s per step"
-printf '%-10s %-9s %-8s | %-52s | %-22s | %-26s | %-15s | %-52s\n' "stored" "db" "catch-up" "open loop ${half}/s: rate p50 p99 p99.9 max (ms)" "hub p99, >50ms; late" "idle; µs/req hub, rest; steal" "disk p99, max" "closed loop c64: rate p50 p99 p99.9 max (ms)"
+printf '%-10s %-9s %-8s | %-52s | %-22s | %-26s | %-15s | %-16s | %-52s\n' "stored" "db" "catch-up" "open loop ${half}/s: rate p50 p99 p99.9 max (ms)" "hub p99, >50ms; late" "idle; µs/req hub, rest; steal" "disk p99, max" "pause, ≥10, lost" "closed loop c64: rate p50 p99 p99.9 max (ms)"
 row() {
   python3 - "$1" <<'PY'
 import json, sys
@@ -133,6 +139,29 @@ else:
     print("- -")
 PY
 }
+# The machine's own view of the minute (benches/hiccup.py): the latest a real-time thread woke
+# up on any core between T0 and T1, in how many seconds one was 10 ms late or more, and how
+# long the more blocked core was not to be had in all (ms). Such a pause stops the generator
+# and the hub alike; the guest may not report it as steal.
+hiccup_view() {
+  python3 - "$1" "$2" hiccup.log <<'PY'
+import sys
+t0, t1 = int(sys.argv[1]), int(sys.argv[2])
+try:
+    lines = [line.split() for line in open(sys.argv[3])]
+except OSError:
+    lines = []
+late, blocked = {}, {}
+for t, cpu, n, p99, top, lost in lines:
+    if t0 <= int(t) < t1:
+        late[t] = max(late.get(t, 0.0), float(top))
+        blocked[cpu] = blocked.get(cpu, 0.0) + float(lost)
+if late:
+    print(f"{max(late.values()):.1f} {sum(v >= 10 for v in late.values())} {max(blocked.values()):.0f}")
+else:
+    print("- - -")
+PY
+}
 stored=0  # events stored (accepted answers; duplicates are recorded too but not counted here)
 measure() {
   local open closed size
@@ -146,9 +175,9 @@ measure() {
   local name=${label:-$(python3 -c "print(f'{$stored/1e6:.1f} M')")}
   local hub=$(hub_view metrics.before metrics.after "$open")
   local cpu=$(cpu_view "$cpu0" "$cpu1" "$(echo "$open" | field 'r["requests"]')")
-  local disk=$(disk_view $t0 $t1)
-  printf '%-10s %-9s %-8s | %-52s | %-22s | %-26s | %-15s | %-52s\n' "$name" "$size" "${caught_up:--}${caught_up:+ s}" "$(row "$open")" "$hub" "$cpu" "$disk" "$(row "$closed")"
-  python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "open": json.loads(sys.argv[2]), "hub": sys.argv[3].split(), "cpu": sys.argv[4].split(), "disk": sys.argv[5].split(), "closed": json.loads(sys.argv[6])}))' "$name" "$open" "$hub" "$cpu" "$disk" "$closed" >>rows.jsonl
+  local disk=$(disk_view $t0 $t1) pauses=$(hiccup_view $t0 $t1)
+  printf '%-10s %-9s %-8s | %-52s | %-22s | %-26s | %-15s | %-16s | %-52s\n' "$name" "$size" "${caught_up:--}${caught_up:+ s}" "$(row "$open")" "$hub" "$cpu" "$disk" "$pauses" "$(row "$closed")"
+  python3 -c 'import json,sys; print(json.dumps({"name": sys.argv[1], "open": json.loads(sys.argv[2]), "hub": sys.argv[3].split(), "cpu": sys.argv[4].split(), "disk": sys.argv[5].split(), "pauses": sys.argv[6].split(), "closed": json.loads(sys.argv[7])}))' "$name" "$open" "$hub" "$cpu" "$disk" "$pauses" "$closed" >>rows.jsonl
   stored=$(( stored + $(echo "$open" | field 'r["accepted"]') + $(echo "$closed" | field 'r["accepted"]') ))
 }
 # One growth step, then the wait for the live windows to count it.
@@ -197,11 +226,14 @@ def judge(what, target, value_of):
         p99_bucket, over_50, late = r["hub"]
         idle, hub_us, rest_us, steal = r["cpu"]
         disk_p99, disk_max = r["disk"]
+        pause, paused_seconds, lost = r.get("pauses", ["-", "-", "-"])
         print(f"    MISSED at {r['name']}: {value:.2f} ms, by {value - target:.2f} ms; inside the hub "
               f"p99 {p99_bucket} ms and {over_50} requests over 50 ms, generator up to {late} ms "
               f"behind its schedule; cores {idle} idle, the hub {hub_us} µs of CPU per request "
               f"and everything else {rest_us}, steal {steal}; the disk's own commits: worst "
-              f"second's p99 {disk_p99} ms, max {disk_max} ms")
+              f"second's p99 {disk_p99} ms, max {disk_max} ms; the machine itself paused up to {pause} ms "
+              f"({paused_seconds} seconds with a pause of 10 ms or more; a core not to be had for {lost} ms "
+              f"of the minute in all)")
 judge("open-loop p99", 10, lambda r: r["open"]["latency_ms"]["p99"])
 judge("open-loop max of the minute", 100, lambda r: r["open"]["latency_ms"]["max"])
 judge("closed-loop p99", 50, lambda r: r["closed"]["latency_ms"]["p99"])
