@@ -151,6 +151,7 @@ try:
     lines = [line.split() for line in open(sys.argv[3])]
 except OSError:
     lines = []
+lines = [fields for fields in lines if len(fields) == 6]  # a line cut short by a kill is left out
 late, blocked = {}, {}
 for t, cpu, n, p99, top, lost in lines:
     if t0 <= int(t) < t1:
@@ -231,9 +232,9 @@ def judge(what, target, value_of):
               f"p99 {p99_bucket} ms and {over_50} requests over 50 ms, generator up to {late} ms "
               f"behind its schedule; cores {idle} idle, the hub {hub_us} µs of CPU per request "
               f"and everything else {rest_us}, steal {steal}; the disk's own commits: worst "
-              f"second's p99 {disk_p99} ms, max {disk_max} ms; the machine itself paused up to {pause} ms "
-              f"({paused_seconds} seconds with a pause of 10 ms or more; a core not to be had for {lost} ms "
-              f"of the minute in all)")
+              f"second's p99 {disk_p99} ms, max {disk_max} ms; a real-time thread on the cores woke up to "
+              f"{pause} ms late ({paused_seconds} seconds with a pause of 10 ms or more; a core not to be "
+              f"had for {lost} ms of the minute in all)")
 judge("open-loop p99", 10, lambda r: r["open"]["latency_ms"]["p99"])
 judge("open-loop max of the minute", 100, lambda r: r["open"]["latency_ms"]["max"])
 judge("closed-loop p99", 50, lambda r: r["closed"]["latency_ms"]["p99"])
