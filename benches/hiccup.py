@@ -58,15 +58,12 @@ def measure(cpu):
 
 
 me = os.getpid()
-children = []
 for cpu in sorted(os.sched_getaffinity(0)):
-    pid = os.fork()
-    if pid == 0:
+    if os.fork() == 0:
         try:
             measure(cpu)
         finally:
             os._exit(0)
-    children.append(pid)
 # The children stop when this process is gone (killed, or its own parent gone).
 while os.getppid() == parent:
     time.sleep(0.2)
