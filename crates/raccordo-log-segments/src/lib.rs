@@ -24,6 +24,7 @@ mod erase;
 pub mod format;
 pub mod import;
 mod key_map;
+mod linger;
 mod maintenance;
 mod pace;
 mod read;
@@ -77,6 +78,10 @@ pub struct SegmentLogOptions {
     pub queue_capacity: usize,
     /// Upper bound on events per commit group (bounds commit latency under load).
     pub max_group_events: usize,
+    /// The longest a commit waits for more appends when they have been arriving together
+    /// (never longer than the last `fdatasync` took; zero: never wait), as the writer's
+    /// `linger` module decides.
+    pub max_commit_wait: Duration,
     /// A segment is sealed and a new one started past this size.
     pub segment_bytes: u64,
     /// Refuse appends (503 "full") once the log holds this many bytes.
@@ -93,6 +98,7 @@ impl SegmentLogOptions {
             durability: Durability::Fsync,
             queue_capacity: 512,
             max_group_events: 20_000,
+            max_commit_wait: Duration::from_millis(1),
             segment_bytes: 64 << 20,
             max_bytes: None,
             retention: RetentionPolicy::default(),
@@ -273,6 +279,7 @@ impl SegmentLog {
             sealer: seal_tx.clone(),
             committed: committed_tx,
             expired: expired_rx,
+            linger: linger::Linger::new(options.max_commit_wait),
         };
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let ready = Arc::new(AtomicBool::new(true));

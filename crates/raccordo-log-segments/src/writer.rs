@@ -89,6 +89,8 @@ pub struct Writer {
     /// Keys of sealed segments whose claims expired, in chunks, from the maintenance
     /// thread; one chunk is forgotten after each commit (bounded work per commit).
     pub expired: std::sync::mpsc::Receiver<ExpiredKeys>,
+    /// Whether to wait for more appends before a commit ([`crate::linger`]).
+    pub linger: crate::linger::Linger,
 }
 
 /// How far ahead of the write position a prepared segment is read into the page cache.
@@ -138,6 +140,7 @@ impl Writer {
             // An erasure (or a claims export) queued behind appends runs right after their
             // commit, in order.
             let mut erasure = None;
+            let mut lingered = false;
             while events < self.max_group_events {
                 match jobs.try_recv() {
                     Ok(Request::Append(job)) => {
@@ -152,9 +155,17 @@ impl Writer {
                         erasure = Some(Err((now_ms, reply)));
                         break;
                     }
-                    Err(_) => break,
+                    Err(_) => match self.linger.wait_before(group.len()) {
+                        // Once per group: after the wait, commit what has come.
+                        Some(wait) if !lingered => {
+                            std::thread::sleep(wait);
+                            lingered = true;
+                        }
+                        _ => break,
+                    },
                 }
             }
+            self.linger.grouped(group.len());
             let started = Instant::now();
             let results = self.commit_group(&group, &mut frames);
             let full = results
@@ -292,6 +303,9 @@ impl Writer {
                 }
             });
         let synced_at = Instant::now();
+        if self.durability == Durability::Fsync {
+            self.linger.synced(synced_at - wrote_at);
+        }
         if synced_at - began >= SLOW_COMMIT {
             // Every request of the group waited this long: say where the time went.
             tracing::warn!(

@@ -47,6 +47,8 @@ pub struct SqliteOptions {
     pub queue_capacity: usize,
     /// Upper bound on events per commit group (bounds commit latency under load).
     pub max_group_events: usize,
+    /// The longest a commit waits for more appends when they have been arriving together.
+    pub max_commit_wait: std::time::Duration,
     /// Refuse to grow the event log past this size (appends answer 503 "full" until
     /// retention frees space), so that the hub fills its quota before it fills the disk.
     pub max_database_bytes: Option<u64>,
@@ -64,6 +66,7 @@ impl SqliteOptions {
             durability: log.durability,
             queue_capacity: log.queue_capacity,
             max_group_events: log.max_group_events,
+            max_commit_wait: log.max_commit_wait,
             max_database_bytes: log.max_bytes,
             segment_bytes: log.segment_bytes,
             retention: log.retention,
@@ -117,6 +120,7 @@ impl SqliteStore {
             durability: options.durability,
             queue_capacity: options.queue_capacity,
             max_group_events: options.max_group_events,
+            max_commit_wait: options.max_commit_wait,
             segment_bytes: options.segment_bytes,
             max_bytes: options.max_database_bytes,
             retention: options.retention,

@@ -337,6 +337,12 @@ pub struct StorageConfig {
     pub queue_capacity: usize,
     /// Most events in one commit group.
     pub max_group_events: usize,
+    /// The longest a commit waits for more appends when senders have been arriving
+    /// together, so that one `fdatasync` serves them all; never longer than the last sync
+    /// took, and never when recent commit groups were small. `"0s"`: commit at once.
+    #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, format = Duration)]
+    pub max_commit_wait: Duration,
     /// Largest size the event log may grow to, in bytes (default: no limit but the disk's).
     /// Past it, appends answer 503 with `Retry-After` and `/readyz` reports not ready until
     /// retention frees space.
@@ -377,6 +383,7 @@ impl Default for StorageConfig {
             durability: DurabilityConfig::Fsync,
             queue_capacity: 512,
             max_group_events: 20_000,
+            max_commit_wait: Duration::from_millis(1),
             max_database_bytes: None,
             segment_bytes: 64 << 20,
             retention: EventRetentionConfig::default(),

@@ -72,6 +72,7 @@ pub(crate) async fn open_backend(
                 },
                 queue_capacity: storage.queue_capacity,
                 max_group_events: storage.max_group_events,
+                max_commit_wait: storage.max_commit_wait,
                 max_database_bytes: storage.max_database_bytes,
                 segment_bytes: storage.segment_bytes,
                 retention: RetentionPolicy {
