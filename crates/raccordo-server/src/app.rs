@@ -82,6 +82,7 @@ pub async fn serve(
             });
         }))
     });
+    let lag_watch = tokio::spawn(crate::telemetry::watch_runtime_lag());
     let mut serve = tokio::spawn(async move {
         crate::connections::serve(listener, router, limits, tls, signal).await
     });
@@ -98,6 +99,7 @@ pub async fn serve(
     if let Some(refresher) = refresher {
         refresher.abort();
     }
+    lag_watch.abort();
     result??;
     Ok(())
 }

@@ -24,6 +24,34 @@ pub fn init_logging(config: &LogConfig) {
     };
 }
 
+/// How often the runtime's lateness is sampled.
+const LAG_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A lateness worth a log line: far beyond a tick, and beyond a request's own budget.
+const LAG_WORTH_LOGGING: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Records how late the async runtime runs a task that asks to wake every 10 ms
+/// (`raccordo_runtime_lag_seconds`). A request's duration is measured from its handler on;
+/// a worker thread held by a long synchronous step, or sockets not polled, delay requests
+/// before that, where only this shows it. A machine's own pause shows here too: tell the
+/// two apart with the host's view (steal time, `benches/hiccup.py`).
+pub async fn watch_runtime_lag() {
+    let mut tick = tokio::time::interval(LAG_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lag_seconds = metrics::histogram!("raccordo_runtime_lag_seconds");
+    loop {
+        let due = tick.tick().await;
+        let lag = due.elapsed();
+        lag_seconds.record(lag.as_secs_f64());
+        if lag >= LAG_WORTH_LOGGING {
+            tracing::warn!(
+                lag_ms = lag.as_millis() as u64,
+                "the async runtime ran a timer late: a worker was held or the machine paused"
+            );
+        }
+    }
+}
+
 /// Installs the global metrics recorder once and returns its handle.
 pub fn init_metrics() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();

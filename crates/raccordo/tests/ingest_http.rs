@@ -699,6 +699,18 @@ async fn operations_endpoints_report_health_and_metrics() {
             >= 1.0
     );
     assert!(metric(&server, "raccordo_http_request_duration_seconds_count{route=\"/api/v1/eventi/conversione\",status=\"202\"}").await.is_some());
+    // The async runtime's own lateness is sampled all along (every 10 ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&server, "raccordo_runtime_lag_seconds_count")
+        .await
+        .is_none_or(|ticks| ticks < 2.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runtime's lateness is not sampled"
+        );
+        tokio::task::yield_now().await;
+    }
     post_key(&server, CONVERSION, "wrong-key-0123456789", &event(3)).await;
     assert_eq!(metric(&server, "raccordo_ingest_rejected_total{source=\"unauthenticated\",reason=\"invalid-credentials\"}").await, Some(1.0));
 
