@@ -1,8 +1,9 @@
 //! The writer thread: group commit into the active segment.
 //!
 //! It takes every append request queued at that moment (waiting for more only when they
-//! have been arriving together: [`crate::linger`]), decides each against the in-memory dedup index, encodes each request as one frame, writes the
-//! group with one `write` and makes it durable with one `fdatasync`, and only then answers.
+//! have been arriving together: [`crate::linger`]), decides each against the in-memory
+//! dedup index, encodes each request as one frame, writes the group with one `write` and
+//! makes it durable with one `fdatasync`, and only then answers.
 //! Nothing else shares the file: no checkpoint copies the data a second time, and nothing
 //! written earlier waits to be flushed behind a later commit, so the time to acknowledge
 //! does not grow with the store.

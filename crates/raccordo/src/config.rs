@@ -337,9 +337,10 @@ pub struct StorageConfig {
     pub queue_capacity: usize,
     /// Most events in one commit group.
     pub max_group_events: usize,
-    /// The longest a commit waits for more appends when senders have been arriving
-    /// together, so that one `fdatasync` serves them all; never longer than the last sync
-    /// took, and never when recent commit groups were small. `"0s"`: commit at once.
+    /// The embedded event log: the longest a commit waits for more appends when senders
+    /// have been arriving together, so that one `fdatasync` serves them all; never longer
+    /// than the last sync took, and never when recent commit groups were small. `"0s"`:
+    /// commit at once.
     #[serde(with = "humantime_serde")]
     #[schema(value_type = String, format = Duration)]
     pub max_commit_wait: Duration,
