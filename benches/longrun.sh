@@ -240,7 +240,7 @@ def judge(what, target, value_of):
         pause, paused_seconds, lost = r.get("pauses", ["-", "-", "-"])
         print(f"    MISSED at {r['name']}: {value:.2f} ms, by {value - target:.2f} ms; inside the hub "
               f"p99 {p99_bucket} ms and {over_50} requests over 50 ms, generator up to {late} ms "
-              f"behind its schedule; the hub's async runtime up to {runtime_lag} ms late; cores {idle} idle, the hub {hub_us} µs of CPU per request "
+              f"behind its schedule; the hub's async runtime late by {runtime_lag} ms at worst; cores {idle} idle, the hub {hub_us} µs of CPU per request "
               f"and everything else {rest_us}, steal {steal}; the disk's own commits: worst "
               f"second's p99 {disk_p99} ms, max {disk_max} ms; a real-time thread on the cores woke up to "
               f"{pause} ms late ({paused_seconds} seconds with a pause of 10 ms or more; a core not to be "
